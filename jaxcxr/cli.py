@@ -1,0 +1,212 @@
+"""The `jaxcxr` command (DESIGN.md section 8: the command-line contract).
+
+Every command prints human-readable progress to stderr; with `--json` it prints one
+JSON object on stdout. Bad input (missing files, wrong shapes, unknown names) ends
+with one line `jaxcxr: error: ...` on stderr and exit status 2, never a traceback.
+This file only parses arguments and formats output; the work lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+  """Bad arguments or input the user can fix; reported without a traceback."""
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def _emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
+  if as_json:
+    print(json.dumps(result), flush=True)
+  else:
+    print(human(result), flush=True)
+
+
+def _data_path(arg: str | None, default_name: str) -> pathlib.Path:
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
+  return pathlib.Path(arg) if arg else data.default_data_path(default_name)
+
+
+# ----------------------------------------------------------------------------- data stats
+
+
+def cmd_data_stats(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import data, io  # pylint: disable=g-import-not-at-top
+
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {path}")
+  ds = data.load(path)
+  groups = ds.groups
+  label_names = {0: "normal", 1: "abnormal", -1: "unknown"}
+  per_group = {}
+  for g, name in enumerate(data.GROUPS):
+    in_group = groups == g
+    per_group[name] = {label_names[v]: int(np.sum(in_group & (ds.label == v))) for v in (0, 1)}
+    per_group[name]["total"] = int(in_group.sum())
+  result: dict[str, Any] = {
+      "file": str(path),
+      "n": len(ds),
+      "n_patients": int(np.unique(ds.patient_id).size),
+      "labels": {label_names[int(v)]: int(np.sum(ds.label == v)) for v in np.unique(ds.label)},
+      "sex": {str(s): int(np.sum(ds.sex == s)) for s in np.unique(ds.sex)},
+      "age": {"min": int(ds.age[ds.age >= 0].min()) if (ds.age >= 0).any() else None,
+              "median": float(np.median(ds.age[ds.age >= 0])) if (ds.age >= 0).any() else None,
+              "unknown": int(np.sum(ds.age < 0))},
+      "groups": per_group,
+      "outside_groups": int(np.sum(groups < 0)),
+      "has_lung_masks": ds.lung_masks is not None,
+      "images": {},
+  }
+  if args.out:
+    out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
+    for v in np.unique(ds.label):
+      pixels = ds.images[ds.label == v].astype(np.float64)
+      mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+      name = label_names[int(v)]
+      std_scale = float(max(std.max(), 1e-12))
+      io.save_png(out / f"mean_{name}.png", np.round(mean).astype(np.uint8))
+      # The std image is stretched to the full 8-bit range; `std_max` gives the scale.
+      io.save_png(out / f"std_{name}.png", np.round(std / std_scale * 255).astype(np.uint8))
+      result["images"][name] = {"mean": str(out / f"mean_{name}.png"), "std": str(out / f"std_{name}.png"),
+                                "std_max": std_scale}
+    _log(f"wrote mean/std images to {out}")
+  return result
+
+
+def _human_stats(r: dict[str, Any]) -> str:
+  lines = [f"{r['file']}: {r['n']} images, {r['n_patients']} patients",
+           "labels: " + ", ".join(f"{k} {v}" for k, v in r["labels"].items()),
+           "sex: " + ", ".join(f"{k} {v}" for k, v in r["sex"].items()),
+           f"{'group':8s} {'normal':>7s} {'abnormal':>9s} {'total':>6s}"]
+  for name, c in r["groups"].items():
+    lines.append(f"{name:8s} {c['normal']:7d} {c['abnormal']:9d} {c['total']:6d}")
+  lines.append(f"outside the six groups: {r['outside_groups']}")
+  for name, paths in r["images"].items():
+    lines.append(f"{name}: {paths['mean']}, {paths['std']}")
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- data dedup
+
+
+def cmd_data_dedup(args: argparse.Namespace) -> dict[str, Any]:
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import data, imaging  # pylint: disable=g-import-not-at-top
+
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  if args.max_distance < 0:
+    raise UsageError(f"--max-distance must be >= 0, got {args.max_distance}")
+  _log(f"loading {path}")
+  ds = data.load(path)
+  hash_fn = getattr(imaging, f"{args.hash}_hash")
+  batch = 256
+  hashes = []
+  for start in tqdm(range(0, len(ds), batch), desc=f"{args.hash} hash", unit="batch", file=sys.stderr,
+                    disable=not sys.stderr.isatty()):
+    hashes.append(np.asarray(hash_fn(data.to_unit(ds.images[start:start + batch]))))
+  hashes = np.concatenate(hashes)
+  pairs = imaging.find_near_duplicates(hashes, max_distance=args.max_distance)
+  distances = (np.asarray(imaging.hamming_distances(hashes[pairs[:, 0]], hashes[pairs[:, 1]])).diagonal()
+               if len(pairs) else np.zeros(0, np.int32))
+  ssim = (np.asarray(imaging.ssim(data.to_unit(ds.images[pairs[:, 0]]), data.to_unit(ds.images[pairs[:, 1]])))
+          if len(pairs) else np.zeros(0))
+  source = ds.extra.get("source_id")
+  rows = []
+  for (i, j), dist, s in zip(pairs.tolist(), distances.tolist(), ssim.tolist()):
+    row = {"i": i, "j": j, "distance": int(dist), "ssim": float(s),
+           "same_patient": bool(ds.patient_id[i] == ds.patient_id[j])}
+    if source is not None:
+      row["source_i"], row["source_j"] = str(source[i]), str(source[j])
+    rows.append(row)
+  return {"file": str(path), "n": len(ds), "hash": args.hash, "max_distance": args.max_distance,
+          "n_pairs": len(rows), "pairs": rows}
+
+
+def _human_dedup(r: dict[str, Any]) -> str:
+  lines = [f"{r['file']}: {r['n']} images, {r['n_pairs']} near-duplicate pair(s) "
+           f"({r['hash']} hash, Hamming distance <= {r['max_distance']})"]
+  for p in r["pairs"]:
+    names = f" {p.get('source_i', '')} {p.get('source_j', '')}" if "source_i" in p else ""
+    lines.append(f"  {p['i']:6d} {p['j']:6d}  distance {p['distance']:2d}  ssim {p['ssim']:.3f}"
+                 f"{'  same patient' if p['same_patient'] else ''}{names}")
+  return "\n".join(lines)
+
+
+HASH_NAMES = ("average", "difference", "perceptual", "wavelet")
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jaxcxr", description=__doc__.splitlines()[0])
+  parser.add_argument("--version", action="version", version=_version())
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  data_parser = commands.add_parser("data", help="dataset tools")
+  data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+  stats = data_commands.add_parser("stats", help="counts per group and label; mean/std images per class")
+  _add_data_arg(stats)
+  stats.add_argument("--out", help="folder for mean/std PNG images per class (not written if omitted)")
+  stats.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  _add_json_arg(stats)
+  stats.set_defaults(run=cmd_data_stats, human=_human_stats)
+
+  dedup = data_commands.add_parser("dedup", help="near-duplicate pairs by perceptual hash")
+  _add_data_arg(dedup)
+  dedup.add_argument("--hash", choices=HASH_NAMES, default="perceptual", help="hash function (default perceptual)")
+  dedup.add_argument("--max-distance", type=int, default=5, help="largest Hamming distance of a pair (default 5)")
+  _add_json_arg(dedup)
+  dedup.set_defaults(run=cmd_data_dedup, human=_human_dedup)
+  return parser
+
+
+def _add_data_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--data", help="npz archive or folder of PNG/DICOM (default: $JAXCXR_DATA/<standard file>)")
+
+
+def _add_json_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _version() -> str:
+  from jaxcxr import __version__  # pylint: disable=g-import-not-at-top
+
+  return f"jaxcxr {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  from jaxcxr.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
+  from jaxcxr.data import DataError  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  try:
+    result = args.run(args)
+  except (UsageError, DataError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+    print(f"jaxcxr: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
+  _log(f"done in {time.perf_counter() - start:.1f} s")
+  _emit(result, args.json, args.human)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
