@@ -239,3 +239,31 @@ def test_augment_small_changes_stay_small(images):
 def test_augment_rejects_wrong_shape(images):
   with pytest.raises(ValueError, match=r"expected shape \(B, H, W, 1\)"):
     data.augment(jax.random.key(0), images[..., 0])
+
+
+def _write_dicom(path, pixels, photometric="MONOCHROME2"):
+  pytest.importorskip("pydicom")
+  from pydicom.dataset import FileDataset, FileMetaDataset
+  from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+  ds.Rows, ds.Columns = pixels.shape
+  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+  ds.PixelData = pixels.astype(np.uint16).tobytes()
+  ds.save_as(path, enforce_file_format=True)
+
+
+def test_load_dicom_folder(tmp_path):
+  ramp = np.tile(np.linspace(0, 4095, 300), (300, 1)).astype(np.uint16)  # dark left, bright right
+  _write_dicom(tmp_path / "a.dcm", ramp)
+  _write_dicom(tmp_path / "b.dcm", ramp, photometric="MONOCHROME1")  # inverted display
+  ds = data.load(tmp_path)
+  assert ds.images.shape == (2, 256, 256)
+  assert ds.images[0, 128, 5] < 10 and ds.images[0, 128, 250] > 245
+  assert ds.images[1, 128, 5] > 245 and ds.images[1, 128, 250] < 10
