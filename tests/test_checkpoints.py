@@ -314,10 +314,7 @@ def _train_arrays(step):
   tx = optax.adam(1e-2)
   opt_state = tx.init(params)
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1) * step.astype(p.dtype), params)
-  # optax's bias correction mixes a Python float with the int32 count, which
-  # conftest's strict dtype promotion rejects.
-  with jax.numpy_dtype_promotion("standard"):
-    _, opt_state = tx.update(grads, opt_state, params)  # non-zero mu, nu, count.
+  _, opt_state = tx.update(grads, opt_state, params)  # non-zero mu, nu, count.
   return {
       "model": nnx.state(model, nnx.Not(nnx.RngState)),
       "opt": opt_state,
