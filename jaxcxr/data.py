@@ -468,7 +468,12 @@ def _prefetch(iterator: Iterator, size: int) -> Iterator:
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def augment(key: jax.Array, images: jax.Array, config: AugmentConfig = AugmentConfig()) -> jax.Array:
+def augment(
+    key: jax.Array,
+    images: jax.Array,
+    config: AugmentConfig = AugmentConfig(),
+    masks: jax.Array | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Random per-example augmentation, jit-able and batched; one key per example via split.
 
   Geometric (rotation, translation, scale about the centre, bilinear, zero fill),
@@ -481,21 +486,30 @@ def augment(key: jax.Array, images: jax.Array, config: AugmentConfig = AugmentCo
     key: PRNG key for the batch.
     images: float32 (B, H, W, 1) in [0, 1].
     config: ranges of each transformation (static).
+    masks: optional integer label maps (B, H, W) (0 background, 1 image-left lung,
+      2 image-right lung); they get the same geometry with nearest-neighbour
+      sampling, and a flip swaps labels 1 and 2 so that 1 stays the image-left lung.
 
   Returns:
-    float32 (B, H, W, 1) in [0, 1].
+    float32 (B, H, W, 1) in [0, 1]; with `masks`, the pair (images, masks).
   """
   if images.ndim != 4 or images.shape[-1] != 1:
     raise ValueError(f"images: expected shape (B, H, W, 1), got {images.shape}")
+  if masks is not None and masks.shape != images.shape[:3]:
+    raise ValueError(f"masks: expected shape {images.shape[:3]} (images without the channel), got {masks.shape}")
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(functools.partial(_augment_one, config=config))(keys, images)
+  one = functools.partial(_augment_one, config=config)
+  if masks is None:
+    return jax.vmap(lambda k, x: one(k, x, None)[0])(keys, images)
+  return jax.vmap(one)(keys, images, masks)
 
 
-def _augment_one(key: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.Array:
+def _augment_one(key, image, mask, config: AugmentConfig):
   h, w = image.shape[:2]
   k_rot, k_shift, k_scale, k_flip, k_blur, k_con, k_bri = jax.random.split(key, 7)
   angle = jnp.deg2rad(config.rotation_deg) * jax.random.uniform(k_rot, minval=-1.0, maxval=1.0)
-  shift = config.translation * jax.random.uniform(k_shift, (2,), minval=-1.0, maxval=1.0) * jnp.array([h, w], jnp.float32)
+  shift = config.translation * jax.random.uniform(k_shift, (2,), minval=-1.0, maxval=1.0) * jnp.array(
+      [h, w], jnp.float32)
   scale = 1.0 + config.scale * jax.random.uniform(k_scale, minval=-1.0, maxval=1.0)
   # Inverse map: output pixel -> input coordinate (rotate/scale about the centre, then shift).
   yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
@@ -512,8 +526,13 @@ def _augment_one(key: jax.Array, image: jax.Array, config: AugmentConfig) -> jax
   mean = out.mean()
   contrast = 1.0 + config.contrast * jax.random.uniform(k_con, minval=-1.0, maxval=1.0)
   brightness = config.brightness * jax.random.uniform(k_bri, minval=-1.0, maxval=1.0)
-  out = (out - mean) * contrast + mean + brightness
-  return jnp.clip(out, 0.0, 1.0)[..., None]
+  out = jnp.clip((out - mean) * contrast + mean + brightness, 0.0, 1.0)[..., None]
+  if mask is None:
+    return out, None
+  warped = jax.scipy.ndimage.map_coordinates(mask.astype(jnp.float32), [src_y, src_x], order=0, mode="constant",
+                                             cval=0.0).astype(mask.dtype)
+  swapped = jnp.where(warped == 1, 2, jnp.where(warped == 2, 1, warped)).astype(mask.dtype)
+  return out, jnp.where(flip, swapped, warped)
 
 
 def _gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int = 3) -> jax.Array:

@@ -1,5 +1,6 @@
 """Tests for jaxcxr.data: loading and validation, groups, patient splits, batches, augmentation."""
 
+import dataclasses
 import pathlib
 
 import jax
@@ -267,3 +268,26 @@ def test_load_dicom_folder(tmp_path):
   assert ds.images.shape == (2, 256, 256)
   assert ds.images[0, 128, 5] < 10 and ds.images[0, 128, 250] > 245
   assert ds.images[1, 128, 5] > 245 and ds.images[1, 128, 250] < 10
+
+
+def test_augment_masks_follow_the_geometry(covid_path):
+  ds = data.load(covid_path)
+  images, masks = data.to_unit(ds.images[:3])[..., None], jnp.asarray(ds.lung_masks[:3])
+  geometry_only = config.AugmentConfig(rotation_deg=10, translation=0.08, scale=0.1, brightness=0, contrast=0,
+                                       blur_sigma=0)
+  out, out_masks = data.augment(jax.random.key(5), images, geometry_only, masks=masks)
+  assert out_masks.dtype == masks.dtype and set(np.unique(out_masks).tolist()) <= {0, 1, 2}
+  # Warping the image and the (binary) lung mask with one transformation keeps them aligned:
+  # the mean image intensity inside the warped mask equals the original's inside the original mask.
+  for i in range(3):
+    before = float(images[i, ..., 0][masks[i] > 0].mean())
+    after = float(out[i, ..., 0][out_masks[i] > 0].mean())
+    assert abs(before - after) < 0.02
+  assert not np.array_equal(out_masks, masks)
+  flip = dataclasses.replace(geometry_only, rotation_deg=0, translation=0, scale=0, hflip_prob=1.0)
+  _, flipped = data.augment(jax.random.key(5), images, flip, masks=masks)
+  expected = np.asarray(masks)[:, :, ::-1]
+  expected = np.where(expected == 1, 2, np.where(expected == 2, 1, expected))
+  np.testing.assert_array_equal(flipped, expected)
+  with pytest.raises(ValueError, match="masks: expected shape"):
+    data.augment(jax.random.key(0), images, masks=masks[:, :10])
