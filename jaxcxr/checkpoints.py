@@ -690,3 +690,34 @@ class TrainCheckpointer:
 
   def __exit__(self, *exc_info: Any) -> None:
     self.close()
+
+
+# --------------------------------------------------------------------------- #
+# Shipped checkpoints.
+# --------------------------------------------------------------------------- #
+
+# Generators in order of preference (the first present is used by default).
+SHIPPED_GENERATORS = ("gan_256/generator", "gan_128/generator", "gan_64/generator")
+
+
+def checkpoints_root() -> pathlib.Path:
+  """`$JAXCXR_CHECKPOINTS`, else the `checkpoints/` folder of the source checkout."""
+  env = os.environ.get("JAXCXR_CHECKPOINTS")
+  return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def shipped_checkpoint(*names: str) -> pathlib.Path:
+  """The first of `names` present under `checkpoints_root()`, as a model checkpoint folder.
+
+  A shipped model folder holds the inference weights either directly or in a
+  sub-folder named after its kind (e.g. `gan_64/generator`); pass that path.
+
+  Raises:
+    CheckpointError: none of them is there (names the folder searched).
+  """
+  root = checkpoints_root()
+  for name in names:
+    if _is_model_checkpoint(root / name):
+      return root / name
+  raise CheckpointError(f"{root}: no shipped checkpoint among {', '.join(names)}; pass --checkpoint DIR or set "
+                        "JAXCXR_CHECKPOINTS")

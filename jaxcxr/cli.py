@@ -150,6 +150,70 @@ def _human_dedup(r: dict[str, Any]) -> str:
 HASH_NAMES = ("average", "difference", "perceptual", "wavelet")
 
 
+# ----------------------------------------------------------------------------- train gan
+
+
+def cmd_train_gan(args: argparse.Namespace) -> dict[str, Any]:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import data, gan_config  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train import gan  # pylint: disable=g-import-not-at-top
+
+  if args.preset not in gan_config.PRESETS:
+    raise UsageError(f"unknown preset {args.preset!r}; expected one of {', '.join(gan_config.PRESETS)}")
+  config = gan_config.PRESETS[args.preset]()
+  if args.steps is not None:
+    if args.steps <= 0 or args.steps % config.steps_per_call:
+      raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, "
+                       f"got {args.steps}")
+    config = dataclasses.replace(config, steps=args.steps)
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {path}")
+  ds = data.load(path)
+  if args.split == "train":
+    ds = ds.subset(data.standard_split(ds)["train"])
+    _log(f"training on the standard split's train patients: {len(ds)} images")
+  summary = gan.train_gan(ds, config, args.out, resume=args.resume, seed=args.seed,
+                          progress=sys.stderr.isatty() or args.progress)
+  return {"preset": args.preset, "split": args.split, **summary}
+
+
+def _human_train(r: dict[str, Any]) -> str:
+  return (f"trained {r['preset']} to step {r['steps']} in {r['seconds']:.0f} s "
+          f"({r['images_per_second']:.1f} img/s); generator: {r['generator']}")
+
+
+# ----------------------------------------------------------------------------- sample
+
+
+def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints, data, io  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+
+  data.parse_group(args.group)
+  if args.n <= 0:
+    raise UsageError(f"--n must be positive, got {args.n}")
+  directory = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
+      *checkpoints.SHIPPED_GENERATORS)
+  _log(f"loading generator {directory}")
+  generator = generator_lib.load_generator(directory)
+  out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
+  start = time.perf_counter()
+  images = generator_lib.sample_images(generator, jax.random.key(args.seed), args.n, args.group, label=args.label)
+  seconds = time.perf_counter() - start
+  files = [str(io.save_png(out / f"{args.group}_{i:05d}.png", image)) for i, image in enumerate(images)]
+  return {"group": args.group, "label": args.label, "checkpoint": str(directory), "resolution": int(images.shape[1]),
+          "filtered": False, "n_generated": len(images), "n_valid": None, "valid_rate": None,
+          "seconds": seconds, "out": str(out), "files": files}
+
+
+def _human_sample(r: dict[str, Any]) -> str:
+  return (f"{r['n_generated']} {r['group']} images ({r['resolution']}x{r['resolution']}, unfiltered) in "
+          f"{r['seconds']:.2f} s -> {r['out']}")
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -174,6 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
   dedup.add_argument("--max-distance", type=int, default=5, help="largest Hamming distance of a pair (default 5)")
   _add_json_arg(dedup)
   dedup.set_defaults(run=cmd_data_dedup, human=_human_dedup)
+
+  train_parser = commands.add_parser("train", help="train a model")
+  train_commands = train_parser.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+  train_gan = train_commands.add_parser("gan", help="the conditional chest X-ray GAN")
+  _add_data_arg(train_gan)
+  train_gan.add_argument("--preset", required=True, help="gan_64_cpu, gan_64_normal_cpu, gan_128, gan_256, gan_tiny")
+  train_gan.add_argument("--steps", type=int, help="override the preset's number of steps")
+  train_gan.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
+  train_gan.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+  train_gan.add_argument("--split", choices=("train", "all"), default="train",
+                         help="images to train on: the standard split's train patients (default) or all")
+  train_gan.add_argument("--seed", type=int, default=0)
+  train_gan.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+  _add_json_arg(train_gan)
+  train_gan.set_defaults(run=cmd_train_gan, human=_human_train)
+
+  sample = commands.add_parser("sample", help="generate radiographs of one age-sex group")
+  sample.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
+  sample.add_argument("--n", type=int, required=True, help="number of images")
+  sample.add_argument("--out", required=True, help="output folder for the PNGs")
+  sample.add_argument("--label", type=int, choices=(0, 1), default=0, help="0 normal (default), 1 abnormal")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
+  sample.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  _add_json_arg(sample)
+  sample.set_defaults(run=cmd_sample, human=_human_sample)
   return parser
 
 

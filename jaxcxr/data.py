@@ -296,6 +296,21 @@ def default_data_path(name: str) -> pathlib.Path:
 
 # ----------------------------------------------------------------------------- splits
 
+# The patient-level split every shipped model uses: train / validation / test fractions and seed.
+STANDARD_SPLIT = (0.7, 0.15, 0.15)
+STANDARD_SPLIT_SEED = 0
+
+
+def standard_split(dataset: CXRDataset) -> dict[str, np.ndarray]:
+  """The shipped models' patient-level split of `dataset`, stratified by label.
+
+  Training uses "train", settings are chosen on "val", and "test" is reported once.
+  Deterministic per patient (see `split_by_patient`), so every model trained on the
+  same archive holds out the same patients.
+  """
+  return split_by_patient(dataset.patient_id, STANDARD_SPLIT, stratify=dataset.label, seed=STANDARD_SPLIT_SEED)
+
+
 
 def split_by_patient(
     patient_id: np.ndarray,

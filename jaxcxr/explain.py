@@ -1,0 +1,188 @@
+"""Grad-CAM heatmaps of the classifier (Selvaraju et al. 2017) and colour overlays.
+
+For a class score y (the logit for target 1, minus the logit for target 0) and the
+last convolutional feature map A (B, h, w, C) of `Classifier.features`:
+
+  alpha_c = mean_{i,j} dy/dA_{ij}^c,        CAM_{ij} = ReLU(n * sum_c alpha_c A_{ij}^c),
+
+with n = h * w positions (per half in "halves" mode, where each half of the map
+has its own weights, because the head pools and weighs the two halves
+separately). The factor n changes no heatmap; it puts the raw map in logit
+units: with this head (global average pooling + linear), the spatial mean of
+n * sum_c alpha_c A^c over a segment equals that segment's contribution to the
+logit, so `raw_max` is comparable across resolutions. (For such a head Grad-CAM
+equals CAM of Zhou et al. 2016.)
+
+The raw map is upsampled bilinearly to the input size (in "halves" mode to the
+cropped region, each half separately; the cropped top rows get 0) and divided by
+its per-image maximum. A map that is zero everywhere (no positive evidence, e.g.
+a blank image) stays zero: no NaN.
+
+Gradients are taken per image by differentiating the *sum* of the batch's scores:
+the classifier uses GroupNorm, so every image's score depends on its own features
+only, and d(sum)/dA_b = dy_b/dA_b. Everything runs in one jitted function of the
+split model state (DESIGN §10), in fixed-size padded batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxcxr import io as io_lib
+from jaxcxr.models.classifier import prepare_images
+
+__all__ = ["GradCam", "grad_cam", "max_heat", "overlay_heatmap"]
+
+
+class GradCam(NamedTuple):
+  """Result of `grad_cam`.
+
+  Attributes:
+    heatmap: float32 numpy (B, R, R) in [0, 1], R the model resolution; each map
+      divided by its own maximum (all zeros when the raw map is zero).
+    raw_max: float32 numpy (B,) >= 0, the maximum of the raw (unnormalised,
+      feature-resolution) map in logit units: how strong the strongest region's
+      evidence for the target class is. This, not the max of `heatmap` (always 1
+      or 0), is what a max-heat score should use.
+  """
+
+  heatmap: np.ndarray
+  raw_max: np.ndarray
+
+
+def _segment_cams(feature_map: jax.Array, grads: jax.Array, num_segments: int) -> list[jax.Array]:
+  """Raw Grad-CAM maps (B, h, w_s) per segment (before the ReLU), in logit units."""
+  h, w = feature_map.shape[1:3]
+  ws = w // num_segments
+  cams = []
+  for s in range(num_segments):
+    a = feature_map[:, :, s * ws:(s + 1) * ws]                      # (B, h, ws, C)
+    alpha = grads[:, :, s * ws:(s + 1) * ws].mean(axis=(1, 2))     # (B, C)
+    cams.append(jnp.einsum("bhwc,bc->bhw", a, alpha) * (h * ws))
+  return cams
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _grad_cam_batch(graphdef, state, x, sign: float):
+  model = nnx.merge(graphdef, state)
+  resolution = model.config.resolution
+  num_segments = getattr(model, "num_segments", 1)
+  crop = getattr(model, "crop_rows", 0)
+  feature_map = model.features(x).astype(jnp.float32)            # (B, h, w, C)
+  grads = jax.grad(lambda f: jnp.sum(sign * model.head(f)))(feature_map)
+  cams = [jax.nn.relu(c) for c in _segment_cams(feature_map, grads, num_segments)]
+  raw = jnp.concatenate(cams, axis=2)                              # (B, h, w)
+  b = x.shape[0]
+  region_w = resolution // num_segments
+  up = jnp.concatenate([jax.image.resize(c, (b, resolution - crop, region_w), "linear") for c in cams], axis=2)
+  up = jnp.pad(jax.nn.relu(up), ((0, 0), (crop, 0), (0, resolution - num_segments * region_w)))
+  peak = up.max(axis=(1, 2), keepdims=True)
+  heatmap = jnp.where(peak > 0, up / jnp.where(peak > 0, peak, 1.0), 0.0)
+  return jnp.clip(heatmap, 0.0, 1.0), raw.max(axis=(1, 2))
+
+
+def grad_cam(model: nnx.Module, images: Any, *, target: int = 1, batch_size: int = 32) -> GradCam:
+  """Grad-CAM heatmaps of a classifier for class `target`, batched and jitted.
+
+  Args:
+    model: a `jaxcxr.models.classifier.Classifier` (or any module with `config.resolution`,
+      `features(x) -> (B, h, w, C)`, `head(feature_map) -> (B,)` and optionally
+      `num_segments`, `crop_rows`), in inference mode.
+    images: uint8 (N, H, W) at any size (resized with LANCZOS), or float (N, R, R, 1)
+      in [0, 1], NHWC (see `jaxcxr.models.classifier.prepare_images`).
+    target: 1 explains the logit (evidence for class 1, e.g. abnormal); 0 explains
+      minus the logit (evidence for class 0).
+    batch_size: images per jitted call (the last batch is padded).
+
+  Returns:
+    `GradCam(heatmap, raw_max)`: heatmap float32 (N, R, R) in [0, 1], raw_max float32 (N,).
+
+  Examples:
+    >>> cam = grad_cam(model, dataset.images[:4])  # doctest: +SKIP
+    >>> overlay_heatmap(dataset.images[0], cam.heatmap[0], "cam0.png")  # doctest: +SKIP
+
+  References:
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+    Gradient-based Localization", ICCV 2017.
+  """
+  if target not in (0, 1):
+    raise ValueError(f"target: expected 0 or 1, got {target!r}")
+  x = prepare_images(images, model.config.resolution)
+  graphdef, state = nnx.split(model)
+  sign = 1.0 if target == 1 else -1.0
+  n = x.shape[0]
+  batch_size = max(1, min(int(batch_size), n))
+  heatmaps, raw_max = [], []
+  for start in range(0, n, batch_size):
+    chunk = x[start: start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    h, m = jax.device_get(_grad_cam_batch(graphdef, state, jnp.asarray(chunk), sign))
+    heatmaps.append(h[: batch_size - pad])
+    raw_max.append(m[: batch_size - pad])
+  r = model.config.resolution
+  if not heatmaps:
+    return GradCam(np.zeros((0, r, r), np.float32), np.zeros((0,), np.float32))
+  return GradCam(np.concatenate(heatmaps).astype(np.float32), np.concatenate(raw_max).astype(np.float32))
+
+
+def max_heat(heatmaps: Any) -> np.ndarray:
+  """Per-image maximum of heatmaps (B, H, W) -> float32 (B,).
+
+  Meaningful on unnormalised maps; of `GradCam.heatmap` it is 1 (or 0 for an
+  empty map), so a max-heat score should use `GradCam.raw_max` instead.
+  """
+  heatmaps = np.asarray(heatmaps, np.float32)
+  if heatmaps.ndim != 3:
+    raise ValueError(f"heatmaps: expected shape (B, H, W), got {heatmaps.shape}")
+  return heatmaps.max(axis=(1, 2)) if heatmaps.size else np.zeros((heatmaps.shape[0],), np.float32)
+
+
+def overlay_heatmap(image_uint8: np.ndarray, heatmap: np.ndarray, path: str | os.PathLike, *,
+                    alpha: float = 0.5, cmap: str = "jet") -> pathlib.Path:
+  """Writes a colour PNG of a radiograph with a heatmap blended over it (atomic write).
+
+  The heatmap is resized bilinearly to the image size and coloured with a
+  matplotlib colormap; each pixel blends as (1 - alpha * h) * gray + alpha * h * colour(h),
+  so cold regions show the radiograph unchanged and hot ones the colour.
+
+  Args:
+    image_uint8: uint8 (H, W) or (H, W, 1) grayscale radiograph.
+    heatmap: float (h, w) in [0, 1] (e.g. `grad_cam(...).heatmap[i]`).
+    path: output PNG path.
+    alpha: opacity of the colour at heat 1.
+    cmap: matplotlib colormap name.
+
+  Returns:
+    The written path.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  image = np.asarray(image_uint8)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim != 2 or image.dtype != np.uint8:
+    raise ValueError(f"image_uint8: expected uint8 (H, W), got {image.dtype} {image.shape}")
+  heat = np.asarray(heatmap, np.float32)
+  if heat.ndim != 2:
+    raise ValueError(f"heatmap: expected (h, w), got {heat.shape}")
+  if not np.isfinite(heat).all():
+    raise ValueError("heatmap contains NaN or inf")
+  if heat.shape != image.shape:
+    heat = np.asarray(Image.fromarray(heat).resize(image.shape[::-1], Image.BILINEAR), np.float32)
+  heat = np.clip(heat, 0.0, 1.0)
+  colour = matplotlib.colormaps[cmap](heat)[..., :3]                   # (H, W, 3) in [0, 1]
+  gray = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+  weight = alpha * heat[..., None]
+  out = (1.0 - weight) * gray + weight * colour
+  return io_lib.save_png(path, np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8))

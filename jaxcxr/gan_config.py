@@ -1,0 +1,280 @@
+"""Configs and presets of the conditional chest X-ray GAN (to be merged into `config.py`).
+
+Frozen dataclasses, one per component (FX gemma `TransformerConfig` style): they
+hash, so they serve as jit static arguments, and they round-trip through JSON with
+`jaxcxr.config.to_dict` / `from_dict`. Presets are functions whose docstrings give
+the run command and the expected result (big_vision configs style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+# Conditioning inputs the models know, in the order they appear in a condition vector.
+KNOWN_CONDITIONS: tuple[str, ...] = ("sex", "age", "label")
+# Age normalisation of the `age` condition: (age - AGE_CENTER) / AGE_SCALE.
+AGE_CENTER = 45.0
+AGE_SCALE = 20.0
+RESOLUTIONS: tuple[int, ...] = (32, 64, 128, 256)
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+
+
+def _check_common(name: str, resolution: int, conditions: tuple[str, ...], dtype: str) -> None:
+  if resolution not in RESOLUTIONS:
+    raise ValueError(f"{name}.resolution: expected one of {RESOLUTIONS}, got {resolution}")
+  if not conditions or len(set(conditions)) != len(conditions) or not set(conditions) <= set(KNOWN_CONDITIONS):
+    raise ValueError(f"{name}.conditions: expected distinct names from {KNOWN_CONDITIONS}, got {conditions}")
+  if tuple(c for c in KNOWN_CONDITIONS if c in conditions) != tuple(conditions):
+    raise ValueError(f"{name}.conditions: expected the order {KNOWN_CONDITIONS}, got {conditions}")
+  if dtype not in DTYPES:
+    raise ValueError(f"{name}.dtype: expected one of {DTYPES}, got {dtype!r}")
+
+
+def stage_channels(resolution: int, base_channels: int, max_channels: int) -> tuple[int, ...]:
+  """Channels per stage from 4x4 up to `resolution`: min(max, base * resolution / side)."""
+  n = int(math.log2(resolution // 4))
+  return tuple(min(max_channels, base_channels * 2 ** (n - i)) for i in range(n + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+  """Conditional generator: latent z and (sex, age, label) -> (H, W, 1) image in [-1, 1]."""
+
+  # Output side in pixels (32, 64, 128 or 256); 4x4 start, one sub-pixel block per doubling.
+  resolution: int = 64
+  # Size of the latent vector z.
+  latent_dim: int = 128
+  # Channels at the output resolution; doubled per halving of the side, capped at max_channels.
+  base_channels: int = 32
+  # Channel cap of the low-resolution stages.
+  max_channels: int = 256
+  # Conditioning inputs, in this order; ("sex", "age") for a normal-only GAN.
+  conditions: tuple[str, ...] = KNOWN_CONDITIONS
+  # Width of the learned embedding of the condition vector.
+  cond_embed_dim: int = 32
+  # Groups of the GroupNorm layers (batch-independent; capped by the channel count).
+  norm_groups: int = 8
+  # Compute dtype of convolutions ("float32" or "bfloat16"); parameters stay float32.
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    _check_common("GeneratorConfig", self.resolution, self.conditions, self.dtype)
+    if self.latent_dim <= 0 or self.base_channels <= 0 or self.max_channels < self.base_channels:
+      raise ValueError(f"GeneratorConfig: bad sizes latent_dim={self.latent_dim}, "
+                       f"base_channels={self.base_channels}, max_channels={self.max_channels}")
+
+  @property
+  def channels(self) -> tuple[int, ...]:
+    """Channels per stage, 4x4 first."""
+    return stage_channels(self.resolution, self.base_channels, self.max_channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorConfig:
+  """Projection discriminator with spectral norm: (H, W, 1) image and condition -> logit."""
+
+  # Input side in pixels (32, 64, 128 or 256); one residual down block per halving to 4x4.
+  resolution: int = 64
+  # Channels at the input resolution; doubled per halving of the side, capped at max_channels.
+  base_channels: int = 32
+  # Channel cap of the low-resolution stages.
+  max_channels: int = 256
+  # Conditioning inputs (must match the generator's).
+  conditions: tuple[str, ...] = KNOWN_CONDITIONS
+  # Slope of the leaky ReLUs.
+  negative_slope: float = 0.2
+  # Compute dtype of convolutions ("float32" or "bfloat16"); parameters stay float32.
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    _check_common("DiscriminatorConfig", self.resolution, self.conditions, self.dtype)
+    if self.base_channels <= 0 or self.max_channels < self.base_channels:
+      raise ValueError(f"DiscriminatorConfig: bad sizes base_channels={self.base_channels}, "
+                       f"max_channels={self.max_channels}")
+
+  @property
+  def channels(self) -> tuple[int, ...]:
+    """Channels per stage, input resolution first, 4x4 last."""
+    return stage_channels(self.resolution, self.base_channels, self.max_channels)[::-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class GanTrainConfig:
+  """Training of the conditional GAN: models, losses, optimisers, augmentation and the loop."""
+
+  # The generator.
+  generator: GeneratorConfig = GeneratorConfig()
+  # The discriminator.
+  discriminator: DiscriminatorConfig = DiscriminatorConfig()
+  # Images per step (D and G each see one batch).
+  batch_size: int = 32
+  # Total optimisation steps (one D and one G update each).
+  steps: int = 3000
+  # Steps per jitted call, run with lax.scan (host sync, progress and checkpoints between calls).
+  steps_per_call: int = 10
+  # Adam learning rate of the generator.
+  g_learning_rate: float = 2e-4
+  # Adam learning rate of the discriminator.
+  d_learning_rate: float = 2e-4
+  # Adam beta1 (0 as in StyleGAN2/BigGAN: momentum hurts adversarial games).
+  adam_b1: float = 0.0
+  # Adam beta2.
+  adam_b2: float = 0.99
+  # R1 penalty weight gamma: gamma/2 * E||grad_x D(x)||^2 on (augmented) reals.
+  r1_gamma: float = 1.0
+  # Lazy R1: penalty every k steps with weight k * gamma (StyleGAN2); 1 = every step.
+  r1_every: int = 4
+  # EMA decay of the generator weights (with a (1+t)/(10+t) warm-up).
+  ema_decay: float = 0.999
+  # DiffAugment policies applied to reals and fakes before D: "translation", "cutout", "color".
+  diffaug: tuple[str, ...] = ("translation", "cutout", "color")
+  # Max translation as a fraction of the side.
+  diffaug_translation: float = 0.125
+  # Cutout square side as a fraction of the side.
+  diffaug_cutout: float = 0.5
+  # Compute dtype of G and D during training ("float32" or "bfloat16"); params and losses stay float32.
+  compute_dtype: str = "float32"
+  # Train on normal images (label 0) only; needs "label" absent from the conditions (AnoGAN use).
+  normal_only: bool = False
+  # Write a sample grid (six groups, normal label) every this many steps; 0 = only at the end.
+  sample_every: int = 500
+  # Samples per group in the grid.
+  samples_per_group: int = 8
+  # Save a training checkpoint every this many steps (and at the end).
+  checkpoint_every: int = 500
+  # Training checkpoints kept.
+  max_to_keep: int = 3
+
+  def __post_init__(self):
+    g, d = self.generator, self.discriminator
+    if g.resolution != d.resolution:
+      raise ValueError(f"GanTrainConfig: generator resolution {g.resolution} != discriminator "
+                       f"resolution {d.resolution}")
+    if g.conditions != d.conditions:
+      raise ValueError(f"GanTrainConfig: generator conditions {g.conditions} != discriminator "
+                       f"conditions {d.conditions}")
+    if self.normal_only and "label" in g.conditions:
+      raise ValueError("GanTrainConfig: normal_only=True trains on one label, so 'label' cannot be a "
+                       "condition; use conditions=('sex', 'age')")
+    if self.compute_dtype not in DTYPES:
+      raise ValueError(f"GanTrainConfig.compute_dtype: expected one of {DTYPES}, got {self.compute_dtype!r}")
+    unknown = set(self.diffaug) - {"translation", "cutout", "color"}
+    if unknown:
+      raise ValueError(f"GanTrainConfig.diffaug: unknown policies {sorted(unknown)}; "
+                       "expected 'translation', 'cutout', 'color'")
+    for name in ("batch_size", "steps", "steps_per_call", "r1_every", "samples_per_group", "max_to_keep"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"GanTrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+    for name in ("steps", "checkpoint_every", "sample_every"):
+      value = getattr(self, name)
+      if value < 0 or value % self.steps_per_call:
+        raise ValueError(f"GanTrainConfig.{name}={value}: expected a non-negative multiple of "
+                         f"steps_per_call={self.steps_per_call}")
+    if self.checkpoint_every <= 0:
+      raise ValueError(f"GanTrainConfig.checkpoint_every: expected a positive multiple of "
+                       f"steps_per_call, got {self.checkpoint_every}")
+
+  @property
+  def resolution(self) -> int:
+    return self.generator.resolution
+
+  @property
+  def conditions(self) -> tuple[str, ...]:
+    return self.generator.conditions
+
+
+def _models(resolution: int, g_base: int, g_max: int, d_base: int, d_max: int,
+            conditions: tuple[str, ...]) -> dict:
+  return {
+      "generator": GeneratorConfig(resolution=resolution, base_channels=g_base, max_channels=g_max,
+                                   conditions=conditions),
+      "discriminator": DiscriminatorConfig(resolution=resolution, base_channels=d_base, max_channels=d_max,
+                                           conditions=conditions),
+  }
+
+
+def gan_tiny(resolution: int = 32, *, conditions: tuple[str, ...] = KNOWN_CONDITIONS) -> GanTrainConfig:
+  """A few channels at 32x32 for unit tests; learns nothing useful.
+
+      python -c "from jaxcxr import gan_config; print(gan_config.gan_tiny())"
+
+  Expected: a train call of 2 steps compiles in seconds on a CPU and gives finite losses.
+  """
+  return GanTrainConfig(
+      generator=GeneratorConfig(resolution=resolution, latent_dim=128, base_channels=4, max_channels=8,
+                                conditions=conditions, cond_embed_dim=8, norm_groups=2),
+      discriminator=DiscriminatorConfig(resolution=resolution, base_channels=4, max_channels=8,
+                                        conditions=conditions),
+      batch_size=4, steps=4, steps_per_call=2, r1_every=2, sample_every=0, samples_per_group=2,
+      checkpoint_every=2, max_to_keep=2)
+
+
+def gan_64_cpu() -> GanTrainConfig:
+  """64x64 conditional GAN sized for 2 CPU cores and about 25 minutes.
+
+      jaxcxr train gan --preset gan_64_cpu --data nih_cxr14_subset_256.npz --out runs/gan64
+
+  G channels (128, 64, 32, 16, 8) from 4x4 to 64x64, 0.93M parameters; D (8, 16,
+  32, 64, 128), 0.16M. Measured on this project's 2-core CPU worker (jax 0.10.2,
+  shared with other jobs): about 45-90 s of compile, then 0.6-0.7 s per step of
+  batch 16 (one core busy), so 2,000 steps take about 25 minutes. Expected:
+  blurry but recognisable frontal chest radiographs (lung fields, mediastinum,
+  shoulders); little per-group detail at this size and length.
+  """
+  return GanTrainConfig(**_models(64, 8, 128, 8, 128, KNOWN_CONDITIONS),
+                        batch_size=16, steps=2000, steps_per_call=20, r1_gamma=0.1, r1_every=4,
+                        g_learning_rate=2.5e-4, d_learning_rate=2.5e-4, ema_decay=0.995,
+                        sample_every=200, checkpoint_every=200)
+
+
+def gan_128() -> GanTrainConfig:
+  """128x128 conditional GAN for a GPU.
+
+      jaxcxr train gan --preset gan_128 --data nih_cxr14_subset_256.npz --out runs/gan128
+
+  G channels (512, 512, 256, 128, 64, 32), 22.7M parameters; D 7.5M; about 2.8
+  TFLOP per step of batch 64. Not timed here (no GPU in the session that wrote
+  it); expected well under the 30-minute slot for 20,000 steps on one H100 in
+  bfloat16. Expected: sharp lung fields and ribs, visible sex and age differences.
+  """
+  return GanTrainConfig(**_models(128, 32, 512, 32, 512, KNOWN_CONDITIONS),
+                        batch_size=64, steps=20000, steps_per_call=100, r1_gamma=0.2,
+                        compute_dtype="bfloat16", ema_decay=0.999, sample_every=2000, checkpoint_every=2000)
+
+
+def gan_256() -> GanTrainConfig:
+  """256x256 conditional GAN for a GPU: about 20,000 steps of batch 64 in a 30-minute H100 slot.
+
+      jaxcxr train gan --preset gan_256 --data nih_cxr14_subset_256.npz --out runs/gan256
+
+  G channels (512, 512, 256, 128, 64, 32, 16), 22.8M parameters; D 7.5M; about
+  3.4 TFLOP per step of batch 64, bfloat16 compute. Not timed here (no GPU in the
+  session that wrote it): 20,000 steps in 30 minutes needs 11 steps/s; check the
+  first minute's img/s and lower `steps` if it falls short. Expected: 256x256
+  radiographs with ribs, clavicles and heart borders.
+  """
+  return GanTrainConfig(**_models(256, 16, 512, 16, 512, KNOWN_CONDITIONS),
+                        batch_size=64, steps=20000, steps_per_call=100, r1_gamma=0.5,
+                        compute_dtype="bfloat16", ema_decay=0.999, sample_every=2000,
+                        checkpoint_every=2000)
+
+
+def gan_64_normal_cpu() -> GanTrainConfig:
+  """`gan_64_cpu` trained on normal images only, conditioned on sex and age (for AnoGAN scoring).
+
+      jaxcxr train gan --preset gan_64_normal_cpu --data nih_cxr14_subset_256.npz --out runs/gan64n
+
+  Expected: as `gan_64_cpu` (half the images, so more repeats of each).
+  """
+  base = gan_64_cpu()
+  return dataclasses.replace(base, **_models(64, 8, 128, 8, 128, ("sex", "age")), normal_only=True)
+
+
+PRESETS = {
+    "gan_tiny": gan_tiny,
+    "gan_64_cpu": gan_64_cpu,
+    "gan_64_normal_cpu": gan_64_normal_cpu,
+    "gan_128": gan_128,
+    "gan_256": gan_256,
+}

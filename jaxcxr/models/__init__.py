@@ -1,0 +1,21 @@
+"""Flax NNX models of jaxcxr (NHWC). Models never import training or scoring code."""
+
+from jaxcxr.models.condition import dataset_condition, group_condition_batch, make_condition, normalize_age
+from jaxcxr.models.discriminator import Discriminator, load_discriminator
+from jaxcxr.models.generator import Generator, latents, load_generator, sample_images
+from jaxcxr.models.layers import SpectralConv, depth_to_space
+
+__all__ = [
+    "Discriminator",
+    "Generator",
+    "SpectralConv",
+    "dataset_condition",
+    "depth_to_space",
+    "group_condition_batch",
+    "latents",
+    "load_discriminator",
+    "load_generator",
+    "make_condition",
+    "normalize_age",
+    "sample_images",
+]

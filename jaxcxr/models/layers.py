@@ -1,0 +1,182 @@
+"""Layers shared by the GAN models (NHWC): convolution, spectral norm, group norm, resampling.
+
+Convolution gradients on a CPU. Inside a `lax.scan` body, XLA:CPU leaves the
+convolutions that autodiff emits (kernel and input gradients, dim_labels
+`f01b_i01o->01bf` / `b01f_01oi->b01f`) in a slow generic form: a GAN train step
+measured 4.4 s as a plain jit but 50 s inside a scan (64x64, batch 16, jax
+0.10.2). On a CPU backend `conv2d` therefore has a custom VJP that keeps every
+convolution in the canonical NHWC/HWIO forward form: the input gradient is a
+forward convolution with the flipped, transposed kernel (itself through the same
+rule, so R1's second derivatives stay canonical) and the kernel gradient is
+im2col patches times the output gradient, one matmul. Other backends use plain
+`lax.conv_general_dilated` and its autodiff (cuDNN).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 'SAME' 2-D cross-correlation, NHWC input, HWIO kernel (odd size)."""
+  if kernel.shape[0] == 1:
+    return x @ kernel.reshape(kernel.shape[2], kernel.shape[3])
+  if jax.default_backend() != "cpu":
+    return _xla_conv(x, kernel)
+  return _cpu_conv(x, kernel)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patches(x: jax.Array, k: int) -> jax.Array:
+  """im2col: (B, H, W, C) -> (B, H, W, k*k*C), channel index (i * k + j) * C + c."""
+  _, h, w, _ = x.shape
+  p = k // 2
+  padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  return jnp.concatenate([padded[:, i: i + h, j: j + w, :] for i in range(k) for j in range(k)], axis=-1)
+
+
+@jax.custom_vjp
+def _cpu_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _xla_conv(x, kernel)
+
+
+def _cpu_conv_fwd(x, kernel):
+  return _xla_conv(x, kernel), (x, kernel)
+
+
+def _cpu_conv_bwd(residuals, dy):
+  x, kernel = residuals
+  k, _, c_in, c_out = kernel.shape
+  # Input gradient: a forward convolution with the flipped, in/out-swapped kernel (canonical form;
+  # through _cpu_conv again, so second derivatives, e.g. R1, stay canonical too).
+  dx = _cpu_conv(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+  # Kernel gradient: im2col patches against dy, one matmul.
+  dk = _patches(x, k).reshape(-1, k * k * c_in).T @ dy.reshape(-1, c_out)
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+
+
+def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+  """(B, H, W, b*b*C) -> (B, b*H, b*W, C); channel index = (dy * b + dx) * C + c."""
+  b, h, w, c = x.shape
+  c_out = c // (block * block)
+  x = x.reshape(b, h, w, block, block, c_out)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * block, w * block, c_out)
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+  """2x2 average pooling, (B, H, W, C) -> (B, H/2, W/2, C)."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _add_bias(y: jax.Array, bias: nnx.Param | None, dtype) -> jax.Array:
+  if bias is None:
+    return y
+  return y + bias[...].astype(dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+class Conv(nnx.Module):
+  """Stride-1 'SAME' convolution with float32 parameters `kernel` (HWIO) and `bias`; NHWC."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *, kernel_init=None,
+               use_bias: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):
+    kernel_init = kernel_init or nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    shape = (kernel_size, kernel_size, in_features, out_features)
+    self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return _add_bias(y, self.bias, self.dtype)
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x), eps))
+
+
+class SpectralConv(nnx.Module):
+  """Convolution (or, with `kernel_size=None`, dense layer) with spectrally normalised weights.
+
+  The kernel, reshaped to a (k*k*c_in, c_out) matrix W, is divided by its largest
+  singular value, estimated with one power-iteration step from the stored `u`
+  (Miyato et al. 2018). The parameter itself is never modified (unlike
+  `nnx.SpectralNorm`, which writes W / sigma back into the wrapped layer on every
+  call). `u` (an `nnx.BatchStat`) is written back only in training mode; under
+  `nnx.view(model, use_running_average=True)` the layer is a pure function of its
+  weights and `u`. Inputs and outputs are NHWC (or (B, features) when dense).
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int | None = 3, *,
+               use_bias: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):
+    shape = ((in_features, out_features) if kernel_size is None
+             else (kernel_size, kernel_size, in_features, out_features))
+    init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+    self.u = nnx.BatchStat(_l2_normalize(jax.random.normal(rngs.params(), (out_features,), jnp.float32)))
+    self.kernel_size = kernel_size
+    self.dtype = dtype
+    # Training mode writes the power-iteration vector back; nnx.view(..., use_running_average=True) freezes it.
+    self.use_running_average = False
+
+  def set_view(self, use_running_average: bool | None = None):
+    """Used by `nnx.view`.
+
+    Args:
+      use_running_average: if True, `u` is not updated (deterministic inference).
+    """
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+  def normalized_kernel(self) -> jax.Array:
+    """The kernel divided by its estimated spectral norm (float32; gradients flow through sigma)."""
+    kernel = self.kernel[...]
+    w = kernel.reshape(-1, kernel.shape[-1])                     # (K, c_out)
+    v = jax.lax.stop_gradient(_l2_normalize(w @ self.u[...]))   # (K,)
+    u = jax.lax.stop_gradient(_l2_normalize(v @ w))             # (c_out,)
+    sigma = v @ (w @ u)
+    if not self.use_running_average:
+      self.u[...] = u
+    return kernel / sigma
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.normalized_kernel().astype(self.dtype)
+    x = x.astype(self.dtype)
+    y = x @ kernel if self.kernel_size is None else conv2d(x, kernel)
+    return _add_bias(y, self.bias, self.dtype)
+
+
+class GroupNorm(nnx.Module):
+  """Group normalisation over (H, W, C/groups) per image, statistics in float32, NHWC.
+
+  Our own rather than `nnx.GroupNorm`, whose bfloat16 path relies on implicit
+  float32 promotion (an error under `jax_numpy_dtype_promotion="strict"`).
+  """
+
+  def __init__(self, channels: int, groups: int, *, dtype, epsilon: float = 1e-5):
+    if channels % groups:
+      raise ValueError(f"GroupNorm: {channels} channels are not divisible into {groups} groups")
+    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+    self.groups = groups
+    self.epsilon = epsilon
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    xg = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
+    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+    var = jnp.square(xg - mean).mean(axis=(1, 2, 4), keepdims=True)
+    y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
+    y = y * self.scale[...].reshape(1, 1, 1, c) + self.bias[...].reshape(1, 1, 1, c)
+    return y.astype(self.dtype)

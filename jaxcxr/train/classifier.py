@@ -1,0 +1,669 @@
+"""Classifier training: a pure jitted multi-step function, a thin loop, evaluation and a pixel baseline.
+
+Tasks: "abnormal" (label 1 = abnormal) and "sex" (1 = female; sex 'U' dropped).
+
+Step (`train_step`): the training images (uint8, resized once on the host to the
+model resolution) live on the device; step t draws its batch indices and
+augmentation from `jax.random.fold_in(key, t)` inside the jitted function, so the
+trajectory is a pure function of (config, data, seed, step) and resuming from a
+checkpoint is exact. `steps_per_call` steps run in one `lax.scan`; the train
+state (a plain dict of arrays) is donated.
+
+Losses per `ClassifierTrainConfig.imbalance` (each a per-example vector, averaged
+over the batch):
+* "none" and "oversample": BCE(z, y) = softplus(z) - y z;
+* "weighted_bce": w_y BCE(z, y) with w_c = N / (2 N_c) from the training labels;
+* "focal": (1 - p_t)^gamma BCE(z, y), times alpha_t = alpha y + (1 - alpha)(1 - y)
+  when `focal_alpha` is set (Lin et al. 2017; gamma = 0 and no alpha is BCE);
+* "oversample" draws both classes equally often (example i with probability
+  1 / (2 N_{y_i})), the repeated minority images differing by their augmentation.
+
+Optimiser: AdamW (weight decay on kernels only) with warm-up + cosine decay and
+global-norm clipping; with `freeze_stages = k` the stem and stages 1..k get
+`optax.set_to_zero` through `optax.multi_transform`, so they never change. With
+`pretrained`, every backbone parameter comes from a saved classifier and the head
+is freshly initialised.
+
+Loop (`train_classifier`): patient-level split stratified on the label (seed in
+the metadata), validation AUC every `eval_every` steps for model selection (the
+only use of validation data besides the decision threshold), test metrics once
+at the end with the selected model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcxr import data as data_lib
+from jaxcxr import metrics as metrics_lib
+from jaxcxr.classifier_config import ClassifierConfig, ClassifierTrainConfig
+from jaxcxr.models.classifier import (Classifier, load_classifier, predict_logits, predict_proba, prepare_images,
+                                      resize_uint8)
+
+__all__ = [
+    "classification_loss",
+    "evaluate_classifier",
+    "focal_loss",
+    "init_train_state",
+    "load_classifier",
+    "load_pretrained_backbone",
+    "make_train_step",
+    "pixel_logreg_baseline",
+    "predict_logits",
+    "predict_proba",
+    "prepare_data",
+    "select_threshold_youden",
+    "task_labels",
+    "train_classifier",
+    "train_step",
+    "weighted_bce",
+]
+
+TrainState = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def task_labels(dataset: data_lib.CXRDataset, task: str) -> tuple[np.ndarray, np.ndarray]:
+  """Which images have a known target for `task`, and the 0/1 targets.
+
+  Args:
+    dataset: the images and their metadata.
+    task: "abnormal" (`dataset.label`, -1 unknown) or "sex" (`dataset.sex == 'F'`, 'U' unknown).
+
+  Returns:
+    (keep bool (N,), y int32 (N,)); y is meaningful where keep is True.
+  """
+  if task == "abnormal":
+    return np.isin(dataset.label, [0, 1]), (dataset.label == 1).astype(np.int32)
+  if task == "sex":
+    return np.isin(dataset.sex, ["M", "F"]), (dataset.sex == "F").astype(np.int32)
+  raise ValueError(f"task: expected 'abnormal' or 'sex', got {task!r}")
+
+
+def _views(dataset: data_lib.CXRDataset) -> np.ndarray | None:
+  view = dataset.extra.get("view")
+  return None if view is None else np.char.upper(np.char.strip(np.asarray(view).astype(str)))
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def weighted_bce(logits: jax.Array, y: jax.Array, weights: jax.Array) -> jax.Array:
+  """Class-weighted binary cross-entropy per example: w_{y_i} (softplus(z_i) - y_i z_i).
+
+  Args:
+    logits: float (B,).
+    y: 0/1 targets (B,).
+    weights: float (2,), (weight of class 0, weight of class 1).
+
+  Returns:
+    float32 (B,).
+  """
+  y = y.astype(jnp.float32)
+  w = weights[0] * (1.0 - y) + weights[1] * y
+  return w * optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), y)
+
+
+def focal_loss(logits: jax.Array, y: jax.Array, *, gamma: float, alpha: float | None = None) -> jax.Array:
+  """Binary focal loss per example, (1 - p_t)^gamma BCE, optionally times alpha_t (optax's, log-space stable).
+
+  With gamma = 0 it is BCE; with gamma = 0 and alpha it is `weighted_bce` with
+  weights (1 - alpha, alpha).
+
+  Args:
+    logits: float (B,).
+    y: 0/1 targets (B,).
+    gamma: focusing exponent (>= 0).
+    alpha: weight of positives (negatives get 1 - alpha); None = unweighted.
+
+  Returns:
+    float32 (B,).
+
+  References:
+    Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
+  """
+  return optax.sigmoid_focal_loss(logits.astype(jnp.float32), y.astype(jnp.float32), alpha=alpha, gamma=gamma)
+
+
+def classification_loss(logits: jax.Array, y: jax.Array, config: ClassifierTrainConfig,
+                        class_weights: jax.Array) -> jax.Array:
+  """The per-example training loss of `config.imbalance` (see the module docstring). float32 (B,)."""
+  if config.imbalance == "weighted_bce":
+    return weighted_bce(logits, y, class_weights)
+  if config.imbalance == "focal":
+    return focal_loss(logits, y, gamma=config.focal_gamma, alpha=config.focal_alpha)
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), y.astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------- optimiser and state
+
+
+def _top_key(path) -> str:
+  return str(getattr(path[0], "key", path[0]))
+
+
+def _is_frozen(path, freeze_stages: int) -> bool:
+  if freeze_stages <= 0:
+    return False
+  top = _top_key(path)
+  if top in ("stem_conv", "stem_norm"):
+    return True
+  return top == "stages" and int(getattr(path[1], "key", path[1])) < freeze_stages
+
+
+def _optimizer(config: ClassifierTrainConfig) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                                max(config.steps, config.warmup_steps + 1), 0.0)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
+  parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
+  parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+  tx = optax.chain(*parts)
+  if config.freeze_stages == 0:
+    return tx
+  labels = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if _is_frozen(path, config.freeze_stages) else "train", params)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdef(config: ClassifierConfig):
+  return nnx.graphdef(nnx.eval_shape(lambda: Classifier(config, rngs=nnx.Rngs(0))))
+
+
+def _params(model: Classifier) -> dict:
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def load_pretrained_backbone(directory: str | os.PathLike, params: dict) -> dict:
+  """`params` with every backbone leaf (all but `linear`, the head) taken from a saved classifier.
+
+  The saved classifier may differ in resolution, input mode and dtype (convolution
+  weights do not depend on them) but not in stages, channels or stem.
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: unreadable checkpoint, or a backbone leaf
+      whose shape differs (named).
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+  source = _params(load_classifier(directory))
+
+  def take(path, leaf):
+    if _top_key(path) == "linear":
+      return leaf
+    name = jax.tree_util.keystr(path)
+    node = source
+    try:
+      for k in path:
+        node = node[getattr(k, "key", k)]
+    except (KeyError, TypeError, IndexError):
+      raise checkpoints.CheckpointError(f"{directory}: pretrained classifier has no backbone leaf {name}; "
+                                        "stages, channels and stem must match") from None
+    if np.shape(node) != np.shape(leaf):
+      raise checkpoints.CheckpointError(f"{directory}: pretrained leaf {name} has shape {np.shape(node)}, "
+                                        f"the model {np.shape(leaf)}; stages, channels and stem must match")
+    return jnp.asarray(node, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(take, params)
+
+
+def init_train_state(config: ClassifierTrainConfig, seed: int = 0) -> TrainState:
+  """Fresh training state: a plain dict of arrays (checkpointable, donatable).
+
+  Keys: "step" int32 (); "key" uint32 raw key data of the training key; "params"
+  the model's `nnx.Param` values as a pure dict (backbone from `config.pretrained`
+  when set); "opt" the optimiser state.
+  """
+  root = jax.random.key(seed)
+  params = _params(Classifier(config.model, rngs=nnx.Rngs(jax.random.fold_in(root, 1))))
+  if config.pretrained:
+    params = load_pretrained_backbone(config.pretrained, params)
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "key": jax.random.key_data(jax.random.fold_in(root, 2)),
+      "params": params,
+      "opt": _optimizer(config).init(params),
+  }
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def train_step(state: TrainState, data: dict[str, jax.Array], config: ClassifierTrainConfig
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step (pure; `make_train_step` jits and scans it).
+
+  Args:
+    state: from `init_train_state` (or a restored checkpoint).
+    data: on device (from `prepare_data`): "images" uint8 (N, R, R), "label" int32 (N,),
+      "class_weights" float32 (2,), "sample_p" float32 (N,) (sampling probabilities).
+    config: the training config (static).
+
+  Returns:
+    (new state, metrics): scalars "loss" (batch mean) and "accuracy" (at logit 0).
+  """
+  graphdef = _graphdef(config.model)
+  tx = _optimizer(config)
+  b = config.batch_size
+  step = state["step"]
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
+  k_idx, k_aug = jax.random.split(key)
+  n = data["images"].shape[0]
+  if config.imbalance == "oversample":
+    idx = jax.random.choice(k_idx, n, (b,), replace=True, p=data["sample_p"])
+  else:
+    idx = jax.random.randint(k_idx, (b,), 0, n)
+  x = (data["images"][idx].astype(jnp.float32) / 255.0)[..., None]   # (B, R, R, 1) in [0, 1]
+  if config.augment is not None:
+    x = data_lib.augment(k_aug, x, config.augment)
+  y = data["label"][idx]
+
+  def loss_fn(params):
+    logits = nnx.merge(graphdef, params)(x)                            # (B,)
+    return classification_loss(logits, y, config, data["class_weights"]).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt = tx.update(grads, state["opt"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  accuracy = jnp.mean(((logits > 0).astype(jnp.int32) == y).astype(jnp.float32))
+  return {"step": step + 1, "key": state["key"], "params": params, "opt": opt}, {"loss": loss, "accuracy": accuracy}
+
+
+def _loop_free(config: ClassifierTrainConfig) -> ClassifierTrainConfig:
+  """The config with loop-only fields normalised: what the compiled step depends on."""
+  k = config.steps_per_call
+  return dataclasses.replace(config, eval_every=k, checkpoint_every=k, max_to_keep=1, eval_batch_size=1,
+                             pretrained=None, split=(1.0, 0.0, 0.0), split_seed=0)
+
+
+def make_train_step(config: ClassifierTrainConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Jitted `steps_per_call` training steps in one `lax.scan`, train state donated.
+
+  Cached per config (ignoring loop-only fields), so a resumed run in the same
+  process does not recompile.
+
+  Returns:
+    `fn(state, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
+  """
+  return _make_train_step(_loop_free(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _make_train_step(config: ClassifierTrainConfig):
+  def call(state, data):
+    return jax.lax.scan(lambda s, _: train_step(s, data, config), state, None, length=config.steps_per_call,
+                        unroll=config.scan_unroll)
+
+  return jax.jit(call, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig) -> dict[str, np.ndarray]:
+  """Host arrays of the training step from a (training) dataset whose targets are all known.
+
+  Returns:
+    {"images": uint8 (N, R, R), "label": int32 (N,), "class_weights": float32 (2,)
+    (N / (2 N_c)), "sample_p": float32 (N,) (1 / (2 N_{y_i}) for "oversample", else 1 / N)}.
+
+  Raises:
+    jaxcxr.data.DataError: an unknown target, or a single class.
+  """
+  keep, y = task_labels(dataset, config.task)
+  if not keep.all():
+    raise data_lib.DataError(f"{dataset.source or 'dataset'}: {int((~keep).sum())} image(s) have no "
+                             f"{config.task} target")
+  counts = np.bincount(y, minlength=2)
+  if counts.min() == 0:
+    raise data_lib.DataError(f"{dataset.source or 'dataset'}: the training part has a single class "
+                             f"(counts {counts.tolist()}) for task {config.task!r}")
+  n = len(y)
+  if config.imbalance == "oversample":
+    sample_p = 1.0 / (2.0 * counts[y])
+  else:
+    sample_p = np.full(n, 1.0 / n)
+  return {
+      "images": resize_uint8(dataset.images, config.resolution),
+      "label": y.astype(np.int32),
+      "class_weights": (n / (2.0 * counts)).astype(np.float32),
+      "sample_p": (sample_p / sample_p.sum()).astype(np.float32),
+  }
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def select_threshold_youden(y_pred: np.ndarray, y: np.ndarray) -> float:
+  """The probability threshold maximising TPR - FPR (Youden's J), predicting 1 for y_pred >= t."""
+  fpr, tpr, thresholds = metrics_lib.compute_roc_curve(y_pred, y)
+  finite = np.isfinite(thresholds)
+  j = np.where(finite, tpr - fpr, -np.inf)
+  return float(thresholds[int(np.argmax(j))]) if finite.any() else 0.5
+
+
+def _auc_or_none(y_pred: np.ndarray, y: np.ndarray) -> float | None:
+  return metrics_lib.compute_roc_auc(y_pred, y) if 0 < y.sum() < len(y) else None
+
+
+def _report(prob: np.ndarray, y: np.ndarray, threshold: float, views: np.ndarray | None) -> dict[str, Any]:
+  binary = metrics_lib.compute_binary_report((prob >= threshold).astype(np.int64), y)
+  out = {
+      "n": int(len(y)),
+      "n_positive": int(y.sum()),
+      "roc_auc": _auc_or_none(prob, y),
+      "accuracy": binary["accuracy"],
+      "sensitivity": binary["recall"],
+      "specificity": binary["specificity"],
+      "threshold": float(threshold),
+  }
+  if views is not None:
+    out["roc_auc_by_view"] = {str(v): _auc_or_none(prob[views == v], y[views == v]) for v in np.unique(views)}
+    out["n_by_view"] = {str(v): int((views == v).sum()) for v in np.unique(views)}
+  return out
+
+
+def evaluate_classifier(model: Classifier, dataset: data_lib.CXRDataset, task: str, *, batch_size: int = 32,
+                        threshold: float = 0.5) -> dict[str, Any]:
+  """ROC AUC and accuracy of a classifier on a dataset (DESIGN §8 `evaluate classifier`).
+
+  Images without a target for `task` are skipped. Accuracy, sensitivity and
+  specificity predict class 1 where p >= `threshold` (use the validation threshold
+  saved in the checkpoint metadata, `read_metadata(dir)["threshold"]`).
+
+  Args:
+    model: a `Classifier` (e.g. from `load_classifier`).
+    dataset: images (any size; resized to the model resolution) with labels/sex.
+    task: "abnormal" or "sex".
+    batch_size: images per jitted call.
+    threshold: decision threshold on the probability of class 1.
+
+  Returns:
+    {"n", "n_positive", "roc_auc" (None when a class is missing), "accuracy",
+    "sensitivity", "specificity", "threshold"} plus, when the dataset has a `view`
+    array, "roc_auc_by_view" {view: AUC or None} and "n_by_view".
+
+  Raises:
+    jaxcxr.data.DataError: no image has a target for `task`.
+  """
+  keep, y = task_labels(dataset, task)
+  if not keep.any():
+    raise data_lib.DataError(f"{dataset.source or 'dataset'}: no image has a {task} target")
+  subset = dataset.subset(keep)
+  prob = predict_proba(model, subset.images, batch_size)
+  return _report(prob, y[keep], threshold, _views(subset))
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _device_name() -> str:
+  device = jax.devices()[0]
+  return f"{device.platform}:{getattr(device, 'device_kind', '')}"
+
+
+def _split(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig):
+  keep, y = task_labels(dataset, config.task)
+  kept = np.flatnonzero(keep)
+  if kept.size == 0:
+    raise data_lib.DataError(f"{dataset.source or 'dataset'}: no image has a {config.task} target")
+  parts = data_lib.split_by_patient(dataset.patient_id[kept], config.split, stratify=y[kept],
+                                    seed=config.split_seed)
+  indices = {name: kept[idx] for name, idx in parts.items()}
+  for name in ("train", "val"):
+    counts = np.bincount(y[indices[name]], minlength=2)
+    if counts.min() == 0:
+      raise data_lib.DataError(f"{dataset.source or 'dataset'}: the {name} part has class counts "
+                               f"{counts.tolist()} for task {config.task!r}; both classes are needed "
+                               "(more images or other split fractions)")
+  return indices, y, int((~keep).sum())
+
+
+def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig, out_dir: str | os.PathLike, *,
+                     resume: bool = False, seed: int = 0, progress: bool = True,
+                     stop_at: int | None = None) -> dict[str, Any]:
+  """Trains the classifier with model selection on validation AUC; evaluates once on test.
+
+  Writes under `out_dir`: `checkpoints/STEP/` (training state plus the best
+  parameters so far, every `checkpoint_every` steps and at the end) and, when the
+  run reaches `config.steps`, the inference checkpoint `classifier/`
+  (`checkpoints.save_model`, parameters of the step with the best validation AUC)
+  whose metadata hold the task, the split (seed, fractions, indices), steps,
+  seconds, device, data sha256, the decision threshold (Youden on validation), and
+  validation and test metrics. A run killed at any moment continues from its last
+  checkpoint with `resume=True`; the result equals an uninterrupted run.
+
+  Args:
+    dataset: images with labels (task "abnormal") or sex (task "sex") and patient ids.
+    config: the training config, e.g. `classifier_config.classifier_128_cpu()`.
+    out_dir: output folder.
+    resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
+    seed: seed of the initial weights and of the training randomness (the split
+      uses `config.split_seed`).
+    progress: show a tqdm bar on stderr.
+    stop_at: stop after this step (a multiple of `steps_per_call`), leaving a
+      checkpoint to resume from; for time-sliced runs. None runs to `config.steps`.
+
+  Returns:
+    {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step",
+    "best_step", "best_val_auc", "threshold", "val", "test" (None when stopped
+    early), "n_train", "n_val", "n_test", "out_dir", "classifier" (path or None)}.
+
+  Raises:
+    jaxcxr.data.DataError: unusable data (before any compilation).
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+  end = config.steps if stop_at is None else min(int(stop_at), config.steps)
+  if end % config.steps_per_call:
+    raise ValueError(f"stop_at={stop_at}: expected a multiple of steps_per_call={config.steps_per_call}")
+  indices, y_all, n_dropped = _split(dataset, config)
+  host_data = prepare_data(dataset.subset(indices["train"]), config)
+  val_images = prepare_images(dataset.images[indices["val"]], config.resolution)
+  y_val = y_all[indices["val"]]
+  out_dir = pathlib.Path(out_dir)
+  ckpt_dir = out_dir / "checkpoints"
+  wall_start = time.perf_counter()
+  state = init_train_state(config, seed)
+  graphdef = _graphdef(config.model)
+
+  def val_auc(params) -> float:
+    logits = predict_logits(nnx.merge(graphdef, params), val_images, config.eval_batch_size)
+    return metrics_lib.compute_roc_auc(logits, y_val)
+
+  # Best-so-far parameters (model selection on validation AUC), checkpointed with the train state.
+  best = {"params": jax.device_get(state["params"]), "auc": np.asarray(-1.0, np.float32),
+          "step": np.asarray(0, np.int32)}
+  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
+                            "resume=True to continue, or choose another output folder")
+    previous_seconds = 0.0
+    if resume and latest is not None:
+      restored = ckpt.restore(jax.eval_shape(lambda: {"train": state, "best": best}))
+      state, best = restored["train"], restored["best"]
+      previous_seconds = float(ckpt.read_metadata().get("train_seconds", 0.0))
+    start = int(state["step"])
+    if start % config.steps_per_call:
+      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
+                       f"{config.steps_per_call}")
+    device_data = jax.device_put({k: jnp.asarray(v) for k, v in host_data.items()})
+    train_call = make_train_step(config)
+    step, metrics_host = start, None
+    compile_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
+               dynamic_ncols=True, desc=f"classifier:{config.task}")
+
+    def checkpoint(step: int):
+      meta = {"train_seconds": previous_seconds + time.perf_counter() - wall_start, "seed": seed,
+              "best_val_auc": float(best["auc"]), "best_step": int(best["step"])}
+      ckpt.save(step, {"train": jax.device_get(state), "best": best}, config=config, metadata=meta, force=True)
+
+    try:
+      while step < end:
+        t0 = time.perf_counter()
+        state, metrics = train_call(state, device_data)
+        metrics_host = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        if step == start:
+          compile_seconds = elapsed  # first call: compile + one call
+        else:
+          timed_steps += config.steps_per_call
+          timed_seconds += elapsed
+        step += config.steps_per_call
+        if not np.isfinite(metrics_host["loss"]).all():
+          raise FloatingPointError(f"classifier training diverged at step {step}: losses "
+                                   f"{np.asarray(metrics_host['loss']).tolist()}")
+        if step % config.eval_every == 0 or step == config.steps:
+          params_host = jax.device_get(state["params"])
+          auc = np.asarray(val_auc(params_host), np.float32)  # compared as stored: ties keep the earlier step
+          if auc > best["auc"]:
+            best = {"params": params_host, "auc": auc, "step": np.asarray(step, np.int32)}
+        bar.update(config.steps_per_call)
+        bar.set_postfix(loss=f"{float(np.mean(metrics_host['loss'])):.3f}", val_auc=f"{float(best['auc']):.3f}",
+                        refresh=False)
+        if step % config.checkpoint_every == 0 or step == end:
+          checkpoint(step)
+    finally:
+      bar.close()
+    if step == end and ckpt.latest_step() != step:
+      checkpoint(step)  # resumed at the final step
+    ckpt.wait_until_finished()
+
+  seconds = time.perf_counter() - wall_start
+  result = {
+      "steps": step,
+      "start_step": start,
+      "seconds": seconds,
+      "compile_seconds": compile_seconds,
+      "seconds_per_step": timed_seconds / timed_steps if timed_steps else float("nan"),
+      "best_step": int(best["step"]),
+      "best_val_auc": float(best["auc"]),
+      "n_train": int(len(indices["train"])),
+      "n_val": int(len(indices["val"])),
+      "n_test": int(len(indices["test"])),
+      "n_dropped": n_dropped,
+      "out_dir": str(out_dir),
+      "threshold": None,
+      "val": None,
+      "test": None,
+      "classifier": None,
+  }
+  if step < config.steps:
+    return result
+
+  # Final: the selected model, its validation threshold, and the test set evaluated once.
+  model = nnx.merge(graphdef, best["params"])
+  val_prob = predict_proba(model, val_images, config.eval_batch_size)
+  threshold = select_threshold_youden(val_prob, y_val)
+  val_report = _report(val_prob, y_val, threshold, _views(dataset.subset(indices["val"])))
+  test_report = None
+  if len(indices["test"]):
+    test_set = dataset.subset(indices["test"])
+    views = _views(test_set) if config.task == "abnormal" else None
+    test_prob = predict_proba(model, test_set.images, config.eval_batch_size)
+    test_report = _report(test_prob, y_all[indices["test"]], threshold, views)
+  metadata = {
+      "task": config.task,
+      "positive_class": "abnormal" if config.task == "abnormal" else "female",
+      "threshold": threshold,
+      "split": {"seed": config.split_seed, "fractions": list(config.split), "stratify": config.task,
+                "by": "patient_id", **{name: idx.tolist() for name, idx in indices.items()}},
+      "steps": step,
+      "best_step": int(best["step"]),
+      "train_seconds": previous_seconds + seconds,
+      "device": _device_name(),
+      "seed": seed,
+      "imbalance": config.imbalance,
+      "pretrained": config.pretrained,
+      "freeze_stages": config.freeze_stages,
+      "val": val_report,
+      "test": test_report,
+      "data_source": dataset.source,
+  }
+  if dataset.source and pathlib.Path(dataset.source).is_file():
+    metadata["data_sha256"] = data_lib.file_sha256(dataset.source)
+  path = checkpoints.save_model(out_dir / "classifier", model, config.model, metadata=metadata, overwrite=True)
+  result.update(threshold=threshold, val=val_report, test=test_report, classifier=str(path))
+  return result
+
+
+# ----------------------------------------------------------------------------- baseline
+
+
+def _pixel_features(images: np.ndarray, size: int = 32) -> np.ndarray:
+  """uint8 (N, H, W) -> float32 (N, size*size): area averages over size x size blocks, in [0, 1]."""
+  images = np.asarray(images)
+  n, h, w = images.shape
+  if h % size == 0 and w % size == 0:
+    pooled = images.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4), dtype=np.float64)
+  else:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    pooled = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BOX), np.float64) for im in images])
+  return (pooled / 255.0).reshape(n, -1).astype(np.float32)
+
+
+def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDataset, task: str) -> dict[str, Any]:
+  """Logistic regression on 32x32 pixel averages: the baseline a CNN must clearly beat.
+
+  Features: 8x8 block means of the 256x256 image (1024 values), standardised.
+  L2-penalised logistic regression (liblinear, fast when features outnumber
+  images; it penalises the intercept too, harmless on standardised features). The
+  L2 strength C is chosen from 1e-4..10 by 5-fold cross-validated AUC on the
+  training part, folds grouped by patient and stratified (scikit-learn
+  `StratifiedGroupKFold`); the test set is used once.
+
+  Args:
+    train_ds: training images (patients disjoint from `test_ds`'s).
+    test_ds: test images.
+    task: "abnormal" or "sex" (images without a target are skipped).
+
+  Returns:
+    {"n_train", "n_test", "C", "roc_auc", "accuracy" (at p >= 0.5)} plus
+    "roc_auc_by_view" when the test set has views.
+  """
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  keep_tr, y_tr = task_labels(train_ds, task)
+  keep_te, y_te = task_labels(test_ds, task)
+  train_ds, y_tr = train_ds.subset(keep_tr), y_tr[keep_tr]
+  test_ds, y_te = test_ds.subset(keep_te), y_te[keep_te]
+  overlap = np.intersect1d(train_ds.patient_id, test_ds.patient_id)
+  if overlap.size:
+    raise data_lib.DataError(f"train and test share {overlap.size} patient(s) (e.g. {overlap[0]!r}); "
+                             "split by patient (jaxcxr.data.split_by_patient)")
+  folds = int(min(5, np.bincount(y_tr, minlength=2).min()))
+  if folds < 2:
+    raise data_lib.DataError(f"the training set needs at least 2 images of each class for task {task!r}")
+  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
+                        {"logisticregression__C": np.logspace(-4, 1, 11)},
+                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
+  search.fit(_pixel_features(train_ds.images), y_tr, groups=train_ds.patient_id)
+  prob = search.predict_proba(_pixel_features(test_ds.images))[:, 1]
+  report = _report(prob, y_te, 0.5, _views(test_ds))
+  return {"n_train": int(len(y_tr)), "n_test": report["n"], "C": float(search.best_params_["logisticregression__C"]),
+          **{k: v for k, v in report.items() if k not in ("n", "threshold")}}

@@ -1,0 +1,496 @@
+"""Conditional GAN training: a pure jitted multi-step function and a thin loop.
+
+Losses (per step, one D update then one G update):
+
+* D: non-saturating logistic loss, softplus(-D(A(x), c)) + softplus(D(A(G(z, c)), c)),
+  with A the differentiable augmentation (DiffAugment, Zhao et al. 2020:
+  translation, cutout, brightness/contrast) applied to reals and fakes alike,
+  plus the R1 penalty gamma/2 * E||grad_x D(A(x), c)||^2 on augmented reals
+  (Mescheder et al. 2018), lazily every `r1_every` steps with weight
+  `r1_every * gamma` (StyleGAN2).
+* G: non-saturating, softplus(-D(A(G(z, c')), c')), with c' the conditions of
+  another random batch of real images (the data's joint condition distribution).
+* EMA of the generator weights with decay min(ema_decay, (1+t)/(10+t)).
+
+The whole data set (uint8, resized once on the host) lives on the device; step t
+draws its batch indices, latents and augmentation from
+`jax.random.fold_in(key, t)` inside the jitted function. So the trajectory is a
+pure function of (config, data, seed, step), and resuming from a checkpoint is
+exact. `steps_per_call` steps run in one `lax.scan`; the train state (a plain dict
+of arrays, see `init_train_state`) is donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcxr import data as data_lib
+from jaxcxr.gan_config import GanTrainConfig
+from jaxcxr.models.condition import group_condition_batch, make_condition
+from jaxcxr.models.discriminator import Discriminator, load_discriminator
+from jaxcxr.models.generator import Generator, latents, load_generator, sample_images
+
+__all__ = [
+    "diff_augment",
+    "init_train_state",
+    "load_discriminator",
+    "load_generator",
+    "make_train_step",
+    "prepare_data",
+    "sample_images",
+    "train_gan",
+    "train_step",
+]
+
+TrainState = dict[str, Any]
+# PRNG of initialisation and training. "rbg" (XLA's RngBitGenerator) compiles several times
+# faster on a CPU than threefry's unrolled hash; streams are reproducible on one backend.
+_KEY_IMPL = "rbg"
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def diff_augment(key: jax.Array, images: jax.Array, config: GanTrainConfig) -> jax.Array:
+  """DiffAugment for single-channel images; differentiable in `images`.
+
+  "color": brightness + U(-0.5, 0.5) and contrast about the image mean x U(0.5, 1.5);
+  "translation": integer shift up to `diffaug_translation` of the side, -1 (black) fill;
+  "cutout": a square of side `diffaug_cutout` of the side set to 0, random centre.
+  Each policy draws independent values per image.
+
+  Args:
+    key: PRNG key.
+    images: float32 (B, H, W, 1), NHWC, in [-1, 1].
+    config: which policies and their sizes (static).
+
+  Returns:
+    float32 (B, H, W, 1).
+  """
+  b, h, w, _ = images.shape
+  k_bri, k_con, k_ty, k_tx, k_cy, k_cx = jax.random.split(key, 6)
+  x = images
+  if "color" in config.diffaug:
+    x = x + (jax.random.uniform(k_bri, (b, 1, 1, 1)) - 0.5)
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) * (jax.random.uniform(k_con, (b, 1, 1, 1)) + 0.5) + mean
+  if "translation" in config.diffaug:
+    sy, sx = int(h * config.diffaug_translation + 0.5), int(w * config.diffaug_translation + 0.5)
+    ty = jax.random.randint(k_ty, (b, 1), -sy, sy + 1)
+    tx = jax.random.randint(k_tx, (b, 1), -sx, sx + 1)
+    src_y = jnp.arange(h)[None, :] - ty                    # (B, H)
+    src_x = jnp.arange(w)[None, :] - tx                    # (B, W)
+    x = jnp.take_along_axis(x, jnp.clip(src_y, 0, h - 1)[:, :, None, None], axis=1)
+    x = jnp.take_along_axis(x, jnp.clip(src_x, 0, w - 1)[:, None, :, None], axis=2)
+    inside = (((src_y >= 0) & (src_y < h))[:, :, None, None] & ((src_x >= 0) & (src_x < w))[:, None, :, None])
+    x = jnp.where(inside, x, -1.0)
+  if "cutout" in config.diffaug:
+    ch, cw = int(h * config.diffaug_cutout + 0.5), int(w * config.diffaug_cutout + 0.5)
+    cy = jax.random.randint(k_cy, (b, 1), 0, h + (1 - ch % 2))
+    cx = jax.random.randint(k_cx, (b, 1), 0, w + (1 - cw % 2))
+    in_y = jnp.abs(jnp.arange(h)[None, :] - cy) < (ch + 1) // 2   # (B, H)
+    in_x = jnp.abs(jnp.arange(w)[None, :] - cx) < (cw + 1) // 2   # (B, W)
+    x = jnp.where(in_y[:, :, None, None] & in_x[:, None, :, None], 0.0, x)
+  return x
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _train_model_configs(config: GanTrainConfig):
+  """Model configs with the training compute dtype (same parameter tree as the stored ones)."""
+  return (dataclasses.replace(config.generator, dtype=config.compute_dtype),
+          dataclasses.replace(config.discriminator, dtype=config.compute_dtype))
+
+
+def _optimizers(config: GanTrainConfig) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  adam = lambda lr: optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+  return adam(config.g_learning_rate), adam(config.d_learning_rate)
+
+
+def init_train_state(config: GanTrainConfig, seed: int = 0) -> TrainState:
+  """Fresh training state: a plain dict of arrays (checkpointable, donatable).
+
+  Keys: "step" int32 (); "key" uint32 raw key data of the training key; "g",
+  "g_ema" generator params; "d" discriminator params; "d_stats" its spectral-norm
+  vectors; "g_opt", "d_opt" Adam states. Params are pure dicts (`nnx.to_pure_dict`).
+  Built in one jitted call (eager initialisation dispatches, and on a CPU compiles,
+  every initialiser separately).
+  """
+  return _jitted_init(_loop_free(config))(np.uint32(seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(config: GanTrainConfig):
+  def init(seed):
+    root = jax.random.key(seed, impl=_KEY_IMPL)
+    generator = Generator(config.generator, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
+    discriminator = Discriminator(config.discriminator, rngs=nnx.Rngs(jax.random.fold_in(root, 2)))
+    g_params = nnx.to_pure_dict(nnx.state(generator, nnx.Param))
+    d_params = nnx.to_pure_dict(nnx.state(discriminator, nnx.Param))
+    d_stats = nnx.to_pure_dict(nnx.state(discriminator, nnx.BatchStat))
+    g_tx, d_tx = _optimizers(config)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "key": jax.random.key_data(jax.random.fold_in(root, 3)),
+        "g": g_params,
+        "g_ema": jax.tree.map(jnp.copy, g_params),
+        "d": d_params,
+        "d_stats": d_stats,
+        "g_opt": g_tx.init(g_params),
+        "d_opt": d_tx.init(d_params),
+    }
+
+  return jax.jit(init)
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdefs(config: GanTrainConfig):
+  g_cfg, d_cfg = _train_model_configs(config)
+  generator = nnx.eval_shape(lambda: Generator(g_cfg, rngs=nnx.Rngs(0)))
+  discriminator = nnx.eval_shape(lambda: Discriminator(d_cfg, rngs=nnx.Rngs(0)))
+  g_graphdef = nnx.graphdef(generator)
+  d_train = nnx.graphdef(discriminator)
+  d_eval = nnx.graphdef(nnx.view(discriminator, use_running_average=True))
+  return g_graphdef, d_train, d_eval
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainConfig
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One D update and one G update (pure; `make_train_step` jits and scans it).
+
+  Args:
+    state: from `init_train_state` (or a restored checkpoint).
+    data: {"images": uint8 (N, R, R), "cond": float32 (N, len(conditions))}, on device
+      (from `prepare_data`).
+    config: the training config (static).
+
+  Returns:
+    (new state, metrics): scalars "d_loss" (logistic part), "g_loss", "r1" (the
+    unweighted penalty; 0 on steps without R1), "d_real", "d_fake" (mean logits).
+  """
+  g_graphdef, d_train, d_eval = _graphdefs(config)
+  g_tx, d_tx = _optimizers(config)
+  b = config.batch_size
+  step = state["step"]
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=_KEY_IMPL), step)
+  k_real, k_z, k_aug_real, k_aug_fake, k_gcond, k_gz, k_gaug = jax.random.split(key, 7)
+  n = data["images"].shape[0]
+
+  idx = jax.random.randint(k_real, (b,), 0, n)
+  reals = (data["images"][idx].astype(jnp.float32) / 127.5 - 1.0)[..., None]   # (B, R, R, 1)
+  cond = data["cond"][idx]
+  latent_dim = config.generator.latent_dim
+  fakes = jax.lax.stop_gradient(nnx.merge(g_graphdef, state["g"])(jax.random.normal(k_z, (b, latent_dim)), cond))
+  reals_aug = diff_augment(k_aug_real, reals, config)
+  fakes_aug = diff_augment(k_aug_fake, fakes, config)
+
+  def r1_penalty(d_params, d_stats):
+    discriminator = nnx.merge(d_eval, d_params, d_stats)
+    grads = jax.grad(lambda x: discriminator(x, cond).sum())(reals_aug)
+    return jnp.square(grads).sum(axis=(1, 2, 3)).mean()
+
+  use_r1 = config.r1_gamma > 0
+  lazy = config.r1_every > 1
+  do_r1 = (step % config.r1_every) == 0
+
+  def d_loss_fn(d_params):
+    discriminator = nnx.merge(d_train, d_params, state["d_stats"])
+    logits = discriminator(jnp.concatenate([reals_aug, fakes_aug]), jnp.concatenate([cond, cond]))
+    d_stats = nnx.to_pure_dict(nnx.state(discriminator, nnx.BatchStat))
+    d_real, d_fake = logits[:b], logits[b:]
+    loss = jax.nn.softplus(-d_real).mean() + jax.nn.softplus(d_fake).mean()
+    r1 = jnp.zeros((), jnp.float32)
+    if use_r1:
+      r1 = (jax.lax.cond(do_r1, r1_penalty, lambda *_: jnp.zeros((), jnp.float32), d_params, d_stats)
+            if lazy else r1_penalty(d_params, d_stats))
+    total = loss + (0.5 * config.r1_gamma * config.r1_every) * r1
+    return total, (d_stats, loss, r1, d_real.mean(), d_fake.mean())
+
+  (_, (d_stats, d_loss, r1, d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state["d"])
+  # optax's Adam computes decay**count with an int32 count: fine under standard promotion, an
+  # error under the strict promotion our tests use. Promotion is a trace-time setting.
+  with jax.numpy_dtype_promotion("standard"):
+    d_updates, d_opt = d_tx.update(d_grads, state["d_opt"], state["d"])
+  d_params = optax.apply_updates(state["d"], d_updates)
+
+  gcond = data["cond"][jax.random.randint(k_gcond, (b,), 0, n)]
+  gz = jax.random.normal(k_gz, (b, latent_dim))
+  discriminator = nnx.merge(d_eval, d_params, d_stats)
+
+  def g_loss_fn(g_params):
+    images = nnx.merge(g_graphdef, g_params)(gz, gcond)
+    return jax.nn.softplus(-discriminator(diff_augment(k_gaug, images, config), gcond)).mean()
+
+  g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state["g"])
+  with jax.numpy_dtype_promotion("standard"):
+    g_updates, g_opt = g_tx.update(g_grads, state["g_opt"], state["g"])
+  g_params = optax.apply_updates(state["g"], g_updates)
+
+  t = step.astype(jnp.float32)
+  beta = jnp.minimum(config.ema_decay, (1.0 + t) / (10.0 + t))
+  g_ema = jax.tree.map(lambda e, p: beta * e + (1.0 - beta) * p, state["g_ema"], g_params)
+
+  new_state = {"step": step + 1, "key": state["key"], "g": g_params, "g_ema": g_ema, "d": d_params,
+               "d_stats": d_stats, "g_opt": g_opt, "d_opt": d_opt}
+  metrics = {"d_loss": d_loss, "g_loss": g_loss, "r1": r1, "d_real": d_real, "d_fake": d_fake}
+  return new_state, metrics
+
+
+def _loop_free(config: GanTrainConfig) -> GanTrainConfig:
+  """The config with loop-only fields normalised: what the compiled step depends on."""
+  k = config.steps_per_call
+  return dataclasses.replace(config, steps=k, sample_every=0, samples_per_group=1, checkpoint_every=k,
+                             max_to_keep=1)
+
+
+def make_train_step(config: GanTrainConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Jitted `steps_per_call` training steps in one `lax.scan`, train state donated.
+
+  The result is cached per config (ignoring loop-only fields: steps, sampling,
+  checkpointing), so a resumed run in the same process does not recompile.
+
+  Returns:
+    `fn(state, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
+  """
+  return _make_train_step(_loop_free(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _make_train_step(config: GanTrainConfig):
+  def call(state, data):
+    return jax.lax.scan(lambda s, _: train_step(s, data, config), state, None, length=config.steps_per_call)
+
+  return jax.jit(call, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(dataset: data_lib.CXRDataset, config: GanTrainConfig) -> tuple[dict[str, np.ndarray], dict]:
+  """Checks a dataset for GAN training and builds the host arrays the step needs.
+
+  Keeps the normal images only when `config.normal_only`; drops images whose
+  sex, age (or label, when it is a condition) is unknown; resizes the rest to
+  the training resolution with PIL LANCZOS.
+
+  Returns:
+    ({"images": uint8 (N, R, R), "cond": float32 (N, len(conditions))}, info dict with
+    "n_images", "n_dropped", "n_per_label").
+
+  Raises:
+    jaxcxr.data.DataError: empty dataset, no usable image, or a single label when
+      "label" is a condition (the generator could not learn what the label means).
+  """
+  source = dataset.source or "dataset"
+  if len(dataset) == 0:
+    raise data_lib.DataError(f"{source}: no images to train the GAN on")
+  conditions = config.conditions
+  if config.normal_only:
+    dataset = dataset.select(label=0)
+    if len(dataset) == 0:
+      raise data_lib.DataError(f"{source}: normal_only=True but no image has label 0 (normal)")
+  known = np.isin(dataset.sex, ["M", "F"]) & (dataset.age >= 0)
+  if "label" in conditions:
+    known &= np.isin(dataset.label, [0, 1])
+  n_dropped = int((~known).sum())
+  dataset = dataset.subset(known)
+  if len(dataset) == 0:
+    raise data_lib.DataError(f"{source}: no image has known sex and age"
+                             f"{' and label' if 'label' in conditions else ''}; the conditional GAN needs them")
+  if "label" in conditions:
+    labels = np.unique(dataset.label)
+    if len(labels) < 2:
+      raise data_lib.DataError(
+          f"{source}: every image has label {int(labels[0])}; a GAN conditioned on the label needs both "
+          "normal (0) and abnormal (1) images (for a normal-only GAN use conditions=('sex', 'age') and "
+          "normal_only=True)")
+  images = _resize(dataset.images, config.resolution)
+  cond = make_condition(dataset.sex, dataset.age, dataset.label, conditions=conditions)
+  info = {"n_images": len(dataset), "n_dropped": n_dropped,
+          "n_per_label": {int(v): int((dataset.label == v).sum()) for v in np.unique(dataset.label)}}
+  return {"images": images, "cond": cond}, info
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+  if images.shape[1:] == (size, size):
+    return np.ascontiguousarray(images)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS), np.uint8) for im in images])
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _sample_grid(config: GanTrainConfig, g_ema, key: jax.Array) -> tuple[np.ndarray, list[str]]:
+  generator = nnx.merge(_inference_graphdef(config), g_ema)
+  n = config.samples_per_group
+  images = [sample_images(generator, key, n, group, label=0, batch_size=n) for group in data_lib.GROUPS]
+  labels = [group if i == 0 else "" for group in data_lib.GROUPS for i in range(n)]
+  return np.concatenate(images), labels
+
+
+@functools.lru_cache(maxsize=8)
+def _inference_graphdef(config: GanTrainConfig):
+  return nnx.graphdef(nnx.eval_shape(lambda: Generator(config.generator, rngs=nnx.Rngs(0))))
+
+
+def _device_name() -> str:
+  device = jax.devices()[0]
+  return f"{device.platform}:{getattr(device, 'device_kind', '')}"
+
+
+def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str | os.PathLike, *,
+              resume: bool = False, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+  """Trains the conditional GAN, with progress, sample grids, checkpoints and resume.
+
+  Writes under `out_dir`: `checkpoints/STEP/` (training state every
+  `checkpoint_every` steps and at the end), `samples/step_XXXXXX.png` (EMA
+  generator, six groups x `samples_per_group`, normal label, fixed latents) every
+  `sample_every` steps, and at the end the inference checkpoints `generator/` (EMA
+  weights) and `discriminator/` (`checkpoints.save_model`). A run killed at any
+  moment continues from its last checkpoint with `resume=True`, and the result is
+  the same as an uninterrupted run.
+
+  Args:
+    dataset: training images with sex, age and label (see `prepare_data`).
+    config: the training config, e.g. `gan_config.gan_64_cpu()`.
+    out_dir: output folder.
+    resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
+      The seed and training key then come from the checkpoint.
+    seed: seed of the initial weights and of the training randomness.
+    progress: show a tqdm bar on stderr.
+
+  Returns:
+    {"steps", "start_step", "seconds", "compile_seconds", "images_per_second",
+    "seconds_per_step", "final" (losses averaged over the last call), "n_images",
+    "out_dir", "generator", "discriminator"}.
+
+  Raises:
+    jaxcxr.data.DataError: unusable data (before any compilation).
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+  from jaxcxr import plots  # pylint: disable=g-import-not-at-top
+
+  host_data, info = prepare_data(dataset, config)
+  out_dir = pathlib.Path(out_dir)
+  ckpt_dir = out_dir / "checkpoints"
+  wall_start = time.perf_counter()
+  state = init_train_state(config, seed)
+  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
+                            "resume=True to continue, or choose another output folder")
+    previous_seconds = 0.0
+    if resume and latest is not None:
+      state = ckpt.restore(jax.eval_shape(lambda: state))
+      previous_seconds = float(ckpt.read_metadata().get("train_seconds", 0.0))
+    start = int(state["step"])
+    if start % config.steps_per_call:
+      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
+                       f"{config.steps_per_call}")
+    device_data = jax.device_put(host_data)
+    train_call = make_train_step(config)
+    sample_key = jax.random.key(0)  # the same latents in every grid of every run
+    step, metrics_host = start, None
+    first_call_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
+               dynamic_ncols=True, desc="gan")
+
+    def checkpoint(step: int):
+      meta = {"train_seconds": previous_seconds + time.perf_counter() - wall_start, "seed": seed,
+              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
+      ckpt.save(step, jax.device_get(state), config=config, metadata=meta, force=True)
+
+    try:
+      while step < config.steps:
+        t0 = time.perf_counter()
+        state, metrics = train_call(state, device_data)
+        metrics_host = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        if step == start:
+          first_call_seconds = elapsed  # compile + one call
+        else:
+          timed_steps += config.steps_per_call
+          timed_seconds += elapsed
+        step += config.steps_per_call
+        if not all(np.isfinite(v).all() for v in metrics_host.values()):
+          raise FloatingPointError(f"GAN training diverged at step {step}: non-finite losses "
+                                   f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
+        bar.update(config.steps_per_call)
+        postfix = {"d": f"{metrics_host['d_loss'][-1]:.3f}", "g": f"{metrics_host['g_loss'][-1]:.3f}"}
+        if timed_seconds:
+          postfix["img/s"] = f"{config.batch_size * timed_steps / timed_seconds:.1f}"
+        bar.set_postfix(postfix, refresh=False)
+        if config.sample_every and step % config.sample_every == 0:
+          images, labels = _sample_grid(config, state["g_ema"], sample_key)
+          plots.save_image_grid(images, out_dir / "samples" / f"step_{step:06d}.png",
+                                nrow=config.samples_per_group, labels=labels)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+          checkpoint(step)
+    finally:
+      bar.close()
+    if step == config.steps and ckpt.latest_step() != step:
+      checkpoint(step)  # resumed at the final step, or steps not a multiple of checkpoint_every
+    ckpt.wait_until_finished()
+
+  seconds = time.perf_counter() - wall_start
+  final = {k: float(np.mean(v)) for k, v in (metrics_host or {}).items()}
+  r1_steps = [s for s in range(step - config.steps_per_call, step) if s % config.r1_every == 0]
+  if metrics_host is not None and r1_steps:
+    final["r1"] = float(np.mean([metrics_host["r1"][s - step + config.steps_per_call] for s in r1_steps]))
+  metadata = {
+      "steps": step,
+      "train_seconds": previous_seconds + seconds,
+      "device": _device_name(),
+      "seed": seed,
+      "n_images": info["n_images"],
+      "final_losses": final,
+      "data_source": dataset.source,
+  }
+  if dataset.source and pathlib.Path(dataset.source).is_file():
+    metadata["data_sha256"] = data_lib.file_sha256(dataset.source)
+  g_ema = nnx.merge(_inference_graphdef(config), state["g_ema"])
+  d_abstract = nnx.eval_shape(lambda: Discriminator(config.discriminator, rngs=nnx.Rngs(0)))
+  discriminator = nnx.merge(nnx.graphdef(d_abstract), state["d"], state["d_stats"])
+  g_path = checkpoints.save_model(out_dir / "generator", g_ema, config.generator,
+                                  metadata={**metadata, "weights": "ema"}, overwrite=True)
+  d_path = checkpoints.save_model(out_dir / "discriminator", discriminator, config.discriminator,
+                                  metadata=metadata, overwrite=True)
+  return {
+      "steps": step,
+      "start_step": start,
+      "seconds": seconds,
+      # First call minus a steady call: compilation (and first-touch) time.
+      "compile_seconds": (first_call_seconds - timed_seconds * config.steps_per_call / timed_steps
+                          if timed_steps else first_call_seconds),
+      "seconds_per_step": timed_seconds / timed_steps if timed_steps else float("nan"),
+      "images_per_second": config.batch_size * timed_steps / timed_seconds if timed_seconds else float("nan"),
+      "final": final,
+      "n_images": info["n_images"],
+      "n_dropped": info["n_dropped"],
+      "out_dir": str(out_dir),
+      "generator": str(g_path),
+      "discriminator": str(d_path),
+  }

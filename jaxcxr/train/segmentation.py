@@ -1,0 +1,538 @@
+"""Lung U-Net training: a pure jitted multi-step function, evaluation and a thin loop.
+
+Loss per step: mean pixel cross-entropy over the three classes plus `dice_weight`
+times the soft-Dice loss of the two lung classes,
+
+  L = CE(logits, y) + w * (1 - mean_{b, c in {1, 2}} (2 sum p_c t_c + 1) / (sum p_c + sum t_c + 1)),
+
+with p = softmax(logits) and t the one-hot targets, per image (the +1 keeps an
+image without a lung finite). Optimiser: AdamW (decay on kernels only) with a
+linear warm-up and cosine decay, global-norm clipping.
+
+The training images (uint8, resized once) and masks (nearest) live on the device;
+step t draws its batch (without replacement) and its augmentation
+(`jaxcxr.data.augment`, masks warped with the images) from
+`jax.random.fold_in(key, t)` inside the jitted function. The trajectory is
+therefore a pure function of (config, data, seed, step) and resuming from a
+checkpoint is exact. `steps_per_call` steps run in one `lax.scan`, or unrolled
+with `config.unroll` (XLA:CPU runs convolutions inside loop bodies about 13x slower
+for this U-Net, jax-ml/jax#12868); the train state (a plain dict of arrays, see
+`init_train_state`) is donated. Same structure as `jaxcxr.train.gan`.
+
+Evaluation (DESIGN.md section 8) predicts at the model's resolution and compares
+at the data's native 256x256: logits are resized bilinearly before the argmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcxr import data as data_lib
+from jaxcxr import metrics as metrics_lib
+from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks, resize_images
+from jaxcxr.seg_config import SegTrainConfig, UNetConfig
+
+__all__ = [
+    "evaluate_segmentation",
+    "init_train_state",
+    "load_unet",
+    "make_train_step",
+    "predict_masks",
+    "prepare_data",
+    "segmentation_loss",
+    "segmentation_scores",
+    "train_step",
+    "train_unet",
+]
+
+TrainState = dict[str, Any]
+METRIC_KEYS = ("n", "dice_mean", "dice_right", "dice_left", "iou_mean", "pixel_accuracy")
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def segmentation_loss(logits: jax.Array, y: jax.Array, *, dice_weight: float = 1.0,
+                      smooth: float = 1.0) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """Pixel cross-entropy plus soft Dice over the foreground classes.
+
+  Args:
+    logits: float32 (B, H, W, K), NHWC.
+    y: integer labels (B, H, W) in [0, K).
+    dice_weight: weight of the soft-Dice term.
+    smooth: added to numerator and denominator of each per-image Dice.
+
+  Returns:
+    (total, (cross_entropy, dice_loss)), float32 scalars; dice_loss = 1 - mean soft Dice
+    of classes 1 .. K-1 over images.
+  """
+  k = logits.shape[-1]
+  # One-hot products instead of a label gather: the gather's gradient is a scatter-add, slow on XLA:CPU.
+  onehot = jax.nn.one_hot(y, k, dtype=jnp.float32)                      # (B, H, W, K)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  ce = -(onehot * log_probs).sum(axis=-1).mean()
+  probs, target = jnp.exp(log_probs)[..., 1:], onehot[..., 1:]          # (B, H, W, K-1)
+  inter = (probs * target).sum(axis=(1, 2))                             # (B, K-1)
+  denom = probs.sum(axis=(1, 2)) + target.sum(axis=(1, 2))
+  dice_loss = 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
+  return ce + dice_weight * dice_loss, (ce, dice_loss)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _optimizer(config: SegTrainConfig) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                                config.decay_steps, end_value=0.0)
+  # Decay kernels only; GroupNorm scales and biases stay free.
+  adamw = optax.adamw(schedule, weight_decay=config.weight_decay,
+                      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+  if config.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
+  return adamw
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdef(config: UNetConfig):
+  return nnx.graphdef(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
+
+
+def init_train_state(config: SegTrainConfig, seed: int = 0) -> TrainState:
+  """Fresh training state: a plain dict of arrays (checkpointable, donatable).
+
+  Keys: "step" int32 (); "key" uint32 raw key data of the training key; "params"
+  the U-Net parameters as a pure dict (`nnx.to_pure_dict`); "opt" the optax state.
+  """
+  root = jax.random.key(seed)
+  model = UNet(config.unet, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "key": jax.random.key_data(jax.random.fold_in(root, 2)),
+      "params": params,
+      "opt": _optimizer(config).init(params),
+  }
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def train_step(state: TrainState, data: dict[str, jax.Array], config: SegTrainConfig
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW step on a random augmented batch (pure; `make_train_step` jits and scans it).
+
+  Args:
+    state: from `init_train_state` (or a restored checkpoint).
+    data: {"images": uint8 (N, R, R), "masks": uint8 (N, R, R)} on device, R = the
+      model resolution (from `prepare_data`).
+    config: the training config (static).
+
+  Returns:
+    (new state, metrics): float32 scalars "loss", "ce", "dice_loss".
+  """
+  graphdef = _graphdef(config.unet)
+  tx = _optimizer(config)
+  step = state["step"]
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
+  k_idx, k_aug = jax.random.split(key)
+  n = data["images"].shape[0]
+  idx = jax.random.choice(k_idx, n, (config.batch_size,), replace=False)
+  images = (data["images"][idx].astype(jnp.float32) / 255.0)[..., None]   # (B, R, R, 1) in [0, 1]
+  masks = data["masks"][idx]                                              # (B, R, R)
+  if config.augment is not None:
+    images, masks = data_lib.augment(k_aug, images, config.augment, masks=masks)
+
+  def loss_fn(params):
+    logits = nnx.merge(graphdef, params)(images)
+    return segmentation_loss(logits, masks, dice_weight=config.dice_weight)
+
+  (loss, (ce, dice_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt = tx.update(grads, state["opt"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = {"step": step + 1, "key": state["key"], "params": params, "opt": opt}
+  return new_state, {"loss": loss, "ce": ce, "dice_loss": dice_loss}
+
+
+def _loop_free(config: SegTrainConfig) -> SegTrainConfig:
+  """The config with loop-only fields normalised: what the compiled step depends on."""
+  k = config.steps_per_call
+  return dataclasses.replace(config, steps=k * (config.decay_steps // k + 1), lr_decay_steps=config.decay_steps,
+                             eval_every=0, eval_batch_size=1, checkpoint_every=k, max_to_keep=1,
+                             split_fractions=(1.0, 0.0, 0.0), split_seed=0)
+
+
+def make_train_step(config: SegTrainConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Jitted `steps_per_call` training steps in one `lax.scan` (or unrolled), train state donated.
+
+  Cached per config, ignoring loop-only fields (steps, once the schedule length is
+  fixed, evaluation, checkpointing and split), so a resumed run in the same process
+  does not recompile.
+
+  Returns:
+    `fn(state, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
+  """
+  return _make_train_step(_loop_free(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _make_train_step(config: SegTrainConfig):
+  def call(state, data):
+    if not config.unroll:
+      return jax.lax.scan(lambda s, _: train_step(s, data, config), state, None, length=config.steps_per_call)
+    history = []
+    for _ in range(config.steps_per_call):  # straight-line code: no while loop for XLA:CPU
+      state, metrics = train_step(state, data, config)
+      history.append(metrics)
+    return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+
+  return jax.jit(call, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _check_masks(dataset: data_lib.CXRDataset) -> np.ndarray:
+  source = dataset.source or "dataset"
+  masks = dataset.lung_masks
+  if masks is None:
+    raise data_lib.DataError(f"{source}: no `lung_masks`; segmentation needs label maps (0 background, "
+                             "1 patient's right lung, 2 patient's left lung)")
+  masks = np.asarray(masks)
+  if masks.shape != dataset.images.shape:
+    raise data_lib.DataError(f"{source}: `lung_masks` has shape {masks.shape}; expected {dataset.images.shape} "
+                             "(same as `images`)")
+  if not np.issubdtype(masks.dtype, np.integer):
+    raise data_lib.DataError(f"{source}: `lung_masks` has dtype {masks.dtype}; expected integer labels 0, 1, 2")
+  unknown = np.setdiff1d(np.unique(masks), [0, 1, 2])
+  if unknown.size:
+    raise data_lib.DataError(f"{source}: `lung_masks` has unknown label(s) {unknown.tolist()}; expected "
+                             "0 background, 1 patient's right lung, 2 patient's left lung")
+  return masks
+
+
+def _resize_masks_nearest(masks: np.ndarray, size: int) -> np.ndarray:
+  """(N, H, W) labels -> (N, size, size), nearest neighbour (pixel centres)."""
+  n, h, w = masks.shape
+  if (h, w) == (size, size):
+    return np.ascontiguousarray(masks)
+  rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.int64), h - 1)
+  cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.int64), w - 1)
+  return np.ascontiguousarray(masks[:, rows][:, :, cols])
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _resize_uint8(images: jax.Array, size: int) -> jax.Array:
+  unit = resize_images(images[..., None].astype(jnp.float32) / 255.0, (size, size))[..., 0]
+  return jnp.round(jnp.clip(unit, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def _resize_images_uint8(images: np.ndarray, size: int, chunk: int = 64) -> np.ndarray:
+  """uint8 (N, H, W) -> uint8 (N, size, size) with the inference resampling (`resize_images`)."""
+  if images.shape[1:] == (size, size):
+    return np.ascontiguousarray(images)
+  out = []
+  for start in range(0, len(images), chunk):
+    part = images[start: start + chunk]
+    real = len(part)
+    if real < chunk and len(images) > chunk:  # keep one compiled shape
+      part = np.concatenate([part, np.zeros((chunk - real,) + part.shape[1:], part.dtype)])
+    out.append(np.asarray(_resize_uint8(jnp.asarray(part), size))[:real])
+  return np.concatenate(out)
+
+
+def prepare_data(dataset: data_lib.CXRDataset, config: SegTrainConfig) -> dict[str, Any]:
+  """Checks a dataset, splits it by patient and builds the training arrays.
+
+  Returns:
+    {"train": {"images": uint8 (N, R, R), "masks": uint8 (N, R, R)} host arrays at the
+    model resolution R (images with `resize_images`, masks nearest); "val", "test":
+    `CXRDataset`s at native size; "split": JSON-ready description (seed, fractions,
+    image and patient counts, val/test patient ids)}.
+
+  Raises:
+    jaxcxr.data.DataError: no masks, unknown mask labels, or fewer training images than
+      one batch.
+  """
+  source = dataset.source or "dataset"
+  masks = _check_masks(dataset)
+  parts = data_lib.split_by_patient(dataset.patient_id, config.split_fractions, seed=config.split_seed)
+  train_idx = parts["train"]
+  if len(train_idx) < config.batch_size:
+    raise data_lib.DataError(f"{source}: the training split has {len(train_idx)} image(s), fewer than one batch "
+                             f"of {config.batch_size}")
+  r = config.resolution
+  train = {"images": _resize_images_uint8(dataset.images[train_idx], r),
+           "masks": _resize_masks_nearest(masks[train_idx], r).astype(np.uint8)}
+  split = {"seed": config.split_seed, "fractions": list(config.split_fractions)}
+  for name, idx in parts.items():
+    split[f"n_{name}"] = int(len(idx))
+    split[f"n_{name}_patients"] = int(len(np.unique(dataset.patient_id[idx])))
+  for name in ("val", "test"):
+    split[f"{name}_patients"] = sorted(np.unique(dataset.patient_id[parts[name]]).tolist())
+  return {"train": train, "val": dataset.subset(parts["val"]), "test": dataset.subset(parts["test"]),
+          "split": split}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def segmentation_scores(y_pred, y, *, num_classes: int = 3) -> dict[str, float]:
+  """Summary overlap scores of predicted vs target label maps (DESIGN.md section 8).
+
+  Args:
+    y_pred: integer label maps (N, H, W).
+    y: integer label maps (N, H, W): 0 background, 1 patient's right lung, 2 patient's left lung.
+    num_classes: K including background.
+
+  Returns:
+    {"n", "dice_mean" (over images and lung classes), "dice_right" (class 1),
+    "dice_left" (class 2), "iou_mean", "pixel_accuracy"}; Python floats (n an int).
+  """
+  dice = np.asarray(metrics_lib.compute_dice(y_pred, y, num_classes=num_classes))   # (N, K-1)
+  iou = np.asarray(metrics_lib.compute_iou(y_pred, y, num_classes=num_classes))
+  acc = np.asarray(metrics_lib.compute_pixel_accuracy(y_pred, y))
+  return {
+      "n": int(dice.shape[0]),
+      "dice_mean": float(dice.mean()),
+      "dice_right": float(dice[:, 0].mean()),
+      "dice_left": float(dice[:, 1].mean()) if dice.shape[1] > 1 else float("nan"),
+      "iou_mean": float(iou.mean()),
+      "pixel_accuracy": float(acc.mean()),
+  }
+
+
+def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_size: int = 16) -> dict[str, float]:
+  """Lung-segmentation scores of a U-Net on a dataset with `lung_masks`.
+
+  Predicts at the model's resolution and compares at the dataset's native size
+  (256x256): images are resized to the model, logits resized back bilinearly
+  before the argmax (`predict_masks`).
+
+  Args:
+    model: a `UNet`.
+    dataset: images with `lung_masks` (e.g. `jaxcxr.data.load("covid_v7lungs_256.npz")`).
+    batch_size: images per jitted call.
+
+  Returns:
+    {"n", "dice_mean", "dice_right", "dice_left", "iou_mean", "pixel_accuracy"}; Dice
+    and IoU per image and class (1 when both prediction and target are empty), then
+    averaged. dice_right is class 1, the patient's right lung (image left).
+
+  Raises:
+    jaxcxr.data.DataError: no masks, masks of another shape, labels outside {0, 1, 2},
+      or an empty dataset.
+  """
+  masks = _check_masks(dataset)
+  if len(dataset) == 0:
+    raise data_lib.DataError(f"{dataset.source or 'dataset'}: no images to evaluate")
+  y_pred = predict_masks(model, dataset.images, batch_size)
+  return segmentation_scores(y_pred, masks, num_classes=model.config.num_classes)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _device_name() -> str:
+  device = jax.devices()[0]
+  return f"{device.platform}:{getattr(device, 'device_kind', '')}"
+
+
+def _host_copy(tree):
+  """Host numpy copies of a pytree's arrays (never views of device buffers that a donation may free)."""
+  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def _model(config: SegTrainConfig, params) -> UNet:
+  return nnx.merge(_graphdef(config.unet), params)
+
+
+def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: str | os.PathLike, *,
+               resume: bool = False, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+  """Trains the lung U-Net with a patient-level split, validation, checkpoints and resume.
+
+  The dataset is split by patient (`config.split_fractions`, `config.split_seed`).
+  Validation Dice (at native 256x256) is computed every `eval_every` steps and at
+  the end; the step with the best validation `dice_mean` is the one kept (the
+  test split is never used for any choice). Test metrics are computed once, at the
+  end, for the kept weights.
+
+  Writes under `out_dir`: `checkpoints/STEP/` (training state and the best weights
+  so far, every `checkpoint_every` steps and at the end), the inference checkpoint
+  `unet/` (`checkpoints.save_model`, metadata with the split, steps, seconds,
+  device, data sha256, val and test metrics) and `summary.json` (the returned
+  dict). A run killed at any moment continues from its last checkpoint with
+  `resume=True`, with the same result as an uninterrupted run.
+
+  Args:
+    dataset: radiographs with `lung_masks` (e.g. covid_v7lungs_256.npz).
+    config: the training config, e.g. `seg_config.unet_128_cpu()`.
+    out_dir: output folder.
+    resume: continue from the latest checkpoint in `out_dir` (start afresh if none);
+      the seed and training key then come from the checkpoint.
+    seed: seed of the initial weights and of the training randomness.
+    progress: show a tqdm bar on stderr (loss, img/s, validation Dice).
+
+  Returns:
+    A model-card-ready summary: {"model", "n_params", "resolution", "channels", "dtype",
+    "steps", "start_step", "selected_step", "seconds", "compile_seconds",
+    "seconds_per_step", "images_per_second", "batch_size", "device", "seed",
+    "data" {"source", "sha256", "n_images", "n_patients"}, "split", "final_loss",
+    "val", "test" (metric dicts as `evaluate_segmentation`, None for an empty part),
+    "val_history" [{"step", "dice_mean"}], "out_dir", "unet"}.
+
+  Raises:
+    jaxcxr.data.DataError: unusable data (before any compilation).
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+    ValueError: resuming with another split or other data than the checkpoint's.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+  from jaxcxr import io  # pylint: disable=g-import-not-at-top
+
+  prepared = prepare_data(dataset, config)
+  split, val_ds, test_ds = prepared["split"], prepared["val"], prepared["test"]
+  data_sha = (data_lib.file_sha256(dataset.source)
+              if dataset.source and pathlib.Path(dataset.source).is_file() else None)
+  out_dir = pathlib.Path(out_dir)
+  ckpt_dir = out_dir / "checkpoints"
+  wall_start = time.perf_counter()
+  state = init_train_state(config, seed)
+  best = {"params": _host_copy(state["params"]), "dice": np.float32(-1.0), "step": np.int32(-1)}
+  history: list[dict[str, float]] = []
+  split_check = {"seed": split["seed"], "fractions": split["fractions"]}
+  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
+                            "resume=True to continue, or choose another output folder")
+    previous_seconds = 0.0
+    if resume and latest is not None:
+      meta = ckpt.read_metadata()
+      if meta.get("split") != split_check:
+        raise ValueError(f"{ckpt_dir}: checkpoint was trained with split {meta.get('split')}, the config asks "
+                         f"for {split_check}; resume with the same split_seed and split_fractions")
+      if meta.get("data_sha256") and data_sha and meta["data_sha256"] != data_sha:
+        raise ValueError(f"{ckpt_dir}: checkpoint was trained on data with sha256 {meta['data_sha256']}, "
+                         f"{dataset.source} has {data_sha}")
+      restored = ckpt.restore(jax.eval_shape(lambda: {"train": state, "best": best}))
+      state, best = restored["train"], _host_copy(restored["best"])
+      previous_seconds = float(meta.get("train_seconds", 0.0))
+      history = list(meta.get("val_history", []))
+      seed = int(meta.get("seed", seed))
+    start = int(state["step"])
+    if start % config.steps_per_call:
+      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
+                       f"{config.steps_per_call}")
+    device_data = jax.device_put({k: jnp.asarray(v) for k, v in prepared["train"].items()})
+    train_call = make_train_step(config)
+    step, metrics_host = start, None
+    compile_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
+               dynamic_ncols=True, desc="unet")
+
+    def checkpoint(step: int):
+      meta = {"train_seconds": previous_seconds + time.perf_counter() - wall_start, "seed": seed,
+              "split": split_check, "data_sha256": data_sha, "val_history": history,
+              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
+      # Host copies: the save is asynchronous and the next call donates the device buffers.
+      ckpt.save(step, {"train": _host_copy(state), "best": best}, config=config, metadata=meta, force=True)
+
+    try:
+      while step < config.steps:
+        t0 = time.perf_counter()
+        state, metrics = train_call(state, device_data)
+        metrics_host = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        if step == start:
+          compile_seconds = elapsed  # first call: compile + one call
+        else:
+          timed_steps += config.steps_per_call
+          timed_seconds += elapsed
+        step += config.steps_per_call
+        if not all(np.isfinite(v).all() for v in metrics_host.values()):
+          raise FloatingPointError(f"U-Net training diverged at step {step}: non-finite losses "
+                                   f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
+        due = step == config.steps or (config.eval_every and step % config.eval_every == 0)
+        if due and len(val_ds):
+          dice = evaluate_segmentation(_model(config, state["params"]), val_ds,
+                                       batch_size=config.eval_batch_size)["dice_mean"]
+          history.append({"step": step, "dice_mean": dice})
+          if dice > float(best["dice"]):
+            best = {"params": _host_copy(state["params"]), "dice": np.float32(dice), "step": np.int32(step)}
+        rate = config.batch_size * timed_steps / timed_seconds if timed_seconds else float("nan")
+        bar.update(config.steps_per_call)
+        bar.set_postfix(loss=f"{metrics_host['loss'][-1]:.3f}", img_s=f"{rate:.1f}",
+                        val_dice=f"{history[-1]['dice_mean']:.3f}" if history else "-", refresh=False)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+          checkpoint(step)
+    finally:
+      bar.close()
+    if step == config.steps and ckpt.latest_step() != step:
+      checkpoint(step)  # resumed at the final step
+    ckpt.wait_until_finished()
+
+  # The kept weights: best validation Dice, or the last step when there is no validation part.
+  selected_step = int(best["step"]) if int(best["step"]) >= 0 else step
+  model = _model(config, best["params"] if int(best["step"]) >= 0 else _host_copy(state["params"]))
+  val = evaluate_segmentation(model, val_ds, batch_size=config.eval_batch_size) if len(val_ds) else None
+  test = evaluate_segmentation(model, test_ds, batch_size=config.eval_batch_size) if len(test_ds) else None
+  seconds = time.perf_counter() - wall_start
+  final_loss = float(np.mean(metrics_host["loss"])) if metrics_host is not None else None
+  metadata = {
+      "steps": step,
+      "selected_step": selected_step,
+      "train_seconds": previous_seconds + seconds,
+      "device": _device_name(),
+      "seed": seed,
+      "split": split,
+      "data_source": dataset.source,
+      "data_sha256": data_sha,
+      "n_params": count_params(model),
+      "final_loss": final_loss,
+      "val_metrics": val,
+      "test_metrics": test,
+      "val_history": history,
+  }
+  path = checkpoints.save_model(out_dir / "unet", model, config.unet, metadata=metadata, overwrite=True)
+  summary = {
+      "model": "UNet",
+      "n_params": count_params(model),
+      "resolution": config.resolution,
+      "channels": list(config.unet.channels),
+      "dtype": config.unet.dtype,
+      "steps": step,
+      "start_step": start,
+      "selected_step": selected_step,
+      "seconds": previous_seconds + seconds,
+      "compile_seconds": compile_seconds,
+      "seconds_per_step": timed_seconds / timed_steps if timed_steps else float("nan"),
+      "images_per_second": config.batch_size * timed_steps / timed_seconds if timed_seconds else float("nan"),
+      "batch_size": config.batch_size,
+      "device": _device_name(),
+      "seed": seed,
+      "data": {"source": dataset.source, "sha256": data_sha, "n_images": len(dataset),
+               "n_patients": int(len(np.unique(dataset.patient_id)))},
+      "split": split,
+      "final_loss": final_loss,
+      "val": val,
+      "test": test,
+      "val_history": history,
+      "out_dir": str(out_dir),
+      "unet": str(path),
+  }
+  io.save_json(out_dir / "summary.json", summary)
+  return summary
