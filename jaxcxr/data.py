@@ -354,6 +354,22 @@ def split_by_patient(
 # ----------------------------------------------------------------------------- pixel spaces
 
 
+def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (N, H, W) -> uint8 (N, size, size) with PIL LANCZOS, as the shared archives were built."""
+  images = np.asarray(images)
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  if images.ndim != 3 or images.dtype != np.uint8:
+    raise DataError(f"expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
+  if images.shape[1:] == (size, size):
+    return np.ascontiguousarray(images)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS), np.uint8)
+                   for im in images])
+
+
+
 def to_unit(images) -> jax.Array:
   """uint8 [0, 255] -> float32 [0, 1]."""
   return jnp.asarray(images, jnp.float32) / 255.0

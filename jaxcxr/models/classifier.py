@@ -40,9 +40,9 @@ import numpy as np
 from flax import nnx
 
 from jaxcxr.classifier_config import ClassifierConfig
+from jaxcxr.data import resize_uint8
 
-__all__ = ["BasicBlock", "Classifier", "load_classifier", "predict_logits", "predict_proba", "prepare_images",
-           "resize_uint8"]
+__all__ = ["BasicBlock", "Classifier", "load_classifier", "predict_logits", "predict_proba", "prepare_images"]
 
 _HE = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's kaiming_normal_(fan_out)
 
@@ -199,21 +199,6 @@ class Classifier(nnx.Module):
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
-  """uint8 (N, H, W) -> uint8 (N, size, size) with PIL LANCZOS (as the shared archives were built)."""
-  images = np.asarray(images)
-  if images.ndim == 4 and images.shape[-1] == 1:
-    images = images[..., 0]
-  if images.ndim != 3 or images.dtype != np.uint8:
-    raise ValueError(f"expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
-  if images.shape[1:] == (size, size):
-    return np.ascontiguousarray(images)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS), np.uint8)
-                   for im in images])
 
 
 def prepare_images(images: Any, resolution: int) -> np.ndarray:

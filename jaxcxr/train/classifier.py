@@ -50,8 +50,8 @@ from flax import nnx
 from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.classifier_config import ClassifierConfig, ClassifierTrainConfig
-from jaxcxr.models.classifier import (Classifier, load_classifier, predict_logits, predict_proba, prepare_images,
-                                      resize_uint8)
+from jaxcxr.data import resize_uint8
+from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
 
 __all__ = [
     "classification_loss",

@@ -1,0 +1,146 @@
+"""Quality figures of a trained conditional GAN (the model cards' numbers).
+
+* Fréchet distance between generated and real images in a chest-X-ray feature
+  space (the discriminator's `features`, mean-pooled), next to the real-vs-real
+  distance between two patient-disjoint halves of the real data: the generated set
+  is conditioned on the metadata of one half and compared with the other half, so
+  both distances use equally many images and the same condition mix.
+* A debiased Sinkhorn divergence with an OTDD-style label term (normal/abnormal) on
+  the same feature sets, as a second view.
+* A conditioning check: pixel-space probes (logistic regression for sex, ridge
+  regression for age, on 16x16 block means) fitted on one real half, validated on
+  the other, then applied to generated images of each age-sex group.
+
+Images here are float32 in generator space [-1, 1], NHWC.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from jaxcxr import data, metrics
+from jaxcxr.models import condition as condition_lib
+from jaxcxr.models import generator as generator_lib
+from jaxcxr.models.discriminator import Discriminator
+from jaxcxr.models.generator import Generator
+
+PROBE_SIZE = 16
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _generate(graphdef, state, key, cond):
+  generator = nnx.merge(graphdef, state)
+  z = generator_lib.latents(key, jnp.int32(0), cond.shape[0], generator.config.latent_dim)
+  return jnp.round(jnp.clip((generator(z, cond)[..., 0] + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+
+
+def generate_from_conditions(generator: Generator, key: jax.Array, cond: np.ndarray) -> np.ndarray:
+  """uint8 (N, R, R) images for explicit condition vectors (N, len(conditions)), one call."""
+  graphdef, state = nnx.split(generator)
+  return np.asarray(_generate(graphdef, state, key, jnp.asarray(cond)))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _pooled_features(graphdef, state, images):
+  discriminator = nnx.merge(graphdef, state)
+  return discriminator.features(images).mean(axis=(1, 2))               # (B, C)
+
+
+def discriminator_features(discriminator: Discriminator, images_uint8: np.ndarray, *, batch_size: int = 64
+                           ) -> np.ndarray:
+  """Mean-pooled `features` of uint8 (N, R, R) images at the discriminator's resolution. float32 (N, C)."""
+  graphdef, state = nnx.split(discriminator)
+  out = []
+  for start in range(0, len(images_uint8), batch_size):
+    x = data.to_signed(images_uint8[start:start + batch_size])[..., None]
+    out.append(np.asarray(_pooled_features(graphdef, state, x)))
+  return np.concatenate(out)
+
+
+def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:
+  n, r = images_uint8.shape[:2]
+  block = r // PROBE_SIZE
+  x = images_uint8.astype(np.float32).reshape(n, PROBE_SIZE, block, PROBE_SIZE, block).mean(axis=(2, 4))
+  return x.reshape(n, -1) / 255.0
+
+
+def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.CXRDataset, *, seed: int = 0,
+                 n_per_group: int = 64) -> dict[str, Any]:
+  """Quality figures of a generator against real images (see the module docstring).
+
+  Args:
+    generator, discriminator: a trained pair (inference mode).
+    real: real images with sex and age (those without are dropped); resized to the
+      generator's resolution with PIL LANCZOS, as in training.
+    seed: key of the generated images and of the half split.
+    n_per_group: generated images per age-sex group for the conditioning check.
+
+  Returns:
+    {"n_real_half", "fd_generated_vs_real", "fd_real_vs_real", "fd_ratio",
+     "sinkhorn_generated_vs_real", "sinkhorn_real_vs_real", "probe_sex_accuracy_real",
+     "probe_age_mae_real", "groups": {group: {"female_fraction", "mean_age"} for generated
+     and "real_*" for real images of the group}}.
+  """
+  cfg = generator.config
+  known = np.isin(real.sex, ["M", "F"]) & (real.age >= 0)
+  if "label" in cfg.conditions:
+    known &= np.isin(real.label, [0, 1])
+  real = real.subset(known)
+  if len(real) < 8:
+    raise data.DataError(f"{real.source}: {len(real)} usable real images; need at least 8 for the quality figures")
+  halves = data.split_by_patient(real.patient_id, (0.5, 0.5, 0.0), stratify=real.label, seed=seed)
+  a, b = real.subset(halves["train"]), real.subset(halves["val"])
+  n = min(len(a), len(b))
+  a, b = a.subset(np.arange(n)), b.subset(np.arange(n))
+  images_a = data.resize_uint8(a.images, cfg.resolution)
+  images_b = data.resize_uint8(b.images, cfg.resolution)
+  key = jax.random.key(seed)
+  cond_b = condition_lib.make_condition(b.sex, b.age, b.label, conditions=cfg.conditions)
+  generated = generate_from_conditions(generator, jax.random.fold_in(key, 0), cond_b)
+
+  feats = {name: discriminator_features(discriminator, x)
+           for name, x in (("a", images_a), ("b", images_b), ("gen", generated))}
+  result: dict[str, Any] = {"n_real_half": n, "resolution": cfg.resolution}
+  result["fd_generated_vs_real"] = metrics.frechet_distance(feats["gen"], feats["a"])
+  result["fd_real_vs_real"] = metrics.frechet_distance(feats["b"], feats["a"])
+  result["fd_ratio"] = result["fd_generated_vs_real"] / max(result["fd_real_vs_real"], 1e-12)
+  result["sinkhorn_generated_vs_real"] = metrics.sinkhorn_distance(feats["gen"], feats["a"], labels_a=b.label,
+                                                                   labels_b=a.label)
+  result["sinkhorn_real_vs_real"] = metrics.sinkhorn_distance(feats["b"], feats["a"], labels_a=b.label,
+                                                              labels_b=a.label)
+
+  # Conditioning probes, fitted on half A, checked on half B, applied to generated groups.
+  sex_probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+  sex_probe.fit(_probe_inputs(images_a), a.sex == "F")
+  age_probe = make_pipeline(StandardScaler(), Ridge(alpha=100.0))
+  age_probe.fit(_probe_inputs(images_a), a.age.astype(np.float64))
+  result["probe_sex_accuracy_real"] = float(np.mean(sex_probe.predict(_probe_inputs(images_b)) == (b.sex == "F")))
+  result["probe_age_mae_real"] = float(np.mean(np.abs(age_probe.predict(_probe_inputs(images_b)) - b.age)))
+  groups = {}
+  all_images = data.resize_uint8(real.images, cfg.resolution)
+  for g, name in enumerate(data.GROUPS):
+    images = generator_lib.sample_images(generator, jax.random.fold_in(key, 1 + g), n_per_group, name)
+    x = _probe_inputs(images)
+    row = {"female_fraction": float(np.mean(sex_probe.predict(x))),
+           "mean_predicted_age": float(np.mean(age_probe.predict(x)))}
+    in_group = real.groups == g
+    if in_group.any():
+      xr = _probe_inputs(all_images[in_group])
+      row["real_female_fraction"] = float(np.mean(sex_probe.predict(xr)))
+      row["real_mean_predicted_age"] = float(np.mean(age_probe.predict(xr)))
+      row["n_real"] = int(in_group.sum())
+    groups[name] = row
+  result["groups"] = groups
+  lo_m = np.mean([groups[g]["female_fraction"] for g in data.GROUPS if g.endswith("m")])
+  lo_f = np.mean([groups[g]["female_fraction"] for g in data.GROUPS if g.endswith("f")])
+  result["sex_agreement_generated"] = float((1 - lo_m + lo_f) / 2)
+  return result
