@@ -48,7 +48,6 @@ contain keys: RNG state is rebuilt by the model factory on load.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import pathlib
@@ -64,6 +63,7 @@ from flax import nnx
 
 import jaxcxr
 from jaxcxr import config as config_lib
+from jaxcxr.data import file_sha256
 
 ConfigT = TypeVar("ConfigT")
 PyTree = Any
@@ -78,7 +78,6 @@ _TRAIN_FORMAT = "jaxcxr.train/1"
 _ITEMS = ("state", "config", "metadata")
 _MANIFEST = "jaxcxr_manifest.json"
 _RESERVED_METADATA = ("format", "jaxcxr_version", "model", "config_type", "created")
-_HASH_CHUNK = 1 << 20
 
 
 class CheckpointError(Exception):
@@ -91,28 +90,6 @@ class CheckpointError(Exception):
 # --------------------------------------------------------------------------- #
 # Small helpers.
 # --------------------------------------------------------------------------- #
-
-
-def data_sha256(path: str | os.PathLike[str]) -> str:
-  """Returns the SHA-256 hex digest of a file, read in 1 MiB chunks.
-
-  Meant for `metadata={"data_sha256": data_sha256(npz_path)}` so a model card
-  can name the exact training data.
-
-  Args:
-    path: file to hash.
-
-  Returns:
-    64 lowercase hex characters.
-
-  Raises:
-    FileNotFoundError: if `path` does not exist.
-  """
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def _now() -> str:
@@ -235,7 +212,7 @@ def _is_model_checkpoint(path: pathlib.Path) -> bool:
 def _write_manifest(path: pathlib.Path) -> None:
   """Writes size and SHA-256 of every file under `path/state` to the manifest."""
   files = {
-      p.relative_to(path).as_posix(): {"size": p.stat().st_size, "sha256": data_sha256(p)}
+      p.relative_to(path).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
       for p in sorted((path / "state").rglob("*")) if p.is_file()
   }
   with open(path / _MANIFEST, "w", encoding="utf-8") as f:
@@ -275,7 +252,7 @@ def _verify_manifest(path: pathlib.Path) -> None:
     if size != entry.get("size"):
       raise CheckpointError(
           f"{path}: checkpoint is corrupt, file '{name}' has {size} bytes, expected {entry.get('size')}")
-    if data_sha256(present[name]) != entry.get("sha256"):
+    if file_sha256(present[name]) != entry.get("sha256"):
       raise CheckpointError(f"{path}: checkpoint is corrupt, file '{name}' does not match its SHA-256")
 
 

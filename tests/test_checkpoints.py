@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import pathlib
 import re
 
 import jax
@@ -288,12 +286,6 @@ def test_wrong_config_type(saved):
   path, _ = saved
   with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*'TinyConfig'.*'OtherConfig'"):
     checkpoints.load_model(path, lambda c: make_tiny(TinyConfig(**dataclasses.asdict(c))), OtherConfig)
-
-
-def test_data_sha256(tmp_path):
-  data = os.urandom(3 * (1 << 20) + 17)  # spans several read chunks.
-  (tmp_path / "d.npz").write_bytes(data)
-  assert checkpoints.data_sha256(tmp_path / "d.npz") == hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------- #

@@ -291,3 +291,12 @@ def test_augment_masks_follow_the_geometry(covid_path):
   np.testing.assert_array_equal(flipped, expected)
   with pytest.raises(ValueError, match="masks: expected shape"):
     data.augment(jax.random.key(0), images, masks=masks[:, :10])
+
+
+def test_file_sha256_spans_chunks(tmp_path):
+  import hashlib
+  import os
+
+  payload = os.urandom(3 * (1 << 20) + 17)  # several 1 MiB read chunks.
+  (tmp_path / "d.npz").write_bytes(payload)
+  assert data.file_sha256(tmp_path / "d.npz") == hashlib.sha256(payload).hexdigest()
