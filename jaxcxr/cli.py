@@ -214,6 +214,34 @@ def _human_sample(r: dict[str, Any]) -> str:
           f"{r['seconds']:.2f} s -> {r['out']}")
 
 
+# ----------------------------------------------------------------------------- evaluate gan
+
+
+def cmd_evaluate_gan(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import checkpoints, data, quality  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import discriminator as discriminator_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+
+  root = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
+      *checkpoints.SHIPPED_GENERATORS).parent
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {root}/generator, {root}/discriminator and {path}")
+  generator = generator_lib.load_generator(root / "generator")
+  discriminator = discriminator_lib.load_discriminator(root / "discriminator")
+  result = quality.evaluate_gan(generator, discriminator, data.load(path), seed=args.seed,
+                                n_per_group=args.n_per_group)
+  return {"checkpoint": str(root), "data": str(path), **result}
+
+
+def _human_evaluate_gan(r: dict[str, Any]) -> str:
+  lines = [f"FD generated vs real {r['fd_generated_vs_real']:.4g}, real vs real {r['fd_real_vs_real']:.4g} "
+           f"(ratio {r['fd_ratio']:.2f}); Sinkhorn {r['sinkhorn_generated_vs_real']:.4g} vs "
+           f"{r['sinkhorn_real_vs_real']:.4g}; sex agreement {r['sex_agreement_generated']:.2f}"]
+  for name, g in r["groups"].items():
+    lines.append(f"  {name}: female fraction {g['female_fraction']:.2f}, predicted age {g['mean_predicted_age']:.1f}")
+  return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -253,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
   train_gan.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
   _add_json_arg(train_gan)
   train_gan.set_defaults(run=cmd_train_gan, human=_human_train)
+
+  evaluate_parser = commands.add_parser("evaluate", help="quality figures of a trained model")
+  evaluate_commands = evaluate_parser.add_subparsers(dest="evaluate_command", required=True, metavar="MODEL")
+  evaluate_gan = evaluate_commands.add_parser("gan", help="FD / Sinkhorn vs real, conditioning probes")
+  _add_data_arg(evaluate_gan)
+  evaluate_gan.add_argument("--checkpoint", help="folder with generator/ and discriminator/ (default: the shipped GAN)")
+  evaluate_gan.add_argument("--seed", type=int, default=0)
+  evaluate_gan.add_argument("--n-per-group", type=int, default=64, help="generated images per group for the probes")
+  _add_json_arg(evaluate_gan)
+  evaluate_gan.set_defaults(run=cmd_evaluate_gan, human=_human_evaluate_gan)
 
   sample = commands.add_parser("sample", help="generate radiographs of one age-sex group")
   sample.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")

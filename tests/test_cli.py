@@ -115,3 +115,43 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "jaxcxr.cli", "data", "frobnicate"],
                         capture_output=True, text=True, env=env, check=False)
   assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
+  run = tmp_path / "run"
+  code, out, err = run_cli(capsys, "train", "gan", "--data", str(nih_path), "--preset", "gan_tiny", "--split", "all",
+                           "--out", str(run), "--json")
+  assert code == 0, err
+  summary = json.loads(out)
+  assert summary["steps"] == 4 and summary["n_images"] == 24
+  # A second run into the same folder without --resume is refused, with exit 2.
+  code, _, err = run_cli(capsys, "train", "gan", "--data", str(nih_path), "--preset", "gan_tiny", "--out", str(run))
+  assert code == 2 and "resume" in err
+
+  code, out, err = run_cli(capsys, "sample", "--group", "38_44f", "--n", "3", "--out", str(tmp_path / "s"),
+                           "--checkpoint", str(run / "generator"), "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["n_generated"] == 3 and len(result["files"]) == 3 and result["filtered"] is False
+  assert np.asarray(Image.open(result["files"][0])).shape == (32, 32)
+
+  code, out, err = run_cli(capsys, "evaluate", "gan", "--checkpoint", str(run), "--data", str(nih_path),
+                           "--n-per-group", "2", "--json")
+  assert code == 0, err
+  quality = json.loads(out)
+  assert np.isfinite(quality["fd_generated_vs_real"]) and set(quality["groups"]) == {
+      "18_24m", "18_24f", "38_44m", "38_44f", "58_64m", "58_64f"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--group", "40_50m", "--n", "2", "--out", "{tmp}/s"], "unknown group '40_50m'"),
+        (["sample", "--group", "38_44f", "--n", "0", "--out", "{tmp}/s"], "--n must be positive"),
+        (["sample", "--group", "38_44f", "--n", "2", "--out", "{tmp}/s", "--checkpoint", "{tmp}/nothing"], "nothing"),
+        (["train", "gan", "--data", "{tmp}/x.npz", "--preset", "gan_999", "--out", "{tmp}/r"], "unknown preset"),
+    ],
+)
+def test_gan_commands_bad_input(capsys, tmp_path, argv, message):
+  code, out, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
+  assert code == 2 and out == "" and message in err and "Traceback" not in err
