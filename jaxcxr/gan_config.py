@@ -199,7 +199,8 @@ def gan_tiny(resolution: int = 32, *, conditions: tuple[str, ...] = KNOWN_CONDIT
 
       python -c "from jaxcxr import gan_config; print(gan_config.gan_tiny())"
 
-  Expected: a train call of 2 steps compiles in seconds on a CPU and gives finite losses.
+  Expected: the 2-step train call compiles in 30-60 s on a 2-core CPU (one
+  compile serves every test) and gives finite losses.
   """
   return GanTrainConfig(
       generator=GeneratorConfig(resolution=resolution, latent_dim=128, base_channels=4, max_channels=8,
@@ -213,14 +214,16 @@ def gan_tiny(resolution: int = 32, *, conditions: tuple[str, ...] = KNOWN_CONDIT
 def gan_64_cpu() -> GanTrainConfig:
   """64x64 conditional GAN sized for 2 CPU cores and about 25 minutes.
 
-      jaxcxr train gan --preset gan_64_cpu --data nih_cxr14_subset_256.npz --out runs/gan64
+      python -c "from jaxcxr import data, gan_config; from jaxcxr.train.gan import train_gan; \\
+        train_gan(data.load('nih_cxr14_subset_256.npz'), gan_config.gan_64_cpu(), 'runs/gan64')"
 
   G channels (128, 64, 32, 16, 8) from 4x4 to 64x64, 0.93M parameters; D (8, 16,
   32, 64, 128), 0.16M. Measured on this project's 2-core CPU worker (jax 0.10.2,
-  shared with other jobs): about 45-90 s of compile, then 0.6-0.7 s per step of
-  batch 16 (one core busy), so 2,000 steps take about 25 minutes. Expected:
-  blurry but recognisable frontal chest radiographs (lung fields, mediastinum,
-  shoulders); little per-group detail at this size and length.
+  shared with other jobs, load 2-5): 1-2.5 minutes of init and compile, then
+  0.6-0.75 s per step of batch 16, so 2,000 steps take about 25 minutes. A
+  400-step trial already showed chest outlines with two dark lung fields;
+  expected at 2,000 steps: blurry but recognisable frontal chest radiographs,
+  little per-group detail at this size and length.
   """
   return GanTrainConfig(**_models(64, 8, 128, 8, 128, KNOWN_CONDITIONS),
                         batch_size=16, steps=2000, steps_per_call=20, r1_gamma=0.1, r1_every=4,
@@ -231,12 +234,14 @@ def gan_64_cpu() -> GanTrainConfig:
 def gan_128() -> GanTrainConfig:
   """128x128 conditional GAN for a GPU.
 
-      jaxcxr train gan --preset gan_128 --data nih_cxr14_subset_256.npz --out runs/gan128
+      python -c "from jaxcxr import data, gan_config; from jaxcxr.train.gan import train_gan; \\
+        train_gan(data.load('nih_cxr14_subset_256.npz'), gan_config.gan_128(), 'runs/gan128')"
 
   G channels (512, 512, 256, 128, 64, 32), 22.7M parameters; D 7.5M; about 2.8
-  TFLOP per step of batch 64. Not timed here (no GPU in the session that wrote
-  it); expected well under the 30-minute slot for 20,000 steps on one H100 in
-  bfloat16. Expected: sharp lung fields and ribs, visible sex and age differences.
+  TFLOP per step of batch 64 (80% of `gan_256`'s), bfloat16 compute. Not timed
+  here (no GPU in the session that wrote it); it should fit 20,000 steps in a
+  30-minute H100 slot if `gan_256` does. Expected: sharp lung fields and ribs,
+  visible sex and age differences.
   """
   return GanTrainConfig(**_models(128, 32, 512, 32, 512, KNOWN_CONDITIONS),
                         batch_size=64, steps=20000, steps_per_call=100, r1_gamma=0.2,
@@ -246,7 +251,8 @@ def gan_128() -> GanTrainConfig:
 def gan_256() -> GanTrainConfig:
   """256x256 conditional GAN for a GPU: about 20,000 steps of batch 64 in a 30-minute H100 slot.
 
-      jaxcxr train gan --preset gan_256 --data nih_cxr14_subset_256.npz --out runs/gan256
+      python -c "from jaxcxr import data, gan_config; from jaxcxr.train.gan import train_gan; \\
+        train_gan(data.load('nih_cxr14_subset_256.npz'), gan_config.gan_256(), 'runs/gan256')"
 
   G channels (512, 512, 256, 128, 64, 32, 16), 22.8M parameters; D 7.5M; about
   3.4 TFLOP per step of batch 64, bfloat16 compute. Not timed here (no GPU in the
@@ -263,7 +269,8 @@ def gan_256() -> GanTrainConfig:
 def gan_64_normal_cpu() -> GanTrainConfig:
   """`gan_64_cpu` trained on normal images only, conditioned on sex and age (for AnoGAN scoring).
 
-      jaxcxr train gan --preset gan_64_normal_cpu --data nih_cxr14_subset_256.npz --out runs/gan64n
+      python -c "from jaxcxr import data, gan_config; from jaxcxr.train.gan import train_gan; \\
+        train_gan(data.load('nih_cxr14_subset_256.npz'), gan_config.gan_64_normal_cpu(), 'runs/gan64n')"
 
   Expected: as `gan_64_cpu` (half the images, so more repeats of each).
   """

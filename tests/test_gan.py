@@ -7,6 +7,7 @@ caches by config).
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcxr import checkpoints, data, gan_config
+from jaxcxr import checkpoints, config, data, gan_config
 from jaxcxr.models import (Discriminator, Generator, group_condition_batch, load_discriminator, load_generator,
                            make_condition, sample_images)
 from jaxcxr.train import gan
@@ -227,6 +228,8 @@ def test_kill_and_resume_is_exact(nih, tmp_path, monkeypatch):
   straight = gan.train_gan(nih, cfg, tmp_path / "a", progress=False)
   assert straight["steps"] == 4 and straight["start_step"] == 0
   assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
+  log = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in log] == [2, 4] and all(np.isfinite(r["g_loss"]) for r in log)
 
   # Kill the second run after its first call (and checkpoint), then resume it in fresh objects.
   real = gan.make_train_step
@@ -273,3 +276,15 @@ def test_kill_and_resume_is_exact(nih, tmp_path, monkeypatch):
     jax.tree.map(np.testing.assert_array_equal, saved, state_b[part])
   features = nnx.eval_shape(lambda d, x: d.features(x), discriminator, jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
   assert features.shape == (1, 4, 4, 8)
+
+
+def test_configs_round_trip_and_validate():
+  for make in gan_config.PRESETS.values():
+    cfg = make()
+    assert config.from_dict(gan_config.GanTrainConfig, json.loads(json.dumps(config.to_dict(cfg)))) == cfg
+  with pytest.raises(ValueError, match="resolution"):
+    gan_config.GeneratorConfig(resolution=48)
+  with pytest.raises(ValueError, match="conditions"):
+    dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, conditions=("sex", "age")))
+  with pytest.raises(ValueError, match="multiple of steps_per_call"):
+    dataclasses.replace(TINY, checkpoint_every=3)

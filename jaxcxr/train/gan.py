@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import sys
@@ -39,9 +40,9 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr.gan_config import GanTrainConfig
-from jaxcxr.models.condition import group_condition_batch, make_condition
+from jaxcxr.models.condition import make_condition
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
-from jaxcxr.models.generator import Generator, latents, load_generator, sample_images
+from jaxcxr.models.generator import Generator, load_generator, sample_images
 
 __all__ = [
     "diff_augment",
@@ -321,19 +322,11 @@ def prepare_data(dataset: data_lib.CXRDataset, config: GanTrainConfig) -> tuple[
           f"{source}: every image has label {int(labels[0])}; a GAN conditioned on the label needs both "
           "normal (0) and abnormal (1) images (for a normal-only GAN use conditions=('sex', 'age') and "
           "normal_only=True)")
-  images = _resize(dataset.images, config.resolution)
+  images = data_lib.resize_uint8(dataset.images, config.resolution)
   cond = make_condition(dataset.sex, dataset.age, dataset.label, conditions=conditions)
   info = {"n_images": len(dataset), "n_dropped": n_dropped,
           "n_per_label": {int(v): int((dataset.label == v).sum()) for v in np.unique(dataset.label)}}
   return {"images": images, "cond": cond}, info
-
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-  if images.shape[1:] == (size, size):
-    return np.ascontiguousarray(images)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS), np.uint8) for im in images])
 
 
 # ----------------------------------------------------------------------------- loop
@@ -352,6 +345,16 @@ def _inference_graphdef(config: GanTrainConfig):
   return nnx.graphdef(nnx.eval_shape(lambda: Generator(config.generator, rngs=nnx.Rngs(0))))
 
 
+def _append_metrics(path: pathlib.Path, step: int, metrics: dict, rate: str | None) -> None:
+  """One JSON line per call: the step reached and the losses averaged over the call (a log, not state;
+  a resumed run appends again from its checkpoint, so keep the last line per step)."""
+  record = {"step": step, **{k: float(np.mean(v)) for k, v in metrics.items()}}
+  if rate is not None:
+    record["images_per_second"] = float(rate)
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
 def _device_name() -> str:
   device = jax.devices()[0]
   return f"{device.platform}:{getattr(device, 'device_kind', '')}"
@@ -362,7 +365,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
   """Trains the conditional GAN, with progress, sample grids, checkpoints and resume.
 
   Writes under `out_dir`: `checkpoints/STEP/` (training state every
-  `checkpoint_every` steps and at the end), `samples/step_XXXXXX.png` (EMA
+  `checkpoint_every` steps and at the end), `metrics.jsonl` (losses per call),
+  `samples/step_XXXXXX.png` (EMA
   generator, six groups x `samples_per_group`, normal label, fixed latents) every
   `sample_every` steps, and at the end the inference checkpoints `generator/` (EMA
   weights) and `discriminator/` (`checkpoints.save_model`). A run killed at any
@@ -394,6 +398,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
 
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
   ckpt_dir = out_dir / "checkpoints"
   wall_start = time.perf_counter()
   state = init_train_state(config, seed)
@@ -443,6 +448,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
         if timed_seconds:
           postfix["img/s"] = f"{config.batch_size * timed_steps / timed_seconds:.1f}"
         bar.set_postfix(postfix, refresh=False)
+        _append_metrics(out_dir / "metrics.jsonl", step, metrics_host, postfix.get("img/s"))
         if config.sample_every and step % config.sample_every == 0:
           images, labels = _sample_grid(config, state["g_ema"], sample_key)
           plots.save_image_grid(images, out_dir / "samples" / f"step_{step:06d}.png",
