@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr.models.layers import GroupNorm, depth_to_space
 from jaxcxr.seg_config import UNetConfig
 
 
@@ -73,41 +74,18 @@ _HE = _fan_in_normal(2.0)
 _LECUN = _fan_in_normal(1.0)
 
 
-def _depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
-  """(B, H, W, b*b*C) -> (B, b*H, b*W, C); channel index = (dy * b + dx) * C + c."""
-  b, h, w, c = x.shape
-  c_out = c // (block * block)
-  x = x.reshape(b, h, w, block, block, c_out).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h * block, w * block, c_out)
-
-
 def _max_pool2(x: jax.Array) -> jax.Array:
   """2x2 max-pool with stride 2, NHWC (sides are even by construction)."""
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class GroupNorm(nnx.Module):
-  """Group normalisation per image over (H, W, C/groups), statistics in float32, NHWC."""
-
-  def __init__(self, channels: int, groups: int, *, dtype, epsilon: float = 1e-5):
-    groups = min(groups, channels)
-    while channels % groups:  # largest divisor of `channels` not above the requested groups
-      groups -= 1
-    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-    self.groups = groups
-    self.epsilon = epsilon
-    self.dtype = dtype
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape
-    xg = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
-    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
-    var = jnp.square(xg - mean).mean(axis=(1, 2, 4), keepdims=True)
-    y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
-    y = y * self.scale[...].reshape(1, 1, 1, c) + self.bias[...].reshape(1, 1, 1, c)
-    return y.astype(self.dtype)
+def _group_norm(channels: int, groups: int, *, dtype) -> GroupNorm:
+  """GroupNorm with the largest divisor of `channels` not above the requested groups."""
+  groups = min(groups, channels)
+  while channels % groups:
+    groups -= 1
+  return GroupNorm(channels, groups, dtype=dtype)
 
 
 class ConvBlock(nnx.Module):
@@ -116,9 +94,9 @@ class ConvBlock(nnx.Module):
   def __init__(self, c_in: int, c_out: int, groups: int, *, dtype, rngs: nnx.Rngs):
     # No conv bias: the GroupNorm shift that follows makes it redundant.
     self.conv1 = nnx.Conv(c_in, c_out, (3, 3), use_bias=False, kernel_init=_HE, dtype=dtype, rngs=rngs)
-    self.norm1 = GroupNorm(c_out, groups, dtype=dtype)
+    self.norm1 = _group_norm(c_out, groups, dtype=dtype)
     self.conv2 = nnx.Conv(c_out, c_out, (3, 3), use_bias=False, kernel_init=_HE, dtype=dtype, rngs=rngs)
-    self.norm2 = GroupNorm(c_out, groups, dtype=dtype)
+    self.norm2 = _group_norm(c_out, groups, dtype=dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jax.nn.relu(self.norm1(self.conv1(x)))
@@ -132,7 +110,7 @@ class UpConv(nnx.Module):
     self.conv = nnx.Conv(c_in, 4 * c_out, (1, 1), kernel_init=_LECUN, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return _depth_to_space(self.conv(x))
+    return depth_to_space(self.conv(x))
 
 
 class UNet(nnx.Module):
@@ -145,7 +123,8 @@ class UNet(nnx.Module):
   Examples:
     >>> from flax import nnx
     >>> import jax.numpy as jnp
-    >>> from jaxcxr.seg_config import UNetConfig
+    >>> from jaxcxr.models.layers import GroupNorm, depth_to_space
+from jaxcxr.seg_config import UNetConfig
     >>> unet = UNet(UNetConfig(resolution=32, channels=(4, 8, 16), norm_groups=2), rngs=nnx.Rngs(0))
     >>> unet(jnp.zeros((2, 32, 32, 1))).shape
     (2, 32, 32, 3)
