@@ -698,3 +698,18 @@ def shipped_checkpoint(*names: str) -> pathlib.Path:
       return root / name
   raise CheckpointError(f"{root}: no shipped checkpoint among {', '.join(names)}; pass --checkpoint DIR or set "
                         "JAXCXR_CHECKPOINTS")
+
+
+def model_id(directory: str | os.PathLike[str]) -> str:
+  """A short id of a model checkpoint's weights: the first 16 hex digits of its manifest's SHA-256.
+
+  The manifest lists the SHA-256 of every array file, so two checkpoints share an id
+  exactly when their weights are byte-identical. Records derived from a model (score
+  calibrations, latent datasets) store it to detect a later mismatch.
+
+  Raises:
+    CheckpointError: `directory` is not a model checkpoint.
+  """
+  path = pathlib.Path(directory)
+  _require_model_checkpoint(path)
+  return file_sha256(path / _MANIFEST)[:16]

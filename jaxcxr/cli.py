@@ -186,32 +186,227 @@ def _human_train(r: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- sample
 
 
+def _shipped_or(arg: str | None, *names: str) -> pathlib.Path:
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
+
+  return pathlib.Path(arg) if arg else checkpoints.shipped_checkpoint(*names)
+
+
+def _load_scorer(args: argparse.Namespace):
+  from jaxcxr import scoring  # pylint: disable=g-import-not-at-top
+
+  directory = getattr(args, "scoring", None)
+  _log(f"loading scorer {directory or 'checkpoints/scoring_128'} (U-Net, classifier, calibration)")
+  changes = {"batch_size": args.batch_size} if getattr(args, "batch_size", None) else {}
+  if getattr(args, "bf16", False):
+    changes["dtype"] = "bfloat16"
+  return scoring.load_scorer(directory, **changes)
+
+
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
-  from jaxcxr import checkpoints, data, io  # pylint: disable=g-import-not-at-top
+  from jaxcxr import checkpoints, data, io, scoring  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
 
   data.parse_group(args.group)
   if args.n <= 0:
     raise UsageError(f"--n must be positive, got {args.n}")
-  directory = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
-      *checkpoints.SHIPPED_GENERATORS)
+  directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
   _log(f"loading generator {directory}")
   generator = generator_lib.load_generator(directory)
   out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
-  start = time.perf_counter()
-  images = generator_lib.sample_images(generator, jax.random.key(args.seed), args.n, args.group, label=args.label)
-  seconds = time.perf_counter() - start
+  key = jax.random.key(args.seed)
+  result: dict[str, Any] = {"group": args.group, "label": args.label, "checkpoint": str(directory),
+                            "resolution": generator.config.resolution, "filtered": not args.unfiltered}
+  if args.unfiltered:
+    start = time.perf_counter()
+    images = generator_lib.sample_images(generator, key, args.n, args.group, label=args.label)
+    seconds = time.perf_counter() - start
+    result.update(n_generated=len(images), n_valid=None, valid_rate=None, seconds=seconds)
+  else:
+    scorer = _load_scorer(args)
+    scorer.generate_and_score(generator, key, scorer.config.batch_size, args.group, label=args.label)  # compile
+    found = scoring.sample_valid_images(scorer, generator, key, args.n, args.group, label=args.label,
+                                        max_generated=args.max_generated, progress=True)
+    images = found["images"]
+    result.update({k: found[k] for k in ("n_valid", "n_generated", "seconds", "valid_rate")})
+    result["sample_index"] = [int(i) for i in found["index"]]
+    if found["n_valid"] < args.n:
+      _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated "
+           f"{found['n_generated']}")
   files = [str(io.save_png(out / f"{args.group}_{i:05d}.png", image)) for i, image in enumerate(images)]
-  return {"group": args.group, "label": args.label, "checkpoint": str(directory), "resolution": int(images.shape[1]),
-          "filtered": False, "n_generated": len(images), "n_valid": None, "valid_rate": None,
-          "seconds": seconds, "out": str(out), "files": files}
+  result.update(out=str(out), files=files)
+  return result
 
 
 def _human_sample(r: dict[str, Any]) -> str:
-  return (f"{r['n_generated']} {r['group']} images ({r['resolution']}x{r['resolution']}, unfiltered) in "
-          f"{r['seconds']:.2f} s -> {r['out']}")
+  if not r["filtered"]:
+    return (f"{r['n_generated']} {r['group']} images ({r['resolution']}x{r['resolution']}, unfiltered) in "
+            f"{r['seconds']:.2f} s -> {r['out']}")
+  return (f"{r['n_valid']} valid {r['group']} images of {r['n_generated']} generated (valid rate "
+          f"{r['valid_rate']:.3f}) in {r['seconds']:.2f} s -> {r['out']}")
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import data, scoring  # pylint: disable=g-import-not-at-top
+
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {path}")
+  ds = data.load(path)
+  scorer = _load_scorer(args)
+  try:
+    result = scorer.score(ds.images, progress=True)
+  except ValueError as e:
+    raise UsageError(f"{path}: {e}") from e
+  out: dict[str, Any] = {"n": len(ds), "n_valid": int(result.valid.sum()),
+                         "valid_rate": float(result.valid.mean()) if len(ds) else 0.0}
+  out.update({name: [round(float(v), 6) for v in result.scores[name]] for name in scoring.SCORE_NAMES})
+  out["valid"] = [bool(v) for v in result.valid]
+  out["features"] = {name: [round(float(v), 6) for v in result.features[:, i]]
+                     for i, name in enumerate(scoring.FEATURE_NAMES)}
+  if ds.label is not None and (ds.label >= 0).any():
+    out["valid_rate_by_label"] = {name: float(result.valid[ds.label == v].mean())
+                                  for v, name in ((0, "normal"), (1, "abnormal")) if (ds.label == v).any()}
+  return out
+
+
+def _human_score(r: dict[str, Any]) -> str:
+  from jaxcxr import scoring  # pylint: disable=g-import-not-at-top
+
+  lines = [f"{r['n_valid']} of {r['n']} images valid ({r['valid_rate']:.3f})"]
+  for name, rate in r.get("valid_rate_by_label", {}).items():
+    lines.append(f"  valid rate of {name} images: {rate:.3f}")
+  for name in scoring.SCORE_NAMES:
+    v = np.asarray(r[name])
+    if v.size:
+      lines.append(f"  {name:17s} median {np.median(v):+.3f}, > 0 for {np.mean(v > 0):.3f}")
+  return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import checkpoints, data, scoring  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
+
+  root = checkpoints.checkpoints_root()
+  unet_dir = _shipped_or(args.unet, "unet_256/unet", "unet_128/unet")
+  classifier_dir = _shipped_or(args.classifier, "classifier_abnormal_256/classifier",
+                               "classifier_abnormal_128/classifier")
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {path}, {unet_dir}, {classifier_dir}")
+  ds = data.load(path)
+  if ds.label is None:
+    raise UsageError(f"{path}: calibration needs normal/abnormal labels")
+  train = ds.subset(data.standard_split(ds)["train"])
+  normals = train.images[train.label == 0]
+  _log(f"calibrating on {len(normals)} normal images of the standard split's train patients")
+
+  def named(p: pathlib.Path) -> str:
+    p = p.resolve()
+    return p.relative_to(root.resolve()).as_posix() if p.is_relative_to(root.resolve()) else str(p)
+
+  provenance = {"unet": named(unet_dir), "unet_id": checkpoints.model_id(unet_dir),
+                "classifier": named(classifier_dir), "classifier_id": checkpoints.model_id(classifier_dir),
+                "data": path.name, "data_sha256": data.file_sha256(path),
+                "split": "standard_split train, label 0"}
+  try:
+    scorer = scoring.calibrate(load_unet(unet_dir), load_classifier(classifier_dir), normals,
+                               scoring.ScoringConfig(batch_size=args.batch_size), provenance=provenance,
+                               progress=True)
+  except ValueError as e:
+    raise UsageError(f"{path}: {e}") from e
+  scorer.save(args.out)
+  return {"out": str(args.out), "n": len(normals),
+          "thresholds": {n: float(getattr(scorer.calibration, n)) for n in scoring.THRESHOLD_NAMES}}
+
+
+def _human_calibrate(r: dict[str, Any]) -> str:
+  return f"calibrated on {r['n']} normal images -> {r['out']}: " + ", ".join(
+      f"{k} {v:.4g}" for k, v in r["thresholds"].items())
+
+
+def cmd_report_scoring(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import checkpoints, data, reports  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+
+  if args.n_per_group <= 0:
+    raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
+  directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {path} and generator {directory}")
+  ds = data.load(path)
+  generator = generator_lib.load_generator(directory)
+  scorer = _load_scorer(args)
+  report = reports.scoring_report(scorer, generator, ds, args.out, n_per_group=args.n_per_group, split=args.split,
+                                  seed=args.seed, progress=True)
+  return {"out": str(args.out), "generator": str(directory), **report}
+
+
+def _human_report(r: dict[str, Any]) -> str:
+  real = r["real"]["valid_rate_by_label"]
+  lines = [f"report -> {r['out']}/report.md",
+           f"real {r['split']} images valid: normal {real['normal']:.3f}, abnormal {real['abnormal']:.3f}",
+           f"generated valid: {r['generated']['valid_rate']:.3f}"]
+  lines += [f"  {g}: {v['valid_rate']:.3f}" for g, v in r["generated"]["groups"].items()]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- evaluate models
+
+
+def _standard_subset(ds, split: str):
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
+  if split == "all":
+    return ds
+  return ds.subset(data.standard_split(ds)[split])
+
+
+def cmd_evaluate_segmentation(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.segmentation import evaluate_segmentation  # pylint: disable=g-import-not-at-top
+
+  directory = _shipped_or(args.checkpoint, "unet_256/unet", "unet_128/unet")
+  path = _data_path(args.data, "covid_v7lungs_256.npz")
+  _log(f"loading {path} and {directory}")
+  ds = _standard_subset(data.load(path), args.split)
+  return {**evaluate_segmentation(load_unet(directory), ds), "split": args.split, "checkpoint": str(directory)}
+
+
+def _human_evaluate_segmentation(r: dict[str, Any]) -> str:
+  return (f"{r['n']} images ({r['split']}): Dice mean {r['dice_mean']:.4f} (right {r['dice_right']:.4f}, "
+          f"left {r['dice_left']:.4f}), IoU {r['iou_mean']:.4f}")
+
+
+def cmd_evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import checkpoints, data  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.classifier import evaluate_classifier  # pylint: disable=g-import-not-at-top
+
+  directory = _shipped_or(args.checkpoint, f"classifier_{args.task}_256/classifier",
+                          f"classifier_{args.task}_128/classifier")
+  metadata = checkpoints.read_metadata(directory)
+  if metadata.get("task") not in (None, args.task):
+    raise UsageError(f"{directory}: a {metadata['task']} classifier, not {args.task}")
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {path} and {directory}")
+  ds = _standard_subset(data.load(path), args.split)
+  threshold = float(metadata.get("threshold", 0.5))
+  result = evaluate_classifier(load_classifier(directory), ds, args.task, threshold=threshold)
+  return {**result, "task": args.task, "split": args.split, "checkpoint": str(directory)}
+
+
+def _human_evaluate_classifier(r: dict[str, Any]) -> str:
+  auc = "n/a (one class)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}"
+  line = f"{r['task']} classifier on {r['n']} images ({r['split']}): ROC AUC {auc}, accuracy {r['accuracy']:.4f}"
+  for view, value in (r.get("roc_auc_by_view") or {}).items():
+    line += f"\n  {view}: ROC AUC {'n/a' if value is None else f'{value:.4f}'} (n={r['n_by_view'][view]})"
+  return line
 
 
 # ----------------------------------------------------------------------------- evaluate gan
@@ -292,21 +487,80 @@ def build_parser() -> argparse.ArgumentParser:
   _add_json_arg(evaluate_gan)
   evaluate_gan.set_defaults(run=cmd_evaluate_gan, human=_human_evaluate_gan)
 
-  sample = commands.add_parser("sample", help="generate radiographs of one age-sex group")
+  evaluate_segmentation = evaluate_commands.add_parser("segmentation", help="lung Dice / IoU of the U-Net")
+  _add_data_arg(evaluate_segmentation)
+  evaluate_segmentation.add_argument("--checkpoint", help="U-Net checkpoint folder (default: the shipped one)")
+  _add_split_arg(evaluate_segmentation)
+  _add_json_arg(evaluate_segmentation)
+  evaluate_segmentation.set_defaults(run=cmd_evaluate_segmentation, human=_human_evaluate_segmentation)
+
+  evaluate_classifier = evaluate_commands.add_parser("classifier", help="ROC AUC / accuracy of a classifier")
+  evaluate_classifier.add_argument("--task", choices=("abnormal", "sex"), required=True)
+  _add_data_arg(evaluate_classifier)
+  evaluate_classifier.add_argument("--checkpoint", help="classifier checkpoint folder (default: the shipped one)")
+  _add_split_arg(evaluate_classifier)
+  _add_json_arg(evaluate_classifier)
+  evaluate_classifier.set_defaults(run=cmd_evaluate_classifier, human=_human_evaluate_classifier)
+
+  sample = commands.add_parser("sample", help="generate valid radiographs of one age-sex group (post-filtered)")
   sample.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
-  sample.add_argument("--n", type=int, required=True, help="number of images")
+  sample.add_argument("--n", type=int, required=True, help="number of valid images to keep")
   sample.add_argument("--out", required=True, help="output folder for the PNGs")
   sample.add_argument("--label", type=int, choices=(0, 1), default=0, help="0 normal (default), 1 abnormal")
   sample.add_argument("--seed", type=int, default=0)
   sample.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
+  sample.add_argument("--unfiltered", action="store_true", help="keep every generated image (no post-filter)")
+  sample.add_argument("--max-generated", type=int, default=None,
+                      help="give up after this many generated images (default max(1000, 200 n))")
+  _add_scorer_args(sample)
   sample.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
   _add_json_arg(sample)
   sample.set_defaults(run=cmd_sample, human=_human_sample)
+
+  score = commands.add_parser("score", help="post-filter scores and validity of every image of a data file")
+  _add_data_arg(score)
+  _add_scorer_args(score)
+  _add_json_arg(score)
+  score.set_defaults(run=cmd_score, human=_human_score)
+
+  report_parser = commands.add_parser("report", help="figures and tables of a component")
+  report_commands = report_parser.add_subparsers(dest="report_command", required=True, metavar="COMPONENT")
+  report_scoring = report_commands.add_parser("scoring", help="post-filter: valid rates, score histograms, examples")
+  _add_data_arg(report_scoring)
+  report_scoring.add_argument("--out", required=True, help="report folder (report.md, report.json, PNGs)")
+  report_scoring.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
+  report_scoring.add_argument("--n-per-group", type=int, default=64, help="generated samples per group")
+  report_scoring.add_argument("--seed", type=int, default=0)
+  _add_split_arg(report_scoring)
+  report_scoring.set_defaults(split="test")
+  _add_scorer_args(report_scoring)
+  _add_json_arg(report_scoring)
+  report_scoring.set_defaults(run=cmd_report_scoring, human=_human_report)
+
+  calibrate = commands.add_parser("calibrate", help="calibrate the post-filter scores on real normal images")
+  _add_data_arg(calibrate)
+  calibrate.add_argument("--out", required=True, help="folder for calibration.json and atlas.npz")
+  calibrate.add_argument("--unet", help="U-Net checkpoint folder (default: the shipped one)")
+  calibrate.add_argument("--classifier", help="abnormal classifier checkpoint folder (default: the shipped one)")
+  calibrate.add_argument("--batch-size", type=int, default=32)
+  _add_json_arg(calibrate)
+  calibrate.set_defaults(run=cmd_calibrate, human=_human_calibrate)
   return parser
 
 
 def _add_data_arg(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--data", help="npz archive or folder of PNG/DICOM (default: $JAXCXR_DATA/<standard file>)")
+
+
+def _add_split_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                      help="images to evaluate: all (default) or a part of the standard patient split")
+
+
+def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--scoring", help="calibration folder (default: the shipped checkpoints/scoring_128)")
+  parser.add_argument("--batch-size", type=int, default=None, help="images per compiled call (default 32)")
+  parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and scores stay fp32)")
 
 
 def _add_json_arg(parser: argparse.ArgumentParser) -> None:

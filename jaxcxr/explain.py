@@ -39,7 +39,7 @@ from flax import nnx
 from jaxcxr import io as io_lib
 from jaxcxr.models.classifier import prepare_images
 
-__all__ = ["GradCam", "grad_cam", "max_heat", "overlay_heatmap"]
+__all__ = ["GradCam", "grad_cam", "grad_cam_pure", "max_heat", "overlay_heatmap"]
 
 
 class GradCam(NamedTuple):
@@ -70,14 +70,24 @@ def _segment_cams(feature_map: jax.Array, grads: jax.Array, num_segments: int) -
   return cams
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _grad_cam_batch(graphdef, state, x, sign: float):
-  model = nnx.merge(graphdef, state)
+def grad_cam_pure(model: nnx.Module, x: jax.Array, sign: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Grad-CAM of a batch inside a traced function: one forward pass gives the logits and the maps.
+
+  Args:
+    model: a merged classifier (see `grad_cam`).
+    x: float (B, R, R, 1), NHWC, in [0, 1], R = model.config.resolution.
+    sign: +1 explains the logit (class 1), -1 minus the logit (class 0).
+
+  Returns:
+    (heatmap float32 (B, R, R) in [0, 1], raw_max float32 (B,) >= 0 in logit units,
+    logits float32 (B,)).
+  """
   resolution = model.config.resolution
   num_segments = getattr(model, "num_segments", 1)
   crop = getattr(model, "crop_rows", 0)
   feature_map = model.features(x).astype(jnp.float32)            # (B, h, w, C)
-  grads = jax.grad(lambda f: jnp.sum(sign * model.head(f)))(feature_map)
+  logits, vjp = jax.vjp(model.head, feature_map)
+  (grads,) = vjp(jnp.full_like(logits, sign))
   cams = [jax.nn.relu(c) for c in _segment_cams(feature_map, grads, num_segments)]
   raw = jnp.concatenate(cams, axis=2)                              # (B, h, w)
   b = x.shape[0]
@@ -86,7 +96,13 @@ def _grad_cam_batch(graphdef, state, x, sign: float):
   up = jnp.pad(jax.nn.relu(up), ((0, 0), (crop, 0), (0, resolution - num_segments * region_w)))
   peak = up.max(axis=(1, 2), keepdims=True)
   heatmap = jnp.where(peak > 0, up / jnp.where(peak > 0, peak, 1.0), 0.0)
-  return jnp.clip(heatmap, 0.0, 1.0), raw.max(axis=(1, 2))
+  return jnp.clip(heatmap, 0.0, 1.0), raw.max(axis=(1, 2)), logits.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _grad_cam_batch(graphdef, state, x, sign: float):
+  heatmap, raw_max, _ = grad_cam_pure(nnx.merge(graphdef, state), x, sign)
+  return heatmap, raw_max
 
 
 def grad_cam(model: nnx.Module, images: Any, *, target: int = 1, batch_size: int = 32) -> GradCam:

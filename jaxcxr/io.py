@@ -15,12 +15,23 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> pathlib.Path:
-  """Writes `payload` to `path` through a temporary file in the same folder and os.replace."""
+  """Writes `payload` to `path` through a temporary file in the same folder and os.replace.
+
+  The file gets the permissions of an ordinary new file (0o666 less the umask), not
+  the owner-only 0o600 of `tempfile.mkstemp`.
+  """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, "wb") as f:
       f.write(payload)
       f.flush()

@@ -129,7 +129,7 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
   assert code == 2 and "resume" in err
 
   code, out, err = run_cli(capsys, "sample", "--group", "38_44f", "--n", "3", "--out", str(tmp_path / "s"),
-                           "--checkpoint", str(run / "generator"), "--json")
+                           "--checkpoint", str(run / "generator"), "--unfiltered", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["n_generated"] == 3 and len(result["files"]) == 3 and result["filtered"] is False
@@ -155,3 +155,50 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
 def test_gan_commands_bad_input(capsys, tmp_path, argv, message):
   code, out, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
   assert code == 2 and out == "" and message in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- scoring commands (shipped models)
+
+
+def test_sample_keeps_only_valid_images_from_shipped_checkpoints(capsys, tmp_path):
+  code, out, err = run_cli(capsys, "sample", "--group", "38_44f", "--n", "4", "--out", str(tmp_path / "s"),
+                           "--batch-size", "8", "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["filtered"] is True and result["n_valid"] == 4 and len(result["files"]) == 4
+  assert result["n_generated"] % 8 == 0 and result["n_generated"] >= 4
+  assert 0 < result["valid_rate"] <= 1 and result["seconds"] > 0
+  # the kept samples are the first valid ones, in sample order
+  assert result["sample_index"] == sorted(result["sample_index"])
+  from jaxcxr import scoring
+  scorer = scoring.load_scorer(batch_size=8)
+  kept = np.stack([np.asarray(Image.open(f)) for f in result["files"]])
+  assert scorer.score(kept).valid.all()
+
+
+def test_score_command_lists_keyed_by_score_name(capsys, nih_path):
+  code, out, err = run_cli(capsys, "score", "--data", str(nih_path), "--batch-size", "8", "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  from jaxcxr import scoring
+  for name in scoring.SCORE_NAMES:
+    assert len(result[name]) == 24 and all(np.isfinite(result[name]))
+  assert len(result["valid"]) == 24 and result["n_valid"] == sum(result["valid"])
+  assert result["valid"] == [all(result[n][i] > 0 for n in scoring.SCORE_NAMES) for i in range(24)]
+  assert set(result["valid_rate_by_label"]) == {"normal", "abnormal"}
+
+
+def test_evaluate_segmentation_and_classifier(capsys, covid_path, nih_path):
+  code, out, err = run_cli(capsys, "evaluate", "segmentation", "--data", str(covid_path), "--json")
+  assert code == 0, err
+  seg = json.loads(out)
+  assert seg["n"] == 8 and 0.5 < seg["dice_mean"] <= 1 and {"dice_right", "dice_left", "iou_mean"} <= set(seg)
+  code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "abnormal", "--data", str(nih_path), "--json")
+  assert code == 0, err
+  cls = json.loads(out)
+  assert cls["n"] == 24 and 0 <= cls["roc_auc"] <= 1 and 0 <= cls["accuracy"] <= 1
+
+
+def test_calibrate_refuses_too_few_normal_images(capsys, nih_path, tmp_path):
+  code, out, err = run_cli(capsys, "calibrate", "--data", str(nih_path), "--out", str(tmp_path / "c"))
+  assert code == 2 and out == "" and "at least 20" in err and "Traceback" not in err

@@ -200,17 +200,30 @@ def resize_images(images: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jax.image.resize(images.astype(jnp.float32), (b, size[0], size[1], c), "linear", antialias=True)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "out_hw"))
-def _predict_labels(graphdef, state, images: jax.Array, *, out_hw: tuple[int, int]) -> jax.Array:
-  """(B, H, W) float [0, 1] -> uint8 labels (B, *out_hw): resize to the model side, logits, back, argmax."""
-  model = nnx.merge(graphdef, state)
+def label_map(model: UNet, images: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+  """Lung label map inside a traced function (what `predict_masks` runs per batch).
+
+  Args:
+    model: a merged `UNet`.
+    images: float (B, H, W) in [0, 1] at any size (resized to the model's side and back).
+    out_hw: static output size.
+
+  Returns:
+    uint8 (B, *out_hw): 0 background, 1 patient's right lung, 2 patient's left lung.
+  """
   r = model.config.resolution
   x = resize_images(images[..., None], (r, r))                   # (B, R, R, 1)
-  logits = model(x)                                              # (B, R, R, K)
+  logits = model(x).astype(jnp.float32)                          # (B, R, R, K)
   if (r, r) != tuple(out_hw):
     logits = jax.image.resize(logits, (logits.shape[0], out_hw[0], out_hw[1], logits.shape[-1]), "linear",
                               antialias=False)
   return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "out_hw"))
+def _predict_labels(graphdef, state, images: jax.Array, *, out_hw: tuple[int, int]) -> jax.Array:
+  """(B, H, W) float [0, 1] -> uint8 labels (B, *out_hw): resize to the model side, logits, back, argmax."""
+  return label_map(nnx.merge(graphdef, state), images, out_hw)
 
 
 def as_unit_images(images) -> np.ndarray:

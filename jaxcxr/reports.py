@@ -1,0 +1,187 @@
+"""Reports that people look at rather than read: the post-filter report (figures + JSON + Markdown).
+
+`scoring_report` answers "what does the post-filter keep?": the valid rate of real
+normal and abnormal held-out images, the valid rate of generated images per group,
+histograms of every score (real vs generated), and example kept and rejected
+samples with their lung masks and Grad-CAM maps. `jaxcxr report scoring` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcxr import data as data_lib
+from jaxcxr import io as io_lib
+from jaxcxr import scoring
+
+__all__ = ["scoring_report"]
+
+_LUNG_COLOURS = np.array([[0, 0, 0], [230, 80, 60], [60, 140, 230]], np.float32) / 255.0  # bg, right, left
+
+
+def _mask_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """uint8 (h, w) image and label map (H, W) -> float RGB (H, W, 3) with lungs tinted (right red, left blue)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  gray = np.asarray(Image.fromarray(image).resize(labels.shape[::-1], Image.BILINEAR), np.float32) / 255.0
+  rgb = np.repeat(gray[..., None], 3, axis=-1)
+  tint = _LUNG_COLOURS[labels]
+  alpha = 0.45 * (labels > 0)[..., None]
+  return (1 - alpha) * rgb + alpha * tint
+
+
+def _save_histograms(real_normal: dict, real_abnormal: dict, generated: dict, path: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, len(scoring.SCORE_NAMES), figsize=(4 * len(scoring.SCORE_NAMES), 3.2))
+  for ax, name in zip(axes, scoring.SCORE_NAMES):
+    values = [real_normal[name], real_abnormal[name], generated[name]]
+    finite = np.concatenate([v[np.isfinite(v)] for v in values if len(v)])
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (-1.0, 1.0)
+    bins = np.linspace(min(lo, 0.0), max(hi, 0.0) + 1e-6, 30)
+    for v, label, colour in zip(values, ("real normal", "real abnormal", "generated"),
+                                ("tab:green", "tab:red", "tab:blue")):
+      if len(v):
+        ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, density=True, histtype="step", lw=1.8, color=colour,
+                label=f"{label} ({np.mean(v > 0):.0%} > 0)")
+    ax.axvline(0.0, color="k", lw=0.8, ls="--")
+    ax.set_title(name)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  io_lib.write_bytes_atomic(path, _figure_png(fig))
+  plt.close(fig)
+
+
+def _figure_png(fig) -> bytes:
+  import io  # pylint: disable=g-import-not-at-top
+
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=90)
+  return buffer.getvalue()
+
+
+def _save_examples(images, result: scoring.ScoreResult, picks: list[tuple[int, str]], path: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = max(1, len(picks))
+  fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
+  for row, (i, title) in enumerate(picks):
+    axes[row, 0].imshow(images[i], cmap="gray", vmin=0, vmax=255)
+    axes[row, 0].set_title(title, fontsize=7, loc="left")
+    axes[row, 1].imshow(_mask_overlay(images[i], result.masks[i]))
+    axes[row, 1].set_title("U-Net lungs (right red, left blue)", fontsize=7)
+    axes[row, 2].imshow(images[i], cmap="gray", vmin=0, vmax=255,
+                        extent=(0, 1, 1, 0))
+    axes[row, 2].imshow(result.heatmaps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=(0, 1, 1, 0))
+    axes[row, 2].set_title(f"Grad-CAM (abnormal), max {result.measures['maxheat'][i]:.1f}", fontsize=7)
+  for ax in axes.ravel():
+    ax.axis("off")
+  fig.tight_layout()
+  io_lib.write_bytes_atomic(path, _figure_png(fig))
+  plt.close(fig)
+
+
+def _failing(result: scoring.ScoreResult, i: int) -> str:
+  failed = [name.removeprefix("score_") for name in scoring.SCORE_NAMES if result.scores[name][i] <= 0]
+  return "fails " + ", ".join(failed) if failed else "valid"
+
+
+def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDataset, out_dir: str | os.PathLike, *,
+                   n_per_group: int = 64, split: str = "test", seed: int = 0, examples: int = 4,
+                   progress: bool = False) -> dict[str, Any]:
+  """Writes the post-filter report into `out_dir`: report.json, report.md, histograms.png, examples_*.png.
+
+  Args:
+    scorer: a calibrated `scoring.Scorer` (e.g. `scoring.load_scorer()`).
+    generator: the `Generator` whose samples are scored.
+    dataset: real radiographs with labels (e.g. the NIH archive).
+    out_dir: output folder (created; files are replaced atomically).
+    n_per_group: generated samples per age-sex group.
+    split: "test" (default; the held-out patients of `data.standard_split`), "val", "train" or "all".
+    seed: key of the generated samples.
+    examples: kept and rejected generated samples shown (each).
+    progress: tqdm bars on stderr.
+
+  Returns:
+    The report dict (also report.json): real valid rates by label, generated valid rate per
+    group, per-score fraction > 0, thresholds, and the figure paths.
+  """
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  real = dataset if split == "all" else dataset.subset(data_lib.standard_split(dataset)[split])
+  if real.label is None:
+    raise data_lib.DataError(f"{dataset.source or 'dataset'}: the report needs normal/abnormal labels")
+  real_result = scorer.score(real.images, progress=progress)
+  by_label = {name: real_result.valid[real.label == v] for v, name in ((0, "normal"), (1, "abnormal"))}
+  key = jax.random.key(seed)
+  per_group, gen_scores, gen_images, gen_results = {}, [], [], []
+  for g, group in enumerate(data_lib.GROUPS):
+    generated = scorer.generate_and_score(generator, jax.random.fold_in(key, g), n_per_group, group, keep_maps=True,
+                                          progress=progress)
+    per_group[group] = {"n": n_per_group, "valid_rate": float(generated.result.valid.mean()),
+                        "pass_rate": {n: float(np.mean(generated.result.scores[n] > 0)) for n in scoring.SCORE_NAMES}}
+    gen_scores.append(generated.result.scores)
+    gen_images.append(generated.images)
+    gen_results.append(generated.result)
+  generated_scores = {n: np.concatenate([s[n] for s in gen_scores]) for n in scoring.SCORE_NAMES}
+  pick = lambda mask: {n: real_result.scores[n][mask] for n in scoring.SCORE_NAMES}
+  _save_histograms(pick(real.label == 0), pick(real.label == 1), generated_scores, out / "histograms.png")
+
+  images = np.concatenate(gen_images)
+  merged = scoring.ScoreResult(
+      scores=generated_scores, features=np.concatenate([r.features for r in gen_results]),
+      valid=np.concatenate([r.valid for r in gen_results]),
+      measures={k: np.concatenate([r.measures[k] for r in gen_results]) for k in gen_results[0].measures},
+      masks=np.concatenate([r.masks for r in gen_results]), heatmaps=np.concatenate([r.heatmaps for r in gen_results]))
+  group_of = np.repeat(np.asarray(data_lib.GROUPS), n_per_group)
+  kept = np.flatnonzero(merged.valid)[:examples]
+  rejected = np.flatnonzero(~merged.valid)[:examples]
+  _save_examples(images, merged, [(int(i), f"{group_of[i]} #{i % n_per_group}: valid") for i in kept],
+                 out / "examples_kept.png")
+  _save_examples(images, merged, [(int(i), f"{group_of[i]} #{i % n_per_group}: {_failing(merged, i)}")
+                                  for i in rejected], out / "examples_rejected.png")
+  report = {
+      "split": split,
+      "real": {"n": len(real), "valid_rate": float(real_result.valid.mean()),
+               "valid_rate_by_label": {k: float(v.mean()) if v.size else None for k, v in by_label.items()},
+               "n_by_label": {k: int(v.size) for k, v in by_label.items()},
+               "pass_rate": {n: float(np.mean(real_result.scores[n] > 0)) for n in scoring.SCORE_NAMES}},
+      "generated": {"n_per_group": n_per_group, "seed": seed, "valid_rate": float(merged.valid.mean()),
+                    "groups": per_group,
+                    "pass_rate": {n: float(np.mean(generated_scores[n] > 0)) for n in scoring.SCORE_NAMES}},
+      "thresholds": {n: float(getattr(scorer.calibration, n)) for n in scoring.THRESHOLD_NAMES},
+      "provenance": scorer.provenance,
+      "figures": ["histograms.png", "examples_kept.png", "examples_rejected.png"],
+  }
+  io_lib.save_json(out / "report.json", report)
+  io_lib.write_bytes_atomic(out / "report.md", _markdown(report).encode())
+  return report
+
+
+def _markdown(r: dict[str, Any]) -> str:
+  real, gen = r["real"], r["generated"]
+  lines = ["# Post-filter report", "",
+           f"Real images ({r['split']} split, {real['n']} images): valid rate {real['valid_rate']:.3f}; "
+           + ", ".join(f"{k} {v:.3f} (n={real['n_by_label'][k]})" for k, v in real["valid_rate_by_label"].items()
+                       if v is not None) + ".", "",
+           f"Generated images ({gen['n_per_group']} per group, seed {gen['seed']}): valid rate {gen['valid_rate']:.3f}.",
+           "", "| group | valid rate | " + " | ".join(n.removeprefix("score_") for n in scoring.SCORE_NAMES) + " |",
+           "|---|---|" + "---|" * len(scoring.SCORE_NAMES)]
+  for group, g in gen["groups"].items():
+    lines.append(f"| {group} | {g['valid_rate']:.3f} | "
+                 + " | ".join(f"{g['pass_rate'][n]:.2f}" for n in scoring.SCORE_NAMES) + " |")
+  lines.append("| real (all labels) | {:.3f} | ".format(real["valid_rate"])
+               + " | ".join(f"{real['pass_rate'][n]:.2f}" for n in scoring.SCORE_NAMES) + " |")
+  lines += ["", "Score columns: fraction of images with that score > 0.", "",
+            "![score histograms](histograms.png)", "", "Kept samples:", "", "![kept](examples_kept.png)", "",
+            "Rejected samples:", "", "![rejected](examples_rejected.png)", ""]
+  return "\n".join(lines)

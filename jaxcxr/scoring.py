@@ -1,0 +1,655 @@
+"""Post-filter: lung symmetry features, the five scores, `valid`, and the fused generate-and-score call.
+
+Everything numeric runs in one jitted function per batch (DESIGN.md section 3):
+
+  image (B, S, S, 1) in [0, 1]
+    -> U-Net label map at `mask_size` (0 background, 1 patient's right lung = image
+       left, 2 patient's left lung = image right)
+    -> six symmetry features and the raw lung measures
+    -> classifier logit and Grad-CAM max from one forward pass
+    -> five scores, each > 0 meaning "good", and valid = all five > 0.
+
+**Symmetry features** (the original post-filter): M = labels > 0, A = M[:, :, :W/2],
+B = M[:, :, W/2:] mirrored. IoU(A, B); cosine <A, B> / (|A|_2 |B|_2); the squared
+area-ratio deviation (|A| / (|A| + |B|) - 1/2)^2; then the same three after a k x k
+dilation of each half (k = `ScoringConfig.dilation`). Empty masks give IoU 0, cosine 0
+and deviation 1/4 (the worst values), never NaN.
+
+**Scores**, with thresholds calibrated on real normal training images (`calibrate`) so
+that about 5% of those images fail each score (2.5% on each side for the ratio):
+
+* `score_shape` = min over the two lungs of the soft Dice between the lung and the mean
+  lung of real normal images (the atlas), minus its 5th percentile.
+* `score_symmetry` = Dice(right lung, mirrored left lung) minus its 5th percentile.
+* `score_left2right` = the distance of log(area left / area right) inside the central
+  95% range of real normal images (negative outside it); -1 when no lung is found.
+* `score_abnormal` = 95th percentile of the normal-vs-abnormal classifier's logit on
+  real normal images minus the image's logit (logit units).
+* `score_maxheat` = 95th percentile of the Grad-CAM raw maximum (evidence for
+  "abnormal" in logit units, `jaxcxr.explain`) minus the image's.
+
+Images of any square side are resized (never cropped) to each model's resolution;
+non-square images are refused (pad them to a square first, as `jaxcxr.data.load_folder`
+does). Every model here normalises per image (GroupNorm), so a score never depends on
+the rest of its batch; with several devices the batch is sharded over them with
+`jax.sharding` and the results equal the single-device ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxcxr import io as io_lib
+from jaxcxr.explain import grad_cam_pure
+from jaxcxr.models.classifier import Classifier
+from jaxcxr.models.condition import group_condition_batch
+from jaxcxr.models.generator import Generator, latents
+from jaxcxr.models.unet import UNet, label_map
+
+__all__ = [
+    "FEATURE_NAMES",
+    "SCORE_NAMES",
+    "Calibration",
+    "GenerationResult",
+    "ScoreResult",
+    "Scorer",
+    "ScoringConfig",
+    "calibrate",
+    "load_scorer",
+    "score_from_measures",
+    "symmetry_features",
+]
+
+SCORE_NAMES = ("score_shape", "score_abnormal", "score_maxheat", "score_symmetry", "score_left2right")
+FEATURE_NAMES = ("iou", "cosine", "area_deviation", "iou_dilated", "cosine_dilated", "area_deviation_dilated")
+CALIBRATION_FILE = "calibration.json"
+ATLAS_FILE = "atlas.npz"
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+  """How images are scored (not what the thresholds are: that is `Calibration`)."""
+
+  # Side of the label maps that features and lung scores are computed at (DESIGN.md: 256).
+  mask_size: int = 256
+  # Side k of the square dilation of each half-mask for the three dilated features.
+  dilation: int = 5
+  # Side of the mean-lung atlas of score_shape (mask_size must be a multiple of it).
+  atlas_size: int = 64
+  # Images per jitted call (static: one compile per size).
+  batch_size: int = 32
+  # Compute dtype of generator, U-Net and classifier ("float32" or "bfloat16"); parameters,
+  # features and scores stay float32.
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.mask_size < 2 or self.mask_size % 2:
+      raise ValueError(f"ScoringConfig.mask_size must be even and >= 2, got {self.mask_size}")
+    if self.dilation < 1 or self.dilation % 2 == 0:
+      raise ValueError(f"ScoringConfig.dilation must be odd and >= 1, got {self.dilation}")
+    if self.atlas_size < 1 or self.mask_size % self.atlas_size:
+      raise ValueError(f"ScoringConfig.atlas_size={self.atlas_size} must divide mask_size={self.mask_size}")
+    if self.batch_size < 1:
+      raise ValueError(f"ScoringConfig.batch_size must be positive, got {self.batch_size}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"ScoringConfig.dtype: expected one of {DTYPES}, got {self.dtype!r}")
+
+
+class Calibration(NamedTuple):
+  """Thresholds from real normal training images (a pytree: it enters the jit as data).
+
+  Attributes:
+    atlas: float32 (2, A, A) in [0, 1]: mean right-lung and left-lung masks.
+    shape_min: 5th percentile of the lung-shape agreement.
+    symmetry_min: 5th percentile of Dice(right, mirrored left).
+    log_ratio_min, log_ratio_max: 2.5th and 97.5th percentiles of log(area left / area right).
+    abnormal_logit_max: 95th percentile of the abnormal classifier's logit.
+    maxheat_max: 95th percentile of the Grad-CAM raw maximum (logit units).
+  """
+
+  atlas: Any
+  shape_min: Any
+  symmetry_min: Any
+  log_ratio_min: Any
+  log_ratio_max: Any
+  abnormal_logit_max: Any
+  maxheat_max: Any
+
+
+THRESHOLD_NAMES = Calibration._fields[1:]
+
+
+class ScoreResult(NamedTuple):
+  """Scores of N images, as host numpy arrays.
+
+  Attributes:
+    scores: {name: float32 (N,)} for the five `SCORE_NAMES` (> 0 is good).
+    features: float32 (N, 6) symmetry features in `FEATURE_NAMES` order.
+    valid: bool (N,), all five scores > 0.
+    measures: {name: float32 (N,)} raw measures before calibration: shape, symmetry,
+      log_ratio, abnormal_logit, maxheat, area_right, area_left (pixels at mask_size).
+    masks: uint8 (N, mask_size, mask_size) label maps, or None unless asked for.
+    heatmaps: float32 (N, R, R) Grad-CAM maps in [0, 1] (R the classifier side), or None.
+  """
+
+  scores: dict[str, np.ndarray]
+  features: np.ndarray
+  valid: np.ndarray
+  measures: dict[str, np.ndarray]
+  masks: np.ndarray | None = None
+  heatmaps: np.ndarray | None = None
+
+
+class GenerationResult(NamedTuple):
+  """Output of `Scorer.generate_and_score`: `ScoreResult` fields plus what was generated.
+
+  Attributes:
+    images: uint8 (N, G, G) generated radiographs (G the generator side), or None.
+    z: float32 (N, latent_dim) latents (sample i uses `models.generator.latents(key, i)`).
+    result: the `ScoreResult` of the images.
+  """
+
+  images: np.ndarray | None
+  z: np.ndarray
+  result: ScoreResult
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def _dilate(masks: jax.Array, k: int) -> jax.Array:
+  """k x k binary dilation of float {0, 1} masks (B, H, W), zero padding."""
+  if k == 1:
+    return masks
+  return jax.lax.reduce_window(masks, 0.0, jax.lax.max, (1, k, k), (1, 1, 1), "SAME")
+
+
+def _half_features(a: jax.Array, b: jax.Array) -> jax.Array:
+  """IoU, cosine and squared area-ratio deviation of float {0, 1} masks (B, H, W) -> (B, 3)."""
+  area_a, area_b = a.sum(axis=(1, 2)), b.sum(axis=(1, 2))
+  inter = (a * b).sum(axis=(1, 2))
+  union = area_a + area_b - inter
+  iou = jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 0.0)
+  norm = jnp.sqrt(area_a * area_b)                    # |A|_2 |B|_2 for binary masks
+  cosine = jnp.where(norm > 0, inter / jnp.maximum(norm, 1e-12), 0.0)
+  total = area_a + area_b
+  deviation = jnp.square(jnp.where(total > 0, area_a / jnp.maximum(total, 1.0), 0.0) - 0.5)
+  return jnp.stack([iou, cosine, deviation], axis=-1)
+
+
+def symmetry_features(labels: jax.Array, dilation: int = 5) -> jax.Array:
+  """The six symmetry features of the original post-filter.
+
+  Args:
+    labels: integer label maps (B, H, W) (any lung label > 0), W even.
+    dilation: odd side k of the square dilation for the last three features.
+
+  Returns:
+    float32 (B, 6) in `FEATURE_NAMES` order: IoU, cosine, (|A|/(|A|+|B|) - 1/2)^2, and
+    the same after dilation. A mirror-symmetric mask gives (1, 1, 0, 1, 1, 0).
+  """
+  w = labels.shape[-1]
+  if labels.ndim != 3 or w % 2:
+    raise ValueError(f"symmetry_features: expected label maps (B, H, W) with even W, got {labels.shape}")
+  m = (labels > 0).astype(jnp.float32)
+  a, b = m[:, :, : w // 2], m[:, :, w // 2:][:, :, ::-1]
+  raw = _half_features(a, b)
+  dilated = _half_features(_dilate(a, dilation), _dilate(b, dilation))
+  return jnp.concatenate([raw, dilated], axis=-1)
+
+
+def _soft_dice(m: jax.Array, p: jax.Array) -> jax.Array:
+  """2 <m, p> / (sum m + sum p) over (H, W) for (B, H, W) maps against an atlas (H, W); 0 when both empty."""
+  inter = (m * p[None]).sum(axis=(1, 2))
+  total = m.sum(axis=(1, 2)) + p.sum()
+  return jnp.where(total > 0, 2.0 * inter / jnp.maximum(total, 1e-12), 0.0)
+
+
+def lung_measures(labels: jax.Array, atlas: jax.Array) -> dict[str, jax.Array]:
+  """Raw lung measures of label maps (B, S, S) against an atlas (2, A, A); float32 (B,) each.
+
+  Returns {"shape", "symmetry", "log_ratio", "area_right", "area_left"}: shape = min over
+  lungs of the soft Dice with the atlas (at the atlas side, masks average-pooled);
+  symmetry = Dice(right lung, mirrored left lung); log_ratio = log((left + 1) / (right + 1))
+  with areas in pixels.
+  """
+  b, s, _ = labels.shape
+  a = atlas.shape[-1]
+  right = (labels == 1).astype(jnp.float32)
+  left = (labels == 2).astype(jnp.float32)
+  pool = lambda m: m.reshape(b, a, s // a, a, s // a).mean(axis=(2, 4))   # (B, A, A)
+  shape = jnp.minimum(_soft_dice(pool(right), atlas[0]), _soft_dice(pool(left), atlas[1]))
+  area_right, area_left = right.sum(axis=(1, 2)), left.sum(axis=(1, 2))
+  mirrored = left[:, :, ::-1]
+  total = area_right + area_left
+  symmetry = jnp.where(total > 0, 2.0 * (right * mirrored).sum(axis=(1, 2)) / jnp.maximum(total, 1.0), 0.0)
+  log_ratio = jnp.log((area_left + 1.0) / (area_right + 1.0))
+  return {"shape": shape, "symmetry": symmetry, "log_ratio": log_ratio,
+          "area_right": area_right, "area_left": area_left}
+
+
+def score_from_measures(measures: dict[str, jax.Array], calibration: Calibration) -> tuple[dict, jax.Array]:
+  """The five scores (> 0 good) and `valid` from raw measures; works on jnp and numpy arrays.
+
+  Returns:
+    ({name: float32 (B,)} in `SCORE_NAMES`, bool (B,) valid).
+  """
+  c = calibration
+  lr = measures["log_ratio"]
+  any_lung = (measures["area_right"] + measures["area_left"]) > 0
+  scores = {
+      "score_shape": measures["shape"] - c.shape_min,
+      "score_abnormal": c.abnormal_logit_max - measures["abnormal_logit"],
+      "score_maxheat": c.maxheat_max - measures["maxheat"],
+      "score_symmetry": measures["symmetry"] - c.symmetry_min,
+      "score_left2right": jnp.where(any_lung, jnp.minimum(lr - c.log_ratio_min, c.log_ratio_max - lr), -1.0),
+  }
+  scores = {k: jnp.asarray(v, jnp.float32) for k, v in scores.items()}
+  valid = functools.reduce(jnp.logical_and, [v > 0 for v in scores.values()])
+  return scores, valid
+
+
+def _measure(unet: UNet, classifier: Classifier, atlas: jax.Array, x: jax.Array, config: ScoringConfig):
+  """Images (B, S, S, 1) in [0, 1] -> labels, features, raw measures and the Grad-CAM map."""
+  s = config.mask_size
+  labels = label_map(unet, x[..., 0], (s, s))                               # (B, S, S) uint8
+  r = classifier.config.resolution
+  xc = x if x.shape[1] == r else jax.image.resize(x, (x.shape[0], r, r, 1), "linear", antialias=True)
+  heatmap, maxheat, logit = grad_cam_pure(classifier, xc, 1.0)
+  measures = lung_measures(labels, atlas)
+  measures["abnormal_logit"] = logit
+  measures["maxheat"] = maxheat
+  return labels, symmetry_features(labels, config.dilation), measures, heatmap
+
+
+def _score_batch(models, states, calibration, x, config: ScoringConfig, keep_maps: bool):
+  unet = nnx.merge(models[0], states[0])
+  classifier = nnx.merge(models[1], states[1])
+  labels, features, measures, heatmap = _measure(unet, classifier, calibration.atlas, x, config)
+  scores, valid = score_from_measures(measures, calibration)
+  out = {"scores": scores, "features": features, "valid": valid, "measures": measures}
+  if keep_maps:
+    out["masks"], out["heatmaps"] = labels, heatmap
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps"))
+def _score_images(models, states, calibration, x, *, config, keep_maps):
+  return _score_batch(models, states, calibration, x.astype(jnp.float32), config, keep_maps)
+
+
+@functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps", "keep_images"))
+def _generate_and_score(models, states, calibration, key, index, cond, *, config, keep_maps, keep_images):
+  """One compiled call: latents of samples `index`, generator, U-Net, classifier, Grad-CAM, scores."""
+  generator = nnx.merge(models[2], states[2])
+  z = jax.vmap(lambda i: latents(key, i, 1, generator.config.latent_dim)[0])(index)   # (B, latent_dim)
+  images = generator(z, cond)                                                        # (B, G, G, 1) in [-1, 1]
+  x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
+  out = _score_batch(models[:2], states[:2], calibration, x, config, keep_maps)
+  out["z"] = z
+  if keep_images:
+    out["images"] = jnp.round(x[..., 0] * 255.0).astype(jnp.uint8)
+  return out
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def _split_with_dtype(model: nnx.Module, dtype: str):
+  """(graphdef, state) of `model` with the compute dtype set to `dtype`; parameters are unchanged."""
+  graphdef, state = nnx.split(model)
+  if model.config.dtype == dtype:
+    return graphdef, state
+  config = dataclasses.replace(model.config, dtype=dtype)
+  abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract)[0], state
+
+
+def _device_mesh() -> Mesh | None:
+  devices = jax.devices()
+  return Mesh(np.asarray(devices), ("batch",)) if len(devices) > 1 else None
+
+
+def _to_unit_square(images: Any) -> np.ndarray:
+  """uint8 [0, 255] or float [0, 1] (N, S, S[, 1]) -> float32 (N, S, S, 1) in [0, 1], checked."""
+  images = np.asarray(images)
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  if images.ndim != 3:
+    raise ValueError(f"score: expected images of shape (N, S, S) or (N, S, S, 1), got {images.shape}")
+  if images.shape[1] != images.shape[2]:
+    raise ValueError(f"score: expected square images, got {images.shape[1]}x{images.shape[2]}; pad them to a "
+                     "centred square first (jaxcxr.data.load_folder does), they are never cropped")
+  if images.dtype == np.uint8:
+    return (images.astype(np.float32) / 255.0)[..., None]
+  if not np.issubdtype(images.dtype, np.floating):
+    raise ValueError(f"score: expected uint8 [0, 255] or float [0, 1] images, got {images.dtype}")
+  images = images.astype(np.float32)
+  if not np.isfinite(images).all():
+    raise ValueError("score: images contain NaN or inf")
+  if images.size and (images.min() < -1e-3 or images.max() > 1.0 + 1e-3):
+    raise ValueError(f"score: float images must be in [0, 1], got [{images.min():.3g}, {images.max():.3g}]; "
+                     "convert generator images with jaxcxr.data.signed_to_unit")
+  return np.clip(images, 0.0, 1.0)[..., None]
+
+
+def _concat(parts: list[dict], n: int) -> dict:
+  """Concatenates per-batch host dicts (nested one level) and cuts the padding."""
+  out = {}
+  for key, value in parts[0].items():
+    if isinstance(value, dict):
+      out[key] = {k: np.concatenate([p[key][k] for p in parts])[:n] for k in value}
+    else:
+      out[key] = np.concatenate([p[key] for p in parts])[:n]
+  return out
+
+
+def _result(out: dict) -> ScoreResult:
+  return ScoreResult(scores=out["scores"], features=out["features"], valid=out["valid"], measures=out["measures"],
+                     masks=out.get("masks"), heatmaps=out.get("heatmaps"))
+
+
+class Scorer:
+  """The post-filter: a U-Net, an abnormal classifier and their calibration.
+
+  Build it with `load_scorer()` (shipped checkpoints) or from models and `calibrate`.
+  Model states are split once; each batch is one call of a jitted pure function
+  (DESIGN.md section 10: the split-state path has the lowest per-call overhead).
+
+  Examples:
+    >>> scorer = load_scorer()                                  # doctest: +SKIP
+    >>> result = scorer.score(dataset.images)                   # doctest: +SKIP
+    >>> result.valid.mean(), result.scores["score_symmetry"][:3]  # doctest: +SKIP
+  """
+
+  def __init__(self, unet: UNet, classifier: Classifier, calibration: Calibration,
+               config: ScoringConfig = ScoringConfig(), *, provenance: dict | None = None):
+    atlas = np.asarray(calibration.atlas, np.float32)
+    if atlas.shape != (2, config.atlas_size, config.atlas_size):
+      raise ValueError(f"Scorer: calibration atlas has shape {atlas.shape}, the config expects "
+                       f"(2, {config.atlas_size}, {config.atlas_size})")
+    self.config = config
+    self.unet = unet
+    self.classifier = classifier
+    self.calibration = Calibration(atlas, *(np.float32(getattr(calibration, n)) for n in THRESHOLD_NAMES))
+    self.provenance = dict(provenance or {})
+    u_def, u_state = _split_with_dtype(unet, config.dtype)
+    c_def, c_state = _split_with_dtype(classifier, config.dtype)
+    self._models = (u_def, c_def)
+    self._mesh = _device_mesh()
+    self._states = self._replicate((u_state, c_state))
+    self._calibration = self._replicate(jax.tree.map(jnp.asarray, self.calibration))
+
+  def _replicate(self, tree):
+    if self._mesh is None:
+      return tree
+    return jax.device_put(tree, NamedSharding(self._mesh, PartitionSpec()))
+
+  def _shard(self, array: np.ndarray) -> jax.Array:
+    """Puts a batch on the devices, split along its first axis when several devices divide it."""
+    if self._mesh is None or array.shape[0] % self._mesh.size:
+      return jnp.asarray(array)
+    return jax.device_put(array, NamedSharding(self._mesh, PartitionSpec("batch")))
+
+  def with_config(self, **changes) -> Scorer:
+    """A scorer with the same models and calibration and a changed config (e.g. dtype="bfloat16")."""
+    return Scorer(self.unet, self.classifier, self.calibration, dataclasses.replace(self.config, **changes),
+                  provenance=self.provenance)
+
+  def score(self, images: Any, *, keep_maps: bool = False, progress: bool = False) -> ScoreResult:
+    """Scores real or generated radiographs.
+
+    Args:
+      images: uint8 [0, 255] or float [0, 1] images (N, S, S) or (N, S, S, 1), NHWC, any
+        square side S (resized to each model's side, never cropped).
+      keep_maps: also return the label maps and Grad-CAM maps (memory: ~80 kB per image).
+      progress: show a tqdm bar on stderr.
+
+    Returns:
+      `ScoreResult` with N rows.
+
+    Raises:
+      ValueError: non-square, wrongly typed, non-finite or out-of-range images.
+    """
+    x = _to_unit_square(images)
+    n = x.shape[0]
+    bs = self.config.batch_size
+    parts = []
+    for start in _progress(range(0, n, bs), progress, "score", total=-(-n // bs)):
+      chunk = x[start: start + bs]
+      if len(chunk) < bs:
+        chunk = np.concatenate([chunk, np.zeros((bs - len(chunk),) + chunk.shape[1:], np.float32)])
+      out = _score_images(self._models, self._states, self._calibration, self._shard(chunk),
+                          config=self.config, keep_maps=keep_maps)
+      parts.append(jax.device_get(out))
+    if not parts:
+      return self._empty(keep_maps)
+    return _result(_concat(parts, n))
+
+  def generate_and_score(self, generator: Generator, key: jax.Array, n: int, group: str, *, label: int = 0,
+                         start: int = 0, keep_images: bool = True, keep_maps: bool = False,
+                         progress: bool = False) -> GenerationResult:
+    """Generates samples start .. start+n-1 of a group and scores them, one compiled call per batch.
+
+    Sample i uses latent `models.generator.latents(key, i)` (so it does not depend on n,
+    the batch size or the number of devices) and the group's condition row.
+
+    Args:
+      generator: a `Generator` (its compute dtype is set from the config too).
+      key: PRNG key of the latents.
+      n: number of samples.
+      group: one of `data.GROUPS`.
+      label: 0 normal / 1 abnormal (only for a label-conditioned generator).
+      start: index of the first sample.
+      keep_images: return the uint8 images.
+      keep_maps: also return label maps and Grad-CAM maps.
+      progress: tqdm bar on stderr.
+
+    Returns:
+      `GenerationResult`.
+
+    Raises:
+      jaxcxr.data.DataError: unknown group. ValueError: n < 0 or a label the generator lacks.
+    """
+    if n < 0:
+      raise ValueError(f"generate_and_score: n must be >= 0, got {n}")
+    cfg = generator.config
+    if "label" not in cfg.conditions and label != 0:
+      raise ValueError(f"generate_and_score: this generator is not conditioned on the label; got label={label}")
+    cond_row = group_condition_batch(group, 1, label, conditions=cfg.conditions)
+    g_def, g_state = _split_with_dtype(generator, self.config.dtype)
+    models = (*self._models, g_def)
+    states = (*self._states, self._replicate(g_state))
+    bs = self.config.batch_size
+    cond = self._shard(np.repeat(cond_row, bs, axis=0))
+    parts = []
+    for first in _progress(range(0, n, bs), progress, f"generate {group}", total=-(-n // bs)):
+      index = self._shard(np.arange(start + first, start + first + bs, dtype=np.int32))
+      out = _generate_and_score(models, states, self._calibration, key, index, cond, config=self.config,
+                                keep_maps=keep_maps, keep_images=keep_images)
+      parts.append(jax.device_get(out))
+    if not parts:
+      r = cfg.resolution
+      return GenerationResult(np.zeros((0, r, r), np.uint8) if keep_images else None,
+                              np.zeros((0, cfg.latent_dim), np.float32), self._empty(keep_maps))
+    out = _concat(parts, n)
+    return GenerationResult(out.get("images"), out["z"], _result(out))
+
+  def _empty(self, keep_maps: bool) -> ScoreResult:
+    s, r = self.config.mask_size, self.classifier.config.resolution
+    return ScoreResult({k: np.zeros((0,), np.float32) for k in SCORE_NAMES}, np.zeros((0, 6), np.float32),
+                       np.zeros((0,), bool), {}, np.zeros((0, s, s), np.uint8) if keep_maps else None,
+                       np.zeros((0, r, r), np.float32) if keep_maps else None)
+
+  def save(self, directory: str | os.PathLike) -> pathlib.Path:
+    """Writes the calibration (`calibration.json`: config, thresholds, provenance; `atlas.npz`).
+
+    The models stay in their own checkpoints; `provenance` names them and holds their
+    `checkpoints.model_id`, which `load_scorer` checks.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    import io  # pylint: disable=g-import-not-at-top
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, atlas=np.asarray(self.calibration.atlas, np.float32))
+    io_lib.write_bytes_atomic(directory / ATLAS_FILE, buffer.getvalue())
+    payload = {"config": dataclasses.asdict(self.config),
+               "thresholds": {n: float(getattr(self.calibration, n)) for n in THRESHOLD_NAMES},
+               "provenance": self.provenance}
+    io_lib.save_json(directory / CALIBRATION_FILE, payload)
+    return directory
+
+
+def _progress(iterable, enabled: bool, desc: str, total: int):
+  if not enabled:
+    return iterable
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def calibrate(unet: UNet, classifier: Classifier, normal_images: Any, config: ScoringConfig = ScoringConfig(), *,
+              provenance: dict | None = None, progress: bool = False) -> Scorer:
+  """Builds a `Scorer` whose thresholds come from real normal (training) images.
+
+  The atlas is the mean predicted right- and left-lung mask of the images; then each
+  threshold is the percentile named in `Calibration` of the raw measure over them.
+
+  Args:
+    unet, classifier: the models.
+    normal_images: uint8 or [0, 1] float images (N, S, S) of real normal radiographs, N >= 20.
+    config: scoring config.
+    provenance: free-form record saved with the calibration (data file, split, model ids).
+    progress: tqdm bars.
+
+  Returns:
+    A calibrated `Scorer`.
+
+  Raises:
+    ValueError: fewer than 20 images, or images of a bad form.
+  """
+  n = np.asarray(normal_images).shape[0]
+  if n < 20:
+    raise ValueError(f"calibrate: need at least 20 real normal images for percentiles, got {n}")
+  a = config.atlas_size
+  flat_atlas = Calibration(np.full((2, a, a), 0.5, np.float32), *(np.float32(0.0) for _ in THRESHOLD_NAMES))
+  first = Scorer(unet, classifier, flat_atlas, config).score(normal_images, keep_maps=True, progress=progress)
+  s = config.mask_size
+  masks = first.masks
+  atlas = np.stack([(masks == c).reshape(n, a, s // a, a, s // a).mean(axis=(0, 2, 4)) for c in (1, 2)])
+  shape = np.asarray(lung_measures(jnp.asarray(masks), jnp.asarray(atlas, jnp.float32))["shape"])
+  m = first.measures
+  calibration = Calibration(
+      atlas=atlas.astype(np.float32),
+      shape_min=np.percentile(shape, 5),
+      symmetry_min=np.percentile(m["symmetry"], 5),
+      log_ratio_min=np.percentile(m["log_ratio"], 2.5),
+      log_ratio_max=np.percentile(m["log_ratio"], 97.5),
+      abnormal_logit_max=np.percentile(m["abnormal_logit"], 95),
+      maxheat_max=np.percentile(m["maxheat"], 95),
+  )
+  provenance = {**(provenance or {}), "n_calibration_images": int(n)}
+  return Scorer(unet, classifier, calibration, config, provenance=provenance)
+
+
+def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | os.PathLike | None = None,
+                classifier_dir: str | os.PathLike | None = None, **config_changes) -> Scorer:
+  """Loads a calibrated scorer: calibration from `directory`, models from the checkpoints it names.
+
+  Args:
+    directory: a folder written by `Scorer.save`; default the shipped `checkpoints/scoring_128`.
+    unet_dir, classifier_dir: override the model checkpoints named in the calibration
+      (their `model_id` must still match: thresholds are only valid for those weights).
+    **config_changes: ScoringConfig fields to change, e.g. batch_size=64, dtype="bfloat16"
+      (mask_size, dilation and atlas_size are fixed by the calibration).
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: missing or unreadable calibration, or models whose
+      ids differ from those it was calibrated with.
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(directory) if directory is not None else checkpoints.checkpoints_root() / "scoring_128"
+  try:
+    payload = json.loads((directory / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    with np.load(directory / ATLAS_FILE, allow_pickle=False) as f:
+      atlas = np.asarray(f["atlas"], np.float32)
+    config = ScoringConfig(**payload["config"])
+    thresholds = [np.float32(payload["thresholds"][name]) for name in THRESHOLD_NAMES]
+    provenance = payload.get("provenance", {})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise checkpoints.CheckpointError(f"{directory}: not a readable scoring calibration ({e})") from e
+  fixed = {"mask_size", "dilation", "atlas_size"} & set(config_changes)
+  if fixed:
+    raise ValueError(f"load_scorer: {sorted(fixed)} are fixed by the calibration and cannot be changed")
+  config = dataclasses.replace(config, **config_changes)
+  models = {}
+  for role, override, loader in (("unet", unet_dir, load_unet), ("classifier", classifier_dir, load_classifier)):
+    path = pathlib.Path(override) if override is not None else checkpoints.checkpoints_root() / provenance[role]
+    expected = provenance.get(f"{role}_id")
+    if expected is not None and checkpoints.model_id(path) != expected:
+      raise checkpoints.CheckpointError(f"{path}: {role} weights differ from those {directory} was calibrated "
+                                        f"with (model id {checkpoints.model_id(path)} != {expected}); re-run "
+                                        "calibration")
+    models[role] = loader(path)
+  return Scorer(models["unet"], models["classifier"], Calibration(atlas, *thresholds), config,
+                provenance=provenance)
+
+
+def sample_valid_images(scorer: Scorer, generator: Generator, key: jax.Array, k: int, group: str, *,
+                        label: int = 0, max_generated: int | None = None,
+                        progress: bool = False) -> dict[str, Any]:
+  """Generates and post-filters until `k` valid images (or `max_generated` samples) are found.
+
+  Whole batches of `scorer.config.batch_size` are generated, so n_generated is a
+  multiple of it; valid_rate counts every valid image among them (also those past k).
+
+  Returns:
+    {"images": uint8 (<= k, G, G) valid images in sample order, "z", "index" (sample
+    indices), "scores" {name: (<= k,)}, "n_valid" (kept, <= k), "n_generated",
+    "seconds", "valid_rate" (valid / generated)}.
+  """
+  if k < 0:
+    raise ValueError(f"sample_valid_images: k must be >= 0, got {k}")
+  max_generated = max_generated if max_generated is not None else max(1000, 200 * k)
+  bs = scorer.config.batch_size
+  t0 = time.perf_counter()
+  kept: list[dict] = []
+  n_kept = n_valid_seen = n_generated = 0
+  while n_kept < k and n_generated < max_generated:
+    out = scorer.generate_and_score(generator, key, bs, group, label=label, start=n_generated)
+    valid = np.flatnonzero(out.result.valid)
+    n_valid_seen += len(valid)
+    idx = valid[: k - n_kept]
+    kept.append({"images": out.images[idx], "z": out.z[idx], "index": idx + n_generated,
+                 "scores": {name: v[idx] for name, v in out.result.scores.items()}})
+    n_kept += len(idx)
+    n_generated += bs
+    if progress:
+      import sys  # pylint: disable=g-import-not-at-top
+
+      print(f"sample {group}: {n_kept}/{k} valid, {n_generated} generated", file=sys.stderr)
+  seconds = time.perf_counter() - t0
+  merged = _concat(kept, n_kept) if kept else {}
+  return {"images": merged.get("images"), "z": merged.get("z"), "index": merged.get("index"),
+          "scores": merged.get("scores"), "n_valid": int(n_kept), "n_generated": int(n_generated),
+          "seconds": float(seconds), "valid_rate": float(n_valid_seen / n_generated) if n_generated else 0.0}

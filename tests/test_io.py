@@ -1,0 +1,31 @@
+"""Tests of atomic output (`jaxcxr.io`)."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from jaxcxr import io
+
+
+def test_atomic_write_has_ordinary_file_permissions(tmp_path):
+  old = os.umask(0o022)
+  try:
+    path = io.write_bytes_atomic(tmp_path / "a.bin", b"payload")
+  finally:
+    os.umask(old)
+  assert path.read_bytes() == b"payload"
+  assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_failed_write_leaves_no_file_behind(tmp_path):
+  with pytest.raises(TypeError):
+    io.write_bytes_atomic(tmp_path / "b.bin", "not bytes")  # type: ignore[arg-type]
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_save_png_refuses_float_pixels(tmp_path):
+  with pytest.raises(ValueError, match="uint8"):
+    io.save_png(tmp_path / "x.png", np.zeros((4, 4), np.float32))
+  assert list(tmp_path.iterdir()) == []

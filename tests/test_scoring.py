@@ -1,0 +1,335 @@
+"""Tests of the post-filter (`jaxcxr.scoring`): features, scores, batching, sharding, generate-and-score.
+
+Feature and score maths are checked on hand-made masks with known answers. The
+pipeline tests use tiny random models (shapes, batch independence, determinism,
+bf16, save/load); the blank/saturated-image tests use the shipped checkpoints,
+whose calibration is what users run.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcxr import checkpoints, data, scoring
+from jaxcxr.classifier_config import ClassifierConfig
+from jaxcxr.gan_config import gan_tiny
+from jaxcxr.models.classifier import Classifier
+from jaxcxr.models.generator import Generator, latents
+from jaxcxr.models.unet import UNet
+from jaxcxr.seg_config import UNetConfig
+
+CONFIG = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=4)
+
+
+def _rect(h, w, top, left, height, width):
+  m = np.zeros((h, w), np.uint8)
+  m[top: top + height, left: left + width] = 1
+  return m
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_symmetric_mask_gives_perfect_symmetry_features():
+  right = _rect(16, 16, 3, 1, 10, 5)                       # image left half
+  labels = right + 2 * right[:, ::-1]                       # mirrored left lung on the right half
+  f = np.asarray(scoring.symmetry_features(jnp.asarray(labels[None]), 3))
+  np.testing.assert_allclose(f[0], [1.0, 1.0, 0.0, 1.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_symmetry_features_match_hand_computed_values():
+  # Left half: a 4x4 block (16 px); right half mirrored: a 4x2 block inside it (8 px).
+  labels = np.zeros((1, 8, 16), np.uint8)
+  labels[0, 2:6, 2:6] = 1
+  labels[0, 2:6, 10:12] = 2       # mirrored columns 16-1-11=4 .. 16-1-10=5 -> inside 2:6
+  f = np.asarray(scoring.symmetry_features(jnp.asarray(labels), 1))[0]
+  iou, cosine, deviation = 8 / 16, 8 / np.sqrt(16 * 8), (16 / 24 - 0.5) ** 2
+  np.testing.assert_allclose(f, [iou, cosine, deviation, iou, cosine, deviation], rtol=1e-6)
+
+
+def test_dilation_changes_only_the_dilated_features():
+  labels = np.zeros((1, 12, 12), np.uint8)
+  labels[0, 5, 2] = 1             # one pixel each side, mirror positions differ by one column
+  labels[0, 5, 12 - 1 - 3] = 2
+  f = np.asarray(scoring.symmetry_features(jnp.asarray(labels), 3))[0]
+  np.testing.assert_allclose(f[:3], [0.0, 0.0, 0.0], atol=1e-7)      # disjoint single pixels
+  # dilated 3x3 squares overlapping in 2 columns x 3 rows: IoU 6/12, cosine 6/9
+  np.testing.assert_allclose(f[3:], [6 / 12, 6 / 9, 0.0], rtol=1e-6)
+
+
+def test_empty_mask_features_are_finite_worst_values():
+  f = np.asarray(scoring.symmetry_features(jnp.zeros((2, 8, 8), jnp.uint8), 3))
+  np.testing.assert_array_equal(f, np.tile([0.0, 0.0, 0.25, 0.0, 0.0, 0.25], (2, 1)).astype(np.float32))
+
+
+def test_symmetry_features_reject_odd_width():
+  with pytest.raises(ValueError, match="even W"):
+    scoring.symmetry_features(jnp.zeros((1, 8, 7), jnp.uint8))
+
+
+def test_lung_measures_on_hand_made_masks():
+  labels = np.zeros((1, 8, 8), np.uint8)
+  labels[0, 1:5, 1:3] = 1        # right lung 8 px
+  labels[0, 1:5, 5:8] = 2        # left lung 12 px; mirrored columns 0..2 -> overlap columns 1..2 = 8 px
+  atlas = np.zeros((2, 4, 4), np.float32)
+  m = {k: float(v[0]) for k, v in scoring.lung_measures(jnp.asarray(labels), jnp.asarray(atlas)).items()}
+  assert m["area_right"] == 8 and m["area_left"] == 12
+  assert m["symmetry"] == pytest.approx(2 * 8 / 20)
+  assert m["log_ratio"] == pytest.approx(np.log(13 / 9))
+  assert m["shape"] == 0.0                                   # no overlap with an empty atlas
+
+
+def _calibration(**changes):
+  base = dict(atlas=np.zeros((2, 8, 8), np.float32), shape_min=0.5, symmetry_min=0.5, log_ratio_min=-0.2,
+              log_ratio_max=0.3, abnormal_logit_max=1.0, maxheat_max=10.0)
+  base.update(changes)
+  return scoring.Calibration(**base)
+
+
+def test_scores_are_positive_exactly_when_inside_the_calibrated_range():
+  measures = {"shape": np.array([0.6, 0.4]), "symmetry": np.array([0.7, 0.7]),
+              "log_ratio": np.array([0.0, 0.5]), "area_right": np.array([10.0, 10.0]),
+              "area_left": np.array([10.0, 16.0]), "abnormal_logit": np.array([0.0, 2.0]),
+              "maxheat": np.array([3.0, 3.0])}
+  scores, valid = scoring.score_from_measures(measures, _calibration())
+  s = {k: np.asarray(v) for k, v in scores.items()}
+  np.testing.assert_allclose(s["score_shape"], [0.1, -0.1], atol=1e-6)
+  np.testing.assert_allclose(s["score_abnormal"], [1.0, -1.0], atol=1e-6)
+  np.testing.assert_allclose(s["score_maxheat"], [7.0, 7.0], atol=1e-6)
+  np.testing.assert_allclose(s["score_left2right"], [0.2, -0.2], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(valid), [True, False])
+
+
+def test_no_lung_fails_left2right():
+  measures = {"shape": np.zeros(1), "symmetry": np.zeros(1), "log_ratio": np.zeros(1), "area_right": np.zeros(1),
+              "area_left": np.zeros(1), "abnormal_logit": np.zeros(1), "maxheat": np.zeros(1)}
+  scores, valid = scoring.score_from_measures(measures, _calibration())
+  assert float(scores["score_left2right"][0]) == -1.0 and not bool(valid[0])
+
+
+# ----------------------------------------------------------------------------- pipeline, tiny models
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
+  classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2),
+                          rngs=nnx.Rngs(1))
+  generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(2))
+  return unet, classifier, generator
+
+
+@pytest.fixture(scope="module")
+def nih(nih_path):
+  return data.load(nih_path)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny, nih):
+  unet, classifier, _ = tiny
+  return scoring.calibrate(unet, classifier, nih.images[:20], CONFIG)
+
+
+def test_calibration_gives_the_configured_shapes(scorer):
+  c = scorer.calibration
+  assert c.atlas.shape == (2, 8, 8) and np.all((c.atlas >= 0) & (c.atlas <= 1))
+  assert c.log_ratio_min <= c.log_ratio_max
+  assert scorer.provenance["n_calibration_images"] == 20
+
+
+def test_calibrate_needs_twenty_images(tiny, nih):
+  with pytest.raises(ValueError, match="at least 20"):
+    scoring.calibrate(tiny[0], tiny[1], nih.images[:5], CONFIG)
+
+
+def test_score_shapes_and_batch_independence(scorer, nih):
+  batch = scorer.score(nih.images[:6], keep_maps=True)
+  assert batch.features.shape == (6, 6) and batch.valid.shape == (6,) and batch.valid.dtype == bool
+  assert batch.masks.shape == (6, 32, 32) and batch.heatmaps.shape == (6, 32, 32)
+  assert set(batch.scores) == set(scoring.SCORE_NAMES)
+  np.testing.assert_array_equal(batch.valid, np.all([batch.scores[k] > 0 for k in scoring.SCORE_NAMES], axis=0))
+  alone = scorer.score(nih.images[2:3])
+  for name in scoring.SCORE_NAMES:
+    np.testing.assert_allclose(alone.scores[name][0], batch.scores[name][2], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(alone.features[0], batch.features[2], rtol=1e-5, atol=1e-6)
+
+
+def test_score_accepts_float_images_like_uint8(scorer, nih):
+  a = scorer.score(nih.images[:2])
+  b = scorer.score(nih.images[:2].astype(np.float32) / 255.0)
+  np.testing.assert_allclose(a.scores["score_abnormal"], b.scores["score_abnormal"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((2, 32, 30), np.uint8), "square"),
+    (np.full((2, 32, 32), np.nan, np.float32), "NaN"),
+    (np.full((2, 32, 32), -1.0, np.float32), r"\[0, 1\]"),
+    (np.zeros((2, 32, 32), np.int64), "uint8"),
+    (np.zeros((32, 32), np.uint8), "shape"),
+])
+def test_score_rejects_bad_images(scorer, images, match):
+  with pytest.raises(ValueError, match=match):
+    scorer.score(images)
+
+
+def test_generate_and_score_is_deterministic_and_independent_of_n(scorer, tiny, getkey):
+  generator = tiny[2]
+  key = getkey()
+  six = scorer.generate_and_score(generator, key, 6, "38_44f")
+  assert six.images.shape == (6, 32, 32) and six.images.dtype == np.uint8 and six.z.shape == (6, 128)
+  again = scorer.generate_and_score(generator, key, 6, "38_44f")
+  np.testing.assert_array_equal(six.images, again.images)
+  # sample 5 of a run of 6 is sample 1 of a run started at 4
+  later = scorer.generate_and_score(generator, key, 2, "38_44f", start=4)
+  np.testing.assert_array_equal(later.images[1], six.images[5])
+  np.testing.assert_allclose(later.z[1], np.asarray(latents(key, jnp.int32(5), 1, 128))[0], rtol=1e-6)
+  np.testing.assert_allclose(later.result.scores["score_shape"][1], six.result.scores["score_shape"][5], atol=1e-5)
+  # the images it returns score the same through score()
+  direct = scorer.score(six.images)
+  np.testing.assert_allclose(direct.features, six.result.features, atol=0.02)
+
+
+def test_generate_and_score_bad_input(scorer, tiny, getkey):
+  with pytest.raises(data.DataError):
+    scorer.generate_and_score(tiny[2], getkey(), 2, "99_99x")
+  with pytest.raises(ValueError, match="n must be"):
+    scorer.generate_and_score(tiny[2], getkey(), -1, "38_44f")
+
+
+def test_bfloat16_scores_are_finite_and_close(scorer, nih):
+  fp32 = scorer.score(nih.images[:4])
+  bf16 = scorer.with_config(dtype="bfloat16").score(nih.images[:4])
+  for name in scoring.SCORE_NAMES:
+    assert np.isfinite(bf16.scores[name]).all()
+  np.testing.assert_allclose(bf16.measures["abnormal_logit"], fp32.measures["abnormal_logit"], atol=0.1)
+
+
+def test_sample_valid_images_keeps_only_valid(scorer, tiny, getkey):
+  found = scoring.sample_valid_images(scorer, tiny[2], getkey(), 3, "18_24m", max_generated=40)
+  assert found["n_valid"] <= 3 and found["n_generated"] % CONFIG.batch_size == 0
+  for name, values in (found["scores"] or {}).items():
+    assert (values > 0).all(), name
+  if found["n_valid"]:
+    assert found["images"].shape[0] == found["n_valid"]
+
+
+def test_save_and_load_round_trip(scorer, tmp_path, tiny):
+  unet_dir, cls_dir = tmp_path / "unet", tmp_path / "classifier"
+  checkpoints.save_model(unet_dir, tiny[0], tiny[0].config)
+  checkpoints.save_model(cls_dir, tiny[1], tiny[1].config)
+  provenance = {"unet": str(unet_dir), "unet_id": checkpoints.model_id(unet_dir),
+                "classifier": str(cls_dir), "classifier_id": checkpoints.model_id(cls_dir)}
+  saved = scoring.Scorer(tiny[0], tiny[1], scorer.calibration, CONFIG, provenance=provenance)
+  saved.save(tmp_path / "calibration")
+  loaded = scoring.load_scorer(tmp_path / "calibration", unet_dir=unet_dir, classifier_dir=cls_dir)
+  for name in scoring.THRESHOLD_NAMES:
+    assert float(getattr(loaded.calibration, name)) == pytest.approx(float(getattr(scorer.calibration, name)))
+  np.testing.assert_array_equal(loaded.calibration.atlas, scorer.calibration.atlas)
+  assert loaded.config == CONFIG
+  # other weights than the calibrated ones are refused
+  other = tmp_path / "other_unet"
+  checkpoints.save_model(other, UNet(tiny[0].config, rngs=nnx.Rngs(7)), tiny[0].config)
+  with pytest.raises(checkpoints.CheckpointError, match="differ"):
+    scoring.load_scorer(tmp_path / "calibration", unet_dir=other, classifier_dir=cls_dir)
+  with pytest.raises(checkpoints.CheckpointError, match="calibration"):
+    scoring.load_scorer(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- shipped models
+
+
+SHIPPED = checkpoints.checkpoints_root() / "scoring_128"
+
+
+@pytest.fixture(scope="module")
+def shipped_scorer():
+  if not (SHIPPED / scoring.CALIBRATION_FILE).exists():
+    pytest.skip("no shipped scoring_128 calibration")
+  return scoring.load_scorer(SHIPPED, batch_size=4)
+
+
+def test_blank_and_saturated_images_are_finite_and_invalid(shipped_scorer):
+  images = np.stack([np.zeros((256, 256), np.uint8), np.full((256, 256), 255, np.uint8),
+                     np.full((256, 256), 128, np.uint8)])
+  result = shipped_scorer.score(images)
+  for name in scoring.SCORE_NAMES:
+    assert np.isfinite(result.scores[name]).all(), name
+  assert np.isfinite(result.features).all()
+  assert not result.valid.any()
+
+
+def test_shipped_scorer_keeps_most_real_normal_images(shipped_scorer, nih):
+  result = shipped_scorer.score(nih.images)
+  normal, abnormal = result.valid[nih.label == 0], result.valid[nih.label == 1]
+  # calibrated so that about 5% of real normals fail each score; abnormal images fail more often
+  assert normal.mean() >= 0.5
+  assert normal.mean() > abnormal.mean()
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+SHARDED_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from flax import nnx
+sys.path.insert(0, sys.argv[1])
+from jaxcxr import data, scoring
+from jaxcxr.classifier_config import ClassifierConfig
+from jaxcxr.gan_config import gan_tiny
+from jaxcxr.models.classifier import Classifier
+from jaxcxr.models.generator import Generator
+from jaxcxr.models.unet import UNet
+from jaxcxr.seg_config import UNetConfig
+assert len(jax.devices()) == 4, jax.devices()
+config = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=8)
+unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
+classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2), rngs=nnx.Rngs(1))
+generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(2))
+images = data.load(sys.argv[2]).images[:8]
+scorer = scoring.calibrate(unet, classifier, np.concatenate([images] * 3), config)
+out = scorer.generate_and_score(generator, jax.random.key(3), 8, "38_44m")
+real = scorer.score(images)
+print(json.dumps({"n_shards": len(scorer._shard(np.zeros((8, 1), np.float32)).sharding.device_set),
+                  "gen": {k: v.tolist() for k, v in out.result.scores.items()},
+                  "real": {k: v.tolist() for k, v in real.scores.items()},
+                  "features": real.features.tolist()}))
+"""
+
+
+def _run_script(devices: int, nih_path) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  script = SHARDED_SCRIPT.replace("assert len(jax.devices()) == 4", f"assert len(jax.devices()) == {devices}")
+  proc = subprocess.run([sys.executable, "-c", script, str(root), str(nih_path)], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_equals_single_device(nih_path):
+  single = _run_script(1, nih_path)
+  sharded = _run_script(4, nih_path)
+  assert single["n_shards"] == 1 and sharded["n_shards"] == 4
+  for part in ("gen", "real"):
+    for name in scoring.SCORE_NAMES:
+      np.testing.assert_allclose(sharded[part][name], single[part][name], rtol=1e-4, atol=1e-4, err_msg=name)
+  np.testing.assert_allclose(sharded["features"], single["features"], atol=1e-6)
+
+
+def test_scoring_config_validation():
+  with pytest.raises(ValueError, match="odd"):
+    scoring.ScoringConfig(dilation=4)
+  with pytest.raises(ValueError, match="divide"):
+    scoring.ScoringConfig(mask_size=256, atlas_size=60)
+  with pytest.raises(ValueError, match="dtype"):
+    dataclasses.replace(CONFIG, dtype="float16")
