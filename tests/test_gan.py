@@ -221,6 +221,21 @@ def test_train_call_finite_and_updates(nih):
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[part]),
                                                          jax.tree.leaves(new_state[part])) if a.size > 1]
     assert np.mean(changed) > (0.9 if part == "g_ema" else 0.999), part
+  # ADA: p starts at 0 and moves by exactly batch/ada_images per step, up or down, within [0, 1].
+  assert float(metrics["ada_p"][0]) == 0.0
+  steps = np.diff(np.append(metrics["ada_p"], new_state["ada_p"]))
+  unit = TINY.batch_size / TINY.ada_images
+  assert np.all(np.isclose(np.abs(steps), unit) | np.isclose(steps, 0.0)), steps
+  assert 0.0 <= float(new_state["ada_p"]) <= 1.0
+
+
+def test_adaptive_augmentation_probability_extremes(getkey):
+  images = jax.random.uniform(getkey(), (6, 32, 32, 1), minval=-1.0, maxval=1.0)
+  key = getkey()
+  np.testing.assert_array_equal(gan._maybe_augment(key, images, jnp.float32(0.0), TINY), images)
+  k_aug, _ = jax.random.split(key)
+  np.testing.assert_array_equal(gan._maybe_augment(key, images, jnp.float32(1.0), TINY),
+                                gan.diff_augment(k_aug, images, TINY))
 
 
 def test_kill_and_resume_is_exact(nih, tmp_path, monkeypatch):

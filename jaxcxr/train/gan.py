@@ -111,6 +111,14 @@ def diff_augment(key: jax.Array, images: jax.Array, config: GanTrainConfig) -> j
 # ----------------------------------------------------------------------------- state
 
 
+def _maybe_augment(key: jax.Array, images: jax.Array, p: jax.Array, config: GanTrainConfig) -> jax.Array:
+  """DiffAugment applied to each image with probability p (float32 scalar); the rest pass unchanged."""
+  k_aug, k_pick = jax.random.split(key)
+  augmented = diff_augment(k_aug, images, config)
+  pick = jax.random.uniform(k_pick, (images.shape[0], 1, 1, 1)) < p
+  return jnp.where(pick, augmented, images)
+
+
 def _train_model_configs(config: GanTrainConfig):
   """Model configs with the training compute dtype (same parameter tree as the stored ones)."""
   return (dataclasses.replace(config.generator, dtype=config.compute_dtype),
@@ -127,7 +135,7 @@ def init_train_state(config: GanTrainConfig, seed: int = 0) -> TrainState:
 
   Keys: "step" int32 (); "key" uint32 raw key data of the training key; "g",
   "g_ema" generator params; "d" discriminator params; "d_stats" its spectral-norm
-  vectors; "g_opt", "d_opt" Adam states. Params are pure dicts (`nnx.to_pure_dict`).
+  vectors; "g_opt", "d_opt" Adam states; "ada_p" float32 () augmentation probability. Params are pure dicts (`nnx.to_pure_dict`).
   Built in one jitted call (eager initialisation dispatches, and on a CPU compiles,
   every initialiser separately).
   """
@@ -153,6 +161,7 @@ def _jitted_init(config: GanTrainConfig):
         "d_stats": d_stats,
         "g_opt": g_tx.init(g_params),
         "d_opt": d_tx.init(d_params),
+        "ada_p": jnp.zeros((), jnp.float32) if config.ada_target is not None else jnp.ones((), jnp.float32),
     }
 
   return jax.jit(init)
@@ -184,7 +193,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
 
   Returns:
     (new state, metrics): scalars "d_loss" (logistic part), "g_loss", "r1" (the
-    unweighted penalty; 0 on steps without R1), "d_real", "d_fake" (mean logits).
+    unweighted penalty; 0 on steps without R1), "d_real", "d_fake" (mean logits), "ada_p" (augmentation probability of the step).
   """
   g_graphdef, d_train, d_eval = _graphdefs(config)
   g_tx, d_tx = _optimizers(config)
@@ -199,8 +208,9 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
   cond = data["cond"][idx]
   latent_dim = config.generator.latent_dim
   fakes = jax.lax.stop_gradient(nnx.merge(g_graphdef, state["g"])(jax.random.normal(k_z, (b, latent_dim)), cond))
-  reals_aug = diff_augment(k_aug_real, reals, config)
-  fakes_aug = diff_augment(k_aug_fake, fakes, config)
+  ada_p = state["ada_p"]
+  reals_aug = _maybe_augment(k_aug_real, reals, ada_p, config)
+  fakes_aug = _maybe_augment(k_aug_fake, fakes, ada_p, config)
 
   def r1_penalty(d_params, d_stats):
     discriminator = nnx.merge(d_eval, d_params, d_stats)
@@ -222,9 +232,10 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
       r1 = (jax.lax.cond(do_r1, r1_penalty, lambda *_: jnp.zeros((), jnp.float32), d_params, d_stats)
             if lazy else r1_penalty(d_params, d_stats))
     total = loss + (0.5 * config.r1_gamma * config.r1_every) * r1
-    return total, (d_stats, loss, r1, d_real.mean(), d_fake.mean())
+    return total, (d_stats, loss, r1, d_real.mean(), d_fake.mean(), jnp.sign(d_real).mean())
 
-  (_, (d_stats, d_loss, r1, d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state["d"])
+  (_, (d_stats, d_loss, r1, d_real, d_fake, d_real_sign)), d_grads = jax.value_and_grad(
+      d_loss_fn, has_aux=True)(state["d"])
   # optax's Adam computes decay**count with an int32 count: fine under standard promotion, an
   # error under the strict promotion our tests use. Promotion is a trace-time setting.
   with jax.numpy_dtype_promotion("standard"):
@@ -237,7 +248,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
 
   def g_loss_fn(g_params):
     images = nnx.merge(g_graphdef, g_params)(gz, gcond)
-    return jax.nn.softplus(-discriminator(diff_augment(k_gaug, images, config), gcond)).mean()
+    return jax.nn.softplus(-discriminator(_maybe_augment(k_gaug, images, ada_p, config), gcond)).mean()
 
   g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state["g"])
   with jax.numpy_dtype_promotion("standard"):
@@ -249,8 +260,11 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
   g_ema = jax.tree.map(lambda e, p: beta * e + (1.0 - beta) * p, state["g_ema"], g_params)
 
   new_state = {"step": step + 1, "key": state["key"], "g": g_params, "g_ema": g_ema, "d": d_params,
-               "d_stats": d_stats, "g_opt": g_opt, "d_opt": d_opt}
-  metrics = {"d_loss": d_loss, "g_loss": g_loss, "r1": r1, "d_real": d_real, "d_fake": d_fake}
+               "d_stats": d_stats, "g_opt": g_opt, "d_opt": d_opt, "ada_p": ada_p}
+  if config.ada_target is not None:  # ADA: r_t = E[sign D(real)] above the target means D overfits
+    adjust = jnp.sign(d_real_sign - config.ada_target) * (b / config.ada_images)
+    new_state["ada_p"] = jnp.clip(ada_p + adjust, 0.0, 1.0)
+  metrics = {"d_loss": d_loss, "g_loss": g_loss, "r1": r1, "d_real": d_real, "d_fake": d_fake, "ada_p": ada_p}
   return new_state, metrics
 
 
@@ -444,7 +458,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
           raise FloatingPointError(f"GAN training diverged at step {step}: non-finite losses "
                                    f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
         bar.update(config.steps_per_call)
-        postfix = {"d": f"{metrics_host['d_loss'][-1]:.3f}", "g": f"{metrics_host['g_loss'][-1]:.3f}"}
+        postfix = {"d": f"{metrics_host['d_loss'][-1]:.3f}", "g": f"{metrics_host['g_loss'][-1]:.3f}",
+                   "p": f"{metrics_host['ada_p'][-1]:.2f}"}
         if timed_seconds:
           postfix["img/s"] = f"{config.batch_size * timed_steps / timed_seconds:.1f}"
         bar.set_postfix(postfix, refresh=False)
