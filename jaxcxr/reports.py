@@ -149,6 +149,17 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
                  out / "examples_kept.png")
   _save_examples(images, merged, [(int(i), f"{group_of[i]} #{i % n_per_group}: {_failing(merged, i)}")
                                   for i in rejected], out / "examples_rejected.png")
+  postfilter = {}
+  for name, features, target in (("generated images, target valid", merged.features, merged.valid),
+                                 ("real images, target valid", real_result.features, real_result.valid),
+                                 ("real images, target normal (label 0)", real_result.features, real.label == 0)):
+    try:
+      rows = scoring.fit_symmetry_postfilter(features, target, seed=seed)
+    except ValueError as e:  # a class too rare to cross-validate: say so in the report
+      postfilter[name] = {"skipped": str(e)}
+      continue
+    postfilter[name] = {"rows": [{k: v for k, v in r.items() if k != "estimator"} for r in rows],
+                        "table": scoring.symmetry_postfilter_table(rows, name)}
   report = {
       "split": split,
       "real": {"n": len(real), "valid_rate": float(real_result.valid.mean()),
@@ -159,6 +170,7 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
                     "groups": per_group,
                     "pass_rate": {n: float(np.mean(generated_scores[n] > 0)) for n in scoring.SCORE_NAMES}},
       "thresholds": {n: float(getattr(scorer.calibration, n)) for n in scoring.THRESHOLD_NAMES},
+      "symmetry_postfilter": postfilter,
       "provenance": scorer.provenance,
       "figures": ["histograms.png", "examples_kept.png", "examples_rejected.png"],
   }
@@ -182,6 +194,10 @@ def _markdown(r: dict[str, Any]) -> str:
   lines.append("| real (all labels) | {:.3f} | ".format(real["valid_rate"])
                + " | ".join(f"{real['pass_rate'][n]:.2f}" for n in scoring.SCORE_NAMES) + " |")
   lines += ["", "Score columns: fraction of images with that score > 0.", "",
+            "## The original post-filter: decision tree / logistic regression on the six symmetry features", ""]
+  for name, entry in r["symmetry_postfilter"].items():
+    lines += [entry.get("table", f"**{name}**: skipped ({entry.get('skipped')})"), ""]
+  lines += [
             "![score histograms](histograms.png)", "", "Kept samples:", "", "![kept](examples_kept.png)", "",
             "Rejected samples:", "", "![rejected](examples_rejected.png)", ""]
   return "\n".join(lines)

@@ -202,3 +202,18 @@ def test_evaluate_segmentation_and_classifier(capsys, covid_path, nih_path):
 def test_calibrate_refuses_too_few_normal_images(capsys, nih_path, tmp_path):
   code, out, err = run_cli(capsys, "calibrate", "--data", str(nih_path), "--out", str(tmp_path / "c"))
   assert code == 2 and out == "" and "at least 20" in err and "Traceback" not in err
+
+
+def test_report_scoring_writes_figures_and_tables(capsys, nih_path, tmp_path):
+  out_dir = tmp_path / "report"
+  code, out, err = run_cli(capsys, "report", "scoring", "--data", str(nih_path), "--split", "all", "--out",
+                           str(out_dir), "--n-per-group", "4", "--batch-size", "8", "--json")
+  assert code == 0, err
+  report = json.loads(out)
+  assert report["real"]["n"] == 24 and set(report["generated"]["groups"]) == {
+      "18_24m", "18_24f", "38_44m", "38_44f", "58_64m", "58_64f"}
+  assert all(0 <= g["valid_rate"] <= 1 for g in report["generated"]["groups"].values())
+  for name in ("report.md", "report.json", "histograms.png", "examples_kept.png", "examples_rejected.png"):
+    assert (out_dir / name).stat().st_size > 0, name
+  assert len(report["symmetry_postfilter"]) == 3
+  assert "Post-filter report" in (out_dir / "report.md").read_text()

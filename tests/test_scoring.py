@@ -333,3 +333,17 @@ def test_scoring_config_validation():
     scoring.ScoringConfig(mask_size=256, atlas_size=60)
   with pytest.raises(ValueError, match="dtype"):
     dataclasses.replace(CONFIG, dtype="float16")
+
+
+def test_symmetry_postfilter_cross_validates_tree_and_logistic_regression():
+  rng = np.random.default_rng(0)
+  features = rng.uniform(0, 1, (120, 6))
+  y = features[:, 0] > 0.5                                  # IoU above 0.5: learnable by both
+  rows = scoring.fit_symmetry_postfilter(features, y)
+  assert [r["model"] for r in rows] == ["decision_tree", "logistic_regression"]
+  assert all(r["roc_auc"] > 0.9 and r["n"] == 120 for r in rows)
+  shuffled = scoring.fit_symmetry_postfilter(features, rng.permutation(y))
+  assert all(r["roc_auc"] < 0.75 for r in shuffled)
+  assert "decision_tree" in scoring.symmetry_postfilter_table(rows)
+  with pytest.raises(ValueError, match="each class"):
+    scoring.fit_symmetry_postfilter(features, np.zeros(120, bool))
