@@ -206,12 +206,13 @@ def _load_scorer(args: argparse.Namespace):
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
-  from jaxcxr import checkpoints, data, io, scoring  # pylint: disable=g-import-not-at-top
+  from jaxcxr import checkpoints, data, io  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
 
   data.parse_group(args.group)
   if args.n <= 0:
     raise UsageError(f"--n must be positive, got {args.n}")
+  prefiltered = _uses_prefilter(args)
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
   _log(f"loading generator {directory}")
   generator = generator_lib.load_generator(directory)
@@ -224,17 +225,10 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     images = generator_lib.sample_images(generator, key, args.n, args.group, label=args.label)
     seconds = time.perf_counter() - start
     result.update(n_generated=len(images), n_valid=None, valid_rate=None, seconds=seconds)
+  elif prefiltered:
+    images = _sample_prefiltered(args, generator, directory, key, result)["images"]
   else:
-    scorer = _load_scorer(args)
-    scorer.generate_and_score(generator, key, scorer.config.batch_size, args.group, label=args.label)  # compile
-    found = scoring.sample_valid_images(scorer, generator, key, args.n, args.group, label=args.label,
-                                        max_generated=args.max_generated, progress=True)
-    images = found["images"]
-    result.update({k: found[k] for k in ("n_valid", "n_generated", "seconds", "valid_rate")})
-    result["sample_index"] = [int(i) for i in found["index"]]
-    if found["n_valid"] < args.n:
-      _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated "
-           f"{found['n_generated']}")
+    images = _sample_post_filtered(args, generator, key, result)["images"]
   files = [str(io.save_png(out / f"{args.group}_{i:05d}.png", image)) for i, image in enumerate(images)]
   result.update(out=str(out), files=files)
   return result
@@ -415,6 +409,7 @@ def _human_evaluate_classifier(r: dict[str, Any]) -> str:
 def cmd_evaluate_gan(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import checkpoints, data, quality  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import discriminator as discriminator_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
 
   root = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
@@ -423,8 +418,22 @@ def cmd_evaluate_gan(args: argparse.Namespace) -> dict[str, Any]:
   _log(f"loading {root}/generator, {root}/discriminator and {path}")
   generator = generator_lib.load_generator(root / "generator")
   discriminator = discriminator_lib.load_discriminator(root / "discriminator")
+  classifiers = {}
+  for role, arg, names in (("sex_classifier", args.sex_classifier, ("classifier_sex_256/classifier",
+                                                                     "classifier_sex_128/classifier")),
+                           ("feature_classifier", args.feature_classifier,
+                            ("classifier_abnormal_256/classifier", "classifier_abnormal_128/classifier"))):
+    if args.no_classifiers:
+      continue
+    try:
+      directory = _shipped_or(arg, *names)
+    except checkpoints.CheckpointError:
+      _log(f"no shipped {role.replace('_', ' ')}: its figures are left out")
+      continue
+    _log(f"loading {role.replace('_', ' ')} {directory}")
+    classifiers[role] = load_classifier(directory)
   result = quality.evaluate_gan(generator, discriminator, data.load(path), seed=args.seed,
-                                n_per_group=args.n_per_group)
+                                n_per_group=args.n_per_group, **classifiers)
   return {"checkpoint": str(root), "data": str(path), **result}
 
 
@@ -432,9 +441,280 @@ def _human_evaluate_gan(r: dict[str, Any]) -> str:
   lines = [f"FD generated vs real {r['fd_generated_vs_real']:.4g}, real vs real {r['fd_real_vs_real']:.4g} "
            f"(ratio {r['fd_ratio']:.2f}); Sinkhorn {r['sinkhorn_generated_vs_real']:.4g} vs "
            f"{r['sinkhorn_real_vs_real']:.4g}; sex agreement {r['sex_agreement_generated']:.2f}"]
+  if "fd_classifier_ratio" in r:
+    lines.append(f"FD in classifier features: {r['fd_classifier_generated_vs_real']:.4g} vs real-real "
+                 f"{r['fd_classifier_real_vs_real']:.4g} (ratio {r['fd_classifier_ratio']:.2f})")
+  if "sex_classifier_agreement_generated" in r:
+    lines.append(f"sex classifier agreement: generated {r['sex_classifier_agreement_generated']:.2f}, "
+                 f"real {r['sex_classifier_accuracy_real']:.2f}")
   for name, g in r["groups"].items():
     lines.append(f"  {name}: female fraction {g['female_fraction']:.2f}, predicted age {g['mean_predicted_age']:.1f}")
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- latents
+#
+# The latent pre-filter (DESIGN.md sections 4-6): `latents build` makes a latent dataset with the
+# post-filter, `latents table` compares latent classifiers on it, `latents fit` saves one group's
+# pre-filter, and `sample --prefilter` uses one. Latent datasets are built for normal images
+# (label 0), so pre-filters exist for label 0 only.
+
+
+def _parse_groups(arg: str | None) -> tuple[str, ...]:
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
+  if arg is None or arg.strip() == "all":
+    return data.GROUPS
+  names = tuple(g.strip() for g in arg.split(",") if g.strip())
+  for name in names:
+    data.parse_group(name)
+  if not names:
+    raise UsageError("--groups: expected 'all' or comma-separated group names")
+  return names
+
+
+def cmd_latents_build(args: argparse.Namespace) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints, prefilter  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+
+  if args.n_per_group <= 0:
+    raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
+  groups = _parse_groups(args.groups)
+  out = pathlib.Path(args.out)
+  if out.exists() and not args.overwrite:
+    raise FileExistsError(f"{out}: exists; pass --overwrite to replace it")
+  directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
+  _log(f"loading generator {directory}")
+  generator = generator_lib.load_generator(directory)
+  generator_id = checkpoints.model_id(directory)
+  scorer = _load_scorer(args)
+  _log(f"generating and scoring {args.n_per_group} latents per group for {', '.join(groups)}")
+  start = time.perf_counter()
+  records = prefilter.build_latent_dataset(scorer, generator, jax.random.key(args.seed), args.n_per_group,
+                                           generator_id=generator_id, groups=groups,
+                                           progress=sys.stderr.isatty())
+  seconds = time.perf_counter() - start
+  prefilter.save_latent_dataset(out, records)
+  _log(f"wrote {out}")
+  return {"out": str(out), "checkpoint": str(directory), "seed": args.seed, "n_per_group": args.n_per_group,
+          "seconds": seconds, **prefilter.latent_dataset_summary(records)}
+
+
+def _human_latents_build(r: dict[str, Any]) -> str:
+  lines = [f"{r['n']} latents ({r['n_valid']} valid, rate {r['valid_rate']:.4f}) in {r['seconds']:.1f} s -> "
+           f"{r['out']} (generator {r['generator_id']})", f"{'group':8s} {'n':>7s} {'valid':>7s} {'rate':>7s}"]
+  lines += [f"{g:8s} {c['n']:7d} {c['n_valid']:7d} {c['valid_rate']:7.4f}" for g, c in r["groups"].items()]
+  return "\n".join(lines)
+
+
+def cmd_latents_table(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import io, prefilter  # pylint: disable=g-import-not-at-top
+
+  records = prefilter.load_latent_dataset(args.data)
+  targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+  try:
+    models = prefilter.select_models(args.models, seed=args.seed)
+    unknown = [t for t in targets if t not in prefilter.TARGETS]
+    if unknown or not targets:
+      raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(prefilter.TARGETS)}")
+    if args.strategy not in prefilter.STRATEGIES:
+      raise ValueError(f"unknown strategy {args.strategy!r}; expected one of {', '.join(prefilter.STRATEGIES)}")
+    if args.folds < 2:
+      raise ValueError(f"--folds must be >= 2, got {args.folds}")
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
+  report = prefilter.write_latent_report(records, out, models=models, targets=targets, strategy=args.strategy,
+                                         n_folds=args.folds, seed=args.seed, extremes_k=args.extremes_k, log=_log)
+  return {"data": str(args.data), "out": str(out), "generator_id": records["generator_id"], "models": list(models),
+          "targets": list(targets), "strategy": args.strategy, "n_folds": args.folds, "table": str(out / "table.md"),
+          "best": io.to_json_safe(report["best"]),
+          "files": report["files"]}
+
+
+def _human_latents_table(r: dict[str, Any]) -> str:
+  lines = [f"{len(r['models'])} model(s), targets {', '.join(r['targets'])}, {r['n_folds']}-fold CV -> {r['table']}"]
+  for group, b in r["best"].items():
+    auc = "n/a" if b["roc_auc"] is None else f"{b['roc_auc']:.3f}"
+    lines.append(f"  {group}: best {b['model']} (ROC AUC {auc}), out-of-fold at {r['strategy']}: precision "
+                 f"{b['precision']:.3f} vs base rate {b['base_rate']:.3f}, TPR {b['tpr']:.3f}, FPR {b['fpr']:.3f}")
+  return "\n".join(lines)
+
+
+def _prefilter_summary(pf) -> dict[str, Any]:
+  from jaxcxr import io  # pylint: disable=g-import-not-at-top
+
+  return {"group": pf.group, "strategy": pf.strategy, "model": pf.model_preset, "accepts_all": pf.accepts_all,
+          "threshold": None if pf.accepts_all else pf.threshold, "generator_id": pf.generator_id,
+          "report": io.to_json_safe(dict(pf.report))}
+
+
+def _fit_prefilter_or_usage(records, group: str, strategy: str, model: str, seed: int, on_empty: str):
+  from jaxcxr import prefilter  # pylint: disable=g-import-not-at-top
+
+  _log(f"fitting the {model} pre-filter of {group} (threshold: {strategy} on the validation part)")
+  try:
+    return prefilter.fit_prefilter(records, group, strategy, model, seed=seed, on_empty=on_empty)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+
+
+def cmd_latents_fit(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import data, prefilter  # pylint: disable=g-import-not-at-top
+
+  data.parse_group(args.group)
+  records = prefilter.load_latent_dataset(args.data)
+  pf = _fit_prefilter_or_usage(records, args.group, args.strategy, args.model, args.seed,
+                               "accept_all" if args.accept_all_if_empty else "error")
+  out = pf.save(args.out, overwrite=args.overwrite)
+  return {"out": str(out), "data": str(args.data), **_prefilter_summary(pf)}
+
+
+def _human_latents_fit(r: dict[str, Any]) -> str:
+  rep = r["report"]
+  if r["accepts_all"]:
+    return f"{r['group']}: accept-all fallback ({rep.get('reason')}) -> {r['out']}"
+  test = rep.get("test") or {}
+  return (f"{r['group']}: {r['model']} pre-filter, {r['strategy']} threshold {r['threshold']:.4g} (logit) -> "
+          f"{r['out']}; test: TPR {test.get('tpr', float('nan')):.3f}, FPR {test.get('fpr', float('nan')):.3f}, "
+          f"precision {test.get('precision', float('nan')):.3f} vs {rep.get('precision_unfiltered_test') or 0:.3f} "
+          f"unfiltered (predicted speed-up {rep.get('predicted_speedup') or float('nan'):.2f})")
+
+
+def _uses_prefilter(args: argparse.Namespace) -> bool:
+  """Checks the pre-filter options of `sample`; True when sampling should go through a pre-filter."""
+  wanted = args.prefilter is not None or args.prefilter_dir is not None or args.latents is not None
+  if wanted and args.unfiltered:
+    raise UsageError("--unfiltered cannot be combined with --prefilter/--prefilter-dir/--latents")
+  if wanted and args.label != 0:
+    raise UsageError("pre-filters are fitted on latent datasets of normal images (label 0); drop --label 1")
+  if args.prefilter_dir is not None and args.latents is not None:
+    raise UsageError("give either --latents F.npz (fit a pre-filter now) or --prefilter-dir DIR (a saved one)")
+  if args.latents is not None and args.prefilter is None:
+    raise UsageError("--latents needs --prefilter STRATEGY (the threshold strategy to fit with)")
+  if args.prefilter is not None and args.prefilter_dir is None and args.latents is None:
+    raise UsageError("--prefilter STRATEGY needs --latents F.npz (fit on that latent dataset) or --prefilter-dir "
+                     "DIR (a pre-filter saved by `jaxcxr latents fit`)")
+  return wanted
+
+
+def _sample_post_filtered(args: argparse.Namespace, generator, key, result: dict[str, Any]) -> dict[str, Any]:
+  """`sample` without a pre-filter: generate batches, keep the valid images (post-filter only)."""
+  from jaxcxr import prefilter  # pylint: disable=g-import-not-at-top
+
+  scorer = _load_scorer(args)
+  result["compile_seconds"] = prefilter.warm_up_sampler(scorer, generator, None, key, args.group, label=args.label)
+  max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
+  found = prefilter.sample_valid(scorer, generator, None, key, args.n, args.group, label=args.label,
+                                 max_generated=max_generated, progress=True)
+  result.update({k: found[k] for k in ("n_valid", "n_generated", "seconds", "valid_rate")})
+  result["sample_index"] = [int(i) for i in found["index"]]
+  if found["n_valid"] < args.n:
+    _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated {max_generated}")
+  return found
+
+
+def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: pathlib.Path, key,
+                        result: dict[str, Any]) -> dict[str, Any]:
+  """`sample --prefilter`: fits (--latents) or loads (--prefilter-dir) the group's pre-filter, then samples."""
+  from jaxcxr import checkpoints, prefilter  # pylint: disable=g-import-not-at-top
+
+  if args.prefilter_dir is not None:
+    _log(f"loading pre-filter {args.prefilter_dir}")
+    pf = prefilter.load_prefilter(args.prefilter_dir)
+    if args.prefilter is not None and args.prefilter != pf.strategy:
+      raise UsageError(f"{args.prefilter_dir}: a {pf.strategy} pre-filter, not {args.prefilter}")
+    if pf.group != args.group:
+      raise UsageError(f"{args.prefilter_dir}: a pre-filter of group {pf.group}, not {args.group}")
+  else:
+    records = prefilter.load_latent_dataset(args.latents)
+    pf = _fit_prefilter_or_usage(records, args.group, args.prefilter, args.prefilter_model, args.seed, "error")
+  generator_id = checkpoints.model_id(generator_dir)
+  if pf.generator_id is not None and pf.generator_id != generator_id:
+    raise UsageError(f"the pre-filter was fitted on latents of generator {pf.generator_id}, but {generator_dir} is "
+                     f"{generator_id}; rebuild the latent dataset with `jaxcxr latents build`")
+  scorer = _load_scorer(args)
+  options = {"pool_size": args.pool_size, "accept_size": args.accept_size}
+  try:
+    compile_seconds = prefilter.warm_up_sampler(scorer, generator, pf, key, args.group, **options)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
+  # Each round computes accept-size images (padding slots too), so rounds are bounded like generated images.
+  max_rounds = -(-max_generated // (args.accept_size or scorer.config.batch_size))
+  found = prefilter.sample_valid(scorer, generator, pf, key, args.n, args.group, max_generated=max_generated,
+                                 max_rounds=max_rounds, progress=True, **options)
+  keys = ("n_valid", "n_generated", "seconds", "valid_rate", "n_latents_drawn", "acceptance_rate", "n_rounds",
+          "n_slots", "pool_size", "accept_size")
+  result.update({k: found[k] for k in keys}, compile_seconds=compile_seconds, prefilter=_prefilter_summary(pf))
+  result["sample_index"] = [int(i) for i in found["index"]]
+  if found["n_valid"] < args.n:
+    _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated {max_generated}")
+  return found
+
+
+def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
+  """`sample`'s pre-filter options: --prefilter STRATEGY with --latents F.npz, or --prefilter-dir DIR."""
+  sample.add_argument("--prefilter", metavar="STRATEGY", default=None,
+                      help="pre-filter latents before generating; threshold strategy (youden, 2tpr-fpr, tpr-2fpr, "
+                           "tpr@0.95, max_precision); with --latents F.npz it is fitted now for --group")
+  sample.add_argument("--latents", metavar="F.npz", default=None,
+                      help="latent dataset (`jaxcxr latents build`) to fit the --prefilter on (train/validation/"
+                           "test split of the group's latents)")
+  sample.add_argument("--prefilter-model", default="logreg",
+                      help="latent classifier preset when fitting: logreg (default), mlp1..mlp4, deep")
+  sample.add_argument("--prefilter-dir", default=None,
+                      help="a pre-filter saved by `jaxcxr latents fit` (instead of --latents)")
+  sample.add_argument("--pool-size", type=int, default=None,
+                      help="latents drawn per compiled round (default 32 x accept size)")
+  sample.add_argument("--accept-size", type=int, default=None,
+                      help="accepted latents generated and scored per round (default the batch size)")
+
+
+def _add_latents_parsers(commands) -> None:
+  latents_parser = commands.add_parser("latents", help="latent pre-filter: datasets, model table, fitted filters")
+  latents_commands = latents_parser.add_subparsers(dest="latents_command", required=True, metavar="SUBCOMMAND")
+
+  build = latents_commands.add_parser("build", help="generate and post-score latents per group (a latent dataset)")
+  build.add_argument("--n-per-group", type=int, required=True, help="latents per age-sex group")
+  build.add_argument("--out", required=True, help="the npz file to write")
+  build.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
+  build.add_argument("--groups", default="all", help="'all' (default) or comma-separated group names")
+  build.add_argument("--seed", type=int, default=0, help="group g uses fold_in(key(seed), g)")
+  build.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+  _add_scorer_args(build)
+  _add_json_arg(build)
+  build.set_defaults(run=cmd_latents_build, human=_human_latents_build)
+
+  table = latents_commands.add_parser("table", help="cross-validated latent classifiers per group, with figures")
+  table.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
+  table.add_argument("--out", required=True, help="report folder (table.md, rows.json, PNGs)")
+  table.add_argument("--models", default=None,
+                     help="comma-separated model names of the zoo, or 'all' (default: logreg_C1, logreg_l1, "
+                          "knn_10, tree_d5, forest, flax_logreg, flax_mlp2)")
+  table.add_argument("--targets", default="valid", help="comma-separated: valid, score names, valid_by_scores")
+  table.add_argument("--strategy", default="youden", help="threshold strategy of the precision column")
+  table.add_argument("--folds", type=int, default=3)
+  table.add_argument("--extremes-k", type=int, default=100, help="latents per side in the best/worst PCA views")
+  table.add_argument("--seed", type=int, default=0)
+  table.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  _add_json_arg(table)
+  table.set_defaults(run=cmd_latents_table, human=_human_latents_table)
+
+  fit = latents_commands.add_parser("fit", help="fit and save one group's pre-filter (threshold on validation)")
+  fit.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
+  fit.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
+  fit.add_argument("--strategy", default="youden", help="threshold strategy (default youden)")
+  fit.add_argument("--model", default="logreg", help="latent classifier preset: logreg, mlp1..mlp4, deep")
+  fit.add_argument("--out", required=True, help="pre-filter checkpoint folder")
+  fit.add_argument("--seed", type=int, default=0)
+  fit.add_argument("--accept-all-if-empty", action="store_true",
+                   help="save an accept-everything pre-filter for a group with < 2 valid latents instead of failing")
+  fit.add_argument("--overwrite", action="store_true", help="replace an existing pre-filter folder")
+  _add_json_arg(fit)
+  fit.set_defaults(run=cmd_latents_fit, human=_human_latents_fit)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -484,6 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_gan.add_argument("--checkpoint", help="folder with generator/ and discriminator/ (default: the shipped GAN)")
   evaluate_gan.add_argument("--seed", type=int, default=0)
   evaluate_gan.add_argument("--n-per-group", type=int, default=64, help="generated images per group for the probes")
+  evaluate_gan.add_argument("--sex-classifier", help="sex classifier for the conditioning check (default: shipped)")
+  evaluate_gan.add_argument("--feature-classifier",
+                            help="classifier whose features give a GAN-independent FD (default: shipped abnormal)")
+  evaluate_gan.add_argument("--no-classifiers", action="store_true", help="D features and pixel probes only")
   _add_json_arg(evaluate_gan)
   evaluate_gan.set_defaults(run=cmd_evaluate_gan, human=_human_evaluate_gan)
 
@@ -513,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--max-generated", type=int, default=None,
                       help="give up after this many generated images (default max(1000, 200 n))")
   _add_scorer_args(sample)
+  _add_prefilter_args(sample)
   sample.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
   _add_json_arg(sample)
   sample.set_defaults(run=cmd_sample, human=_human_sample)
@@ -545,6 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
   calibrate.add_argument("--batch-size", type=int, default=32)
   _add_json_arg(calibrate)
   calibrate.set_defaults(run=cmd_calibrate, human=_human_calibrate)
+
+  _add_latents_parsers(commands)
   return parser
 
 

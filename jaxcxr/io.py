@@ -6,6 +6,7 @@ A crash or kill never leaves a half-written PNG or JSON behind (DESIGN.md sectio
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -57,6 +58,21 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format="PNG")
   return write_bytes_atomic(path, buffer.getvalue())
+
+
+def to_json_safe(value: Any) -> Any:
+  """NaN/inf -> None and numpy values -> builtins, recursively (strict JSON)."""
+  if isinstance(value, dict):
+    return {str(k): to_json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_json_safe(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return to_json_safe(value.tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:

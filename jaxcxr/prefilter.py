@@ -20,6 +20,16 @@ Sections:
 * Exploratory views: `latent_score_correlations`, `embed_extremes`.
 * Figures (matplotlib, written atomically): `save_roc_pr_curves`,
   `save_confusion_matrix`, `save_correlation_heatmap`, `save_extremes_scatter`.
+* Building latent datasets: `build_latent_dataset` (through the post-filter's
+  `Scorer.generate_and_score`), `latent_dataset_summary`.
+* One-command report: `select_models`, `write_latent_report` (CV table, views,
+  each group's best model's ROC/PR and confusion).
+* Fitted pre-filters: `Prefilter` (classifier + logit threshold + strategy +
+  group), `fit_prefilter` (train / validation / test protocol), `load_prefilter`.
+* Filtered sampling on device: `sample_valid` (one compiled call per round: draw a
+  pool of latents, classify, select with static shapes, generate and post-score
+  only the accepted ones), `warm_up_sampler`, and `NudgeConfig` (latent nudging up
+  the classifier's logit on the latent's own norm shell).
 
 Conventions: a latent is accepted (predicted valid) when its score >= threshold;
 labels are 1 = valid (or "the score is > 0"). Ragged work (thresholds, folds,
@@ -28,11 +38,13 @@ tables) runs on the host in numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
 import os
 import pathlib
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,39 +58,55 @@ from flax import nnx
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from jaxcxr import metrics as metrics_lib
+from jaxcxr import scoring
 from jaxcxr.data import GROUPS, DataError
+from jaxcxr import io as io_lib
 from jaxcxr.io import write_bytes_atomic
+from jaxcxr.models.condition import group_condition_batch
+from jaxcxr.models.generator import latents
 from jaxcxr.models.latent import (LATENT_PRESETS, LatentClassifier, LatentClassifierConfig)
 from jaxcxr.scoring import SCORE_NAMES  # the five post-filter scores, each > 0 meaning good
 from jaxcxr.train.classifier import focal_loss, weighted_bce
 
 __all__ = [
+    "DEFAULT_REPORT_MODELS",
     "FEATURE_DIM",
     "FOCAL_GAMMA",
     "FlaxLatentEstimator",
     "IMBALANCE",
     "LATENT_DIM",
     "MAX_PRECISION_MIN_TPR",
+    "NudgeConfig",
+    "ON_EMPTY",
+    "Prefilter",
     "SCORE_NAMES",
     "STRATEGIES",
     "TARGETS",
+    "build_latent_dataset",
     "cross_validate_latent",
     "embed_extremes",
     "fit_latent_classifier",
+    "fit_prefilter",
+    "latent_dataset_summary",
     "latent_model_zoo",
     "latent_score_correlations",
     "latent_targets",
     "load_latent_dataset",
+    "load_prefilter",
     "predict_latent",
     "results_table",
+    "sample_valid",
     "save_confusion_matrix",
     "save_correlation_heatmap",
     "save_extremes_scatter",
     "save_latent_dataset",
     "save_roc_pr_curves",
+    "select_models",
     "select_threshold",
     "threshold_report",
     "validate_latent_records",
+    "warm_up_sampler",
+    "write_latent_report",
 ]
 
 # Width of the generator latent z.
@@ -1210,3 +1238,687 @@ def save_extremes_scatter(embedding: Mapping[str, np.ndarray], path: str | os.Pa
   ax.set(xlabel=f"PC1 ({100 * ratio[0]:.1f}%)", ylabel=f"PC2 ({100 * ratio[1]:.1f}%)", title=title)
   ax.legend(fontsize="small")
   return _save_figure(fig, path)
+
+
+# ============================================================================ building latent datasets
+
+
+def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_group: int, *, generator_id: str,
+                         groups: Sequence[str] = GROUPS, label: int = 0, progress: bool = False) -> dict[str, Any]:
+  """Generates and post-scores `n_per_group` latents per age-sex group: a latent dataset (DESIGN.md section 4).
+
+  Group `g` (its index in `jaxcxr.data.GROUPS`) uses the key `jax.random.fold_in(key, g)`,
+  and its record j holds z = `models.generator.latents(fold_in(key, g), j)`, so a
+  group's records do not depend on which other groups or how many records are
+  built (record j of a 100-per-group build is record j of a 10k-per-group build).
+  Each batch is one compiled call of `Scorer.generate_and_score(..., keep_images=False)`.
+
+  Args:
+    scorer: a `jaxcxr.scoring.Scorer` (the post-filter that labels each latent).
+    generator: a `jaxcxr.models.generator.Generator`.
+    key: PRNG key of the latents.
+    n_per_group: records per group (>= 1).
+    generator_id: `checkpoints.model_id` of the generator's checkpoint (stored with the data).
+    groups: group names to build, each in `GROUPS`.
+    label: 0 normal / 1 abnormal condition (only for a label-conditioned generator).
+    progress: tqdm bars on stderr.
+
+  Returns:
+    Records as `validate_latent_records` returns them: "z" float32 (N, latent_dim),
+    "group" (N,) str, "scores" {name: float32 (N,)} (> 0 good), "features" float32
+    (N, 6), "valid" bool (N,), "generator_id" str; N = n_per_group * len(groups),
+    grouped in the order of `groups`.
+
+  Raises:
+    ValueError: n_per_group < 1 or no groups. jaxcxr.data.DataError: an unknown group.
+  """
+  if n_per_group < 1:
+    raise ValueError(f"build_latent_dataset: n_per_group must be >= 1, got {n_per_group}")
+  if not groups:
+    raise ValueError("build_latent_dataset: no groups")
+  parts = []
+  for name in groups:
+    if name not in GROUPS:
+      raise DataError(f"unknown group {name!r}; expected one of {', '.join(GROUPS)}")
+    group_key = jax.random.fold_in(key, GROUPS.index(name))
+    out = scorer.generate_and_score(generator, group_key, n_per_group, name, label=label, keep_images=False,
+                                    progress=progress)
+    parts.append((name, out))
+  records = {
+      "z": np.concatenate([out.z for _, out in parts]),
+      "group": np.concatenate([np.full(n_per_group, name) for name, _ in parts]),
+      "scores": {k: np.concatenate([out.result.scores[k] for _, out in parts]) for k in SCORE_NAMES},
+      "features": np.concatenate([out.result.features for _, out in parts]),
+      "valid": np.concatenate([out.result.valid for _, out in parts]),
+      "generator_id": str(generator_id),
+  }
+  return validate_latent_records(records, latent_dim=generator.config.latent_dim)
+
+
+def latent_dataset_summary(records: Mapping[str, Any]) -> dict[str, Any]:
+  """Counts and valid rates: {"n", "n_valid", "valid_rate", "generator_id", "groups": {name: {...}}}."""
+  group, valid = np.asarray(records["group"]), np.asarray(records["valid"], bool)
+  per_group = {}
+  for name in [g for g in GROUPS if g in set(group.tolist())]:
+    member = group == name
+    per_group[name] = {"n": int(member.sum()), "n_valid": int(valid[member].sum()),
+                       "valid_rate": float(valid[member].mean())}
+  return {"n": int(valid.shape[0]), "n_valid": int(valid.sum()),
+          "valid_rate": float(valid.mean()) if valid.size else 0.0,
+          "generator_id": str(records["generator_id"]), "groups": per_group}
+
+
+# ============================================================================ one-command report
+
+
+# A fast subset of `latent_model_zoo` (the full zoo with SVMs and deep Flax nets is slow on a CPU).
+DEFAULT_REPORT_MODELS: tuple[str, ...] = ("logreg_C1", "logreg_l1", "knn_10", "tree_d5", "forest", "flax_logreg",
+                                          "flax_mlp2")
+
+
+def select_models(names: str | Sequence[str] | None = None, *, seed: int = 0) -> dict[str, Any]:
+  """Estimators of `latent_model_zoo` by name: None -> `DEFAULT_REPORT_MODELS`, "all" -> the whole zoo.
+
+  Args:
+    names: a comma-separated string or a sequence of zoo names, "all", or None.
+    seed: as `latent_model_zoo`.
+
+  Raises:
+    ValueError: an unknown name (listing the known ones) or an empty selection.
+  """
+  zoo = latent_model_zoo(seed=seed)
+  if names is None:
+    names = DEFAULT_REPORT_MODELS
+  if isinstance(names, str):
+    if names.strip() == "all":
+      return zoo
+    names = [n.strip() for n in names.split(",") if n.strip()]
+  names = list(names)
+  unknown = [n for n in names if n not in zoo]
+  if unknown or not names:
+    raise ValueError(f"unknown latent model(s) {unknown}; expected some of {', '.join(zoo)} (or 'all')")
+  return {n: zoo[n] for n in names}
+
+
+def _cross_validated_decisions(estimator, z: np.ndarray, y: np.ndarray, strategy: str, n_folds: int,
+                               seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Out-of-fold scores and accept decisions with the folds and threshold protocol of `cross_validate_latent`.
+
+  Returns (scores float64 (N,), accepted bool (N,)): each latent is scored by a model
+  fitted on the other folds, and accepted when its score >= the threshold chosen by
+  `strategy` on inner out-of-fold scores of those folds.
+  """
+  from sklearn.model_selection import StratifiedKFold  # pylint: disable=g-import-not-at-top
+
+  scores = np.empty(y.shape[0], np.float64)
+  accepted = np.zeros(y.shape[0], bool)
+  for train, test in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(z, y):
+    threshold = select_threshold(y[train], _out_of_fold_scores(estimator, z[train], y[train], n_folds, seed),
+                                 strategy)
+    scores[test] = _model_scores(clone(estimator).fit(z[train], y[train]), z[test])
+    accepted[test] = scores[test] >= threshold
+  return scores, accepted
+
+
+def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, *,
+                        models: Mapping[str, Any] | None = None, targets: Sequence[str] = ("valid",),
+                        strategy: str = "youden", n_folds: int = 3, seed: int = 0, extremes_k: int = 100,
+                        log: Any = None) -> dict[str, Any]:
+  """The pre-filter study in one call: CV table, exploratory views, and curves of each group's best model.
+
+  Writes into `out_dir` (created; files written atomically):
+
+  * `table.md`: `results_table` of `cross_validate_latent` per group (stratified
+    `n_folds`-fold CV; thresholds chosen on inner out-of-fold scores, precision on the
+    held-out fold);
+  * `rows.json`: those rows (NaN as null);
+  * `correlations_all.png` and `correlations_<group>.png`: Pearson r of each score
+    with each latent coordinate (`latent_score_correlations`);
+  * `extremes_<score>.png`: 2-D PCA of the `extremes_k` best and worst latents per
+    score, all groups pooled (`embed_extremes`);
+  * `roc_pr_<group>.png` and `confusion_<group>.png` for the model with the best mean
+    ROC AUC in the group, on the first target that is not "valid_by_scores": out-of-fold
+    scores (same folds) and the confusion of out-of-fold accept decisions, each
+    fold's threshold chosen by `strategy` on its training folds only.
+
+  Args:
+    records: a latent dataset (`load_latent_dataset`).
+    out_dir: output folder.
+    models: name -> unfitted estimator (default `select_models()`).
+    targets: CV targets (see `TARGETS`).
+    strategy: threshold strategy (`STRATEGIES`).
+    n_folds: CV folds.
+    seed: fold shuffling and model seeds.
+    extremes_k: latents per side of the extremes views (capped at N // 2).
+    log: optional callable(str) for progress lines.
+
+  Returns:
+    {"rows": CV rows, "best": {group: {"model", "roc_auc", "confusion", "tpr", "fpr",
+    "precision"}}, "files": [paths written]}.
+
+  Raises:
+    ValueError / jaxcxr.data.DataError: bad records, unknown targets, strategy or models.
+  """
+  from jaxcxr import io as io_lib  # pylint: disable=g-import-not-at-top
+
+  log = log or (lambda message: None)
+  records = validate_latent_records(records, latent_dim=np.asarray(records["z"]).shape[-1])
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown threshold strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+  unknown = [t for t in targets if t not in TARGETS]
+  if unknown or not targets:
+    raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(TARGETS)}")
+  models = dict(models) if models is not None else select_models(seed=seed)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  z, groups, y = records["z"], records["group"], latent_targets(records)
+  files: list[str] = []
+
+  log(f"cross-validating {len(models)} model(s) x {len(set(groups.tolist()))} group(s), targets {list(targets)}")
+  rows = cross_validate_latent(z, y, groups, models, n_folds=n_folds, seed=seed, targets=targets,
+                               strategy=strategy)
+  files.append(str(write_bytes_atomic(out / "table.md", results_table(rows).encode())))
+  files.append(str(io_lib.save_json(out / "rows.json", io_lib.to_json_safe(rows))))
+
+  log("exploratory views: correlations and extremes")
+  present = [g for g in GROUPS if g in set(groups.tolist())]
+  score_matrix = np.stack([records["scores"][k] for k in SCORE_NAMES])          # (5, N)
+  finite = np.all(np.isfinite(score_matrix), axis=0)
+  for name, member in [("all", np.ones(z.shape[0], bool))] + [(g, groups == g) for g in present]:
+    keep = member & finite
+    if keep.sum() < 2:
+      continue
+    r = latent_score_correlations(z[keep], {k: records["scores"][k][keep] for k in SCORE_NAMES})
+    files.append(str(save_correlation_heatmap(r, SCORE_NAMES, out / f"correlations_{name}.png",
+                                              title=f"Pearson r(score, z_d), {name} (n={int(keep.sum())})")))
+  k = min(extremes_k, int(finite.sum()) // 2)
+  if k >= 1:
+    for score in SCORE_NAMES:
+      view = embed_extremes(z[finite], records["scores"][score][finite], k, seed=seed)
+      files.append(str(save_extremes_scatter(view, out / f"extremes_{score}.png",
+                                             title=f"{score}: best vs worst {k} latents")))
+
+  best: dict[str, Any] = {}
+  primary = next((t for t in targets if t != "valid_by_scores"), None)
+  if primary is not None:
+    labels = _target_label(y, primary, z.shape[0])
+    for group in present:
+      scored = [r for r in rows if r["target"] == primary and r["group"] == group and not r["note"]]
+      if not scored:
+        continue
+      top = max(scored, key=lambda r: r["roc_auc"])
+      member = groups == group
+      log(f"{group}: best model {top['model']} (ROC AUC {top['roc_auc']:.3f}); out-of-fold curves")
+      oof, accepted = _cross_validated_decisions(models[top["model"]], z[member], labels[member], strategy,
+                                                 n_folds, seed)
+      confusion = metrics_lib.compute_confusion(accepted.astype(np.int64), labels[member])
+      report = metrics_lib.compute_binary_report(accepted.astype(np.int64), labels[member])
+      files.append(str(save_roc_pr_curves({top["model"]: (labels[member], oof)}, out / f"roc_pr_{group}.png",
+                                          title=f"{group}, target {primary}, out-of-fold")))
+      files.append(str(save_confusion_matrix(confusion, out / f"confusion_{group}.png",
+                                             title=f"{group}: {top['model']} at {strategy}, out-of-fold")))
+      best[group] = {"model": top["model"], "target": primary, "roc_auc": top["roc_auc"],
+                     "confusion": confusion.tolist(), "tpr": report["tpr"], "fpr": report["fpr"],
+                     "precision": report["precision"], "base_rate": float(labels[member].mean())}
+  return {"rows": rows, "best": best, "files": files}
+
+
+# ============================================================================ fitted pre-filters
+
+
+# What `fit_prefilter` does with a group it cannot learn (too few valid or invalid latents).
+ON_EMPTY: tuple[str, ...] = ("error", "accept_all")
+_PREFILTER_FORMAT = "jaxcxr.prefilter/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefilter:
+  """A fitted latent pre-filter of one age-sex group: accept z when `classifier(z) >= threshold`.
+
+  Attributes:
+    classifier: the `LatentClassifier` (used in inference mode: BatchNorm running averages).
+    threshold: acceptance threshold in LOGIT units (sigmoid(threshold) is the probability
+      threshold; logits avoid float32 probabilities saturating at 1). -inf accepts every
+      latent (the documented fallback for a group without enough valid latents).
+    strategy: the `STRATEGIES` name that chose the threshold on validation latents.
+    group: the age-sex group it was fitted for (the generator is conditional, so a
+      latent's validity depends on the group).
+    model_preset: the `jaxcxr.models.latent.LATENT_PRESETS` name of the classifier.
+    generator_id: `checkpoints.model_id` of the generator whose latents it learned.
+    report: JSON-ready record of the fit: part sizes, validation and test
+      `threshold_report`s, test ROC AUC, predicted speed-up (see `fit_prefilter`).
+  """
+
+  classifier: LatentClassifier
+  threshold: float
+  strategy: str
+  group: str
+  model_preset: str
+  generator_id: str | None = None
+  report: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def accepts_all(self) -> bool:
+    """True for the fallback that accepts every latent (threshold -inf)."""
+    return self.threshold == -math.inf
+
+  @property
+  def latent_dim(self) -> int:
+    return self.classifier.config.latent_dim
+
+  def logits(self, z: Any) -> np.ndarray:
+    """float32 (B,) logits of latents z (B, latent_dim) on the host (`predict_latent`'s path)."""
+    return _inference_logits(self.classifier, z)
+
+  def accept(self, z: Any) -> np.ndarray:
+    """bool (B,): which latents z (B, latent_dim) the pre-filter accepts."""
+    return self.logits(z) >= np.float32(self.threshold)
+
+  def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
+    """Writes the classifier with `checkpoints.save_model`; threshold and record go in its metadata.
+
+    Raises:
+      jaxcxr.checkpoints.CheckpointError: `directory` exists and `overwrite` is False.
+    """
+    from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+    meta = {"prefilter_format": _PREFILTER_FORMAT,
+            "threshold": None if self.accepts_all else float(self.threshold),
+            "threshold_probability": None if self.accepts_all else float(scipy.special.expit(self.threshold)),
+            "accepts_all": self.accepts_all, "strategy": self.strategy, "group": self.group,
+            "model_preset": self.model_preset, "generator_id": self.generator_id,
+            "report": io_lib.to_json_safe(dict(self.report))}
+    return checkpoints.save_model(directory, self.classifier, self.classifier.config, metadata=meta,
+                                  overwrite=overwrite)
+
+
+def load_prefilter(directory: str | os.PathLike) -> Prefilter:
+  """Reads a pre-filter written by `Prefilter.save`.
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: missing or corrupt checkpoint, or a model
+      checkpoint that is not a pre-filter (names the folder).
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
+
+  classifier, _, meta = checkpoints.load_model(directory, lambda c: LatentClassifier(c, rngs=nnx.Rngs(0)),
+                                               LatentClassifierConfig)
+  if meta.get("prefilter_format") != _PREFILTER_FORMAT:
+    raise checkpoints.CheckpointError(f"{directory}: a latent classifier checkpoint without pre-filter metadata "
+                                      f"(expected prefilter_format {_PREFILTER_FORMAT!r})")
+  threshold = -math.inf if meta.get("accepts_all") else float(meta["threshold"])
+  return Prefilter(classifier=classifier, threshold=threshold, strategy=meta["strategy"], group=meta["group"],
+                   model_preset=meta["model_preset"], generator_id=meta.get("generator_id"),
+                   report=meta.get("report") or {})
+
+
+def _stratified_parts(y: np.ndarray, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+  """Stratified train/validation/test indices (sorted int64 arrays).
+
+  Per class of c members (shuffled with `seed`): validation gets round(f_val c), at
+  least 1 when c >= 2; test gets round(f_test c), at least 1 when c >= 3; training
+  the rest (at least 1 when c >= 1). So 2 valid latents already give one to train
+  and one to choose the threshold on.
+  """
+  rng = np.random.default_rng(seed)
+  parts: dict[str, list] = {"train": [], "val": [], "test": []}
+  _, f_val, f_test = fractions
+  for c in (0, 1):
+    members = rng.permutation(np.flatnonzero(y == c))
+    n = members.shape[0]
+    n_val = min(max(1, round(f_val * n)), n - 1) if n >= 2 else 0
+    n_test = min(max(1, round(f_test * n)), n - 1 - n_val) if n >= 3 else 0
+    parts["val"].append(members[:n_val])
+    parts["test"].append(members[n_val: n_val + n_test])
+    parts["train"].append(members[n_val + n_test:])
+  return {k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()}
+
+
+def _report_json(report: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: (np.asarray(v).tolist() if k == "confusion" else v) for k, v in report.items()}
+
+
+def fit_prefilter(records: Mapping[str, Any], group: str, strategy: str = "youden", model_preset: str = "logreg", *,
+                  fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0, on_empty: str = "error",
+                  imbalance: str = "class_weights", steps: int = 1000, batch_size: int = 256,
+                  learning_rate: float = 0.05, weight_decay: float = 1e-3) -> Prefilter:
+  """Fits a group's pre-filter: classifier on a training part, threshold on a validation part, report on a test part.
+
+  Protocol (DESIGN.md section 5: chosen on validation, reported on test): the
+  group's records are split, stratified by `valid`, into train / validation / test
+  (`fractions`, seeded). A Flax `LatentClassifier` (`model_preset`) is fitted on the
+  training part (`fit_latent_classifier`); `strategy` picks the logit threshold on the
+  validation part's logits (`select_threshold`); the test part gives the reported
+  TPR, FPR, precision and confusion (`threshold_report`) and ROC AUC. The model is
+  not refitted on train + validation, so the threshold belongs to the weights it
+  was chosen for.
+
+  Predicted speed-up (DESIGN.md section 6): precision_filtered / precision_unfiltered,
+  both on the test part (precision_unfiltered = the test part's valid rate);
+  `physical_limit` = 1 / (the group's valid rate): the speed-up of a perfect filter.
+
+  Empty groups: a group with fewer than 2 valid (or fewer than 2 invalid) latents
+  has no positive (negative) in its training or validation part, so no classifier
+  or threshold can be learned. `on_empty="error"` (default) raises; `on_empty=
+  "accept_all"` returns the fallback pre-filter that accepts every latent
+  (threshold -inf, an untrained zero-head classifier, `report["accept_all"]` with the
+  reason), i.e. plain post-filtering.
+
+  Args:
+    records: a latent dataset (`load_latent_dataset` / `build_latent_dataset`).
+    group: the age-sex group to fit.
+    strategy: one of `STRATEGIES`.
+    model_preset: one of `jaxcxr.models.latent.LATENT_PRESETS` ("logreg", "mlp1" ...
+      "mlp4", "deep").
+    fractions: (train, validation, test) fractions, summing to 1.
+    seed: seeds the split and the fit.
+    on_empty: one of `ON_EMPTY`.
+    imbalance, steps, batch_size, learning_rate, weight_decay: as `fit_latent_classifier`.
+
+  Returns:
+    The fitted `Prefilter` (its `report` holds "n", "n_valid", "base_rate", part sizes,
+    "validation" and "test" threshold reports, "test_roc_auc",
+    "precision_unfiltered_test", "precision_filtered_test", "predicted_speedup",
+    "physical_limit").
+
+  Raises:
+    ValueError: an unknown strategy, preset or `on_empty`, bad fractions, a group with
+      no records, or (with on_empty="error") too few valid or invalid latents.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown threshold strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+  if model_preset not in LATENT_PRESETS:
+    raise ValueError(f"unknown latent model preset {model_preset!r}; expected one of {', '.join(LATENT_PRESETS)}")
+  if on_empty not in ON_EMPTY:
+    raise ValueError(f"on_empty: expected one of {ON_EMPTY}, got {on_empty!r}")
+  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+    raise ValueError(f"fractions: expected (train, validation, test) >= 0 summing to 1, got {fractions}")
+  records = validate_latent_records(records, latent_dim=np.asarray(records["z"]).shape[-1])
+  member = records["group"] == group
+  if not member.any():
+    present = sorted(set(records["group"].tolist()))
+    raise ValueError(f"fit_prefilter: no latents of group {group!r} in the dataset; present: {present}")
+  z, y = records["z"][member], records["valid"][member].astype(np.int64)
+  latent_dim = z.shape[1]
+  config = LATENT_PRESETS[model_preset](latent_dim)
+  n, n_valid = int(y.shape[0]), int(y.sum())
+  base = {"n": n, "n_valid": n_valid, "base_rate": n_valid / n,
+          "physical_limit": (n / n_valid) if n_valid else None, "fractions": list(fractions), "seed": seed}
+  if min(n_valid, n - n_valid) < 2:
+    reason = (f"group {group!r}: {n_valid} valid and {n - n_valid} invalid latents of {n}; a pre-filter needs "
+              "at least 2 of each (one to train on, one to choose the threshold on)")
+    if on_empty == "error":
+      raise ValueError(f"fit_prefilter: {reason}; build a larger latent dataset, or pass on_empty='accept_all' "
+                       "to sample this group without a pre-filter")
+    classifier = LatentClassifier(config, rngs=nnx.Rngs(seed))
+    return Prefilter(classifier, -math.inf, strategy, group, model_preset, records["generator_id"],
+                     {**base, "accept_all": True, "reason": reason, "predicted_speedup": 1.0})
+  parts = _stratified_parts(y, fractions, seed)
+  train, val, test = parts["train"], parts["val"], parts["test"]
+  model = fit_latent_classifier(z[train], y[train], config, imbalance=imbalance, steps=steps,
+                                batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+                                seed=seed)
+  val_logits = _inference_logits(model, z[val])
+  threshold = select_threshold(y[val], val_logits, strategy)
+  report = {**base, "accept_all": False, "n_train": int(train.size), "n_val": int(val.size),
+            "n_test": int(test.size), "validation": _report_json(threshold_report(y[val], val_logits, threshold))}
+  if test.size:
+    test_logits = _inference_logits(model, z[test])
+    test_report = _report_json(threshold_report(y[test], test_logits, threshold))
+    both = 0 < y[test].sum() < test.size
+    precision_unfiltered = float(y[test].mean())
+    report.update(test=test_report,
+                  test_roc_auc=metrics_lib.compute_roc_auc(test_logits, y[test]) if both else None,
+                  precision_unfiltered_test=precision_unfiltered,
+                  precision_filtered_test=test_report["precision"],
+                  predicted_speedup=(test_report["precision"] / precision_unfiltered
+                                     if precision_unfiltered > 0 else None))
+  return Prefilter(model, float(threshold), strategy, group, model_preset, records["generator_id"], report)
+
+
+# ============================================================================ filtered sampling on device
+
+
+@dataclasses.dataclass(frozen=True)
+class NudgeConfig:
+  """Latent nudging: move each pooled z up the pre-filter's logit before filtering and generating.
+
+  Each step: z <- z + step_size * g / |g| with g = d logit / dz, then z <- z * |z_0| / |z|,
+  so every latent keeps its original norm (it stays on its shell of the Gaussian:
+  |z| ~ chi(latent_dim), ~11.3 for 128) and only turns towards the classifier's
+  "valid" side. With logistic regression g is the weight vector for every z, so
+  the latents rotate towards one direction: expect less diversity.
+  """
+
+  # Gradient steps per latent (static: one compile per value).
+  steps: int = 3
+  # Distance moved per step along the unit gradient, in z units (traced: changing it does not recompile).
+  step_size: float = 0.5
+
+  def __post_init__(self):
+    if self.steps < 1:
+      raise ValueError(f"NudgeConfig.steps must be >= 1, got {self.steps}")
+    if not self.step_size > 0:
+      raise ValueError(f"NudgeConfig.step_size must be positive, got {self.step_size}")
+
+
+# Number of traces (compilations) of `_filter_generate_and_score`, for the no-recompile tests.
+TRACE_COUNTS: dict[str, int] = {"filter_generate_and_score": 0}
+
+
+def _nudge(model: LatentClassifier, z: jax.Array, steps: int, step_size: jax.Array) -> jax.Array:
+  """`steps` normalised gradient steps up model's logit, each projected back onto |z| = |z_0|. (B, D) -> (B, D)."""
+  radius = jnp.linalg.norm(z, axis=-1, keepdims=True)                      # (B, 1)
+  grad = jax.grad(lambda x: model(x).sum())                                # per-latent: inference mode
+  for _ in range(steps):
+    g = grad(z)
+    z = z + step_size * g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
+    z = z * radius / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  return z
+
+
+@functools.partial(jax.jit, static_argnames=("models", "config", "pool_size", "accept_size", "nudge_steps",
+                                             "batch_sharding"))
+def _filter_generate_and_score(models, states, calibration, key, start, cond, threshold, nudge_step_size, *,
+                               config, pool_size, accept_size, nudge_steps, batch_sharding):
+  """One round of filtered sampling in one compiled call (shapes static in every round).
+
+  models/states: (U-Net, classifier, generator, latent classifier or None). Latent
+  indices start .. start+pool_size-1 give z (`latents`), optionally nudged, then
+  logits; accepted = logit >= threshold (all, without a latent classifier). The first
+  `accept_size` accepted latents in index order fill the generated slots
+  (`lax.top_k` of -(position, + pool_size if rejected)); a pool with fewer fills
+  the rest with rejected latents whose slots are masked out.
+  """
+  TRACE_COUNTS["filter_generate_and_score"] += 1          # runs at trace time only
+  generator = nnx.merge(models[2], states[2])
+  latent_dim = generator.config.latent_dim
+  index = start + jnp.arange(pool_size, dtype=jnp.int32)                                 # (P,)
+  z = jax.vmap(lambda i: latents(key, i, 1, latent_dim)[0])(index)                        # (P, D)
+  if models[3] is None:
+    logits = jnp.zeros((pool_size,), jnp.float32)
+    accepted = jnp.ones((pool_size,), bool)
+  else:
+    latent_model = nnx.merge(models[3], states[3])
+    if nudge_steps:
+      z = _nudge(latent_model, z, nudge_steps, nudge_step_size)
+    logits = latent_model(z)                                                             # (P,)
+    accepted = logits >= threshold
+  position = jnp.arange(pool_size, dtype=jnp.int32)
+  rank = jnp.where(accepted, position, pool_size + position)         # accepted first, each kind in index order
+  _, chosen = jax.lax.top_k(-rank, accept_size)                      # (A,) positions, ascending rank
+  slot_used = accepted[chosen]                                        # (A,) False = padding slot
+  n_accepted = accepted.sum()
+  # Latents consumed this round: the whole pool, unless more were accepted than slots; then up to and
+  # including the last one generated, so the next round starts at the first accepted latent left over.
+  consumed = jnp.where(n_accepted > accept_size, chosen[accept_size - 1] + 1, pool_size)
+  z_chosen = z[chosen]
+  if batch_sharding is not None:
+    z_chosen = jax.lax.with_sharding_constraint(z_chosen, batch_sharding)
+  images = generator(z_chosen, cond)                                  # (A, G, G, 1) in [-1, 1]
+  x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
+  out = scoring.score_batch(models[:2], states[:2], calibration, x, config, False)
+  return {"images": jnp.round(x[..., 0] * 255.0).astype(jnp.uint8), "z": z_chosen, "index": index[chosen],
+          "logit": logits[chosen], "scores": out["scores"], "valid": out["valid"] & slot_used,
+          "slot_used": slot_used, "consumed": consumed.astype(jnp.int32)}
+
+
+class _RoundCaller:
+  """Everything constant across rounds of `sample_valid`, split once; `__call__(start)` runs one round."""
+
+  def __init__(self, scorer, generator, prefilter: Prefilter | None, key, group: str, label: int, pool_size: int,
+               accept_size: int, nudge: NudgeConfig | None):
+    g_cfg = generator.config
+    if "label" not in g_cfg.conditions and label != 0:
+      raise ValueError(f"sample_valid: this generator is not conditioned on the label; got label={label}")
+    if prefilter is not None:
+      if prefilter.latent_dim != g_cfg.latent_dim:
+        raise ValueError(f"sample_valid: the pre-filter takes latents of size {prefilter.latent_dim}, the "
+                         f"generator draws {g_cfg.latent_dim}")
+      if prefilter.group != group:
+        raise ValueError(f"sample_valid: the pre-filter was fitted for group {prefilter.group!r}, not {group!r}")
+    if nudge is not None and (prefilter is None or prefilter.accepts_all):
+      raise ValueError("sample_valid: nudging needs a trained pre-filter (its logit is what is climbed)")
+    if not 1 <= accept_size <= pool_size:
+      raise ValueError(f"sample_valid: need 1 <= accept_size <= pool_size, got {accept_size} and {pool_size}")
+    g_def, g_state = scoring.split_with_dtype(generator, scorer.config.dtype)
+    if prefilter is None:
+      l_def = l_state = None
+      threshold = 0.0
+    else:
+      view = nnx.view(prefilter.classifier, use_running_average=True, raise_if_not_found=False)
+      l_def, l_state = nnx.split(view)
+      threshold = prefilter.threshold
+    self.models = (*scorer.graphdefs, g_def, l_def)
+    self.states = (*scorer.states, scorer.replicate(g_state), scorer.replicate(l_state))
+    self.calibration = scorer.device_calibration
+    mesh = scorer.mesh
+    self.batch_sharding = (None if mesh is None or accept_size % mesh.size else
+                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
+    self.cond = jnp.asarray(group_condition_batch(group, accept_size, label, conditions=g_cfg.conditions))
+    self.key = key
+    self.threshold = jnp.float32(threshold)
+    self.step_size = jnp.float32(nudge.step_size if nudge else 0.0)
+    self.static = {"config": scorer.config, "pool_size": pool_size, "accept_size": accept_size,
+                   "nudge_steps": nudge.steps if nudge else 0}
+
+  def __call__(self, start: int) -> dict[str, Any]:
+    return _filter_generate_and_score(self.models, self.states, self.calibration, self.key, jnp.int32(start),
+                                      self.cond, self.threshold, self.step_size,
+                                      batch_sharding=self.batch_sharding, **self.static)
+
+
+def _default_sizes(scorer, prefilter, pool_size, accept_size) -> tuple[int, int]:
+  accept_size = accept_size if accept_size is not None else scorer.config.batch_size
+  if pool_size is None:
+    pool_size = accept_size if prefilter is None else 32 * accept_size
+  return pool_size, accept_size
+
+
+def warm_up_sampler(scorer, generator, prefilter: Prefilter | None, key: jax.Array, group: str, *, label: int = 0,
+                    pool_size: int | None = None, accept_size: int | None = None,
+                    nudge: NudgeConfig | None = None) -> float:
+  """Compiles `sample_valid`'s round (one call, result discarded); returns its seconds (compile + one round)."""
+  pool_size, accept_size = _default_sizes(scorer, prefilter, pool_size, accept_size)
+  caller = _RoundCaller(scorer, generator, prefilter, key, group, label, pool_size, accept_size, nudge)
+  t0 = time.perf_counter()
+  jax.block_until_ready(caller(0))
+  return time.perf_counter() - t0
+
+
+def sample_valid(scorer, generator, prefilter: Prefilter | None, key: jax.Array, k: int, group: str, *,
+                 label: int = 0, pool_size: int | None = None, accept_size: int | None = None,
+                 max_rounds: int = 10_000, max_generated: int | None = None, nudge: NudgeConfig | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+  """Pre-filtered sampling: exactly `k` post-filter-valid images, rejected latents never generated.
+
+  Each round is ONE compiled call (`_filter_generate_and_score`, same shapes every
+  round, so it compiles once per configuration): draw the z of the next `pool_size`
+  latent indices (`models.generator.latents(key, i)`, indices from a running
+  counter so no z repeats), optionally nudge them (`nudge`), score them with the
+  pre-filter's classifier, select the first `accept_size` accepted ones in index
+  order with static shapes (`lax.top_k` on position, accepted first; a mask marks
+  padding slots when fewer were accepted), generate and post-score only those.
+  The counter then moves past the latents considered: the whole pool, or, when
+  more than `accept_size` were accepted, up to the last generated one, so no
+  accepted latent is skipped. Hence, without nudging, the generated latents are
+  exactly the accepted indices in increasing order whatever the pool and accept
+  sizes, and the returned images are the first `k` indices that are both accepted
+  and valid. The host only collects valid images and stops at `k`.
+
+  `prefilter=None` is the baseline (accept everything, pool_size = accept_size by
+  default): plain post-filtering through the same compiled path.
+
+  Args:
+    scorer: a `jaxcxr.scoring.Scorer` (post-filter).
+    generator: the `Generator` whose latents the pre-filter was fitted on.
+    prefilter: a `Prefilter` of `group`, or None.
+    key: PRNG key of the latents.
+    k: valid images wanted (>= 0).
+    group: age-sex group.
+    label: 0 normal / 1 abnormal condition.
+    pool_size: latents drawn per round (default 32 * accept_size; accept_size without
+      a pre-filter). Latents and the linear classifier are cheap next to a generated
+      and scored image, so a pool much larger than the expected 1 / acceptance keeps
+      the slots full.
+    accept_size: images generated and scored per round (default the scorer's batch size).
+    max_rounds: give up after this many rounds (a pre-filter that accepts nothing).
+    max_generated: give up once this many images were generated (default no limit).
+    nudge: `NudgeConfig` to climb the pre-filter's logit before filtering, or None.
+    progress: one line per round on stderr.
+
+  Returns:
+    {"images": uint8 (n_valid, G, G) valid images in index order, "z": float32 (n_valid,
+    latent_dim) (nudged ones when nudging), "index" int (n_valid,) latent indices,
+    "scores" {name: float32 (n_valid,)} (all > 0), "n_valid" (= k unless a limit was hit),
+    "n_latents_drawn" (latents considered), "n_generated" (images generated: used
+    slots, padding excluded; = the accepted latents among those drawn), "n_valid_seen"
+    (valid among them, including any beyond k), "n_rounds", "seconds" (wall time,
+    rounds only), "valid_rate" (n_valid_seen / n_generated), "acceptance_rate"
+    (n_generated / n_latents_drawn), "generated_per_valid" (n_generated /
+    n_valid_seen), "complete" (n_valid == k), "pool_size", "accept_size", "n_slots" (images
+    computed: n_rounds * accept_size, padding slots included; they cost time, not validity)}.
+
+  Raises:
+    ValueError: k < 0, bad sizes, a pre-filter of another group or latent size, nudging
+      without a trained pre-filter, a label the generator lacks.
+    jaxcxr.data.DataError: unknown group.
+  """
+  if k < 0:
+    raise ValueError(f"sample_valid: k must be >= 0, got {k}")
+  if max_rounds < 1:
+    raise ValueError(f"sample_valid: max_rounds must be >= 1, got {max_rounds}")
+  pool_size, accept_size = _default_sizes(scorer, prefilter, pool_size, accept_size)
+  caller = _RoundCaller(scorer, generator, prefilter, key, group, label, pool_size, accept_size, nudge)
+  t0 = time.perf_counter()
+  kept: list[dict] = []
+  n_kept = n_drawn = n_generated = n_valid_seen = rounds = 0
+  while n_kept < k and rounds < max_rounds and (max_generated is None or n_generated < max_generated):
+    out = jax.device_get(caller(n_drawn))
+    rounds += 1
+    n_drawn += int(out["consumed"])
+    n_generated += int(out["slot_used"].sum())
+    valid = np.flatnonzero(out["valid"])
+    n_valid_seen += valid.size
+    take = valid[: k - n_kept]
+    kept.append({"images": out["images"][take], "z": out["z"][take], "index": out["index"][take],
+                 "scores": {name: v[take] for name, v in out["scores"].items()}})
+    n_kept += take.size
+    if progress:
+      import sys  # pylint: disable=g-import-not-at-top
+
+      print(f"sample {group}: round {rounds}, {n_kept}/{k} valid, {n_generated} generated of {n_drawn} latents "
+            f"drawn", file=sys.stderr, flush=True)
+  seconds = time.perf_counter() - t0
+  side = generator.config.resolution
+  merged = (scoring.concat_batches(kept, n_kept) if kept else   # pylint: disable=protected-access
+            {"images": np.zeros((0, side, side), np.uint8),
+             "z": np.zeros((0, generator.config.latent_dim), np.float32), "index": np.zeros((0,), np.int32),
+             "scores": {name: np.zeros((0,), np.float32) for name in SCORE_NAMES}})
+  return {**merged, "n_valid": int(n_kept), "n_latents_drawn": int(n_drawn), "n_generated": int(n_generated),
+          "n_valid_seen": int(n_valid_seen), "n_rounds": rounds,
+          "seconds": float(seconds), "valid_rate": n_valid_seen / n_generated if n_generated else 0.0,
+          "acceptance_rate": n_generated / n_drawn if n_drawn else 0.0,
+          "generated_per_valid": n_generated / n_valid_seen if n_valid_seen else float("inf"),
+          "complete": n_kept == k, "pool_size": pool_size, "accept_size": accept_size,
+          "n_slots": rounds * accept_size}

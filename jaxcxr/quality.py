@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from jaxcxr import data, metrics
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
+from jaxcxr.models.classifier import predict_logits, prepare_images
 from jaxcxr.models.discriminator import Discriminator
 from jaxcxr.models.generator import Generator
 
@@ -66,6 +67,28 @@ def discriminator_features(discriminator: Discriminator, images_uint8: np.ndarra
   return np.concatenate(out)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _classifier_pooled(graphdef, state, x):
+  return nnx.merge(graphdef, state).features(x).mean(axis=(1, 2))
+
+
+def classifier_features(classifier, images_uint8: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+  """Globally pooled last feature map of a classifier: uint8 (N, H, W) -> float32 (N, C).
+
+  Images are resized to the classifier's resolution (`models.classifier.prepare_images`).
+  """
+  x = prepare_images(images_uint8, classifier.config.resolution)
+  graphdef, state = nnx.split(classifier)
+  out = []
+  for start in range(0, len(x), batch_size):
+    chunk = x[start: start + batch_size]
+    real = len(chunk)
+    if real < batch_size and start > 0:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - real,) + chunk.shape[1:], chunk.dtype)])
+    out.append(np.asarray(_classifier_pooled(graphdef, state, jnp.asarray(chunk)))[:real])
+  return np.concatenate(out)
+
+
 def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:
   n, r = images_uint8.shape[:2]
   block = r // PROBE_SIZE
@@ -74,7 +97,7 @@ def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:
 
 
 def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.CXRDataset, *, seed: int = 0,
-                 n_per_group: int = 64) -> dict[str, Any]:
+                 n_per_group: int = 64, sex_classifier=None, feature_classifier=None) -> dict[str, Any]:
   """Quality figures of a generator against real images (see the module docstring).
 
   Args:
@@ -83,6 +106,13 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
       generator's resolution with PIL LANCZOS, as in training.
     seed: key of the generated images and of the half split.
     n_per_group: generated images per age-sex group for the conditioning check.
+    sex_classifier: optional `models.classifier.Classifier` for the sex task (logit > 0 =
+      female); adds its female fraction per group and "sex_classifier_agreement_generated"
+      next to its agreement on the real images of half B.
+    feature_classifier: optional `Classifier` (e.g. the shipped abnormal classifier) whose
+      globally pooled last feature map is a chest-X-ray feature space fixed across GANs
+      (unlike D's features, which belong to each GAN): adds "fd_classifier_generated_vs_real",
+      "fd_classifier_real_vs_real" and their ratio "fd_classifier_ratio".
 
   Returns:
     {"n_real_half", "fd_generated_vs_real", "fd_real_vs_real", "fd_ratio",
@@ -118,6 +148,14 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
   result["sinkhorn_real_vs_real"] = metrics.sinkhorn_distance(feats["b"], feats["a"], labels_a=b.label,
                                                               labels_b=a.label)
 
+  if feature_classifier is not None:
+    cf = {name: classifier_features(feature_classifier, x)
+          for name, x in (("a", images_a), ("b", images_b), ("gen", generated))}
+    result["fd_classifier_generated_vs_real"] = metrics.frechet_distance(cf["gen"], cf["a"])
+    result["fd_classifier_real_vs_real"] = metrics.frechet_distance(cf["b"], cf["a"])
+    result["fd_classifier_ratio"] = (result["fd_classifier_generated_vs_real"]
+                                     / max(result["fd_classifier_real_vs_real"], 1e-12))
+
   # Conditioning probes, fitted on half A, checked on half B, applied to generated groups.
   sex_probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
   sex_probe.fit(_probe_inputs(images_a), a.sex == "F")
@@ -132,6 +170,8 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
     x = _probe_inputs(images)
     row = {"female_fraction": float(np.mean(sex_probe.predict(x))),
            "mean_predicted_age": float(np.mean(age_probe.predict(x)))}
+    if sex_classifier is not None:
+      row["classifier_female_fraction"] = float(np.mean(predict_logits(sex_classifier, images) > 0))
     in_group = real.groups == g
     if in_group.any():
       xr = _probe_inputs(all_images[in_group])
@@ -143,4 +183,10 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
   lo_m = np.mean([groups[g]["female_fraction"] for g in data.GROUPS if g.endswith("m")])
   lo_f = np.mean([groups[g]["female_fraction"] for g in data.GROUPS if g.endswith("f")])
   result["sex_agreement_generated"] = float((1 - lo_m + lo_f) / 2)
+  if sex_classifier is not None:
+    male = np.mean([groups[g]["classifier_female_fraction"] for g in data.GROUPS if g.endswith("m")])
+    female = np.mean([groups[g]["classifier_female_fraction"] for g in data.GROUPS if g.endswith("f")])
+    result["sex_classifier_agreement_generated"] = float((1 - male + female) / 2)
+    result["sex_classifier_accuracy_real"] = float(np.mean((predict_logits(sex_classifier, b.images) > 0)
+                                                           == (b.sex == "F")))
   return result

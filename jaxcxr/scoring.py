@@ -42,7 +42,6 @@ import functools
 import json
 import os
 import pathlib
-import time
 from typing import Any, NamedTuple
 
 import jax
@@ -62,6 +61,9 @@ __all__ = [
     "FEATURE_NAMES",
     "SCORE_NAMES",
     "Calibration",
+    "concat_batches",
+    "score_batch",
+    "split_with_dtype",
     "GenerationResult",
     "ScoreResult",
     "Scorer",
@@ -69,7 +71,6 @@ __all__ = [
     "calibrate",
     "fit_symmetry_postfilter",
     "load_scorer",
-    "sample_valid_images",
     "score_from_measures",
     "symmetry_features",
     "symmetry_postfilter_table",
@@ -278,7 +279,20 @@ def _measure(unet: UNet, classifier: Classifier, atlas: jax.Array, x: jax.Array,
   return labels, symmetry_features(labels, config.dilation), measures, heatmap
 
 
-def _score_batch(models, states, calibration, x, config: ScoringConfig, keep_maps: bool):
+def score_batch(models, states, calibration, x, config: ScoringConfig, keep_maps: bool):
+  """The scoring of one batch inside a traced function (what `Scorer.score` jits).
+
+  Args:
+    models: (U-Net graphdef, classifier graphdef), static.
+    states: (U-Net state, classifier state).
+    calibration: a `Calibration` of arrays.
+    x: float32 (B, S, S, 1), NHWC, in [0, 1].
+    config: the `ScoringConfig` (static).
+    keep_maps: also return "masks" and "heatmaps".
+
+  Returns:
+    {"scores": {name: (B,)}, "features": (B, 6), "valid": (B,), "measures": {...}} (+ maps).
+  """
   unet = nnx.merge(models[0], states[0])
   classifier = nnx.merge(models[1], states[1])
   labels, features, measures, heatmap = _measure(unet, classifier, calibration.atlas, x, config)
@@ -291,7 +305,7 @@ def _score_batch(models, states, calibration, x, config: ScoringConfig, keep_map
 
 @functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps"))
 def _score_images(models, states, calibration, x, *, config, keep_maps):
-  return _score_batch(models, states, calibration, x.astype(jnp.float32), config, keep_maps)
+  return score_batch(models, states, calibration, x.astype(jnp.float32), config, keep_maps)
 
 
 @functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps", "keep_images"))
@@ -301,7 +315,7 @@ def _generate_and_score(models, states, calibration, key, index, cond, *, config
   z = jax.vmap(lambda i: latents(key, i, 1, generator.config.latent_dim)[0])(index)   # (B, latent_dim)
   images = generator(z, cond)                                                        # (B, G, G, 1) in [-1, 1]
   x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
-  out = _score_batch(models[:2], states[:2], calibration, x, config, keep_maps)
+  out = score_batch(models[:2], states[:2], calibration, x, config, keep_maps)
   out["z"] = z
   if keep_images:
     out["images"] = jnp.round(x[..., 0] * 255.0).astype(jnp.uint8)
@@ -311,8 +325,8 @@ def _generate_and_score(models, states, calibration, key, index, cond, *, config
 # ----------------------------------------------------------------------------- host side
 
 
-def _split_with_dtype(model: nnx.Module, dtype: str):
-  """(graphdef, state) of `model` with the compute dtype set to `dtype`; parameters are unchanged."""
+def split_with_dtype(model: nnx.Module, dtype: str):
+  """(graphdef, state) of `model` (with a `config.dtype`) computing in `dtype`; parameters are unchanged."""
   graphdef, state = nnx.split(model)
   if model.config.dtype == dtype:
     return graphdef, state
@@ -349,8 +363,8 @@ def _to_unit_square(images: Any) -> np.ndarray:
   return np.clip(images, 0.0, 1.0)[..., None]
 
 
-def _concat(parts: list[dict], n: int) -> dict:
-  """Concatenates per-batch host dicts (nested one level) and cuts the padding."""
+def concat_batches(parts: list[dict], n: int) -> dict:
+  """Concatenates per-batch host dicts (values arrays or one level of dicts of arrays); keeps the first n rows."""
   out = {}
   for key, value in parts[0].items():
     if isinstance(value, dict):
@@ -389,23 +403,26 @@ class Scorer:
     self.classifier = classifier
     self.calibration = Calibration(atlas, *(np.float32(getattr(calibration, n)) for n in THRESHOLD_NAMES))
     self.provenance = dict(provenance or {})
-    u_def, u_state = _split_with_dtype(unet, config.dtype)
-    c_def, c_state = _split_with_dtype(classifier, config.dtype)
-    self._models = (u_def, c_def)
-    self._mesh = _device_mesh()
-    self._states = self._replicate((u_state, c_state))
-    self._calibration = self._replicate(jax.tree.map(jnp.asarray, self.calibration))
+    u_def, u_state = split_with_dtype(unet, config.dtype)
+    c_def, c_state = split_with_dtype(classifier, config.dtype)
+    # What the jitted functions take (public for pipelines that fuse more work into the same call,
+    # e.g. `prefilter.sample_valid`): static graphdefs, device-resident states and calibration.
+    self.graphdefs = (u_def, c_def)
+    self.mesh = _device_mesh()
+    self.states = self.replicate((u_state, c_state))
+    self.device_calibration = self.replicate(jax.tree.map(jnp.asarray, self.calibration))
 
-  def _replicate(self, tree):
-    if self._mesh is None:
+  def replicate(self, tree):
+    """Puts a pytree on every device (a no-op with one device)."""
+    if self.mesh is None:
       return tree
-    return jax.device_put(tree, NamedSharding(self._mesh, PartitionSpec()))
+    return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
   def _shard(self, array: np.ndarray) -> jax.Array:
     """Puts a batch on the devices, split along its first axis when several devices divide it."""
-    if self._mesh is None or array.shape[0] % self._mesh.size:
+    if self.mesh is None or array.shape[0] % self.mesh.size:
       return jnp.asarray(array)
-    return jax.device_put(array, NamedSharding(self._mesh, PartitionSpec("batch")))
+    return jax.device_put(array, NamedSharding(self.mesh, PartitionSpec("batch")))
 
   def with_config(self, **changes) -> Scorer:
     """A scorer with the same models and calibration and a changed config (e.g. dtype="bfloat16")."""
@@ -435,12 +452,12 @@ class Scorer:
       chunk = x[start: start + bs]
       if len(chunk) < bs:
         chunk = np.concatenate([chunk, np.zeros((bs - len(chunk),) + chunk.shape[1:], np.float32)])
-      out = _score_images(self._models, self._states, self._calibration, self._shard(chunk),
+      out = _score_images(self.graphdefs, self.states, self.device_calibration, self._shard(chunk),
                           config=self.config, keep_maps=keep_maps)
       parts.append(jax.device_get(out))
     if not parts:
       return self._empty(keep_maps)
-    return _result(_concat(parts, n))
+    return _result(concat_batches(parts, n))
 
   def generate_and_score(self, generator: Generator, key: jax.Array, n: int, group: str, *, label: int = 0,
                          start: int = 0, keep_images: bool = True, keep_maps: bool = False,
@@ -473,22 +490,22 @@ class Scorer:
     if "label" not in cfg.conditions and label != 0:
       raise ValueError(f"generate_and_score: this generator is not conditioned on the label; got label={label}")
     cond_row = group_condition_batch(group, 1, label, conditions=cfg.conditions)
-    g_def, g_state = _split_with_dtype(generator, self.config.dtype)
-    models = (*self._models, g_def)
-    states = (*self._states, self._replicate(g_state))
+    g_def, g_state = split_with_dtype(generator, self.config.dtype)
+    models = (*self.graphdefs, g_def)
+    states = (*self.states, self.replicate(g_state))
     bs = self.config.batch_size
     cond = self._shard(np.repeat(cond_row, bs, axis=0))
     parts = []
     for first in _progress(range(0, n, bs), progress, f"generate {group}", total=-(-n // bs)):
       index = self._shard(np.arange(start + first, start + first + bs, dtype=np.int32))
-      out = _generate_and_score(models, states, self._calibration, key, index, cond, config=self.config,
+      out = _generate_and_score(models, states, self.device_calibration, key, index, cond, config=self.config,
                                 keep_maps=keep_maps, keep_images=keep_images)
       parts.append(jax.device_get(out))
     if not parts:
       r = cfg.resolution
       return GenerationResult(np.zeros((0, r, r), np.uint8) if keep_images else None,
                               np.zeros((0, cfg.latent_dim), np.float32), self._empty(keep_maps))
-    out = _concat(parts, n)
+    out = concat_batches(parts, n)
     return GenerationResult(out.get("images"), out["z"], _result(out))
 
   def _empty(self, keep_maps: bool) -> ScoreResult:
@@ -616,46 +633,6 @@ def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | o
     models[role] = loader(path)
   return Scorer(models["unet"], models["classifier"], Calibration(atlas, *thresholds), config,
                 provenance=provenance)
-
-
-def sample_valid_images(scorer: Scorer, generator: Generator, key: jax.Array, k: int, group: str, *,
-                        label: int = 0, max_generated: int | None = None,
-                        progress: bool = False) -> dict[str, Any]:
-  """Generates and post-filters until `k` valid images (or `max_generated` samples) are found.
-
-  Whole batches of `scorer.config.batch_size` are generated, so n_generated is a
-  multiple of it; valid_rate counts every valid image among them (also those past k).
-
-  Returns:
-    {"images": uint8 (<= k, G, G) valid images in sample order, "z", "index" (sample
-    indices), "scores" {name: (<= k,)}, "n_valid" (kept, <= k), "n_generated",
-    "seconds", "valid_rate" (valid / generated)}.
-  """
-  if k < 0:
-    raise ValueError(f"sample_valid_images: k must be >= 0, got {k}")
-  max_generated = max_generated if max_generated is not None else max(1000, 200 * k)
-  bs = scorer.config.batch_size
-  t0 = time.perf_counter()
-  kept: list[dict] = []
-  n_kept = n_valid_seen = n_generated = 0
-  while n_kept < k and n_generated < max_generated:
-    out = scorer.generate_and_score(generator, key, bs, group, label=label, start=n_generated)
-    valid = np.flatnonzero(out.result.valid)
-    n_valid_seen += len(valid)
-    idx = valid[: k - n_kept]
-    kept.append({"images": out.images[idx], "z": out.z[idx], "index": idx + n_generated,
-                 "scores": {name: v[idx] for name, v in out.result.scores.items()}})
-    n_kept += len(idx)
-    n_generated += bs
-    if progress:
-      import sys  # pylint: disable=g-import-not-at-top
-
-      print(f"sample {group}: {n_kept}/{k} valid, {n_generated} generated", file=sys.stderr)
-  seconds = time.perf_counter() - t0
-  merged = _concat(kept, n_kept) if kept else {}
-  return {"images": merged.get("images"), "z": merged.get("z"), "index": merged.get("index"),
-          "scores": merged.get("scores"), "n_valid": int(n_kept), "n_generated": int(n_generated),
-          "seconds": float(seconds), "valid_rate": float(n_valid_seen / n_generated) if n_generated else 0.0}
 
 
 # ----------------------------------------------------------------------------- the original post-filter

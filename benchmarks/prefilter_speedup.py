@@ -1,0 +1,317 @@
+"""Measured speed-up of the latent pre-filter (DESIGN.md section 6), with and without it, in one run on one device.
+
+    python benchmarks/prefilter_speedup.py --latents F.npz --k 64 --groups all --strategy youden --model logreg
+        [--checkpoint GEN] [--scoring DIR] [--batch-size 32] [--pool-size 1024] [--nudge 3:0.5,3:1.0]
+        [--repeats 3] [--data REAL.npz] [--seed 1] [--bf16]
+        [--out benchmarks/results/prefilter_speedup_<device>.json]
+    python benchmarks/prefilter_speedup.py --tiny      # smoke test: random tiny models, CPU, ~2 minutes
+
+For each group: the group's pre-filter is fitted on the latent dataset (`prefilter.fit_prefilter`:
+classifier on its train part, threshold by --strategy on its validation part, precision and
+TPR/FPR on its test part), then K valid images are sampled by each variant through the same
+compiled round (`prefilter.sample_valid`: pool of latents -> classifier -> static-shape
+selection -> generate and post-score only the selected ones):
+
+* `unfiltered`: no pre-filter (every latent accepted; pool = accept = --batch-size);
+* `prefilter`: the fitted pre-filter;
+* `nudged_<steps>x<size>`: the pre-filter after latent nudging (`prefilter.NudgeConfig`:
+  each pooled z climbs the classifier's logit on its own norm shell).
+
+All variants of a group sample with the same key (common random numbers), a key other than the
+latent dataset's (--seed, default 1; `latents build` defaults to 0), so the pre-filter is measured
+on latents it was not fitted on. One JSON line per (group, variant): the warm-up call's seconds,
+excluded from the timings ("warmup_seconds"; "compile_seconds" = warm-up minus a mean round when
+that call compiled, else 0: variants share one compile across groups, and nudged variants across
+step sizes), wall seconds to K valid images (median and min over --repeats,
+keys folded per repeat), generated images per valid image (all repeats pooled), valid and
+acceptance rates, and diversity of the K images of the first repeat: mean pairwise distance
+(`metrics.mean_pairwise_distance`) of 16x16 block means in [0, 1], of the abnormal classifier's
+mean-pooled features and of z; with --data, the Fréchet distance (`metrics.frechet_distance`) in
+those classifier features to the real normal images of the group. Then one `summary` line per
+group: the predicted speed-up (precision_filtered / precision_unfiltered on the test part) next
+to the measured ones (generated-per-valid ratio and wall-time ratio), and the physical limit
+1 / (the group's valid rate in the latent dataset). --out writes every line to a JSON-lines file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxcxr import checkpoints, data, metrics, prefilter, scoring
+from jaxcxr import io as io_lib
+from jaxcxr.models.generator import load_generator
+
+BLOCK = 16
+
+
+def _emit(line: dict, lines: list) -> None:
+  line = io_lib.to_json_safe(line)
+  lines.append(line)
+  print(json.dumps(line), flush=True)
+
+
+def _write_atomically(path: pathlib.Path, lines: list) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    f.writelines(json.dumps(line) + "\n" for line in lines)
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- diversity
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pooled_classifier_features(graphdef, state, images):
+  """uint8 (B, S, S) -> float32 (B, C): the abnormal classifier's last feature map, mean-pooled."""
+  classifier = nnx.merge(graphdef, state)
+  r = classifier.config.resolution
+  x = images.astype(jnp.float32)[..., None] / 255.0
+  if x.shape[1] != r:
+    x = jax.image.resize(x, (x.shape[0], r, r, 1), "linear", antialias=True)
+  return classifier.features(x).mean(axis=(1, 2))
+
+
+def classifier_features(scorer, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+  graphdef, state = nnx.split(scorer.classifier)
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start: start + batch_size]
+    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], np.uint8)])
+    out.append(np.asarray(_pooled_classifier_features(graphdef, state, padded))[: len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def block_means(images: np.ndarray) -> np.ndarray:
+  """uint8 (N, S, S) -> float32 (N, 256): 16x16 block means in [0, 1]."""
+  n, s = images.shape[:2]
+  b = s // BLOCK
+  return (images[:, : b * BLOCK, : b * BLOCK].astype(np.float32).reshape(n, BLOCK, b, BLOCK, b)
+          .mean(axis=(2, 4)).reshape(n, -1) / 255.0)
+
+
+def diversity(scorer, found: dict, real_features: np.ndarray | None) -> dict:
+  images, z = found["images"], found["z"]
+  if len(images) < 2:
+    return {"n": int(len(images))}
+  features = classifier_features(scorer, images)
+  out = {"n": int(len(images)),
+         "mpd_pixels16": metrics.mean_pairwise_distance(block_means(images)),
+         "mpd_classifier": metrics.mean_pairwise_distance(features),
+         "mpd_z": metrics.mean_pairwise_distance(z)}
+  if real_features is not None and len(real_features) >= 2:
+    out["fd_classifier_to_real"] = metrics.frechet_distance(features, real_features)
+    out["n_real"] = int(len(real_features))
+  return out
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _tiny_setup(args):
+  """Random tiny models (tests/test_scoring.py sizes), a calibration that passes about half of the images
+  on the abnormal logit alone, and a latent dataset built on the spot (a CPU smoke test of this script)."""
+  from jaxcxr.classifier_config import ClassifierConfig  # pylint: disable=g-import-not-at-top
+  from jaxcxr.gan_config import gan_tiny  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.classifier import Classifier  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.generator import Generator  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.unet import UNet  # pylint: disable=g-import-not-at-top
+  from jaxcxr.seg_config import UNetConfig  # pylint: disable=g-import-not-at-top
+
+  unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
+  classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2),
+                          rngs=nnx.Rngs(1))
+  generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(2))
+  config = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=args.batch_size or 8)
+  fixture = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "nih_fixture.npz"
+  base = scoring.calibrate(unet, classifier, data.load(fixture).images[:20], config)
+  probe = base.generate_and_score(generator, jax.random.key(99), 64, "38_44f", keep_images=False)
+  calibration = base.calibration._replace(
+      shape_min=np.float32(-1.0), symmetry_min=np.float32(-1.0), log_ratio_min=np.float32(-1e3),
+      log_ratio_max=np.float32(1e3), maxheat_max=np.float32(1e9),
+      abnormal_logit_max=np.float32(np.percentile(probe.result.measures["abnormal_logit"], 20)))
+  scorer = scoring.Scorer(unet, classifier, calibration, config)
+  records = prefilter.build_latent_dataset(scorer, generator, jax.random.key(0), args.tiny_n_per_group,
+                                           generator_id="tiny-random", groups=("38_44f",))
+  return scorer, generator, records, "tiny-random", None
+
+
+def _setup(args):
+  if args.tiny:
+    return _tiny_setup(args)
+  directory = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
+      *checkpoints.SHIPPED_GENERATORS)
+  generator = load_generator(directory)
+  generator_id = checkpoints.model_id(directory)
+  changes = {"batch_size": args.batch_size} if args.batch_size else {}
+  if args.bf16:
+    changes["dtype"] = "bfloat16"
+  scorer = scoring.load_scorer(args.scoring, **changes)
+  records = prefilter.load_latent_dataset(args.latents)
+  if records["generator_id"] != generator_id and not args.allow_generator_mismatch:
+    sys.exit(f"prefilter_speedup: {args.latents} was built with generator {records['generator_id']}, but "
+             f"{directory} is {generator_id}; rebuild it (`jaxcxr latents build`) or pass "
+             "--allow-generator-mismatch")
+  real = data.load(args.data) if args.data else None
+  return scorer, generator, records, str(directory), real
+
+
+def _context(args, scorer, generator, generator_name) -> dict:
+  device = jax.devices()[0]
+  return {"bench": "prefilter_speedup", "device": device.device_kind, "platform": device.platform,
+          "num_devices": jax.device_count(), "jax": jax.__version__, "flax": flax.__version__,
+          "python": platform.python_version(), "generator": generator_name,
+          "resolution": generator.config.resolution, "dtype": scorer.config.dtype,
+          "mask_size": scorer.config.mask_size, "k": args.k, "strategy": args.strategy, "model": args.model,
+          "repeats": args.repeats, "seed": args.seed}
+
+
+def _parse_nudges(text: str) -> list[prefilter.NudgeConfig]:
+  if text.strip() in ("", "none"):
+    return []
+  out = []
+  for item in text.split(","):
+    steps, size = item.split(":")
+    out.append(prefilter.NudgeConfig(steps=int(steps), step_size=float(size)))
+  return out
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def measure(scorer, generator, pf, group: str, key, args, *, pool_size: int, accept_size: int, nudge) -> dict:
+  """Warm-up (compile) then --repeats timed runs to K valid images; generated-per-valid pooled over runs."""
+  options = {"pool_size": pool_size, "accept_size": accept_size, "nudge": nudge}
+  traces = prefilter.TRACE_COUNTS["filter_generate_and_score"]
+  warmup_seconds = prefilter.warm_up_sampler(scorer, generator, pf, key, group, **options)
+  compiled = prefilter.TRACE_COUNTS["filter_generate_and_score"] > traces
+  runs = [prefilter.sample_valid(scorer, generator, pf, jax.random.fold_in(key, r), args.k, group,
+                                 max_generated=args.max_generated, **options) for r in range(args.repeats)]
+  seconds = [r["seconds"] for r in runs]
+  generated, valid_seen = sum(r["n_generated"] for r in runs), sum(r["n_valid_seen"] for r in runs)
+  drawn = sum(r["n_latents_drawn"] for r in runs)
+  slots = sum(r["n_slots"] for r in runs)
+  round_seconds = sum(seconds) / sum(r["n_rounds"] for r in runs)
+  return {"first": runs[0], "compiled_in_warmup": compiled, "warmup_seconds": warmup_seconds,
+          "compile_seconds": max(warmup_seconds - round_seconds, 0.0) if compiled else 0.0,
+          "round_seconds": round_seconds, "seconds_median": statistics.median(seconds),
+          "seconds_min": min(seconds), "complete": all(r["complete"] for r in runs),
+          "n_generated": generated, "n_slots": slots, "n_valid_seen": valid_seen, "n_latents_drawn": drawn,
+          "generated_per_valid": generated / valid_seen if valid_seen else float("inf"),
+          "valid_rate": valid_seen / generated if generated else 0.0,
+          "acceptance_rate": generated / drawn if drawn else 0.0,
+          "images_per_second": generated / sum(seconds) if sum(seconds) else 0.0}
+
+
+def bench_group(group: str, scorer, generator, records, real, args, context, lines) -> None:
+  try:
+    pf = prefilter.fit_prefilter(records, group, args.strategy, args.model, seed=args.fit_seed)
+  except ValueError as e:
+    _emit({**context, "group": group, "variant": "summary", "skipped": str(e)}, lines)
+    return
+  accept_size = scorer.config.batch_size
+  pool_size = args.pool_size or 32 * accept_size
+  real_features = None
+  if real is not None:
+    normal = real.images[(real.groups == data.group_index(group)) & (real.label == 0)]
+    real_features = classifier_features(scorer, normal) if len(normal) >= 2 else None
+  key = jax.random.fold_in(jax.random.key(args.seed), data.group_index(group))
+  variants = [("unfiltered", None, accept_size, None), ("prefilter", pf, pool_size, None)]
+  variants += [(f"nudged_{n.steps}x{n.step_size:g}", pf, pool_size, n) for n in _parse_nudges(args.nudge)]
+  results = {}
+  for name, pf_variant, pool, nudge in variants:
+    m = measure(scorer, generator, pf_variant, group, key, args, pool_size=pool, accept_size=accept_size,
+                nudge=nudge)
+    results[name] = m
+    first = m.pop("first")
+    _emit({**context, "group": group, "variant": name, "pool_size": pool, "accept_size": accept_size,
+           "nudge_steps": nudge.steps if nudge else 0, "nudge_step_size": nudge.step_size if nudge else 0.0,
+           **m, "diversity": diversity(scorer, first, real_features)}, lines)
+  rep = pf.report
+  base = results["unfiltered"]
+  summary = {**context, "group": group, "variant": "summary", "threshold": pf.threshold,
+             "test": {k: rep.get("test", {}).get(k) for k in ("tpr", "fpr", "precision", "confusion")},
+             "test_roc_auc": rep.get("test_roc_auc"),
+             "precision_unfiltered_test": rep.get("precision_unfiltered_test"),
+             "precision_filtered_test": rep.get("precision_filtered_test"),
+             "predicted_speedup": rep.get("predicted_speedup"),
+             "physical_limit": rep.get("physical_limit"), "dataset_valid_rate": rep.get("base_rate"),
+             "measured_valid_rate_unfiltered": base["valid_rate"]}
+  for name, m in results.items():
+    if name == "unfiltered":
+      continue
+    summary[f"measured_speedup_generated_{name}"] = (base["generated_per_valid"] / m["generated_per_valid"]
+                                                     if m["generated_per_valid"] else None)
+    summary[f"measured_speedup_time_{name}"] = base["seconds_median"] / m["seconds_median"]
+  _emit(summary, lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--latents", help="latent dataset npz (`jaxcxr latents build`) of the generator below")
+  parser.add_argument("--k", type=int, default=64, help="valid images per group and run")
+  parser.add_argument("--groups", default="all", help="'all' or comma-separated group names")
+  parser.add_argument("--strategy", default="youden", choices=prefilter.STRATEGIES)
+  parser.add_argument("--model", default="logreg", help="latent classifier preset (logreg, mlp1..mlp4, deep)")
+  parser.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
+  parser.add_argument("--scoring", help="scoring calibration folder (default: checkpoints/scoring_128)")
+  parser.add_argument("--batch-size", type=int, default=None, help="images generated per round (default 32)")
+  parser.add_argument("--pool-size", type=int, default=None, help="latents per pre-filter round (default 32 x batch)")
+  parser.add_argument("--nudge", default="3:0.5,3:1.0",
+                      help="nudged variants as STEPS:STEP_SIZE, comma-separated; 'none' to skip")
+  parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (keys folded per run)")
+  parser.add_argument("--max-generated", type=int, default=200_000, help="give up a run after this many images")
+  parser.add_argument("--data", help="real images (npz) for the Fréchet distance to each group's normal images")
+  parser.add_argument("--seed", type=int, default=1, help="sampling key (use another than the latent dataset's)")
+  parser.add_argument("--fit-seed", type=int, default=0, help="seed of the pre-filter's split and fit "
+                      "(`jaxcxr latents fit` and `sample --prefilter` use 0 by default)")
+  parser.add_argument("--bf16", action="store_true", help="compute in bfloat16")
+  parser.add_argument("--allow-generator-mismatch", action="store_true")
+  parser.add_argument("--tiny", action="store_true", help="smoke test with random tiny models (no files needed)")
+  parser.add_argument("--tiny-n-per-group", type=int, default=256, help="latent dataset size in --tiny mode")
+  parser.add_argument("--out", nargs="?", const="auto", default=None,
+                      help="also write the JSON lines to this file; without a value to "
+                           "benchmarks/results/prefilter_speedup_<device>.json")
+  args = parser.parse_args(argv)
+  if not args.tiny and not args.latents:
+    parser.error("--latents F.npz is required (or --tiny)")
+  if args.k < 1 or args.repeats < 1:
+    parser.error("--k and --repeats must be >= 1")
+  scorer, generator, records, generator_name, real = _setup(args)
+  present = [g for g in data.GROUPS if g in set(records["group"].tolist())]
+  groups = present if args.groups == "all" else [g.strip() for g in args.groups.split(",")]
+  context = _context(args, scorer, generator, generator_name)
+  print(f"prefilter speed-up on {context['device']}: groups {groups}, K {args.k}, {args.strategy} {args.model}",
+        file=sys.stderr)
+  lines: list = []
+  start = time.perf_counter()
+  for group in groups:
+    bench_group(group, scorer, generator, records, real, args, context, lines)
+  print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+  if args.out:
+    path = pathlib.Path(args.out)
+    if args.out == "auto":
+      slug = "".join(c if c.isalnum() else "_" for c in context["device"].lower()).strip("_")
+      path = pathlib.Path(__file__).resolve().parent / "results" / f"prefilter_speedup_{slug}.json"
+    _write_atomically(path, lines)
+    print(f"wrote {path}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
