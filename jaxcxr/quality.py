@@ -103,7 +103,8 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
   Args:
     generator, discriminator: a trained pair (inference mode).
     real: real images with sex and age (those without are dropped); resized to the
-      generator's resolution with PIL LANCZOS, as in training.
+      generator's resolution with PIL LANCZOS, as in training. For a generator not
+      conditioned on the label (a normal-only GAN), only the normal images (label 0) are used.
     seed: key of the generated images and of the half split.
     n_per_group: generated images per age-sex group for the conditioning check.
     sex_classifier: optional `models.classifier.Classifier` for the sex task (logit > 0 =
@@ -124,6 +125,8 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
   known = np.isin(real.sex, ["M", "F"]) & (real.age >= 0)
   if "label" in cfg.conditions:
     known &= np.isin(real.label, [0, 1])
+  elif real.label is not None:
+    known &= real.label == 0   # a generator without the label condition models normal images
   real = real.subset(known)
   if len(real) < 8:
     raise data.DataError(f"{real.source}: {len(real)} usable real images; need at least 8 for the quality figures")
