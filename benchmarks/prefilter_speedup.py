@@ -225,7 +225,7 @@ def bench_group(group: str, scorer, generator, records, real, args, context, lin
     _emit({**context, "group": group, "variant": "summary", "skipped": str(e)}, lines)
     return
   accept_size = scorer.config.batch_size
-  pool_size = args.pool_size or 32 * accept_size
+  pool_size, _ = prefilter.default_round_sizes(scorer, pf, args.pool_size, accept_size)
   real_features = None
   if real is not None:
     normal = real.images[(real.groups == data.group_index(group)) & (real.label == 0)]
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
   parser.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
   parser.add_argument("--scoring", help="scoring calibration folder (default: checkpoints/scoring_128)")
   parser.add_argument("--batch-size", type=int, default=None, help="images generated per round (default 32)")
-  parser.add_argument("--pool-size", type=int, default=None, help="latents per pre-filter round (default 32 x batch)")
+  parser.add_argument("--pool-size", type=int, default=None, help="latents per pre-filter round (default: batch x ceil(2 / acceptance), at most 32x)")
   parser.add_argument("--nudge", default="3:0.5,3:1.0",
                       help="nudged variants as STEPS:STEP_SIZE, comma-separated; 'none' to skip")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (keys folded per run)")

@@ -507,3 +507,418 @@ def anogan_scores(generator: Generator, discriminator: Discriminator, images, co
     out["z"].append(np.asarray(result.z, np.float32)[:count])
     out["steps_run"].append(np.asarray(result.steps_run, np.int32)[:count])
   return AnomalyScores(**{name: np.concatenate(parts) for name, parts in out.items()})
+
+
+# ---- f-AnoGAN and HealthyGAN scoring
+#
+# Both are one forward pass per image (no search): a `jax.jit` of a pure function over the
+# `nnx.split` states (graph definitions static), run over a dataset in fixed-size batches, the
+# last one padded with copies of its last image, so one compile serves every batch. Every
+# network involved normalises per image (GroupNorm, D in inference mode), so scores do not
+# depend on the batch.
+
+# Imported here, not at the top, to leave the AnoGAN part of this file untouched (the lead may move them up).
+from jaxcxr.models.discriminator import load_discriminator  # pylint: disable=wrong-import-position
+from jaxcxr.models.encoder import Encoder, load_encoder  # pylint: disable=wrong-import-position
+from jaxcxr.models.translator import Translator, blend  # pylint: disable=wrong-import-position
+
+
+class FanoganScores(NamedTuple):
+  """Host results of `fanogan_scores` for N images.
+
+  Attributes:
+    score: float32 (N,), the izi_f anomaly score image_loss + kappa * feature_loss (higher = less
+      like the normal training images).
+    image_loss: float32 (N,), mean (x - G(E(x), c))^2 over the pixels, signed image space.
+    feature_loss: float32 (N,), mean (f(x) - f(G(E(x), c)))^2 over the discriminator's final
+      feature map f = `Discriminator.features`.
+    residual: float16 (N, R, R), |x - G(E(x), c)| in signed image space, so in [0, 2].
+    z: float32 (N, latent_dim), the encoder's code E(x).
+  """
+
+  score: np.ndarray
+  image_loss: np.ndarray
+  feature_loss: np.ndarray
+  residual: np.ndarray
+  z: np.ndarray
+
+
+class HealthyganScores(NamedTuple):
+  """Host results of `healthygan_scores` for N images.
+
+  Attributes:
+    score: float32 (N,), mean |x - out| over the pixels, out the healthy translation (signed
+      image space; the original code divides by 2, a constant factor).
+    residual: float16 (N, R, R), |x - out| in [0, 2].
+    mask: float16 (N, R, R), the translator's mask m in [0, 1] (where it replaced the input).
+  """
+
+  score: np.ndarray
+  residual: np.ndarray
+  mask: np.ndarray
+
+
+def _images_and_metadata(images, resolution: int, what: str):
+  """(uint8 (N, R, R) images, the dataset or None) from a CXRDataset or a uint8 (N, H, W) array."""
+  dataset = images if isinstance(images, data.CXRDataset) else None
+  array = dataset.images if dataset is not None else images
+  if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (3, 4):
+    raise ValueError(f"{what}: expected a CXRDataset or uint8 images (N, H, W), got "
+                     f"{getattr(array, 'dtype', type(array).__name__)} {np.shape(array)}")
+  return data.resize_uint8(array, resolution), dataset
+
+
+def _run_in_batches(fn, arrays: dict[str, np.ndarray], batch_size: int, *, desc: str,
+                    progress: bool) -> dict[str, np.ndarray]:
+  """fn over fixed-size batches of host arrays (N, ...), the last padded with its last row.
+
+  Args:
+    fn: maps a dict of (batch_size, ...) arrays to a dict of (batch_size, ...) jax arrays.
+    arrays: host arrays with a common first dimension N >= 1.
+    batch_size: rows per call (capped at N).
+
+  Returns:
+    fn's outputs for the N real rows, concatenated on the host.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  n = len(next(iter(arrays.values())))
+  batch_size = min(batch_size, n)
+  parts: dict[str, list[np.ndarray]] = {}
+  for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", file=sys.stderr, disable=not progress):
+    count = min(batch_size, n - start)
+    batch = {k: np.concatenate([v[start: start + count], np.repeat(v[start + count - 1: start + count],
+                                                                   batch_size - count, axis=0)])
+             for k, v in arrays.items()}
+    for k, v in jax.device_get(fn(batch)).items():
+      parts.setdefault(k, []).append(np.asarray(v)[:count])
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _check_batch_size(batch_size: int, what: str) -> None:
+  if batch_size <= 0:
+    raise ValueError(f"{what}: expected batch_size > 0, got {batch_size}")
+
+
+@functools.lru_cache(maxsize=16)
+def _fanogan_graphdefs(e_config, g_config: GeneratorConfig, d_config: DiscriminatorConfig):
+  """Graph definitions of E, G and D (D in inference mode: its spectral-norm vectors are only read)."""
+  encoder = nnx.eval_shape(lambda: Encoder(e_config, rngs=nnx.Rngs(0)))
+  return (nnx.graphdef(encoder),) + _graphdefs(g_config, d_config)
+
+
+def fanogan_loss(encoder: Encoder, generator: Generator, discriminator: Discriminator, x: jax.Array, cond: jax.Array,
+                 feature_weight) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Per-image izi_f loss of f-AnoGAN (Schlegl et al. 2019): the training loss and the anomaly score.
+
+      L(x) = mean_pixels (x - G(E(x), c))^2 + kappa * mean_features (f(x) - f(G(E(x), c)))^2
+
+  with f = `discriminator.features` (the final feature map, the reference code's
+  `out_features`) and kappa = `feature_weight` (the paper: 1).
+
+  Args:
+    encoder: an `models.encoder.Encoder`.
+    generator, discriminator: the frozen GAN (D in inference mode).
+    x: float32 (B, R, R, 1), NHWC, in [-1, 1].
+    cond: float32 (B, len(conditions)).
+    feature_weight: kappa (a float or a traced scalar).
+
+  Returns:
+    (loss (B,), {"image_loss" (B,), "feature_loss" (B,), "z" (B, latent_dim),
+    "reconstruction" (B, R, R, 1) float32 in [-1, 1]}).
+  """
+  z = encoder(x)
+  reconstruction = generator(z, cond)
+  image_loss = jnp.square(x - reconstruction).mean(axis=(1, 2, 3))
+  feature_loss = jnp.square(discriminator.features(x) - discriminator.features(reconstruction)).mean(axis=(1, 2, 3))
+  loss = image_loss + feature_weight * feature_loss
+  return loss, {"image_loss": image_loss, "feature_loss": feature_loss, "z": z, "reconstruction": reconstruction}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs",))
+def _fanogan_batch(graphdefs, states, images, cond, feature_weight):
+  encoder, generator, discriminator = (nnx.merge(g, s) for g, s in zip(graphdefs, states))
+  x = data.to_signed(images)[..., None]                                # (B, R, R, 1)
+  score, parts = fanogan_loss(encoder, generator, discriminator, x, cond, feature_weight)
+  return {"score": score, "image_loss": parts["image_loss"], "feature_loss": parts["feature_loss"],
+          "residual": jnp.abs(x - parts["reconstruction"])[..., 0].astype(jnp.float16), "z": parts["z"]}
+
+
+def _check_fanogan_models(encoder: Encoder, generator: Generator, discriminator: Discriminator) -> None:
+  _check_pair(generator, discriminator)
+  e, g = encoder.config, generator.config
+  if e.resolution != g.resolution or e.latent_dim != g.latent_dim:
+    raise ValueError(f"fanogan_scores: encoder (resolution {e.resolution}, latent_dim {e.latent_dim}) does not "
+                     f"match the generator (resolution {g.resolution}, latent_dim {g.latent_dim})")
+
+
+def normal_condition(dataset: data.CXRDataset, conditions: tuple[str, ...]) -> np.ndarray:
+  """Conditions that ask a GAN for the normal version of each image: its sex and age, label 0.
+
+  f-AnoGAN reconstructs every image as a normal one; for a GAN not conditioned on the label
+  (the normal-only GAN) this is just the image's sex and age.
+
+  Returns:
+    float32 (N, len(conditions)).
+
+  Raises:
+    jaxcxr.data.DataError: unknown sex or age.
+  """
+  return condition_lib.make_condition(dataset.sex, dataset.age, 0, conditions=conditions)
+
+
+def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Discriminator, images, cond=None, *,
+                   feature_weight: float = 1.0, batch_size: int = 64, progress: bool = True) -> FanoganScores:
+  """f-AnoGAN (izi_f) anomaly scores: one encoder pass and one reconstruction per image.
+
+  The score is `fanogan_loss`, the loss the encoder was trained with, per image
+  (the reference code's `anomaly_scoring` with `dual_iloss=True`). Images of another
+  size than the models' are resized with `data.resize_uint8` (PIL LANCZOS, whole
+  image). Batch-independent (GroupNorm encoder and generator, D in inference mode);
+  one compile per model structure and batch size.
+
+  Args:
+    encoder: an `models.encoder.Encoder` trained against this GAN (`train.fanogan`).
+    generator, discriminator: the frozen normal-only GAN; D's spectral-norm vectors are
+      read, never updated.
+    images: a `data.CXRDataset`, or uint8 (N, H, W) square radiographs.
+    cond: float32 (N, len(conditions)); None for a dataset takes `normal_condition` (sex
+      and age, label 0).
+    feature_weight: kappa of the score (the paper: 1).
+    batch_size: images per jitted call (capped at N; the last batch is padded).
+    progress: show a tqdm bar on stderr.
+
+  Returns:
+    `FanoganScores` of numpy arrays (score, image_loss, feature_loss (N,), residual float16
+    (N, R, R) in [0, 2], z (N, latent_dim)).
+
+  Raises:
+    ValueError: mismatched models, images that are not uint8 (N, H, W), cond missing for an
+      array or of the wrong shape, non-finite cond, batch_size <= 0.
+    jaxcxr.data.DataError: unknown sex or age when cond comes from a dataset.
+
+  References:
+    Schlegl, Seeböck, Waldstein, Langs, Schmidt-Erfurth: f-AnoGAN: Fast unsupervised anomaly
+    detection with generative adversarial networks. Medical Image Analysis 54, 2019.
+  """
+  _check_fanogan_models(encoder, generator, discriminator)
+  _check_batch_size(batch_size, "fanogan_scores")
+  g_cfg = generator.config
+  images, dataset = _images_and_metadata(images, g_cfg.resolution, "fanogan_scores")
+  if cond is None:
+    if dataset is None:
+      raise ValueError("fanogan_scores: cond is required for an image array (only a CXRDataset provides its own)")
+    cond = normal_condition(dataset, tuple(g_cfg.conditions))
+  n = len(images)
+  cond = np.asarray(cond, np.float32)
+  if cond.shape != (n, len(g_cfg.conditions)) or not np.isfinite(cond).all():
+    raise ValueError(f"fanogan_scores: expected finite cond of shape ({n}, {len(g_cfg.conditions)}) for "
+                     f"conditions {g_cfg.conditions}, got {cond.shape}")
+  r = g_cfg.resolution
+  if n == 0:
+    empty = np.zeros((0,), np.float32)
+    return FanoganScores(empty, empty, empty, np.zeros((0, r, r), np.float16),
+                         np.zeros((0, g_cfg.latent_dim), np.float32))
+  graphdefs = _fanogan_graphdefs(encoder.config, g_cfg, discriminator.config)
+  states = (nnx.state(encoder), nnx.state(generator), nnx.state(discriminator))
+  kappa = jnp.float32(feature_weight)
+  out = _run_in_batches(lambda b: _fanogan_batch(graphdefs, states, b["images"], b["cond"], kappa),
+                        {"images": images, "cond": cond}, batch_size, desc="f-AnoGAN", progress=progress)
+  return FanoganScores(**out)
+
+
+@functools.lru_cache(maxsize=16)
+def _translator_graphdef(config):
+  return nnx.graphdef(nnx.eval_shape(lambda: Translator(config, rngs=nnx.Rngs(0))))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _healthygan_batch(graphdef, state, images):
+  x = data.to_signed(images)[..., None]                                # (B, R, R, 1)
+  content, mask = nnx.merge(graphdef, state)(x)
+  residual = jnp.abs(x - blend(content, mask, x))
+  return {"score": residual.mean(axis=(1, 2, 3)), "residual": residual[..., 0].astype(jnp.float16),
+          "mask": mask[..., 0].astype(jnp.float16)}
+
+
+def healthygan_scores(translator: Translator, images, *, batch_size: int = 64,
+                      progress: bool = True) -> HealthyganScores:
+  """HealthyGAN anomaly scores: how much the translation to a healthy image changes each image.
+
+  score = mean |x - out| with out = content * m + x * (1 - m) the translator's output
+  (the original's test-time score, without its constant division by 2). Images of
+  another size than the translator's are resized with `data.resize_uint8`.
+  Batch-independent (per-image normalisation); one compile per structure and batch size.
+
+  Args:
+    translator: a `models.translator.Translator` (e.g. `load_translator`).
+    images: a `data.CXRDataset`, or uint8 (N, H, W) square radiographs.
+    batch_size: images per jitted call (capped at N; the last batch is padded).
+    progress: show a tqdm bar on stderr.
+
+  Returns:
+    `HealthyganScores` of numpy arrays: score float32 (N,), residual float16 (N, R, R) in
+    [0, 2], mask float16 (N, R, R) in [0, 1].
+
+  Raises:
+    ValueError: images that are not uint8 (N, H, W); batch_size <= 0.
+
+  References:
+    Siddiquee, Shah, Wu, Chong, Schwedt, Li: HealthyGAN: Learning from unannotated medical
+    images to detect anomalies associated with human disease. SASHIMI (MICCAI workshop), 2022.
+  """
+  _check_batch_size(batch_size, "healthygan_scores")
+  cfg = translator.config
+  images, _ = _images_and_metadata(images, cfg.resolution, "healthygan_scores")
+  r = cfg.resolution
+  if len(images) == 0:
+    return HealthyganScores(np.zeros((0,), np.float32), np.zeros((0, r, r), np.float16),
+                            np.zeros((0, r, r), np.float16))
+  graphdef, state = _translator_graphdef(cfg), nnx.state(translator)
+  out = _run_in_batches(lambda b: _healthygan_batch(graphdef, state, b["images"]), {"images": images},
+                        batch_size, desc="HealthyGAN", progress=progress)
+  return HealthyganScores(**out)
+
+
+def load_fanogan(encoder_dir, gan_dir=None) -> tuple[Encoder, Generator, Discriminator]:
+  """Loads an f-AnoGAN encoder and the GAN it was trained against, checking they belong together.
+
+  Args:
+    encoder_dir: the encoder checkpoint written by `train.fanogan.train_fanogan`.
+    gan_dir: folder with `generator/` and `discriminator/`; None takes the one recorded in
+      the encoder's metadata.
+
+  Returns:
+    (encoder, generator, discriminator in inference mode).
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: missing checkpoints, or a GAN whose weights are not the
+      ones the encoder was trained against (compared by `checkpoints.model_id`).
+  """
+  import pathlib  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+  meta = checkpoints.read_metadata(encoder_dir)
+  gan_dir = pathlib.Path(gan_dir if gan_dir is not None else meta.get("gan_dir", ""))
+  for part in ("generator", "discriminator"):
+    expected, found = meta.get(f"{part}_id"), checkpoints.model_id(gan_dir / part)
+    if expected is not None and expected != found:
+      raise checkpoints.CheckpointError(
+          f"{gan_dir / part}: model id {found} is not the {part} the encoder {encoder_dir} was trained against "
+          f"({expected})")
+  return (load_encoder(encoder_dir), generator_lib.load_generator(gan_dir / "generator"),
+          load_discriminator(gan_dir / "discriminator"))
+
+
+# ---- evaluation of the three methods on labelled radiographs
+
+
+METHODS = ("anogan", "fanogan", "healthygan")
+
+
+class AbstractAnomalyScorer:
+  """What `evaluate_anomaly` needs of a method: per-image scores (higher = more abnormal) and residuals."""
+
+  name: str
+
+  def __call__(self, dataset: data.CXRDataset, *, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (score float32 (N,), residual float16 (N, R, R) in [0, 2])."""
+    raise NotImplementedError
+
+
+@dataclasses.dataclass
+class AnoganScorer(AbstractAnomalyScorer):
+  """AnoGAN latent search with a normal-only GAN."""
+
+  generator: Generator
+  discriminator: Discriminator
+  config: LatentSearchConfig = LatentSearchConfig()
+  seed: int = 0
+  batch_size: int = 64
+  name: str = "anogan"
+
+  def __call__(self, dataset, *, progress):
+    out = anogan_scores(self.generator, self.discriminator, dataset, None, jax.random.key(self.seed), self.config,
+                        batch_size=self.batch_size, progress=progress)
+    return out.score, out.residual
+
+
+@dataclasses.dataclass
+class FanoganScorer(AbstractAnomalyScorer):
+  """f-AnoGAN: one encoder pass and one reconstruction."""
+
+  encoder: Encoder
+  generator: Generator
+  discriminator: Discriminator
+  batch_size: int = 64
+  name: str = "fanogan"
+
+  def __call__(self, dataset, *, progress):
+    out = fanogan_scores(self.encoder, self.generator, self.discriminator, dataset, batch_size=self.batch_size,
+                         progress=progress)
+    return out.score, out.residual
+
+
+@dataclasses.dataclass
+class HealthyganScorer(AbstractAnomalyScorer):
+  """HealthyGAN: translation to a healthy image."""
+
+  translator: Translator
+  batch_size: int = 64
+  name: str = "healthygan"
+
+  def __call__(self, dataset, *, progress):
+    out = healthygan_scores(self.translator, dataset, batch_size=self.batch_size, progress=progress)
+    return out.score, out.residual
+
+
+def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
+                     threshold_data: data.CXRDataset | None = None, progress: bool = False) -> dict:
+  """ROC AUC and the confusion figures of an anomaly score on labelled radiographs (1 = abnormal).
+
+  The decision threshold (Youden's J) is chosen on `threshold_data` (e.g. the validation
+  patients) and applied to `test`; without it, it is chosen on `test` itself (optimistic:
+  the report says so). Seconds count the scoring of `test` only, compile included
+  (the first batch compiles).
+
+  Returns:
+    {"method", "n", "n_normal", "n_abnormal", "roc_auc", "average_precision", "threshold",
+    "threshold_from", "precision", "recall", "specificity", "f1", "accuracy", "seconds",
+    "seconds_per_image", "scores" (N,), "residual" float16 (N, R, R), "labels" (N,)}.
+
+  Raises:
+    jaxcxr.data.DataError: an image set without both labels.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+
+  from sklearn.metrics import average_precision_score  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import metrics  # pylint: disable=g-import-not-at-top
+
+  def labelled(ds, what):
+    if ds.label is None or not (np.isin(ds.label, [0, 1]).all() and len(np.unique(ds.label)) == 2):
+      raise data.DataError(f"{ds.source or what}: anomaly evaluation needs normal (0) and abnormal (1) labels")
+    return ds.label.astype(np.int32)
+
+  y = labelled(test, "test images")
+  threshold_from = "test (no separate threshold data: optimistic)"
+  if threshold_data is not None:
+    y_thr = labelled(threshold_data, "threshold images")
+    s_thr, _ = scorer(threshold_data, progress=progress)
+    threshold_from = "threshold data (validation patients)"
+  start = time.perf_counter()
+  scores, residual = scorer(test, progress=progress)
+  seconds = time.perf_counter() - start
+  if threshold_data is None:
+    s_thr, y_thr = scores, y
+  fpr, tpr, thresholds = metrics.compute_roc_curve(s_thr, y_thr)
+  threshold = float(thresholds[int(np.argmax(tpr - fpr))])
+  report = metrics.compute_binary_report(scores >= threshold, y)
+  return {"method": scorer.name, "n": int(len(y)), "n_normal": int((y == 0).sum()), "n_abnormal": int(y.sum()),
+          "roc_auc": float(metrics.compute_roc_auc(scores, y)),
+          "average_precision": float(average_precision_score(y, scores)),
+          "threshold": threshold, "threshold_from": threshold_from,
+          **{k: report[k] for k in ("precision", "recall", "specificity", "f1", "accuracy")},
+          "seconds": float(seconds), "seconds_per_image": float(seconds / max(len(y), 1)),
+          "scores": scores, "residual": residual, "labels": y}

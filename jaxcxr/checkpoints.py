@@ -675,6 +675,8 @@ class TrainCheckpointer:
 
 # Generators in order of preference (the first present is used by default).
 SHIPPED_GENERATORS = ("gan_256/generator", "gan_128/generator", "gan_64/generator")
+# Normal-only GANs (folders with generator/ and discriminator/) for anomaly detection, best first.
+SHIPPED_NORMAL_GANS = ("gan_normal_256", "gan_64_normal")
 
 
 def checkpoints_root() -> pathlib.Path:

@@ -360,6 +360,71 @@ def _standard_subset(ds, split: str):
   return ds.subset(data.standard_split(ds)[split])
 
 
+def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import anomaly, checkpoints, data, reports  # pylint: disable=g-import-not-at-top
+
+  if args.steps is not None and args.method != "anogan":
+    raise UsageError("--steps is the AnoGAN search length; f-AnoGAN and HealthyGAN score in one pass")
+  root = checkpoints.checkpoints_root()
+  if args.method == "anogan":
+    from jaxcxr.models import load_discriminator, load_generator  # pylint: disable=g-import-not-at-top
+
+    gan = pathlib.Path(args.checkpoint) if args.checkpoint else next(
+        (root / n for n in checkpoints.SHIPPED_NORMAL_GANS if (root / n / "generator").exists()), None)
+    if gan is None:
+      raise UsageError(f"no shipped normal-only GAN under {root}; pass --checkpoint DIR (generator/, discriminator/)")
+    _log(f"loading normal-only GAN {gan}")
+    config = anomaly.LatentSearchConfig()
+    if args.steps is not None:
+      if args.steps <= 0:
+        raise UsageError(f"--steps must be positive, got {args.steps}")
+      config = dataclasses.replace(config, steps=args.steps)
+    scorer = anomaly.AnoganScorer(load_generator(gan / "generator"), load_discriminator(gan / "discriminator"),
+                                  config, seed=args.seed, batch_size=args.batch_size)
+    source = str(gan)
+  elif args.method == "fanogan":
+    directory = _shipped_or(args.checkpoint, "fanogan_256/encoder", "fanogan_64/encoder")
+    _log(f"loading f-AnoGAN encoder {directory} and its GAN")
+    scorer = anomaly.FanoganScorer(*anomaly.load_fanogan(directory), batch_size=args.batch_size)
+    source = str(directory)
+  else:
+    from jaxcxr.models.translator import load_translator  # pylint: disable=g-import-not-at-top
+
+    directory = _shipped_or(args.checkpoint, "healthygan_256/translator", "healthygan_64/translator")
+    _log(f"loading HealthyGAN translator {directory}")
+    scorer = anomaly.HealthyganScorer(load_translator(directory), batch_size=args.batch_size)
+    source = str(directory)
+  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  _log(f"loading {path}")
+  ds = data.load(path)
+  test = _standard_subset(ds, args.split)
+  threshold_data = _standard_subset(ds, "val") if args.split == "test" else None
+  try:
+    result = anomaly.evaluate_anomaly(scorer, test, threshold_data=threshold_data, progress=True)
+  except ValueError as e:
+    raise UsageError(f"{path}: {e}") from e
+  scores, residual, labels = result.pop("scores"), result.pop("residual"), result.pop("labels")
+  if args.out:
+    out = pathlib.Path(args.out)
+    overlay = reports.save_residual_overlays(data.resize_uint8(test.images, residual.shape[-1]), residual, labels,
+                                             scores, out / f"residuals_{args.method}.png",
+                                             title=f"{args.method}: ROC AUC {result['roc_auc']:.3f}")
+    result["overlays"] = str(overlay)
+  result.update(split=args.split, checkpoint=source, data=str(path))
+  if args.method == "anogan":
+    result["steps"] = scorer.config.steps
+  return result
+
+
+def _human_evaluate_anomaly(r: dict[str, Any]) -> str:
+  return (f"{r['method']} on {r['n']} images ({r['split']}: {r['n_normal']} normal, {r['n_abnormal']} abnormal): "
+          f"ROC AUC {r['roc_auc']:.4f}, precision {r['precision']:.3f}, recall {r['recall']:.3f}, specificity "
+          f"{r['specificity']:.3f}, F1 {r['f1']:.3f} (threshold from {r['threshold_from']}); "
+          f"{r['seconds_per_image'] * 1e3:.1f} ms per image")
+
+
 def cmd_evaluate_segmentation(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import data  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
@@ -668,7 +733,7 @@ def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
   sample.add_argument("--prefilter-dir", default=None,
                       help="a pre-filter saved by `jaxcxr latents fit` (instead of --latents)")
   sample.add_argument("--pool-size", type=int, default=None,
-                      help="latents drawn per compiled round (default 32 x accept size)")
+                      help="latents drawn per compiled round (default: accept size x ceil(2 / the pre-filter's acceptance), at most 32x)")
   sample.add_argument("--accept-size", type=int, default=None,
                       help="accepted latents generated and scored per round (default the batch size)")
 
@@ -777,6 +842,20 @@ def build_parser() -> argparse.ArgumentParser:
   _add_split_arg(evaluate_segmentation)
   _add_json_arg(evaluate_segmentation)
   evaluate_segmentation.set_defaults(run=cmd_evaluate_segmentation, human=_human_evaluate_segmentation)
+
+  evaluate_anomaly = evaluate_commands.add_parser("anomaly", help="normal vs abnormal by an anomaly score")
+  evaluate_anomaly.add_argument("--method", choices=("anogan", "fanogan", "healthygan"), required=True)
+  _add_data_arg(evaluate_anomaly)
+  evaluate_anomaly.add_argument("--steps", type=int, help="AnoGAN search steps (default 500)")
+  evaluate_anomaly.add_argument("--checkpoint", help="normal GAN folder (anogan), encoder (fanogan) or translator "
+                                "(healthygan) checkpoint; default: the shipped one")
+  evaluate_anomaly.add_argument("--batch-size", type=int, default=64)
+  evaluate_anomaly.add_argument("--seed", type=int, default=0, help="AnoGAN random starts")
+  evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
+  _add_split_arg(evaluate_anomaly)
+  evaluate_anomaly.set_defaults(split="test")
+  _add_json_arg(evaluate_anomaly)
+  evaluate_anomaly.set_defaults(run=cmd_evaluate_anomaly, human=_human_evaluate_anomaly)
 
   evaluate_classifier = evaluate_commands.add_parser("classifier", help="ROC AUC / accuracy of a classifier")
   evaluate_classifier.add_argument("--task", choices=("abnormal", "sex"), required=True)

@@ -19,7 +19,7 @@ from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 from jaxcxr import scoring
 
-__all__ = ["scoring_report"]
+__all__ = ["save_residual_overlays", "scoring_report"]
 
 _LUNG_COLOURS = np.array([[0, 0, 0], [230, 80, 60], [60, 140, 230]], np.float32) / 255.0  # bg, right, left
 
@@ -201,3 +201,43 @@ def _markdown(r: dict[str, Any]) -> str:
             "![score histograms](histograms.png)", "", "Kept samples:", "", "![kept](examples_kept.png)", "",
             "Rejected samples:", "", "![rejected](examples_rejected.png)", ""]
   return "\n".join(lines)
+
+
+def save_residual_overlays(images_uint8: np.ndarray, residual: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                           path: str | os.PathLike, *, per_class: int = 4, title: str = "") -> pathlib.Path:
+  """A grid of radiographs and their anomaly residual maps: the top-scoring normal and abnormal images.
+
+  Args:
+    images_uint8: uint8 (N, H, W) radiographs.
+    residual: (N, R, R) residual maps in [0, 2] (|x - reconstruction| in [-1, 1] image space).
+    labels: (N,) 0 normal / 1 abnormal.
+    scores: (N,) anomaly scores (higher = more abnormal).
+    path: output PNG.
+    per_class: images shown per class (the highest- and lowest-scoring of each alternate).
+    title: figure title.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  picks = []
+  for label in (0, 1):
+    order = np.flatnonzero(labels == label)[np.argsort(-scores[labels == label])]
+    chosen = [order[i // 2] if i % 2 == 0 else order[-1 - i // 2] for i in range(min(per_class, len(order)))]
+    picks += [(int(i), label) for i in dict.fromkeys(chosen)]
+  fig, axes = plt.subplots(max(len(picks), 1), 2, figsize=(5, 2.5 * max(len(picks), 1)), squeeze=False)
+  vmax = float(np.percentile(np.asarray(residual, np.float32), 99.5)) or 1.0
+  for row, (i, label) in enumerate(picks):
+    axes[row, 0].imshow(images_uint8[i], cmap="gray", vmin=0, vmax=255)
+    axes[row, 0].set_title(f"{'abnormal' if label else 'normal'}, score {scores[i]:.4g}", fontsize=7, loc="left")
+    axes[row, 1].imshow(np.asarray(residual[i], np.float32), cmap="magma", vmin=0, vmax=vmax)
+    axes[row, 1].set_title("residual |x - reconstruction|", fontsize=7)
+  for ax in axes.ravel():
+    ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / max(len(picks), 1)))
+  path = pathlib.Path(path)
+  io_lib.write_bytes_atomic(path, _figure_png(fig))
+  plt.close(fig)
+  return path

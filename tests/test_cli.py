@@ -217,3 +217,25 @@ def test_report_scoring_writes_figures_and_tables(capsys, nih_path, tmp_path):
     assert (out_dir / name).stat().st_size > 0, name
   assert len(report["symmetry_postfilter"]) == 3
   assert "Post-filter report" in (out_dir / "report.md").read_text()
+
+
+def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_path):
+  code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
+                           "all", "--steps", "3", "--batch-size", "8", "--out", str(tmp_path), "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
+  assert 0 <= result["roc_auc"] <= 1 and result["seconds_per_image"] > 0
+  assert {"precision", "recall", "specificity", "f1"} <= set(result)
+  assert "optimistic" in result["threshold_from"]          # no separate threshold data with --split all
+  assert pathlib.Path(result["overlays"]).stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "anomaly", "--method", "fanogan", "--steps", "3"], "--steps is the AnoGAN"),
+    (["evaluate", "anomaly", "--method", "anogan", "--steps", "0"],
+     "--steps must be positive"),
+])
+def test_evaluate_anomaly_bad_input(capsys, nih_path, argv, message):
+  code, out, err = run_cli(capsys, *argv, "--data", str(nih_path))
+  assert code == 2 and out == "" and message in err
