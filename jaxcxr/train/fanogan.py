@@ -1,0 +1,562 @@
+"""f-AnoGAN encoder training (izi_f, Schlegl et al. 2019) against a frozen normal-only GAN.
+
+The encoder E learns to invert the generator on normal training images:
+
+    L = mean_pixels (x - G(E(x), c))^2 + kappa * mean_features (f(x) - f(G(E(x), c)))^2
+
+with f the discriminator's final feature map (`Discriminator.features`, the
+reference's `out_features`), kappa = 1 and MSE as in the paper and the reference
+code (tSchlegl/f-AnoGAN `z_encoding_izif.py`, `loss_type='MSE'`). G and D are
+frozen: their states are arguments of the jitted step, never updated, never
+donated, and D runs in inference mode (its spectral-norm vectors are only read).
+The condition c of an image is its sex and age (label 0 when the GAN is
+conditioned on the label: every image is reconstructed as a normal one).
+
+Deviations from the reference: Adam (the reference uses RMSProp, lr 5e-5), light
+per-image augmentation of the training images (rotation, shift, zoom, brightness,
+contrast; `data.augment`; the reference has none), GroupNorm in E (the reference:
+BatchNorm), a linear z output (the reference's default `Z_REG_TYPE = None`; the
+paper's tanh is for a uniform-z generator, ours draws z ~ N(0, I)).
+
+As `train.gan`: the whole training set (uint8, resized once on the host) lives on
+the device; step t draws its batch and augmentation from
+`jax.random.fold_in(key, t)` inside the jitted function, `steps_per_call` steps run
+in one `lax.scan` over a donated train state, so a resumed run is exact.
+
+The loop (checkpoints, resume, tqdm, metrics.jsonl) is `run_training_loop` below,
+shared with `train.healthygan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcxr import anomaly
+from jaxcxr import data as data_lib
+from jaxcxr.config import AugmentConfig
+from jaxcxr.gan_config import DTYPES, DiscriminatorConfig, GeneratorConfig
+from jaxcxr.models.discriminator import Discriminator, load_discriminator
+from jaxcxr.models.encoder import Encoder, EncoderConfig
+from jaxcxr.models.generator import Generator, load_generator
+# Trainer helpers shared with train.gan (PRNG implementation, metrics log line, device name).
+from jaxcxr.train.gan import _KEY_IMPL, _append_metrics, _device_name  # pylint: disable=protected-access
+
+TrainState = dict[str, Any]
+
+# Light augmentation of the training images: small geometry and intensity changes, no blur, no flip.
+LIGHT_AUGMENT = AugmentConfig(rotation_deg=3.0, translation=0.03, scale=0.03, brightness=0.03, contrast=0.05,
+                              blur_sigma=0.0, hflip_prob=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FanoganTrainConfig:
+  """Training of the f-AnoGAN encoder (izi_f) against a frozen GAN."""
+
+  # The encoder (its resolution and latent_dim must equal the generator's).
+  encoder: EncoderConfig = EncoderConfig()
+  # Images per step.
+  batch_size: int = 32
+  # Total optimisation steps.
+  steps: int = 2000
+  # Steps per jitted call, run with lax.scan (host sync, progress and checkpoints between calls).
+  steps_per_call: int = 20
+  # Adam learning rate (the reference: RMSProp at 5e-5).
+  learning_rate: float = 1e-4
+  # Adam beta1.
+  adam_b1: float = 0.9
+  # Adam beta2.
+  adam_b2: float = 0.999
+  # kappa, the weight of the discriminator-feature term (the paper: 1).
+  feature_weight: float = 1.0
+  # Per-image augmentation of the training images (data.augment); None = none (the reference).
+  augment: AugmentConfig | None = LIGHT_AUGMENT
+  # Compute dtype of E, G and D during training ("float32" or "bfloat16"); params and losses stay float32.
+  compute_dtype: str = "float32"
+  # Write a reconstruction grid (fixed training images over their reconstructions) every this many
+  # steps; 0 = never.
+  sample_every: int = 500
+  # Images in the reconstruction grid.
+  samples: int = 8
+  # Save a training checkpoint every this many steps (and at the end).
+  checkpoint_every: int = 500
+  # Training checkpoints kept.
+  max_to_keep: int = 3
+
+  def __post_init__(self):
+    check_loop_fields(self, "FanoganTrainConfig")
+    if self.compute_dtype not in DTYPES:
+      raise ValueError(f"FanoganTrainConfig.compute_dtype: expected one of {DTYPES}, got {self.compute_dtype!r}")
+    if not self.learning_rate > 0 or not self.feature_weight >= 0:
+      raise ValueError(f"FanoganTrainConfig: expected learning_rate > 0 and feature_weight >= 0, got "
+                       f"{self.learning_rate}, {self.feature_weight}")
+
+  @property
+  def resolution(self) -> int:
+    return self.encoder.resolution
+
+
+def fanogan_tiny(resolution: int = 32) -> FanoganTrainConfig:
+  """A few channels at 32x32 for unit tests; learns nothing useful.
+
+      python -c "from jaxcxr.train import fanogan; print(fanogan.fanogan_tiny())"
+
+  No augmentation: `data.augment` adds about a third to the step's compile time on a CPU
+  (its own tests cover it). Expected: the 2-step train call compiles in 15-30 s on a
+  busy 2-core CPU.
+  """
+  return FanoganTrainConfig(
+      encoder=EncoderConfig(resolution=resolution, base_channels=4, max_channels=8, norm_groups=2),
+      batch_size=4, steps=4, steps_per_call=2, learning_rate=1e-3, augment=None, sample_every=0, samples=2,
+      checkpoint_every=2, max_to_keep=2)
+
+
+def fanogan_64_cpu() -> FanoganTrainConfig:
+  """64x64 encoder for the CPU-trained normal-only GAN (`gan_config.gan_64_normal_cpu`).
+
+      python -c "from jaxcxr import data; from jaxcxr.train import fanogan; \\
+        ds = data.load('nih_cxr14_subset_256.npz'); ds = ds.subset(data.standard_split(ds)['train']); \\
+        fanogan.train_fanogan(ds, 'checkpoints/gan_64_normal', fanogan.fanogan_64_cpu(), 'runs/fanogan_64')"
+
+  Encoder channels (8, 16, 32, 64, 128) from 64x64 to 4x4, as the GAN's discriminator
+  (0.42M parameters, 0.26M of them in the linear layer to z). Measured against the
+  shipped `gan_64` (same G and D sizes) on the 274 normal train images of the NIH subset,
+  on this project's shared 2-core CPU (load ~5): 24 s of compile, then 0.8-1.9 s per
+  step of batch 16 (mean 1.1 s), so 2,000 steps take 30-40 minutes; the image loss fell
+  from 0.128 to 0.085 in the first 60 steps.
+  """
+  return FanoganTrainConfig(
+      encoder=EncoderConfig(resolution=64, base_channels=8, max_channels=128, norm_groups=4),
+      batch_size=16, steps=2000, steps_per_call=20, learning_rate=1e-4, sample_every=500, samples=8,
+      checkpoint_every=200)
+
+
+PRESETS = {"fanogan_tiny": fanogan_tiny, "fanogan_64_cpu": fanogan_64_cpu}
+
+
+# ----------------------------------------------------------------------------- state and step
+
+
+def _optimizer(config: FanoganTrainConfig) -> optax.GradientTransformation:
+  return optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+
+
+def init_train_state(config: FanoganTrainConfig, seed: int = 0) -> TrainState:
+  """Fresh training state: {"step" int32 (), "key" raw rbg key data, "e" encoder params, "e_opt" Adam state}.
+
+  Built in one jitted call (eager initialisation compiles every initialiser op on a CPU).
+  """
+  return _jitted_init(without_loop_fields(config))(np.uint32(seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(config: FanoganTrainConfig):
+  def init(seed):
+    root = jax.random.key(seed, impl=_KEY_IMPL)
+    encoder = Encoder(config.encoder, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
+    params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+    return {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.fold_in(root, 2)),
+            "e": params, "e_opt": _optimizer(config).init(params)}
+
+  return jax.jit(init)
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdefs(config: FanoganTrainConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig):
+  """Graph definitions of E, G and D at the training compute dtype; D in inference mode."""
+  dtype = config.compute_dtype
+  build = lambda cls, cfg: nnx.eval_shape(lambda: cls(dataclasses.replace(cfg, dtype=dtype), rngs=nnx.Rngs(0)))
+  return (nnx.graphdef(build(Encoder, config.encoder)), nnx.graphdef(build(Generator, g_config)),
+          nnx.graphdef(nnx.view(build(Discriminator, d_config), use_running_average=True)))
+
+
+def training_batch(key: jax.Array, data: Mapping[str, jax.Array], batch_size: int,
+                   augment: AugmentConfig | None, name: str = "images") -> tuple[jax.Array, jax.Array]:
+  """A random batch (with replacement) of stored uint8 images, augmented, in signed space.
+
+  Args:
+    key: PRNG key of the batch.
+    data: device arrays; data[name] uint8 (N, R, R).
+    batch_size: images drawn.
+    augment: per-image augmentation, or None.
+    name: which entry of `data` to draw from.
+
+  Returns:
+    (float32 (B, R, R, 1) NHWC images in [-1, 1], int32 (B,) the drawn indices).
+  """
+  k_idx, k_aug = jax.random.split(key)
+  idx = jax.random.randint(k_idx, (batch_size,), 0, data[name].shape[0])
+  x = data_lib.to_unit(data[name][idx])[..., None]                     # (B, R, R, 1) in [0, 1]
+  if augment is not None:
+    x = data_lib.augment(k_aug, x, augment)
+  return data_lib.unit_to_signed(x), idx
+
+
+def train_step(state: TrainState, frozen: dict, data: dict[str, jax.Array], config: FanoganTrainConfig,
+               g_config: GeneratorConfig, d_config: DiscriminatorConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One encoder update (pure; `make_train_step` jits and scans it).
+
+  Args:
+    state: from `init_train_state` (or a restored checkpoint).
+    frozen: {"g": generator state, "d": discriminator state} (`nnx.to_pure_dict`), never updated.
+    data: {"images": uint8 (N, R, R), "cond": float32 (N, len(conditions))} on device.
+    config, g_config, d_config: static.
+
+  Returns:
+    (new state, metrics): scalars "loss", "image_loss", "feature_loss" (batch means) and
+    "z_rms" (root mean square of E(x); about 1 for codes where G's N(0, I) prior has mass).
+  """
+  e_graphdef, g_graphdef, d_graphdef = _graphdefs(config, g_config, d_config)
+  generator = nnx.merge(g_graphdef, frozen["g"])
+  discriminator = nnx.merge(d_graphdef, frozen["d"])
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=_KEY_IMPL), state["step"])
+  x, idx = training_batch(key, data, config.batch_size, config.augment)
+  cond = data["cond"][idx]
+
+  def loss_fn(params):
+    losses, parts = anomaly.fanogan_loss(nnx.merge(e_graphdef, params), generator, discriminator, x, cond,
+                                         config.feature_weight)
+    return losses.mean(), parts
+
+  (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["e"])
+  # optax's Adam mixes a Python float with an int32 count: an error under strict dtype promotion.
+  with jax.numpy_dtype_promotion("standard"):
+    updates, opt_state = _optimizer(config).update(grads, state["e_opt"], state["e"])
+  new_state = {"step": state["step"] + 1, "key": state["key"], "e": optax.apply_updates(state["e"], updates),
+               "e_opt": opt_state}
+  metrics = {"loss": loss, "image_loss": parts["image_loss"].mean(), "feature_loss": parts["feature_loss"].mean(),
+             "z_rms": jnp.sqrt(jnp.square(parts["z"]).mean())}
+  return new_state, metrics
+
+
+def make_train_step(config: FanoganTrainConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig
+                    ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
+  """Jitted `steps_per_call` encoder steps in one `lax.scan`; the train state is donated, G and D are not.
+
+  Cached per (config without its loop-only fields, G config, D config).
+
+  Returns:
+    `fn(state, frozen, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
+  """
+  return _make_train_step(without_loop_fields(config), g_config, d_config)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_train_step(config, g_config, d_config):
+  def call(state, frozen, data):
+    return jax.lax.scan(lambda s, _: train_step(s, frozen, data, config, g_config, d_config), state, None,
+                        length=config.steps_per_call)
+
+  return jax.jit(call, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def check_gan(config: FanoganTrainConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig,
+              where: str = "GAN") -> None:
+  """Raises ValueError, naming `where`, when the encoder config does not fit the GAN."""
+  e = config.encoder
+  if g_config.resolution != d_config.resolution or tuple(g_config.conditions) != tuple(d_config.conditions):
+    raise ValueError(f"{where}: generator (resolution {g_config.resolution}, conditions {g_config.conditions}) and "
+                     f"discriminator (resolution {d_config.resolution}, conditions {d_config.conditions}) "
+                     "do not match")
+  if e.resolution != g_config.resolution:
+    raise ValueError(f"{where}: the GAN works at {g_config.resolution}x{g_config.resolution}, the encoder config "
+                     f"at {e.resolution}x{e.resolution}; use an encoder of the GAN's resolution")
+  if e.latent_dim != g_config.latent_dim:
+    raise ValueError(f"{where}: the generator's latent_dim is {g_config.latent_dim}, the encoder's {e.latent_dim}")
+
+
+def prepare_data(dataset: data_lib.CXRDataset, config: FanoganTrainConfig,
+                 conditions: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict]:
+  """The normal images (label 0) with known sex and age, resized, and their normal conditions.
+
+  Pass the standard split's train part (`data.standard_split(ds)["train"]`): this function
+  trains on whatever it is given.
+
+  Returns:
+    ({"images": uint8 (N, R, R), "cond": float32 (N, len(conditions))}, info with
+    "n_images", "n_dropped" (unknown sex or age), "n_abnormal_ignored").
+
+  Raises:
+    jaxcxr.data.DataError: no images, no normal image, or no normal image with known sex and age.
+  """
+  source = dataset.source or "dataset"
+  if len(dataset) == 0:
+    raise data_lib.DataError(f"{source}: no images to train the f-AnoGAN encoder on")
+  normal = dataset.select(label=0)
+  if len(normal) == 0:
+    raise data_lib.DataError(f"{source}: no normal image (label 0) among {len(dataset)}; the f-AnoGAN encoder "
+                             "trains on normal images only")
+  known = np.isin(normal.sex, ["M", "F"]) & (normal.age >= 0)
+  if not known.any():
+    raise data_lib.DataError(f"{source}: no normal image has known sex and age; the conditional GAN needs them")
+  normal = normal.subset(known)
+  info = {"n_images": len(normal), "n_dropped": int((~known).sum()),
+          "n_abnormal_ignored": int((dataset.label != 0).sum())}
+  arrays = {"images": data_lib.resize_uint8(normal.images, config.resolution),
+            "cond": anomaly.normal_condition(normal, tuple(conditions))}
+  return arrays, info
+
+
+def data_metadata(dataset: data_lib.CXRDataset) -> dict[str, Any]:
+  """{"data_source", and "data_sha256" when the source is a file}: the provenance saved with a model."""
+  meta: dict[str, Any] = {"data_source": dataset.source}
+  if dataset.source and pathlib.Path(dataset.source).is_file():
+    meta["data_sha256"] = data_lib.file_sha256(dataset.source)
+  return meta
+
+
+# ----------------------------------------------------------------------------- loop shared with healthygan
+# (A candidate for a common trainer module: nothing here knows about f-AnoGAN.)
+
+
+def check_loop_fields(config, name: str) -> None:
+  """Checks the loop fields both trainers share (batch_size, steps, steps_per_call, checkpoint_every, ...)."""
+  for field in ("batch_size", "steps", "steps_per_call", "checkpoint_every", "max_to_keep", "samples"):
+    if getattr(config, field) <= 0:
+      raise ValueError(f"{name}.{field}: expected a positive integer, got {getattr(config, field)}")
+  for field in ("steps", "checkpoint_every", "sample_every"):
+    value = getattr(config, field)
+    if value < 0 or value % config.steps_per_call:
+      raise ValueError(f"{name}.{field}={value}: expected a non-negative multiple of "
+                       f"steps_per_call={config.steps_per_call}")
+
+
+def without_loop_fields(config):
+  """The config with loop-only fields normalised: what a compiled step depends on (its cache key)."""
+  k = config.steps_per_call
+  return dataclasses.replace(config, steps=k, sample_every=0, samples=1, checkpoint_every=k, max_to_keep=1)
+
+
+@dataclasses.dataclass
+class LoopResult:
+  """What `run_training_loop` hands back to a trainer."""
+
+  # The final train state (device arrays).
+  state: Any
+  # The step reached, and the step this run started from (> 0 when resumed).
+  step: int
+  start_step: int
+  # Wall time of this run (s), and the training time of earlier runs of the same checkpoint folder.
+  seconds: float
+  previous_seconds: float
+  # First call minus a steady one (compilation), and the steady time per step; NaN without steady calls.
+  compile_seconds: float
+  seconds_per_step: float
+  # Metrics averaged over the last call.
+  final: dict[str, float]
+
+
+def run_training_loop(*, name: str, config, state: Any, train_call: Callable, args: tuple,
+                      out_dir: pathlib.Path, resume: bool, run_metadata: Mapping[str, Any],
+                      progress: bool, postfix: Callable[[dict], dict[str, str]],
+                      on_call: Callable[[int, Any], None] | None = None) -> LoopResult:
+  """Runs `train_call(state, *args)` until `config.steps`, with checkpoints, resume, tqdm and metrics.jsonl.
+
+  Writes `out_dir/checkpoints/STEP/` (the train state, the config and `run_metadata`, every
+  `config.checkpoint_every` steps and at the end) and one line per call to
+  `out_dir/metrics.jsonl`. With `resume`, continues from the latest checkpoint, which must
+  have been written with the same `run_metadata` (the same GAN, the same data).
+
+  Args:
+    name: progress-bar label and the name in error messages.
+    config: a train config with steps, steps_per_call, checkpoint_every, max_to_keep, batch_size.
+    state: the initial train state (its structure is also the restore target).
+    train_call: jitted `(state, *args) -> (state, metrics)`, state donated, metrics (steps_per_call,).
+    args: the other arguments of `train_call` (device arrays).
+    out_dir: the run folder.
+    resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
+    run_metadata: JSON-serialisable facts saved with each checkpoint and checked on resume.
+    progress: show a tqdm bar on stderr.
+    postfix: metrics of a call (host arrays) -> tqdm postfix entries.
+    on_call: called with (step, state) after each call (e.g. to write sample grids).
+
+  Raises:
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+    ValueError: resuming a checkpoint written for other `run_metadata` or another steps_per_call.
+    FloatingPointError: non-finite metrics.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+  ckpt_dir = out_dir / "checkpoints"
+  wall_start = time.perf_counter()
+  run_metadata = dict(run_metadata)
+  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
+                            "resume=True to continue, or choose another output folder")
+    previous_seconds = 0.0
+    if resume and latest is not None:
+      saved = ckpt.read_metadata()
+      changed = {k: (saved.get(k), v) for k, v in run_metadata.items() if saved.get(k) != v}
+      if changed:
+        raise ValueError(f"{ckpt_dir}: cannot resume, the checkpoint was written for other inputs "
+                         f"(saved, now): {changed}")
+      state = ckpt.restore(jax.eval_shape(lambda: state))
+      previous_seconds = float(saved.get("train_seconds", 0.0))
+    start = int(state["step"])
+    if start % config.steps_per_call:
+      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
+                       f"{config.steps_per_call}")
+    step, metrics_host = start, None
+    first_call_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
+               dynamic_ncols=True, desc=name)
+
+    def checkpoint(step: int):
+      meta = {**run_metadata, "train_seconds": previous_seconds + time.perf_counter() - wall_start,
+              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
+      ckpt.save(step, jax.device_get(state), config=config, metadata=meta, force=True)
+
+    try:
+      while step < config.steps:
+        t0 = time.perf_counter()
+        state, metrics = train_call(state, *args)
+        metrics_host = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        if step == start:
+          first_call_seconds = elapsed
+        else:
+          timed_steps += config.steps_per_call
+          timed_seconds += elapsed
+        step += config.steps_per_call
+        if not all(np.isfinite(v).all() for v in metrics_host.values()):
+          raise FloatingPointError(f"{name} training diverged at step {step}: non-finite metrics "
+                                   f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
+        bar.update(config.steps_per_call)
+        post = postfix(metrics_host)
+        if timed_seconds:
+          post["img/s"] = f"{config.batch_size * timed_steps / timed_seconds:.1f}"
+        bar.set_postfix(post, refresh=False)
+        _append_metrics(out_dir / "metrics.jsonl", step, metrics_host, post.get("img/s"))
+        if on_call is not None:
+          on_call(step, state)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+          checkpoint(step)
+    finally:
+      bar.close()
+    if step == config.steps and ckpt.latest_step() != step:
+      checkpoint(step)
+    ckpt.wait_until_finished()
+  per_step = timed_seconds / timed_steps if timed_steps else float("nan")
+  return LoopResult(
+      state=state, step=step, start_step=start, seconds=time.perf_counter() - wall_start,
+      previous_seconds=previous_seconds,
+      compile_seconds=first_call_seconds - per_step * config.steps_per_call if timed_steps else first_call_seconds,
+      seconds_per_step=per_step,
+      final={k: float(np.mean(v)) for k, v in (metrics_host or {}).items()})
+
+
+def loop_summary(loop: LoopResult, config) -> dict[str, Any]:
+  """The timing part of a trainer's return value."""
+  return {"steps": loop.step, "start_step": loop.start_step, "seconds": loop.seconds,
+          "compile_seconds": loop.compile_seconds, "seconds_per_step": loop.seconds_per_step,
+          "images_per_second": config.batch_size / loop.seconds_per_step if loop.seconds_per_step > 0
+                               else float("nan"),
+          "final": loop.final}
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs",))
+def _reconstruct(graphdefs, states, images, cond):
+  encoder, generator, discriminator = (nnx.merge(g, s) for g, s in zip(graphdefs, states))
+  x = data_lib.to_signed(images)[..., None]
+  _, parts = anomaly.fanogan_loss(encoder, generator, discriminator, x, cond, 1.0)
+  return parts["reconstruction"][..., 0]
+
+
+def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, config: FanoganTrainConfig,
+                  out_dir: str | os.PathLike, *, resume: bool = False, seed: int = 0,
+                  progress: bool = True) -> dict[str, Any]:
+  """Trains the f-AnoGAN encoder against a frozen GAN, with progress, checkpoints and resume.
+
+  Trains on the normal images (label 0) of `dataset`; pass the standard split's train
+  patients, `ds.subset(data.standard_split(ds)["train"])`. Writes under `out_dir`:
+  `checkpoints/STEP/`, `metrics.jsonl`, `samples/step_XXXXXX.png` (every `sample_every`
+  steps: fixed training images, top row, over their reconstructions G(E(x))), and at the
+  end the encoder `encoder/` (`checkpoints.save_model`; metadata: the GAN's folder and
+  model ids, steps, seconds, data source and sha256, final losses). A run killed at any
+  moment continues with `resume=True` and ends as an uninterrupted one would.
+
+  Args:
+    dataset: images with label, sex and age.
+    gan_dir: folder with the normal-only GAN's `generator/` and `discriminator/` (as written
+      by `train.gan.train_gan`, e.g. `checkpoints/gan_64_normal`).
+    config: e.g. `fanogan_64_cpu()`.
+    out_dir: output folder.
+    resume: continue from the latest checkpoint in `out_dir`.
+    seed: seed of the initial weights and the training randomness.
+    progress: show a tqdm bar on stderr.
+
+  Returns:
+    {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step",
+    "images_per_second", "final" (metrics of the last call), "n_images", "out_dir", "encoder"}.
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: missing or unreadable GAN checkpoints.
+    ValueError: an encoder config that does not fit the GAN (before any compilation).
+    jaxcxr.data.DataError: unusable data (before any compilation).
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+  from jaxcxr import plots  # pylint: disable=g-import-not-at-top
+
+  gan_dir = pathlib.Path(gan_dir)
+  generator = load_generator(gan_dir / "generator")
+  discriminator = load_discriminator(gan_dir / "discriminator")
+  check_gan(config, generator.config, discriminator.config, str(gan_dir))
+  host_data, info = prepare_data(dataset, config, tuple(generator.config.conditions))
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  provenance = {"generator_id": checkpoints.model_id(gan_dir / "generator"),
+                "discriminator_id": checkpoints.model_id(gan_dir / "discriminator"),
+                **data_metadata(dataset), "n_images": info["n_images"]}
+
+  state = init_train_state(config, seed)
+  frozen = {"g": nnx.to_pure_dict(nnx.state(generator)), "d": nnx.to_pure_dict(nnx.state(discriminator))}
+  g_cfg, d_cfg = generator.config, discriminator.config
+  n_grid = min(config.samples, info["n_images"])
+  float32_graphdefs = _graphdefs(dataclasses.replace(config, compute_dtype="float32"), g_cfg, d_cfg)
+
+  def write_grid(step: int, state: TrainState):
+    if not config.sample_every or step % config.sample_every:
+      return
+    images = host_data["images"][:n_grid]
+    recon = _reconstruct(float32_graphdefs, (state["e"], frozen["g"], frozen["d"]), images,
+                         host_data["cond"][:n_grid])
+    grid = np.concatenate([images, data_lib.to_uint8(recon, signed=True)])
+    plots.save_image_grid(grid, out_dir / "samples" / f"step_{step:06d}.png", nrow=n_grid)
+
+  loop = run_training_loop(
+      name="f-AnoGAN", config=config, state=state, train_call=make_train_step(config, g_cfg, d_cfg),
+      args=(frozen, jax.device_put(host_data)), out_dir=out_dir, resume=resume, run_metadata=provenance,
+      progress=progress, on_call=write_grid,
+      postfix=lambda m: {"loss": f"{m['loss'][-1]:.4f}", "img": f"{m['image_loss'][-1]:.4f}",
+                         "z_rms": f"{m['z_rms'][-1]:.2f}"})
+
+  encoder = nnx.merge(float32_graphdefs[0], loop.state["e"])
+  metadata = {**provenance, "gan_dir": str(gan_dir.absolute()), "seed": seed, "steps": loop.step,
+              "train_seconds": loop.previous_seconds + loop.seconds,
+              "device": _device_name(), "final_losses": loop.final, "feature_weight": config.feature_weight}
+  path = checkpoints.save_model(out_dir / "encoder", encoder, config.encoder, metadata=metadata, overwrite=True)
+  return {**loop_summary(loop, config), "n_images": info["n_images"], "n_dropped": info["n_dropped"],
+          "out_dir": str(out_dir), "encoder": str(path)}
