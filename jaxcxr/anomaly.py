@@ -40,8 +40,10 @@ from jaxcxr import data
 from jaxcxr.gan_config import DTYPES, DiscriminatorConfig, GeneratorConfig
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
-from jaxcxr.models.discriminator import Discriminator
+from jaxcxr.models.discriminator import Discriminator, load_discriminator
+from jaxcxr.models.encoder import Encoder, load_encoder
 from jaxcxr.models.generator import Generator
+from jaxcxr.models.translator import Translator, blend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,11 +518,6 @@ def anogan_scores(generator: Generator, discriminator: Discriminator, images, co
 # last one padded with copies of its last image, so one compile serves every batch. Every
 # network involved normalises per image (GroupNorm, D in inference mode), so scores do not
 # depend on the batch.
-
-# Imported here, not at the top, to leave the AnoGAN part of this file untouched (the lead may move them up).
-from jaxcxr.models.discriminator import load_discriminator  # pylint: disable=wrong-import-position
-from jaxcxr.models.encoder import Encoder, load_encoder  # pylint: disable=wrong-import-position
-from jaxcxr.models.translator import Translator, blend  # pylint: disable=wrong-import-position
 
 
 class FanoganScores(NamedTuple):
