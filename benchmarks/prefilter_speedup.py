@@ -36,7 +36,6 @@ to the measured ones (generated-per-valid ratio and wall-time ratio), and the ph
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
@@ -48,12 +47,12 @@ import time
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxcxr import checkpoints, data, metrics, prefilter, scoring
 from jaxcxr import io as io_lib
+from jaxcxr.models.classifier import predict_pooled_features
 from jaxcxr.models.generator import load_generator
 
 BLOCK = 16
@@ -76,27 +75,6 @@ def _write_atomically(path: pathlib.Path, lines: list) -> None:
 # ----------------------------------------------------------------------------- diversity
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _pooled_classifier_features(graphdef, state, images):
-  """uint8 (B, S, S) -> float32 (B, C): the abnormal classifier's last feature map, mean-pooled."""
-  classifier = nnx.merge(graphdef, state)
-  r = classifier.config.resolution
-  x = images.astype(jnp.float32)[..., None] / 255.0
-  if x.shape[1] != r:
-    x = jax.image.resize(x, (x.shape[0], r, r, 1), "linear", antialias=True)
-  return classifier.features(x).mean(axis=(1, 2))
-
-
-def classifier_features(scorer, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-  graphdef, state = nnx.split(scorer.classifier)
-  out = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start: start + batch_size]
-    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], np.uint8)])
-    out.append(np.asarray(_pooled_classifier_features(graphdef, state, padded))[: len(chunk)])
-  return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-
-
 def block_means(images: np.ndarray) -> np.ndarray:
   """uint8 (N, S, S) -> float32 (N, 256): 16x16 block means in [0, 1]."""
   n, s = images.shape[:2]
@@ -109,7 +87,7 @@ def diversity(scorer, found: dict, real_features: np.ndarray | None) -> dict:
   images, z = found["images"], found["z"]
   if len(images) < 2:
     return {"n": int(len(images))}
-  features = classifier_features(scorer, images)
+  features = predict_pooled_features(scorer.classifier, images)
   out = {"n": int(len(images)),
          "mpd_pixels16": metrics.mean_pairwise_distance(block_means(images)),
          "mpd_classifier": metrics.mean_pairwise_distance(features),
@@ -229,7 +207,7 @@ def bench_group(group: str, scorer, generator, records, real, args, context, lin
   real_features = None
   if real is not None:
     normal = real.images[(real.groups == data.group_index(group)) & (real.label == 0)]
-    real_features = classifier_features(scorer, normal) if len(normal) >= 2 else None
+    real_features = predict_pooled_features(scorer.classifier, normal) if len(normal) >= 2 else None
   key = jax.random.fold_in(jax.random.key(args.seed), data.group_index(group))
   variants = [("unfiltered", None, accept_size, None), ("prefilter", pf, pool_size, None)]
   variants += [(f"nudged_{n.steps}x{n.step_size:g}", pf, pool_size, n) for n in _parse_nudges(args.nudge)]

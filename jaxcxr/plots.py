@@ -1,4 +1,4 @@
-"""Figures: image grids (more plots, matplotlib-based, to come).
+"""Figures: image grids and the one way matplotlib figures are written.
 
 Every writer goes through a temporary file and `os.replace`, so a kill never
 leaves a half-written figure (DESIGN.md section 11).
@@ -14,6 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcxr.io import write_bytes_atomic
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: float | None = None) -> pathlib.Path:
+  """Writes a matplotlib figure as PNG, atomically (`dpi` None keeps the figure's own)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _to_uint8(images) -> np.ndarray:

@@ -62,6 +62,7 @@ from jaxcxr import scoring
 from jaxcxr.data import GROUPS, DataError
 from jaxcxr import io as io_lib
 from jaxcxr.io import write_bytes_atomic
+from jaxcxr.plots import save_figure
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.generator import latents
 from jaxcxr.models.latent import (LATENT_PRESETS, LatentClassifier, LatentClassifierConfig)
@@ -1115,12 +1116,6 @@ def _new_figure(width: float, height: float, ncols: int = 1):
   return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _save_figure(fig, path: str | os.PathLike) -> pathlib.Path:
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  return write_bytes_atomic(path, buffer.getvalue())
-
-
 def save_roc_pr_curves(curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, *,
                        title: str = "") -> pathlib.Path:
   """ROC (left) and precision-recall (right) curves of several scorers in one PNG, written atomically.
@@ -1157,7 +1152,7 @@ def save_roc_pr_curves(curves: Mapping[str, tuple[Any, Any]], path: str | os.Pat
             title="precision-recall (dotted: base rate)")
   if title:
     fig.suptitle(title)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def save_confusion_matrix(confusion: Any, path: str | os.PathLike, *, title: str = "",
@@ -1188,7 +1183,7 @@ def save_confusion_matrix(confusion: Any, path: str | os.PathLike, *, title: str
             color="white" if dark else "black")
   ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=list(labels), yticklabels=list(labels),
          xlabel="predicted (accepted)", ylabel="true", title=title)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def save_correlation_heatmap(correlations: Any, names: Sequence[str], path: str | os.PathLike, *,
@@ -1216,7 +1211,7 @@ def save_correlation_heatmap(correlations: Any, names: Sequence[str], path: str 
                     aspect="auto", interpolation="nearest")
   ax.set(yticks=range(len(names)), yticklabels=list(names), xlabel="latent coordinate d", title=title)
   fig.colorbar(image, ax=ax, fraction=0.03)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def save_extremes_scatter(embedding: Mapping[str, np.ndarray], path: str | os.PathLike, *,
@@ -1238,7 +1233,7 @@ def save_extremes_scatter(embedding: Mapping[str, np.ndarray], path: str | os.Pa
   ax.scatter(points[~best, 0], points[~best, 1], s=10, alpha=0.7, marker="x", label=f"worst {int((~best).sum())}")
   ax.set(xlabel=f"PC1 ({100 * ratio[0]:.1f}%)", ylabel=f"PC2 ({100 * ratio[1]:.1f}%)", title=title)
   ax.legend(fontsize="small")
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 # ============================================================================ building latent datasets

@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from jaxcxr import data, metrics
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
-from jaxcxr.models.classifier import predict_logits, prepare_images
+from jaxcxr.models.classifier import predict_logits, predict_pooled_features
 from jaxcxr.models.discriminator import Discriminator
 from jaxcxr.models.generator import Generator
 
@@ -64,28 +64,6 @@ def discriminator_features(discriminator: Discriminator, images_uint8: np.ndarra
   for start in range(0, len(images_uint8), batch_size):
     x = data.to_signed(images_uint8[start:start + batch_size])[..., None]
     out.append(np.asarray(_pooled_features(graphdef, state, x)))
-  return np.concatenate(out)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _classifier_pooled(graphdef, state, x):
-  return nnx.merge(graphdef, state).features(x).mean(axis=(1, 2))
-
-
-def classifier_features(classifier, images_uint8: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-  """Globally pooled last feature map of a classifier: uint8 (N, H, W) -> float32 (N, C).
-
-  Images are resized to the classifier's resolution (`models.classifier.prepare_images`).
-  """
-  x = prepare_images(images_uint8, classifier.config.resolution)
-  graphdef, state = nnx.split(classifier)
-  out = []
-  for start in range(0, len(x), batch_size):
-    chunk = x[start: start + batch_size]
-    real = len(chunk)
-    if real < batch_size and start > 0:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - real,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(_classifier_pooled(graphdef, state, jnp.asarray(chunk)))[:real])
   return np.concatenate(out)
 
 
@@ -152,7 +130,7 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
                                                               labels_b=a.label)
 
   if feature_classifier is not None:
-    cf = {name: classifier_features(feature_classifier, x)
+    cf = {name: predict_pooled_features(feature_classifier, x)
           for name, x in (("a", images_a), ("b", images_b), ("gen", generated))}
     result["fd_classifier_generated_vs_real"] = metrics.frechet_distance(cf["gen"], cf["a"])
     result["fd_classifier_real_vs_real"] = metrics.frechet_distance(cf["b"], cf["a"])

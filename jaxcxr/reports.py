@@ -18,6 +18,7 @@ import numpy as np
 from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 from jaxcxr import scoring
+from jaxcxr.plots import save_figure
 
 __all__ = ["save_residual_overlays", "scoring_report"]
 
@@ -55,16 +56,8 @@ def _save_histograms(real_normal: dict, real_abnormal: dict, generated: dict, pa
     ax.set_title(name)
     ax.legend(fontsize=7)
   fig.tight_layout()
-  io_lib.write_bytes_atomic(path, _figure_png(fig))
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
-
-
-def _figure_png(fig) -> bytes:
-  import io  # pylint: disable=g-import-not-at-top
-
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=90)
-  return buffer.getvalue()
 
 
 def _save_examples(images, result: scoring.ScoreResult, picks: list[tuple[int, str]], path: pathlib.Path) -> None:
@@ -86,7 +79,7 @@ def _save_examples(images, result: scoring.ScoreResult, picks: list[tuple[int, s
   for ax in axes.ravel():
     ax.axis("off")
   fig.tight_layout()
-  io_lib.write_bytes_atomic(path, _figure_png(fig))
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
 
 
@@ -238,6 +231,6 @@ def save_residual_overlays(images_uint8: np.ndarray, residual: np.ndarray, label
     fig.suptitle(title, fontsize=9)
   fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / max(len(picks), 1)))
   path = pathlib.Path(path)
-  io_lib.write_bytes_atomic(path, _figure_png(fig))
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path

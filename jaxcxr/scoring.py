@@ -55,7 +55,7 @@ from jaxcxr.explain import grad_cam_pure
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.generator import Generator, latents
-from jaxcxr.models.unet import UNet, label_map
+from jaxcxr.models.unet import UNet, as_unit_images, label_map
 
 __all__ = [
     "FEATURE_NAMES",
@@ -343,24 +343,15 @@ def _device_mesh() -> Mesh | None:
 def _to_unit_square(images: Any) -> np.ndarray:
   """uint8 [0, 255] or float [0, 1] (N, S, S[, 1]) -> float32 (N, S, S, 1) in [0, 1], checked."""
   images = np.asarray(images)
-  if images.ndim == 4 and images.shape[-1] == 1:
-    images = images[..., 0]
-  if images.ndim != 3:
-    raise ValueError(f"score: expected images of shape (N, S, S) or (N, S, S, 1), got {images.shape}")
-  if images.shape[1] != images.shape[2]:
+  if images.ndim in (3, 4) and images.shape[0] == 0:
+    return np.zeros(images.shape[:3] + (1,), np.float32)
+  if images.ndim in (3, 4) and images.shape[1] != images.shape[2]:
     raise ValueError(f"score: expected square images, got {images.shape[1]}x{images.shape[2]}; pad them to a "
                      "centred square first (jaxcxr.data.load_folder does), they are never cropped")
-  if images.dtype == np.uint8:
-    return (images.astype(np.float32) / 255.0)[..., None]
-  if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f"score: expected uint8 [0, 255] or float [0, 1] images, got {images.dtype}")
-  images = images.astype(np.float32)
-  if not np.isfinite(images).all():
-    raise ValueError("score: images contain NaN or inf")
-  if images.size and (images.min() < -1e-3 or images.max() > 1.0 + 1e-3):
-    raise ValueError(f"score: float images must be in [0, 1], got [{images.min():.3g}, {images.max():.3g}]; "
-                     "convert generator images with jaxcxr.data.signed_to_unit")
-  return np.clip(images, 0.0, 1.0)[..., None]
+  try:
+    return as_unit_images(images)[..., None]
+  except ValueError as e:
+    raise ValueError(f"score: {e}") from e
 
 
 def concat_batches(parts: list[dict], n: int) -> dict:

@@ -26,7 +26,7 @@ def test_evaluate_gan_on_untrained_pair(nih_path):
 
 def test_evaluate_gan_with_classifier_feature_space_and_sex_classifier(nih_path):
   from jaxcxr.classifier_config import ClassifierConfig
-  from jaxcxr.models.classifier import Classifier
+  from jaxcxr.models.classifier import Classifier, predict_pooled_features
 
   cfg = gan_config.gan_tiny(resolution=32)
   generator = Generator(cfg.generator, rngs=nnx.Rngs(0))
@@ -42,6 +42,6 @@ def test_evaluate_gan_with_classifier_feature_space_and_sex_classifier(nih_path)
   assert 0.0 <= result["sex_classifier_accuracy_real"] <= 1.0
   assert all(0.0 <= g["classifier_female_fraction"] <= 1.0 for g in result["groups"].values())
   # the pooled features are per image: one image alone equals the same image in a batch
-  features = quality.classifier_features(classifier, real.images[:5], batch_size=4)
-  alone = quality.classifier_features(classifier, real.images[4:5], batch_size=4)
+  features = predict_pooled_features(classifier, real.images[:5], batch_size=4)
+  alone = predict_pooled_features(classifier, real.images[4:5], batch_size=4)
   np.testing.assert_allclose(features[4], alone[0], rtol=1e-5, atol=1e-6)

@@ -42,7 +42,8 @@ from flax import nnx
 from jaxcxr.classifier_config import ClassifierConfig
 from jaxcxr.data import resize_uint8
 
-__all__ = ["BasicBlock", "Classifier", "load_classifier", "predict_logits", "predict_proba", "prepare_images"]
+__all__ = ["BasicBlock", "Classifier", "load_classifier", "predict_logits", "predict_pooled_features", "predict_proba",
+           "prepare_images"]
 
 _HE = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's kaiming_normal_(fan_out)
 
@@ -233,6 +234,27 @@ def _logits(graphdef, state, x):
   return nnx.merge(graphdef, state)(x)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _pooled_features(graphdef, state, x):
+  return nnx.merge(graphdef, state).features(x).mean(axis=(1, 2))
+
+
+def _in_batches(fn, model: Classifier, images: Any, batch_size: int, empty_shape: tuple[int, ...]) -> np.ndarray:
+  """fn(graphdef, state, x) over `prepare_images(images)` in fixed-size batches (last one padded)."""
+  x = prepare_images(images, model.config.resolution)
+  graphdef, state = nnx.split(model)
+  n = x.shape[0]
+  batch_size = max(1, min(int(batch_size), n))
+  out = []
+  for start in range(0, n, batch_size):
+    chunk = x[start: start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    out.append(np.asarray(fn(graphdef, state, jnp.asarray(chunk)))[: batch_size - pad])
+  return np.concatenate(out) if out else np.zeros(empty_shape, np.float32)
+
+
 def predict_logits(model: Classifier, images: Any, batch_size: int = 64) -> np.ndarray:
   """Logits for a set of images, in fixed-size jitted batches (last batch padded).
 
@@ -244,18 +266,19 @@ def predict_logits(model: Classifier, images: Any, batch_size: int = 64) -> np.n
   Returns:
     float32 numpy (N,) logits.
   """
-  x = prepare_images(images, model.config.resolution)
-  graphdef, state = nnx.split(model)
-  n = x.shape[0]
-  batch_size = max(1, min(int(batch_size), n))
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = x[start: start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(_logits(graphdef, state, jnp.asarray(chunk)))[: batch_size - pad])
-  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+  return _in_batches(_logits, model, images, batch_size, (0,))
+
+
+def predict_pooled_features(model: Classifier, images: Any, batch_size: int = 64) -> np.ndarray:
+  """Globally average-pooled last feature map (the head's input in "full" mode), batched like `predict_logits`.
+
+  A chest-X-ray feature space for Fréchet distances and diversity figures that does not
+  depend on any GAN.
+
+  Returns:
+    float32 numpy (N, C), C = config.channels[-1] (2x side by side in "halves" mode).
+  """
+  return _in_batches(_pooled_features, model, images, batch_size, (0, model.config.channels[-1]))
 
 
 def predict_proba(model: Classifier, images: Any, batch_size: int = 64) -> np.ndarray:

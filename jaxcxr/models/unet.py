@@ -242,8 +242,10 @@ def as_unit_images(images) -> np.ndarray:
   if not np.issubdtype(images.dtype, np.floating):
     raise ValueError(f"expected uint8 [0, 255] or float [0, 1] images, got dtype {images.dtype}")
   images = images.astype(np.float32)
-  if not np.isfinite(images).all() or images.min() < -1e-3 or images.max() > 1.0 + 1e-3:
-    raise ValueError(f"float images must be finite and in [0, 1] (U-Net space), got range "
+  if not np.isfinite(images).all():
+    raise ValueError("float images contain NaN or inf")
+  if images.min() < -1e-3 or images.max() > 1.0 + 1e-3:
+    raise ValueError(f"float images must be in [0, 1] (U-Net space), got range "
                      f"[{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]; convert generator images with "
                      "jaxcxr.data.signed_to_unit")
   return np.clip(images, 0.0, 1.0)
