@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 from typing import NamedTuple
 
 import jax
@@ -37,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcxr import data
+from jaxcxr.batching import map_batches
 from jaxcxr.gan_config import DTYPES, DiscriminatorConfig, GeneratorConfig
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
@@ -474,8 +474,6 @@ def anogan_scores(generator: Generator, discriminator: Discriminator, images, co
     ValueError: as `search_latents`; cond missing for an array, or of the wrong length.
     jaxcxr.data.DataError: images that are not uint8 (N, H, W); unknown metadata.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   g_cfg = generator.config
   if isinstance(images, data.CXRDataset):
     if cond is None:
@@ -495,20 +493,16 @@ def anogan_scores(generator: Generator, discriminator: Discriminator, images, co
   if n == 0:
     return AnomalyScores(np.zeros((0,), np.float32), np.zeros((0, r, r), np.float16),
                          np.zeros((0, g_cfg.latent_dim), np.float32), np.zeros((0,), np.int32))
-  batch_size = min(batch_size, n)
-  out = {name: [] for name in AnomalyScores._fields}
-  for start in tqdm(range(0, n, batch_size), desc="AnoGAN search", unit="batch", file=sys.stderr,
-                    disable=not progress):
-    count = min(batch_size, n - start)
-    pad = batch_size - count
-    x = np.concatenate([images[start: start + count], np.repeat(images[start + count - 1: start + count], pad, 0)])
-    c = np.concatenate([cond[start: start + count], np.repeat(cond[start + count - 1: start + count], pad, 0)])
-    result = jax.device_get(search_latents(generator, discriminator, x, c, key, config, first_index=start))
-    out["score"].append(np.asarray(result.score, np.float32)[:count])
-    out["residual"].append(np.asarray(result.residual[:count, ..., 0], np.float16))
-    out["z"].append(np.asarray(result.z, np.float32)[:count])
-    out["steps_run"].append(np.asarray(result.steps_run, np.int32)[:count])
-  return AnomalyScores(**{name: np.concatenate(parts) for name, parts in out.items()})
+
+  def search(batch):
+    result = search_latents(generator, discriminator, batch["images"], batch["cond"], key, config,
+                            first_index=int(batch["index"][0]))
+    return AnomalyScores(result.score.astype(jnp.float32), result.residual[..., 0].astype(jnp.float16),
+                         result.z.astype(jnp.float32), result.steps_run.astype(jnp.int32))
+
+  # Host batches (`put=np.asarray`): search_latents places (and shards) them itself.
+  return map_batches(search, {"images": images, "cond": cond, "index": np.arange(n)}, batch_size, put=np.asarray,
+                     desc="AnoGAN search", progress=progress)
 
 
 # ---- f-AnoGAN and HealthyGAN scoring
@@ -563,33 +557,6 @@ def _images_and_metadata(images, resolution: int, what: str):
     raise ValueError(f"{what}: expected a CXRDataset or uint8 images (N, H, W), got "
                      f"{getattr(array, 'dtype', type(array).__name__)} {np.shape(array)}")
   return data.resize_uint8(array, resolution), dataset
-
-
-def _run_in_batches(fn, arrays: dict[str, np.ndarray], batch_size: int, *, desc: str,
-                    progress: bool) -> dict[str, np.ndarray]:
-  """fn over fixed-size batches of host arrays (N, ...), the last padded with its last row.
-
-  Args:
-    fn: maps a dict of (batch_size, ...) arrays to a dict of (batch_size, ...) jax arrays.
-    arrays: host arrays with a common first dimension N >= 1.
-    batch_size: rows per call (capped at N).
-
-  Returns:
-    fn's outputs for the N real rows, concatenated on the host.
-  """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
-  n = len(next(iter(arrays.values())))
-  batch_size = min(batch_size, n)
-  parts: dict[str, list[np.ndarray]] = {}
-  for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", file=sys.stderr, disable=not progress):
-    count = min(batch_size, n - start)
-    batch = {k: np.concatenate([v[start: start + count], np.repeat(v[start + count - 1: start + count],
-                                                                   batch_size - count, axis=0)])
-             for k, v in arrays.items()}
-    for k, v in jax.device_get(fn(batch)).items():
-      parts.setdefault(k, []).append(np.asarray(v)[:count])
-  return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def _check_batch_size(batch_size: int, what: str) -> None:
@@ -719,8 +686,8 @@ def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Discri
   graphdefs = _fanogan_graphdefs(encoder.config, g_cfg, discriminator.config)
   states = (nnx.state(encoder), nnx.state(generator), nnx.state(discriminator))
   kappa = jnp.float32(feature_weight)
-  out = _run_in_batches(lambda b: _fanogan_batch(graphdefs, states, b["images"], b["cond"], kappa),
-                        {"images": images, "cond": cond}, batch_size, desc="f-AnoGAN", progress=progress)
+  out = map_batches(lambda b: _fanogan_batch(graphdefs, states, b["images"], b["cond"], kappa),
+                    {"images": images, "cond": cond}, batch_size, desc="f-AnoGAN", progress=progress)
   return FanoganScores(**out)
 
 
@@ -772,8 +739,8 @@ def healthygan_scores(translator: Translator, images, *, batch_size: int = 64,
     return HealthyganScores(np.zeros((0,), np.float32), np.zeros((0, r, r), np.float16),
                             np.zeros((0, r, r), np.float16))
   graphdef, state = _translator_graphdef(cfg), nnx.state(translator)
-  out = _run_in_batches(lambda b: _healthygan_batch(graphdef, state, b["images"]), {"images": images},
-                        batch_size, desc="HealthyGAN", progress=progress)
+  out = map_batches(lambda b: _healthygan_batch(graphdef, state, b["images"]), {"images": images},
+                    batch_size, desc="HealthyGAN", progress=progress)
   return HealthyganScores(**out)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcxr import io as io_lib
+from jaxcxr.batching import map_batches
 from jaxcxr.models.classifier import prepare_images
 
 __all__ = ["GradCam", "grad_cam", "grad_cam_pure", "max_heat", "overlay_heatmap"]
@@ -131,24 +132,11 @@ def grad_cam(model: nnx.Module, images: Any, *, target: int = 1, batch_size: int
   """
   if target not in (0, 1):
     raise ValueError(f"target: expected 0 or 1, got {target!r}")
-  x = prepare_images(images, model.config.resolution)
   graphdef, state = nnx.split(model)
   sign = 1.0 if target == 1 else -1.0
-  n = x.shape[0]
-  batch_size = max(1, min(int(batch_size), n))
-  heatmaps, raw_max = [], []
-  for start in range(0, n, batch_size):
-    chunk = x[start: start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    h, m = jax.device_get(_grad_cam_batch(graphdef, state, jnp.asarray(chunk), sign))
-    heatmaps.append(h[: batch_size - pad])
-    raw_max.append(m[: batch_size - pad])
-  r = model.config.resolution
-  if not heatmaps:
-    return GradCam(np.zeros((0, r, r), np.float32), np.zeros((0,), np.float32))
-  return GradCam(np.concatenate(heatmaps).astype(np.float32), np.concatenate(raw_max).astype(np.float32))
+  heatmap, raw_max = map_batches(lambda x: _grad_cam_batch(graphdef, state, x, sign),
+                                 prepare_images(images, model.config.resolution), batch_size)
+  return GradCam(heatmap.astype(np.float32), raw_max.astype(np.float32))
 
 
 def max_heat(heatmaps: Any) -> np.ndarray:

@@ -64,7 +64,6 @@ from jaxcxr import io as io_lib
 from jaxcxr.io import write_bytes_atomic
 from jaxcxr.plots import save_figure
 from jaxcxr.models.condition import group_condition_batch
-from jaxcxr.models.generator import latents
 from jaxcxr.models.latent import (LATENT_PRESETS, LatentClassifier, LatentClassifierConfig)
 from jaxcxr.scoring import SCORE_NAMES  # the five post-filter scores, each > 0 meaning good
 from jaxcxr.train.classifier import focal_loss, weighted_bce
@@ -1727,10 +1726,9 @@ def _filter_generate_and_score(models, states, calibration, key, start, cond, th
   the rest with rejected latents whose slots are masked out.
   """
   TRACE_COUNTS["filter_generate_and_score"] += 1          # runs at trace time only
-  generator = nnx.merge(models[2], states[2])
-  latent_dim = generator.config.latent_dim
+  latent_dim = nnx.merge(models[2], states[2]).config.latent_dim
   index = start + jnp.arange(pool_size, dtype=jnp.int32)                                 # (P,)
-  z = jax.vmap(lambda i: latents(key, i, 1, latent_dim)[0])(index)                        # (P, D)
+  z = scoring.latents_at(key, index, latent_dim)                                         # (P, D)
   if models[3] is None:
     logits = jnp.zeros((pool_size,), jnp.float32)
     accepted = jnp.ones((pool_size,), bool)
@@ -1751,10 +1749,8 @@ def _filter_generate_and_score(models, states, calibration, key, start, cond, th
   z_chosen = z[chosen]
   if batch_sharding is not None:
     z_chosen = jax.lax.with_sharding_constraint(z_chosen, batch_sharding)
-  images = generator(z_chosen, cond)                                  # (A, G, G, 1) in [-1, 1]
-  x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
-  out = scoring.score_batch(models[:2], states[:2], calibration, x, config, False)
-  return {"images": jnp.round(x[..., 0] * 255.0).astype(jnp.uint8), "z": z_chosen, "index": index[chosen],
+  out = scoring.generate_and_score_batch(models, states, calibration, z_chosen, cond, config, keep_maps=False)
+  return {"images": out["images"], "z": z_chosen, "index": index[chosen],
           "logit": logits[chosen], "scores": out["scores"], "valid": out["valid"] & slot_used,
           "slot_used": slot_used, "consumed": consumed.astype(jnp.int32)}
 
@@ -1917,7 +1913,7 @@ def sample_valid(scorer, generator, prefilter: Prefilter | None, key: jax.Array,
             f"drawn", file=sys.stderr, flush=True)
   seconds = time.perf_counter() - t0
   side = generator.config.resolution
-  merged = (scoring.concat_batches(kept, n_kept) if kept else   # pylint: disable=protected-access
+  merged = (jax.tree.map(lambda *parts: np.concatenate(parts), *kept) if kept else
             {"images": np.zeros((0, side, side), np.uint8),
              "z": np.zeros((0, generator.config.latent_dim), np.float32), "index": np.zeros((0,), np.int32),
              "scores": {name: np.zeros((0,), np.float32) for name in SCORE_NAMES}})

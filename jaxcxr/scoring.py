@@ -51,6 +51,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcxr import io as io_lib
+from jaxcxr.batching import map_batches
 from jaxcxr.explain import grad_cam_pure
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.condition import group_condition_batch
@@ -61,7 +62,8 @@ __all__ = [
     "FEATURE_NAMES",
     "SCORE_NAMES",
     "Calibration",
-    "concat_batches",
+    "generate_and_score_batch",
+    "latents_at",
     "score_batch",
     "split_with_dtype",
     "GenerationResult",
@@ -308,18 +310,44 @@ def _score_images(models, states, calibration, x, *, config, keep_maps):
   return score_batch(models, states, calibration, x.astype(jnp.float32), config, keep_maps)
 
 
-@functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps", "keep_images"))
-def _generate_and_score(models, states, calibration, key, index, cond, *, config, keep_maps, keep_images):
-  """One compiled call: latents of samples `index`, generator, U-Net, classifier, Grad-CAM, scores."""
-  generator = nnx.merge(models[2], states[2])
-  z = jax.vmap(lambda i: latents(key, i, 1, generator.config.latent_dim)[0])(index)   # (B, latent_dim)
-  images = generator(z, cond)                                                        # (B, G, G, 1) in [-1, 1]
+def latents_at(key: jax.Array, index: jax.Array, latent_dim: int) -> jax.Array:
+  """z of sample indices (B,) -> (B, latent_dim): `models.generator.latents(key, i)` per index, traceable."""
+  return jax.vmap(lambda i: latents(key, i, 1, latent_dim)[0])(index)
+
+
+def generate_and_score_batch(models, states, calibration, z, cond, config: ScoringConfig, keep_maps: bool,
+                             keep_images: bool = True):
+  """Generation plus post-filter scoring of one batch of latents inside a traced function.
+
+  The core of both compiled sampling paths (`Scorer.generate_and_score` and the pre-filtered
+  rounds of `jaxcxr.prefilter.sample_valid`).
+
+  Args:
+    models: (U-Net graphdef, classifier graphdef, generator graphdef, ...), static.
+    states: their states, in the same order.
+    calibration: a `Calibration` of arrays.
+    z: float32 (B, latent_dim) latents; cond: float32 (B, n_conditions) condition rows.
+    config: the `ScoringConfig` (static).
+    keep_maps: also return "masks" and "heatmaps".
+    keep_images: also return "images", uint8 (B, G, G).
+
+  Returns:
+    `score_batch`'s dict plus "z" (and "images").
+  """
+  images = nnx.merge(models[2], states[2])(z, cond)                                  # (B, G, G, 1) in [-1, 1]
   x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
   out = score_batch(models[:2], states[:2], calibration, x, config, keep_maps)
   out["z"] = z
   if keep_images:
     out["images"] = jnp.round(x[..., 0] * 255.0).astype(jnp.uint8)
   return out
+
+
+@functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps", "keep_images"))
+def _generate_and_score(models, states, calibration, key, index, cond, *, config, keep_maps, keep_images):
+  """One compiled call: latents of samples `index`, generator, U-Net, classifier, Grad-CAM, scores."""
+  z = latents_at(key, index, nnx.merge(models[2], states[2]).config.latent_dim)
+  return generate_and_score_batch(models, states, calibration, z, cond, config, keep_maps, keep_images)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -352,17 +380,6 @@ def _to_unit_square(images: Any) -> np.ndarray:
     return as_unit_images(images)[..., None]
   except ValueError as e:
     raise ValueError(f"score: {e}") from e
-
-
-def concat_batches(parts: list[dict], n: int) -> dict:
-  """Concatenates per-batch host dicts (values arrays or one level of dicts of arrays); keeps the first n rows."""
-  out = {}
-  for key, value in parts[0].items():
-    if isinstance(value, dict):
-      out[key] = {k: np.concatenate([p[key][k] for p in parts])[:n] for k in value}
-    else:
-      out[key] = np.concatenate([p[key] for p in parts])[:n]
-  return out
 
 
 def _result(out: dict) -> ScoreResult:
@@ -435,20 +452,11 @@ class Scorer:
     Raises:
       ValueError: non-square, wrongly typed, non-finite or out-of-range images.
     """
-    x = _to_unit_square(images)
-    n = x.shape[0]
-    bs = self.config.batch_size
-    parts = []
-    for start in _progress(range(0, n, bs), progress, "score", total=-(-n // bs)):
-      chunk = x[start: start + bs]
-      if len(chunk) < bs:
-        chunk = np.concatenate([chunk, np.zeros((bs - len(chunk),) + chunk.shape[1:], np.float32)])
-      out = _score_images(self.graphdefs, self.states, self.device_calibration, self._shard(chunk),
-                          config=self.config, keep_maps=keep_maps)
-      parts.append(jax.device_get(out))
-    if not parts:
-      return self._empty(keep_maps)
-    return _result(concat_batches(parts, n))
+    out = map_batches(lambda x: _score_images(self.graphdefs, self.states, self.device_calibration, x,
+                                              config=self.config, keep_maps=keep_maps),
+                      _to_unit_square(images), self.config.batch_size, fixed_shape=True, put=self._shard,
+                      desc="score", progress=progress)
+    return _result(out)
 
   def generate_and_score(self, generator: Generator, key: jax.Array, n: int, group: str, *, label: int = 0,
                          start: int = 0, keep_images: bool = True, keep_maps: bool = False,
@@ -484,26 +492,13 @@ class Scorer:
     g_def, g_state = split_with_dtype(generator, self.config.dtype)
     models = (*self.graphdefs, g_def)
     states = (*self.states, self.replicate(g_state))
-    bs = self.config.batch_size
-    cond = self._shard(np.repeat(cond_row, bs, axis=0))
-    parts = []
-    for first in _progress(range(0, n, bs), progress, f"generate {group}", total=-(-n // bs)):
-      index = self._shard(np.arange(start + first, start + first + bs, dtype=np.int32))
-      out = _generate_and_score(models, states, self.device_calibration, key, index, cond, config=self.config,
-                                keep_maps=keep_maps, keep_images=keep_images)
-      parts.append(jax.device_get(out))
-    if not parts:
-      r = cfg.resolution
-      return GenerationResult(np.zeros((0, r, r), np.uint8) if keep_images else None,
-                              np.zeros((0, cfg.latent_dim), np.float32), self._empty(keep_maps))
-    out = concat_batches(parts, n)
+    cond = self._shard(np.repeat(cond_row, self.config.batch_size, axis=0))
+    out = map_batches(lambda index: _generate_and_score(models, states, self.device_calibration, key, index, cond,
+                                                        config=self.config, keep_maps=keep_maps,
+                                                        keep_images=keep_images),
+                      np.arange(start, start + n, dtype=np.int32), self.config.batch_size, fixed_shape=True,
+                      put=self._shard, desc=f"generate {group}", progress=progress)
     return GenerationResult(out.get("images"), out["z"], _result(out))
-
-  def _empty(self, keep_maps: bool) -> ScoreResult:
-    s, r = self.config.mask_size, self.classifier.config.resolution
-    return ScoreResult({k: np.zeros((0,), np.float32) for k in SCORE_NAMES}, np.zeros((0, 6), np.float32),
-                       np.zeros((0,), bool), {}, np.zeros((0, s, s), np.uint8) if keep_maps else None,
-                       np.zeros((0, r, r), np.float32) if keep_maps else None)
 
   def save(self, directory: str | os.PathLike) -> pathlib.Path:
     """Writes the calibration (`calibration.json`: config, thresholds, provenance; `atlas.npz`).
@@ -523,14 +518,6 @@ class Scorer:
                "provenance": self.provenance}
     io_lib.save_json(directory / CALIBRATION_FILE, payload)
     return directory
-
-
-def _progress(iterable, enabled: bool, desc: str, total: int):
-  if not enabled:
-    return iterable
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
-  return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False)
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr.batching import map_batches
 from jaxcxr.classifier_config import ClassifierConfig
 from jaxcxr.data import resize_uint8
 
@@ -239,20 +240,10 @@ def _pooled_features(graphdef, state, x):
   return nnx.merge(graphdef, state).features(x).mean(axis=(1, 2))
 
 
-def _in_batches(fn, model: Classifier, images: Any, batch_size: int, empty_shape: tuple[int, ...]) -> np.ndarray:
-  """fn(graphdef, state, x) over `prepare_images(images)` in fixed-size batches (last one padded)."""
-  x = prepare_images(images, model.config.resolution)
+def _in_batches(fn, model: Classifier, images: Any, batch_size: int) -> np.ndarray:
+  """fn(graphdef, state, x) over `prepare_images(images)` in fixed-size jitted batches (`map_batches`)."""
   graphdef, state = nnx.split(model)
-  n = x.shape[0]
-  batch_size = max(1, min(int(batch_size), n))
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = x[start: start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(fn(graphdef, state, jnp.asarray(chunk)))[: batch_size - pad])
-  return np.concatenate(out) if out else np.zeros(empty_shape, np.float32)
+  return map_batches(lambda x: fn(graphdef, state, x), prepare_images(images, model.config.resolution), batch_size)
 
 
 def predict_logits(model: Classifier, images: Any, batch_size: int = 64) -> np.ndarray:
@@ -266,7 +257,7 @@ def predict_logits(model: Classifier, images: Any, batch_size: int = 64) -> np.n
   Returns:
     float32 numpy (N,) logits.
   """
-  return _in_batches(_logits, model, images, batch_size, (0,))
+  return _in_batches(_logits, model, images, batch_size)
 
 
 def predict_pooled_features(model: Classifier, images: Any, batch_size: int = 64) -> np.ndarray:
@@ -278,7 +269,7 @@ def predict_pooled_features(model: Classifier, images: Any, batch_size: int = 64
   Returns:
     float32 numpy (N, C), C = config.channels[-1] (2x side by side in "halves" mode).
   """
-  return _in_batches(_pooled_features, model, images, batch_size, (0, model.config.channels[-1]))
+  return _in_batches(_pooled_features, model, images, batch_size)
 
 
 def predict_proba(model: Classifier, images: Any, batch_size: int = 64) -> np.ndarray:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr.batching import map_batches
 from jaxcxr.models.layers import GroupNorm, depth_to_space
 from jaxcxr.seg_config import UNetConfig
 
@@ -123,8 +124,8 @@ class UNet(nnx.Module):
   Examples:
     >>> from flax import nnx
     >>> import jax.numpy as jnp
-    >>> from jaxcxr.models.layers import GroupNorm, depth_to_space
-from jaxcxr.seg_config import UNetConfig
+    >>> from jaxcxr.models.unet import UNet
+    >>> from jaxcxr.seg_config import UNetConfig
     >>> unet = UNet(UNetConfig(resolution=32, channels=(4, 8, 16), norm_groups=2), rngs=nnx.Rngs(0))
     >>> unet(jnp.zeros((2, 32, 32, 1))).shape
     (2, 32, 32, 3)
@@ -278,18 +279,9 @@ def predict_masks(model: UNet, images, batch_size: int = 16) -> np.ndarray:
   if batch_size <= 0:
     raise ValueError(f"predict_masks: batch_size must be positive, got {batch_size}")
   unit = as_unit_images(images)
-  n, h, w = unit.shape
-  batch_size = min(batch_size, n)
+  _, h, w = unit.shape
   graphdef, state = nnx.split(model)
-  out = np.empty((n, h, w), np.uint8)
-  for start in range(0, n, batch_size):
-    chunk = unit[start: start + batch_size]
-    real = len(chunk)
-    if real < batch_size:  # pad to a static shape (one compile)
-      chunk = np.concatenate([chunk, np.zeros((batch_size - real, h, w), np.float32)])
-    labels = _predict_labels(graphdef, state, jnp.asarray(chunk), out_hw=(h, w))
-    out[start: start + real] = np.asarray(labels)[:real]
-  return out
+  return map_batches(lambda x: _predict_labels(graphdef, state, x, out_hw=(h, w)), unit, batch_size)
 
 
 def load_unet(directory: str | os.PathLike) -> UNet:

@@ -1,0 +1,72 @@
+"""Running a compiled function over host arrays in fixed-size batches.
+
+Every batched inference entry point of jaxcxr (U-Net masks, classifier logits and
+features, Grad-CAM, the post-filter's `Scorer`, the anomaly scorers) goes through
+`map_batches`: the arrays are cut into batches of one static size (the last one
+padded by repeating its last row, so padding never feeds blank images to a model
+and never triggers a second compilation), the function runs once per batch, and the
+real rows are copied back to the host and concatenated.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def map_batches(fn: Callable[[Any], Any], arrays: Any, batch_size: int, *, fixed_shape: bool = False,
+                put: Callable[[np.ndarray], Any] | None = None, desc: str | None = None,
+                progress: bool = False) -> Any:
+  """`fn` over fixed-size batches of host arrays; returns its outputs for the real rows, on the host.
+
+  Args:
+    fn: maps a pytree of (batch_size, ...) arrays (the structure of `arrays`) to a pytree of
+      arrays whose first axis is the batch (typically a jitted function).
+    arrays: a pytree (an array, a dict, ...) of host arrays with a common first dimension N.
+    batch_size: rows per call (the static batch shape `fn` sees), capped at N unless `fixed_shape`.
+    fixed_shape: always call `fn` with `batch_size` rows, padding even when N < batch_size, so that
+      every N shares one compilation (for functions called again and again with varying N).
+    put: moves each batch leaf to the device(s) (e.g. a sharded `jax.device_put`); default
+      `jax.numpy.asarray`.
+    desc: tqdm label; with `progress` a bar is shown on stderr.
+    progress: show a tqdm bar.
+
+  Returns:
+    `fn`'s output pytree with numpy leaves of N rows. With N = 0, `fn` is not run: its output
+    shapes come from `jax.eval_shape` on one batch, and the leaves are empty (0, ...) arrays.
+
+  Raises:
+    ValueError: batch_size <= 0 or leaves with different first dimensions.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"map_batches: batch_size must be positive, got {batch_size}")
+  leaves, treedef = jax.tree.flatten(arrays)
+  leaves = [np.asarray(leaf) for leaf in leaves]
+  sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f"map_batches: expected arrays with a common first dimension, got shapes "
+                     f"{[leaf.shape for leaf in leaves]}")
+  n = sizes.pop()
+  put = put or jax.numpy.asarray
+  batch_size = int(batch_size) if fixed_shape else min(int(batch_size), max(n, 1))
+  if n == 0:
+    spec = treedef.unflatten([jax.ShapeDtypeStruct((batch_size,) + leaf.shape[1:], leaf.dtype) for leaf in leaves])
+    return jax.tree.map(lambda s: np.zeros((0,) + s.shape[1:], s.dtype), jax.eval_shape(fn, spec))
+  starts = range(0, n, batch_size)
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+    starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, leave=False)
+  parts = []
+  for start in starts:
+    count = min(batch_size, n - start)
+    batch = [np.concatenate([leaf[start: start + count], np.repeat(leaf[start + count - 1: start + count],
+                                                                   batch_size - count, axis=0)])
+             for leaf in leaves]
+    out = jax.device_get(fn(treedef.unflatten([put(b) for b in batch])))
+    parts.append(jax.tree.map(lambda v, count=count: np.asarray(v)[:count], out))
+  return jax.tree.map(lambda *p: np.concatenate(p), *parts)

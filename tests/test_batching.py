@@ -1,0 +1,79 @@
+"""Tests of jaxcxr.batching.map_batches: padding, shapes, compile counts, empty inputs, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcxr.batching import map_batches
+
+
+def test_results_equal_one_call_over_all_rows():
+  x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+  out = map_batches(lambda a: {"sum": a["x"].sum(-1), "twice": 2 * a["x"]}, {"x": x}, 3)
+  np.testing.assert_array_equal(out["sum"], x.sum(-1))
+  np.testing.assert_array_equal(out["twice"], 2 * x)
+  assert isinstance(out["sum"], np.ndarray)
+
+
+def test_last_batch_is_padded_with_its_last_row_and_shapes_are_static():
+  seen = []
+
+  def fn(a):
+    seen.append(np.asarray(a))
+    return a * 10
+
+  out = map_batches(fn, np.arange(5), 2)
+  np.testing.assert_array_equal(out, np.arange(5) * 10)
+  assert [s.tolist() for s in seen] == [[0, 1], [2, 3], [4, 4]]
+
+
+def test_batch_capped_at_n_unless_fixed_shape():
+  shapes = []
+  map_batches(lambda a: shapes.append(a.shape) or a, np.zeros((3, 2)), 8)
+  map_batches(lambda a: shapes.append(a.shape) or a, np.zeros((3, 2)), 8, fixed_shape=True)
+  assert shapes == [(3, 2), (8, 2)]
+
+
+def test_one_compilation_for_any_n_with_fixed_shape():
+  traces = []
+
+  @jax.jit
+  def fn(a):
+    traces.append(1)  # runs at trace time only
+    return a + 1
+
+  for n in (1, 3, 4, 9):
+    np.testing.assert_array_equal(map_batches(fn, np.arange(n), 4, fixed_shape=True), np.arange(n) + 1)
+  assert len(traces) == 1
+
+
+def test_empty_input_gives_empty_outputs_of_the_right_shape():
+  def fn(a):
+    return {"mean": jnp.mean(a, axis=(1, 2)), "map": a[..., None].astype(jnp.float16)}
+
+  out = map_batches(fn, np.zeros((0, 4, 5), np.float32), 16)
+  assert out["mean"].shape == (0,) and out["mean"].dtype == np.float32
+  assert out["map"].shape == (0, 4, 5, 1) and out["map"].dtype == np.float16
+  assert isinstance(out["map"], np.ndarray)
+
+
+def test_put_places_every_leaf():
+  placed = []
+
+  def put(leaf):
+    placed.append(leaf.shape)
+    return jnp.asarray(leaf)
+
+  map_batches(lambda a: a["x"] + a["y"], {"x": np.zeros((4, 2)), "y": np.ones((4, 2))}, 2, put=put)
+  assert placed == [(2, 2)] * 4
+
+
+@pytest.mark.parametrize("arrays, batch_size", [
+    ({"x": np.zeros((3, 2)), "y": np.zeros((4, 2))}, 2),   # ragged first dimensions
+    (np.float32(1.0), 2),                                  # a scalar has no batch axis
+    (np.zeros((3, 2)), 0),                                 # batch size
+])
+def test_bad_input_raises(arrays, batch_size):
+  with pytest.raises(ValueError, match="map_batches"):
+    map_batches(lambda a: a, arrays, batch_size)
