@@ -28,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from jaxcxr import data, metrics
+from jaxcxr.batching import map_batches
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
 from jaxcxr.models.classifier import predict_logits, predict_pooled_features
@@ -60,11 +61,8 @@ def discriminator_features(discriminator: Discriminator, images_uint8: np.ndarra
                            ) -> np.ndarray:
   """Mean-pooled `features` of uint8 (N, R, R) images at the discriminator's resolution. float32 (N, C)."""
   graphdef, state = nnx.split(discriminator)
-  out = []
-  for start in range(0, len(images_uint8), batch_size):
-    x = data.to_signed(images_uint8[start:start + batch_size])[..., None]
-    out.append(np.asarray(_pooled_features(graphdef, state, x)))
-  return np.concatenate(out)
+  return map_batches(lambda x: _pooled_features(graphdef, state, data.to_signed(x)[..., None]),
+                     np.asarray(images_uint8), batch_size)
 
 
 def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr.batching import map_batches
 from jaxcxr.gan_config import GeneratorConfig
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.layers import Conv, GroupNorm, depth_to_space
@@ -178,18 +179,11 @@ def sample_images(generator: Generator, key: jax.Array, n: int, group: str, *, l
   if "label" not in cfg.conditions and label != 0:
     raise ValueError(f"sample_images: this generator is not conditioned on the label (conditions "
                      f"{cfg.conditions}); it makes normal images only, got label={label}")
-  cond = group_condition_batch(group, max(n, 1), label, conditions=cfg.conditions)
-  if n == 0:
-    return np.zeros((0, cfg.resolution, cfg.resolution), np.uint8)
-  batch_size = min(batch_size, n)
+  cond = group_condition_batch(group, n, label, conditions=cfg.conditions)
   graphdef, state = nnx.split(generator)
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = cond[start: start + batch_size]
-    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-    images = _generate_uint8(graphdef, state, key, np.int32(start), chunk, batch_size=batch_size)
-    out.append(np.asarray(images)[: min(batch_size, n - start)])
-  return np.concatenate(out)
+  return map_batches(lambda b: _generate_uint8(graphdef, state, key, b["index"][0], b["cond"],
+                                               batch_size=b["cond"].shape[0]),
+                     {"cond": cond, "index": np.arange(n, dtype=np.int32)}, batch_size)
 
 
 def load_generator(directory) -> Generator:
