@@ -8,7 +8,8 @@ Mirrors the metric set of the original CXR-GAN study and MONAI's naming
   (debiased entropic OT in jitted jnp, optionally label-aware as in OTDD).
 * Diversity: `mean_pairwise_distance` (blockwise, jitted).
 * Binary classification, on host in float64: `compute_roc_auc` (rank formula,
-  equals `sklearn.metrics.roc_auc_score`), `compute_roc_curve` and
+  equals `sklearn.metrics.roc_auc_score`), `compute_roc_auc_ci` (DeLong standard
+  error and interval), `compare_roc_auc` (DeLong's paired test), `compute_roc_curve` and
   `compute_pr_curve` (thin wrappers around sklearn), `compute_confusion`,
   `compute_binary_report`.
 * Segmentation from integer label maps (B, H, W), jitted: `compute_dice`,
@@ -469,6 +470,86 @@ def compute_roc_auc(y_pred: Any, y: Any) -> float:
   num_pos = float(y.sum())
   num_neg = float(y.shape[0]) - num_pos
   return float((ranks[y == 1].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+
+
+def _delong_components(y_pred: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+  """(AUC, V10 (P,), V01 (Q,)): DeLong's structural components from midranks (Sun & Xu 2014).
+
+  V10_i is the share of negatives that positive i outranks (ties count half), V01_j the share of
+  positives that outrank negative j; the AUC is the mean of either.
+  """
+  pos, neg = y_pred[y == 1], y_pred[y == 0]
+  rank_all = scipy.stats.rankdata(np.concatenate([pos, neg]))
+  v10 = (rank_all[: pos.size] - scipy.stats.rankdata(pos)) / neg.size
+  v01 = 1.0 - (rank_all[pos.size:] - scipy.stats.rankdata(neg)) / pos.size
+  return float(v10.mean()), v10, v01
+
+
+def compute_roc_auc_ci(y_pred: Any, y: Any, *, level: float = 0.95) -> dict[str, float]:
+  """ROC AUC with its DeLong standard error and a normal confidence interval (clipped to [0, 1]).
+
+  The variance is S10 / P + S01 / Q, S10 and S01 the sample variances of DeLong's
+  structural components over the P positives and Q negatives. On the small test
+  splits of this project (~70 images a class) the half-width is about 0.06: read
+  AUC differences below that as noise.
+
+  Args:
+    y_pred: scores [N], higher means more positive.
+    y: binary targets [N] in {0, 1} (or bool), both classes present, at least 2 of each.
+    level: confidence level in (0, 1).
+
+  Returns:
+    {"roc_auc", "se", "low", "high", "level"}.
+
+  Raises:
+    ValueError: as `compute_roc_auc`, fewer than 2 images of a class, or level outside (0, 1).
+
+  References:
+    DeLong, DeLong & Clarke-Pearson, Biometrics 1988; Sun & Xu, IEEE SPL 2014 (midrank algorithm).
+  """
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level must be in (0, 1), got {level}")
+  y_pred, y = _check_pair(y_pred, y, scores=True)
+  _require_both_classes(y)
+  if min(int(y.sum()), int((1 - y).sum())) < 2:
+    raise ValueError("compute_roc_auc_ci needs at least 2 positives and 2 negatives")
+  auc, v10, v01 = _delong_components(y_pred, y)
+  se = float(np.sqrt(v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size))
+  half = float(scipy.stats.norm.ppf(0.5 + level / 2.0)) * se
+  return {"roc_auc": auc, "se": se, "low": max(0.0, auc - half), "high": min(1.0, auc + half), "level": level}
+
+
+def compare_roc_auc(y_pred_a: Any, y_pred_b: Any, y: Any) -> dict[str, float]:
+  """DeLong's paired test of two scorers' ROC AUCs on the same images.
+
+  Args:
+    y_pred_a, y_pred_b: scores [N] of the two scorers, higher means more positive.
+    y: binary targets [N], at least 2 of each class.
+
+  Returns:
+    {"roc_auc_a", "roc_auc_b", "difference" (a - b), "se" (of the difference), "p_value"
+    (two-sided; 1 when the two scorers rank every pair alike)}.
+
+  Raises:
+    ValueError: as `compute_roc_auc_ci`, or predictions of different lengths.
+  """
+  a, y = _check_pair(y_pred_a, y, scores=True)
+  b, _ = _check_pair(y_pred_b, y, scores=True)
+  _require_both_classes(y)
+  if min(int(y.sum()), int((1 - y).sum())) < 2:
+    raise ValueError("compare_roc_auc needs at least 2 positives and 2 negatives")
+  auc_a, v10_a, v01_a = _delong_components(a, y)
+  auc_b, v10_b, v01_b = _delong_components(b, y)
+  cov = np.cov(np.stack([v10_a, v10_b])) / v10_a.size + np.cov(np.stack([v01_a, v01_b])) / v01_a.size
+  var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+  diff = auc_a - auc_b
+  if var <= 1e-15:
+    p_value = 1.0 if abs(diff) < 1e-12 else 0.0
+    se = 0.0
+  else:
+    se = float(np.sqrt(var))
+    p_value = float(2.0 * scipy.stats.norm.sf(abs(diff) / se))
+  return {"roc_auc_a": auc_a, "roc_auc_b": auc_b, "difference": diff, "se": se, "p_value": p_value}
 
 
 def compute_roc_curve(y_pred: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -257,6 +257,55 @@ def test_roc_errors(fn):
     fn([0.1, np.nan, 0.3], [0, 1, 1])
 
 
+def test_roc_auc_ci_hand_computed_delong_variance():
+  # Positives 0.9, 0.4; negatives 0.5, 0.1: V10 = (1, 0.5), V01 = (0.5, 1), AUC 0.75,
+  # variance var(V10)/2 + var(V01)/2 = 0.125/2 + 0.125/2 = 0.125.
+  out = metrics.compute_roc_auc_ci(np.array([0.9, 0.4, 0.5, 0.1]), np.array([1, 1, 0, 0]))
+  assert out["roc_auc"] == pytest.approx(0.75)
+  assert out["se"] == pytest.approx(np.sqrt(0.125))
+  assert out["low"] == pytest.approx(0.75 - 1.959963984540054 * np.sqrt(0.125))
+  assert out["high"] == 1.0   # clipped
+
+
+def test_roc_auc_ci_matches_bootstrap_spread():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 2, 300)
+  y_pred = rng.normal(size=300) + 0.8 * y
+  out = metrics.compute_roc_auc_ci(y_pred, y)
+  assert out["roc_auc"] == pytest.approx(sk_metrics.roc_auc_score(y, y_pred))
+  boot = []
+  for _ in range(1000):
+    i = rng.integers(0, 300, 300)
+    if y[i].min() != y[i].max():
+      boot.append(sk_metrics.roc_auc_score(y[i], y_pred[i]))
+  assert out["se"] == pytest.approx(np.std(boot), rel=0.15)
+  assert out["low"] < out["roc_auc"] < out["high"]
+
+
+def test_compare_roc_auc_identical_better_and_worse():
+  rng = np.random.default_rng(1)
+  y = rng.integers(0, 2, 200)
+  good = rng.normal(size=200) + 2.0 * y
+  weak = rng.normal(size=200) + 0.2 * y
+  same = metrics.compare_roc_auc(good, 3.0 * good + 1.0, y)   # a monotone transform ranks alike
+  assert same["difference"] == pytest.approx(0.0) and same["p_value"] == 1.0
+  better = metrics.compare_roc_auc(good, weak, y)
+  assert better["difference"] > 0.2 and better["p_value"] < 1e-6
+  assert metrics.compare_roc_auc(weak, good, y)["difference"] == pytest.approx(-better["difference"])
+  # Noise-only scorers are rarely "significantly" different.
+  p = [metrics.compare_roc_auc(rng.normal(size=200), rng.normal(size=200), y)["p_value"] for _ in range(40)]
+  assert np.mean(np.asarray(p) < 0.05) <= 0.2
+
+
+def test_roc_auc_ci_errors():
+  with pytest.raises(ValueError, match="at least 2"):
+    metrics.compute_roc_auc_ci([0.1, 0.2, 0.3], [1, 0, 0])
+  with pytest.raises(ValueError, match="level"):
+    metrics.compute_roc_auc_ci([0.1, 0.2, 0.3, 0.4], [1, 1, 0, 0], level=1.0)
+  with pytest.raises(ValueError, match="lengths differ"):
+    metrics.compare_roc_auc([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3], [1, 1, 0, 0])
+
+
 def test_pr_curve_needs_a_positive():
   with pytest.raises(ValueError, match="no positives"):
     metrics.compute_pr_curve([0.1, 0.2], [0, 0])
