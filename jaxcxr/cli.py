@@ -418,9 +418,13 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   return result
 
 
+def _ci_text(ci) -> str:
+  return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
 def _human_evaluate_anomaly(r: dict[str, Any]) -> str:
   return (f"{r['method']} on {r['n']} images ({r['split']}: {r['n_normal']} normal, {r['n_abnormal']} abnormal): "
-          f"ROC AUC {r['roc_auc']:.4f}, precision {r['precision']:.3f}, recall {r['recall']:.3f}, specificity "
+          f"ROC AUC {r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}, precision {r['precision']:.3f}, recall {r['recall']:.3f}, specificity "
           f"{r['specificity']:.3f}, F1 {r['f1']:.3f} (threshold from {r['threshold_from']}); "
           f"{r['seconds_per_image'] * 1e3:.1f} ms per image")
 
@@ -461,7 +465,7 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _human_evaluate_classifier(r: dict[str, Any]) -> str:
-  auc = "n/a (one class)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}"
+  auc = "n/a (one class)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}"
   line = f"{r['task']} classifier on {r['n']} images ({r['split']}): ROC AUC {auc}, accuracy {r['accuracy']:.4f}"
   for view, value in (r.get("roc_auc_by_view") or {}).items():
     line += f"\n  {view}: ROC AUC {'n/a' if value is None else f'{value:.4f}'} (n={r['n_by_view'][view]})"

@@ -226,6 +226,8 @@ def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_p
   result = json.loads(out)
   assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
   assert 0 <= result["roc_auc"] <= 1 and result["seconds_per_image"] > 0
+  low, high = result["roc_auc_ci95"]
+  assert 0 <= low <= result["roc_auc"] <= high <= 1
   assert {"precision", "recall", "specificity", "f1"} <= set(result)
   assert "optimistic" in result["threshold_from"]          # no separate threshold data with --split all
   assert pathlib.Path(result["overlays"]).stat().st_size > 0
