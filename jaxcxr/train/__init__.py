@@ -1,1 +1,1 @@
-"""Training loops, one module per model family: pure jitted `*_step` functions and a thin loop."""
+"""Training, one module per model family (pure jitted `train_step` functions), and `loop`, the loop they share."""

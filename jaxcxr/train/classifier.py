@@ -24,20 +24,18 @@ global-norm clipping; with `freeze_stages = k` the stem and stages 1..k get
 `pretrained`, every backbone parameter comes from a saved classifier and the head
 is freshly initialised.
 
-Loop (`train_classifier`): patient-level split stratified on the label (seed in
-the metadata), validation AUC every `eval_every` steps for model selection (the
-only use of validation data besides the decision threshold), test metrics once
-at the end with the selected model.
+Loop (`train_classifier`, on the shared `loop.run_training_loop`): patient-level
+split stratified on the label (seed in the metadata), validation AUC every
+`eval_every` steps for model selection (the only use of validation data besides the
+decision threshold; the best parameters so far are part of the checkpointed state),
+test metrics once at the end with the selected model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import pathlib
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +50,8 @@ from jaxcxr import metrics as metrics_lib
 from jaxcxr.classifier_config import ClassifierConfig, ClassifierTrainConfig
 from jaxcxr.data import resize_uint8
 from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
+from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
+                               without_loop_fields)
 
 __all__ = [
     "classification_loss",
@@ -286,14 +286,12 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: Classifier
 
 
 def _loop_free(config: ClassifierTrainConfig) -> ClassifierTrainConfig:
-  """The config with loop-only fields normalised: what the compiled step depends on."""
-  k = config.steps_per_call
-  return dataclasses.replace(config, eval_every=k, checkpoint_every=k, max_to_keep=1, eval_batch_size=1,
-                             pretrained=None, split=(1.0, 0.0, 0.0), split_seed=0)
+  """The config with loop-only fields normalised: what the compiled step depends on (steps: the schedule's)."""
+  return without_loop_fields(config, steps=config.steps, pretrained=None, split=(1.0, 0.0, 0.0), split_seed=0)
 
 
 def make_train_step(config: ClassifierTrainConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Jitted `steps_per_call` training steps in one `lax.scan`, train state donated.
+  """Jitted `steps_per_call` training steps in one `lax.scan` (`scan_unroll` steps unrolled), train state donated.
 
   Cached per config (ignoring loop-only fields), so a resumed run in the same
   process does not recompile.
@@ -301,16 +299,7 @@ def make_train_step(config: ClassifierTrainConfig) -> Callable[[TrainState, dict
   Returns:
     `fn(state, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
   """
-  return _make_train_step(_loop_free(config))
-
-
-@functools.lru_cache(maxsize=8)
-def _make_train_step(config: ClassifierTrainConfig):
-  def call(state, data):
-    return jax.lax.scan(lambda s, _: train_step(s, data, config), state, None, length=config.steps_per_call,
-                        unroll=config.scan_unroll)
-
-  return jax.jit(call, donate_argnums=0)
+  return compile_steps(train_step, config.steps_per_call, config.scan_unroll, static=(_loop_free(config),))
 
 
 # ----------------------------------------------------------------------------- data
@@ -413,11 +402,6 @@ def evaluate_classifier(model: Classifier, dataset: data_lib.CXRDataset, task: s
 # ----------------------------------------------------------------------------- loop
 
 
-def _device_name() -> str:
-  device = jax.devices()[0]
-  return f"{device.platform}:{getattr(device, 'device_kind', '')}"
-
-
 def _split(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig):
   keep, y = task_labels(dataset, config.task)
   kept = np.flatnonzero(keep)
@@ -441,8 +425,9 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   """Trains the classifier with model selection on validation AUC; evaluates once on test.
 
   Writes under `out_dir`: `checkpoints/STEP/` (training state plus the best
-  parameters so far, every `checkpoint_every` steps and at the end) and, when the
-  run reaches `config.steps`, the inference checkpoint `classifier/`
+  parameters so far, every `checkpoint_every` steps and at the end), `metrics.jsonl`
+  (loss and accuracy per call) and, when the run reaches `config.steps`, the
+  inference checkpoint `classifier/`
   (`checkpoints.save_model`, parameters of the step with the best validation AUC)
   whose metadata hold the task, the split (seed, fractions, indices), steps,
   seconds, device, data sha256, the decision threshold (Youden on validation), and
@@ -462,15 +447,16 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step",
-    "best_step", "best_val_auc", "threshold", "val", "test" (None when stopped
-    early), "n_train", "n_val", "n_test", "out_dir", "classifier" (path or None)}.
+    "images_per_second", "final" (loss and accuracy of the last call), "best_step",
+    "best_val_auc", "threshold", "val", "test" (None when stopped early), "n_train",
+    "n_val", "n_test", "n_dropped" (images without a target), "out_dir",
+    "classifier" (path or None)}.
 
   Raises:
     jaxcxr.data.DataError: unusable data (before any compilation).
+    ValueError: `stop_at` is not a multiple of `steps_per_call`.
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
 
   end = config.steps if stop_at is None else min(int(stop_at), config.steps)
@@ -481,82 +467,33 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   val_images = prepare_images(dataset.images[indices["val"]], config.resolution)
   y_val = y_all[indices["val"]]
   out_dir = pathlib.Path(out_dir)
-  ckpt_dir = out_dir / "checkpoints"
-  wall_start = time.perf_counter()
-  state = init_train_state(config, seed)
   graphdef = _graphdef(config.model)
+  state = init_train_state(config, seed)
+  # Model selection: the best parameters so far, their validation AUC and step, checkpointed with the train state.
+  state["best"] = {"params": host_copy(state["params"]), "auc": np.asarray(-1.0, np.float32),
+                   "step": np.asarray(0, np.int32)}
 
-  def val_auc(params) -> float:
+  def select(step: int, state: dict) -> dict | None:
+    if step % config.eval_every and step != config.steps:
+      return None
+    params = host_copy(state["params"])
     logits = predict_logits(nnx.merge(graphdef, params), val_images, config.eval_batch_size)
-    return metrics_lib.compute_roc_auc(logits, y_val)
+    auc = np.asarray(metrics_lib.compute_roc_auc(logits, y_val), np.float32)
+    if auc > state["best"]["auc"]:  # compared as stored; ties keep the earlier step
+      return {**state, "best": {"params": params, "auc": auc, "step": np.asarray(step, np.int32)}}
+    return None
 
-  # Best-so-far parameters (model selection on validation AUC), checkpointed with the train state.
-  best = {"params": jax.device_get(state["params"]), "auc": np.asarray(-1.0, np.float32),
-          "step": np.asarray(0, np.int32)}
-  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
-                            "resume=True to continue, or choose another output folder")
-    previous_seconds = 0.0
-    if resume and latest is not None:
-      restored = ckpt.restore(jax.eval_shape(lambda: {"train": state, "best": best}))
-      state, best = restored["train"], restored["best"]
-      previous_seconds = float(ckpt.read_metadata().get("train_seconds", 0.0))
-    start = int(state["step"])
-    if start % config.steps_per_call:
-      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
-                       f"{config.steps_per_call}")
-    device_data = jax.device_put({k: jnp.asarray(v) for k, v in host_data.items()})
-    train_call = make_train_step(config)
-    step, metrics_host = start, None
-    compile_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
-               dynamic_ncols=True, desc=f"classifier:{config.task}")
+  loop = run_training_loop(
+      name=f"classifier:{config.task}", config=config, state=state, train_call=make_train_step(config),
+      args=(jax.device_put({k: jnp.asarray(v) for k, v in host_data.items()}),), out_dir=out_dir, resume=resume,
+      progress=progress, host_entries=("best",), on_call=select, stop_at=end,
+      checkpoint_metadata=lambda s: {"seed": seed, "best_val_auc": float(s["best"]["auc"]),
+                                     "best_step": int(s["best"]["step"])},
+      postfix=lambda m, s: {"loss": f"{float(np.mean(m['loss'])):.3f}", "val_auc": f"{float(s['best']['auc']):.3f}"})
 
-    def checkpoint(step: int):
-      meta = {"train_seconds": previous_seconds + time.perf_counter() - wall_start, "seed": seed,
-              "best_val_auc": float(best["auc"]), "best_step": int(best["step"])}
-      ckpt.save(step, {"train": jax.device_get(state), "best": best}, config=config, metadata=meta, force=True)
-
-    try:
-      while step < end:
-        t0 = time.perf_counter()
-        state, metrics = train_call(state, device_data)
-        metrics_host = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        if step == start:
-          compile_seconds = elapsed  # first call: compile + one call
-        else:
-          timed_steps += config.steps_per_call
-          timed_seconds += elapsed
-        step += config.steps_per_call
-        if not np.isfinite(metrics_host["loss"]).all():
-          raise FloatingPointError(f"classifier training diverged at step {step}: losses "
-                                   f"{np.asarray(metrics_host['loss']).tolist()}")
-        if step % config.eval_every == 0 or step == config.steps:
-          params_host = jax.device_get(state["params"])
-          auc = np.asarray(val_auc(params_host), np.float32)  # compared as stored: ties keep the earlier step
-          if auc > best["auc"]:
-            best = {"params": params_host, "auc": auc, "step": np.asarray(step, np.int32)}
-        bar.update(config.steps_per_call)
-        bar.set_postfix(loss=f"{float(np.mean(metrics_host['loss'])):.3f}", val_auc=f"{float(best['auc']):.3f}",
-                        refresh=False)
-        if step % config.checkpoint_every == 0 or step == end:
-          checkpoint(step)
-    finally:
-      bar.close()
-    if step == end and ckpt.latest_step() != step:
-      checkpoint(step)  # resumed at the final step
-    ckpt.wait_until_finished()
-
-  seconds = time.perf_counter() - wall_start
+  best = loop.state["best"]
   result = {
-      "steps": step,
-      "start_step": start,
-      "seconds": seconds,
-      "compile_seconds": compile_seconds,
-      "seconds_per_step": timed_seconds / timed_steps if timed_steps else float("nan"),
+      **loop_summary(loop, config),
       "best_step": int(best["step"]),
       "best_val_auc": float(best["auc"]),
       "n_train": int(len(indices["train"])),
@@ -569,7 +506,7 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
       "test": None,
       "classifier": None,
   }
-  if step < config.steps:
+  if loop.step < config.steps:
     return result
 
   # Final: the selected model, its validation threshold, and the test set evaluated once.
@@ -589,20 +526,18 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
       "threshold": threshold,
       "split": {"seed": config.split_seed, "fractions": list(config.split), "stratify": config.task,
                 "by": "patient_id", **{name: idx.tolist() for name, idx in indices.items()}},
-      "steps": step,
+      "steps": loop.step,
       "best_step": int(best["step"]),
-      "train_seconds": previous_seconds + seconds,
-      "device": _device_name(),
+      "train_seconds": loop.previous_seconds + loop.seconds,
+      "device": device_name(),
       "seed": seed,
       "imbalance": config.imbalance,
       "pretrained": config.pretrained,
       "freeze_stages": config.freeze_stages,
       "val": val_report,
       "test": test_report,
-      "data_source": dataset.source,
+      **data_metadata(dataset),
   }
-  if dataset.source and pathlib.Path(dataset.source).is_file():
-    metadata["data_sha256"] = data_lib.file_sha256(dataset.source)
   path = checkpoints.save_model(out_dir / "classifier", model, config.model, metadata=metadata, overwrite=True)
   result.update(threshold=threshold, val=val_report, test=test_report, classifier=str(path))
   return result

@@ -18,13 +18,11 @@ contrast; `data.augment`; the reference has none), GroupNorm in E (the reference
 BatchNorm), a linear z output (the reference's default `Z_REG_TYPE = None`; the
 paper's tanh is for a uniform-z generator, ours draws z ~ N(0, I)).
 
-As `train.gan`: the whole training set (uint8, resized once on the host) lives on
-the device; step t draws its batch and augmentation from
+As every trainer (`train.loop`): the whole training set (uint8, resized once on the
+host) lives on the device; step t draws its batch and augmentation from
 `jax.random.fold_in(key, t)` inside the jitted function, `steps_per_call` steps run
-in one `lax.scan` over a donated train state, so a resumed run is exact.
-
-The loop (checkpoints, resume, tqdm, metrics.jsonl) is `run_training_loop` below,
-shared with `train.healthygan`.
+in one `lax.scan` over a donated train state, and `loop.run_training_loop` does the
+checkpoints, resume, tqdm and metrics.jsonl, so a resumed run is exact.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ import dataclasses
 import functools
 import os
 import pathlib
-import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,8 +47,8 @@ from jaxcxr.gan_config import DTYPES, DiscriminatorConfig, GeneratorConfig
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.encoder import Encoder, EncoderConfig
 from jaxcxr.models.generator import Generator, load_generator
-# Trainer helpers shared with train.gan (PRNG implementation, metrics log line, device name).
-from jaxcxr.train.gan import _KEY_IMPL, _append_metrics, _device_name  # pylint: disable=protected-access
+from jaxcxr.train.loop import (KEY_IMPL, check_loop_fields, compile_steps, data_metadata, device_name, jit_init,
+                               loop_summary, run_training_loop, without_loop_fields)
 
 TrainState = dict[str, Any]
 
@@ -158,19 +154,14 @@ def init_train_state(config: FanoganTrainConfig, seed: int = 0) -> TrainState:
 
   Built in one jitted call (eager initialisation compiles every initialiser op on a CPU).
   """
-  return _jitted_init(without_loop_fields(config))(np.uint32(seed))
+  return jit_init(_init, without_loop_fields(config), seed)
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_init(config: FanoganTrainConfig):
-  def init(seed):
-    root = jax.random.key(seed, impl=_KEY_IMPL)
-    encoder = Encoder(config.encoder, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
-    params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
-    return {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.fold_in(root, 2)),
-            "e": params, "e_opt": _optimizer(config).init(params)}
-
-  return jax.jit(init)
+def _init(root: jax.Array, config: FanoganTrainConfig) -> TrainState:
+  encoder = Encoder(config.encoder, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
+  params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+  return {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.fold_in(root, 2)),
+          "e": params, "e_opt": _optimizer(config).init(params)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -221,7 +212,7 @@ def train_step(state: TrainState, frozen: dict, data: dict[str, jax.Array], conf
   e_graphdef, g_graphdef, d_graphdef = _graphdefs(config, g_config, d_config)
   generator = nnx.merge(g_graphdef, frozen["g"])
   discriminator = nnx.merge(d_graphdef, frozen["d"])
-  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=_KEY_IMPL), state["step"])
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=KEY_IMPL), state["step"])
   x, idx = training_batch(key, data, config.batch_size, config.augment)
   cond = data["cond"][idx]
 
@@ -250,16 +241,8 @@ def make_train_step(config: FanoganTrainConfig, g_config: GeneratorConfig, d_con
   Returns:
     `fn(state, frozen, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
   """
-  return _make_train_step(without_loop_fields(config), g_config, d_config)
-
-
-@functools.lru_cache(maxsize=8)
-def _make_train_step(config, g_config, d_config):
-  def call(state, frozen, data):
-    return jax.lax.scan(lambda s, _: train_step(s, frozen, data, config, g_config, d_config), state, None,
-                        length=config.steps_per_call)
-
-  return jax.jit(call, donate_argnums=0)
+  return compile_steps(train_step, config.steps_per_call,
+                       static=(without_loop_fields(config), g_config, d_config))
 
 
 # ----------------------------------------------------------------------------- data
@@ -312,167 +295,6 @@ def prepare_data(dataset: data_lib.CXRDataset, config: FanoganTrainConfig,
   return arrays, info
 
 
-def data_metadata(dataset: data_lib.CXRDataset) -> dict[str, Any]:
-  """{"data_source", and "data_sha256" when the source is a file}: the provenance saved with a model."""
-  meta: dict[str, Any] = {"data_source": dataset.source}
-  if dataset.source and pathlib.Path(dataset.source).is_file():
-    meta["data_sha256"] = data_lib.file_sha256(dataset.source)
-  return meta
-
-
-# ----------------------------------------------------------------------------- loop shared with healthygan
-# (A candidate for a common trainer module: nothing here knows about f-AnoGAN.)
-
-
-def check_loop_fields(config, name: str) -> None:
-  """Checks the loop fields both trainers share (batch_size, steps, steps_per_call, checkpoint_every, ...)."""
-  for field in ("batch_size", "steps", "steps_per_call", "checkpoint_every", "max_to_keep", "samples"):
-    if getattr(config, field) <= 0:
-      raise ValueError(f"{name}.{field}: expected a positive integer, got {getattr(config, field)}")
-  for field in ("steps", "checkpoint_every", "sample_every"):
-    value = getattr(config, field)
-    if value < 0 or value % config.steps_per_call:
-      raise ValueError(f"{name}.{field}={value}: expected a non-negative multiple of "
-                       f"steps_per_call={config.steps_per_call}")
-
-
-def without_loop_fields(config):
-  """The config with loop-only fields normalised: what a compiled step depends on (its cache key)."""
-  k = config.steps_per_call
-  return dataclasses.replace(config, steps=k, sample_every=0, samples=1, checkpoint_every=k, max_to_keep=1)
-
-
-@dataclasses.dataclass
-class LoopResult:
-  """What `run_training_loop` hands back to a trainer."""
-
-  # The final train state (device arrays).
-  state: Any
-  # The step reached, and the step this run started from (> 0 when resumed).
-  step: int
-  start_step: int
-  # Wall time of this run (s), and the training time of earlier runs of the same checkpoint folder.
-  seconds: float
-  previous_seconds: float
-  # First call minus a steady one (compilation), and the steady time per step; NaN without steady calls.
-  compile_seconds: float
-  seconds_per_step: float
-  # Metrics averaged over the last call.
-  final: dict[str, float]
-
-
-def run_training_loop(*, name: str, config, state: Any, train_call: Callable, args: tuple,
-                      out_dir: pathlib.Path, resume: bool, run_metadata: Mapping[str, Any],
-                      progress: bool, postfix: Callable[[dict], dict[str, str]],
-                      on_call: Callable[[int, Any], None] | None = None) -> LoopResult:
-  """Runs `train_call(state, *args)` until `config.steps`, with checkpoints, resume, tqdm and metrics.jsonl.
-
-  Writes `out_dir/checkpoints/STEP/` (the train state, the config and `run_metadata`, every
-  `config.checkpoint_every` steps and at the end) and one line per call to
-  `out_dir/metrics.jsonl`. With `resume`, continues from the latest checkpoint, which must
-  have been written with the same `run_metadata` (the same GAN, the same data).
-
-  Args:
-    name: progress-bar label and the name in error messages.
-    config: a train config with steps, steps_per_call, checkpoint_every, max_to_keep, batch_size.
-    state: the initial train state (its structure is also the restore target).
-    train_call: jitted `(state, *args) -> (state, metrics)`, state donated, metrics (steps_per_call,).
-    args: the other arguments of `train_call` (device arrays).
-    out_dir: the run folder.
-    resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
-    run_metadata: JSON-serialisable facts saved with each checkpoint and checked on resume.
-    progress: show a tqdm bar on stderr.
-    postfix: metrics of a call (host arrays) -> tqdm postfix entries.
-    on_call: called with (step, state) after each call (e.g. to write sample grids).
-
-  Raises:
-    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
-    ValueError: resuming a checkpoint written for other `run_metadata` or another steps_per_call.
-    FloatingPointError: non-finite metrics.
-  """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
-  ckpt_dir = out_dir / "checkpoints"
-  wall_start = time.perf_counter()
-  run_metadata = dict(run_metadata)
-  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
-                            "resume=True to continue, or choose another output folder")
-    previous_seconds = 0.0
-    if resume and latest is not None:
-      saved = ckpt.read_metadata()
-      changed = {k: (saved.get(k), v) for k, v in run_metadata.items() if saved.get(k) != v}
-      if changed:
-        raise ValueError(f"{ckpt_dir}: cannot resume, the checkpoint was written for other inputs "
-                         f"(saved, now): {changed}")
-      state = ckpt.restore(jax.eval_shape(lambda: state))
-      previous_seconds = float(saved.get("train_seconds", 0.0))
-    start = int(state["step"])
-    if start % config.steps_per_call:
-      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
-                       f"{config.steps_per_call}")
-    step, metrics_host = start, None
-    first_call_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
-               dynamic_ncols=True, desc=name)
-
-    def checkpoint(step: int):
-      meta = {**run_metadata, "train_seconds": previous_seconds + time.perf_counter() - wall_start,
-              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
-      ckpt.save(step, jax.device_get(state), config=config, metadata=meta, force=True)
-
-    try:
-      while step < config.steps:
-        t0 = time.perf_counter()
-        state, metrics = train_call(state, *args)
-        metrics_host = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        if step == start:
-          first_call_seconds = elapsed
-        else:
-          timed_steps += config.steps_per_call
-          timed_seconds += elapsed
-        step += config.steps_per_call
-        if not all(np.isfinite(v).all() for v in metrics_host.values()):
-          raise FloatingPointError(f"{name} training diverged at step {step}: non-finite metrics "
-                                   f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
-        bar.update(config.steps_per_call)
-        post = postfix(metrics_host)
-        if timed_seconds:
-          post["img/s"] = f"{config.batch_size * timed_steps / timed_seconds:.1f}"
-        bar.set_postfix(post, refresh=False)
-        _append_metrics(out_dir / "metrics.jsonl", step, metrics_host, post.get("img/s"))
-        if on_call is not None:
-          on_call(step, state)
-        if step % config.checkpoint_every == 0 or step == config.steps:
-          checkpoint(step)
-    finally:
-      bar.close()
-    if step == config.steps and ckpt.latest_step() != step:
-      checkpoint(step)
-    ckpt.wait_until_finished()
-  per_step = timed_seconds / timed_steps if timed_steps else float("nan")
-  return LoopResult(
-      state=state, step=step, start_step=start, seconds=time.perf_counter() - wall_start,
-      previous_seconds=previous_seconds,
-      compile_seconds=first_call_seconds - per_step * config.steps_per_call if timed_steps else first_call_seconds,
-      seconds_per_step=per_step,
-      final={k: float(np.mean(v)) for k, v in (metrics_host or {}).items()})
-
-
-def loop_summary(loop: LoopResult, config) -> dict[str, Any]:
-  """The timing part of a trainer's return value."""
-  return {"steps": loop.step, "start_step": loop.start_step, "seconds": loop.seconds,
-          "compile_seconds": loop.compile_seconds, "seconds_per_step": loop.seconds_per_step,
-          "images_per_second": config.batch_size / loop.seconds_per_step if loop.seconds_per_step > 0
-                               else float("nan"),
-          "final": loop.final}
-
-
 # ----------------------------------------------------------------------------- loop
 
 
@@ -509,7 +331,8 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step",
-    "images_per_second", "final" (metrics of the last call), "n_images", "out_dir", "encoder"}.
+    "images_per_second", "final" (metrics of the last call), "n_images", "n_dropped", "out_dir",
+    "encoder"}.
 
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing or unreadable GAN checkpoints.
@@ -526,7 +349,6 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
   check_gan(config, generator.config, discriminator.config, str(gan_dir))
   host_data, info = prepare_data(dataset, config, tuple(generator.config.conditions))
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   provenance = {"generator_id": checkpoints.model_id(gan_dir / "generator"),
                 "discriminator_id": checkpoints.model_id(gan_dir / "discriminator"),
                 **data_metadata(dataset), "n_images": info["n_images"]}
@@ -550,13 +372,13 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
       name="f-AnoGAN", config=config, state=state, train_call=make_train_step(config, g_cfg, d_cfg),
       args=(frozen, jax.device_put(host_data)), out_dir=out_dir, resume=resume, run_metadata=provenance,
       progress=progress, on_call=write_grid,
-      postfix=lambda m: {"loss": f"{m['loss'][-1]:.4f}", "img": f"{m['image_loss'][-1]:.4f}",
-                         "z_rms": f"{m['z_rms'][-1]:.2f}"})
+      postfix=lambda m, _: {"loss": f"{m['loss'][-1]:.4f}", "img": f"{m['image_loss'][-1]:.4f}",
+                            "z_rms": f"{m['z_rms'][-1]:.2f}"})
 
   encoder = nnx.merge(float32_graphdefs[0], loop.state["e"])
   metadata = {**provenance, "gan_dir": str(gan_dir.absolute()), "seed": seed, "steps": loop.step,
               "train_seconds": loop.previous_seconds + loop.seconds,
-              "device": _device_name(), "final_losses": loop.final, "feature_weight": config.feature_weight}
+              "device": device_name(), "final_losses": loop.final, "feature_weight": config.feature_weight}
   path = checkpoints.save_model(out_dir / "encoder", encoder, config.encoder, metadata=metadata, overwrite=True)
   return {**loop_summary(loop, config), "n_images": info["n_images"], "n_dropped": info["n_dropped"],
           "out_dir": str(out_dir), "encoder": str(path)}

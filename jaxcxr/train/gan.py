@@ -17,18 +17,16 @@ draws its batch indices, latents and augmentation from
 `jax.random.fold_in(key, t)` inside the jitted function. So the trajectory is a
 pure function of (config, data, seed, step), and resuming from a checkpoint is
 exact. `steps_per_call` steps run in one `lax.scan`; the train state (a plain dict
-of arrays, see `init_train_state`) is donated.
+of arrays, see `init_train_state`) is donated. The loop (checkpoints, resume, tqdm,
+metrics.jsonl) is `loop.run_training_loop`, shared by all trainers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +41,8 @@ from jaxcxr.gan_config import GanTrainConfig
 from jaxcxr.models.condition import make_condition
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.generator import Generator, load_generator, sample_images
+from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
+                               run_training_loop, without_loop_fields)
 
 __all__ = [
     "diff_augment",
@@ -57,9 +57,6 @@ __all__ = [
 ]
 
 TrainState = dict[str, Any]
-# PRNG of initialisation and training. "rbg" (XLA's RngBitGenerator) compiles several times
-# faster on a CPU than threefry's unrolled hash; streams are reproducible on one backend.
-_KEY_IMPL = "rbg"
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -135,36 +132,31 @@ def init_train_state(config: GanTrainConfig, seed: int = 0) -> TrainState:
 
   Keys: "step" int32 (); "key" uint32 raw key data of the training key; "g",
   "g_ema" generator params; "d" discriminator params; "d_stats" its spectral-norm
-  vectors; "g_opt", "d_opt" Adam states; "ada_p" float32 () augmentation probability. Params are pure dicts (`nnx.to_pure_dict`).
-  Built in one jitted call (eager initialisation dispatches, and on a CPU compiles,
-  every initialiser separately).
+  vectors; "g_opt", "d_opt" Adam states; "ada_p" float32 () augmentation probability.
+  Params are pure dicts (`nnx.to_pure_dict`). Built in one jitted call (eager
+  initialisation dispatches, and on a CPU compiles, every initialiser separately).
   """
-  return _jitted_init(_loop_free(config))(np.uint32(seed))
+  return jit_init(_init, without_loop_fields(config), seed)
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_init(config: GanTrainConfig):
-  def init(seed):
-    root = jax.random.key(seed, impl=_KEY_IMPL)
-    generator = Generator(config.generator, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
-    discriminator = Discriminator(config.discriminator, rngs=nnx.Rngs(jax.random.fold_in(root, 2)))
-    g_params = nnx.to_pure_dict(nnx.state(generator, nnx.Param))
-    d_params = nnx.to_pure_dict(nnx.state(discriminator, nnx.Param))
-    d_stats = nnx.to_pure_dict(nnx.state(discriminator, nnx.BatchStat))
-    g_tx, d_tx = _optimizers(config)
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "key": jax.random.key_data(jax.random.fold_in(root, 3)),
-        "g": g_params,
-        "g_ema": jax.tree.map(jnp.copy, g_params),
-        "d": d_params,
-        "d_stats": d_stats,
-        "g_opt": g_tx.init(g_params),
-        "d_opt": d_tx.init(d_params),
-        "ada_p": jnp.zeros((), jnp.float32) if config.ada_target is not None else jnp.ones((), jnp.float32),
-    }
-
-  return jax.jit(init)
+def _init(root: jax.Array, config: GanTrainConfig) -> TrainState:
+  generator = Generator(config.generator, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
+  discriminator = Discriminator(config.discriminator, rngs=nnx.Rngs(jax.random.fold_in(root, 2)))
+  g_params = nnx.to_pure_dict(nnx.state(generator, nnx.Param))
+  d_params = nnx.to_pure_dict(nnx.state(discriminator, nnx.Param))
+  d_stats = nnx.to_pure_dict(nnx.state(discriminator, nnx.BatchStat))
+  g_tx, d_tx = _optimizers(config)
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "key": jax.random.key_data(jax.random.fold_in(root, 3)),
+      "g": g_params,
+      "g_ema": jax.tree.map(jnp.copy, g_params),
+      "d": d_params,
+      "d_stats": d_stats,
+      "g_opt": g_tx.init(g_params),
+      "d_opt": d_tx.init(d_params),
+      "ada_p": jnp.zeros((), jnp.float32) if config.ada_target is not None else jnp.ones((), jnp.float32),
+  }
 
 
 @functools.lru_cache(maxsize=16)
@@ -193,13 +185,14 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
 
   Returns:
     (new state, metrics): scalars "d_loss" (logistic part), "g_loss", "r1" (the
-    unweighted penalty; 0 on steps without R1), "d_real", "d_fake" (mean logits), "ada_p" (augmentation probability of the step).
+    unweighted penalty; 0 on steps without R1), "d_real", "d_fake" (mean logits), "ada_p"
+    (augmentation probability of the step).
   """
   g_graphdef, d_train, d_eval = _graphdefs(config)
   g_tx, d_tx = _optimizers(config)
   b = config.batch_size
   step = state["step"]
-  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=_KEY_IMPL), step)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=KEY_IMPL), step)
   k_real, k_z, k_aug_real, k_aug_fake, k_gcond, k_gz, k_gaug = jax.random.split(key, 7)
   n = data["images"].shape[0]
 
@@ -268,13 +261,6 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
   return new_state, metrics
 
 
-def _loop_free(config: GanTrainConfig) -> GanTrainConfig:
-  """The config with loop-only fields normalised: what the compiled step depends on."""
-  k = config.steps_per_call
-  return dataclasses.replace(config, steps=k, sample_every=0, samples_per_group=1, checkpoint_every=k,
-                             max_to_keep=1)
-
-
 def make_train_step(config: GanTrainConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Jitted `steps_per_call` training steps in one `lax.scan`, train state donated.
 
@@ -284,15 +270,7 @@ def make_train_step(config: GanTrainConfig) -> Callable[[TrainState, dict], tupl
   Returns:
     `fn(state, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
   """
-  return _make_train_step(_loop_free(config))
-
-
-@functools.lru_cache(maxsize=8)
-def _make_train_step(config: GanTrainConfig):
-  def call(state, data):
-    return jax.lax.scan(lambda s, _: train_step(s, data, config), state, None, length=config.steps_per_call)
-
-  return jax.jit(call, donate_argnums=0)
+  return compile_steps(train_step, config.steps_per_call, static=(without_loop_fields(config),))
 
 
 # ----------------------------------------------------------------------------- data
@@ -359,33 +337,17 @@ def _inference_graphdef(config: GanTrainConfig):
   return nnx.graphdef(nnx.eval_shape(lambda: Generator(config.generator, rngs=nnx.Rngs(0))))
 
 
-def _append_metrics(path: pathlib.Path, step: int, metrics: dict, rate: str | None) -> None:
-  """One JSON line per call: the step reached and the losses averaged over the call (a log, not state;
-  a resumed run appends again from its checkpoint, so keep the last line per step)."""
-  record = {"step": step, **{k: float(np.mean(v)) for k, v in metrics.items()}}
-  if rate is not None:
-    record["images_per_second"] = float(rate)
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
-
-
-def _device_name() -> str:
-  device = jax.devices()[0]
-  return f"{device.platform}:{getattr(device, 'device_kind', '')}"
-
-
 def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str | os.PathLike, *,
               resume: bool = False, seed: int = 0, progress: bool = True) -> dict[str, Any]:
   """Trains the conditional GAN, with progress, sample grids, checkpoints and resume.
 
   Writes under `out_dir`: `checkpoints/STEP/` (training state every
   `checkpoint_every` steps and at the end), `metrics.jsonl` (losses per call),
-  `samples/step_XXXXXX.png` (EMA
-  generator, six groups x `samples_per_group`, normal label, fixed latents) every
-  `sample_every` steps, and at the end the inference checkpoints `generator/` (EMA
-  weights) and `discriminator/` (`checkpoints.save_model`). A run killed at any
-  moment continues from its last checkpoint with `resume=True`, and the result is
-  the same as an uninterrupted run.
+  `samples/step_XXXXXX.png` (EMA generator, six groups x `samples_per_group`, normal
+  label, fixed latents) every `sample_every` steps, and at the end the inference
+  checkpoints `generator/` (EMA weights) and `discriminator/` (`checkpoints.save_model`).
+  A run killed at any moment continues from its last checkpoint with `resume=True`, and
+  the result is the same as an uninterrupted run (`loop.run_training_loop`).
 
   Args:
     dataset: training images with sex, age and label (see `prepare_data`).
@@ -398,100 +360,48 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "images_per_second",
-    "seconds_per_step", "final" (losses averaged over the last call), "n_images",
-    "out_dir", "generator", "discriminator"}.
+    "seconds_per_step", "final" (losses averaged over the last call; "r1" over its steps
+    with the penalty), "n_images", "n_dropped", "out_dir", "generator", "discriminator"}.
 
   Raises:
     jaxcxr.data.DataError: unusable data (before any compilation).
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
   from jaxcxr import plots  # pylint: disable=g-import-not-at-top
 
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  ckpt_dir = out_dir / "checkpoints"
-  wall_start = time.perf_counter()
   state = init_train_state(config, seed)
-  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
-                            "resume=True to continue, or choose another output folder")
-    previous_seconds = 0.0
-    if resume and latest is not None:
-      state = ckpt.restore(jax.eval_shape(lambda: state))
-      previous_seconds = float(ckpt.read_metadata().get("train_seconds", 0.0))
-    start = int(state["step"])
-    if start % config.steps_per_call:
-      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
-                       f"{config.steps_per_call}")
-    device_data = jax.device_put(host_data)
-    train_call = make_train_step(config)
-    sample_key = jax.random.key(0)  # the same latents in every grid of every run
-    step, metrics_host = start, None
-    first_call_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
-               dynamic_ncols=True, desc="gan")
+  sample_key = jax.random.key(0)  # the same latents in every grid of every run
 
-    def checkpoint(step: int):
-      meta = {"train_seconds": previous_seconds + time.perf_counter() - wall_start, "seed": seed,
-              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
-      ckpt.save(step, jax.device_get(state), config=config, metadata=meta, force=True)
+  def write_samples(step: int, state: TrainState):
+    if config.sample_every and step % config.sample_every == 0:
+      images, labels = _sample_grid(config, state["g_ema"], sample_key)
+      plots.save_image_grid(images, out_dir / "samples" / f"step_{step:06d}.png", nrow=config.samples_per_group,
+                            labels=labels)
 
-    try:
-      while step < config.steps:
-        t0 = time.perf_counter()
-        state, metrics = train_call(state, device_data)
-        metrics_host = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        if step == start:
-          first_call_seconds = elapsed  # compile + one call
-        else:
-          timed_steps += config.steps_per_call
-          timed_seconds += elapsed
-        step += config.steps_per_call
-        if not all(np.isfinite(v).all() for v in metrics_host.values()):
-          raise FloatingPointError(f"GAN training diverged at step {step}: non-finite losses "
-                                   f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
-        bar.update(config.steps_per_call)
-        postfix = {"d": f"{metrics_host['d_loss'][-1]:.3f}", "g": f"{metrics_host['g_loss'][-1]:.3f}",
-                   "p": f"{metrics_host['ada_p'][-1]:.2f}"}
-        if timed_seconds:
-          postfix["img/s"] = f"{config.batch_size * timed_steps / timed_seconds:.1f}"
-        bar.set_postfix(postfix, refresh=False)
-        _append_metrics(out_dir / "metrics.jsonl", step, metrics_host, postfix.get("img/s"))
-        if config.sample_every and step % config.sample_every == 0:
-          images, labels = _sample_grid(config, state["g_ema"], sample_key)
-          plots.save_image_grid(images, out_dir / "samples" / f"step_{step:06d}.png",
-                                nrow=config.samples_per_group, labels=labels)
-        if step % config.checkpoint_every == 0 or step == config.steps:
-          checkpoint(step)
-    finally:
-      bar.close()
-    if step == config.steps and ckpt.latest_step() != step:
-      checkpoint(step)  # resumed at the final step, or steps not a multiple of checkpoint_every
-    ckpt.wait_until_finished()
+  loop = run_training_loop(
+      name="GAN", config=config, state=state, train_call=make_train_step(config), args=(jax.device_put(host_data),),
+      out_dir=out_dir, resume=resume, progress=progress, checkpoint_metadata=lambda _: {"seed": seed},
+      on_call=write_samples,
+      postfix=lambda m, _: {"d": f"{m['d_loss'][-1]:.3f}", "g": f"{m['g_loss'][-1]:.3f}",
+                            "p": f"{m['ada_p'][-1]:.2f}"})
 
-  seconds = time.perf_counter() - wall_start
-  final = {k: float(np.mean(v)) for k, v in (metrics_host or {}).items()}
+  step, state, final = loop.step, loop.state, dict(loop.final)
+  # R1 is 0 on the steps without the lazy penalty: its mean over the steps that computed it.
   r1_steps = [s for s in range(step - config.steps_per_call, step) if s % config.r1_every == 0]
-  if metrics_host is not None and r1_steps:
-    final["r1"] = float(np.mean([metrics_host["r1"][s - step + config.steps_per_call] for s in r1_steps]))
+  if loop.last_metrics and r1_steps:
+    final["r1"] = float(np.mean([loop.last_metrics["r1"][s - step + config.steps_per_call] for s in r1_steps]))
   metadata = {
       "steps": step,
-      "train_seconds": previous_seconds + seconds,
-      "device": _device_name(),
+      "train_seconds": loop.previous_seconds + loop.seconds,
+      "device": device_name(),
       "seed": seed,
       "n_images": info["n_images"],
       "final_losses": final,
-      "data_source": dataset.source,
+      **data_metadata(dataset),
   }
-  if dataset.source and pathlib.Path(dataset.source).is_file():
-    metadata["data_sha256"] = data_lib.file_sha256(dataset.source)
   g_ema = nnx.merge(_inference_graphdef(config), state["g_ema"])
   d_abstract = nnx.eval_shape(lambda: Discriminator(config.discriminator, rngs=nnx.Rngs(0)))
   discriminator = nnx.merge(nnx.graphdef(d_abstract), state["d"], state["d_stats"])
@@ -500,14 +410,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
   d_path = checkpoints.save_model(out_dir / "discriminator", discriminator, config.discriminator,
                                   metadata=metadata, overwrite=True)
   return {
-      "steps": step,
-      "start_step": start,
-      "seconds": seconds,
-      # First call minus a steady call: compilation (and first-touch) time.
-      "compile_seconds": (first_call_seconds - timed_seconds * config.steps_per_call / timed_steps
-                          if timed_steps else first_call_seconds),
-      "seconds_per_step": timed_seconds / timed_steps if timed_steps else float("nan"),
-      "images_per_second": config.batch_size * timed_steps / timed_seconds if timed_seconds else float("nan"),
+      **loop_summary(loop, config),
       "final": final,
       "n_images": info["n_images"],
       "n_dropped": info["n_dropped"],

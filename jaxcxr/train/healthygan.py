@@ -43,7 +43,7 @@ intensity; `data.augment`) instead of the original's random horizontal flip (a f
 moves the heart, DESIGN.md section 2); the networks' differences are listed in
 `models.translator`. The anomaly score is `anomaly.healthygan_scores`: mean |x - out|.
 
-Loop and resume as `train.fanogan` (`run_training_loop`).
+Loop and resume as every trainer: `loop.run_training_loop`.
 """
 
 from __future__ import annotations
@@ -65,10 +65,9 @@ from jaxcxr import data as data_lib
 from jaxcxr.config import AugmentConfig
 from jaxcxr.gan_config import DTYPES
 from jaxcxr.models.translator import Critic, CriticConfig, Translator, TranslatorConfig, blend
-from jaxcxr.train.fanogan import (LIGHT_AUGMENT, check_loop_fields, data_metadata, loop_summary, run_training_loop,
-                                  training_batch, without_loop_fields)
-# Trainer helpers shared with train.gan (PRNG implementation, device name).
-from jaxcxr.train.gan import _KEY_IMPL, _device_name  # pylint: disable=protected-access
+from jaxcxr.train.fanogan import LIGHT_AUGMENT, training_batch
+from jaxcxr.train.loop import (KEY_IMPL, check_loop_fields, compile_steps, data_metadata, device_name, jit_init,
+                               loop_summary, run_training_loop, without_loop_fields)
 
 TrainState = dict[str, Any]
 
@@ -212,22 +211,17 @@ def _optimizers(config: HealthyganTrainConfig):
 def init_train_state(config: HealthyganTrainConfig, seed: int = 0) -> TrainState:
   """Fresh training state: {"step", "key" (raw rbg key data), "t", "c" (translator and critic
   params, pure dicts), "t_opt", "c_opt" (Adam states)}, built in one jitted call."""
-  return _jitted_init(without_loop_fields(config))(np.uint32(seed))
+  return jit_init(_init, without_loop_fields(config), seed)
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_init(config: HealthyganTrainConfig):
-  def init(seed):
-    root = jax.random.key(seed, impl=_KEY_IMPL)
-    translator = Translator(config.translator, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
-    critic = Critic(config.critic, rngs=nnx.Rngs(jax.random.fold_in(root, 2)))
-    t_params = nnx.to_pure_dict(nnx.state(translator, nnx.Param))
-    c_params = nnx.to_pure_dict(nnx.state(critic, nnx.Param))
-    t_tx, c_tx = _optimizers(config)
-    return {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.fold_in(root, 3)),
-            "t": t_params, "c": c_params, "t_opt": t_tx.init(t_params), "c_opt": c_tx.init(c_params)}
-
-  return jax.jit(init)
+def _init(root: jax.Array, config: HealthyganTrainConfig) -> TrainState:
+  translator = Translator(config.translator, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
+  critic = Critic(config.critic, rngs=nnx.Rngs(jax.random.fold_in(root, 2)))
+  t_params = nnx.to_pure_dict(nnx.state(translator, nnx.Param))
+  c_params = nnx.to_pure_dict(nnx.state(critic, nnx.Param))
+  t_tx, c_tx = _optimizers(config)
+  return {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.fold_in(root, 3)),
+          "t": t_params, "c": c_params, "t_opt": t_tx.init(t_params), "c_opt": c_tx.init(c_params)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -288,7 +282,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], total_steps: jax.A
   t_tx, c_tx = _optimizers(config)
   b = config.batch_size
   step = state["step"]
-  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=_KEY_IMPL), step)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=KEY_IMPL), step)
   factor = _lr_factor(step, total_steps, config.lr_decay_start)
   translator = nnx.merge(t_graphdef, state["t"])
 
@@ -350,16 +344,7 @@ def make_train_step(config: HealthyganTrainConfig) -> Callable[[TrainState, dict
   Returns:
     `fn(state, data, total_steps) -> (state, metrics)`, metrics stacked: each (steps_per_call,).
   """
-  return _make_train_step(without_loop_fields(config))
-
-
-@functools.lru_cache(maxsize=8)
-def _make_train_step(config: HealthyganTrainConfig):
-  def call(state, data, total_steps):
-    return jax.lax.scan(lambda s, _: train_step(s, data, total_steps, config), state, None,
-                        length=config.steps_per_call)
-
-  return jax.jit(call, donate_argnums=0)
+  return compile_steps(train_step, config.steps_per_call, static=(without_loop_fields(config),))
 
 
 # ----------------------------------------------------------------------------- data
@@ -436,7 +421,6 @@ def train_healthygan(dataset: data_lib.CXRDataset, config: HealthyganTrainConfig
 
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   provenance = {**data_metadata(dataset), **info}
   state = init_train_state(config, seed)
   float32 = dataclasses.replace(config, compute_dtype="float32")
@@ -456,11 +440,11 @@ def train_healthygan(dataset: data_lib.CXRDataset, config: HealthyganTrainConfig
       name="HealthyGAN", config=config, state=state, train_call=make_train_step(config),
       args=(jax.device_put(host_data), jnp.int32(config.steps)), out_dir=out_dir, resume=resume,
       run_metadata=provenance, progress=progress, on_call=write_grid,
-      postfix=lambda m: {"d": f"{m['critic_loss'][-1]:.3f}", "id": f"{m['identity'][-1]:.3f}",
-                         "m": f"{m['mask_mean'][-1]:.2f}"})
+      postfix=lambda m, _: {"d": f"{m['critic_loss'][-1]:.3f}", "id": f"{m['identity'][-1]:.3f}",
+                            "m": f"{m['mask_mean'][-1]:.2f}"})
 
   metadata = {**provenance, "seed": seed, "steps": loop.step, "train_seconds": loop.previous_seconds + loop.seconds,
-              "device": _device_name(), "final_losses": loop.final}
+              "device": device_name(), "final_losses": loop.final}
   t_path = checkpoints.save_model(out_dir / "translator", nnx.merge(t_graphdef, loop.state["t"]), config.translator,
                                   metadata=metadata, overwrite=True)
   c_path = checkpoints.save_model(out_dir / "critic", nnx.merge(c_graphdef, loop.state["c"]), config.critic,

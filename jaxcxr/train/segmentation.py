@@ -14,10 +14,12 @@ step t draws its batch (without replacement) and its augmentation
 (`jaxcxr.data.augment`, masks warped with the images) from
 `jax.random.fold_in(key, t)` inside the jitted function. The trajectory is
 therefore a pure function of (config, data, seed, step) and resuming from a
-checkpoint is exact. `steps_per_call` steps run in one `lax.scan`, or unrolled
+checkpoint is exact. `steps_per_call` steps run in one `lax.scan`, fully unrolled
 with `config.unroll` (XLA:CPU runs convolutions inside loop bodies about 13x slower
 for this U-Net, jax-ml/jax#12868); the train state (a plain dict of arrays, see
-`init_train_state`) is donated. Same structure as `jaxcxr.train.gan`.
+`init_train_state`) is donated. The loop is the one of every trainer,
+`loop.run_training_loop`; validation with model selection runs in its hook, and the
+best weights so far are part of the checkpointed state.
 
 Evaluation (DESIGN.md section 8) predicts at the model's resolution and compares
 at the data's native 256x256: logits are resized bilinearly before the argmax.
@@ -25,12 +27,9 @@ at the data's native 256x256: logits are resized bilinearly before the argmax.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import pathlib
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +43,8 @@ from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks, resize_images
 from jaxcxr.seg_config import SegTrainConfig, UNetConfig
+from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
+                               without_loop_fields)
 
 __all__ = [
     "evaluate_segmentation",
@@ -169,13 +170,12 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: SegTrainCo
 def _loop_free(config: SegTrainConfig) -> SegTrainConfig:
   """The config with loop-only fields normalised: what the compiled step depends on."""
   k = config.steps_per_call
-  return dataclasses.replace(config, steps=k * (config.decay_steps // k + 1), lr_decay_steps=config.decay_steps,
-                             eval_every=0, eval_batch_size=1, checkpoint_every=k, max_to_keep=1,
+  return without_loop_fields(config, steps=k * (config.decay_steps // k + 1), lr_decay_steps=config.decay_steps,
                              split_fractions=(1.0, 0.0, 0.0), split_seed=0)
 
 
 def make_train_step(config: SegTrainConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Jitted `steps_per_call` training steps in one `lax.scan` (or unrolled), train state donated.
+  """Jitted `steps_per_call` training steps in one `lax.scan` (fully unrolled with `config.unroll`), state donated.
 
   Cached per config, ignoring loop-only fields (steps, once the schedule length is
   fixed, evaluation, checkpointing and split), so a resumed run in the same process
@@ -184,21 +184,8 @@ def make_train_step(config: SegTrainConfig) -> Callable[[TrainState, dict], tupl
   Returns:
     `fn(state, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
   """
-  return _make_train_step(_loop_free(config))
-
-
-@functools.lru_cache(maxsize=8)
-def _make_train_step(config: SegTrainConfig):
-  def call(state, data):
-    if not config.unroll:
-      return jax.lax.scan(lambda s, _: train_step(s, data, config), state, None, length=config.steps_per_call)
-    history = []
-    for _ in range(config.steps_per_call):  # straight-line code: no while loop for XLA:CPU
-      state, metrics = train_step(state, data, config)
-      history.append(metrics)
-    return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
-
-  return jax.jit(call, donate_argnums=0)
+  k = config.steps_per_call
+  return compile_steps(train_step, k, k if config.unroll else 1, static=(_loop_free(config),))
 
 
 # ----------------------------------------------------------------------------- data
@@ -345,16 +332,6 @@ def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_si
 # ----------------------------------------------------------------------------- loop
 
 
-def _device_name() -> str:
-  device = jax.devices()[0]
-  return f"{device.platform}:{getattr(device, 'device_kind', '')}"
-
-
-def _host_copy(tree):
-  """Host numpy copies of a pytree's arrays (never views of device buffers that a donation may free)."""
-  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
-
-
 def _model(config: SegTrainConfig, params) -> UNet:
   return nnx.merge(_graphdef(config.unet), params)
 
@@ -370,10 +347,10 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
   end, for the kept weights.
 
   Writes under `out_dir`: `checkpoints/STEP/` (training state and the best weights
-  so far, every `checkpoint_every` steps and at the end), the inference checkpoint
-  `unet/` (`checkpoints.save_model`, metadata with the split, steps, seconds,
-  device, data sha256, val and test metrics) and `summary.json` (the returned
-  dict). A run killed at any moment continues from its last checkpoint with
+  so far, every `checkpoint_every` steps and at the end), `metrics.jsonl` (losses per
+  call), the inference checkpoint `unet/` (`checkpoints.save_model`, metadata with the
+  split, steps, seconds, device, data sha256, val and test metrics) and `summary.json`
+  (the returned dict). A run killed at any moment continues from its last checkpoint with
   `resume=True`, with the same result as an uninterrupted run.
 
   Args:
@@ -398,105 +375,56 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
     ValueError: resuming with another split or other data than the checkpoint's.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
   from jaxcxr import io  # pylint: disable=g-import-not-at-top
 
   prepared = prepare_data(dataset, config)
   split, val_ds, test_ds = prepared["split"], prepared["val"], prepared["test"]
-  data_sha = (data_lib.file_sha256(dataset.source)
-              if dataset.source and pathlib.Path(dataset.source).is_file() else None)
+  data_sha = data_metadata(dataset).get("data_sha256")
   out_dir = pathlib.Path(out_dir)
-  ckpt_dir = out_dir / "checkpoints"
-  wall_start = time.perf_counter()
   state = init_train_state(config, seed)
-  best = {"params": _host_copy(state["params"]), "dice": np.float32(-1.0), "step": np.int32(-1)}
+  # Model selection: the best weights so far, their validation Dice and step (-1: none yet), checkpointed.
+  state["best"] = {"params": host_copy(state["params"]), "dice": np.float32(-1.0), "step": np.int32(-1)}
   history: list[dict[str, float]] = []
-  split_check = {"seed": split["seed"], "fractions": split["fractions"]}
-  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
-                            "resume=True to continue, or choose another output folder")
-    previous_seconds = 0.0
-    if resume and latest is not None:
-      meta = ckpt.read_metadata()
-      if meta.get("split") != split_check:
-        raise ValueError(f"{ckpt_dir}: checkpoint was trained with split {meta.get('split')}, the config asks "
-                         f"for {split_check}; resume with the same split_seed and split_fractions")
-      if meta.get("data_sha256") and data_sha and meta["data_sha256"] != data_sha:
-        raise ValueError(f"{ckpt_dir}: checkpoint was trained on data with sha256 {meta['data_sha256']}, "
-                         f"{dataset.source} has {data_sha}")
-      restored = ckpt.restore(jax.eval_shape(lambda: {"train": state, "best": best}))
-      state, best = restored["train"], _host_copy(restored["best"])
-      previous_seconds = float(meta.get("train_seconds", 0.0))
-      history = list(meta.get("val_history", []))
-      seed = int(meta.get("seed", seed))
-    start = int(state["step"])
-    if start % config.steps_per_call:
-      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
-                       f"{config.steps_per_call}")
-    device_data = jax.device_put({k: jnp.asarray(v) for k, v in prepared["train"].items()})
-    train_call = make_train_step(config)
-    step, metrics_host = start, None
-    compile_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
-               dynamic_ncols=True, desc="unet")
 
-    def checkpoint(step: int):
-      meta = {"train_seconds": previous_seconds + time.perf_counter() - wall_start, "seed": seed,
-              "split": split_check, "data_sha256": data_sha, "val_history": history,
-              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
-      # Host copies: the save is asynchronous and the next call donates the device buffers.
-      ckpt.save(step, {"train": _host_copy(state), "best": best}, config=config, metadata=meta, force=True)
+  def resumed(meta: dict):
+    nonlocal seed
+    history[:] = meta.get("val_history", [])
+    seed = int(meta.get("seed", seed))
 
-    try:
-      while step < config.steps:
-        t0 = time.perf_counter()
-        state, metrics = train_call(state, device_data)
-        metrics_host = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        if step == start:
-          compile_seconds = elapsed  # first call: compile + one call
-        else:
-          timed_steps += config.steps_per_call
-          timed_seconds += elapsed
-        step += config.steps_per_call
-        if not all(np.isfinite(v).all() for v in metrics_host.values()):
-          raise FloatingPointError(f"U-Net training diverged at step {step}: non-finite losses "
-                                   f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
-        due = step == config.steps or (config.eval_every and step % config.eval_every == 0)
-        if due and len(val_ds):
-          dice = evaluate_segmentation(_model(config, state["params"]), val_ds,
-                                       batch_size=config.eval_batch_size)["dice_mean"]
-          history.append({"step": step, "dice_mean": dice})
-          if dice > float(best["dice"]):
-            best = {"params": _host_copy(state["params"]), "dice": np.float32(dice), "step": np.int32(step)}
-        rate = config.batch_size * timed_steps / timed_seconds if timed_seconds else float("nan")
-        bar.update(config.steps_per_call)
-        bar.set_postfix(loss=f"{metrics_host['loss'][-1]:.3f}", img_s=f"{rate:.1f}",
-                        val_dice=f"{history[-1]['dice_mean']:.3f}" if history else "-", refresh=False)
-        if step % config.checkpoint_every == 0 or step == config.steps:
-          checkpoint(step)
-    finally:
-      bar.close()
-    if step == config.steps and ckpt.latest_step() != step:
-      checkpoint(step)  # resumed at the final step
-    ckpt.wait_until_finished()
+  def validate(step: int, state: dict) -> dict | None:
+    due = step == config.steps or (config.eval_every and step % config.eval_every == 0)
+    if not due or not len(val_ds):
+      return None
+    dice = evaluate_segmentation(_model(config, state["params"]), val_ds,
+                                 batch_size=config.eval_batch_size)["dice_mean"]
+    history.append({"step": step, "dice_mean": dice})
+    if dice > float(state["best"]["dice"]):
+      return {**state, "best": {"params": host_copy(state["params"]), "dice": np.float32(dice), "step": np.int32(step)}}
+    return None
 
+  loop = run_training_loop(
+      name="U-Net", config=config, state=state, train_call=make_train_step(config),
+      args=(jax.device_put({k: jnp.asarray(v) for k, v in prepared["train"].items()}),), out_dir=out_dir,
+      resume=resume, progress=progress, host_entries=("best",), on_call=validate, on_resume=resumed,
+      run_metadata={"split": {"seed": split["seed"], "fractions": split["fractions"]}, "data_sha256": data_sha},
+      checkpoint_metadata=lambda _: {"seed": seed, "val_history": history},
+      postfix=lambda m, _: {"loss": f"{m['loss'][-1]:.3f}",
+                            "val_dice": f"{history[-1]['dice_mean']:.3f}" if history else "-"})
+
+  step, best = loop.step, loop.state["best"]
   # The kept weights: best validation Dice, or the last step when there is no validation part.
   selected_step = int(best["step"]) if int(best["step"]) >= 0 else step
-  model = _model(config, best["params"] if int(best["step"]) >= 0 else _host_copy(state["params"]))
+  model = _model(config, best["params"] if int(best["step"]) >= 0 else host_copy(loop.state["params"]))
   val = evaluate_segmentation(model, val_ds, batch_size=config.eval_batch_size) if len(val_ds) else None
   test = evaluate_segmentation(model, test_ds, batch_size=config.eval_batch_size) if len(test_ds) else None
-  seconds = time.perf_counter() - wall_start
-  final_loss = float(np.mean(metrics_host["loss"])) if metrics_host is not None else None
+  seconds = loop.previous_seconds + loop.seconds
+  final_loss = loop.final.get("loss")
   metadata = {
       "steps": step,
       "selected_step": selected_step,
-      "train_seconds": previous_seconds + seconds,
-      "device": _device_name(),
+      "train_seconds": seconds,
+      "device": device_name(),
       "seed": seed,
       "split": split,
       "data_source": dataset.source,
@@ -508,6 +436,7 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
       "val_history": history,
   }
   path = checkpoints.save_model(out_dir / "unet", model, config.unet, metadata=metadata, overwrite=True)
+  timing = loop_summary(loop, config)
   summary = {
       "model": "UNet",
       "n_params": count_params(model),
@@ -515,14 +444,12 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
       "channels": list(config.unet.channels),
       "dtype": config.unet.dtype,
       "steps": step,
-      "start_step": start,
+      "start_step": loop.start_step,
       "selected_step": selected_step,
-      "seconds": previous_seconds + seconds,
-      "compile_seconds": compile_seconds,
-      "seconds_per_step": timed_seconds / timed_steps if timed_steps else float("nan"),
-      "images_per_second": config.batch_size * timed_steps / timed_seconds if timed_seconds else float("nan"),
+      "seconds": seconds,
+      **{k: timing[k] for k in ("compile_seconds", "seconds_per_step", "images_per_second")},
       "batch_size": config.batch_size,
-      "device": _device_name(),
+      "device": device_name(),
       "seed": seed,
       "data": {"source": dataset.source, "sha256": data_sha, "n_images": len(dataset),
                "n_patients": int(len(np.unique(dataset.patient_id)))},

@@ -1,0 +1,362 @@
+"""The training loop and the helpers that the five trainers of `jaxcxr.train` share.
+
+Every trainer follows one pattern. The training images (uint8, resized once on the host)
+live on the device; step t draws its batch and its randomness from
+`jax.random.fold_in(key, t)` inside the jitted step, so the trajectory is a pure function
+of (config, data, seed, step). `steps_per_call` steps run in one jitted call over a donated
+train state (`compile_steps`), a plain dict of arrays with an int32 "step".
+
+`run_training_loop` does everything between those calls: training checkpoints
+(`out_dir/checkpoints/STEP/`, `checkpoints.TrainCheckpointer`), resume, the tqdm bar,
+`out_dir/metrics.jsonl`, timing and the check for non-finite metrics. A trainer adds its
+own work through hooks: `on_call` after each call (sample grids; validation with model
+selection, whose result the hook keeps in the state so that it is checkpointed with it),
+`checkpoint_metadata` and `on_resume` for JSON facts that a resumed run needs back (a
+validation history). A checkpoint holds the whole state, the hooks' results included, so a
+run killed at any moment resumes from its last checkpoint and ends exactly as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcxr import data as data_lib
+
+__all__ = [
+    "KEY_IMPL",
+    "LoopResult",
+    "append_metrics",
+    "check_loop_fields",
+    "compile_steps",
+    "data_metadata",
+    "device_name",
+    "host_copy",
+    "jit_init",
+    "loop_summary",
+    "run_training_loop",
+    "without_loop_fields",
+]
+
+# PRNG of initialisation and training of the GAN-type trainers (gan, fanogan, healthygan). "rbg"
+# (XLA's RngBitGenerator) compiles several times faster on a CPU than threefry's unrolled hash;
+# streams are reproducible on one backend.
+KEY_IMPL = "rbg"
+
+# Loop-only fields (whichever a config has) and their normalised values (see `without_loop_fields`);
+# None stands for steps_per_call.
+_LOOP_FIELDS = {"steps": None, "checkpoint_every": None, "max_to_keep": 1, "sample_every": 0, "samples": 1,
+                "samples_per_group": 1, "eval_every": None, "eval_batch_size": 1}
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def device_name() -> str:
+  """"platform:device kind" of the first device (e.g. "cpu:cpu"), for the metadata of a trained model."""
+  device = jax.devices()[0]
+  return f"{device.platform}:{getattr(device, 'device_kind', '')}"
+
+
+def host_copy(tree):
+  """Host numpy copies of a pytree's arrays (never views of device buffers that a donation may free)."""
+  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def append_metrics(path: pathlib.Path, step: int, metrics: Mapping[str, Any], rate: str | None) -> None:
+  """Appends one JSON line: the step reached and the metrics averaged over the call.
+
+  A log, not state: a resumed run appends again from its checkpoint, so keep the last line
+  per step. `rate` (images per second, as shown in the progress bar) is added when given.
+  """
+  record = {"step": step, **{k: float(np.mean(v)) for k, v in metrics.items()}}
+  if rate is not None:
+    record["images_per_second"] = float(rate)
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def data_metadata(dataset: data_lib.CXRDataset) -> dict[str, Any]:
+  """{"data_source", and "data_sha256" when the source is a file}: the provenance saved with a model."""
+  meta: dict[str, Any] = {"data_source": dataset.source}
+  if dataset.source and pathlib.Path(dataset.source).is_file():
+    meta["data_sha256"] = data_lib.file_sha256(dataset.source)
+  return meta
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def check_loop_fields(config, name: str) -> None:
+  """Checks the loop fields of a train config (those it has among the usual ones).
+
+  Positive integers: batch_size, steps, steps_per_call, checkpoint_every, max_to_keep,
+  samples, samples_per_group. Non-negative multiples of steps_per_call: steps,
+  checkpoint_every, sample_every, eval_every.
+
+  Raises:
+    ValueError: naming `name` and the field.
+  """
+  for field in ("batch_size", "steps", "steps_per_call", "checkpoint_every", "max_to_keep", "samples",
+                "samples_per_group"):
+    if hasattr(config, field) and getattr(config, field) <= 0:
+      raise ValueError(f"{name}.{field}: expected a positive integer, got {getattr(config, field)}")
+  for field in ("steps", "checkpoint_every", "sample_every", "eval_every"):
+    value = getattr(config, field, 0)
+    if value < 0 or value % config.steps_per_call:
+      raise ValueError(f"{name}.{field}={value}: expected a non-negative multiple of "
+                       f"steps_per_call={config.steps_per_call}")
+
+
+def without_loop_fields(config, **fields):
+  """The config with its loop-only fields normalised: what a compiled step depends on (its cache key).
+
+  Normalised where the config has them: steps, checkpoint_every and eval_every to
+  steps_per_call; max_to_keep, samples, samples_per_group and eval_batch_size to 1;
+  sample_every to 0.
+
+  Args:
+    config: a frozen train-config dataclass.
+    **fields: the trainer's own loop-only fields and their normalised values, or a kept value
+      where the step depends on a field (e.g. `steps=config.steps` when the learning-rate
+      schedule ends at `steps`).
+  """
+  k = config.steps_per_call
+  normal = {name: k if value is None else value for name, value in _LOOP_FIELDS.items() if hasattr(config, name)}
+  return dataclasses.replace(config, **{**normal, **fields})
+
+
+# ----------------------------------------------------------------------------- compiled functions
+
+
+def jit_init(init_fn: Callable[[jax.Array, Any], Any], config, seed: int):
+  """`init_fn(root_key, config)` in one jitted call, the root key `jax.random.key(seed, impl=KEY_IMPL)`.
+
+  Eager initialisation dispatches, and on a CPU compiles, every initialiser separately.
+  The jitted function is cached per (init_fn, config): pass a module-level function and the
+  config without its loop-only fields.
+  """
+  return _jit_init(init_fn, config)(np.uint32(seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _jit_init(init_fn, config):
+  return jax.jit(lambda seed: init_fn(jax.random.key(seed, impl=KEY_IMPL), config))
+
+
+def compile_steps(step_fn: Callable[..., tuple[Any, Any]], steps_per_call: int, unroll: int = 1,
+                  static: tuple = ()) -> Callable[..., tuple[Any, Any]]:
+  """Jitted `steps_per_call` calls of `step_fn` in one `lax.scan`, the train state donated.
+
+  XLA:CPU runs convolutions inside a rolled while loop many times slower (jax-ml/jax#12868;
+  about 15x for the classifier and the U-Net), so CPU configs unroll fully: with
+  `unroll >= steps_per_call` the call is straight-line code without a while loop (even for
+  one step per call, where `lax.scan(unroll=1)` would keep a loop of one trip). Compile time
+  grows with the steps unrolled.
+
+  Args:
+    step_fn: `step_fn(state, *args, *static) -> (state, metrics)`, one training step; a
+      module-level function (it is part of the cache key).
+    steps_per_call: steps per call.
+    unroll: steps per iteration of the rolled loop (`lax.scan`'s `unroll`); `steps_per_call`
+      (or more) unrolls fully.
+    static: trailing arguments of `step_fn` fixed at compile time (hashable: configs).
+
+  Returns:
+    `fn(state, *args) -> (state, metrics)`, metrics stacked over the steps: each
+    (steps_per_call,). Cached per (step_fn, steps_per_call, unroll, static).
+  """
+  return _compile_steps(step_fn, steps_per_call, 0 if unroll >= steps_per_call else unroll, tuple(static))
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_steps(step_fn, steps_per_call, unroll, static):
+  def call(state, *args):
+    return jax.lax.scan(lambda s, _: step_fn(s, *args, *static), state, None, length=steps_per_call,
+                        unroll=unroll)
+
+  return jax.jit(call, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass
+class LoopResult:
+  """What `run_training_loop` hands back to a trainer."""
+
+  # The final train state (device arrays; the host entries as host arrays).
+  state: Any
+  # The step reached, and the step this run started from (> 0 when resumed).
+  step: int
+  start_step: int
+  # Wall time of this run (s), and the training time of earlier runs of the same checkpoint folder.
+  seconds: float
+  previous_seconds: float
+  # First call minus a steady one (compilation), and the steady time per step; NaN without steady calls.
+  compile_seconds: float
+  seconds_per_step: float
+  # Metrics averaged over the last call; empty when the run made no call (resumed at its end).
+  final: dict[str, float]
+  # Metrics of the last call, host arrays (steps_per_call,); empty when the run made no call.
+  last_metrics: dict[str, np.ndarray]
+
+
+def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: Callable, args: tuple,
+                      out_dir: pathlib.Path, resume: bool, progress: bool,
+                      postfix: Callable[[dict, dict], dict[str, str]],
+                      run_metadata: Mapping[str, Any] | None = None,
+                      checkpoint_metadata: Callable[[dict], Mapping[str, Any]] | None = None,
+                      on_resume: Callable[[dict], None] | None = None,
+                      on_call: Callable[[int, dict], dict | None] | None = None,
+                      host_entries: tuple[str, ...] = (), stop_at: int | None = None) -> LoopResult:
+  """Runs `train_call(state, *args)` until `config.steps`, with checkpoints, resume, tqdm and metrics.jsonl.
+
+  Writes `out_dir/checkpoints/STEP/` (the whole state, the config, `run_metadata`,
+  `checkpoint_metadata(state)`, the training seconds so far and the last call's mean
+  metrics; every `config.checkpoint_every` steps and at the end) and one line per call to
+  `out_dir/metrics.jsonl` (`append_metrics`). With `resume`, continues from the latest
+  checkpoint, which must have been written with the same `run_metadata` (the same data,
+  the same frozen models).
+
+  After each call: the metrics are checked, `on_call` runs, the progress bar and the
+  metrics line are written, then the checkpoint when one is due.
+
+  Args:
+    name: progress-bar label and the name in error messages.
+    config: a train config with steps, steps_per_call, checkpoint_every, max_to_keep, batch_size.
+    state: the initial state, a dict of arrays with an int32 "step" (its structure is also the
+      restore target).
+    train_call: jitted `(train state, *args) -> (train state, metrics)`, the train state
+      donated, metrics (steps_per_call,) each (`compile_steps`).
+    args: the other arguments of `train_call` (device arrays).
+    out_dir: the run folder (created if needed).
+    resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
+    progress: show a tqdm bar on stderr.
+    postfix: (metrics of the call as host arrays, state) -> tqdm postfix entries; the loop adds
+      "img/s".
+    run_metadata: JSON-serialisable facts saved with each checkpoint and checked on resume.
+    checkpoint_metadata: state -> more JSON-serialisable facts saved with each checkpoint, not
+      checked (e.g. a validation history, the seed).
+    on_resume: called with the metadata of the checkpoint resumed from (everything saved with it)
+      before the first call, e.g. to take back what `checkpoint_metadata` saved.
+    on_call: called as `on_call(step, state)` after each call; returns the state to continue
+      with (which the next checkpoint saves), or None to keep it. Sample grids, validation.
+    host_entries: top-level entries of `state` kept out of `train_call` (host arrays that
+      `on_call` maintains, e.g. the best parameters so far); checkpointed and restored with
+      the rest.
+    stop_at: stop after this step (a multiple of steps_per_call, at most `config.steps`) and
+      checkpoint it, to continue later with `resume`; None runs to `config.steps`.
+
+  Returns:
+    A `LoopResult`.
+
+  Raises:
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+    ValueError: resuming a checkpoint written for other `run_metadata` or another steps_per_call.
+    FloatingPointError: non-finite metrics.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  ckpt_dir = out_dir / "checkpoints"
+  end = config.steps if stop_at is None else min(int(stop_at), config.steps)
+  wall_start = time.perf_counter()
+  # JSON round trip: the values compare as they read back (tuples as lists).
+  run_metadata = json.loads(json.dumps(dict(run_metadata or {})))
+  with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
+                            "resume=True to continue, or choose another output folder")
+    previous_seconds = 0.0
+    if resume and latest is not None:
+      saved = ckpt.read_metadata()
+      changed = {k: (saved.get(k), v) for k, v in run_metadata.items() if saved.get(k) != v}
+      if changed:
+        raise ValueError(f"{ckpt_dir}: cannot resume, the checkpoint was written for other inputs "
+                         f"(saved, now): {changed}")
+      state = ckpt.restore(jax.eval_shape(lambda: state))
+      state = {**state, **host_copy({k: state[k] for k in host_entries})}
+      previous_seconds = float(saved.get("train_seconds", 0.0))
+      if on_resume is not None:
+        on_resume(saved)
+    start = int(state["step"])
+    if start % config.steps_per_call:
+      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
+                       f"{config.steps_per_call}")
+    step, metrics_host = start, None
+    first_call_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
+               dynamic_ncols=True, desc=name)
+
+    def checkpoint(step: int):
+      meta = {**run_metadata, **(checkpoint_metadata(state) if checkpoint_metadata else {}),
+              "train_seconds": previous_seconds + time.perf_counter() - wall_start,
+              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
+      # Host copies: the save is asynchronous and the next call donates the device buffers.
+      ckpt.save(step, host_copy(state), config=config, metadata=meta, force=True)
+
+    try:
+      while step < end:
+        t0 = time.perf_counter()
+        train_state, metrics = train_call({k: v for k, v in state.items() if k not in host_entries}, *args)
+        state = {**train_state, **{k: state[k] for k in host_entries}}
+        metrics_host = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        if step == start:
+          first_call_seconds = elapsed  # compile + one call
+        else:
+          timed_steps += config.steps_per_call
+          timed_seconds += elapsed
+        step += config.steps_per_call
+        if not all(np.isfinite(v).all() for v in metrics_host.values()):
+          raise FloatingPointError(f"{name} training diverged at step {step}: non-finite metrics "
+                                   f"{ {k: np.asarray(v).tolist() for k, v in metrics_host.items()} }")
+        if on_call is not None:
+          updated = on_call(step, state)
+          state = state if updated is None else updated
+        bar.update(config.steps_per_call)
+        post = postfix(metrics_host, state)
+        if timed_seconds:
+          post["img/s"] = f"{config.batch_size * timed_steps / timed_seconds:.1f}"
+        bar.set_postfix(post, refresh=False)
+        append_metrics(out_dir / "metrics.jsonl", step, metrics_host, post.get("img/s"))
+        if step % config.checkpoint_every == 0 or step == end:
+          checkpoint(step)
+    finally:
+      bar.close()
+    if step == end and ckpt.latest_step() != step:
+      checkpoint(step)  # resumed at the end
+    ckpt.wait_until_finished()
+  per_step = timed_seconds / timed_steps if timed_steps else float("nan")
+  return LoopResult(
+      state=state, step=step, start_step=start, seconds=time.perf_counter() - wall_start,
+      previous_seconds=previous_seconds,
+      compile_seconds=first_call_seconds - per_step * config.steps_per_call if timed_steps else first_call_seconds,
+      seconds_per_step=per_step,
+      final={k: float(np.mean(v)) for k, v in (metrics_host or {}).items()},
+      last_metrics=dict(metrics_host or {}))
+
+
+def loop_summary(loop: LoopResult, config) -> dict[str, Any]:
+  """The timing part of a trainer's return value: {"steps", "start_step", "seconds" (this run),
+  "compile_seconds", "seconds_per_step", "images_per_second", "final" (metrics of the last call)}."""
+  return {"steps": loop.step, "start_step": loop.start_step, "seconds": loop.seconds,
+          "compile_seconds": loop.compile_seconds, "seconds_per_step": loop.seconds_per_step,
+          "images_per_second": config.batch_size / loop.seconds_per_step if loop.seconds_per_step > 0
+                               else float("nan"),
+          "final": loop.final}
