@@ -256,6 +256,13 @@ def test_resume_equals_straight_run_and_metadata(nih, tmp_path):
     assert report["n"] == len(nih) and report["n_positive"] == 12
     assert 0.0 <= report["roc_auc"] <= 1.0 and 0.0 <= report["accuracy"] <= 1.0
     assert set(report["roc_auc_by_view"]) == {"AP", "PA"}
+    low, high = report["roc_auc_ci95"]
+    assert 0.0 <= low <= report["roc_auc"] <= high <= 1.0
+
+  # A sweep run leaves the test part alone.
+  sweep = tc.train_classifier(nih, cfg, tmp_path / "c", progress=False, report_test=False)
+  assert sweep["test"] is None and sweep["val"] is not None
+  assert checkpoints.read_metadata(sweep["classifier"])["test"] is None
 
 
 def test_sex_task_drops_unknown(nih):

@@ -351,12 +351,21 @@ def _auc_or_none(y_pred: np.ndarray, y: np.ndarray) -> float | None:
   return metrics_lib.compute_roc_auc(y_pred, y) if 0 < y.sum() < len(y) else None
 
 
+def _auc_ci_or_none(y_pred: np.ndarray, y: np.ndarray) -> list[float] | None:
+  """[low, high] of the 95% DeLong interval of the ROC AUC; None with fewer than 2 images of a class."""
+  if min(int(y.sum()), int(len(y) - y.sum())) < 2:
+    return None
+  ci = metrics_lib.compute_roc_auc_ci(y_pred, y)
+  return [ci["low"], ci["high"]]
+
+
 def _report(prob: np.ndarray, y: np.ndarray, threshold: float, views: np.ndarray | None) -> dict[str, Any]:
   binary = metrics_lib.compute_binary_report((prob >= threshold).astype(np.int64), y)
   out = {
       "n": int(len(y)),
       "n_positive": int(y.sum()),
       "roc_auc": _auc_or_none(prob, y),
+      "roc_auc_ci95": _auc_ci_or_none(prob, y),
       "accuracy": binary["accuracy"],
       "sensitivity": binary["recall"],
       "specificity": binary["specificity"],
@@ -421,7 +430,7 @@ def _split(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig):
 
 def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig, out_dir: str | os.PathLike, *,
                      resume: bool = False, seed: int = 0, progress: bool = True,
-                     stop_at: int | None = None) -> dict[str, Any]:
+                     stop_at: int | None = None, report_test: bool = True) -> dict[str, Any]:
   """Trains the classifier with model selection on validation AUC; evaluates once on test.
 
   Writes under `out_dir`: `checkpoints/STEP/` (training state plus the best
@@ -444,11 +453,14 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
     progress: show a tqdm bar on stderr.
     stop_at: stop after this step (a multiple of `steps_per_call`), leaving a
       checkpoint to resume from; for time-sliced runs. None runs to `config.steps`.
+    report_test: evaluate the selected model on the test part. Pass False while comparing
+      settings (choose on validation), then evaluate the chosen model once with
+      `jaxcxr evaluate classifier --split test`.
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step",
     "images_per_second", "final" (loss and accuracy of the last call), "best_step",
-    "best_val_auc", "threshold", "val", "test" (None when stopped early), "n_train",
+    "best_val_auc", "threshold", "val", "test" (None when stopped early or without report_test), "n_train",
     "n_val", "n_test", "n_dropped" (images without a target), "out_dir",
     "classifier" (path or None)}.
 
@@ -515,7 +527,7 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   threshold = select_threshold_youden(val_prob, y_val)
   val_report = _report(val_prob, y_val, threshold, _views(dataset.subset(indices["val"])))
   test_report = None
-  if len(indices["test"]):
+  if report_test and len(indices["test"]):
     test_set = dataset.subset(indices["test"])
     views = _views(test_set) if config.task == "abnormal" else None
     test_prob = predict_proba(model, test_set.images, config.eval_batch_size)
