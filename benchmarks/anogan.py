@@ -46,12 +46,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxcxr import anomaly, data, gan_config
+from jaxcxr import anomaly, data
+from jaxcxr.config import gan_64_cpu, gan_256, gan_tiny
 from jaxcxr.models import Discriminator, Generator, load_discriminator, load_generator, make_condition
 from jaxcxr.models.generator import latents
 
-PRESETS = {"tiny": lambda: gan_config.gan_tiny(32), "gan_64_cpu": gan_config.gan_64_cpu,
-           "gan_256": gan_config.gan_256}
+PRESETS = {"tiny": lambda: gan_tiny(32), "gan_64_cpu": gan_64_cpu, "gan_256": gan_256}
 
 
 def _context(args) -> dict:

@@ -104,12 +104,10 @@ def diversity(scorer, found: dict, real_features: np.ndarray | None) -> dict:
 def _tiny_setup(args):
   """Random tiny models (tests/test_scoring.py sizes), a calibration that passes about half of the images
   on the abnormal logit alone, and a latent dataset built on the spot (a CPU smoke test of this script)."""
-  from jaxcxr.classifier_config import ClassifierConfig  # pylint: disable=g-import-not-at-top
-  from jaxcxr.gan_config import gan_tiny  # pylint: disable=g-import-not-at-top
+  from jaxcxr.config import ClassifierConfig, UNetConfig, gan_tiny  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.classifier import Classifier  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.generator import Generator  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.unet import UNet  # pylint: disable=g-import-not-at-top
-  from jaxcxr.seg_config import UNetConfig  # pylint: disable=g-import-not-at-top
 
   unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
   classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2),

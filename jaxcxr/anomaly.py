@@ -37,7 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcxr import data
 from jaxcxr.batching import map_batches
-from jaxcxr.gan_config import DTYPES, DiscriminatorConfig, GeneratorConfig
+from jaxcxr.config import DTYPES, DiscriminatorConfig, GeneratorConfig
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
@@ -423,8 +423,8 @@ def search_latents(generator: Generator, discriminator: Discriminator, images, c
   Examples:
     >>> from flax import nnx
     >>> import jax, numpy as np
-    >>> from jaxcxr import gan_config
-    >>> cfg = gan_config.gan_tiny(32)
+    >>> from jaxcxr import config
+    >>> cfg = config.gan_tiny(32)
     >>> g = Generator(cfg.generator, rngs=nnx.Rngs(0))
     >>> d = Discriminator(cfg.discriminator, rngs=nnx.Rngs(1))
     >>> x = np.zeros((2, 32, 32), np.uint8)

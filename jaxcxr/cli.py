@@ -156,12 +156,16 @@ HASH_NAMES = ("average", "difference", "perceptual", "wavelet")
 def cmd_train_gan(args: argparse.Namespace) -> dict[str, Any]:
   import dataclasses  # pylint: disable=g-import-not-at-top
 
-  from jaxcxr import data, gan_config  # pylint: disable=g-import-not-at-top
+  from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
   from jaxcxr.train import gan  # pylint: disable=g-import-not-at-top
 
-  if args.preset not in gan_config.PRESETS:
-    raise UsageError(f"unknown preset {args.preset!r}; expected one of {', '.join(gan_config.PRESETS)}")
-  config = gan_config.PRESETS[args.preset]()
+  # PRESETS holds every family's presets; this command takes the GAN ones.
+  gan_presets = {name: make for name, make in config_lib.PRESETS.items()
+                 if isinstance(make(), config_lib.GanTrainConfig)}
+  if args.preset not in gan_presets:
+    raise UsageError(f"unknown preset {args.preset!r} for a GAN; expected one of {', '.join(gan_presets)}")
+  config = gan_presets[args.preset]()
   if args.steps is not None:
     if args.steps <= 0 or args.steps % config.steps_per_call:
       raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, "

@@ -59,12 +59,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import scoring
+from jaxcxr.config import LATENT_PRESETS, LatentClassifierConfig
 from jaxcxr.data import GROUPS, DataError
 from jaxcxr import io as io_lib
 from jaxcxr.io import write_bytes_atomic
 from jaxcxr.plots import save_figure
 from jaxcxr.models.condition import group_condition_batch
-from jaxcxr.models.latent import (LATENT_PRESETS, LatentClassifier, LatentClassifierConfig)
+from jaxcxr.models.latent import LatentClassifier
 from jaxcxr.scoring import SCORE_NAMES  # the five post-filter scores, each > 0 meaning good
 from jaxcxr.train.classifier import focal_loss, weighted_bce
 
@@ -1478,7 +1479,7 @@ class Prefilter:
     strategy: the `STRATEGIES` name that chose the threshold on validation latents.
     group: the age-sex group it was fitted for (the generator is conditional, so a
       latent's validity depends on the group).
-    model_preset: the `jaxcxr.models.latent.LATENT_PRESETS` name of the classifier.
+    model_preset: the `jaxcxr.config.LATENT_PRESETS` name of the classifier.
     generator_id: `checkpoints.model_id` of the generator whose latents it learned.
     report: JSON-ready record of the fit: part sizes, validation and test
       `threshold_report`s, test ROC AUC, predicted speed-up (see `fit_prefilter`).
@@ -1603,7 +1604,7 @@ def fit_prefilter(records: Mapping[str, Any], group: str, strategy: str = "youde
     records: a latent dataset (`load_latent_dataset` / `build_latent_dataset`).
     group: the age-sex group to fit.
     strategy: one of `STRATEGIES`.
-    model_preset: one of `jaxcxr.models.latent.LATENT_PRESETS` ("logreg", "mlp1" ...
+    model_preset: one of `jaxcxr.config.LATENT_PRESETS` ("logreg", "mlp1" ...
       "mlp4", "deep").
     fractions: (train, validation, test) fractions, summing to 1.
     seed: seeds the split and the fit.

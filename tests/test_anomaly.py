@@ -28,11 +28,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcxr import anomaly, data, gan_config
+from jaxcxr import anomaly, data
+from jaxcxr.config import gan_tiny
 from jaxcxr.models import Discriminator, Generator, make_condition
 from jaxcxr.models.generator import latents
 
-TINY = gan_config.gan_tiny(32)
+TINY = gan_tiny(32)
 SEARCH = anomaly.LatentSearchConfig(steps=120, learning_rate=0.05)
 N_GENERATED = 6          # queries 0..5 are G(z_true); 6, 7 are real radiographs
 FIXTURE = pathlib.Path(__file__).parent / "data" / "nih_fixture.npz"
@@ -315,7 +316,7 @@ def test_bad_inputs_raise(models, queries):
   for x, c, match in cases:
     with pytest.raises(ValueError, match=match):
       anomaly.search_latents(*models, x, c, key, SEARCH)
-  other = nnx.eval_shape(lambda: Discriminator(gan_config.gan_tiny(64).discriminator, rngs=nnx.Rngs(0)))
+  other = nnx.eval_shape(lambda: Discriminator(gan_tiny(64).discriminator, rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match="do not match"):
     anomaly.search_latents(models[0], other, images, cond, key, SEARCH)
   with pytest.raises(ValueError, match="cond is required"):

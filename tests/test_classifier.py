@@ -12,8 +12,7 @@ from flax import nnx
 from jaxcxr import checkpoints
 from jaxcxr import config as config_lib
 from jaxcxr import data
-from jaxcxr.classifier_config import (ClassifierConfig, ClassifierTrainConfig, classifier_128_cpu, classifier_256,
-                                      classifier_tiny)
+from jaxcxr.config import ClassifierConfig, ClassifierTrainConfig, classifier_128_cpu, classifier_256, classifier_tiny
 from jaxcxr.models.classifier import Classifier, predict_proba, prepare_images
 from jaxcxr.train import classifier as tc
 

@@ -150,6 +150,9 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
         (["sample", "--group", "38_44f", "--n", "0", "--out", "{tmp}/s"], "--n must be positive"),
         (["sample", "--group", "38_44f", "--n", "2", "--out", "{tmp}/s", "--checkpoint", "{tmp}/nothing"], "nothing"),
         (["train", "gan", "--data", "{tmp}/x.npz", "--preset", "gan_999", "--out", "{tmp}/r"], "unknown preset"),
+        # config.PRESETS holds every family's presets; `train gan` takes only the GAN ones.
+        (["train", "gan", "--data", "{tmp}/x.npz", "--preset", "unet_tiny", "--out", "{tmp}/r"],
+         "unknown preset 'unet_tiny' for a GAN"),
     ],
 )
 def test_gan_commands_bad_input(capsys, tmp_path, argv, message):

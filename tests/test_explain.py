@@ -12,7 +12,7 @@ from PIL import Image
 
 from jaxcxr import data
 from jaxcxr import explain
-from jaxcxr.classifier_config import ClassifierConfig, classifier_tiny
+from jaxcxr.config import ClassifierConfig, classifier_tiny
 from jaxcxr.models.classifier import Classifier, prepare_images
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr import checkpoints
+from jaxcxr import checkpoints, config
 from jaxcxr.train import loop
 
 
@@ -70,11 +70,11 @@ def test_config_helpers():
   assert (normal.steps, normal.checkpoint_every, normal.eval_every, normal.max_to_keep, normal.sample_every,
           normal.samples, normal.decay) == (2, 2, 2, 1, 0, 1, 0.25)
   assert loop.without_loop_fields(dataclasses.replace(TOY, steps=60, max_to_keep=5)) == loop.without_loop_fields(TOY)
-  loop.check_loop_fields(TOY, "ToyConfig")
+  config.check_loop_fields(TOY, "ToyConfig")
   with pytest.raises(ValueError, match=r"ToyConfig.eval_every=3: expected a non-negative multiple"):
-    loop.check_loop_fields(dataclasses.replace(TOY, eval_every=3), "ToyConfig")
+    config.check_loop_fields(dataclasses.replace(TOY, eval_every=3), "ToyConfig")
   with pytest.raises(ValueError, match=r"ToyConfig.max_to_keep: expected a positive integer"):
-    loop.check_loop_fields(dataclasses.replace(TOY, max_to_keep=0), "ToyConfig")
+    config.check_loop_fields(dataclasses.replace(TOY, max_to_keep=0), "ToyConfig")
   state = loop.jit_init(toy_init, TOY, 3)
   jax.tree.map(np.testing.assert_array_equal, _host(state), _host(loop.jit_init(toy_init, TOY, 3)))
   assert not np.array_equal(state["w"], loop.jit_init(toy_init, TOY, 4)["w"])

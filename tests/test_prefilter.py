@@ -5,9 +5,10 @@ import pytest
 from flax import nnx
 
 from jaxcxr import prefilter
+from jaxcxr.config import LatentClassifierConfig, latent_deep, latent_logreg, latent_mlp
 from jaxcxr.data import GROUPS, DataError
 from jaxcxr.metrics import compute_roc_auc
-from jaxcxr.models.latent import LatentClassifier, LatentClassifierConfig, latent_deep, latent_logreg, latent_mlp
+from jaxcxr.models.latent import LatentClassifier
 
 # ----------------------------------------------------------------------------- thresholds
 

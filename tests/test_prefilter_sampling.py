@@ -20,13 +20,11 @@ import pytest
 from flax import nnx
 
 from jaxcxr import checkpoints, cli, data, prefilter, scoring
-from jaxcxr.classifier_config import ClassifierConfig
-from jaxcxr.gan_config import gan_tiny
+from jaxcxr.config import ClassifierConfig, LatentClassifierConfig, UNetConfig, gan_tiny
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.generator import Generator, latents
-from jaxcxr.models.latent import LatentClassifier, LatentClassifierConfig
+from jaxcxr.models.latent import LatentClassifier
 from jaxcxr.models.unet import UNet
-from jaxcxr.seg_config import UNetConfig
 
 CONFIG = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=4)
 GROUP = "38_44f"

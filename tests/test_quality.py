@@ -3,12 +3,12 @@
 import numpy as np
 from flax import nnx
 
-from jaxcxr import data, gan_config, quality
+from jaxcxr import config, data, quality
 from jaxcxr.models import Discriminator, Generator
 
 
 def test_evaluate_gan_on_untrained_pair(nih_path):
-  cfg = gan_config.gan_tiny(resolution=32)
+  cfg = config.gan_tiny(resolution=32)
   generator = Generator(cfg.generator, rngs=nnx.Rngs(0))
   discriminator = nnx.view(Discriminator(cfg.discriminator, rngs=nnx.Rngs(1)), use_running_average=True)
   real = data.load(nih_path)
@@ -25,10 +25,10 @@ def test_evaluate_gan_on_untrained_pair(nih_path):
 
 
 def test_evaluate_gan_with_classifier_feature_space_and_sex_classifier(nih_path):
-  from jaxcxr.classifier_config import ClassifierConfig
+  from jaxcxr.config import ClassifierConfig
   from jaxcxr.models.classifier import Classifier, predict_pooled_features
 
-  cfg = gan_config.gan_tiny(resolution=32)
+  cfg = config.gan_tiny(resolution=32)
   generator = Generator(cfg.generator, rngs=nnx.Rngs(0))
   discriminator = nnx.view(Discriminator(cfg.discriminator, rngs=nnx.Rngs(1)), use_running_average=True)
   classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2),

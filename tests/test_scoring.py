@@ -19,12 +19,10 @@ import pytest
 from flax import nnx
 
 from jaxcxr import checkpoints, data, scoring
-from jaxcxr.classifier_config import ClassifierConfig
-from jaxcxr.gan_config import gan_tiny
+from jaxcxr.config import ClassifierConfig, UNetConfig, gan_tiny
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.generator import Generator, latents
 from jaxcxr.models.unet import UNet
-from jaxcxr.seg_config import UNetConfig
 
 CONFIG = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=4)
 
@@ -274,12 +272,10 @@ import jax, numpy as np
 from flax import nnx
 sys.path.insert(0, sys.argv[1])
 from jaxcxr import data, scoring
-from jaxcxr.classifier_config import ClassifierConfig
-from jaxcxr.gan_config import gan_tiny
+from jaxcxr.config import ClassifierConfig, UNetConfig, gan_tiny
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.generator import Generator
 from jaxcxr.models.unet import UNet
-from jaxcxr.seg_config import UNetConfig
 assert len(jax.devices()) == 4, jax.devices()
 config = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=8)
 unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcxr import data, seg_config
-from jaxcxr.config import from_dict, to_dict
+from jaxcxr import data
+from jaxcxr.config import PRESETS, SegTrainConfig, UNetConfig, from_dict, to_dict, unet_tiny
 from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks
-from jaxcxr.seg_config import SegTrainConfig, UNetConfig
 from jaxcxr.train import segmentation as seg
 
 # The training config of both training tests (same compiled step: only loop-only fields differ).
-TINY = seg_config.unet_tiny()
+TINY = unet_tiny()
 # The network of the inference tests (also a row of the shape table, so its forward compile is shared).
 SMALL = UNetConfig(resolution=32, channels=(4, 8, 16), norm_groups=2)
 
@@ -82,7 +81,9 @@ def test_unet_rejects_bad_inputs_and_configs():
 
 def test_presets_param_counts_and_json_round_trip():
   counts = {}
-  for name, preset in seg_config.PRESETS.items():
+  for name, preset in PRESETS.items():
+    if not name.startswith("unet_"):
+      continue
     config = preset()
     assert from_dict(SegTrainConfig, json.loads(json.dumps(to_dict(config)))) == config
     counts[name] = count_params(nnx.eval_shape(lambda c=config: UNet(c.unet, rngs=nnx.Rngs(0))))
@@ -153,9 +154,9 @@ def test_bad_masks_are_refused(covid, small_unet, tmp_path):
   with pytest.raises(data.DataError, match="lung_masks"):
     seg.evaluate_segmentation(unet, dataclasses.replace(covid, lung_masks=None))
   with pytest.raises(data.DataError, match=r"unknown label\(s\) \[3\]"):  # before any compile
-    seg.train_unet(dataclasses.replace(covid, lung_masks=bad), seg_config.unet_tiny(), tmp_path, progress=False)
+    seg.train_unet(dataclasses.replace(covid, lung_masks=bad), unet_tiny(), tmp_path, progress=False)
   with pytest.raises(data.DataError, match="fewer than one batch"):
-    seg.train_unet(covid, dataclasses.replace(seg_config.unet_tiny(), batch_size=7), tmp_path, progress=False)
+    seg.train_unet(covid, dataclasses.replace(unet_tiny(), batch_size=7), tmp_path, progress=False)
 
 
 # ----------------------------------------------------------------------------- training

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcxr.batching import map_batches
-from jaxcxr.classifier_config import ClassifierConfig
+from jaxcxr.config import ClassifierConfig
 from jaxcxr.data import resize_uint8
 
 __all__ = ["BasicBlock", "Classifier", "load_classifier", "predict_logits", "predict_pooled_features", "predict_proba",
@@ -97,7 +97,7 @@ class Classifier(nnx.Module):
   Examples:
     >>> from flax import nnx
     >>> import jax.numpy as jnp
-    >>> from jaxcxr.classifier_config import ClassifierConfig
+    >>> from jaxcxr.config import ClassifierConfig
     >>> cfg = ClassifierConfig(resolution=64, stages=(1, 1), channels=(4, 8))
     >>> model = Classifier(cfg, rngs=nnx.Rngs(0))
     >>> model(jnp.zeros((2, 64, 64, 1))).shape

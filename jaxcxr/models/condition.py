@@ -3,7 +3,7 @@
 Sex is 0 male / 1 female, age is (years - 45) / 20, label is 0 normal / 1 abnormal.
 A model trained without some condition (e.g. the normal-only GAN with
 `conditions=("sex", "age")`) gets only the columns it names, in the order of
-`gan_config.KNOWN_CONDITIONS`.
+`jaxcxr.config.KNOWN_CONDITIONS`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.gan_config import AGE_CENTER, AGE_SCALE, KNOWN_CONDITIONS
+from jaxcxr.config import AGE_CENTER, AGE_SCALE, KNOWN_CONDITIONS
 
 
 def normalize_age(age) -> np.ndarray:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcxr.gan_config import DiscriminatorConfig
+from jaxcxr.config import DiscriminatorConfig
 from jaxcxr.models.layers import SpectralConv, avg_pool2
 
 
@@ -55,8 +55,7 @@ class Discriminator(nnx.Module):
   Examples:
     >>> from flax import nnx
     >>> import jax.numpy as jnp
-    >>> from jaxcxr.gan_config import DiscriminatorConfig
-from jaxcxr.models.layers import SpectralConv, avg_pool2
+    >>> from jaxcxr.config import DiscriminatorConfig
     >>> d = Discriminator(DiscriminatorConfig(resolution=32, base_channels=4, max_channels=8),
     ...                   rngs=nnx.Rngs(0))
     >>> d(jnp.zeros((2, 32, 32, 1)), jnp.zeros((2, 3))).shape

@@ -19,50 +19,12 @@ Parameter names: `stem`, `blocks[i]` (`norm1`, `conv1`, `norm2`, `conv2`, `skip`
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcxr.gan_config import DTYPES, RESOLUTIONS, stage_channels
+from jaxcxr.config import EncoderConfig
 from jaxcxr.models.layers import Conv, GroupNorm, avg_pool2
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderConfig:
-  """f-AnoGAN encoder: (H, W, 1) image in [-1, 1] -> latent z (the generator's latent space)."""
-
-  # Input side in pixels (32, 64, 128 or 256); must equal the generator's resolution.
-  resolution: int = 64
-  # Size of z; must equal the generator's latent_dim.
-  latent_dim: int = 128
-  # Channels at the input resolution; doubled per halving of the side, capped at max_channels.
-  base_channels: int = 32
-  # Channel cap of the low-resolution stages.
-  max_channels: int = 256
-  # Groups of the GroupNorm layers (batch-independent; capped by the channel count).
-  norm_groups: int = 8
-  # Slope of the leaky ReLUs.
-  negative_slope: float = 0.2
-  # Compute dtype of convolutions ("float32" or "bfloat16"); parameters and z stay float32.
-  dtype: str = "float32"
-
-  def __post_init__(self):
-    if self.resolution not in RESOLUTIONS:
-      raise ValueError(f"EncoderConfig.resolution: expected one of {RESOLUTIONS}, got {self.resolution}")
-    if self.latent_dim <= 0 or self.base_channels <= 0 or self.max_channels < self.base_channels:
-      raise ValueError(f"EncoderConfig: bad sizes latent_dim={self.latent_dim}, "
-                       f"base_channels={self.base_channels}, max_channels={self.max_channels}")
-    if self.norm_groups <= 0:
-      raise ValueError(f"EncoderConfig.norm_groups: expected a positive integer, got {self.norm_groups}")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"EncoderConfig.dtype: expected one of {DTYPES}, got {self.dtype!r}")
-
-  @property
-  def channels(self) -> tuple[int, ...]:
-    """Channels per stage, input resolution first, 4x4 last."""
-    return stage_channels(self.resolution, self.base_channels, self.max_channels)[::-1]
 
 
 class EncoderBlock(nnx.Module):

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcxr.batching import map_batches
-from jaxcxr.gan_config import GeneratorConfig
+from jaxcxr.config import GeneratorConfig
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.layers import Conv, GroupNorm, depth_to_space
 
@@ -78,7 +78,7 @@ class Generator(nnx.Module):
   Examples:
     >>> from flax import nnx
     >>> import jax, jax.numpy as jnp
-    >>> from jaxcxr.gan_config import GeneratorConfig
+    >>> from jaxcxr.config import GeneratorConfig
     >>> g = Generator(GeneratorConfig(resolution=32, base_channels=4, max_channels=8,
     ...                               norm_groups=2), rngs=nnx.Rngs(0))
     >>> g(jnp.zeros((2, 128)), jnp.zeros((2, 3))).shape

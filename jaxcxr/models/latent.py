@@ -4,15 +4,15 @@ Mirrors the Keras models of the original study's pre-filter (which predicted fro
 alone whether the generated image would be valid):
 
 * logistic regression: no hidden layer, a single `Dense(1)` on z;
-* MLPs with 1 to 4 hidden layers (`latent_mlp(depth)`);
-* the "deep net" 256-256-BN-128-128-BN-64-64-BN-32-32-16x6 (`latent_deep`), read as
+* MLPs with 1 to 4 hidden layers (`jaxcxr.config.latent_mlp(depth)`);
+* the "deep net" 256-256-BN-128-128-BN-64-64-BN-32-32-16x6 (`config.latent_deep`), read as
   Dense 256, Dense 256, BatchNorm, Dense 128, Dense 128, BatchNorm, Dense 64,
   Dense 64, BatchNorm, Dense 32, Dense 32, then six Dense 16 layers ("16x6" = six
   layers of width 16, not one layer of 96 units or six outputs: the network has a
   single sigmoid output like the others), then the `Dense(1)` logit head.
 
 Each hidden layer is Dense -> ReLU (Keras `Dense(n, activation="relu")`); a
-BatchNorm listed in `LatentClassifierConfig.batch_norm` follows the activation,
+BatchNorm listed in `config.LatentClassifierConfig.batch_norm` follows the activation,
 as `BatchNormalization()` placed after such a layer does in Keras. Parameter names:
 Keras `dense_i` -> `hidden[i]`, the last `dense` -> `head`, the k-th
 `batch_normalization` -> `norms[k]`.
@@ -25,54 +25,20 @@ networks regularised with BatchNorm only, and a stochastic layer would need a ke
 threaded through `__call__`; use weight decay in the fit instead.
 
 Models never import training code; fitting, prediction and thresholds live in
-`jaxcxr.prefilter`.
+`jaxcxr.prefilter`; the config and its presets (`LATENT_PRESETS`) in `jaxcxr.config`.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = [
-    "LATENT_PRESETS",
-    "LatentClassifier",
-    "LatentClassifierConfig",
-    "latent_deep",
-    "latent_logreg",
-    "latent_mlp",
-]
+from jaxcxr.config import LatentClassifierConfig
+
+__all__ = ["LatentClassifier"]
 
 _HE = nnx.initializers.he_normal()  # ReLU layers (Keras' default glorot_uniform is for linear/tanh units)
-
-
-@dataclasses.dataclass(frozen=True)
-class LatentClassifierConfig:
-  """Fully connected binary classifier on latents: (B, latent_dim) float32 -> (B,) logits."""
-
-  # Width of the generator latent z (the model's input features).
-  latent_dim: int = 128
-  # Widths of the hidden Dense -> ReLU layers, input to output; () is logistic regression.
-  hidden: tuple[int, ...] = ()
-  # 0-based indices of the hidden layers followed by a BatchNorm (after their ReLU).
-  batch_norm: tuple[int, ...] = ()
-  # Momentum of the BatchNorm running averages (Keras' default 0.99).
-  batch_norm_momentum: float = 0.99
-
-  def __post_init__(self):
-    if self.latent_dim <= 0:
-      raise ValueError(f"LatentClassifierConfig.latent_dim: expected a positive width, got {self.latent_dim}")
-    if any(w <= 0 for w in self.hidden):
-      raise ValueError(f"LatentClassifierConfig.hidden: expected positive widths, got {self.hidden}")
-    if len(set(self.batch_norm)) != len(self.batch_norm) or any(
-        not 0 <= i < len(self.hidden) for i in self.batch_norm):
-      raise ValueError(f"LatentClassifierConfig.batch_norm: expected distinct hidden-layer indices in "
-                       f"0..{len(self.hidden) - 1}, got {self.batch_norm}")
-    if not 0.0 <= self.batch_norm_momentum < 1.0:
-      raise ValueError(f"LatentClassifierConfig.batch_norm_momentum: expected a value in [0, 1), "
-                       f"got {self.batch_norm_momentum}")
 
 
 class LatentClassifier(nnx.Module):
@@ -84,10 +50,11 @@ class LatentClassifier(nnx.Module):
   Examples:
     >>> from flax import nnx
     >>> import jax.numpy as jnp
-    >>> model = LatentClassifier(latent_mlp(2), rngs=nnx.Rngs(0))
+    >>> from jaxcxr import config
+    >>> model = LatentClassifier(config.latent_mlp(2), rngs=nnx.Rngs(0))
     >>> model(jnp.zeros((3, 128))).shape
     (3,)
-    >>> deep = LatentClassifier(latent_deep(), rngs=nnx.Rngs(0))
+    >>> deep = LatentClassifier(config.latent_deep(), rngs=nnx.Rngs(0))
     >>> nnx.view(deep, use_running_average=True)(jnp.zeros((1, 128))).shape  # inference mode
     (1,)
   """
@@ -128,49 +95,3 @@ class LatentClassifier(nnx.Module):
       if i in norm_of:
         x = self.norms[norm_of[i]](x)
     return self.head(x)[:, 0]
-
-
-# ----------------------------------------------------------------------------- presets
-
-
-def latent_logreg(latent_dim: int = 128) -> LatentClassifierConfig:
-  """Logistic regression on z (latent_dim + 1 parameters): the original study's linear baseline.
-
-      python -c "from jaxcxr import prefilter; print(prefilter.latent_model_zoo()['flax_logreg'])"
-
-  Expected: the same ROC AUC as sklearn's logistic regression up to regularisation; the
-  original study's pre-filter models reached 0.73-0.78 for `valid` per group.
-  """
-  return LatentClassifierConfig(latent_dim=latent_dim)
-
-
-def latent_mlp(depth: int, latent_dim: int = 128) -> LatentClassifierConfig:
-  """MLP with `depth` (1 to 4) hidden ReLU layers of widths 256, 128, 64, 32 (the first `depth`).
-
-  Expected: the original study's pre-filter models reached ROC AUC 0.73-0.78 for
-  `valid` per group (10k latents each); deeper nets need more steps.
-  """
-  if not 1 <= depth <= 4:
-    raise ValueError(f"latent_mlp: expected depth 1..4, got {depth}")
-  return LatentClassifierConfig(latent_dim=latent_dim, hidden=(256, 128, 64, 32)[:depth])
-
-
-def latent_deep(latent_dim: int = 128) -> LatentClassifierConfig:
-  """The original deep net 256-256-BN-128-128-BN-64-64-BN-32-32-16x6 (14 hidden layers, 3 BatchNorms).
-
-  Expected: within the original study's 0.73-0.78 ROC AUC range of all its pre-filter
-  models; kept for comparison with the shallow ones.
-  """
-  return LatentClassifierConfig(latent_dim=latent_dim,
-                                hidden=(256, 256, 128, 128, 64, 64, 32, 32) + (16,) * 6,
-                                batch_norm=(1, 3, 5))
-
-
-LATENT_PRESETS = {
-    "logreg": latent_logreg,
-    "mlp1": lambda latent_dim=128: latent_mlp(1, latent_dim),
-    "mlp2": lambda latent_dim=128: latent_mlp(2, latent_dim),
-    "mlp3": lambda latent_dim=128: latent_mlp(3, latent_dim),
-    "mlp4": lambda latent_dim=128: latent_mlp(4, latent_dim),
-    "deep": latent_deep,
-}

@@ -28,91 +28,13 @@ Parameter names: Translator `stem` (`conv`, `norm`), `down[i]` (`conv`, `norm`),
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcxr.gan_config import DTYPES, RESOLUTIONS
+from jaxcxr.config import CriticConfig, TranslatorConfig
 from jaxcxr.models.generator import _icnr  # pylint: disable=protected-access  (the generator's ICNR init)
 from jaxcxr.models.layers import Conv, GroupNorm, avg_pool2, depth_to_space
-
-
-def _check_resolution(name: str, resolution: int, num_down: int, dtype: str) -> None:
-  if resolution not in RESOLUTIONS:
-    raise ValueError(f"{name}.resolution: expected one of {RESOLUTIONS}, got {resolution}")
-  if num_down < 1 or resolution % (2 ** num_down) or resolution // (2 ** num_down) < 2:
-    raise ValueError(f"{name}.num_down: expected 1 <= num_down with resolution / 2**num_down >= 2, got "
-                     f"num_down={num_down} at resolution {resolution}")
-  if dtype not in DTYPES:
-    raise ValueError(f"{name}.dtype: expected one of {DTYPES}, got {dtype!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class TranslatorConfig:
-  """HealthyGAN translator: (H, W, 1) image in [-1, 1] -> content in [-1, 1] and mask in [0, 1]."""
-
-  # Image side in pixels (32, 64, 128 or 256).
-  resolution: int = 64
-  # Channels of the stem (the original: 64); doubled per down-sampling, capped at max_channels.
-  base_channels: int = 32
-  # Channel cap of the bottleneck.
-  max_channels: int = 256
-  # Stride-2 down-samplings before the residual blocks (and up-samplings after them); the original: 2.
-  num_down: int = 2
-  # Residual blocks at the bottleneck resolution (the original: 6).
-  num_res_blocks: int = 6
-  # Kernel size of the stem and output convolutions (the original: 7).
-  outer_kernel_size: int = 7
-  # GroupNorm groups; None = one group per channel (instance norm with an affine, as the original).
-  norm_groups: int | None = None
-  # Compute dtype of convolutions ("float32" or "bfloat16"); parameters and outputs stay float32.
-  dtype: str = "float32"
-
-  def __post_init__(self):
-    _check_resolution("TranslatorConfig", self.resolution, self.num_down, self.dtype)
-    if self.base_channels <= 0 or self.max_channels < self.base_channels or self.num_res_blocks < 0:
-      raise ValueError(f"TranslatorConfig: bad sizes base_channels={self.base_channels}, "
-                       f"max_channels={self.max_channels}, num_res_blocks={self.num_res_blocks}")
-    if self.outer_kernel_size < 1 or self.outer_kernel_size % 2 == 0:
-      raise ValueError(f"TranslatorConfig.outer_kernel_size: expected an odd size, got {self.outer_kernel_size}")
-    if self.norm_groups is not None and self.norm_groups <= 0:
-      raise ValueError(f"TranslatorConfig.norm_groups: expected None or a positive integer, got {self.norm_groups}")
-
-  @property
-  def channels(self) -> tuple[int, ...]:
-    """Channels per resolution level, full resolution first, bottleneck last."""
-    return tuple(min(self.max_channels, self.base_channels * 2 ** i) for i in range(self.num_down + 1))
-
-
-@dataclasses.dataclass(frozen=True)
-class CriticConfig:
-  """HealthyGAN critic (WGAN-GP, PatchGAN): (H, W, 1) image in [-1, 1] -> patch scores."""
-
-  # Image side in pixels (32, 64, 128 or 256).
-  resolution: int = 64
-  # Channels of the first stage (the original: 64); doubled per stage, capped at max_channels.
-  base_channels: int = 32
-  # Channel cap.
-  max_channels: int = 512
-  # Down-sampling stages; the patch map is (resolution / 2**num_down)^2 (the original: 6 at 128 -> 2x2).
-  num_down: int = 4
-  # Slope of the leaky ReLUs (the original: 0.01).
-  negative_slope: float = 0.01
-  # Compute dtype of convolutions ("float32" or "bfloat16"); parameters and scores stay float32.
-  dtype: str = "float32"
-
-  def __post_init__(self):
-    _check_resolution("CriticConfig", self.resolution, self.num_down, self.dtype)
-    if self.base_channels <= 0 or self.max_channels < self.base_channels:
-      raise ValueError(f"CriticConfig: bad sizes base_channels={self.base_channels}, "
-                       f"max_channels={self.max_channels}")
-
-  @property
-  def channels(self) -> tuple[int, ...]:
-    """Output channels of each stage."""
-    return tuple(min(self.max_channels, self.base_channels * 2 ** i) for i in range(self.num_down))
 
 
 def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:

@@ -46,8 +46,8 @@ import numpy as np
 from flax import nnx
 
 from jaxcxr.batching import map_batches
+from jaxcxr.config import UNetConfig
 from jaxcxr.models.layers import GroupNorm, depth_to_space
-from jaxcxr.seg_config import UNetConfig
 
 
 
@@ -124,8 +124,8 @@ class UNet(nnx.Module):
   Examples:
     >>> from flax import nnx
     >>> import jax.numpy as jnp
+    >>> from jaxcxr.config import UNetConfig
     >>> from jaxcxr.models.unet import UNet
-    >>> from jaxcxr.seg_config import UNetConfig
     >>> unet = UNet(UNetConfig(resolution=32, channels=(4, 8, 16), norm_groups=2), rngs=nnx.Rngs(0))
     >>> unet(jnp.zeros((2, 32, 32, 1))).shape
     (2, 32, 32, 3)

@@ -47,7 +47,7 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
-from jaxcxr.classifier_config import ClassifierConfig, ClassifierTrainConfig
+from jaxcxr.config import ClassifierConfig, ClassifierTrainConfig
 from jaxcxr.data import resize_uint8
 from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
@@ -445,7 +445,7 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
 
   Args:
     dataset: images with labels (task "abnormal") or sex (task "sex") and patient ids.
-    config: the training config, e.g. `classifier_config.classifier_128_cpu()`.
+    config: the training config, e.g. `jaxcxr.config.classifier_128_cpu()`.
     out_dir: output folder.
     resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
     seed: seed of the initial weights and of the training randomness (the split

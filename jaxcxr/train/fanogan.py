@@ -42,105 +42,14 @@ from flax import nnx
 
 from jaxcxr import anomaly
 from jaxcxr import data as data_lib
-from jaxcxr.config import AugmentConfig
-from jaxcxr.gan_config import DTYPES, DiscriminatorConfig, GeneratorConfig
+from jaxcxr.config import AugmentConfig, DiscriminatorConfig, FanoganTrainConfig, GeneratorConfig
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
-from jaxcxr.models.encoder import Encoder, EncoderConfig
+from jaxcxr.models.encoder import Encoder
 from jaxcxr.models.generator import Generator, load_generator
-from jaxcxr.train.loop import (KEY_IMPL, check_loop_fields, compile_steps, data_metadata, device_name, jit_init,
-                               loop_summary, run_training_loop, without_loop_fields)
+from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
+                               run_training_loop, without_loop_fields)
 
 TrainState = dict[str, Any]
-
-# Light augmentation of the training images: small geometry and intensity changes, no blur, no flip.
-LIGHT_AUGMENT = AugmentConfig(rotation_deg=3.0, translation=0.03, scale=0.03, brightness=0.03, contrast=0.05,
-                              blur_sigma=0.0, hflip_prob=0.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class FanoganTrainConfig:
-  """Training of the f-AnoGAN encoder (izi_f) against a frozen GAN."""
-
-  # The encoder (its resolution and latent_dim must equal the generator's).
-  encoder: EncoderConfig = EncoderConfig()
-  # Images per step.
-  batch_size: int = 32
-  # Total optimisation steps.
-  steps: int = 2000
-  # Steps per jitted call, run with lax.scan (host sync, progress and checkpoints between calls).
-  steps_per_call: int = 20
-  # Adam learning rate (the reference: RMSProp at 5e-5).
-  learning_rate: float = 1e-4
-  # Adam beta1.
-  adam_b1: float = 0.9
-  # Adam beta2.
-  adam_b2: float = 0.999
-  # kappa, the weight of the discriminator-feature term (the paper: 1).
-  feature_weight: float = 1.0
-  # Per-image augmentation of the training images (data.augment); None = none (the reference).
-  augment: AugmentConfig | None = LIGHT_AUGMENT
-  # Compute dtype of E, G and D during training ("float32" or "bfloat16"); params and losses stay float32.
-  compute_dtype: str = "float32"
-  # Write a reconstruction grid (fixed training images over their reconstructions) every this many
-  # steps; 0 = never.
-  sample_every: int = 500
-  # Images in the reconstruction grid.
-  samples: int = 8
-  # Save a training checkpoint every this many steps (and at the end).
-  checkpoint_every: int = 500
-  # Training checkpoints kept.
-  max_to_keep: int = 3
-
-  def __post_init__(self):
-    check_loop_fields(self, "FanoganTrainConfig")
-    if self.compute_dtype not in DTYPES:
-      raise ValueError(f"FanoganTrainConfig.compute_dtype: expected one of {DTYPES}, got {self.compute_dtype!r}")
-    if not self.learning_rate > 0 or not self.feature_weight >= 0:
-      raise ValueError(f"FanoganTrainConfig: expected learning_rate > 0 and feature_weight >= 0, got "
-                       f"{self.learning_rate}, {self.feature_weight}")
-
-  @property
-  def resolution(self) -> int:
-    return self.encoder.resolution
-
-
-def fanogan_tiny(resolution: int = 32) -> FanoganTrainConfig:
-  """A few channels at 32x32 for unit tests; learns nothing useful.
-
-      python -c "from jaxcxr.train import fanogan; print(fanogan.fanogan_tiny())"
-
-  No augmentation: `data.augment` adds about a third to the step's compile time on a CPU
-  (its own tests cover it). Expected: the 2-step train call compiles in 15-30 s on a
-  busy 2-core CPU.
-  """
-  return FanoganTrainConfig(
-      encoder=EncoderConfig(resolution=resolution, base_channels=4, max_channels=8, norm_groups=2),
-      batch_size=4, steps=4, steps_per_call=2, learning_rate=1e-3, augment=None, sample_every=0, samples=2,
-      checkpoint_every=2, max_to_keep=2)
-
-
-def fanogan_64_cpu() -> FanoganTrainConfig:
-  """64x64 encoder for the CPU-trained normal-only GAN (`gan_config.gan_64_normal_cpu`).
-
-      python -c "from jaxcxr import data; from jaxcxr.train import fanogan; \\
-        ds = data.load('nih_cxr14_subset_256.npz'); ds = ds.subset(data.standard_split(ds)['train']); \\
-        fanogan.train_fanogan(ds, 'checkpoints/gan_64_normal', fanogan.fanogan_64_cpu(), 'runs/fanogan_64')"
-
-  Encoder channels (8, 16, 32, 64, 128) from 64x64 to 4x4, as the GAN's discriminator
-  (0.42M parameters, 0.26M of them in the linear layer to z). Measured against the
-  shipped `gan_64` (same G and D sizes) on the 274 normal train images of the NIH subset,
-  on this project's shared 2-core CPU (load ~5): 24 s of compile, then 0.8-1.9 s per
-  step of batch 16 (mean 1.1 s), so 2,000 steps take 30-40 minutes; the image loss fell
-  from 0.128 to 0.085 in the first 60 steps.
-  """
-  return FanoganTrainConfig(
-      encoder=EncoderConfig(resolution=64, base_channels=8, max_channels=128, norm_groups=4),
-      batch_size=16, steps=2000, steps_per_call=20, learning_rate=1e-4, sample_every=500, samples=8,
-      checkpoint_every=200)
-
-
-PRESETS = {"fanogan_tiny": fanogan_tiny, "fanogan_64_cpu": fanogan_64_cpu}
-
 
 # ----------------------------------------------------------------------------- state and step
 
@@ -323,7 +232,7 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
     dataset: images with label, sex and age.
     gan_dir: folder with the normal-only GAN's `generator/` and `discriminator/` (as written
       by `train.gan.train_gan`, e.g. `checkpoints/gan_64_normal`).
-    config: e.g. `fanogan_64_cpu()`.
+    config: e.g. `jaxcxr.config.fanogan_64_cpu()`.
     out_dir: output folder.
     resume: continue from the latest checkpoint in `out_dir`.
     seed: seed of the initial weights and the training randomness.

@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 from jaxcxr import data as data_lib
-from jaxcxr.gan_config import GanTrainConfig
+from jaxcxr.config import GanTrainConfig
 from jaxcxr.models.condition import make_condition
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.generator import Generator, load_generator, sample_images
@@ -351,7 +351,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
 
   Args:
     dataset: training images with sex, age and label (see `prepare_data`).
-    config: the training config, e.g. `gan_config.gan_64_cpu()`.
+    config: the training config, e.g. `jaxcxr.config.gan_64_cpu()`.
     out_dir: output folder.
     resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
       The seed and training key then come from the checkpoint.

@@ -23,7 +23,7 @@ Per step (the original's solver.py, `train`), with x_a a mixed batch, x_b a norm
   R(m) = mask_small_weight * mean(m)^2 + mask_binary_weight * (mean 1 / (|m - 1/2| + 0.01) - 1 / 0.51)
   (the original's `mask_small_criterion_square` and `mask_zero_one_criterion`: a small mask,
   pushed towards 0 or 1).
-* Adam (beta1 0.5, beta2 0.999, 1e-4 for both by default; `healthygan_64_cpu` trains its
+* Adam (beta1 0.5, beta2 0.999, 1e-4 for both by default; `config.healthygan_64_cpu` trains its
   smaller critic at 4e-4, see there), learning rates constant and then decaying linearly
   to 0 over the last (1 - lr_decay_start) of the steps (the original: the last 100k of
   200k iterations).
@@ -62,142 +62,13 @@ import optax
 from flax import nnx
 
 from jaxcxr import data as data_lib
-from jaxcxr.config import AugmentConfig
-from jaxcxr.gan_config import DTYPES
-from jaxcxr.models.translator import Critic, CriticConfig, Translator, TranslatorConfig, blend
-from jaxcxr.train.fanogan import LIGHT_AUGMENT, training_batch
-from jaxcxr.train.loop import (KEY_IMPL, check_loop_fields, compile_steps, data_metadata, device_name, jit_init,
-                               loop_summary, run_training_loop, without_loop_fields)
+from jaxcxr.config import HealthyganTrainConfig
+from jaxcxr.models.translator import Critic, Translator, blend
+from jaxcxr.train.fanogan import training_batch
+from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
+                               run_training_loop, without_loop_fields)
 
 TrainState = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class HealthyganTrainConfig:
-  """HealthyGAN training: networks, loss weights (the original's defaults), optimiser and loop."""
-
-  # The translator G.
-  translator: TranslatorConfig = TranslatorConfig()
-  # The critic D.
-  critic: CriticConfig = CriticConfig()
-  # Images per batch (each step draws mixed and normal batches of this size; the original: 16).
-  batch_size: int = 16
-  # Total steps (translator updates; each preceded by n_critic critic updates).
-  steps: int = 2000
-  # Steps per jitted call, run with lax.scan.
-  steps_per_call: int = 10
-  # Critic updates per translator update (the original: 2).
-  n_critic: int = 2
-  # Adam learning rate of the translator (the original: 1e-4).
-  translator_learning_rate: float = 1e-4
-  # Adam learning rate of the critic (the original: 1e-4).
-  critic_learning_rate: float = 1e-4
-  # Adam beta1 (the original: 0.5).
-  adam_b1: float = 0.5
-  # Adam beta2 (the original: 0.999).
-  adam_b2: float = 0.999
-  # Fraction of the steps after which both learning rates decay linearly to 0 (the original: 0.5);
-  # 1.0 keeps them constant.
-  lr_decay_start: float = 0.5
-  # WGAN-GP gradient-penalty weight (the original: 10).
-  gp_weight: float = 10.0
-  # Identity loss weight, mean |x_b - c(x_b)| on normal images (the original's lambda_id: 1).
-  id_weight: float = 1.0
-  # Weight of mean |(x_a - c(x_a)) (1 - m(x_a))| on mixed images (the original's lambda_rec: 1).
-  rec_weight: float = 1.0
-  # Weight of the mask regulariser (the original's lambda_mask: 0.1).
-  mask_weight: float = 0.1
-  # Weight of mean(m)^2 inside the mask regulariser (the original's lambda_msmall: 1).
-  mask_small_weight: float = 1.0
-  # Weight of the push of m towards 0 or 1 inside the mask regulariser (the original's lambda_mzerone: 1).
-  mask_binary_weight: float = 1.0
-  # Per-image augmentation of both training sets (data.augment); None = none.
-  augment: AugmentConfig | None = LIGHT_AUGMENT
-  # Compute dtype of G and D during training ("float32" or "bfloat16"); params and losses stay float32.
-  compute_dtype: str = "float32"
-  # Write a translation grid (mixed inputs, contents, translations, masks) every this many steps; 0 = never.
-  sample_every: int = 500
-  # Images per row of the translation grid.
-  samples: int = 8
-  # Save a training checkpoint every this many steps (and at the end).
-  checkpoint_every: int = 500
-  # Training checkpoints kept.
-  max_to_keep: int = 3
-
-  def __post_init__(self):
-    check_loop_fields(self, "HealthyganTrainConfig")
-    if self.translator.resolution != self.critic.resolution:
-      raise ValueError(f"HealthyganTrainConfig: translator resolution {self.translator.resolution} != critic "
-                       f"resolution {self.critic.resolution}")
-    if self.compute_dtype not in DTYPES:
-      raise ValueError(f"HealthyganTrainConfig.compute_dtype: expected one of {DTYPES}, got {self.compute_dtype!r}")
-    if self.n_critic <= 0:
-      raise ValueError(f"HealthyganTrainConfig.n_critic: expected a positive integer, got {self.n_critic}")
-    if not 0.0 <= self.lr_decay_start <= 1.0:
-      raise ValueError(f"HealthyganTrainConfig.lr_decay_start: expected a value in [0, 1], got {self.lr_decay_start}")
-    for name in ("translator_learning_rate", "critic_learning_rate"):
-      if not getattr(self, name) > 0:
-        raise ValueError(f"HealthyganTrainConfig.{name}: expected > 0, got {getattr(self, name)}")
-    for name in ("gp_weight", "id_weight", "rec_weight", "mask_weight", "mask_small_weight", "mask_binary_weight"):
-      if not getattr(self, name) >= 0:
-        raise ValueError(f"HealthyganTrainConfig.{name}: expected >= 0, got {getattr(self, name)}")
-
-  @property
-  def resolution(self) -> int:
-    return self.translator.resolution
-
-
-def healthygan_tiny(resolution: int = 32) -> HealthyganTrainConfig:
-  """A few channels at 32x32 for unit tests; learns nothing useful.
-
-      python -c "from jaxcxr.train import healthygan; print(healthygan.healthygan_tiny())"
-
-  No augmentation: `data.augment` adds about a third to the step's compile time on a CPU
-  (its own tests cover it). Expected: the 2-step train call compiles in 20-35 s on a busy
-  2-core CPU.
-  """
-  return HealthyganTrainConfig(
-      translator=TranslatorConfig(resolution=resolution, base_channels=4, max_channels=8, num_down=1,
-                                  num_res_blocks=1, outer_kernel_size=3),
-      critic=CriticConfig(resolution=resolution, base_channels=4, max_channels=8, num_down=3),
-      batch_size=4, steps=4, steps_per_call=2, translator_learning_rate=1e-3, critic_learning_rate=1e-3,
-      augment=None, sample_every=0, samples=2, checkpoint_every=2, max_to_keep=2)
-
-
-def healthygan_64_cpu() -> HealthyganTrainConfig:
-  """64x64 HealthyGAN sized for 2 CPU cores.
-
-      python -c "from jaxcxr import data; from jaxcxr.train import healthygan; \\
-        ds = data.load('nih_cxr14_subset_256.npz'); ds = ds.subset(data.standard_split(ds)['train']); \\
-        healthygan.train_healthygan(ds, healthygan.healthygan_64_cpu(), 'runs/healthygan_64')"
-
-  Translator channels (8, 16, 32, 64): three down-samplings to 8x8 and 4 residual blocks
-  there, 7x7 outer kernels (the original: 64 channels, two down-samplings, 6 blocks, at
-  128x128), 0.49M parameters, about 53 MMAC per image. Critic (16, 32, 64, 128, 256) to a
-  2x2 patch map (the original's map is 2x2 too), 0.39M parameters, trained at 4x the
-  translator's learning rate (two time-scale update rule; the original: equal rates with
-  a critic far larger than its translator). Measured on the 555 train images (274 normal)
-  of the NIH subset, on this project's shared 2-core CPU (load ~5), 200-step runs:
-
-  * a 25k-parameter critic (8, 16, 32, 64) to a 4x4 map at the original's 1e-4: the
-    translator won (mean D 7.0 on translations vs 2.3 on real normals at step 200, mask
-    mean 0.87, identity loss rising 0.49 -> 0.79, blank bright translations; validation
-    ROC AUC 0.25);
-  * this preset: the critic ahead from step 40 (D gap 3-6, penalty ~0.05), identity loss
-    0.50 -> 0.32, mask mean 0.63 -> 0.52, chest-like translations; validation ROC AUC 0.73
-    (105 images) after 200 steps. About 56 s of compile, then 1.8 s per step (two critic
-    updates with gradient penalty, one translator update, batches of 16), so 2,000 steps
-    take about an hour on that machine.
-  """
-  return HealthyganTrainConfig(
-      translator=TranslatorConfig(resolution=64, base_channels=8, max_channels=64, num_down=3,
-                                  num_res_blocks=4, outer_kernel_size=7),
-      critic=CriticConfig(resolution=64, base_channels=16, max_channels=256, num_down=5),
-      critic_learning_rate=4e-4, batch_size=16, steps=2000, steps_per_call=10, sample_every=200, samples=8,
-      checkpoint_every=200)
-
-
-PRESETS = {"healthygan_tiny": healthygan_tiny, "healthygan_64_cpu": healthygan_64_cpu}
 
 
 # ----------------------------------------------------------------------------- state and step
@@ -401,7 +272,7 @@ def train_healthygan(dataset: data_lib.CXRDataset, config: HealthyganTrainConfig
 
   Args:
     dataset: images with labels (0 normal; anything else counts as unannotated).
-    config: e.g. `healthygan_64_cpu()`.
+    config: e.g. `jaxcxr.config.healthygan_64_cpu()`.
     out_dir: output folder.
     resume: continue from the latest checkpoint in `out_dir`.
     seed: seed of the initial weights and the training randomness.

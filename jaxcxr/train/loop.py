@@ -37,7 +37,6 @@ __all__ = [
     "KEY_IMPL",
     "LoopResult",
     "append_metrics",
-    "check_loop_fields",
     "compile_steps",
     "data_metadata",
     "device_name",
@@ -97,33 +96,12 @@ def data_metadata(dataset: data_lib.CXRDataset) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- configs
 
 
-def check_loop_fields(config, name: str) -> None:
-  """Checks the loop fields of a train config (those it has among the usual ones).
-
-  Positive integers: batch_size, steps, steps_per_call, checkpoint_every, max_to_keep,
-  samples, samples_per_group. Non-negative multiples of steps_per_call: steps,
-  checkpoint_every, sample_every, eval_every.
-
-  Raises:
-    ValueError: naming `name` and the field.
-  """
-  for field in ("batch_size", "steps", "steps_per_call", "checkpoint_every", "max_to_keep", "samples",
-                "samples_per_group"):
-    if hasattr(config, field) and getattr(config, field) <= 0:
-      raise ValueError(f"{name}.{field}: expected a positive integer, got {getattr(config, field)}")
-  for field in ("steps", "checkpoint_every", "sample_every", "eval_every"):
-    value = getattr(config, field, 0)
-    if value < 0 or value % config.steps_per_call:
-      raise ValueError(f"{name}.{field}={value}: expected a non-negative multiple of "
-                       f"steps_per_call={config.steps_per_call}")
-
-
 def without_loop_fields(config, **fields):
   """The config with its loop-only fields normalised: what a compiled step depends on (its cache key).
 
   Normalised where the config has them: steps, checkpoint_every and eval_every to
   steps_per_call; max_to_keep, samples, samples_per_group and eval_batch_size to 1;
-  sample_every to 0.
+  sample_every to 0. `jaxcxr.config.check_loop_fields` checks the same fields.
 
   Args:
     config: a frozen train-config dataclass.

@@ -41,8 +41,8 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
+from jaxcxr.config import SegTrainConfig, UNetConfig
 from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks, resize_images
-from jaxcxr.seg_config import SegTrainConfig, UNetConfig
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
                                without_loop_fields)
 
@@ -355,7 +355,7 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
 
   Args:
     dataset: radiographs with `lung_masks` (e.g. covid_v7lungs_256.npz).
-    config: the training config, e.g. `seg_config.unet_128_cpu()`.
+    config: the training config, e.g. `jaxcxr.config.unet_128_cpu()`.
     out_dir: output folder.
     resume: continue from the latest checkpoint in `out_dir` (start afresh if none);
       the seed and training key then come from the checkpoint.
