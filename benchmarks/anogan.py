@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import pathlib
@@ -335,7 +336,8 @@ def main(argv=None) -> int:
   context = _context(args)
   context["resolution"] = generator.config.resolution
   images, cond = _queries(generator, max(batches + [args.reference_images]))
-  print(f"anogan benchmark on {context['device']}: preset {args.preset}, resolution "
+  models = f"checkpoint {args.checkpoint}" if args.checkpoint else f"preset {args.preset} (random weights)"
+  print(f"anogan benchmark on {context['device']}: {models}, resolution "
         f"{context['resolution']}, steps {args.steps}, batches {batches}, dtypes {dtypes}", file=sys.stderr)
   lines: list = []
   for dtype in dtypes:
@@ -343,9 +345,7 @@ def main(argv=None) -> int:
       bench_scan(generator, discriminator, images, cond, batch, dtype, args, context, lines)
   bench_per_image_loop(generator, discriminator, images, cond, args, context, lines)
   if not args.no_torch:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
       _emit({**context, "peer": "torch", "skipped": "torch not installed"}, lines)
     else:
       for batch in batches:
