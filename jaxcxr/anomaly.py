@@ -848,7 +848,8 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
 
   Returns:
     {"method", "n", "n_normal", "n_abnormal", "roc_auc", "roc_auc_ci95" ([low, high], DeLong; None
-    with fewer than 2 images of a class), "average_precision", "threshold", "threshold_from", "precision", "recall", "specificity", "f1", "accuracy", "seconds",
+    with fewer than 2 images of a class), "average_precision", "threshold", "threshold_from",
+    "precision", "recall", "specificity", "f1", "accuracy", "seconds",
     "seconds_per_image", "scores" (N,), "residual" float16 (N, R, R), "labels" (N,)}.
 
   Raises:

@@ -677,6 +677,13 @@ class TrainCheckpointer:
 SHIPPED_GENERATORS = ("gan_256/generator", "gan_128/generator", "gan_64/generator")
 # Normal-only GANs (folders with generator/ and discriminator/) for anomaly detection, best first.
 SHIPPED_NORMAL_GANS = ("gan_normal_256", "gan_64_normal")
+# Classifiers per task, best first.
+SHIPPED_CLASSIFIERS = {
+    "abnormal": ("classifier_abnormal_256/classifier", "classifier_abnormal_128/classifier"),
+    "sex": ("classifier_sex_256/classifier", "classifier_sex_64/classifier"),
+}
+# U-Nets, best first.
+SHIPPED_UNETS = ("unet_256/unet", "unet_128/unet")
 
 
 def checkpoints_root() -> pathlib.Path:

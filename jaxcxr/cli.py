@@ -291,9 +291,8 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
 
   root = checkpoints.checkpoints_root()
-  unet_dir = _shipped_or(args.unet, "unet_256/unet", "unet_128/unet")
-  classifier_dir = _shipped_or(args.classifier, "classifier_abnormal_256/classifier",
-                               "classifier_abnormal_128/classifier")
+  unet_dir = _shipped_or(args.unet, *checkpoints.SHIPPED_UNETS)
+  classifier_dir = _shipped_or(args.classifier, *checkpoints.SHIPPED_CLASSIFIERS["abnormal"])
   path = _data_path(args.data, "nih_cxr14_subset_256.npz")
   _log(f"loading {path}, {unet_dir}, {classifier_dir}")
   ds = data.load(path)
@@ -428,17 +427,18 @@ def _ci_text(ci) -> str:
 
 def _human_evaluate_anomaly(r: dict[str, Any]) -> str:
   return (f"{r['method']} on {r['n']} images ({r['split']}: {r['n_normal']} normal, {r['n_abnormal']} abnormal): "
-          f"ROC AUC {r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}, precision {r['precision']:.3f}, recall {r['recall']:.3f}, specificity "
-          f"{r['specificity']:.3f}, F1 {r['f1']:.3f} (threshold from {r['threshold_from']}); "
+          f"ROC AUC {r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}, precision {r['precision']:.3f}, "
+          f"recall {r['recall']:.3f}, specificity {r['specificity']:.3f}, F1 {r['f1']:.3f} "
+          f"(threshold from {r['threshold_from']}); "
           f"{r['seconds_per_image'] * 1e3:.1f} ms per image")
 
 
 def cmd_evaluate_segmentation(args: argparse.Namespace) -> dict[str, Any]:
-  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+  from jaxcxr import checkpoints, data  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
   from jaxcxr.train.segmentation import evaluate_segmentation  # pylint: disable=g-import-not-at-top
 
-  directory = _shipped_or(args.checkpoint, "unet_256/unet", "unet_128/unet")
+  directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_UNETS)
   path = _data_path(args.data, "covid_v7lungs_256.npz")
   _log(f"loading {path} and {directory}")
   ds = _standard_subset(data.load(path), args.split)
@@ -455,22 +455,28 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
   from jaxcxr.train.classifier import evaluate_classifier  # pylint: disable=g-import-not-at-top
 
-  directory = _shipped_or(args.checkpoint, f"classifier_{args.task}_256/classifier",
-                          f"classifier_{args.task}_128/classifier")
+  directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_CLASSIFIERS[args.task])
   metadata = checkpoints.read_metadata(directory)
   if metadata.get("task") not in (None, args.task):
     raise UsageError(f"{directory}: a {metadata['task']} classifier, not {args.task}")
   path = _data_path(args.data, "nih_cxr14_subset_256.npz")
   _log(f"loading {path} and {directory}")
-  ds = _standard_subset(data.load(path), args.split)
+  ds = data.load(path)
+  saved = metadata.get("split") or {}
+  if args.split != "all" and args.split in saved and metadata.get("data_sha256") == data.file_sha256(path):
+    # The classifier's own patient split (the sex classifier's is stratified by sex, not by label).
+    ds, split_from = ds.subset(np.asarray(saved[args.split], np.int64)), "the checkpoint's own patient split"
+  else:
+    ds, split_from = _standard_subset(ds, args.split), "data.standard_split"
   threshold = float(metadata.get("threshold", 0.5))
   result = evaluate_classifier(load_classifier(directory), ds, args.task, threshold=threshold)
-  return {**result, "task": args.task, "split": args.split, "checkpoint": str(directory)}
+  return {**result, "task": args.task, "split": args.split, "split_from": split_from, "checkpoint": str(directory)}
 
 
 def _human_evaluate_classifier(r: dict[str, Any]) -> str:
   auc = "n/a (one class)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}"
-  line = f"{r['task']} classifier on {r['n']} images ({r['split']}): ROC AUC {auc}, accuracy {r['accuracy']:.4f}"
+  line = (f"{r['task']} classifier on {r['n']} images ({r['split']}, {r.get('split_from', 'data.standard_split')}): "
+          f"ROC AUC {auc}, accuracy {r['accuracy']:.4f}")
   for view, value in (r.get("roc_auc_by_view") or {}).items():
     line += f"\n  {view}: ROC AUC {'n/a' if value is None else f'{value:.4f}'} (n={r['n_by_view'][view]})"
   return line
@@ -492,10 +498,9 @@ def cmd_evaluate_gan(args: argparse.Namespace) -> dict[str, Any]:
   generator = generator_lib.load_generator(root / "generator")
   discriminator = discriminator_lib.load_discriminator(root / "discriminator")
   classifiers = {}
-  for role, arg, names in (("sex_classifier", args.sex_classifier, ("classifier_sex_256/classifier",
-                                                                     "classifier_sex_128/classifier")),
-                           ("feature_classifier", args.feature_classifier,
-                            ("classifier_abnormal_256/classifier", "classifier_abnormal_128/classifier"))):
+  shipped = checkpoints.SHIPPED_CLASSIFIERS
+  for role, arg, names in (("sex_classifier", args.sex_classifier, shipped["sex"]),
+                           ("feature_classifier", args.feature_classifier, shipped["abnormal"])):
     if args.no_classifiers:
       continue
     try:

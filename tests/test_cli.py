@@ -1,5 +1,6 @@
 """Tests for the `jaxcxr` command: data stats and dedup, JSON output, bad input -> exit 2."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -200,6 +201,26 @@ def test_evaluate_segmentation_and_classifier(capsys, covid_path, nih_path):
   assert code == 0, err
   cls = json.loads(out)
   assert cls["n"] == 24 and 0 <= cls["roc_auc"] <= 1 and 0 <= cls["accuracy"] <= 1
+
+
+def test_evaluate_classifier_uses_the_checkpoints_own_split_on_its_own_data(capsys, nih_path, tmp_path):
+  from jaxcxr import checkpoints, config, data  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.classifier import train_classifier  # pylint: disable=g-import-not-at-top
+
+  cfg = dataclasses.replace(config.classifier_tiny(), task="sex", split=(0.5, 0.25, 0.25), split_seed=3)
+  trained = train_classifier(data.load(nih_path), cfg, tmp_path / "run", progress=False)
+  own_test = checkpoints.read_metadata(trained["classifier"])["split"]["test"]
+  code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--checkpoint", trained["classifier"],
+                           "--data", str(nih_path), "--split", "test", "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["split_from"] == "the checkpoint's own patient split" and result["n"] == len(own_test)
+  assert result["roc_auc"] == pytest.approx(trained["test"]["roc_auc"])
+  # The shipped classifier was trained on another file: the standard split of this one.
+  code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--data", str(nih_path), "--split",
+                           "test", "--json")
+  assert code == 0, err
+  assert json.loads(out)["split_from"] == "data.standard_split"
 
 
 def test_calibrate_refuses_too_few_normal_images(capsys, nih_path, tmp_path):
