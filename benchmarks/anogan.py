@@ -32,12 +32,10 @@ import argparse
 import functools
 import importlib.util
 import json
-import os
 import pathlib
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import flax
@@ -48,6 +46,7 @@ import optax
 from flax import nnx
 
 from jaxcxr import anomaly, data
+from jaxcxr import io as io_lib
 from jaxcxr.config import gan_64_cpu, gan_256, gan_tiny
 from jaxcxr.models import Discriminator, Generator, load_discriminator, load_generator, make_condition
 from jaxcxr.models.generator import latents
@@ -306,14 +305,6 @@ def bench_torch(generator, discriminator, images, cond, batch: int, args, contex
          "ms_per_step": round(1e3 * median / args.steps, 4)}, lines)
 
 
-def _write_atomically(path: pathlib.Path, lines: list) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    f.writelines(json.dumps(line) + "\n" for line in lines)
-  os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
@@ -351,7 +342,7 @@ def main(argv=None) -> int:
       for batch in batches:
         bench_torch(generator, discriminator, images, cond, batch, args, context, lines)
   if args.out:
-    _write_atomically(pathlib.Path(args.out), lines)
+    io_lib.save_json_lines(args.out, lines)
   return 0
 
 

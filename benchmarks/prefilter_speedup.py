@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import flax
@@ -62,14 +60,6 @@ def _emit(line: dict, lines: list) -> None:
   line = io_lib.to_json_safe(line)
   lines.append(line)
   print(json.dumps(line), flush=True)
-
-
-def _write_atomically(path: pathlib.Path, lines: list) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    f.writelines(json.dumps(line) + "\n" for line in lines)
-  os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- diversity
@@ -284,7 +274,7 @@ def main(argv=None) -> int:
     if args.out == "auto":
       slug = "".join(c if c.isalnum() else "_" for c in context["device"].lower()).strip("_")
       path = pathlib.Path(__file__).resolve().parent / "results" / f"prefilter_speedup_{slug}.json"
-    _write_atomically(path, lines)
+    io_lib.save_json_lines(path, lines)
     print(f"wrote {path}", file=sys.stderr)
   return 0
 

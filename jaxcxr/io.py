@@ -80,6 +80,12 @@ def save_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:
   return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def save_json_lines(path: str | os.PathLike, lines: list[Any]) -> pathlib.Path:
+  """Writes one JSON object per line (benchmark results, DESIGN.md section 9), atomically; returns the path."""
+  text = "".join(json.dumps(to_json_safe(line)) + "\n" for line in lines)
+  return write_bytes_atomic(path, text.encode())
+
+
 def prepare_output_dir(path: str | os.PathLike, *, overwrite: bool) -> pathlib.Path:
   """Creates `path`; refuses a non-empty existing folder unless `overwrite` (then it is emptied).
 
