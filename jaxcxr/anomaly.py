@@ -880,10 +880,9 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
   fpr, tpr, thresholds = metrics.compute_roc_curve(s_thr, y_thr)
   threshold = float(thresholds[int(np.argmax(tpr - fpr))])
   report = metrics.compute_binary_report(scores >= threshold, y)
-  ci = metrics.compute_roc_auc_ci(scores, y) if min(int(y.sum()), int((1 - y).sum())) >= 2 else None
   return {"method": scorer.name, "n": int(len(y)), "n_normal": int((y == 0).sum()), "n_abnormal": int(y.sum()),
           "roc_auc": float(metrics.compute_roc_auc(scores, y)),
-          "roc_auc_ci95": [ci["low"], ci["high"]] if ci else None,
+          "roc_auc_ci95": metrics.roc_auc_interval(scores, y),
           "average_precision": float(average_precision_score(y, scores)),
           "threshold": threshold, "threshold_from": threshold_from,
           **{k: report[k] for k in ("precision", "recall", "specificity", "f1", "accuracy")},

@@ -9,8 +9,8 @@ Mirrors the metric set of the original CXR-GAN study and MONAI's naming
 * Diversity: `mean_pairwise_distance` (blockwise, jitted).
 * Binary classification, on host in float64: `compute_roc_auc` (rank formula,
   equals `sklearn.metrics.roc_auc_score`), `compute_roc_auc_ci` (DeLong standard
-  error and interval), `compare_roc_auc` (DeLong's paired test), `compute_roc_curve` and
-  `compute_pr_curve` (thin wrappers around sklearn), `compute_confusion`,
+  error and interval; `roc_auc_interval` for reports), `compare_roc_auc` (DeLong's
+  paired test), `compute_roc_curve` and `compute_pr_curve` (thin wrappers around sklearn), `compute_confusion`,
   `compute_binary_report`.
 * Segmentation from integer label maps (B, H, W), jitted: `compute_dice`,
   `compute_iou`, `compute_pixel_accuracy`.
@@ -472,6 +472,10 @@ def compute_roc_auc(y_pred: Any, y: Any) -> float:
   return float((ranks[y == 1].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
 
 
+def _has_two_of_each_class(y: np.ndarray) -> bool:
+  return min(int(y.sum()), int(y.size - y.sum())) >= 2
+
+
 def _delong_components(y_pred: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
   """(AUC, V10 (P,), V01 (Q,)): DeLong's structural components from midranks (Sun & Xu 2014).
 
@@ -511,12 +515,25 @@ def compute_roc_auc_ci(y_pred: Any, y: Any, *, level: float = 0.95) -> dict[str,
     raise ValueError(f"level must be in (0, 1), got {level}")
   y_pred, y = _check_pair(y_pred, y, scores=True)
   _require_both_classes(y)
-  if min(int(y.sum()), int((1 - y).sum())) < 2:
+  if not _has_two_of_each_class(y):
     raise ValueError("compute_roc_auc_ci needs at least 2 positives and 2 negatives")
   auc, v10, v01 = _delong_components(y_pred, y)
   se = float(np.sqrt(v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size))
   half = float(scipy.stats.norm.ppf(0.5 + level / 2.0)) * se
   return {"roc_auc": auc, "se": se, "low": max(0.0, auc - half), "high": min(1.0, auc + half), "level": level}
+
+
+def roc_auc_interval(y_pred: Any, y: Any, *, level: float = 0.95) -> list[float] | None:
+  """[low, high] of `compute_roc_auc_ci`, or None when a class has fewer than 2 images.
+
+  For reports over subsets that may be small or one-class (a view, a split); other bad
+  input raises as in `compute_roc_auc_ci`.
+  """
+  y_pred, y = _check_pair(y_pred, y, scores=True)
+  if not _has_two_of_each_class(y):
+    return None
+  ci = compute_roc_auc_ci(y_pred, y, level=level)
+  return [ci["low"], ci["high"]]
 
 
 def compare_roc_auc(y_pred_a: Any, y_pred_b: Any, y: Any) -> dict[str, float]:
@@ -536,7 +553,7 @@ def compare_roc_auc(y_pred_a: Any, y_pred_b: Any, y: Any) -> dict[str, float]:
   a, y = _check_pair(y_pred_a, y, scores=True)
   b, _ = _check_pair(y_pred_b, y, scores=True)
   _require_both_classes(y)
-  if min(int(y.sum()), int((1 - y).sum())) < 2:
+  if not _has_two_of_each_class(y):
     raise ValueError("compare_roc_auc needs at least 2 positives and 2 negatives")
   auc_a, v10_a, v01_a = _delong_components(a, y)
   auc_b, v10_b, v01_b = _delong_components(b, y)

@@ -297,6 +297,16 @@ def test_compare_roc_auc_identical_better_and_worse():
   assert np.mean(np.asarray(p) < 0.05) <= 0.2
 
 
+def test_roc_auc_interval_is_the_ci_or_none_for_thin_classes():
+  y_pred, y = np.array([0.9, 0.4, 0.5, 0.1, 0.7]), np.array([1, 1, 0, 0, 0])
+  ci = metrics.compute_roc_auc_ci(y_pred, y)
+  assert metrics.roc_auc_interval(y_pred, y) == [ci["low"], ci["high"]]
+  assert metrics.roc_auc_interval(y_pred, np.array([1, 0, 0, 0, 0])) is None   # one positive
+  assert metrics.roc_auc_interval(y_pred, np.zeros(5, int)) is None            # one class
+  with pytest.raises(ValueError, match="lengths differ"):
+    metrics.roc_auc_interval(y_pred, y[:4])
+
+
 def test_roc_auc_ci_errors():
   with pytest.raises(ValueError, match="at least 2"):
     metrics.compute_roc_auc_ci([0.1, 0.2, 0.3], [1, 0, 0])

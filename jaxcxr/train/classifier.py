@@ -351,21 +351,13 @@ def _auc_or_none(y_pred: np.ndarray, y: np.ndarray) -> float | None:
   return metrics_lib.compute_roc_auc(y_pred, y) if 0 < y.sum() < len(y) else None
 
 
-def _auc_ci_or_none(y_pred: np.ndarray, y: np.ndarray) -> list[float] | None:
-  """[low, high] of the 95% DeLong interval of the ROC AUC; None with fewer than 2 images of a class."""
-  if min(int(y.sum()), int(len(y) - y.sum())) < 2:
-    return None
-  ci = metrics_lib.compute_roc_auc_ci(y_pred, y)
-  return [ci["low"], ci["high"]]
-
-
 def _report(prob: np.ndarray, y: np.ndarray, threshold: float, views: np.ndarray | None) -> dict[str, Any]:
   binary = metrics_lib.compute_binary_report((prob >= threshold).astype(np.int64), y)
   out = {
       "n": int(len(y)),
       "n_positive": int(y.sum()),
       "roc_auc": _auc_or_none(prob, y),
-      "roc_auc_ci95": _auc_ci_or_none(prob, y),
+      "roc_auc_ci95": metrics_lib.roc_auc_interval(prob, y),
       "accuracy": binary["accuracy"],
       "sensitivity": binary["recall"],
       "specificity": binary["specificity"],
