@@ -388,14 +388,14 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
                                   config, seed=args.seed, batch_size=args.batch_size)
     source = str(gan)
   elif args.method == "fanogan":
-    directory = _shipped_or(args.checkpoint, "fanogan_256/encoder", "fanogan_64/encoder")
+    directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_FANOGAN_ENCODERS)
     _log(f"loading f-AnoGAN encoder {directory} and its GAN")
     scorer = anomaly.FanoganScorer(*anomaly.load_fanogan(directory), batch_size=args.batch_size)
     source = str(directory)
   else:
     from jaxcxr.models.translator import load_translator  # pylint: disable=g-import-not-at-top
 
-    directory = _shipped_or(args.checkpoint, "healthygan_256/translator", "healthygan_64/translator")
+    directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_HEALTHYGAN_TRANSLATORS)
     _log(f"loading HealthyGAN translator {directory}")
     scorer = anomaly.HealthyganScorer(load_translator(directory), batch_size=args.batch_size)
     source = str(directory)
