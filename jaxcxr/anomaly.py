@@ -181,7 +181,7 @@ def _check_cond(cond, batch: int, conditions: tuple[str, ...]) -> jax.Array:
 
 def _check_pair(generator: Generator, discriminator: Discriminator) -> None:
   g, d = generator.config, discriminator.config
-  if g.resolution != d.resolution or tuple(g.conditions) != tuple(d.conditions):
+  if g.base_resolution != d.resolution or tuple(g.conditions) != tuple(d.conditions):
     raise ValueError(f"search_latents: generator (resolution {g.resolution}, conditions {g.conditions}) and "
                      f"discriminator (resolution {d.resolution}, conditions {d.conditions}) do not match")
 

@@ -676,7 +676,7 @@ class TrainCheckpointer:
 # Generators in order of preference (the first present is used by default).
 SHIPPED_GENERATORS = ("gan_256/generator", "gan_128/generator", "gan_64/generator")
 # Normal-only GANs (folders with generator/ and discriminator/) for anomaly detection, best first.
-SHIPPED_NORMAL_GANS = ("gan_normal_256", "gan_64_normal")
+SHIPPED_NORMAL_GANS = ("gan_256_normal", "gan_64_normal")
 # Classifiers per task, best first.
 SHIPPED_CLASSIFIERS = {
     "abnormal": ("classifier_abnormal_256/classifier", "classifier_abnormal_128/classifier"),

@@ -41,6 +41,13 @@ def _data_path(arg: str | None, default_name: str) -> pathlib.Path:
   return pathlib.Path(arg) if arg else data.default_data_path(default_name)
 
 
+def _data_paths(arg: str | None, *default_names: str) -> str:
+  """`--data` as given (one path, or comma-separated paths for `data.load`), else the default files joined by commas."""
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
+  return arg if arg else ",".join(str(data.default_data_path(name)) for name in default_names)
+
+
 # ----------------------------------------------------------------------------- data stats
 
 
@@ -157,7 +164,6 @@ def cmd_train_gan(args: argparse.Namespace) -> dict[str, Any]:
   import dataclasses  # pylint: disable=g-import-not-at-top
 
   from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxcxr import data  # pylint: disable=g-import-not-at-top
   from jaxcxr.train import gan  # pylint: disable=g-import-not-at-top
 
   # PRESETS holds every family's presets; this command takes the GAN ones.
@@ -171,15 +177,95 @@ def cmd_train_gan(args: argparse.Namespace) -> dict[str, Any]:
       raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, "
                        f"got {args.steps}")
     config = dataclasses.replace(config, steps=args.steps)
-  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
-  _log(f"loading {path}")
-  ds = data.load(path)
-  if args.split == "train":
-    ds = ds.subset(data.standard_split(ds)["train"])
-    _log(f"training on the standard split's train patients: {len(ds)} images")
+  ds = _development_images(args.data, args.split)
   summary = gan.train_gan(ds, config, args.out, resume=args.resume, seed=args.seed,
                           progress=sys.stderr.isatty() or args.progress)
   return {"preset": args.preset, "split": args.split, **summary}
+
+
+# The NIH development archives the generators train on (and `evaluate gan` tests against).
+GAN_DATA = ("nih_cxr14_subset_256.npz", "nih_cxr14_extra_256.npz")
+
+
+def _development_images(arg: str | None, split: str, part: str = "train"):
+  """The images a generator-family model trains on: `--data` (default both NIH archives), the standard
+  split's `part` patients unless split == "all", abnormal meaning pneumonia (`data.keep_abnormal_finding`)."""
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
+  path = _data_paths(arg, *GAN_DATA)
+  _log(f"loading {path}")
+  ds = data.load(path)
+  if split == "train":
+    ds = ds.subset(data.standard_split(ds)[part])
+  kept = data.keep_abnormal_finding(ds)
+  _log(f"{'all' if split == 'all' else f'the standard split' + chr(39) + f's {part}'} patients: {len(kept)} images "
+       f"({len(ds) - len(kept)} abnormal images without pneumonia left out: the label means pneumonia)")
+  return kept
+
+
+def cmd_train_upsampler(args: argparse.Namespace) -> dict[str, Any]:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train import upsampler  # pylint: disable=g-import-not-at-top
+
+  presets = {name: make for name, make in config_lib.PRESETS.items()
+             if isinstance(make(), config_lib.UpsamplerTrainConfig)}
+  if args.preset not in presets:
+    raise UsageError(f"unknown preset {args.preset!r} for an upsampler; expected one of {', '.join(presets)}")
+  config = presets[args.preset]()
+  if args.steps is not None:
+    if args.steps <= 0 or args.steps % config.steps_per_call:
+      raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, "
+                       f"got {args.steps}")
+    config = dataclasses.replace(config, steps=args.steps)
+  train = _development_images(args.data, args.split)
+  validation = _development_images(args.data, "train", "val") if args.split == "train" else None
+  summary = upsampler.train_upsampler(train, config, args.out, validation=validation, resume=args.resume,
+                                      seed=args.seed, progress=sys.stderr.isatty() or args.progress)
+  return {"preset": args.preset, "split": args.split, **summary}
+
+
+def _human_train_upsampler(r: dict[str, Any]) -> str:
+  line = f"trained {r['preset']} to step {r['steps']} in {r['seconds']:.0f} s; upsampler: {r['upsampler']}"
+  if "validation_l1" in r:
+    line += f"\nvalidation L1 {r['validation_l1']:.4f} (bilinear {r['validation_l1_bilinear']:.4f})"
+  return line
+
+
+def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints, io  # pylint: disable=g-import-not-at-top
+  from jaxcxr.config import UpsamplerConfig  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import discriminator as discriminator_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.upsampler import Upsampler  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.upsampler import load_upsampler  # pylint: disable=g-import-not-at-top
+
+  gan = pathlib.Path(args.gan)
+  base = generator_lib.load_generator(gan / "generator")
+  if base.config.upsampler is not None:
+    raise UsageError(f"{gan}/generator is already a cascade ({base.config.resolution}x{base.config.resolution})")
+  if args.upsampler == "bilinear":
+    upsampler = Upsampler(UpsamplerConfig(scale=args.scale), rngs=nnx.Rngs(0))   # zero detail: bilinear
+    up_meta = {"upsampler": f"bilinear x{args.scale} (untrained stage)"}
+  else:
+    upsampler = load_upsampler(args.upsampler)
+    up_meta = {"upsampler": str(args.upsampler), "upsampler_metadata": checkpoints.read_metadata(args.upsampler)}
+  cascade = generator_lib.make_cascade(base, upsampler)
+  out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
+  gan_meta = checkpoints.read_metadata(gan / "generator")
+  gan_meta = {k: v for k, v in gan_meta.items() if k not in ("format", "jaxcxr_version", "model", "config_type",
+                                                             "created", "config")}
+  g_path = checkpoints.save_model(out / "generator", cascade, cascade.config,
+                                  metadata={"base": {"path": str(gan), **gan_meta}, **up_meta}, overwrite=True)
+  # The cascade's discriminator is its base GAN's (it average-pools the output to its resolution).
+  discriminator = discriminator_lib.load_discriminator(gan / "discriminator")
+  d_path = checkpoints.save_model(out / "discriminator", discriminator, discriminator.config,
+                                  metadata={"base": str(gan)}, overwrite=True)
+  return {"generator": str(g_path), "discriminator": str(d_path), "resolution": cascade.config.resolution,
+          "base_resolution": cascade.config.base_resolution}
 
 
 def _human_train(r: dict[str, Any]) -> str:
@@ -493,8 +579,13 @@ def cmd_evaluate_gan(args: argparse.Namespace) -> dict[str, Any]:
 
   root = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
       *checkpoints.SHIPPED_GENERATORS).parent
-  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  path = _data_paths(args.data, *GAN_DATA)
   _log(f"loading {root}/generator, {root}/discriminator and {path}")
+  dataset = data.load(path)
+  split = data.standard_split(dataset)
+  normals = {part: dataset.subset(split[part]).select(label=0) for part in ("train", "test")}
+  _log(f"realism figures against {len(normals['test'])} normal test images, PCA space of "
+       f"{len(normals['train'])} normal training images (standard patient split)")
   generator = generator_lib.load_generator(root / "generator")
   discriminator = discriminator_lib.load_discriminator(root / "discriminator")
   classifiers = {}
@@ -510,8 +601,8 @@ def cmd_evaluate_gan(args: argparse.Namespace) -> dict[str, Any]:
       continue
     _log(f"loading {role.replace('_', ' ')} {directory}")
     classifiers[role] = load_classifier(directory)
-  result = quality.evaluate_gan(generator, discriminator, data.load(path), seed=args.seed,
-                                n_per_group=args.n_per_group, **classifiers)
+  result = quality.evaluate_gan(generator, discriminator, dataset, seed=args.seed, n_per_group=args.n_per_group,
+                                test_normals=normals["test"], train_normals=normals["train"], **classifiers)
   return {"checkpoint": str(root), "data": str(path), **result}
 
 
@@ -527,7 +618,26 @@ def _human_evaluate_gan(r: dict[str, Any]) -> str:
                  f"real {r['sex_classifier_accuracy_real']:.2f}")
   for name, g in r["groups"].items():
     lines.append(f"  {name}: female fraction {g['female_fraction']:.2f}, predicted age {g['mean_predicted_age']:.1f}")
+  if "realism" in r:
+    lines.extend(_realism_table(r["realism"]))
   return "\n".join(lines)
+
+
+def _realism_table(realism: dict[str, Any]) -> list[str]:
+  """Rows of `evaluate gan`'s realism figures: figure, generated vs real, real vs real."""
+  rows = [(f"two-sample AUC, {label}", f"{realism[f'two_sample_auc_{key}']['generated_vs_real']:.3f}",
+           f"{realism[f'two_sample_auc_{key}']['real_vs_real']:.3f}", "")
+          for key, label in (("pixels", "pixels"), ("hog", "HOG"), ("detail", "detail"))]
+  fd = realism["pca_frechet"]
+  rows.append(("PCA Frechet", f"{fd['generated_vs_real']:.4g}", f"{fd['real_vs_real']:.4g}",
+               f"ratio {fd['ratio']:.2f}"))
+  hf = realism["high_frequency_share"]
+  rows.append(("high-frequency ratio", f"{hf['ratio']:.3f}", f"{hf['real_vs_real_ratio']:.3f}",
+               f"real share {hf['real_a']:.4f}"))
+  lines = [f"realism figures ({realism['n_per_set']} images per set; AUC 0.5 = indistinguishable, ratios 1 = real):",
+           f"  {'figure':<22}{'generated vs real':>19}{'real vs real':>14}"]
+  lines += [f"  {name:<22}{gen:>19}{ref:>14}  {note}".rstrip() for name, gen, ref, note in rows]
+  return lines
 
 
 # ----------------------------------------------------------------------------- latents
@@ -823,8 +933,11 @@ def build_parser() -> argparse.ArgumentParser:
   train_parser = commands.add_parser("train", help="train a model")
   train_commands = train_parser.add_subparsers(dest="train_command", required=True, metavar="MODEL")
   train_gan = train_commands.add_parser("gan", help="the conditional chest X-ray GAN")
-  _add_data_arg(train_gan)
-  train_gan.add_argument("--preset", required=True, help="gan_64_cpu, gan_64_normal_cpu, gan_128, gan_256, gan_tiny")
+  train_gan.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
+                                        f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
+  train_gan.add_argument("--preset", required=True,
+                         help="gan_64_wide_cpu, gan_64_wide_normal_cpu (the cascade's bases), gan_64_cpu, "
+                              "gan_64_normal_cpu, gan_256_single_cpu, gan_128, gan_256, gan_tiny")
   train_gan.add_argument("--steps", type=int, help="override the preset's number of steps")
   train_gan.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
   train_gan.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -835,10 +948,37 @@ def build_parser() -> argparse.ArgumentParser:
   _add_json_arg(train_gan)
   train_gan.set_defaults(run=cmd_train_gan, human=_human_train)
 
+  train_up = train_commands.add_parser("upsampler", help="the super-resolution stage of a cascade generator")
+  train_up.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
+                                       f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
+  train_up.add_argument("--preset", default="upsampler_x4_cpu", help="upsampler_x4_cpu (default), upsampler_tiny")
+  train_up.add_argument("--steps", type=int, help="override the preset's number of steps")
+  train_up.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
+  train_up.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+  train_up.add_argument("--split", choices=("train", "all"), default="train",
+                        help="images to train on: the standard split's train patients (default) or all")
+  train_up.add_argument("--seed", type=int, default=0)
+  train_up.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+  _add_json_arg(train_up)
+  train_up.set_defaults(run=cmd_train_upsampler, human=_human_train_upsampler)
+
+  cascade = commands.add_parser("cascade", help="join a low-resolution GAN and an upsampler into one generator")
+  cascade.add_argument("--gan", required=True, help="GAN folder with generator/ and discriminator/")
+  cascade.add_argument("--upsampler", required=True,
+                       help="upsampler checkpoint (`train upsampler`'s OUT/upsampler), or 'bilinear'")
+  cascade.add_argument("--scale", type=int, default=4, choices=(2, 4), help="scale of 'bilinear' (default 4)")
+  cascade.add_argument("--out", required=True, help="folder to write generator/ and discriminator/ into")
+  cascade.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  _add_json_arg(cascade)
+  cascade.set_defaults(run=cmd_cascade, human=lambda r: f"cascade {r['base_resolution']} -> {r['resolution']}: "
+                                                        f"{r['generator']}")
+
   evaluate_parser = commands.add_parser("evaluate", help="quality figures of a trained model")
   evaluate_commands = evaluate_parser.add_subparsers(dest="evaluate_command", required=True, metavar="MODEL")
-  evaluate_gan = evaluate_commands.add_parser("gan", help="FD / Sinkhorn vs real, conditioning probes")
-  _add_data_arg(evaluate_gan)
+  evaluate_gan = evaluate_commands.add_parser("gan", help="realism figures vs real normals, FD, conditioning probes")
+  evaluate_gan.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
+                                           f"{',$JAXCXR_DATA/'.join(GAN_DATA)}); the realism figures use the "
+                                           "normal images of the standard split's test and train patients")
   evaluate_gan.add_argument("--checkpoint", help="folder with generator/ and discriminator/ (default: the shipped GAN)")
   evaluate_gan.add_argument("--seed", type=int, default=0)
   evaluate_gan.add_argument("--n-per-group", type=int, default=64, help="generated images per group for the probes")

@@ -200,6 +200,47 @@ def stage_channels(resolution: int, base_channels: int, max_channels: int) -> tu
   return tuple(min(max_channels, base_channels * 2 ** (n - i)) for i in range(n + 1))
 
 
+# Up-sampling of the generator's blocks: "subpixel" (3x3 conv to 4c channels + depth-to-space; the
+# 64x64 GANs of sessions 1-3: each of the four output phases has its own kernel, which drift apart
+# into a checkerboard) or "resize" (bilinear 2x, then a 3x3 conv: every output pixel is made by the
+# same weights; tests/test_cascade.py measures the 2x2 pattern of both with random weights).
+UPSAMPLINGS: tuple[str, ...] = ("subpixel", "resize")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpsamplerConfig:
+  """Learned super-resolution stage: (h, w, 1) image in [-1, 1] -> (scale*h, scale*w, 1), NHWC.
+
+  Residual: the output is the bilinear up-sampling of the input plus a learned detail
+  image. Trained on real radiographs (`jaxcxr.train.upsampler`); in a cascade generator
+  (`GeneratorConfig.upsampler`) it turns the low-resolution GAN's image into the output.
+  """
+
+  # Up-sampling factor (2 or 4): one bilinear-2x + convolutions stage per doubling.
+  scale: int = 4
+  # Channels of the convolutions at the input resolution.
+  input_channels: int = 32
+  # Residual blocks (two 3x3 convolutions each) at the input resolution.
+  input_blocks: int = 2
+  # Channels of each doubling stage, first (lowest) stage first; len = log2(scale).
+  stage_channels: tuple[int, ...] = (24, 16)
+  # Per-pixel Gaussian noise added in every doubling stage with a learned per-channel strength
+  # (StyleGAN's noise inputs): the source of texture the low-resolution image does not fix.
+  noise: bool = True
+  # Compute dtype of convolutions ("float32" or "bfloat16"); parameters stay float32.
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    _check_choice("UpsamplerConfig.scale", self.scale, (2, 4))
+    if len(self.stage_channels) != int(math.log2(self.scale)) or min(self.stage_channels) <= 0:
+      raise ValueError(f"UpsamplerConfig.stage_channels: expected {int(math.log2(self.scale))} positive "
+                       f"channel counts for scale {self.scale}, got {self.stage_channels}")
+    if self.input_channels <= 0 or self.input_blocks < 0:
+      raise ValueError(f"UpsamplerConfig: bad sizes input_channels={self.input_channels}, "
+                       f"input_blocks={self.input_blocks}")
+    _check_choice("UpsamplerConfig.dtype", self.dtype, DTYPES)
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
   """Conditional generator: latent z and (sex, age, label) -> (H, W, 1) image in [-1, 1]."""
@@ -220,17 +261,43 @@ class GeneratorConfig:
   norm_groups: int = 8
   # Compute dtype of convolutions ("float32" or "bfloat16"); parameters stay float32.
   dtype: str = "float32"
+  # Up-sampling of the blocks, one of UPSAMPLINGS.
+  upsampling: str = "subpixel"
+  # A learned super-resolution stage after the blocks (a cascade): the blocks then make
+  # resolution / upsampler.scale pixels, and the stage the rest. None: single stage.
+  upsampler: UpsamplerConfig | None = None
 
   def __post_init__(self):
     _check_common("GeneratorConfig", self.resolution, self.conditions, self.dtype)
     if self.latent_dim <= 0 or self.base_channels <= 0 or self.max_channels < self.base_channels:
       raise ValueError(f"GeneratorConfig: bad sizes latent_dim={self.latent_dim}, "
                        f"base_channels={self.base_channels}, max_channels={self.max_channels}")
+    _check_choice("GeneratorConfig.upsampling", self.upsampling, UPSAMPLINGS)
+    if self.upsampler is not None and self.base_resolution not in RESOLUTIONS:
+      raise ValueError(f"GeneratorConfig: resolution {self.resolution} with a x{self.upsampler.scale} "
+                       f"upsampler leaves a {self.base_resolution}x{self.base_resolution} base; expected "
+                       f"one of {RESOLUTIONS}")
+
+  @property
+  def base_resolution(self) -> int:
+    """Side of the image the blocks make: `resolution`, or resolution / scale with an upsampler."""
+    return self.resolution if self.upsampler is None else self.resolution // self.upsampler.scale
+
+  @property
+  def base(self) -> GeneratorConfig:
+    """The config of the blocks alone (the low-resolution GAN of a cascade)."""
+    return dataclasses.replace(self, resolution=self.base_resolution, upsampler=None)
+
+  def with_upsampler(self, upsampler: UpsamplerConfig) -> GeneratorConfig:
+    """The cascade of this (single-stage) generator followed by `upsampler`."""
+    if self.upsampler is not None:
+      raise ValueError("GeneratorConfig.with_upsampler: this generator already has an upsampler")
+    return dataclasses.replace(self, resolution=self.resolution * upsampler.scale, upsampler=upsampler)
 
   @property
   def channels(self) -> tuple[int, ...]:
-    """Channels per stage, 4x4 first."""
-    return stage_channels(self.resolution, self.base_channels, self.max_channels)
+    """Channels per stage of the blocks, 4x4 first."""
+    return stage_channels(self.base_resolution, self.base_channels, self.max_channels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,6 +497,59 @@ def gan_256() -> GanTrainConfig:
                         checkpoint_every=2000)
 
 
+def gan_64_resize_cpu(*, conditions: tuple[str, ...] = KNOWN_CONDITIONS) -> GanTrainConfig:
+  """`gan_64_cpu`'s widths with bilinear-then-convolve up-sampling (no sub-pixel checkerboard).
+
+      jaxcxr train gan --preset gan_64_resize_cpu --out runs/gan64r   # data: both NIH archives
+
+  G (128, 64, 32, 16, 8), D (8, 16, 32, 64, 128); about 0.75 s per step of batch 16 on
+  one CPU core.
+  """
+  models = _gan_models(64, 8, 128, 8, 128, conditions)
+  models["generator"] = dataclasses.replace(models["generator"], upsampling="resize")
+  return dataclasses.replace(gan_64_cpu(), **models, steps=6000, normal_only="label" not in conditions)
+
+
+def gan_64_resize_normal_cpu() -> GanTrainConfig:
+  """`gan_64_resize_cpu` on normal images only, conditioned on sex and age (for AnoGAN)."""
+  return gan_64_resize_cpu(conditions=("sex", "age"))
+
+
+def gan_64_wide_cpu(*, conditions: tuple[str, ...] = KNOWN_CONDITIONS) -> GanTrainConfig:
+  """The low-resolution GAN of the CPU cascade (`gan_256_cascade_cpu`): 64x64, resize-conv up-sampling.
+
+      jaxcxr train gan --data nih_cxr14_subset_256.npz,nih_cxr14_extra_256.npz \
+        --preset gan_64_wide_cpu --out runs/gan64w
+
+  Twice `gan_64_cpu`'s channels at the two largest resolutions (G (128, 128, 64, 32, 16),
+  D (16, 32, 64, 128, 128)) and bilinear-then-convolve up-sampling (no per-phase kernels
+  to drift into the checkerboard of the sub-pixel blocks).
+  """
+  models = _gan_models(64, 16, 128, 16, 128, conditions)
+  models["generator"] = dataclasses.replace(models["generator"], upsampling="resize")
+  return GanTrainConfig(**models, batch_size=16, steps=6000, steps_per_call=20, r1_gamma=0.1, r1_every=4,
+                        g_learning_rate=2.5e-4, d_learning_rate=2.5e-4, ema_decay=0.995,
+                        sample_every=200, checkpoint_every=200, normal_only="label" not in conditions)
+
+
+def gan_64_wide_normal_cpu() -> GanTrainConfig:
+  """`gan_64_wide_cpu` on normal images only, conditioned on sex and age (the AnoGAN cascade's base)."""
+  return gan_64_wide_cpu(conditions=("sex", "age"))
+
+
+def gan_256_single_cpu() -> GanTrainConfig:
+  """A single-stage 256x256 GAN sized for 2 CPU cores (the ablation's one-stage arm).
+
+  G (128, 128, 64, 32, 16, 8, 8) from 4x4 to 256x256 with resize-conv up-sampling,
+  D (8, 8, 16, 32, 64, 128, 128); batch 8.
+  """
+  models = _gan_models(256, 8, 128, 8, 128, KNOWN_CONDITIONS)
+  models["generator"] = dataclasses.replace(models["generator"], upsampling="resize")
+  return GanTrainConfig(**models, batch_size=8, steps=6000, steps_per_call=10, r1_gamma=0.1, r1_every=4,
+                        g_learning_rate=2.5e-4, d_learning_rate=2.5e-4, ema_decay=0.995,
+                        sample_every=200, checkpoint_every=100)
+
+
 def gan_64_normal_cpu() -> GanTrainConfig:
   """`gan_64_cpu` trained on normal images only, conditioned on sex and age (for AnoGAN scoring).
 
@@ -440,6 +560,82 @@ def gan_64_normal_cpu() -> GanTrainConfig:
   """
   base = gan_64_cpu()
   return dataclasses.replace(base, **_gan_models(64, 8, 128, 8, 128, ("sex", "age")), normal_only=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpsamplerTrainConfig:
+  """Training of the super-resolution stage on real radiographs (`jaxcxr.train.upsampler`).
+
+  Each step takes random crops of `crop` pixels from full-size (256x256) training
+  images, makes their low-resolution inputs (LANCZOS-like down-sampling by `scale`, then a
+  random mild blur and noise, so that the stage also accepts a GAN's imperfect images)
+  and trains the stage with L1 to the crop plus a conditional patch discriminator's
+  non-saturating loss (the crop judged next to the up-sampled input, pix2pix style).
+  """
+
+  # The stage.
+  upsampler: UpsamplerConfig = UpsamplerConfig()
+  # Channels of the patch discriminator, one 2x average-pool after each; logits at crop / 2**len.
+  disc_channels: tuple[int, ...] = (16, 32, 64)
+  # Side of the training crops (full-resolution pixels); a multiple of 8 * scale.
+  crop: int = 128
+  # Crops per step.
+  batch_size: int = 8
+  # Total steps (one D and one upsampler update each).
+  steps: int = 3000
+  # Steps per jitted call.
+  steps_per_call: int = 10
+  # Adam learning rates (beta1 0.5, beta2 0.99).
+  learning_rate: float = 2e-4
+  d_learning_rate: float = 2e-4
+  # Weight of the L1 loss to the real crop (in [-1, 1] units) against the adversarial loss's 1.
+  l1_weight: float = 10.0
+  # Weight of the adversarial loss (0: a purely supervised, L1 stage).
+  adversarial_weight: float = 1.0
+  # Largest blend of a 3x3 binomial blur into the low-resolution input (uniform in [0, this]).
+  degrade_blur: float = 0.5
+  # Largest standard deviation of the Gaussian noise added to the input (uniform in [0, this]).
+  degrade_noise: float = 0.02
+  # EMA decay of the stage's weights (with a (1+t)/(10+t) warm-up); the EMA weights are shipped.
+  ema_decay: float = 0.995
+  # Write a sample grid (input, output, real) every this many steps; 0 = only at the end.
+  sample_every: int = 500
+  # Save a training checkpoint every this many steps (and at the end).
+  checkpoint_every: int = 200
+  # Training checkpoints kept.
+  max_to_keep: int = 2
+
+  def __post_init__(self):
+    check_loop_fields(self, "UpsamplerTrainConfig")
+    multiple = 8 * self.upsampler.scale
+    if self.crop % multiple or self.crop > 256:
+      raise ValueError(f"UpsamplerTrainConfig.crop={self.crop}: expected a multiple of {multiple} up to 256")
+    if not self.disc_channels or min(self.disc_channels) <= 0 or self.crop % 2 ** len(self.disc_channels):
+      raise ValueError(f"UpsamplerTrainConfig.disc_channels={self.disc_channels}: expected positive channels, "
+                       f"one 2x pool each dividing crop={self.crop}")
+    for name in ("l1_weight", "adversarial_weight", "degrade_blur", "degrade_noise"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"UpsamplerTrainConfig.{name}: expected >= 0, got {getattr(self, name)}")
+
+
+def upsampler_tiny() -> UpsamplerTrainConfig:
+  """A 2x stage with a few channels for unit tests; learns nothing useful."""
+  return UpsamplerTrainConfig(
+      upsampler=UpsamplerConfig(scale=2, input_channels=4, input_blocks=1, stage_channels=(4,)),
+      disc_channels=(4, 8), crop=32, batch_size=2, steps=4, steps_per_call=2, sample_every=0,
+      checkpoint_every=2, max_to_keep=2)
+
+
+def upsampler_x4_cpu() -> UpsamplerTrainConfig:
+  """4x super-resolution stage (64 -> 256) trained on real radiographs on 2 CPU cores.
+
+      jaxcxr train upsampler --data nih_cxr14_subset_256.npz,nih_cxr14_extra_256.npz \
+        --preset upsampler_x4_cpu --out runs/upsampler_x4
+
+  Input blocks at 64x64 with 32 channels, stages of 24 (128x128) and 16 (256x256)
+  channels, about 40k parameters; trained on 128x128 crops, batch 8.
+  """
+  return UpsamplerTrainConfig(steps=3000, steps_per_call=10, sample_every=500, checkpoint_every=200)
 
 
 # ----------------------------------------------------------------------------- U-Net (lung segmentation)
@@ -1235,6 +1431,13 @@ PRESETS = {
     "gan_64_normal_cpu": gan_64_normal_cpu,
     "gan_128": gan_128,
     "gan_256": gan_256,
+    "gan_64_resize_cpu": gan_64_resize_cpu,
+    "gan_64_resize_normal_cpu": gan_64_resize_normal_cpu,
+    "gan_64_wide_cpu": gan_64_wide_cpu,
+    "gan_64_wide_normal_cpu": gan_64_wide_normal_cpu,
+    "gan_256_single_cpu": gan_256_single_cpu,
+    "upsampler_tiny": upsampler_tiny,
+    "upsampler_x4_cpu": upsampler_x4_cpu,
     "unet_tiny": unet_tiny,
     "unet_128_cpu": unet_128_cpu,
     "unet_256": unet_256,

@@ -143,8 +143,20 @@ class CXRDataset:
     return self.subset(keep)
 
 
-def load(path: str | os.PathLike) -> CXRDataset:
-  """Loads an npz archive or a folder of PNG/DICOM images (dispatch on the path)."""
+def load(path: str | os.PathLike | Sequence[str | os.PathLike]) -> CXRDataset:
+  """Loads an npz archive or a folder of PNG/DICOM images (dispatch on the path).
+
+  Several paths (a sequence, or one string of comma-separated paths) load as one
+  dataset, in order, with `concatenate`: e.g. the two NIH development archives,
+  `"nih_cxr14_subset_256.npz,nih_cxr14_extra_256.npz"`.
+  """
+  if isinstance(path, str) and "," in path:
+    path = [p.strip() for p in path.split(",") if p.strip()]
+  if not isinstance(path, (str, os.PathLike)):
+    paths = list(path)
+    if not paths:
+      raise DataError("no data path given (an empty list)")
+    return concatenate([load(p) for p in paths]) if len(paths) > 1 else load(paths[0])
   path = pathlib.Path(path)
   if not path.exists():
     raise DataError(f"{path}: no such file or folder")
@@ -181,6 +193,52 @@ def load_npz(path: str | os.PathLike) -> CXRDataset:
   if masks is not None:
     masks = _check_masks(masks, images.shape, f"{path}: `lung_masks`")
   return _make_dataset(images, arrays, masks, str(path))
+
+
+def concatenate(datasets: Sequence[CXRDataset]) -> CXRDataset:
+  """One dataset of several archives' images, in order; `extra["archive"]` holds each image's archive index.
+
+  Per-image arrays in `extra` are kept when every archive has them. Lung masks are
+  kept when every archive has them. `standard_split` splits each archive's patients
+  as it would split that archive alone (a patient found in several archives follows
+  the first), so adding an archive never moves the patients of the ones before it.
+
+  Raises:
+    DataError: no datasets, or images of different sizes.
+  """
+  datasets = list(datasets)
+  if not datasets:
+    raise DataError("concatenate: no datasets given")
+  shapes = {d.images.shape[1:] for d in datasets}
+  if len(shapes) > 1:
+    raise DataError(f"concatenate: images of different sizes {sorted(shapes)}")
+  cat = lambda name: np.concatenate([getattr(d, name) for d in datasets])
+  masks = None
+  if all(d.lung_masks is not None for d in datasets):
+    masks = np.concatenate([d.lung_masks for d in datasets])
+  common = set.intersection(*(set(d.extra) for d in datasets)) - {"archive"}
+  extra = {k: np.concatenate([np.asarray(d.extra[k]).astype(str) if d.extra[k].dtype.kind in "US"
+                              else d.extra[k] for d in datasets]) for k in sorted(common)}
+  archive = [d.extra["archive"] if "archive" in d.extra else np.zeros(len(d), np.int16) for d in datasets]
+  offsets = np.cumsum([0] + [int(a.max()) + 1 if len(a) else 1 for a in archive[:-1]])
+  extra["archive"] = np.concatenate([a.astype(np.int16) + o for a, o in zip(archive, offsets)])
+  return CXRDataset(images=cat("images"), label=cat("label"), sex=cat("sex"), age=cat("age"),
+                    patient_id=cat("patient_id"), lung_masks=masks,
+                    source=",".join(d.source for d in datasets), extra=extra)
+
+
+def keep_abnormal_finding(dataset: CXRDataset, finding: str = "Pneumonia") -> CXRDataset:
+  """Drops abnormal images whose `finding` does not name `finding` (normal images all stay).
+
+  The NIH extra archive's label 1 means any finding; the subset's means pneumonia.
+  Models whose "abnormal" is pneumonia keep the extra archive's normals and its
+  pneumonias only. Images without a `finding` entry are kept as labelled.
+  """
+  if "finding" not in dataset.extra:
+    return dataset
+  names = np.asarray(dataset.extra["finding"]).astype(str)
+  keep = (dataset.label != 1) | (np.char.find(names, finding) >= 0)
+  return dataset.subset(keep)
 
 
 def load_folder(folder: str | os.PathLike) -> CXRDataset:
@@ -306,9 +364,14 @@ def standard_split(dataset: CXRDataset) -> dict[str, np.ndarray]:
 
   Training uses "train", settings are chosen on "val", and "test" is reported once.
   Deterministic per patient (see `split_by_patient`), so every model trained on the
-  same archive holds out the same patients.
+  same archive holds out the same patients. For archives joined with `concatenate`,
+  each archive's patients are split as in that archive alone (a patient in several
+  archives follows the first, through the label of its first image).
   """
-  return split_by_patient(dataset.patient_id, STANDARD_SPLIT, stratify=dataset.label, seed=STANDARD_SPLIT_SEED)
+  strata = dataset.label.astype(np.int64)
+  if "archive" in dataset.extra:   # each archive's patients are split as in that archive alone
+    strata = strata + 3 * np.asarray(dataset.extra["archive"], np.int64)
+  return split_by_patient(dataset.patient_id, STANDARD_SPLIT, stratify=strata, seed=STANDARD_SPLIT_SEED)
 
 
 

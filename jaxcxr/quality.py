@@ -10,8 +10,16 @@
 * A conditioning check: pixel-space probes (logistic regression for sex, ridge
   regression for age, on 16x16 block means) fitted on one real half, validated on
   the other, then applied to generated images of each age-sex group.
+* With real normal test and training images (`test_normals`, `train_normals`): the
+  realism figures of `jaxcxr.realism` (two-sample AUCs, PCA Fréchet distance,
+  high-frequency share) of generated normals against one patient-disjoint half of
+  the test normals, next to the other half against it.
 
-Images here are float32 in generator space [-1, 1], NHWC.
+Discriminator features are computed at the discriminator's resolution, which may be
+below the generator's (a cascade: a low-resolution GAN followed by a learned
+super-resolution stage); every other figure uses the generator's resolution.
+Images cross this module's API as uint8 (N, H, W), radiographic display; the
+generator and discriminator work in generator space [-1, 1], NHWC.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from jaxcxr import data, metrics
+from jaxcxr import data, metrics, realism
 from jaxcxr.batching import map_batches
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
@@ -36,6 +44,8 @@ from jaxcxr.models.discriminator import Discriminator
 from jaxcxr.models.generator import Generator
 
 PROBE_SIZE = 16
+# fold_in index of the realism figures' generated images (0: FD half, 1..6: groups).
+REALISM_KEY = 100
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -59,10 +69,15 @@ def _pooled_features(graphdef, state, images):
 
 def discriminator_features(discriminator: Discriminator, images_uint8: np.ndarray, *, batch_size: int = 64
                            ) -> np.ndarray:
-  """Mean-pooled `features` of uint8 (N, R, R) images at the discriminator's resolution. float32 (N, C)."""
+  """Mean-pooled `features` of uint8 (N, H, W) images. float32 (N, C).
+
+  Images of another size are first resized to the discriminator's resolution (PIL
+  LANCZOS), e.g. the 256x256 output of a cascade generator whose discriminator
+  works at 64x64.
+  """
   graphdef, state = nnx.split(discriminator)
-  return map_batches(lambda x: _pooled_features(graphdef, state, data.to_signed(x)[..., None]),
-                     np.asarray(images_uint8), batch_size)
+  images = data.resize_uint8(np.asarray(images_uint8), discriminator.config.resolution)
+  return map_batches(lambda x: _pooled_features(graphdef, state, data.to_signed(x)[..., None]), images, batch_size)
 
 
 def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:
@@ -72,12 +87,38 @@ def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:
   return x.reshape(n, -1) / 255.0
 
 
+def _realism_sets(test_normals: data.CXRDataset, train_normals: data.CXRDataset, *, seed: int
+                  ) -> tuple[data.CXRDataset, data.CXRDataset, np.ndarray]:
+  """The realism figures' real sets: halves A and B of the test normals (n each) and the training normals.
+
+  Checks every size before any slow work. Returns (a, b, train images uint8 (M, 256, 256)).
+  """
+  test = test_normals.subset((test_normals.label == 0) & np.isin(test_normals.sex, ["M", "F"])
+                             & (test_normals.age >= 0))
+  halves = data.split_by_patient(test.patient_id, (0.5, 0.5, 0.0), seed=seed)
+  a, b = test.subset(halves["train"]), test.subset(halves["val"])
+  n = min(len(a), len(b))
+  if n < realism.PCA_DIM:
+    raise data.DataError(
+        f"realism figures: {len(test)} normal test images with sex and age ({len(a)} and {len(b)} in two "
+        f"patient-disjoint halves); need at least {realism.PCA_DIM} per half (the PCA dimension)")
+  train = train_normals.images[train_normals.label == 0]
+  if len(train) <= realism.PCA_DIM:
+    raise data.DataError(f"realism figures: {len(train)} normal training images; need more than "
+                         f"{realism.PCA_DIM} (the PCA dimension)")
+  return a.subset(np.arange(n)), b.subset(np.arange(n)), train
+
+
 def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.CXRDataset, *, seed: int = 0,
-                 n_per_group: int = 64, sex_classifier=None, feature_classifier=None) -> dict[str, Any]:
+                 n_per_group: int = 64, sex_classifier=None, feature_classifier=None,
+                 test_normals: data.CXRDataset | None = None, train_normals: data.CXRDataset | None = None
+                 ) -> dict[str, Any]:
   """Quality figures of a generator against real images (see the module docstring).
 
   Args:
-    generator, discriminator: a trained pair (inference mode).
+    generator, discriminator: a trained pair (inference mode). The discriminator's
+      resolution may be below the generator's (a cascade); its features are computed on
+      images resized to it.
     real: real images with sex and age (those without are dropped); resized to the
       generator's resolution with PIL LANCZOS, as in training. For a generator not
       conditioned on the label (a normal-only GAN), only the normal images (label 0) are used.
@@ -90,14 +131,33 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
       globally pooled last feature map is a chest-X-ray feature space fixed across GANs
       (unlike D's features, which belong to each GAN): adds "fd_classifier_generated_vs_real",
       "fd_classifier_real_vs_real" and their ratio "fd_classifier_ratio".
+    test_normals: real images of held-out (test) patients; its normal images (label 0) with
+      sex and age give the realism figures ("realism"): split into two patient-disjoint
+      halves A and B, cut to equal size n, and n generated normals conditioned on B's sex
+      and age are compared with A, next to B against A (`realism.realism_report`, all at
+      the generator's resolution). Only these equal halves are used, so both comparisons
+      see the same sample size. Needs `train_normals`.
+    train_normals: real images of the training patients; its normal images fit the PCA
+      Fréchet space.
 
   Returns:
     {"n_real_half", "fd_generated_vs_real", "fd_real_vs_real", "fd_ratio",
      "sinkhorn_generated_vs_real", "sinkhorn_real_vs_real", "probe_sex_accuracy_real",
      "probe_age_mae_real", "groups": {group: {"female_fraction", "mean_age"} for generated
-     and "real_*" for real images of the group}}.
+     and "real_*" for real images of the group}}, and with `test_normals` "realism": the
+     `realism.realism_report` dict.
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 8 usable real images; with `test_normals`, fewer than
+      32 normal test images per half or at most 32 normal training images (the PCA dimension).
+    ValueError: only one of `test_normals` and `train_normals` given.
   """
   cfg = generator.config
+  if (test_normals is None) != (train_normals is None):
+    raise ValueError("evaluate_gan: give test_normals and train_normals together (the realism figures) or neither")
+  realism_sets = None
+  if test_normals is not None:   # check the sizes before the slow figures
+    realism_sets = _realism_sets(test_normals, train_normals, seed=seed)
   known = np.isin(real.sex, ["M", "F"]) & (real.age >= 0)
   if "label" in cfg.conditions:
     known &= np.isin(real.label, [0, 1])
@@ -168,4 +228,11 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
     result["sex_classifier_agreement_generated"] = float((1 - male + female) / 2)
     result["sex_classifier_accuracy_real"] = float(np.mean((predict_logits(sex_classifier, b.images) > 0)
                                                            == (b.sex == "F")))
+  if realism_sets is not None:
+    ra, rb, train = realism_sets
+    cond = condition_lib.make_condition(rb.sex, rb.age, 0, conditions=cfg.conditions)
+    generated = generate_from_conditions(generator, jax.random.fold_in(key, REALISM_KEY), cond)
+    result["realism"] = realism.realism_report(generated, data.resize_uint8(ra.images, cfg.resolution),
+                                               data.resize_uint8(rb.images, cfg.resolution),
+                                               data.resize_uint8(train, cfg.resolution), seed=seed)
   return result

@@ -107,6 +107,13 @@ def test_data_env_variable_is_used(capsys, monkeypatch, nih_path, tmp_path):
   assert code == 0 and json.loads(out)["n"] == 24
 
 
+def test_evaluate_gan_default_data_is_both_nih_archives(capsys, monkeypatch, nih_path, tmp_path):
+  (tmp_path / "nih_cxr14_subset_256.npz").symlink_to(nih_path.resolve())
+  monkeypatch.setenv("JAXCXR_DATA", str(tmp_path))
+  code, out, err = run_cli(capsys, "evaluate", "gan", "--no-classifiers")
+  assert code == 2 and out == "" and f"{tmp_path}/nih_cxr14_extra_256.npz: no such file" in err
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path):
   # The installed entry point, as a user runs it: argparse errors and data errors both exit 2.
   env = {**os.environ, "JAXCXR_DATA": ""}
@@ -136,12 +143,61 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
   assert result["n_generated"] == 3 and len(result["files"]) == 3 and result["filtered"] is False
   assert np.asarray(Image.open(result["files"][0])).shape == (32, 32)
 
+  # A cascade of this GAN and a trained upsampler is one generator, sampled as any other, at 2x.
+  code, out, err = run_cli(capsys, "train", "upsampler", "--data", str(nih_path), "--preset", "upsampler_tiny",
+                           "--split", "all", "--out", str(tmp_path / "up"), "--json")
+  assert code == 0, err
+  upsampler = json.loads(out)
+  assert upsampler["steps"] == 4 and pathlib.Path(upsampler["upsampler"]).is_dir()
+  code, out, err = run_cli(capsys, "cascade", "--gan", str(run), "--upsampler", upsampler["upsampler"], "--out",
+                           str(tmp_path / "cascade"), "--json")
+  assert code == 0, err
+  assert json.loads(out)["resolution"] == 64 and json.loads(out)["base_resolution"] == 32
+  code, out, err = run_cli(capsys, "sample", "--group", "38_44f", "--n", "2", "--out", str(tmp_path / "s2"),
+                           "--checkpoint", str(tmp_path / "cascade" / "generator"), "--unfiltered", "--json")
+  assert code == 0, err
+  assert np.asarray(Image.open(json.loads(out)["files"][0])).shape == (64, 64)
+  code, _, err = run_cli(capsys, "cascade", "--gan", str(tmp_path / "cascade"), "--upsampler", "bilinear", "--out",
+                         str(tmp_path / "cascade2"))
+  assert code == 2 and "already a cascade" in err
+
+  # The realism figures need 32 normal test images per half; the fixture's test split has 2.
   code, out, err = run_cli(capsys, "evaluate", "gan", "--checkpoint", str(run), "--data", str(nih_path),
                            "--n-per-group", "2", "--json")
+  errors = [line for line in err.splitlines() if line.startswith("jaxcxr: error:")]
+  assert code == 2 and out == "" and "Traceback" not in err and len(errors) == 1
+  assert "2 normal test images" in errors[0] and "32 per half (the PCA dimension)" in errors[0]
+
+  # Two archives (comma-separated) of distinct normal images: each archive's patients split alone.
+  paths = [_write_normal_archive(nih_path, tmp_path / f"normals{k}.npz", 224, seed=k) for k in range(2)]
+  code, out, err = run_cli(capsys, "evaluate", "gan", "--checkpoint", str(run), "--data", ",".join(paths),
+                           "--n-per-group", "2", "--no-classifiers", "--json")
   assert code == 0, err
   quality = json.loads(out)
   assert np.isfinite(quality["fd_generated_vs_real"]) and set(quality["groups"]) == {
       "18_24m", "18_24f", "38_44m", "38_44f", "58_64m", "58_64f"}
+  realism = quality["realism"]
+  assert realism["n_per_set"] == 34             # 2 x 34 test patients (15% of 224 per archive), in two halves
+  for name in ("pixels", "hog", "detail"):
+    assert set(realism[f"two_sample_auc_{name}"]) == {"generated_vs_real", "real_vs_real"}
+  assert realism["pca_frechet"]["ratio"] > 1 and np.isfinite(realism["high_frequency_share"]["ratio"])
+  table = cli._human_evaluate_gan(quality)
+  assert "two-sample AUC, HOG" in table and "PCA Frechet" in table and "high-frequency ratio" in table
+
+
+def _write_normal_archive(source, path, n, *, seed):
+  """An npz of n distinct normal images (the fixture's normals shifted, with pixel noise), one patient each."""
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
+  normals = data.load(source).select(label=0)
+  rng = np.random.default_rng(seed)
+  pick = rng.integers(0, len(normals), n)
+  shifts = rng.integers(-6, 7, (n, 2))
+  images = np.stack([np.roll(normals.images[i], tuple(s), axis=(0, 1)) for i, s in zip(pick, shifts)])
+  images = np.clip(np.round(images + rng.normal(0.0, 2.0, images.shape)), 0, 255).astype(np.uint8)
+  np.savez(path, images=images, label=np.zeros(n, np.int8), sex=normals.sex[pick], age=normals.age[pick],
+           patient_id=np.asarray([f"archive{seed}_patient{i}" for i in range(n)]))
+  return str(path)
 
 
 @pytest.mark.parametrize(

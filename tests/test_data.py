@@ -300,3 +300,49 @@ def test_file_sha256_spans_chunks(tmp_path):
   payload = os.urandom(3 * (1 << 20) + 17)  # several 1 MiB read chunks.
   (tmp_path / "d.npz").write_bytes(payload)
   assert data.file_sha256(tmp_path / "d.npz") == hashlib.sha256(payload).hexdigest()
+
+
+def _archive(path, n, *, prefix, finding=None, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = dict(images=rng.integers(0, 256, (n, 256, 256), dtype=np.uint8), label=np.arange(n) % 2,
+                sex=np.where(np.arange(n) % 3, "M", "F"), age=np.full(n, 40),
+                patient_id=np.asarray([f"{prefix}{i // 2}" for i in range(n)]))
+  if finding is not None:
+    arrays["finding"] = np.asarray(finding)
+  np.savez(path, **arrays)
+  return path
+
+
+def test_load_several_archives_concatenates_in_order(tmp_path):
+  a = _archive(tmp_path / "a.npz", 40, prefix="p", finding=["No Finding", "Pneumonia"] * 20)
+  b = _archive(tmp_path / "b.npz", 10, prefix="q", finding=["No Finding", "Effusion"] * 5, seed=1)
+  both = data.load(f"{a},{b}")
+  assert len(both) == 50 and both.source == f"{a},{b}"
+  np.testing.assert_array_equal(both.images[40:], data.load(b).images)
+  np.testing.assert_array_equal(both.extra["archive"], [0] * 40 + [1] * 10)
+  assert both.extra["finding"][41] == "Effusion"
+  assert len(data.load([a, b])) == 50 and len(data.load([a])) == 40
+  with pytest.raises(data.DataError, match="empty list"):
+    data.load([])
+
+
+def test_standard_split_keeps_each_archives_patients_where_they_were(tmp_path):
+  a = _archive(tmp_path / "a.npz", 60, prefix="p")
+  b = _archive(tmp_path / "b.npz", 30, prefix="q", seed=1)
+  alone, both = data.standard_split(data.load(a)), data.standard_split(data.load([a, b]))
+  for part in ("train", "val", "test"):
+    np.testing.assert_array_equal(both[part][both[part] < 60], alone[part])   # archive a: unchanged
+  pid = data.load([a, b]).patient_id
+  parts = [set(pid[both[p]]) for p in ("train", "val", "test")]
+  assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+  assert len(both["train"]) + len(both["val"]) + len(both["test"]) == 90
+
+
+def test_keep_abnormal_finding_drops_other_findings_only(tmp_path):
+  b = data.load(_archive(tmp_path / "b.npz", 6, prefix="q", finding=["No Finding", "Effusion", "No Finding",
+                                                                   "Atelectasis|Pneumonia", "No Finding", "Mass"]))
+  kept = data.keep_abnormal_finding(b)
+  np.testing.assert_array_equal(kept.extra["finding"], ["No Finding", "No Finding", "Atelectasis|Pneumonia",
+                                                        "No Finding"])
+  plain = data.load(_archive(tmp_path / "c.npz", 4, prefix="r"))
+  assert len(data.keep_abnormal_finding(plain)) == 4        # no `finding`: labels kept as they are

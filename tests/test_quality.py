@@ -1,6 +1,9 @@
 """Tests for jaxcxr.quality on an untrained tiny GAN (figures are computed, finite, and ordered)."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxcxr import config, data, quality
@@ -45,3 +48,63 @@ def test_evaluate_gan_with_classifier_feature_space_and_sex_classifier(nih_path)
   features = predict_pooled_features(classifier, real.images[:5], batch_size=4)
   alone = predict_pooled_features(classifier, real.images[4:5], batch_size=4)
   np.testing.assert_allclose(features[4], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def _normals_with_distinct_patients(real, n, *, seed, prefix):
+  """n distinct normal images (the fixture's normals, shifted and with pixel noise), one patient each."""
+  normals = real.select(label=0)
+  rng = np.random.default_rng(seed)
+  pick = rng.integers(0, len(normals), n)
+  shifts = rng.integers(-6, 7, (n, 2))
+  images = np.stack([np.roll(normals.images[i], tuple(s), axis=(0, 1)) for i, s in zip(pick, shifts)])
+  images = np.clip(np.round(images + rng.normal(0.0, 2.0, images.shape)), 0, 255).astype(np.uint8)
+  return dataclasses.replace(normals.subset(pick), images=images,
+                             patient_id=np.asarray([f"{prefix}{i}" for i in range(n)]))
+
+
+def test_evaluate_gan_realism_figures_with_a_discriminator_below_the_generators_resolution(nih_path):
+  # A cascade's discriminator works at the low resolution: D features must be computed at D's size.
+  generator = Generator(config.GeneratorConfig(resolution=64, base_channels=4, max_channels=8, norm_groups=2),
+                        rngs=nnx.Rngs(0))
+  discriminator = nnx.view(Discriminator(config.DiscriminatorConfig(resolution=32, base_channels=4, max_channels=8),
+                                         rngs=nnx.Rngs(1)), use_running_average=True)
+  real = data.load(nih_path)
+  # D sees images LANCZOS-resized to its own side, as in its training, whatever their size
+  images = data.resize_uint8(real.images[:4], 64)
+  features = quality.discriminator_features(discriminator, images)
+  np.testing.assert_allclose(features, quality.discriminator_features(discriminator, data.resize_uint8(images, 32)),
+                             rtol=1e-5, atol=1e-6)
+  assert quality.discriminator_features(discriminator, data.resize_uint8(real.images[:4], 48)).shape == features.shape
+  test_normals = _normals_with_distinct_patients(real, 72, seed=0, prefix="test")
+  train_normals = _normals_with_distinct_patients(real, 48, seed=1, prefix="train")
+  result = quality.evaluate_gan(generator, discriminator, real, n_per_group=2, test_normals=test_normals,
+                                train_normals=train_normals)
+  assert result["resolution"] == 64
+  assert result["fd_generated_vs_real"] > 2 * result["fd_real_vs_real"] > 0
+  r = result["realism"]
+  assert r["n_per_set"] == 36                        # 72 patients in two equal halves
+  for name in ("pixels", "hog", "detail"):
+    auc = r[f"two_sample_auc_{name}"]
+    assert 0.0 <= auc["real_vs_real"] <= 1.0 and 0.0 <= auc["generated_vs_real"] <= 1.0
+  # an untrained generator's images are told apart from radiographs; the two real halves are not
+  assert r["two_sample_auc_pixels"]["generated_vs_real"] > 0.9 > 0.7 > r["two_sample_auc_pixels"]["real_vs_real"]
+  fd = r["pca_frechet"]
+  assert fd["generated_vs_real"] > fd["real_vs_real"] > 0 and fd["ratio"] > 1
+  hf = r["high_frequency_share"]
+  assert all(np.isfinite(hf[k]) and hf[k] >= 0 for k in ("generated", "real_a", "real_b", "ratio"))
+  assert 0 < hf["real_a"] < 1 and 0.5 < hf["real_vs_real_ratio"] < 2
+
+
+def test_evaluate_gan_realism_needs_32_normal_test_images_per_half(nih_path):
+  cfg = config.gan_tiny(resolution=32)
+  generator = Generator(cfg.generator, rngs=nnx.Rngs(0))
+  discriminator = nnx.view(Discriminator(cfg.discriminator, rngs=nnx.Rngs(1)), use_running_average=True)
+  real = data.load(nih_path)
+  train_normals = _normals_with_distinct_patients(real, 48, seed=1, prefix="train")
+  with pytest.raises(data.DataError, match=r"12 normal test images .*need at least 32 per half \(the PCA dimension\)"):
+    quality.evaluate_gan(generator, discriminator, real, test_normals=real, train_normals=train_normals)
+  with pytest.raises(data.DataError, match=r"12 normal training images; need more than 32"):
+    quality.evaluate_gan(generator, discriminator, real, train_normals=real,
+                         test_normals=_normals_with_distinct_patients(real, 64, seed=2, prefix="test"))
+  with pytest.raises(ValueError, match="together"):
+    quality.evaluate_gan(generator, discriminator, real, test_normals=real)

@@ -80,14 +80,20 @@ class Discriminator(nnx.Module):
     """Final feature map, independent of the condition (AnoGAN feature matching).
 
     Args:
-      x: float (B, resolution, resolution, 1), NHWC, in [-1, 1].
+      x: float (B, S, S, 1), NHWC, in [-1, 1], with S = resolution * 2**k: images larger
+        than the discriminator's resolution (a cascade generator's output, whose
+        discriminator is its low-resolution GAN's) are 2x2-average-pooled k times first.
 
     Returns:
       float32 (B, 4, 4, C) with C = config.channels[-1] (after the last leaky ReLU).
     """
     r = self.config.resolution
-    if x.ndim != 4 or x.shape[1:] != (r, r, 1):
-      raise ValueError(f"Discriminator: expected images of shape (B, {r}, {r}, 1), got {x.shape}")
+    side = x.shape[1] if x.ndim == 4 else 0
+    if x.ndim != 4 or x.shape[2:] != (side, 1) or side < r or side % r or (side // r) & (side // r - 1):
+      raise ValueError(f"Discriminator: expected images of shape (B, {r}, {r}, 1) (or a power-of-2 multiple "
+                       f"of {r} pixels a side), got {x.shape}")
+    while x.shape[1] > r:
+      x = avg_pool2(x)
     h = self.stem(x)
     for block in self.blocks:
       h = block(h)

@@ -3,15 +3,24 @@
 A BigGAN-style residual generator without batch statistics: every block is
 pre-activation GroupNorm + FiLM (scale and shift from the latent and the condition
 embedding, i.e. BigGAN's conditional BatchNorm with GroupNorm in place of batch
-statistics), so one image never depends on the others of its batch. Up-sampling is
-sub-pixel (a 3x3 convolution to 4c channels, then depth-to-space; DESIGN.md
-section 10: XLA's transposed convolution was the slow part), initialised with ICNR
-so the four sub-pixel phases start equal (no checkerboard at initialisation).
-The skip path is a 1x1 convolution to 4c channels + depth-to-space, which is
-exactly a kernel-2 stride-2 transposed convolution.
+statistics), so one image never depends on the others of its batch.
+
+Up-sampling (`GeneratorConfig.upsampling`): "resize" is bilinear 2x then a 3x3
+convolution: every output pixel comes from the same weights, so the up-sampling has no
+per-phase kernels to drift apart; "subpixel" is a 3x3 convolution to 4c channels then
+depth-to-space, ICNR-initialised (the 64x64 GANs of sessions 1-3; its four phases
+drift apart in training, the checkerboard their samples show). With random weights,
+`imaging.checkerboard_strength` is about 0.1 for "resize" and 0.9 for "subpixel" (tested).
+
+A cascade (`GeneratorConfig.upsampler`): the blocks make a low-resolution image
+(`base_image`, trained as a GAN at that size) and a learned super-resolution stage
+(`models.upsampler.Upsampler`, trained on real radiographs) makes the output, its noise
+a function of z. One module, one jitted call: sampling, scoring, latent datasets and
+AnoGAN use it as any generator.
 
 Parameter names: `cond_embed`, `input` (z -> 4x4 map), `blocks[i]` (`norm1`,
-`film1`, `conv1`, `norm2`, `film2`, `conv2`, `skip`), `out_norm`, `out_film`, `out_conv`.
+`film1`, `conv1`, `norm2`, `film2`, `conv2`, `skip`), `out_norm`, `out_film`, `out_conv`,
+and in a cascade `upsampler`.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from flax import nnx
 from jaxcxr.batching import map_batches
 from jaxcxr.config import GeneratorConfig
 from jaxcxr.models.condition import group_condition_batch
-from jaxcxr.models.layers import Conv, GroupNorm, depth_to_space
+from jaxcxr.models.layers import Conv, GroupNorm, depth_to_space, upsample2
+from jaxcxr.models.upsampler import Upsampler
 
 
 def _icnr(base_init, block: int = 2):
@@ -52,24 +62,52 @@ class FiLM(nnx.Module):
 
 
 class UpBlock(nnx.Module):
-  """Residual up-sampling block: (B, H, W, c_in) -> (B, 2H, 2W, c_out), NHWC."""
+  """Residual up-sampling block: (B, H, W, c_in) -> (B, 2H, 2W, c_out), NHWC.
 
-  def __init__(self, c_in: int, c_out: int, w_dim: int, groups: int, *, dtype, rngs: nnx.Rngs):
+  `upsampling="subpixel"`: conv to 4 c_out at H, then depth-to-space (ICNR-initialised).
+  `upsampling="resize"`: bilinear 2x, then conv to c_out at 2H (the same FLOPs); the skip
+  is a 1x1 conv then bilinear 2x (they commute, and the conv is cheaper at H).
+  """
+
+  def __init__(self, c_in: int, c_out: int, w_dim: int, groups: int, upsampling: str, *, dtype,
+               rngs: nnx.Rngs):
     init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    phases = 4 if upsampling == "subpixel" else 1
+    up_init = _icnr(init) if upsampling == "subpixel" else init
+    self.upsampling = upsampling
     self.norm1 = GroupNorm(c_in, min(groups, c_in), dtype=dtype)
     self.film1 = FiLM(w_dim, c_in, dtype=dtype, rngs=rngs)
-    self.conv1 = Conv(c_in, 4 * c_out, 3, kernel_init=_icnr(init), dtype=dtype, rngs=rngs)
+    self.conv1 = Conv(c_in, phases * c_out, 3, kernel_init=up_init, dtype=dtype, rngs=rngs)
     self.norm2 = GroupNorm(c_out, min(groups, c_out), dtype=dtype)
     self.film2 = FiLM(w_dim, c_out, dtype=dtype, rngs=rngs)
     self.conv2 = Conv(c_out, c_out, 3, kernel_init=init, dtype=dtype, rngs=rngs)
-    self.skip = Conv(c_in, 4 * c_out, 1, kernel_init=_icnr(init), dtype=dtype, rngs=rngs)
+    self.skip = Conv(c_in, phases * c_out, 1, kernel_init=up_init, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
     h = jax.nn.relu(self.film1(self.norm1(x), w))
-    h = depth_to_space(self.conv1(h))                 # (B, 2H, 2W, c_out)
+    if self.upsampling == "subpixel":
+      h = depth_to_space(self.conv1(h))               # (B, 2H, 2W, c_out)
+      skip = depth_to_space(self.skip(x))
+    else:
+      h = self.conv1(upsample2(h))
+      skip = upsample2(self.skip(x))
     h = jax.nn.relu(self.film2(self.norm2(h), w))
-    h = self.conv2(h)
-    return h + depth_to_space(self.skip(x))
+    return self.conv2(h) + skip
+
+
+def _noise_from_latents(z: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
+  """Per-sample N(0, 1) noise maps that are a pure function of each latent (no gradient).
+
+  A 32-bit hash of the latent's bits seeds each sample's key, so a sample's noise does not
+  depend on its batch, and an AnoGAN search sees the noise of the latent it is at.
+  """
+  bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(z).astype(jnp.float32), jnp.uint32)  # (B, D)
+  mult = jnp.uint32(0x9E3779B1) + 2 * jnp.arange(z.shape[-1], dtype=jnp.uint32)
+  h = jnp.sum(bits * mult[None, :], axis=-1, dtype=jnp.uint32)               # (B,), wraps mod 2**32
+  h = h ^ (h >> 16)
+  keys = jax.vmap(lambda v: jax.random.fold_in(jax.random.key(0), v))(h)
+  return [jax.vmap(lambda k, s=shape: jax.random.normal(jax.random.fold_in(k, i), s[1:]))(keys)
+          for i, shape in enumerate(shapes)]
 
 
 class Generator(nnx.Module):
@@ -83,6 +121,9 @@ class Generator(nnx.Module):
     ...                               norm_groups=2), rngs=nnx.Rngs(0))
     >>> g(jnp.zeros((2, 128)), jnp.zeros((2, 3))).shape
     (2, 32, 32, 1)
+
+  A cascade (`config.upsampler`) adds a learned super-resolution stage after the blocks;
+  its parameters sit under `upsampler`, the blocks' are those of `config.base`'s generator.
   """
 
   def __init__(self, config: GeneratorConfig, *, rngs: nnx.Rngs):
@@ -93,13 +134,14 @@ class Generator(nnx.Module):
     self.cond_embed = nnx.Linear(len(config.conditions), config.cond_embed_dim, rngs=rngs)
     self.input = nnx.Linear(w_dim, 4 * 4 * channels[0], dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
-        UpBlock(c_in, c_out, w_dim, config.norm_groups, dtype=dtype, rngs=rngs)
+        UpBlock(c_in, c_out, w_dim, config.norm_groups, config.upsampling, dtype=dtype, rngs=rngs)
         for c_in, c_out in zip(channels[:-1], channels[1:])
     ])
     c = channels[-1]
     self.out_norm = GroupNorm(c, min(config.norm_groups, c), dtype=dtype)
     self.out_film = FiLM(w_dim, c, dtype=dtype, rngs=rngs)
     self.out_conv = Conv(c, 1, 3, dtype=dtype, rngs=rngs)
+    self.upsampler = None if config.upsampler is None else Upsampler(config.upsampler, rngs=rngs)
 
   def __call__(self, z: jax.Array, cond: jax.Array) -> jax.Array:
     """Generates images.
@@ -110,11 +152,19 @@ class Generator(nnx.Module):
         label (0 normal / 1 abnormal); see `jaxcxr.models.make_condition`.
 
     Returns:
-      float32 (B, resolution, resolution, 1), NHWC, in [-1, 1] (tanh).
+      float32 (B, resolution, resolution, 1), NHWC, in [-1, 1]. With an upsampler (a cascade),
+      the blocks' `base_image` up-sampled by it, its noise drawn from z.
 
     Raises:
       ValueError: z or cond of the wrong shape, naming the expected and the given shapes.
     """
+    x = self.base_image(z, cond)
+    if self.upsampler is None:
+      return x
+    return self.upsampler(x, _noise_from_latents(z, self.upsampler.noise_shapes(x.shape[0], x.shape[1])))
+
+  def base_image(self, z: jax.Array, cond: jax.Array) -> jax.Array:
+    """The blocks' image, float32 (B, base_resolution, base_resolution, 1) in [-1, 1] (tanh)."""
     cfg = self.config
     if z.ndim != 2 or z.shape[-1] != cfg.latent_dim:
       raise ValueError(f"Generator: expected latents z of shape (B, {cfg.latent_dim}), got {z.shape}")
@@ -196,3 +246,21 @@ def load_generator(directory) -> Generator:
 
   model, _, _ = checkpoints.load_model(directory, lambda c: Generator(c, rngs=nnx.Rngs(0)), GeneratorConfig)
   return model
+
+
+def make_cascade(base: Generator, upsampler: Upsampler) -> Generator:
+  """The cascade generator of a trained low-resolution generator and a trained upsampler.
+
+  The result's parameters are the base's plus the upsampler's (under `upsampler`); no
+  weight is copied into a new layout, so `make_cascade(g, u).base_image == g`.
+
+  Raises:
+    ValueError: the base already has an upsampler.
+  """
+  config = base.config.with_upsampler(upsampler.config)
+  abstract = nnx.eval_shape(lambda: Generator(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  pure = nnx.to_pure_dict(nnx.state(base))
+  pure["upsampler"] = nnx.to_pure_dict(nnx.state(upsampler))
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)

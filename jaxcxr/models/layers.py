@@ -72,6 +72,27 @@ def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
   return x.reshape(b, h * block, w * block, c_out)
 
 
+def upsample2(x: jax.Array) -> jax.Array:
+  """Bilinear 2x up-sampling with half-pixel centres and edge replication, (B, H, W, C) -> (B, 2H, 2W, C).
+
+  Output pixel 2i is 3/4 x[i] + 1/4 x[i-1], pixel 2i+1 is 3/4 x[i] + 1/4 x[i+1] (per axis), the
+  same as `jax.image.resize(..., "linear")` in the interior. Every output pixel is made by the
+  same filter, so a convolution after it cannot produce a fixed 2x2 (checkerboard) pattern.
+  """
+
+  def along(t: jax.Array, axis: int) -> jax.Array:
+    n = t.shape[axis]
+    prev = jnp.concatenate([jax.lax.slice_in_dim(t, 0, 1, axis=axis), jax.lax.slice_in_dim(t, 0, n - 1, axis=axis)],
+                           axis=axis)
+    nxt = jnp.concatenate([jax.lax.slice_in_dim(t, 1, n, axis=axis), jax.lax.slice_in_dim(t, n - 1, n, axis=axis)],
+                          axis=axis)
+    even, odd = 0.75 * t + 0.25 * prev, 0.75 * t + 0.25 * nxt
+    stacked = jnp.stack([even, odd], axis=axis + 1)
+    return stacked.reshape(t.shape[:axis] + (2 * n,) + t.shape[axis + 1:])
+
+  return along(along(x, 1), 2)
+
+
 def avg_pool2(x: jax.Array) -> jax.Array:
   """2x2 average pooling, (B, H, W, C) -> (B, H/2, W/2, C)."""
   b, h, w, c = x.shape

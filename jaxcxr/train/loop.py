@@ -88,8 +88,9 @@ def append_metrics(path: pathlib.Path, step: int, metrics: Mapping[str, Any], ra
 def data_metadata(dataset: data_lib.CXRDataset) -> dict[str, Any]:
   """{"data_source", and "data_sha256" when the source is a file}: the provenance saved with a model."""
   meta: dict[str, Any] = {"data_source": dataset.source}
-  if dataset.source and pathlib.Path(dataset.source).is_file():
-    meta["data_sha256"] = data_lib.file_sha256(dataset.source)
+  files = [pathlib.Path(p) for p in dataset.source.split(",")] if dataset.source else []
+  if files and all(f.is_file() for f in files):   # archives joined by data.concatenate: one digest each
+    meta["data_sha256"] = ",".join(data_lib.file_sha256(f) for f in files)
   return meta
 
 

@@ -1,0 +1,151 @@
+"""The cascade generator: checkerboard-free up-sampling, the learned upsampler, its trainer, the assembly."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcxr import checkpoints, config, data, imaging
+from jaxcxr.anomaly import LatentSearchConfig, search_latents
+from jaxcxr.models import Discriminator, Generator, Upsampler, load_generator, make_cascade, sample_images
+from jaxcxr.models.layers import upsample2
+from jaxcxr.train import upsampler as upsampler_train
+
+TINY_UP = config.UpsamplerConfig(scale=2, input_channels=4, input_blocks=1, stage_channels=(4,))
+
+
+def _tiny_generator(upsampling: str, resolution: int = 32, seed: int = 0) -> Generator:
+  cfg = config.GeneratorConfig(resolution=resolution, base_channels=4, max_channels=8, norm_groups=2,
+                               cond_embed_dim=8, upsampling=upsampling)
+  return Generator(cfg, rngs=nnx.Rngs(seed))
+
+
+def _randomize(model: nnx.Module, key: jax.Array, scale: float = 0.3) -> nnx.Module:
+  """Every parameter replaced by N(0, scale^2) noise (a 'trained' model with no structure)."""
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  keys = jax.random.split(key, len(leaves))
+  leaves = [scale * jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+            for k, x in zip(keys, leaves)]
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def test_upsample2_is_bilinear(getkey):
+  x = jax.random.normal(getkey(), (2, 8, 6, 3))
+  np.testing.assert_allclose(upsample2(x), jax.image.resize(x, (2, 16, 12, 3), "linear"), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_resize_upsampling_makes_no_checkerboard_subpixel_does(getkey, seed):
+  """With arbitrary weights, sub-pixel blocks draw a 2x2 pattern; bilinear-then-conv blocks almost none."""
+  z = jax.random.normal(getkey(), (8, 128))
+  cond = jnp.zeros((8, 3))
+  strength = {}
+  for upsampling in ("subpixel", "resize"):
+    g = _randomize(_tiny_generator(upsampling, resolution=64), jax.random.key(seed), scale=0.1)
+    strength[upsampling] = float(np.mean(imaging.checkerboard_strength(g(z, cond)[..., 0])))
+  assert strength["subpixel"] > 0.6, strength
+  assert strength["resize"] < 0.25, strength
+
+
+def test_checkerboard_strength_detects_a_pattern(nih_path):
+  x = data.to_unit(data.load(nih_path).images[:4])
+  pattern = 0.05 * (np.indices((256, 256)).sum(axis=0) % 2)[None]
+  assert float(np.max(imaging.checkerboard_strength(x))) < 0.05
+  assert float(np.min(imaging.checkerboard_strength(x + pattern))) > 0.2
+
+
+def test_upsampler_starts_as_bilinear_and_keeps_range(getkey):
+  up = Upsampler(TINY_UP, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(getkey(), (2, 8, 8, 1), minval=-1.0, maxval=1.0)
+  np.testing.assert_allclose(up(x, getkey()), jax.image.resize(x, (2, 16, 16, 1), "linear"), atol=1e-6)
+  y = _randomize(up, getkey(), scale=1.0)(x, getkey())
+  assert y.shape == (2, 16, 16, 1) and float(jnp.abs(y).max()) <= 1.0
+  with pytest.raises(ValueError, match=r"\(B, h, w, 1\)"):
+    up(jnp.zeros((2, 8, 8)), getkey())
+
+
+def test_cascade_is_its_base_then_the_upsampler_batch_independent(getkey):
+  base = _tiny_generator("resize")
+  up = _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(1)), getkey())
+  cascade = make_cascade(base, up)
+  assert cascade.config.resolution == 64 and cascade.config.base_resolution == 32
+  assert cascade.config.base == base.config
+  z = jax.random.normal(getkey(), (4, 128))
+  cond = jnp.zeros((4, 3))
+  np.testing.assert_array_equal(cascade.base_image(z, cond), base(z, cond))
+  full = cascade(z, cond)
+  assert full.shape == (4, 64, 64, 1)
+  np.testing.assert_allclose(cascade(z[1:3], cond[1:3]), full[1:3], atol=1e-5)   # noise follows z, not the batch
+  assert float(jnp.abs(cascade(z[::-1], cond)[::-1] - full).max()) < 1e-5
+  assert float(jnp.abs(full[0] - full[1]).max()) > 0                               # different latents, images
+  # Sampling runs the whole cascade in one jitted call and gives the output resolution.
+  images = sample_images(cascade, getkey(), 3, "38_44f")
+  assert images.shape == (3, 64, 64) and images.dtype == np.uint8
+
+
+def test_cascade_round_trips_through_a_checkpoint(tmp_path, getkey):
+  cascade = make_cascade(_tiny_generator("resize"), _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(1)), getkey()))
+  checkpoints.save_model(tmp_path / "g", cascade, cascade.config)
+  loaded = load_generator(tmp_path / "g")
+  assert loaded.config == cascade.config
+  z, cond = jax.random.normal(getkey(), (2, 128)), jnp.zeros((2, 3))
+  np.testing.assert_array_equal(loaded(z, cond), cascade(z, cond))
+  assert config.from_dict(config.GeneratorConfig, config.to_dict(cascade.config)) == cascade.config
+
+
+def test_cascade_config_validation():
+  base = config.GeneratorConfig(resolution=64)
+  assert base.with_upsampler(config.UpsamplerConfig()).resolution == 256
+  with pytest.raises(ValueError, match="already has an upsampler"):
+    base.with_upsampler(config.UpsamplerConfig()).with_upsampler(config.UpsamplerConfig())
+  with pytest.raises(ValueError, match="leaves a 8x8 base"):
+    config.GeneratorConfig(resolution=32, upsampler=config.UpsamplerConfig(scale=4))
+  with pytest.raises(ValueError, match="stage_channels"):
+    config.UpsamplerConfig(scale=4, stage_channels=(8,))
+  with pytest.raises(ValueError, match="upsampling"):
+    config.GeneratorConfig(upsampling="transposed")
+
+
+def test_discriminator_pools_larger_images_and_anogan_runs_on_a_cascade(getkey):
+  cascade = make_cascade(_tiny_generator("resize"), Upsampler(TINY_UP, rngs=nnx.Rngs(1)))
+  disc = Discriminator(config.DiscriminatorConfig(resolution=32, base_channels=4, max_channels=8),
+                       rngs=nnx.Rngs(2))
+  disc = nnx.view(disc, use_running_average=True)
+  x = jax.random.uniform(getkey(), (2, 64, 64, 1), minval=-1.0, maxval=1.0)
+  pooled = x.reshape(2, 32, 2, 32, 2, 1).mean(axis=(2, 4))
+  np.testing.assert_allclose(disc.features(x), disc.features(pooled), atol=1e-5)
+  with pytest.raises(ValueError, match="power-of-2 multiple"):
+    disc.features(jnp.zeros((2, 48, 48, 1)))
+  images = np.asarray(sample_images(cascade, getkey(), 2, "58_64m"))
+  result = search_latents(cascade, disc, images, np.zeros((2, 3), np.float32), getkey(),
+                          LatentSearchConfig(steps=3, restarts=1))
+  assert result.residual.shape[:3] == (2, 64, 64) and np.all(np.isfinite(np.asarray(result.score)))
+
+
+def test_upsampler_training_learns_and_resumes_exactly(tmp_path, nih_path):
+  ds = data.load(nih_path)
+  cfg = dataclasses.replace(config.upsampler_tiny(), steps=4, steps_per_call=2, checkpoint_every=2)
+  whole = upsampler_train.train_upsampler(ds.subset(range(16)), cfg, tmp_path / "a", progress=False,
+                                          validation=ds.subset(range(16, 20)))
+  assert np.isfinite(whole["validation_l1"]) and whole["steps"] == 4
+  half = upsampler_train.train_upsampler(ds.subset(range(16)), dataclasses.replace(cfg, steps=2), tmp_path / "b",
+                                         progress=False)
+  assert half["steps"] == 2
+  resumed = upsampler_train.train_upsampler(ds.subset(range(16)), cfg, tmp_path / "b", resume=True, progress=False)
+  assert resumed["start_step"] == 2
+  a = upsampler_train.load_upsampler(whole["upsampler"])
+  b = upsampler_train.load_upsampler(resumed["upsampler"])
+  for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+    np.testing.assert_array_equal(x, y)
+  # The output layer starts at zero; after training the stage is no longer plain bilinear.
+  assert float(jnp.abs(a.out.kernel[...]).max()) > 0
+
+
+def test_upsampler_training_rejects_bad_data(tmp_path, nih_path):
+  ds = data.load(nih_path)
+  with pytest.raises(data.DataError, match="no images"):
+    upsampler_train.train_upsampler(ds.subset(np.zeros(0, int)), config.upsampler_tiny(), tmp_path, progress=False)
