@@ -936,8 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
   train_gan.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
                                         f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
   train_gan.add_argument("--preset", required=True,
-                         help="gan_64_wide_cpu, gan_64_wide_normal_cpu (the cascade's bases), gan_64_cpu, "
-                              "gan_64_normal_cpu, gan_256_single_cpu, gan_128, gan_256, gan_tiny")
+                         help="gan_64_resize_cpu, gan_64_resize_normal_cpu (the bases of the 256x256 cascades), "
+                              "gan_64_cpu, gan_64_normal_cpu, gan_64_wide_cpu, gan_256_single_cpu, gan_128, gan_256, "
+                              "gan_tiny")
   train_gan.add_argument("--steps", type=int, help="override the preset's number of steps")
   train_gan.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
   train_gan.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

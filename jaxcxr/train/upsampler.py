@@ -9,8 +9,9 @@ A step (pure, jitted, scanned by `loop.compile_steps`):
    PIL's LANCZOS), then a random blend of a 3x3 binomial blur and random Gaussian noise
    (so the stage also accepts a GAN's slightly soft, slightly noisy images);
 3. one update of the patch discriminator D (spectral norm, conditional on the bilinear
-   up-sampling of the input, pix2pix style): softplus(-D(real)) + softplus(D(fake)),
-   averaged over its patch logits;
+   up-sampling u of the input, pix2pix style), which judges the detail image
+   (y - u) * disc_detail_gain: softplus(-D(real)) + softplus(D(fake)), averaged over its
+   patch logits;
 4. one update of the stage: l1_weight * |G(x) - real|_1 + adversarial_weight * softplus(-D(G(x))),
    then the EMA of its weights.
 
@@ -47,7 +48,7 @@ TrainState = dict[str, Any]
 
 
 class PatchDiscriminator(nnx.Module):
-  """Conditional patch discriminator: (real or generated image, up-sampled input) -> patch logits.
+  """Conditional patch discriminator: (detail image, up-sampled input) -> patch logits.
 
   Spectrally normalised 3x3 convolutions with leaky ReLUs and a 2x average pool after each,
   then a 1x1 convolution to one logit per patch: (B, H, W, 1) x 2 -> (B, H / 2**n, W / 2**n).
@@ -158,9 +159,12 @@ def train_step(state: TrainState, images: jax.Array, config: UpsamplerTrainConfi
     context = upsample2(context)
   fake = nnx.merge(g_def, state["g"])(low, k_noise)
 
+  detail = lambda x: (x - context) * config.disc_detail_gain   # what D judges, next to the context
+
   def d_loss_fn(d_params):
     disc = nnx.merge(d_train, d_params, state["d_stats"])
-    logits = disc(jnp.concatenate([real, jax.lax.stop_gradient(fake)]), jnp.concatenate([context, context]))
+    logits = disc(jnp.concatenate([detail(real), detail(jax.lax.stop_gradient(fake))]),
+                  jnp.concatenate([context, context]))
     b = config.batch_size
     loss = jax.nn.softplus(-logits[:b]).mean() + jax.nn.softplus(logits[b:]).mean()
     return loss, (nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)), logits[:b].mean(), logits[b:].mean())
@@ -174,7 +178,7 @@ def train_step(state: TrainState, images: jax.Array, config: UpsamplerTrainConfi
   def g_loss_fn(g_params):
     out = nnx.merge(g_def, g_params)(low, k_noise)
     l1 = jnp.abs(out - real).mean()
-    adv = jax.nn.softplus(-disc(out, context)).mean()
+    adv = jax.nn.softplus(-disc(detail(out), context)).mean()
     return config.l1_weight * l1 + config.adversarial_weight * adv, (l1, adv)
 
   (_, (l1, g_adv)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
