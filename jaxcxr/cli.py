@@ -160,23 +160,28 @@ HASH_NAMES = ("average", "difference", "perceptual", "wavelet")
 # ----------------------------------------------------------------------------- train gan
 
 
-def cmd_train_gan(args: argparse.Namespace) -> dict[str, Any]:
+def _train_preset(name: str, steps: int | None, config_type: type, what: str):
+  """The preset `name` of one family (PRESETS holds every family's), with `--steps` applied."""
   import dataclasses  # pylint: disable=g-import-not-at-top
 
   from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  presets = {n: make for n, make in config_lib.PRESETS.items() if isinstance(make(), config_type)}
+  if name not in presets:
+    raise UsageError(f"unknown preset {name!r} for {what}; expected one of {', '.join(presets)}")
+  config = presets[name]()
+  if steps is not None:
+    if steps <= 0 or steps % config.steps_per_call:
+      raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, got {steps}")
+    config = dataclasses.replace(config, steps=steps)
+  return config
+
+
+def cmd_train_gan(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxcxr.train import gan  # pylint: disable=g-import-not-at-top
 
-  # PRESETS holds every family's presets; this command takes the GAN ones.
-  gan_presets = {name: make for name, make in config_lib.PRESETS.items()
-                 if isinstance(make(), config_lib.GanTrainConfig)}
-  if args.preset not in gan_presets:
-    raise UsageError(f"unknown preset {args.preset!r} for a GAN; expected one of {', '.join(gan_presets)}")
-  config = gan_presets[args.preset]()
-  if args.steps is not None:
-    if args.steps <= 0 or args.steps % config.steps_per_call:
-      raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, "
-                       f"got {args.steps}")
-    config = dataclasses.replace(config, steps=args.steps)
+  config = _train_preset(args.preset, args.steps, config_lib.GanTrainConfig, "a GAN")
   ds = _development_images(args.data, args.split)
   summary = gan.train_gan(ds, config, args.out, resume=args.resume, seed=args.seed,
                           progress=sys.stderr.isatty() or args.progress)
@@ -204,21 +209,10 @@ def _development_images(arg: str | None, split: str, part: str = "train"):
 
 
 def cmd_train_upsampler(args: argparse.Namespace) -> dict[str, Any]:
-  import dataclasses  # pylint: disable=g-import-not-at-top
-
   from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxcxr.train import upsampler  # pylint: disable=g-import-not-at-top
 
-  presets = {name: make for name, make in config_lib.PRESETS.items()
-             if isinstance(make(), config_lib.UpsamplerTrainConfig)}
-  if args.preset not in presets:
-    raise UsageError(f"unknown preset {args.preset!r} for an upsampler; expected one of {', '.join(presets)}")
-  config = presets[args.preset]()
-  if args.steps is not None:
-    if args.steps <= 0 or args.steps % config.steps_per_call:
-      raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, "
-                       f"got {args.steps}")
-    config = dataclasses.replace(config, steps=args.steps)
+  config = _train_preset(args.preset, args.steps, config_lib.UpsamplerTrainConfig, "an upsampler")
   train = _development_images(args.data, args.split)
   validation = _development_images(args.data, "train", "val") if args.split == "train" else None
   summary = upsampler.train_upsampler(train, config, args.out, validation=validation, resume=args.resume,
@@ -952,7 +946,8 @@ def build_parser() -> argparse.ArgumentParser:
   train_up = train_commands.add_parser("upsampler", help="the super-resolution stage of a cascade generator")
   train_up.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
                                        f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
-  train_up.add_argument("--preset", default="upsampler_x4_cpu", help="upsampler_x4_cpu (default), upsampler_tiny")
+  train_up.add_argument("--preset", default="upsampler_x4_noiseless_cpu",
+                        help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_cpu, upsampler_tiny")
   train_up.add_argument("--steps", type=int, help="override the preset's number of steps")
   train_up.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
   train_up.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
