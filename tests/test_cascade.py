@@ -149,3 +149,13 @@ def test_upsampler_training_rejects_bad_data(tmp_path, nih_path):
   ds = data.load(nih_path)
   with pytest.raises(data.DataError, match="no images"):
     upsampler_train.train_upsampler(ds.subset(np.zeros(0, int)), config.upsampler_tiny(), tmp_path, progress=False)
+
+
+def test_noiseless_upsampler_is_deterministic_and_noise_stage_needs_noise(getkey):
+  x = jax.random.uniform(getkey(), (2, 8, 8, 1), minval=-1.0, maxval=1.0)
+  quiet = _randomize(Upsampler(dataclasses.replace(TINY_UP, noise=False), rngs=nnx.Rngs(0)), getkey())
+  np.testing.assert_array_equal(quiet(x, getkey()), quiet(x, [None]))
+  noisy = _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(0)), getkey())
+  assert float(jnp.abs(noisy(x, getkey()) - noisy(x, getkey())).max()) > 0
+  with pytest.raises(ValueError, match="noise inputs"):
+    noisy(x, [None])

@@ -161,7 +161,9 @@ class Generator(nnx.Module):
     x = self.base_image(z, cond)
     if self.upsampler is None:
       return x
-    return self.upsampler(x, _noise_from_latents(z, self.upsampler.noise_shapes(x.shape[0], x.shape[1])))
+    shapes = self.upsampler.noise_shapes(x.shape[0], x.shape[1])
+    noise = _noise_from_latents(z, shapes) if self.upsampler.config.noise else [None] * len(shapes)
+    return self.upsampler(x, noise)
 
   def base_image(self, z: jax.Array, cond: jax.Array) -> jax.Array:
     """The blocks' image, float32 (B, base_resolution, base_resolution, 1) in [-1, 1] (tanh)."""

@@ -96,7 +96,8 @@ class Upsampler(nnx.Module):
     Args:
       x: float (B, h, w, 1), NHWC, in [-1, 1].
       noise: a PRNG key (fresh N(0, 1) noise per stage) or a list of per-stage noise maps
-        of `noise_shapes` (a cascade generator derives them from the latent).
+        of `noise_shapes` (a cascade generator derives them from the latent); entries may be
+        None when the stage has no noise inputs (`config.noise=False`).
 
     Returns:
       float32 (B, scale*h, scale*w, 1) in [-1, 1].
@@ -108,8 +109,13 @@ class Upsampler(nnx.Module):
       raise ValueError(f"Upsampler: expected images of shape (B, h, w, 1), got {x.shape}")
     b, side = x.shape[0], x.shape[1]
     if not isinstance(noise, (list, tuple)):
-      keys = jax.random.split(noise, len(self.stages))
-      noise = [jax.random.normal(k, s) for k, s in zip(keys, self.noise_shapes(b, side))]
+      if not self.config.noise:
+        noise = [None] * len(self.stages)
+      else:
+        keys = jax.random.split(noise, len(self.stages))
+        noise = [jax.random.normal(k, s) for k, s in zip(keys, self.noise_shapes(b, side))]
+    if self.config.noise and any(n is None for n in noise):
+      raise ValueError("Upsampler: this stage has noise inputs; pass a key or noise maps, not None")
     base = x.astype(jnp.float32)
     h = self.stem(base)
     for block in self.blocks:
