@@ -933,14 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="gan_64_resize_cpu, gan_64_resize_normal_cpu (the bases of the 256x256 cascades), "
                               "gan_64_cpu, gan_64_normal_cpu, gan_64_wide_cpu, gan_256_single_cpu, gan_128, gan_256, "
                               "gan_tiny")
-  train_gan.add_argument("--steps", type=int, help="override the preset's number of steps")
-  train_gan.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
-  train_gan.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-  train_gan.add_argument("--split", choices=("train", "all"), default="train",
-                         help="images to train on: the standard split's train patients (default) or all")
-  train_gan.add_argument("--seed", type=int, default=0)
-  train_gan.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
-  _add_json_arg(train_gan)
+  _add_run_args(train_gan)
   train_gan.set_defaults(run=cmd_train_gan, human=_human_train)
 
   train_up = train_commands.add_parser("upsampler", help="the super-resolution stage of a cascade generator")
@@ -948,14 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
   train_up.add_argument("--preset", default="upsampler_x4_noiseless_cpu",
                         help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_cpu, upsampler_tiny")
-  train_up.add_argument("--steps", type=int, help="override the preset's number of steps")
-  train_up.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
-  train_up.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-  train_up.add_argument("--split", choices=("train", "all"), default="train",
-                        help="images to train on: the standard split's train patients (default) or all")
-  train_up.add_argument("--seed", type=int, default=0)
-  train_up.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
-  _add_json_arg(train_up)
+  _add_run_args(train_up)
   train_up.set_defaults(run=cmd_train_upsampler, human=_human_train_upsampler)
 
   cascade = commands.add_parser("cascade", help="join a low-resolution GAN and an upsampler into one generator")
@@ -1061,6 +1047,18 @@ def build_parser() -> argparse.ArgumentParser:
 
   _add_latents_parsers(commands)
   return parser
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+  """The options `train gan` and `train upsampler` share: steps, run folder, resume, split, seed, progress, json."""
+  parser.add_argument("--steps", type=int, help="override the preset's number of steps")
+  parser.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
+  parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+  parser.add_argument("--split", choices=("train", "all"), default="train",
+                      help="images to train on: the standard split's train patients (default) or all")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+  _add_json_arg(parser)
 
 
 def _add_data_arg(parser: argparse.ArgumentParser) -> None:
