@@ -203,8 +203,9 @@ def _development_images(arg: str | None, split: str, part: str = "train"):
   if split == "train":
     ds = ds.subset(data.standard_split(ds)[part])
   kept = data.keep_abnormal_finding(ds)
-  _log(f"{'all' if split == 'all' else f'the standard split' + chr(39) + f's {part}'} patients: {len(kept)} images "
-       f"({len(ds) - len(kept)} abnormal images without pneumonia left out: the label means pneumonia)")
+  which = "all patients" if split == "all" else f"the standard split's {part} patients"
+  _log(f"{which}: {len(kept)} images ({len(ds) - len(kept)} abnormal images without pneumonia left out: "
+       "the label means pneumonia)")
   return kept
 
 

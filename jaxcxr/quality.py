@@ -87,31 +87,6 @@ def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:
   return x.reshape(n, -1) / 255.0
 
 
-def balanced_patient_halves(patient_id: np.ndarray, *, seed: int = 0) -> np.ndarray:
-  """Two patient-disjoint halves with equal image counts (within one patient's images).
-
-  Patients with the most images first, those with equally many in a seeded pseudo-random
-  order (sha256 of seed and id, as `data.split_by_patient`); each goes to the half with fewer
-  images so far. A plain 50/50 patient split left halves of 29 and 47 of the 76 normal test
-  images (seed 1), too few for the PCA dimension in one half.
-
-  Returns:
-    bool (N,): True for the images of half A.
-  """
-  import hashlib  # pylint: disable=g-import-not-at-top
-
-  pid = np.asarray(patient_id).astype(str)
-  patients, inverse, counts = np.unique(pid, return_inverse=True, return_counts=True)
-  rank = [int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "little") for p in patients]
-  to_a = np.zeros(len(patients), bool)
-  sizes = [0, 0]
-  for i in np.lexsort((np.asarray(rank, np.uint64), -counts)):   # most images first, seeded order among equals
-    side = 0 if sizes[0] <= sizes[1] else 1
-    to_a[i] = side == 0
-    sizes[side] += counts[i]
-  return to_a[inverse]
-
-
 def _realism_sets(test_normals: data.CXRDataset, train_normals: data.CXRDataset, *, seed: int
                   ) -> tuple[data.CXRDataset, data.CXRDataset, np.ndarray]:
   """The realism figures' real sets: halves A and B of the test normals (n each) and the training normals.
@@ -120,7 +95,7 @@ def _realism_sets(test_normals: data.CXRDataset, train_normals: data.CXRDataset,
   """
   test = test_normals.subset((test_normals.label == 0) & np.isin(test_normals.sex, ["M", "F"])
                              & (test_normals.age >= 0))
-  in_a = balanced_patient_halves(test.patient_id, seed=seed)
+  in_a = data.balanced_patient_halves(test.patient_id, seed=seed)
   a, b = test.subset(in_a), test.subset(~in_a)
   n = min(len(a), len(b))
   if n < realism.PCA_DIM:

@@ -346,3 +346,13 @@ def test_keep_abnormal_finding_drops_other_findings_only(tmp_path):
                                                         "No Finding"])
   plain = data.load(_archive(tmp_path / "c.npz", 4, prefix="r"))
   assert len(data.keep_abnormal_finding(plain)) == 4        # no `finding`: labels kept as they are
+
+
+def test_balanced_patient_halves_are_disjoint_and_equal_in_images():
+  # one patient with 10 images, 30 with one: a plain 50/50 patient split can be far from equal
+  pid = np.asarray(["big"] * 10 + [f"p{i}" for i in range(30)])
+  for seed in range(5):
+    in_a = data.balanced_patient_halves(pid, seed=seed)
+    assert not set(pid[in_a]) & set(pid[~in_a])
+    assert abs(int(in_a.sum()) - int((~in_a).sum())) <= 1
+  assert not np.array_equal(data.balanced_patient_halves(pid, seed=0), data.balanced_patient_halves(pid, seed=1))
