@@ -684,6 +684,8 @@ SHIPPED_CLASSIFIERS = {
 }
 # U-Nets, best first.
 SHIPPED_UNETS = ("unet_256/unet", "unet_128/unet")
+# Post-filter calibrations (folders with calibration.json, naming their U-Net and classifier), best first.
+SHIPPED_SCORING = ("scoring_256", "scoring_128")
 # f-AnoGAN encoders and HealthyGAN translators, best first.
 SHIPPED_FANOGAN_ENCODERS = ("fanogan_256/encoder", "fanogan_64/encoder")
 SHIPPED_HEALTHYGAN_TRANSLATORS = ("healthygan_256/translator", "healthygan_64/translator")

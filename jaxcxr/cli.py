@@ -280,12 +280,16 @@ def _shipped_or(arg: str | None, *names: str) -> pathlib.Path:
 def _load_scorer(args: argparse.Namespace):
   from jaxcxr import scoring  # pylint: disable=g-import-not-at-top
 
-  directory = getattr(args, "scoring", None)
-  _log(f"loading scorer {directory or 'checkpoints/scoring_128'} (U-Net, classifier, calibration)")
+  directory = getattr(args, "scoring", None) or scoring.shipped_scoring()
+  strictness = getattr(args, "strictness", "standard")
+  _log(f"loading scorer {directory} (U-Net, classifier, calibration) at strictness {strictness}")
   changes = {"batch_size": args.batch_size} if getattr(args, "batch_size", None) else {}
   if getattr(args, "bf16", False):
     changes["dtype"] = "bfloat16"
-  return scoring.load_scorer(directory, **changes)
+  try:
+    return scoring.load_scorer(directory, strictness=strictness, **changes)
+  except ValueError as e:
+    raise UsageError(f"--strictness: {e}") from e
 
 
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
@@ -342,7 +346,8 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
   except ValueError as e:
     raise UsageError(f"{path}: {e}") from e
   out: dict[str, Any] = {"n": len(ds), "n_valid": int(result.valid.sum()),
-                         "valid_rate": float(result.valid.mean()) if len(ds) else 0.0}
+                         "valid_rate": float(result.valid.mean()) if len(ds) else 0.0,
+                         "strictness": scorer.strictness_name, "strictness_q": scorer.strictness}
   out.update({name: [round(float(v), 6) for v in result.scores[name]] for name in scoring.SCORE_NAMES})
   out["valid"] = [bool(v) for v in result.valid]
   out["features"] = {name: [round(float(v), 6) for v in result.features[:, i]]
@@ -367,18 +372,24 @@ def _human_score(r: dict[str, Any]) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+
   from jaxcxr import checkpoints, data, scoring  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
 
+  if not 0.0 <= args.strict_valid_rate < 1.0 or args.strict_n_per_group <= 0:
+    raise UsageError(f"--strict-valid-rate must be in [0, 1) and --strict-n-per-group positive, got "
+                     f"{args.strict_valid_rate} and {args.strict_n_per_group}")
   root = checkpoints.checkpoints_root()
   unet_dir = _shipped_or(args.unet, *checkpoints.SHIPPED_UNETS)
   classifier_dir = _shipped_or(args.classifier, *checkpoints.SHIPPED_CLASSIFIERS["abnormal"])
-  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
-  _log(f"loading {path}, {unet_dir}, {classifier_dir}")
-  ds = data.load(path)
+  paths = _data_paths(args.data, *GAN_DATA)
+  _log(f"loading {paths}, {unet_dir}, {classifier_dir}")
+  ds = data.load(paths)
   if ds.label is None:
-    raise UsageError(f"{path}: calibration needs normal/abnormal labels")
+    raise UsageError(f"{paths}: calibration needs normal/abnormal labels")
   train = ds.subset(data.standard_split(ds)["train"])
   normals = train.images[train.label == 0]
   _log(f"calibrating on {len(normals)} normal images of the standard split's train patients")
@@ -387,24 +398,48 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     p = p.resolve()
     return p.relative_to(root.resolve()).as_posix() if p.is_relative_to(root.resolve()) else str(p)
 
+  files = [pathlib.Path(p) for p in paths.split(",")]
   provenance = {"unet": named(unet_dir), "unet_id": checkpoints.model_id(unet_dir),
                 "classifier": named(classifier_dir), "classifier_id": checkpoints.model_id(classifier_dir),
-                "data": path.name, "data_sha256": data.file_sha256(path),
+                "data": ",".join(f.name for f in files), "data_sha256": ",".join(data.file_sha256(f) for f in files),
                 "split": "standard_split train, label 0"}
   try:
     scorer = scoring.calibrate(load_unet(unet_dir), load_classifier(classifier_dir), normals,
                                scoring.ScoringConfig(batch_size=args.batch_size), provenance=provenance,
                                progress=True)
   except ValueError as e:
-    raise UsageError(f"{path}: {e}") from e
+    raise UsageError(f"{paths}: {e}") from e
+  result: dict[str, Any] = {"out": str(args.out), "n": len(normals)}
+  if args.strict_valid_rate > 0:
+    generator_dir = _shipped_or(args.generator, *checkpoints.SHIPPED_GENERATORS)
+    generator = generator_lib.load_generator(generator_dir)
+    _log(f"strict level: {args.strict_n_per_group} samples per group of {generator_dir}")
+    measures = []
+    for i, group in enumerate(data.GROUPS):
+      scored = scorer.generate_and_score(generator, jax.random.key(args.seed + i), args.strict_n_per_group, group,
+                                         keep_images=False, progress=True)
+      measures.append(scored.result.measures)
+    measures = {k: np.concatenate([m[k] for m in measures]) for k in measures[0]}
+    q = scoring.strictness_for_valid_rate(scorer, measures, args.strict_valid_rate)
+    scorer = scorer.with_level("strict", q)
+    scorer.provenance.update(strict={"generator": named(generator_dir), "generator_id": checkpoints.model_id(
+        generator_dir), "n_samples": int(len(measures["shape"])), "seed": args.seed,
+                                     "target_valid_rate": args.strict_valid_rate})
+    result["generated_valid_rate"] = {name: float(scorer.valid_at(measures, name).mean()) for name in scorer.levels}
   scorer.save(args.out)
-  return {"out": str(args.out), "n": len(normals),
-          "thresholds": {n: float(getattr(scorer.calibration, n)) for n in scoring.THRESHOLD_NAMES}}
+  result.update(levels=scorer.levels,
+                thresholds={name: {n: float(getattr(scorer.at_strictness(name).calibration, n))
+                                   for n in scoring.THRESHOLD_NAMES} for name in scorer.levels})
+  return result
 
 
 def _human_calibrate(r: dict[str, Any]) -> str:
-  return f"calibrated on {r['n']} normal images -> {r['out']}: " + ", ".join(
-      f"{k} {v:.4g}" for k, v in r["thresholds"].items())
+  lines = [f"calibrated on {r['n']} normal images -> {r['out']}"]
+  for name, q in r["levels"].items():
+    rate = r.get("generated_valid_rate", {}).get(name)
+    lines.append(f"  {name} (q = {q:.4g}{f', generated valid rate {rate:.3f}' if rate is not None else ''}): "
+                 + ", ".join(f"{k} {v:.4g}" for k, v in r["thresholds"][name].items()))
+  return "\n".join(lines)
 
 
 def cmd_report_scoring(args: argparse.Namespace) -> dict[str, Any]:
@@ -682,7 +717,7 @@ def cmd_latents_build(args: argparse.Namespace) -> dict[str, Any]:
   prefilter.save_latent_dataset(out, records)
   _log(f"wrote {out}")
   return {"out": str(out), "checkpoint": str(directory), "seed": args.seed, "n_per_group": args.n_per_group,
-          "seconds": seconds, **prefilter.latent_dataset_summary(records)}
+          "strictness": scorer.strictness_name, "seconds": seconds, **prefilter.latent_dataset_summary(records)}
 
 
 def _human_latents_build(r: dict[str, Any]) -> str:
@@ -792,7 +827,8 @@ def _sample_post_filtered(args: argparse.Namespace, generator, key, result: dict
   max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
   found = prefilter.sample_valid(scorer, generator, None, key, args.n, args.group, label=args.label,
                                  max_generated=max_generated, progress=True)
-  result.update({k: found[k] for k in ("n_valid", "n_generated", "seconds", "valid_rate")})
+  result.update({k: found[k] for k in ("n_valid", "n_generated", "seconds", "valid_rate")},
+                strictness=scorer.strictness_name)
   result["sample_index"] = [int(i) for i in found["index"]]
   if found["n_valid"] < args.n:
     _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated {max_generated}")
@@ -831,7 +867,8 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
                                  max_rounds=max_rounds, progress=True, **options)
   keys = ("n_valid", "n_generated", "seconds", "valid_rate", "n_latents_drawn", "acceptance_rate", "n_rounds",
           "n_slots", "pool_size", "accept_size")
-  result.update({k: found[k] for k in keys}, compile_seconds=compile_seconds, prefilter=_prefilter_summary(pf))
+  result.update({k: found[k] for k in keys}, compile_seconds=compile_seconds, prefilter=_prefilter_summary(pf),
+                strictness=scorer.strictness_name)
   result["sample_index"] = [int(i) for i in found["index"]]
   if found["n_valid"] < args.n:
     _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated {max_generated}")
@@ -1039,10 +1076,18 @@ def build_parser() -> argparse.ArgumentParser:
 
   calibrate = commands.add_parser("calibrate", help="calibrate the post-filter scores on real normal images")
   _add_data_arg(calibrate)
-  calibrate.add_argument("--out", required=True, help="folder for calibration.json and atlas.npz")
+  calibrate.add_argument("--out", required=True,
+                         help="folder for calibration.json, atlas.npz and reference_measures.npz")
   calibrate.add_argument("--unet", help="U-Net checkpoint folder (default: the shipped one)")
   calibrate.add_argument("--classifier", help="abnormal classifier checkpoint folder (default: the shipped one)")
   calibrate.add_argument("--batch-size", type=int, default=32)
+  calibrate.add_argument("--generator", help="generator whose valid rate sets the strict level (default: shipped)")
+  calibrate.add_argument("--strict-valid-rate", type=float, default=0.05,
+                         help="the strict level is where the generator keeps this fraction (default 0.05; 0: no "
+                              "strict level)")
+  calibrate.add_argument("--strict-n-per-group", type=int, default=128,
+                         help="samples per age-sex group that set the strict level (default 128)")
+  calibrate.add_argument("--seed", type=int, default=0, help="seed of the strict level's samples")
   _add_json_arg(calibrate)
   calibrate.set_defaults(run=cmd_calibrate, human=_human_calibrate)
 
@@ -1072,7 +1117,11 @@ def _add_split_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--scoring", help="calibration folder (default: the shipped checkpoints/scoring_128)")
+  parser.add_argument("--scoring", help="calibration folder (default: the shipped checkpoints/scoring_256)")
+  parser.add_argument("--strictness", default="standard",
+                      help="post-filter level: standard (about 5%% of real normals fail each score), strict (the "
+                           "shipped generator keeps about 5%%, as in the original study), or a fraction Q in "
+                           "[0.001, 0.5] of real normals failing each score (default standard)")
   parser.add_argument("--batch-size", type=int, default=None, help="images per compiled call (default 32)")
   parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and scores stay fp32)")
 

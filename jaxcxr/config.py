@@ -799,6 +799,24 @@ def unet_128_cpu() -> SegTrainConfig:
       eval_every=100, eval_batch_size=16, checkpoint_every=100)
 
 
+def unet_256_cpu() -> SegTrainConfig:
+  """256x256 lung U-Net (8..256 channels over six levels, 1.9M parameters) sized for one CPU core.
+
+      python -c "from jaxcxr import config, data; from jaxcxr.train import segmentation as s; \
+        print(s.train_unet(data.load('covid_v7lungs_256.npz'), config.unet_256_cpu(), 'runs/unet256'))"
+
+  Expected: 1,500 steps of batch 8 on the 70% training patients of covid_v7lungs (240
+  images): measured 1.4 s/step on one core of the project's 2-core machine for the
+  five-level 8..128 network at 256x256 (`runs/unet_time.py`), 9 s compile; about 40
+  minutes in all. The sixth level (256 channels at 8x8) adds little compute and doubles
+  the receptive field, which a 256x256 input needs to see both lungs.
+  """
+  return SegTrainConfig(
+      unet=UNetConfig(resolution=256, channels=(8, 16, 32, 64, 128, 256), norm_groups=8),
+      batch_size=8, steps=1500, steps_per_call=1, unroll=True, learning_rate=2e-3, warmup_steps=50,
+      eval_every=100, eval_batch_size=16, checkpoint_every=100)
+
+
 def unet_256() -> SegTrainConfig:
   """256x256 lung U-Net (32..512 channels, 7.8M parameters, bfloat16 compute) for a GPU.
 
@@ -915,6 +933,10 @@ class ClassifierTrainConfig:
   focal_alpha: float | None = None
   # Per-example augmentation inside the step (`jaxcxr.data.augment`); None disables it.
   augment: AugmentConfig | None = AugmentConfig()
+  # Mixup (Zhang et al. 2018): each batch is blended with a shuffled copy of itself with a weight
+  # lam ~ Beta(mixup_alpha, mixup_alpha), and the loss is the same blend of the two labels' losses.
+  # 0 disables it.
+  mixup_alpha: float = 0.0
   # Local jaxcxr classifier checkpoint (a `save_model` directory) whose backbone initialises this
   # one; the head is always re-initialised. None trains from scratch.
   pretrained: str | None = None
@@ -958,6 +980,8 @@ class ClassifierTrainConfig:
     if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
       raise ValueError("ClassifierTrainConfig: learning_rate must be positive; weight_decay, grad_clip and "
                        "warmup_steps non-negative")
+    if self.mixup_alpha < 0:
+      raise ValueError(f"ClassifierTrainConfig.mixup_alpha: expected >= 0 (0 disables mixup), got {self.mixup_alpha}")
 
   @property
   def resolution(self) -> int:
@@ -1450,6 +1474,7 @@ PRESETS = {
     "upsampler_x4_noiseless_cpu": upsampler_x4_noiseless_cpu,
     "unet_tiny": unet_tiny,
     "unet_128_cpu": unet_128_cpu,
+    "unet_256_cpu": unet_256_cpu,
     "unet_256": unet_256,
     "classifier_tiny": classifier_tiny,
     "classifier_64_cpu": classifier_64_cpu,

@@ -162,6 +162,8 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
       "generated": {"n_per_group": n_per_group, "seed": seed, "valid_rate": float(merged.valid.mean()),
                     "groups": per_group,
                     "pass_rate": {n: float(np.mean(generated_scores[n] > 0)) for n in scoring.SCORE_NAMES}},
+      "strictness": scorer.strictness_name,
+      "strictness_q": scorer.strictness,
       "thresholds": {n: float(getattr(scorer.calibration, n)) for n in scoring.THRESHOLD_NAMES},
       "symmetry_postfilter": postfilter,
       "provenance": scorer.provenance,

@@ -28,6 +28,15 @@ that about 5% of those images fail each score (2.5% on each side for the ratio):
 * `score_maxheat` = 95th percentile of the Grad-CAM raw maximum (evidence for
   "abnormal" in logit units, `jaxcxr.explain`) minus the image's.
 
+**Strictness.** The calibration also keeps each raw measure's values over the real
+normal images, so the thresholds can be re-set at run time without refitting: at a
+strictness q, a fraction q of those images fails each score (q / 2 on each side for
+the ratio). Named levels live in the calibration: "standard" is q = 0.05 (the
+percentiles above); "strict" is the q at which the shipped generator's valid rate is
+about 5%, the original study's regime. `load_scorer(strictness=...)`,
+`Scorer.at_strictness` and the command line's `--strictness` take a level name or a
+number q in (0, 0.5].
+
 Images of any square side are resized (never cropped) to each model's resolution;
 non-square images are refused (pad them to a square first, as `jaxcxr.data.load_folder`
 does). Every model here normalises per image (GroupNorm), so a score never depends on
@@ -37,6 +46,7 @@ the rest of its batch; with several devices the batch is sharded over them with
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -71,8 +81,12 @@ __all__ = [
     "Scorer",
     "ScoringConfig",
     "calibrate",
+    "strictness_for_valid_rate",
     "fit_symmetry_postfilter",
     "load_scorer",
+    "resolve_strictness",
+    "shipped_scoring",
+    "thresholds_at",
     "score_from_measures",
     "symmetry_features",
     "symmetry_postfilter_table",
@@ -82,6 +96,16 @@ SCORE_NAMES = ("score_shape", "score_abnormal", "score_maxheat", "score_symmetry
 FEATURE_NAMES = ("iou", "cosine", "area_deviation", "iou_dilated", "cosine_dilated", "area_deviation_dilated")
 CALIBRATION_FILE = "calibration.json"
 ATLAS_FILE = "atlas.npz"
+# The raw measures of the calibration images, for thresholds at any strictness (absent in old calibrations).
+REFERENCE_FILE = "reference_measures.npz"
+# Raw measures with a threshold, and the tail each one fails in: "low" (shape, symmetry), "high"
+# (classifier logit, Grad-CAM maximum) or "both" (log area ratio, q / 2 each side).
+REFERENCE_MEASURES = {"shape": "low", "symmetry": "low", "log_ratio": "both", "abnormal_logit": "high",
+                      "maxheat": "high"}
+# Fraction of real normal images failing each score at the "standard" level (the original calibration).
+STANDARD_STRICTNESS = 0.05
+# Numeric strictness range: beyond 0.5 a "low" and a "high" threshold would cross the median.
+STRICTNESS_RANGE = (1e-3, 0.5)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -136,6 +160,48 @@ class Calibration(NamedTuple):
 
 
 THRESHOLD_NAMES = Calibration._fields[1:]
+
+
+def thresholds_at(reference: dict[str, Any], atlas: Any, strictness: float) -> Calibration:
+  """The calibration at which a fraction `strictness` of the reference images fails each score.
+
+  Args:
+    reference: {measure: float (N,)} raw measures of real normal images, for every
+      measure in `REFERENCE_MEASURES`.
+    atlas: float32 (2, A, A) mean lung masks.
+    strictness: q in (0, 1): thresholds at the q-quantile of the "low" measures, the
+      (1 - q)-quantile of the "high" ones and the q/2 and 1 - q/2 quantiles of the ratio
+      (linear interpolation, as `np.percentile`; q = 0.05 gives the standard calibration).
+  """
+  q = float(strictness)
+  r = {name: np.asarray(reference[name], np.float64) for name in REFERENCE_MEASURES}
+  quantile = lambda name, p: np.float32(np.quantile(r[name], p))
+  return Calibration(np.asarray(atlas, np.float32), shape_min=quantile("shape", q),
+                     symmetry_min=quantile("symmetry", q), log_ratio_min=quantile("log_ratio", q / 2),
+                     log_ratio_max=quantile("log_ratio", 1 - q / 2),
+                     abnormal_logit_max=quantile("abnormal_logit", 1 - q), maxheat_max=quantile("maxheat", 1 - q))
+
+
+def resolve_strictness(strictness: str | float, levels: dict[str, float]) -> float:
+  """A strictness level name of `levels` ("standard", "strict") or a number q -> q, checked.
+
+  Raises:
+    ValueError: an unknown name, or a number outside `STRICTNESS_RANGE`, naming what is accepted.
+  """
+  lo, hi = STRICTNESS_RANGE
+  accepted = f"a level ({', '.join(sorted(levels))}) or a fraction q in [{lo:g}, {hi:g}] of real normals failing each score"
+  if isinstance(strictness, str):
+    if strictness in levels:
+      return float(levels[strictness])
+    try:
+      q = float(strictness)
+    except ValueError:
+      raise ValueError(f"strictness {strictness!r}: expected {accepted}") from None
+  else:
+    q = float(strictness)
+  if not lo <= q <= hi:   # also refuses NaN
+    raise ValueError(f"strictness {strictness!r}: expected {accepted}")
+  return q
 
 
 class ScoreResult(NamedTuple):
@@ -401,7 +467,13 @@ class Scorer:
   """
 
   def __init__(self, unet: UNet, classifier: Classifier, calibration: Calibration,
-               config: ScoringConfig = ScoringConfig(), *, provenance: dict | None = None):
+               config: ScoringConfig = ScoringConfig(), *, provenance: dict | None = None,
+               reference: dict[str, Any] | None = None, levels: dict[str, float] | None = None,
+               strictness: float = STANDARD_STRICTNESS):
+    """Args: the models, the thresholds, the config; `provenance` (saved with the calibration);
+    `reference` (raw measures of the calibration images, `REFERENCE_MEASURES`; None: fixed
+    thresholds), `levels` (named strictness levels, "standard" always included) and the
+    `strictness` q that `calibration` corresponds to."""
     atlas = np.asarray(calibration.atlas, np.float32)
     if atlas.shape != (2, config.atlas_size, config.atlas_size):
       raise ValueError(f"Scorer: calibration atlas has shape {atlas.shape}, the config expects "
@@ -411,6 +483,14 @@ class Scorer:
     self.classifier = classifier
     self.calibration = Calibration(atlas, *(np.float32(getattr(calibration, n)) for n in THRESHOLD_NAMES))
     self.provenance = dict(provenance or {})
+    if reference is not None:
+      missing = set(REFERENCE_MEASURES) - set(reference)
+      if missing:
+        raise ValueError(f"Scorer: reference measures lack {sorted(missing)}")
+      reference = {name: np.asarray(reference[name], np.float32) for name in REFERENCE_MEASURES}
+    self.reference = reference
+    self.levels = {"standard": STANDARD_STRICTNESS, **(levels or {})}
+    self.strictness = float(strictness)
     u_def, u_state = split_with_dtype(unet, config.dtype)
     c_def, c_state = split_with_dtype(classifier, config.dtype)
     # What the jitted functions take (public for pipelines that fuse more work into the same call,
@@ -435,7 +515,52 @@ class Scorer:
   def with_config(self, **changes) -> Scorer:
     """A scorer with the same models and calibration and a changed config (e.g. dtype="bfloat16")."""
     return Scorer(self.unet, self.classifier, self.calibration, dataclasses.replace(self.config, **changes),
-                  provenance=self.provenance)
+                  provenance=self.provenance, reference=self.reference, levels=self.levels,
+                  strictness=self.strictness)
+
+  @property
+  def strictness_name(self) -> str:
+    """The level name of the current strictness ("standard", "strict"), or the number q as text."""
+    names = [name for name, q in self.levels.items() if np.isclose(q, self.strictness)]
+    return names[0] if names else f"{self.strictness:g}"
+
+  def at_strictness(self, strictness: str | float) -> Scorer:
+    """The same scorer with thresholds at another strictness (no refit, no recompilation).
+
+    Args:
+      strictness: a level of `self.levels` ("standard", "strict") or a fraction q in
+        `STRICTNESS_RANGE` of real normal calibration images that fail each score.
+
+    Raises:
+      ValueError: an unknown level or a q out of range; or a calibration without reference
+        measures (made before strictness levels existed) asked for anything but its own thresholds.
+    """
+    q = resolve_strictness(strictness, self.levels)
+    if np.isclose(q, self.strictness):
+      return self
+    if self.reference is None:
+      raise ValueError(f"strictness {strictness!r}: this calibration stores fixed thresholds only (no reference "
+                       "measures); run `jaxcxr calibrate` again to get strictness levels")
+    scorer = copy.copy(self)
+    scorer.calibration = thresholds_at(self.reference, self.calibration.atlas, q)
+    scorer.device_calibration = self.replicate(jax.tree.map(jnp.asarray, scorer.calibration))
+    scorer.strictness = q
+    return scorer
+
+  def with_level(self, name: str, strictness: float) -> Scorer:
+    """The same scorer with one more named strictness level (e.g. "strict"), saved by `save`."""
+    if not name or name in ("standard",) or not name.isidentifier():
+      raise ValueError(f"with_level: expected a new level name (not 'standard'), got {name!r}")
+    q = resolve_strictness(float(strictness), {})
+    scorer = copy.copy(self)
+    scorer.levels = {**self.levels, name: q}
+    return scorer
+
+  def valid_at(self, measures: dict[str, Any], strictness: str | float) -> np.ndarray:
+    """bool (N,) validity of scored images (their `ScoreResult.measures`) at another strictness, on the host."""
+    _, valid = score_from_measures({k: np.asarray(v) for k, v in measures.items()},
+                                   self.at_strictness(strictness).calibration)
+    return np.asarray(valid)
 
   def score(self, images: Any, *, keep_maps: bool = False, progress: bool = False) -> ScoreResult:
     """Scores real or generated radiographs.
@@ -501,7 +626,8 @@ class Scorer:
     return GenerationResult(out.get("images"), out["z"], _result(out))
 
   def save(self, directory: str | os.PathLike) -> pathlib.Path:
-    """Writes the calibration (`calibration.json`: config, thresholds, provenance; `atlas.npz`).
+    """Writes the calibration (`calibration.json`: config, thresholds at the current strictness,
+    the strictness levels, provenance; `atlas.npz`; `reference_measures.npz`).
 
     The models stay in their own checkpoints; `provenance` names them and holds their
     `checkpoints.model_id`, which `load_scorer` checks.
@@ -513,8 +639,14 @@ class Scorer:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, atlas=np.asarray(self.calibration.atlas, np.float32))
     io_lib.write_bytes_atomic(directory / ATLAS_FILE, buffer.getvalue())
+    if self.reference is not None:
+      buffer = io.BytesIO()
+      np.savez_compressed(buffer, **self.reference)
+      io_lib.write_bytes_atomic(directory / REFERENCE_FILE, buffer.getvalue())
     payload = {"config": dataclasses.asdict(self.config),
                "thresholds": {n: float(getattr(self.calibration, n)) for n in THRESHOLD_NAMES},
+               "strictness": self.strictness,
+               "levels": self.levels,
                "provenance": self.provenance}
     io_lib.save_json(directory / CALIBRATION_FILE, payload)
     return directory
@@ -553,26 +685,67 @@ def calibrate(unet: UNet, classifier: Classifier, normal_images: Any, config: Sc
   masks = first.masks
   atlas = np.stack([(masks == c).reshape(n, a, s // a, a, s // a).mean(axis=(0, 2, 4)) for c in (1, 2)])
   shape = np.asarray(lung_measures(jnp.asarray(masks), jnp.asarray(atlas, jnp.float32))["shape"])
-  m = first.measures
-  calibration = Calibration(
-      atlas=atlas.astype(np.float32),
-      shape_min=np.percentile(shape, 5),
-      symmetry_min=np.percentile(m["symmetry"], 5),
-      log_ratio_min=np.percentile(m["log_ratio"], 2.5),
-      log_ratio_max=np.percentile(m["log_ratio"], 97.5),
-      abnormal_logit_max=np.percentile(m["abnormal_logit"], 95),
-      maxheat_max=np.percentile(m["maxheat"], 95),
-  )
+  reference = {name: np.asarray(first.measures[name], np.float32) for name in REFERENCE_MEASURES}
+  reference["shape"] = shape.astype(np.float32)   # against the atlas just made, not the flat one
+  calibration = thresholds_at(reference, atlas, STANDARD_STRICTNESS)
   provenance = {**(provenance or {}), "n_calibration_images": int(n)}
-  return Scorer(unet, classifier, calibration, config, provenance=provenance)
+  return Scorer(unet, classifier, calibration, config, provenance=provenance, reference=reference)
+
+
+def strictness_for_valid_rate(scorer: Scorer, measures: dict[str, Any], valid_rate: float) -> float:
+  """The strictness q at which a fraction `valid_rate` of scored images stays valid (bisection).
+
+  The valid rate falls monotonically as q grows (every threshold tightens), so 40 halvings
+  of `STRICTNESS_RANGE` find q to within 1e-12; a rate out of reach returns the range end.
+
+  Args:
+    scorer: a calibrated scorer with reference measures.
+    measures: `ScoreResult.measures` of the images (e.g. generated ones) at any strictness.
+    valid_rate: the target fraction of valid images, in (0, 1).
+  """
+  if not 0.0 < valid_rate < 1.0:
+    raise ValueError(f"strictness_for_valid_rate: valid_rate must be in (0, 1), got {valid_rate}")
+  if scorer.reference is None:
+    raise ValueError("strictness_for_valid_rate: the scorer's calibration has no reference measures")
+  lo, hi = STRICTNESS_RANGE
+  rate = lambda q: float(scorer.valid_at(measures, q).mean())
+  if rate(lo) <= valid_rate:
+    return lo
+  if rate(hi) >= valid_rate:
+    return hi
+  for _ in range(40):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if rate(mid) > valid_rate else (lo, mid)
+  return hi
+
+
+def shipped_scoring() -> pathlib.Path:
+  """The first shipped calibration folder of `checkpoints.SHIPPED_SCORING` present.
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: none is there.
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
+
+  root = checkpoints.checkpoints_root()
+  for name in checkpoints.SHIPPED_SCORING:
+    if (root / name / CALIBRATION_FILE).is_file():
+      return root / name
+  raise checkpoints.CheckpointError(f"{root}: no shipped scoring calibration among "
+                                    f"{', '.join(checkpoints.SHIPPED_SCORING)}; pass --scoring DIR or run "
+                                    "`jaxcxr calibrate`")
 
 
 def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | os.PathLike | None = None,
-                classifier_dir: str | os.PathLike | None = None, **config_changes) -> Scorer:
+                classifier_dir: str | os.PathLike | None = None, strictness: str | float = "standard",
+                **config_changes) -> Scorer:
   """Loads a calibrated scorer: calibration from `directory`, models from the checkpoints it names.
 
   Args:
-    directory: a folder written by `Scorer.save`; default the shipped `checkpoints/scoring_128`.
+    directory: a folder written by `Scorer.save`; default the shipped calibration
+      (`checkpoints.SHIPPED_SCORING`, the first present).
+    strictness: a level of the calibration ("standard", "strict") or a fraction q of real
+      normal calibration images failing each score (`Scorer.at_strictness`).
     unet_dir, classifier_dir: override the model checkpoints named in the calibration
       (their `model_id` must still match: thresholds are only valid for those weights).
     **config_changes: ScoringConfig fields to change, e.g. batch_size=64, dtype="bfloat16"
@@ -586,14 +759,20 @@ def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | o
   from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
 
-  directory = pathlib.Path(directory) if directory is not None else checkpoints.checkpoints_root() / "scoring_128"
+  directory = pathlib.Path(directory) if directory is not None else shipped_scoring()
   try:
     payload = json.loads((directory / CALIBRATION_FILE).read_text(encoding="utf-8"))
     with np.load(directory / ATLAS_FILE, allow_pickle=False) as f:
       atlas = np.asarray(f["atlas"], np.float32)
+    reference = None
+    if (directory / REFERENCE_FILE).exists():
+      with np.load(directory / REFERENCE_FILE, allow_pickle=False) as f:
+        reference = {name: np.asarray(f[name], np.float32) for name in REFERENCE_MEASURES}
     config = ScoringConfig(**payload["config"])
     thresholds = [np.float32(payload["thresholds"][name]) for name in THRESHOLD_NAMES]
     provenance = payload.get("provenance", {})
+    levels = {name: float(q) for name, q in payload.get("levels", {}).items()}
+    saved_strictness = float(payload.get("strictness", STANDARD_STRICTNESS))
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise checkpoints.CheckpointError(f"{directory}: not a readable scoring calibration ({e})") from e
   fixed = {"mask_size", "dilation", "atlas_size"} & set(config_changes)
@@ -609,8 +788,9 @@ def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | o
                                         f"with (model id {checkpoints.model_id(path)} != {expected}); re-run "
                                         "calibration")
     models[role] = loader(path)
-  return Scorer(models["unet"], models["classifier"], Calibration(atlas, *thresholds), config,
-                provenance=provenance)
+  scorer = Scorer(models["unet"], models["classifier"], Calibration(atlas, *thresholds), config,
+                  provenance=provenance, reference=reference, levels=levels, strictness=saved_strictness)
+  return scorer.at_strictness(strictness)
 
 
 # ----------------------------------------------------------------------------- the original post-filter

@@ -232,6 +232,98 @@ def test_save_and_load_round_trip(scorer, tmp_path, tiny):
     scoring.load_scorer(tmp_path / "missing")
 
 
+# ----------------------------------------------------------------------------- strictness levels
+
+
+def test_standard_strictness_is_the_five_percent_calibration(scorer):
+  ref = scorer.reference
+  c = scorer.calibration
+  assert scorer.strictness == scoring.STANDARD_STRICTNESS and scorer.strictness_name == "standard"
+  assert float(c.shape_min) == pytest.approx(np.percentile(ref["shape"], 5), rel=1e-6)
+  assert float(c.symmetry_min) == pytest.approx(np.percentile(ref["symmetry"], 5), rel=1e-6)
+  assert float(c.log_ratio_min) == pytest.approx(np.percentile(ref["log_ratio"], 2.5), rel=1e-6, abs=1e-7)
+  assert float(c.log_ratio_max) == pytest.approx(np.percentile(ref["log_ratio"], 97.5), rel=1e-6, abs=1e-7)
+  assert float(c.abnormal_logit_max) == pytest.approx(np.percentile(ref["abnormal_logit"], 95), rel=1e-6)
+  assert float(c.maxheat_max) == pytest.approx(np.percentile(ref["maxheat"], 95), rel=1e-6)
+
+
+def test_stricter_levels_keep_fewer_images_without_rescoring(scorer, nih):
+  images = nih.images[:24]
+  standard = scorer.score(images)
+  rates = []
+  for q in (0.01, 0.05, 0.2, 0.5):
+    stricter = scorer.at_strictness(q)
+    assert stricter.strictness == q and scorer.strictness == scoring.STANDARD_STRICTNESS  # a copy
+    scored = stricter.score(images)
+    # The measures do not depend on the thresholds; validity from stored measures equals rescoring.
+    np.testing.assert_array_equal(scored.measures["abnormal_logit"], standard.measures["abnormal_logit"])
+    np.testing.assert_array_equal(scorer.valid_at(standard.measures, q), scored.valid)
+  assert scorer.at_strictness("standard") is scorer
+
+
+def _synthetic_reference(n=200, seed=0):
+  """Raw measures of n imaginary normal images (the tiny random U-Net finds no lungs to measure)."""
+  rng = np.random.default_rng(seed)
+  return {"shape": rng.uniform(0.6, 0.9, n), "symmetry": rng.uniform(0.7, 0.95, n),
+          "log_ratio": rng.normal(-0.1, 0.1, n), "abnormal_logit": rng.normal(-2, 1, n),
+          "maxheat": rng.normal(1, 0.5, n), "area_right": np.full(n, 900.0), "area_left": np.full(n, 800.0)}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tiny):
+  ref = _synthetic_reference()
+  atlas = np.full((2, 8, 8), 0.5, np.float32)
+  return scoring.Scorer(tiny[0], tiny[1], scoring.thresholds_at(ref, atlas, 0.05), CONFIG, reference=ref), ref
+
+
+def test_valid_rate_of_reference_images_falls_with_strictness(synthetic):
+  scorer, ref = synthetic
+  rates = [scorer.valid_at(ref, q).mean() for q in (0.001, 0.05, 0.2, 0.5)]
+  assert rates == sorted(rates, reverse=True)
+  # Each score fails a fraction q of the reference images; five independent scores keep about (1 - q)^5.
+  assert rates[1] == pytest.approx(0.95 ** 5, abs=0.06) and rates[3] == pytest.approx(0.5 ** 5, abs=0.05)
+
+
+@pytest.mark.parametrize("level", ["lenient", "0.7", 0.0, float("nan"), "-0.1"])
+def test_unknown_or_out_of_range_strictness_is_refused(scorer, level):
+  with pytest.raises(ValueError, match="strictness"):
+    scorer.at_strictness(level)
+
+
+def test_strictness_for_valid_rate_finds_the_target(synthetic):
+  scorer, measures = synthetic
+  n = len(measures["shape"])
+  q = scoring.strictness_for_valid_rate(scorer, measures, 0.3)
+  assert scoring.STRICTNESS_RANGE[0] < q < scoring.STRICTNESS_RANGE[1]
+  # The rate is a step function of q: within one image of the target on either side of q.
+  assert scorer.valid_at(measures, q).mean() <= 0.3 < scorer.valid_at(measures, q - 1e-6).mean() + 1 / n
+  with pytest.raises(ValueError, match="valid_rate"):
+    scoring.strictness_for_valid_rate(scorer, measures, 1.5)
+
+
+def test_levels_survive_save_and_load(scorer, tmp_path, tiny):
+  unet_dir, cls_dir = tmp_path / "unet", tmp_path / "classifier"
+  checkpoints.save_model(unet_dir, tiny[0], tiny[0].config)
+  checkpoints.save_model(cls_dir, tiny[1], tiny[1].config)
+  provenance = {"unet": str(unet_dir), "unet_id": checkpoints.model_id(unet_dir),
+                "classifier": str(cls_dir), "classifier_id": checkpoints.model_id(cls_dir)}
+  saved = scoring.Scorer(tiny[0], tiny[1], scorer.calibration, CONFIG, provenance=provenance,
+                         reference=scorer.reference).with_level("strict", 0.3)
+  saved.save(tmp_path / "calibration")
+  strict = scoring.load_scorer(tmp_path / "calibration", strictness="strict")
+  assert strict.strictness == pytest.approx(0.3) and strict.strictness_name == "strict"
+  expected = scoring.thresholds_at(scorer.reference, scorer.calibration.atlas, 0.3)
+  for name in scoring.THRESHOLD_NAMES:
+    assert float(getattr(strict.calibration, name)) == pytest.approx(float(getattr(expected, name)))
+  assert scoring.load_scorer(tmp_path / "calibration", strictness="0.2").strictness == pytest.approx(0.2)
+  # A calibration written before strictness levels (no reference measures) keeps its fixed thresholds.
+  (tmp_path / "calibration" / scoring.REFERENCE_FILE).unlink()
+  old = scoring.load_scorer(tmp_path / "calibration")
+  assert old.reference is None and old.strictness == scoring.STANDARD_STRICTNESS
+  with pytest.raises(ValueError, match="calibrate"):
+    old.at_strictness("0.2")
+
+
 # ----------------------------------------------------------------------------- shipped models
 
 

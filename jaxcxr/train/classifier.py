@@ -17,6 +17,9 @@ over the batch):
   when `focal_alpha` is set (Lin et al. 2017; gamma = 0 and no alpha is BCE);
 * "oversample" draws both classes equally often (example i with probability
   1 / (2 N_{y_i})), the repeated minority images differing by their augmentation.
+With `mixup_alpha` > 0 (Zhang et al. 2018), the augmented batch is blended with
+itself rolled by one, x = lam x + (1 - lam) x', lam ~ Beta(alpha, alpha), and the
+loss is lam L(z, y) + (1 - lam) L(z, y') with any of the losses above.
 
 Optimiser: AdamW (weight decay on kernels only) with warm-up + cosine decay and
 global-norm clipping; with `freeze_stages = k` the stem and stages 1..k get
@@ -263,7 +266,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: Classifier
   b = config.batch_size
   step = state["step"]
   key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
-  k_idx, k_aug = jax.random.split(key)
+  k_idx, k_aug, k_mix = jax.random.split(key, 3)
   n = data["images"].shape[0]
   if config.imbalance == "oversample":
     idx = jax.random.choice(k_idx, n, (b,), replace=True, p=data["sample_p"])
@@ -273,10 +276,17 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: Classifier
   if config.augment is not None:
     x = data_lib.augment(k_aug, x, config.augment)
   y = data["label"][idx]
+  if config.mixup_alpha > 0:
+    # Blend with the batch rolled by one (a random pairing: the batch is already a random draw).
+    lam = jax.random.beta(k_mix, config.mixup_alpha, config.mixup_alpha)
+    x = lam * x + (1.0 - lam) * jnp.roll(x, 1, axis=0)
 
   def loss_fn(params):
     logits = nnx.merge(graphdef, params)(x)                            # (B,)
-    return classification_loss(logits, y, config, data["class_weights"]).mean(), logits
+    loss = classification_loss(logits, y, config, data["class_weights"])
+    if config.mixup_alpha > 0:
+      loss = lam * loss + (1.0 - lam) * classification_loss(logits, jnp.roll(y, 1), config, data["class_weights"])
+    return loss.mean(), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt = tx.update(grads, state["opt"], state["params"])
