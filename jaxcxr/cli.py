@@ -557,42 +557,106 @@ def cmd_evaluate_segmentation(args: argparse.Namespace) -> dict[str, Any]:
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_UNETS)
   path = _data_path(args.data, "covid_v7lungs_256.npz")
   _log(f"loading {path} and {directory}")
-  ds = _standard_subset(data.load(path), args.split)
-  return {**evaluate_segmentation(load_unet(directory), ds), "split": args.split, "checkpoint": str(directory)}
+  ds = data.load(path)
+  metadata = checkpoints.read_metadata(directory)
+  saved = metadata.get("split") or {}
+  if (args.split in ("val", "test") and f"{args.split}_patients" in saved
+      and metadata.get("data_sha256") == data.file_sha256(path)):
+    # The U-Net's own patient split, saved with it (its test patients were never used for a choice).
+    ds = ds.subset(np.isin(ds.patient_id, np.asarray(saved[f"{args.split}_patients"])))
+    split_from = "the checkpoint's own patient split"
+  else:
+    ds, split_from = _standard_subset(ds, args.split), "data.standard_split"
+  model = load_unet(directory)
+  result = evaluate_segmentation(model, ds)
+  per_image = result.pop("dice_per_image", None)
+  if args.out and per_image is not None:
+    from jaxcxr import reports  # pylint: disable=g-import-not-at-top
+    from jaxcxr.models.unet import predict_masks  # pylint: disable=g-import-not-at-top
+
+    out = pathlib.Path(args.out)
+    predicted = predict_masks(model, ds.images)
+    result["worst_overlays"] = str(reports.save_segmentation_overlays(
+        ds.images, predicted, ds.lung_masks, np.asarray(per_image), out / "worst_overlays.png",
+        title=f"{directory.name if directory.name != 'unet' else directory.parent.name}: the 8 {args.split} images "
+              "of lowest Dice", names=ds.patient_id))
+  return {**result, "split": args.split, "split_from": split_from, "checkpoint": str(directory)}
 
 
 def _human_evaluate_segmentation(r: dict[str, Any]) -> str:
-  return (f"{r['n']} images ({r['split']}): Dice mean {r['dice_mean']:.4f} (right {r['dice_right']:.4f}, "
-          f"left {r['dice_left']:.4f}), IoU {r['iou_mean']:.4f}")
+  ci = lambda k: f" [{r[k][0]:.4f}, {r[k][1]:.4f}]" if k in r else ""
+  return (f"{r['n']} images ({r['split']}, {r['split_from']}): Dice mean {r['dice_mean']:.4f}{ci('dice_mean_ci95')} "
+          f"(right {r['dice_right']:.4f}{ci('dice_right_ci95')}, left {r['dice_left']:.4f}{ci('dice_left_ci95')}), "
+          f"IoU {r['iou_mean']:.4f}")
 
 
 def cmd_evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
-  from jaxcxr import checkpoints, data  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
-  from jaxcxr.train.classifier import evaluate_classifier  # pylint: disable=g-import-not-at-top
+  from jaxcxr import checkpoints, data, metrics  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.classifier import load_classifier, predict_proba  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.classifier import evaluate_classifier, fit_pixel_logreg, task_labels  # pylint: disable=g-import-not-at-top
 
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_CLASSIFIERS[args.task])
   metadata = checkpoints.read_metadata(directory)
   if metadata.get("task") not in (None, args.task):
     raise UsageError(f"{directory}: a {metadata['task']} classifier, not {args.task}")
-  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
-  _log(f"loading {path} and {directory}")
-  ds = data.load(path)
+  paths = _data_paths(args.data, *GAN_DATA)
+  _log(f"loading {paths} and {directory}")
+  full = data.load(paths)
+  if args.task == "abnormal":
+    full = data.keep_abnormal_finding(full)   # abnormal means pneumonia, as the classifiers were trained
+  digest = ",".join(data.file_sha256(p) for p in paths.split(","))
   saved = metadata.get("split") or {}
-  if args.split != "all" and args.split in saved and metadata.get("data_sha256") == data.file_sha256(path):
+  own = args.split != "all" and args.split in saved and metadata.get("data_sha256") == digest
+  if own:
     # The classifier's own patient split (the sex classifier's is stratified by sex, not by label).
-    ds, split_from = ds.subset(np.asarray(saved[args.split], np.int64)), "the checkpoint's own patient split"
+    ds, split_from = full.subset(np.asarray(saved[args.split], np.int64)), "the checkpoint's own patient split"
   else:
-    ds, split_from = _standard_subset(ds, args.split), "data.standard_split"
+    ds, split_from = _standard_subset(full, args.split), "data.standard_split"
   threshold = float(metadata.get("threshold", 0.5))
-  result = evaluate_classifier(load_classifier(directory), ds, args.task, threshold=threshold)
-  return {**result, "task": args.task, "split": args.split, "split_from": split_from, "checkpoint": str(directory)}
+  model = load_classifier(directory)
+  result = evaluate_classifier(model, ds, args.task, threshold=threshold)
+  result.update(task=args.task, split=args.split, split_from=split_from, checkpoint=str(directory))
+  keep, y = task_labels(ds, args.task)
+  ds, y = ds.subset(keep), y[keep]
+  if args.baseline:
+    if not own:
+      raise UsageError("--baseline needs --split val or test and the data the classifier was trained on (its own "
+                       "patient split names the training patients of the baseline)")
+    train = full.subset(np.asarray(saved["train"], np.int64))
+    train_keep, train_y = task_labels(train, args.task)
+    _log(f"pixel logistic-regression baseline on the same {int(train_keep.sum())} training images")
+    baseline = fit_pixel_logreg(train.subset(train_keep), train_y[train_keep])
+    prob_b = baseline.predict_proba(ds.images)
+    prob_a = predict_proba(model, ds.images)
+    result["baseline"] = {"model": "pixel logistic regression (32x32 block means, C by grouped CV)",
+                          "C": baseline.C, "roc_auc": metrics.compute_roc_auc(prob_b, y),
+                          "roc_auc_ci95": metrics.roc_auc_interval(prob_b, y),
+                          "paired_delong": metrics.compare_roc_auc(prob_a, prob_b, y)}
+  if args.out:
+    from jaxcxr import explain, reports  # pylint: disable=g-import-not-at-top
+
+    positives = np.flatnonzero(y == 1)
+    if positives.size:
+      prob = predict_proba(model, ds.images[positives])
+      # 8 positives spread evenly over the classifier's ranking (not its 8 most confident).
+      picks = positives[np.argsort(prob)[np.unique(np.linspace(0, positives.size - 1, 8).round().astype(int))]]
+      cam = explain.grad_cam(model, ds.images[picks])
+      what = "pneumonia" if args.task == "abnormal" else "female"
+      result["gradcam_overlays"] = str(reports.save_gradcam_overlays(
+          ds.images[picks], cam.heatmap, predict_proba(model, ds.images[picks]),
+          pathlib.Path(args.out) / "gradcam_overlays.png", names=ds.patient_id[picks],
+          title=f"Grad-CAM ({what}) on 8 {args.split} {what} images, spread over the classifier's ranking"))
+  return result
 
 
 def _human_evaluate_classifier(r: dict[str, Any]) -> str:
   auc = "n/a (one class)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}"
   line = (f"{r['task']} classifier on {r['n']} images ({r['split']}, {r.get('split_from', 'data.standard_split')}): "
           f"ROC AUC {auc}, accuracy {r['accuracy']:.4f}")
+  if "baseline" in r:
+    b, test = r["baseline"], r["baseline"]["paired_delong"]
+    line += (f"\n  baseline {b['model']}: ROC AUC {b['roc_auc']:.4f}{_ci_text(b['roc_auc_ci95'])}; "
+             f"difference {test['difference']:+.4f}, DeLong paired p = {test['p_value']:.3g}")
   for view, value in (r.get("roc_auc_by_view") or {}).items():
     line += f"\n  {view}: ROC AUC {'n/a' if value is None else f'{value:.4f}'} (n={r['n_by_view'][view]})"
   return line
@@ -1012,6 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_segmentation = evaluate_commands.add_parser("segmentation", help="lung Dice / IoU of the U-Net")
   _add_data_arg(evaluate_segmentation)
   evaluate_segmentation.add_argument("--checkpoint", help="U-Net checkpoint folder (default: the shipped one)")
+  evaluate_segmentation.add_argument("--out", help="folder for worst_overlays.png (the 8 images of lowest Dice)")
   _add_split_arg(evaluate_segmentation)
   _add_json_arg(evaluate_segmentation)
   evaluate_segmentation.set_defaults(run=cmd_evaluate_segmentation, human=_human_evaluate_segmentation)
@@ -1034,6 +1099,10 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_classifier.add_argument("--task", choices=("abnormal", "sex"), required=True)
   _add_data_arg(evaluate_classifier)
   evaluate_classifier.add_argument("--checkpoint", help="classifier checkpoint folder (default: the shipped one)")
+  evaluate_classifier.add_argument("--baseline", action="store_true",
+                                   help="also fit the pixel logistic-regression baseline on the classifier's training "
+                                        "patients and compare the two AUCs (DeLong's paired test)")
+  evaluate_classifier.add_argument("--out", help="folder for gradcam_overlays.png (8 positive images)")
   _add_split_arg(evaluate_classifier)
   _add_json_arg(evaluate_classifier)
   evaluate_classifier.set_defaults(run=cmd_evaluate_classifier, human=_human_evaluate_classifier)

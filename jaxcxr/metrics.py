@@ -11,7 +11,7 @@ Mirrors the metric set of the original CXR-GAN study and MONAI's naming
   equals `sklearn.metrics.roc_auc_score`), `compute_roc_auc_ci` (DeLong standard
   error and interval; `roc_auc_interval` for reports), `compare_roc_auc` (DeLong's
   paired test), `compute_roc_curve` and `compute_pr_curve` (thin wrappers around sklearn), `compute_confusion`,
-  `compute_binary_report`.
+  `compute_binary_report`; `cluster_bootstrap_ci` for means over images grouped by patient.
 * Segmentation from integer label maps (B, H, W), jitted: `compute_dice`,
   `compute_iou`, `compute_pixel_accuracy`.
 
@@ -567,6 +567,46 @@ def compare_roc_auc(y_pred_a: Any, y_pred_b: Any, y: Any) -> dict[str, float]:
     se = float(np.sqrt(var))
     p_value = float(2.0 * scipy.stats.norm.sf(abs(diff) / se))
   return {"roc_auc_a": auc_a, "roc_auc_b": auc_b, "difference": diff, "se": se, "p_value": p_value}
+
+
+def cluster_bootstrap_ci(values: Any, clusters: Any, *, level: float = 0.95, n_resamples: int = 2000,
+                         seed: int = 0) -> list[float]:
+  """Percentile bootstrap interval of a mean over images that come in clusters (patients).
+
+  Whole clusters are resampled with replacement, so several images of one patient
+  count as one draw (they are not independent); the statistic is the mean over the
+  resampled images.
+
+  Args:
+    values: float (N,) per-image values (e.g. Dice).
+    clusters: (N,) cluster ids (e.g. patient ids), any hashable dtype.
+    level: confidence level in (0, 1).
+    n_resamples: bootstrap resamples.
+    seed: seed of the resampling.
+
+  Returns:
+    [low, high].
+
+  Raises:
+    ValueError: mismatched lengths, no values, non-finite values or a level outside (0, 1).
+  """
+  values = np.asarray(values, np.float64)
+  clusters = np.asarray(clusters)
+  if values.ndim != 1 or clusters.shape != values.shape or values.size == 0:
+    raise ValueError(f"cluster_bootstrap_ci: expected values (N,) and clusters (N,), N > 0, got {values.shape} "
+                     f"and {clusters.shape}")
+  if not np.isfinite(values).all():
+    raise ValueError("cluster_bootstrap_ci: values contain NaN or inf")
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level must be in (0, 1), got {level}")
+  _, index = np.unique(clusters, return_inverse=True)
+  sums = np.bincount(index, weights=values)
+  counts = np.bincount(index).astype(np.float64)
+  rng = np.random.default_rng(seed)
+  draws = rng.integers(0, sums.size, (n_resamples, sums.size))
+  means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+  tail = (1.0 - level) / 2.0
+  return [float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))]
 
 
 def compute_roc_curve(y_pred: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from jaxcxr import io as io_lib
 from jaxcxr import scoring
 from jaxcxr.plots import save_figure
 
-__all__ = ["save_residual_overlays", "scoring_report"]
+__all__ = ["save_gradcam_overlays", "save_residual_overlays", "save_segmentation_overlays", "scoring_report"]
 
 _LUNG_COLOURS = np.array([[0, 0, 0], [230, 80, 60], [60, 140, 230]], np.float32) / 255.0  # bg, right, left
 
@@ -232,6 +232,86 @@ def save_residual_overlays(images_uint8: np.ndarray, residual: np.ndarray, label
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / max(len(picks), 1)))
+  path = pathlib.Path(path)
+  save_figure(fig, path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def save_segmentation_overlays(images_uint8: np.ndarray, predicted: np.ndarray, target: np.ndarray,
+                               dice: np.ndarray, path: str | os.PathLike, *, n: int = 8, title: str = "",
+                               names: Any = None) -> pathlib.Path:
+  """The `n` images of lowest mean Dice: radiograph, drawn lungs, predicted lungs, one row each.
+
+  Args:
+    images_uint8: uint8 (N, H, W) radiographs.
+    predicted, target: integer label maps (N, H, W) (0 background, 1 right lung, 2 left lung).
+    dice: float (N, 2) per-image Dice of the right and left lung.
+    path: output PNG.
+    n: rows (the worst n images by mean Dice).
+    title: figure title.
+    names: optional (N,) image names shown in the row titles (e.g. patient ids).
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  dice = np.asarray(dice, np.float64)
+  picks = np.argsort(dice.mean(axis=1))[:n]
+  rows = max(1, len(picks))
+  fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
+  for row, i in enumerate(picks):
+    label = f"{names[i]}: " if names is not None else ""
+    axes[row, 0].imshow(images_uint8[i], cmap="gray", vmin=0, vmax=255)
+    axes[row, 0].set_title(f"{label}Dice right {dice[i, 0]:.3f}, left {dice[i, 1]:.3f}", fontsize=7, loc="left")
+    axes[row, 1].imshow(_mask_overlay(images_uint8[i], np.asarray(target[i], np.int64)))
+    axes[row, 1].set_title("drawn lungs (right red, left blue)", fontsize=7)
+    axes[row, 2].imshow(_mask_overlay(images_uint8[i], np.asarray(predicted[i], np.int64)))
+    axes[row, 2].set_title("U-Net lungs", fontsize=7)
+  for ax in axes.ravel():
+    ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / rows))
+  path = pathlib.Path(path)
+  save_figure(fig, path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def save_gradcam_overlays(images_uint8: np.ndarray, heatmaps: np.ndarray, probabilities: np.ndarray,
+                          path: str | os.PathLike, *, title: str = "", names: Any = None,
+                          columns: int = 4) -> pathlib.Path:
+  """A grid of radiographs with their Grad-CAM maps blended over them and the classifier's probability.
+
+  Args:
+    images_uint8: uint8 (N, H, W) radiographs.
+    heatmaps: float (N, R, R) maps in [0, 1] (`explain.grad_cam(...).heatmap`).
+    probabilities: float (N,) the classifier's probability of the explained class.
+    path: output PNG.
+    title: figure title.
+    names: optional (N,) labels shown above each image.
+    columns: images per row.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  n = len(images_uint8)
+  rows = max(1, -(-n // columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+  for i in range(n):
+    ax = axes[i // columns, i % columns]
+    ax.imshow(images_uint8[i], cmap="gray", vmin=0, vmax=255, extent=(0, 1, 1, 0))
+    heat = np.clip(np.asarray(heatmaps[i], np.float32), 0.0, 1.0)
+    ax.imshow(heat, cmap="jet", alpha=0.6 * heat, vmin=0, vmax=1, extent=(0, 1, 1, 0))   # cold regions stay grey
+    label = f"{names[i]}, " if names is not None else ""
+    ax.set_title(f"{label}p = {float(probabilities[i]):.2f}", fontsize=7)
+  for ax in axes.ravel():
+    ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.12 / rows))
   path = pathlib.Path(path)
   save_figure(fig, path, dpi=90)
   plt.close(fig)

@@ -248,11 +248,30 @@ def test_score_command_lists_keyed_by_score_name(capsys, nih_path):
   assert set(result["valid_rate_by_label"]) == {"normal", "abnormal"}
 
 
-def test_evaluate_segmentation_and_classifier(capsys, covid_path, nih_path):
-  code, out, err = run_cli(capsys, "evaluate", "segmentation", "--data", str(covid_path), "--json")
+def test_score_strictness_levels_from_the_command_line(capsys, nih_path):
+  rates = {}
+  for level in ("standard", "0.3"):
+    code, out, err = run_cli(capsys, "score", "--data", str(nih_path), "--batch-size", "8", "--strictness", level,
+                             "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    rates[level] = result["n_valid"]
+  assert result["strictness_q"] == pytest.approx(0.3)
+  assert rates["0.3"] <= rates["standard"]
+  code, out, err = run_cli(capsys, "score", "--data", str(nih_path), "--strictness", "lenient")
+  assert code == 2 and "strictness" in err and "standard" in err and "Traceback" not in err
+
+
+def test_evaluate_segmentation_and_classifier(capsys, covid_path, nih_path, tmp_path):
+  code, out, err = run_cli(capsys, "evaluate", "segmentation", "--data", str(covid_path), "--out",
+                           str(tmp_path / "seg"), "--json")
   assert code == 0, err
   seg = json.loads(out)
   assert seg["n"] == 8 and 0.5 < seg["dice_mean"] <= 1 and {"dice_right", "dice_left", "iou_mean"} <= set(seg)
+  for name in ("dice_mean", "dice_right", "dice_left"):   # bootstrap over patients brackets the mean
+    low, high = seg[f"{name}_ci95"]
+    assert low <= seg[name] <= high
+  assert (tmp_path / "seg" / "worst_overlays.png").stat().st_size > 0
   code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "abnormal", "--data", str(nih_path), "--json")
   assert code == 0, err
   cls = json.loads(out)
@@ -272,11 +291,24 @@ def test_evaluate_classifier_uses_the_checkpoints_own_split_on_its_own_data(caps
   result = json.loads(out)
   assert result["split_from"] == "the checkpoint's own patient split" and result["n"] == len(own_test)
   assert result["roc_auc"] == pytest.approx(trained["test"]["roc_auc"])
+  # The pixel baseline on the same training patients, compared on the same test images.
+  code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--checkpoint", trained["classifier"],
+                           "--data", str(nih_path), "--split", "test", "--baseline", "--out", str(tmp_path / "cam"),
+                           "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  paired = result["baseline"]["paired_delong"]
+  assert paired["roc_auc_a"] == pytest.approx(result["roc_auc"]) and 0 <= paired["p_value"] <= 1
+  assert paired["roc_auc_b"] == pytest.approx(result["baseline"]["roc_auc"])
+  assert (tmp_path / "cam" / "gradcam_overlays.png").stat().st_size > 0
   # The shipped classifier was trained on another file: the standard split of this one.
   code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--data", str(nih_path), "--split",
                            "test", "--json")
   assert code == 0, err
   assert json.loads(out)["split_from"] == "data.standard_split"
+  code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--data", str(nih_path), "--split",
+                           "test", "--baseline")
+  assert code == 2 and "--baseline" in err and "Traceback" not in err
 
 
 def test_calibrate_refuses_too_few_normal_images(capsys, nih_path, tmp_path):

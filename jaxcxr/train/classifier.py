@@ -63,6 +63,7 @@ __all__ = [
     "init_train_state",
     "load_classifier",
     "load_pretrained_backbone",
+    "fit_pixel_logreg",
     "make_train_step",
     "pixel_logreg_baseline",
     "predict_logits",
@@ -573,15 +574,57 @@ def _pixel_features(images: np.ndarray, size: int = 32) -> np.ndarray:
   return (pooled / 255.0).reshape(n, -1).astype(np.float32)
 
 
-def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDataset, task: str) -> dict[str, Any]:
-  """Logistic regression on 32x32 pixel averages: the baseline a CNN must clearly beat.
+class PixelLogreg:
+  """A fitted pixel logistic regression (`fit_pixel_logreg`): `predict_proba(images)` -> (N,) p(class 1)."""
 
-  Features: 8x8 block means of the 256x256 image (1024 values), standardised.
+  def __init__(self, search, size: int):
+    self._search = search
+    self.size = size
+    self.C = float(search.best_params_["logisticregression__C"])
+
+  def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) radiographs -> float (N,) probabilities of class 1."""
+    return self._search.predict_proba(_pixel_features(images, self.size))[:, 1]
+
+
+def fit_pixel_logreg(train_ds: data_lib.CXRDataset, y: np.ndarray, size: int = 32) -> PixelLogreg:
+  """Logistic regression on size x size pixel block means, L2 strength C by grouped 5-fold CV.
+
+  Features: block means of the image (size * size values), standardised.
   L2-penalised logistic regression (liblinear, fast when features outnumber
   images; it penalises the intercept too, harmless on standardised features). The
   L2 strength C is chosen from 1e-4..10 by 5-fold cross-validated AUC on the
-  training part, folds grouped by patient and stratified (scikit-learn
-  `StratifiedGroupKFold`); the test set is used once.
+  training images, folds grouped by patient and stratified (scikit-learn
+  `StratifiedGroupKFold`).
+
+  Args:
+    train_ds: training images with patient ids.
+    y: (N,) binary targets of `train_ds`.
+    size: side of the pooled image.
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 2 images of a class.
+  """
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  y = np.asarray(y)
+  folds = int(min(5, np.bincount(y, minlength=2).min()))
+  if folds < 2:
+    raise data_lib.DataError("the pixel baseline needs at least 2 training images of each class")
+  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
+                        {"logisticregression__C": np.logspace(-4, 1, 11)},
+                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
+  search.fit(_pixel_features(train_ds.images, size), y, groups=train_ds.patient_id)
+  return PixelLogreg(search, size)
+
+
+def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDataset, task: str) -> dict[str, Any]:
+  """Logistic regression on 32x32 pixel averages (`fit_pixel_logreg`): the baseline a CNN must clearly beat.
+
+  Fitted on `train_ds` (C by grouped cross-validation there); the test set is used once.
 
   Args:
     train_ds: training images (patients disjoint from `test_ds`'s).
@@ -592,11 +635,6 @@ def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDa
     {"n_train", "n_test", "C", "roc_auc", "accuracy" (at p >= 0.5)} plus
     "roc_auc_by_view" when the test set has views.
   """
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
-  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
-
   keep_tr, y_tr = task_labels(train_ds, task)
   keep_te, y_te = task_labels(test_ds, task)
   train_ds, y_tr = train_ds.subset(keep_tr), y_tr[keep_tr]
@@ -605,14 +643,9 @@ def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDa
   if overlap.size:
     raise data_lib.DataError(f"train and test share {overlap.size} patient(s) (e.g. {overlap[0]!r}); "
                              "split by patient (jaxcxr.data.split_by_patient)")
-  folds = int(min(5, np.bincount(y_tr, minlength=2).min()))
-  if folds < 2:
+  if int(np.bincount(y_tr, minlength=2).min()) < 2:
     raise data_lib.DataError(f"the training set needs at least 2 images of each class for task {task!r}")
-  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
-                        {"logisticregression__C": np.logspace(-4, 1, 11)},
-                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
-  search.fit(_pixel_features(train_ds.images), y_tr, groups=train_ds.patient_id)
-  prob = search.predict_proba(_pixel_features(test_ds.images))[:, 1]
-  report = _report(prob, y_te, 0.5, _views(test_ds))
-  return {"n_train": int(len(y_tr)), "n_test": report["n"], "C": float(search.best_params_["logisticregression__C"]),
+  model = fit_pixel_logreg(train_ds, y_tr)
+  report = _report(model.predict_proba(test_ds.images), y_te, 0.5, _views(test_ds))
+  return {"n_train": int(len(y_tr)), "n_test": report["n"], "C": model.C,
           **{k: v for k, v in report.items() if k not in ("n", "threshold")}}
