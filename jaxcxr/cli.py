@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -454,8 +455,16 @@ def cmd_report_scoring(args: argparse.Namespace) -> dict[str, Any]:
   ds = data.load(path)
   generator = generator_lib.load_generator(directory)
   scorer = _load_scorer(args)
+  covid_image = None
+  covid = pathlib.Path(args.covid) if args.covid else (
+      pathlib.Path(os.environ["JAXCXR_DATA"]) / "covid_v7lungs_256.npz" if os.environ.get("JAXCXR_DATA") else None)
+  if covid is not None and covid.exists():
+    covid_ds = data.load(covid)
+    covid_image = covid_ds.images[data.standard_split(covid_ds)[args.split][0] if args.split != "all" else 0]
+  elif args.covid:
+    raise UsageError(f"--covid {args.covid}: no such file")
   report = reports.scoring_report(scorer, generator, ds, args.out, n_per_group=args.n_per_group, split=args.split,
-                                  seed=args.seed, progress=True)
+                                  seed=args.seed, covid_image=covid_image, progress=True)
   return {"out": str(args.out), "generator": str(directory), **report}
 
 
@@ -1139,6 +1148,8 @@ def build_parser() -> argparse.ArgumentParser:
   report_scoring.add_argument("--seed", type=int, default=0)
   _add_split_arg(report_scoring)
   report_scoring.set_defaults(split="test")
+  report_scoring.add_argument("--covid", help="COVID-19 archive whose first image of --split joins the "
+                              "non-radiograph check (default: $JAXCXR_DATA/covid_v7lungs_256.npz when present)")
   _add_scorer_args(report_scoring)
   _add_json_arg(report_scoring)
   report_scoring.set_defaults(run=cmd_report_scoring, human=_human_report)

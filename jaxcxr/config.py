@@ -899,6 +899,39 @@ class ClassifierConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassifierEnsembleConfig:
+  """A soft vote of `members` classifiers of one architecture and a pixel logistic regression.
+
+  The ensemble's logit is the mean of its voters' logits: each member network's, and the
+  pixel model's (a linear function of the input's `pixel_size` x `pixel_size` block
+  means), when `pixel_size` > 0.
+  """
+
+  # The architecture every member shares (one resolution, so their feature maps align for Grad-CAM).
+  member: ClassifierConfig = ClassifierConfig()
+  # Number of member networks (trained with different seeds).
+  members: int = 3
+  # Side of the block-mean image of the pixel logistic regression; 0: no pixel voter. It must be
+  # a multiple of the members' feature-map side and divide their input side.
+  pixel_size: int = 32
+  # Compute dtype of the members' convolutions ("float32" or "bfloat16").
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    _check_choice("ClassifierEnsembleConfig.dtype", self.dtype, DTYPES)
+    if self.members < 1:
+      raise ValueError(f"ClassifierEnsembleConfig.members: expected at least 1, got {self.members}")
+    r = self.member.resolution
+    if self.pixel_size < 0 or (self.pixel_size and r % self.pixel_size):
+      raise ValueError(f"ClassifierEnsembleConfig.pixel_size={self.pixel_size}: expected 0 or a divisor of the "
+                       f"members' input side {r}")
+
+  @property
+  def resolution(self) -> int:
+    return self.member.resolution
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifierTrainConfig:
   """Training of the classifier: task, model, loss, optimiser, augmentation, split and loop."""
 

@@ -88,10 +88,56 @@ def _failing(result: scoring.ScoreResult, i: int) -> str:
   return "fails " + ", ".join(failed) if failed else "valid"
 
 
+def _levels(scorer: scoring.Scorer) -> dict[str, float]:
+  """The scorer's named strictness levels plus the most lenient q, when it has reference measures."""
+  if scorer.reference is None:
+    return {scorer.strictness_name: scorer.strictness}
+  return {**scorer.levels, f"{scoring.STRICTNESS_RANGE[0]:g} (most lenient)": scoring.STRICTNESS_RANGE[0]}
+
+
+def non_radiograph_check(scorer: scoring.Scorer, normal_image: np.ndarray, covid_image: np.ndarray | None,
+                         path: str | os.PathLike, *, seed: int = 0) -> dict[str, Any]:
+  """What the post-filter says about images that are not a usable normal radiograph.
+
+  Scores pure noise, a blank image, `normal_image` flipped left-right (heart on the wrong
+  side) and, when given, a COVID-19 radiograph, at every strictness level, and draws them
+  with their lung masks and Grad-CAM maps into `path`.
+
+  Returns:
+    {name: {"valid_by_level": {level: bool}, "failing": [score names at the scorer's level],
+    "scores": {name: float}}}.
+  """
+  rng = np.random.default_rng(seed)
+  images = {"pure noise": rng.integers(0, 256, normal_image.shape, dtype=np.uint8),
+            "blank (all black)": np.zeros_like(normal_image),
+            "real normal, flipped left-right": np.ascontiguousarray(normal_image[:, ::-1]),
+            "real normal": normal_image}
+  if covid_image is not None:
+    images["COVID-19 radiograph (abnormal)"] = covid_image
+  names = list(images)
+  result = scorer.with_config(batch_size=min(scorer.config.batch_size, 8)).score(np.stack(list(images.values())),
+                                                                                 keep_maps=True)
+  levels = _levels(scorer)
+  valid = {level: scorer.valid_at(result.measures, q) for level, q in levels.items()}
+  out = {}
+  for i, name in enumerate(names):
+    out[name] = {"valid_by_level": {level: bool(v[i]) for level, v in valid.items()},
+                 "failing": [n for n in scoring.SCORE_NAMES if result.scores[n][i] <= 0],
+                 "scores": {n: float(result.scores[n][i]) for n in scoring.SCORE_NAMES}}
+  titles = []
+  for i, name in enumerate(names):
+    verdict = ", ".join(f"{level.split(' ')[0]}: {'valid' if v else 'rejected'}"
+                        for level, v in out[name]["valid_by_level"].items())
+    titles.append((i, f"{name}\n{verdict}"))
+  _save_examples(np.stack(list(images.values())), result, titles, pathlib.Path(path))
+  return out
+
+
 def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDataset, out_dir: str | os.PathLike, *,
                    n_per_group: int = 64, split: str = "test", seed: int = 0, examples: int = 4,
-                   progress: bool = False) -> dict[str, Any]:
-  """Writes the post-filter report into `out_dir`: report.json, report.md, histograms.png, examples_*.png.
+                   covid_image: np.ndarray | None = None, progress: bool = False) -> dict[str, Any]:
+  """Writes the post-filter report into `out_dir`: report.json, report.md, histograms.png, examples_*.png,
+  non_radiographs.png.
 
   Args:
     scorer: a calibrated `scoring.Scorer` (e.g. `scoring.load_scorer()`).
@@ -102,11 +148,14 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
     split: "test" (default; the held-out patients of `data.standard_split`), "val", "train" or "all".
     seed: key of the generated samples.
     examples: kept and rejected generated samples shown (each).
+    covid_image: optional uint8 (H, W) COVID-19 radiograph for the non-radiograph check.
     progress: tqdm bars on stderr.
 
   Returns:
     The report dict (also report.json): real valid rates by label, generated valid rate per
-    group, per-score fraction > 0, thresholds, and the figure paths.
+    group, per-score fraction > 0, valid rates at every strictness level, thresholds, what
+    the post-filter says about noise, a blank image, a flipped radiograph (and a COVID-19
+    radiograph), and the figure paths.
   """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +202,16 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
       continue
     postfilter[name] = {"rows": [{k: v for k, v in r.items() if k != "estimator"} for r in rows],
                         "table": scoring.symmetry_postfilter_table(rows, name)}
+  levels = _levels(scorer)
+  by_level = {}
+  for level, q in levels.items():
+    real_valid = scorer.valid_at(real_result.measures, q)
+    by_level[level] = {"q": q, "real_normal": float(real_valid[real.label == 0].mean()),
+                       "real_abnormal": float(real_valid[real.label == 1].mean()),
+                       "generated": float(scorer.valid_at(merged.measures, q).mean())}
+  normals = np.flatnonzero(real.label == 0)
+  sanity = non_radiograph_check(scorer, real.images[normals[0] if normals.size else 0], covid_image,
+                                out / "non_radiographs.png", seed=seed)
   report = {
       "split": split,
       "real": {"n": len(real), "valid_rate": float(real_result.valid.mean()),
@@ -165,9 +224,11 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
       "strictness": scorer.strictness_name,
       "strictness_q": scorer.strictness,
       "thresholds": {n: float(getattr(scorer.calibration, n)) for n in scoring.THRESHOLD_NAMES},
+      "valid_rate_by_level": by_level,
+      "non_radiographs": sanity,
       "symmetry_postfilter": postfilter,
       "provenance": scorer.provenance,
-      "figures": ["histograms.png", "examples_kept.png", "examples_rejected.png"],
+      "figures": ["histograms.png", "examples_kept.png", "examples_rejected.png", "non_radiographs.png"],
   }
   io_lib.save_json(out / "report.json", report)
   io_lib.write_bytes_atomic(out / "report.md", _markdown(report).encode())
@@ -189,6 +250,20 @@ def _markdown(r: dict[str, Any]) -> str:
   lines.append("| real (all labels) | {:.3f} | ".format(real["valid_rate"])
                + " | ".join(f"{real['pass_rate'][n]:.2f}" for n in scoring.SCORE_NAMES) + " |")
   lines += ["", "Score columns: fraction of images with that score > 0.", "",
+            f"## Valid rates per strictness level (this report's scores use {r['strictness']})", "",
+            "q: the fraction of real normal calibration images that fail each score.", "",
+            "| level | q | real normal | real abnormal | generated |", "|---|---|---|---|---|"]
+  for level, v in r["valid_rate_by_level"].items():
+    lines.append(f"| {level} | {v['q']:.4g} | {v['real_normal']:.3f} | {v['real_abnormal']:.3f} | "
+                 f"{v['generated']:.3f} |")
+  lines += ["", "## Images that are not a usable normal radiograph", "",
+            "| image | " + " | ".join(next(iter(r["non_radiographs"].values()))["valid_by_level"]) + " | fails |",
+            "|---|" + "---|" * (len(next(iter(r["non_radiographs"].values()))["valid_by_level"]) + 1)]
+  for name, v in r["non_radiographs"].items():
+    lines.append(f"| {name} | " + " | ".join("valid" if ok else "rejected" for ok in v["valid_by_level"].values())
+                 + f" | {', '.join(n.removeprefix('score_') for n in v['failing']) or '-'} |")
+  lines += ["", "![non-radiographs](non_radiographs.png)", ""]
+  lines += [
             "## The original post-filter: decision tree / logistic regression on the six symmetry features", ""]
   for name, entry in r["symmetry_postfilter"].items():
     lines += [entry.get("table", f"**{name}**: skipped ({entry.get('skipped')})"), ""]

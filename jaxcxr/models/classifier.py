@@ -279,7 +279,8 @@ def predict_proba(model: Classifier, images: Any, batch_size: int = 64) -> np.nd
 
 
 def load_classifier(directory) -> Classifier:
-  """Loads a classifier saved by `jaxcxr.train.classifier.train_classifier` (or `save_model`).
+  """Loads a classifier saved by `jaxcxr.train.classifier.train_classifier` (or `save_model`), or an
+  ensemble saved by `jaxcxr.train.classifier.assemble_ensemble` (a `ClassifierEnsemble`, same interface).
 
   GroupNorm has no train/eval difference, so the model is ready for inference.
   The checkpoint metadata (`jaxcxr.checkpoints.read_metadata(directory)`) holds the
@@ -289,6 +290,12 @@ def load_classifier(directory) -> Classifier:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+  from jaxcxr.config import ClassifierEnsembleConfig  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.ensemble import ClassifierEnsemble  # pylint: disable=g-import-not-at-top
 
-  model, _, _ = checkpoints.load_model(directory, lambda c: Classifier(c, rngs=nnx.Rngs(0)), ClassifierConfig)
+  if checkpoints.read_metadata(directory).get("config_type") == ClassifierEnsembleConfig.__name__:
+    model, _, _ = checkpoints.load_model(directory, lambda c: ClassifierEnsemble(c, rngs=nnx.Rngs(0)),
+                                         ClassifierEnsembleConfig)
+  else:
+    model, _, _ = checkpoints.load_model(directory, lambda c: Classifier(c, rngs=nnx.Rngs(0)), ClassifierConfig)
   return model

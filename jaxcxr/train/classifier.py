@@ -50,6 +50,7 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
+from jaxcxr.batching import map_batches
 from jaxcxr.config import ClassifierConfig, ClassifierTrainConfig
 from jaxcxr.data import resize_uint8
 from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
@@ -63,7 +64,9 @@ __all__ = [
     "init_train_state",
     "load_classifier",
     "load_pretrained_backbone",
+    "assemble_ensemble",
     "fit_pixel_logreg",
+    "fit_pixel_voter",
     "make_train_step",
     "pixel_logreg_baseline",
     "predict_logits",
@@ -556,6 +559,125 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   path = checkpoints.save_model(out_dir / "classifier", model, config.model, metadata=metadata, overwrite=True)
   result.update(threshold=threshold, val=val_report, test=test_report, classifier=str(path))
   return result
+
+
+# ----------------------------------------------------------------------------- ensemble
+
+
+def fit_pixel_voter(images: np.ndarray, y: np.ndarray, patients: np.ndarray, resolution: int,
+                    size: int) -> tuple[np.ndarray, float, float]:
+  """The pixel logistic regression of a `ClassifierEnsemble`, fitted on the features the module computes.
+
+  Features: `models.ensemble.block_means` of the images as the ensemble sees them
+  (`prepare_images` at `resolution`), standardised; L2 strength C by grouped 5-fold
+  cross-validated AUC (as `fit_pixel_logreg`). The standardisation is folded into the
+  returned raw-feature weights.
+
+  Returns:
+    (weight float32 (size, size), bias, C).
+  """
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr.models.ensemble import block_means  # pylint: disable=g-import-not-at-top
+
+  x = np.asarray(block_means(jnp.asarray(prepare_images(images, resolution)), size)).reshape(len(images), -1)
+  folds = int(min(5, np.bincount(y, minlength=2).min()))
+  if folds < 2:
+    raise data_lib.DataError("the pixel voter needs at least 2 training images of each class")
+  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
+                        {"logisticregression__C": np.logspace(-4, 1, 11)},
+                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
+  search.fit(x, y, groups=patients)
+  scaler, logreg = search.best_estimator_[0], search.best_estimator_[1]
+  scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+  weight = logreg.coef_[0] / scale
+  bias = float(logreg.intercept_[0] - (logreg.coef_[0] * scaler.mean_ / scale).sum())
+  return weight.reshape(size, size).astype(np.float32), bias, float(search.best_params_["logisticregression__C"])
+
+
+def assemble_ensemble(member_dirs: list[str | os.PathLike], dataset: data_lib.CXRDataset, out_dir: str | os.PathLike,
+                      *, pixel_size: int = 32) -> dict[str, Any]:
+  """Joins trained classifiers of one task, architecture and patient split into a `ClassifierEnsemble`.
+
+  The pixel voter is fitted on the members' training patients; the decision threshold
+  (Youden) and the validation report come from their validation patients. The test
+  patients are not touched: evaluate the saved ensemble once with
+  `jaxcxr evaluate classifier --split test`.
+
+  Args:
+    member_dirs: classifier checkpoints from `train_classifier` on `dataset`.
+    dataset: the data the members were trained on (same images, same order).
+    out_dir: the ensemble is saved to `out_dir/classifier`.
+    pixel_size: side of the pixel voter's block-mean image; 0 for none.
+
+  Returns:
+    {"classifier" (path), "threshold", "val" (report), "val_voters" {name: validation AUC}, "pixel_C"}.
+
+  Raises:
+    ValueError: members of different tasks, architectures, splits or data.
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
+  from jaxcxr.config import ClassifierEnsembleConfig  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.ensemble import ClassifierEnsemble, set_pixel_weights  # pylint: disable=g-import-not-at-top
+
+  metas = [checkpoints.read_metadata(d) for d in member_dirs]
+  first = metas[0]
+  for d, m in zip(member_dirs, metas):
+    for key in ("task", "config", "split", "data_sha256"):
+      if m.get(key) != first.get(key):
+        raise ValueError(f"assemble_ensemble: {d} differs from {member_dirs[0]} in {key}")
+  digest = data_metadata(dataset).get("data_sha256")
+  if first.get("data_sha256") is not None and digest != first["data_sha256"]:
+    raise ValueError("assemble_ensemble: the members were trained on other data than `dataset`")
+  task, split = first["task"], first["split"]
+  members = [load_classifier(d) for d in member_dirs]
+  config = ClassifierEnsembleConfig(member=members[0].config, members=len(members), pixel_size=pixel_size)
+  model = ClassifierEnsemble(config, rngs=nnx.Rngs(0))
+  for slot, member in zip(model.members, members):
+    nnx.update(slot, nnx.state(member))
+  _, y = task_labels(dataset, task)
+  train, val = (np.asarray(split[name], np.int64) for name in ("train", "val"))
+  pixel_c = None
+  if pixel_size:
+    weight, bias, pixel_c = fit_pixel_voter(dataset.images[train], y[train], dataset.patient_id[train],
+                                            config.resolution, pixel_size)
+    set_pixel_weights(model, weight, bias)
+  val_set = dataset.subset(val)
+  graphdef, state = nnx.split(model)
+  voters = map_batches(lambda x: _voter_logits(graphdef, state, x), prepare_images(val_set.images, config.resolution),
+                       64)
+  names = [f"member {i}" for i in range(len(members))] + (["pixel"] if pixel_size else [])
+  val_voters = {name: metrics_lib.compute_roc_auc(voters[:, i], y[val]) for i, name in enumerate(names)}
+  val_prob = predict_proba(model, val_set.images)
+  threshold = select_threshold_youden(val_prob, y[val])
+  val_report = _report(val_prob, y[val], threshold, _views(val_set))
+  metadata = {
+      "task": task,
+      "positive_class": first.get("positive_class"),
+      "threshold": threshold,
+      "split": split,
+      "members": [{"path": str(d), "model_id": checkpoints.model_id(d), "seed": m.get("seed"),
+                   "best_step": m.get("best_step"), "val_auc": (m.get("val") or {}).get("roc_auc")}
+                  for d, m in zip(member_dirs, metas)],
+      "train_seconds": float(sum(m.get("train_seconds") or 0.0 for m in metas)),
+      "pixel_C": pixel_c,
+      "val": val_report,
+      "val_voters": val_voters,
+      "test": None,
+      **data_metadata(dataset),
+  }
+  path = checkpoints.save_model(pathlib.Path(out_dir) / "classifier", model, config, metadata=metadata,
+                                overwrite=True)
+  return {"classifier": str(path), "threshold": threshold, "val": val_report, "val_voters": val_voters,
+          "pixel_C": pixel_c}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _voter_logits(graphdef, state, x):
+  return nnx.merge(graphdef, state).voter_logits(x)
 
 
 # ----------------------------------------------------------------------------- baseline
