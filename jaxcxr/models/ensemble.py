@@ -54,12 +54,12 @@ class PixelLogit(nnx.Module):
   def cell_map(self, x: jax.Array, grid: tuple[int, int]) -> jax.Array:
     """(B, h, w) logit contributions of each of h x w cells (without bias) of images (B, R, R, 1)."""
     h, w = grid
-    terms = block_means(x.astype(jnp.float32), self.size) * self.weight[...]   # (B, S, S)
+    terms = block_means(x.astype(jnp.float32), self.size) * self.weight[...][None]   # (B, S, S)
     b = terms.shape[0]
     return terms.reshape(b, h, self.size // h, w, self.size // w).sum(axis=(2, 4))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return (block_means(x.astype(jnp.float32), self.size) * self.weight[...]).sum(axis=(1, 2)) + self.bias[...]
+    return (block_means(x.astype(jnp.float32), self.size) * self.weight[...][None]).sum(axis=(1, 2)) + self.bias[...]
 
 
 class ClassifierEnsemble(nnx.Module):
