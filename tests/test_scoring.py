@@ -326,24 +326,31 @@ def test_levels_survive_save_and_load(scorer, tmp_path, tiny):
 # ----------------------------------------------------------------------------- shipped models
 
 
-SHIPPED = checkpoints.checkpoints_root() / "scoring_128"
-
-
 @pytest.fixture(scope="module")
 def shipped_scorer():
-  if not (SHIPPED / scoring.CALIBRATION_FILE).exists():
-    pytest.skip("no shipped scoring_128 calibration")
-  return scoring.load_scorer(SHIPPED, batch_size=4)
+  try:
+    return scoring.load_scorer(batch_size=4)   # the default: the first of checkpoints.SHIPPED_SCORING present
+  except checkpoints.CheckpointError:
+    pytest.skip("no shipped scoring calibration")
 
 
-def test_blank_and_saturated_images_are_finite_and_invalid(shipped_scorer):
+def test_shipped_scorer_is_the_256_calibration_with_levels(shipped_scorer):
+  assert shipped_scorer.provenance["unet"].startswith("unet_256")
+  assert shipped_scorer.reference is not None and set(shipped_scorer.levels) == {"standard", "strict"}
+  assert shipped_scorer.levels["strict"] > shipped_scorer.levels["standard"]
+
+
+def test_non_radiographs_are_invalid_at_every_level(shipped_scorer):
+  rng = np.random.default_rng(0)
   images = np.stack([np.zeros((256, 256), np.uint8), np.full((256, 256), 255, np.uint8),
-                     np.full((256, 256), 128, np.uint8)])
+                     np.full((256, 256), 128, np.uint8), rng.integers(0, 256, (256, 256), dtype=np.uint8),
+                     np.clip(rng.normal(128, 40, (256, 256)), 0, 255).astype(np.uint8)])
   result = shipped_scorer.score(images)
   for name in scoring.SCORE_NAMES:
     assert np.isfinite(result.scores[name]).all(), name
   assert np.isfinite(result.features).all()
-  assert not result.valid.any()
+  for level in (*shipped_scorer.levels, scoring.STRICTNESS_RANGE[0]):   # the most lenient q too
+    assert not shipped_scorer.valid_at(result.measures, level).any(), level
 
 
 def test_shipped_scorer_keeps_most_real_normal_images(shipped_scorer, nih):

@@ -88,7 +88,7 @@ def test_presets_param_counts_and_json_round_trip():
     assert from_dict(SegTrainConfig, json.loads(json.dumps(to_dict(config)))) == config
     counts[name] = count_params(nnx.eval_shape(lambda c=config: UNet(c.unet, rngs=nnx.Rngs(0))))
   # Golden numbers: a change of architecture shows here first.
-  assert counts == {"unet_tiny": 29_571, "unet_128_cpu": 486_787, "unet_256": 7_763_971}
+  assert counts == {"unet_tiny": 29_571, "unet_128_cpu": 486_787, "unet_256_cpu": 1_947_011, "unet_256": 7_763_971}
 
 
 @pytest.fixture(scope="module")
