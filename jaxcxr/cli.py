@@ -1201,7 +1201,7 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--strictness", default="standard",
                       help="post-filter level: standard (about 5%% of real normals fail each score), strict (the "
                            "shipped generator keeps about 5%%, as in the original study), or a fraction Q in "
-                           "[0.001, 0.5] of real normals failing each score (default standard)")
+                           "[0.01, 0.9] of real normals failing each score (default standard)")
   parser.add_argument("--batch-size", type=int, default=None, help="images per compiled call (default 32)")
   parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and scores stay fp32)")
 
