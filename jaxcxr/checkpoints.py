@@ -679,7 +679,7 @@ SHIPPED_GENERATORS = ("gan_256/generator", "gan_128/generator", "gan_64/generato
 SHIPPED_NORMAL_GANS = ("gan_256_normal", "gan_64_normal")
 # Classifiers per task, best first.
 SHIPPED_CLASSIFIERS = {
-    "abnormal": ("classifier_abnormal_256/classifier", "classifier_abnormal_ensemble_64/classifier",
+    "abnormal": ("classifier_abnormal_256/classifier", "classifier_abnormal_ensemble_96/classifier",
                  "classifier_abnormal_128/classifier"),
     "sex": ("classifier_sex_256/classifier", "classifier_sex_ensemble_64/classifier", "classifier_sex_64/classifier"),
 }

@@ -338,7 +338,7 @@ def _human_sample(r: dict[str, Any]) -> str:
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import data, scoring  # pylint: disable=g-import-not-at-top
 
-  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  path = _data_paths(args.data, "nih_cxr14_subset_256.npz")
   _log(f"loading {path}")
   ds = data.load(path)
   scorer = _load_scorer(args)
@@ -450,9 +450,9 @@ def cmd_report_scoring(args: argparse.Namespace) -> dict[str, Any]:
   if args.n_per_group <= 0:
     raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
-  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  path = _data_paths(args.data, *GAN_DATA)
   _log(f"loading {path} and generator {directory}")
-  ds = data.load(path)
+  ds = data.keep_abnormal_finding(data.load(path))   # abnormal = pneumonia, as the classifier's
   generator = generator_lib.load_generator(directory)
   scorer = _load_scorer(args)
   covid_image = None

@@ -126,7 +126,7 @@ def non_radiograph_check(scorer: scoring.Scorer, normal_image: np.ndarray, covid
                  "scores": {n: float(result.scores[n][i]) for n in scoring.SCORE_NAMES}}
   titles = []
   for i, name in enumerate(names):
-    verdict = ", ".join(f"{level.split(' ')[0]}: {'valid' if v else 'rejected'}"
+    verdict = "  ".join(f"{level.split(' ')[0]} {'valid' if v else 'REJECTED'}"
                         for level, v in out[name]["valid_by_level"].items())
     titles.append((i, f"{name}\n{verdict}"))
   _save_examples(np.stack(list(images.values())), result, titles, pathlib.Path(path))
