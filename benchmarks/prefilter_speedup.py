@@ -235,7 +235,7 @@ def main(argv=None) -> int:
   parser.add_argument("--strategy", default="youden", choices=prefilter.STRATEGIES)
   parser.add_argument("--model", default="logreg", help="latent classifier preset (logreg, mlp1..mlp4, deep)")
   parser.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
-  parser.add_argument("--scoring", help="scoring calibration folder (default: checkpoints/scoring_128)")
+  parser.add_argument("--scoring", help="scoring calibration folder (default: the shipped one, checkpoints/scoring_256)")
   parser.add_argument("--batch-size", type=int, default=None, help="images generated per round (default 32)")
   parser.add_argument("--pool-size", type=int, default=None, help="latents per pre-filter round (default: batch x ceil(2 / acceptance), at most 32x)")
   parser.add_argument("--nudge", default="3:0.5,3:1.0",

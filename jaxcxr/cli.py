@@ -577,7 +577,7 @@ def cmd_evaluate_segmentation(args: argparse.Namespace) -> dict[str, Any]:
   else:
     ds, split_from = _standard_subset(ds, args.split), "data.standard_split"
   model = load_unet(directory)
-  result = evaluate_segmentation(model, ds)
+  result = evaluate_segmentation(model, ds, per_image=True)
   per_image = result.pop("dice_per_image", None)
   if args.out and per_image is not None:
     from jaxcxr import reports  # pylint: disable=g-import-not-at-top

@@ -115,6 +115,8 @@ __all__ = [
 LATENT_DIM = 128
 # Number of symmetry features per record (DESIGN.md section 3).
 FEATURE_DIM = 6
+# Raw post-filter measures a latent dataset may store (`jaxcxr.scoring.ScoreResult.measures`).
+MEASURE_NAMES = ("shape", "symmetry", "log_ratio", "abnormal_logit", "maxheat", "area_right", "area_left")
 # Threshold strategies (DESIGN.md section 5 contract names).
 STRATEGIES: tuple[str, ...] = ("youden", "2tpr-fpr", "tpr-2fpr", "tpr@0.95", "max_precision")
 # Smallest TPR (fraction of positives kept) a `max_precision` threshold may have.
@@ -147,7 +149,11 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
         (NaN/inf are kept: `NaN > 0` is False, so such a record fails that score);
       "features": float (N, 6) symmetry features;
       "valid": (N,) bool (or 0/1);
-      "generator_id": str, the generator checkpoint's id.
+      "generator_id": str, the generator checkpoint's id;
+      optionally "measures": mapping of the raw post-filter measures
+        (`ScoreResult.measures`: shape, symmetry, log_ratio, abnormal_logit, maxheat,
+        area_right, area_left) to float (N,) arrays, from which validity at any
+        strictness follows (`Scorer.valid_at`) without generating again.
     source: name used in error messages (the file name when loading).
     latent_dim: expected width of z.
 
@@ -163,7 +169,7 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
   if not isinstance(records, Mapping):
     raise _fail(source, f"expected a mapping of latent records, got {type(records).__name__}")
   expected = {"z", "group", "scores", "features", "valid", "generator_id"}
-  missing, unknown = sorted(expected - set(records)), sorted(set(records) - expected)
+  missing, unknown = sorted(expected - set(records)), sorted(set(records) - expected - {"measures"})
   if missing or unknown:
     raise _fail(source, f"expected keys {sorted(expected)}; missing {missing}, unknown {unknown}")
   z = np.asarray(records["z"])
@@ -208,7 +214,7 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
   generator_id = np.asarray(records["generator_id"])
   if generator_id.shape != () or generator_id.dtype.kind != "U":
     raise _fail(source, f"generator_id: expected one string, got {generator_id.dtype} {generator_id.shape}")
-  return {
+  out = {
       "z": z.astype(np.float32),
       "group": group,
       "scores": scores,
@@ -216,6 +222,13 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
       "valid": valid,
       "generator_id": str(generator_id),
   }
+  if "measures" in records:
+    measures = records["measures"]
+    if not isinstance(measures, Mapping) or set(measures) != set(MEASURE_NAMES):
+      got = sorted(measures) if isinstance(measures, Mapping) else type(measures).__name__
+      raise _fail(source, f"measures: expected exactly {list(MEASURE_NAMES)}, got {got}")
+    out["measures"] = {name: column(name, measures[name], floats=True).astype(np.float32) for name in MEASURE_NAMES}
+  return out
 
 
 def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,
@@ -241,7 +254,8 @@ def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,
   records = validate_latent_records(records, source=str(path), latent_dim=latent_dim)
   arrays = {"z": records["z"], "group": records["group"], **records["scores"],
             "features": records["features"], "valid": records["valid"],
-            "generator_id": np.asarray(records["generator_id"], dtype=str)}
+            "generator_id": np.asarray(records["generator_id"], dtype=str),
+            **{f"measure_{k}": v for k, v in records.get("measures", {}).items()}}
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
   return write_bytes_atomic(path, buffer.getvalue())
@@ -272,6 +286,7 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
       if missing:
         raise _fail(source, f"not a latent dataset: missing array(s) {missing}; expected {list(keys)}")
       arrays = {k: npz[k] for k in keys}
+      measures = {k: npz[f"measure_{k}"] for k in MEASURE_NAMES if f"measure_{k}" in npz.files}
   except DataError:
     raise
   except FileNotFoundError:
@@ -280,6 +295,8 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
     raise _fail(source, f"not a readable npz latent dataset without pickled objects ({e})") from None
   records = {"z": arrays["z"], "group": arrays["group"], "scores": {k: arrays[k] for k in SCORE_NAMES},
              "features": arrays["features"], "valid": arrays["valid"], "generator_id": arrays["generator_id"]}
+  if measures:
+    records["measures"] = measures
   return validate_latent_records(records, source=source, latent_dim=latent_dim)
 
 
@@ -1287,6 +1304,7 @@ def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_grou
       "features": np.concatenate([out.result.features for _, out in parts]),
       "valid": np.concatenate([out.result.valid for _, out in parts]),
       "generator_id": str(generator_id),
+      "measures": {k: np.concatenate([out.result.measures[k] for _, out in parts]) for k in MEASURE_NAMES},
   }
   return validate_latent_records(records, latent_dim=generator.config.latent_dim)
 

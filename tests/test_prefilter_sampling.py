@@ -157,7 +157,14 @@ def test_build_latent_dataset_uses_fold_in_per_group(scorer, tiny, getkey, tmp_p
   summary = prefilter.latent_dataset_summary(built)
   assert summary["groups"]["58_64f"]["n"] == 3 and summary["generator_id"] == "abc"
   prefilter.save_latent_dataset(tmp_path / "l.npz", built)
-  np.testing.assert_array_equal(prefilter.load_latent_dataset(tmp_path / "l.npz")["z"], built["z"])
+  loaded = prefilter.load_latent_dataset(tmp_path / "l.npz")
+  np.testing.assert_array_equal(loaded["z"], built["z"])
+  # The raw measures travel with the records: validity at the build's strictness follows from them.
+  assert set(loaded["measures"]) == set(prefilter.MEASURE_NAMES)
+  np.testing.assert_array_equal(scorer.valid_at(loaded["measures"], scorer.strictness), built["valid"])
+  # Datasets written without measures (before strictness levels) still load.
+  prefilter.save_latent_dataset(tmp_path / "old.npz", {k: v for k, v in built.items() if k != "measures"})
+  assert "measures" not in prefilter.load_latent_dataset(tmp_path / "old.npz")
 
 
 # ----------------------------------------------------------------------------- filtered sampling

@@ -136,7 +136,7 @@ def test_segmentation_loss_limits():
 def test_segmentation_scores_perfect_and_swapped(covid):
   masks = covid.lung_masks[:3]
   scores = seg.segmentation_scores(masks, masks)
-  assert set(scores) == set(seg.METRIC_KEYS)
+  assert set(scores) == set(seg.METRIC_KEYS)   # no patient ids: no intervals
   assert scores["n"] == 3
   for key in ("dice_mean", "dice_right", "dice_left", "iou_mean", "pixel_accuracy"):
     assert scores[key] == 1.0
@@ -172,7 +172,7 @@ def test_train_call_changes_params_and_overfits_two_images(covid):
   state = seg.init_train_state(config, seed=0)
   model = lambda s: seg._model(config, s["params"])
   before = seg.evaluate_segmentation(model(state), pair, batch_size=1)
-  assert set(before) == set(seg.METRIC_KEYS) and before["n"] == 2
+  assert set(before) == set(seg.METRIC_KEYS + seg.INTERVAL_KEYS) and before["n"] == 2
   assert all(0.0 <= before[k] <= 1.0 for k in seg.METRIC_KEYS if k != "n")
   first_params = jax.tree.map(np.array, state["params"])
   call = seg.make_train_step(config)
@@ -200,7 +200,7 @@ def test_train_unet_resume_is_exact(four_patients, tmp_path):
   config = dataclasses.replace(TINY, split_fractions=(0.5, 0.25, 0.25), eval_batch_size=1)
   full = seg.train_unet(four_patients, config, tmp_path / "full", progress=False)
   assert full["steps"] == 8 and (full["split"]["n_train"], full["split"]["n_val"], full["split"]["n_test"]) == (2, 1, 1)
-  assert set(full["val"]) == set(seg.METRIC_KEYS) and set(full["test"]) == set(seg.METRIC_KEYS)
+  assert set(full["val"]) == set(full["test"]) == set(seg.METRIC_KEYS + seg.INTERVAL_KEYS)
   assert [h["step"] for h in full["val_history"]] == [4, 8]
   best = max(full["val_history"], key=lambda h: h["dice_mean"])
   assert full["selected_step"] == best["step"] and full["val"]["dice_mean"] == pytest.approx(best["dice_mean"])

@@ -61,6 +61,8 @@ __all__ = [
 
 TrainState = dict[str, Any]
 METRIC_KEYS = ("n", "dice_mean", "dice_right", "dice_left", "iou_mean", "pixel_accuracy")
+# 95% intervals of the Dice means (bootstrap over patients) that `evaluate_segmentation` adds.
+INTERVAL_KEYS = ("dice_mean_ci95", "dice_right_ci95", "dice_left_ci95")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -276,7 +278,8 @@ def prepare_data(dataset: data_lib.CXRDataset, config: SegTrainConfig) -> dict[s
 # ----------------------------------------------------------------------------- evaluation
 
 
-def segmentation_scores(y_pred, y, *, num_classes: int = 3, patients: Any = None) -> dict[str, Any]:
+def segmentation_scores(y_pred, y, *, num_classes: int = 3, patients: Any = None,
+                        per_image: bool = False) -> dict[str, Any]:
   """Summary overlap scores of predicted vs target label maps (DESIGN.md section 8).
 
   Args:
@@ -284,13 +287,14 @@ def segmentation_scores(y_pred, y, *, num_classes: int = 3, patients: Any = None
     y: integer label maps (N, H, W): 0 background, 1 patient's right lung, 2 patient's left lung.
     num_classes: K including background.
     patients: optional (N,) patient ids: adds 95% intervals of the three Dice means, by a
-      bootstrap over patients (`metrics.cluster_bootstrap_ci`), and the per-image Dice.
+      bootstrap over patients (`metrics.cluster_bootstrap_ci`).
+    per_image: also return the per-image Dice.
 
   Returns:
     {"n", "dice_mean" (over images and lung classes), "dice_right" (class 1),
     "dice_left" (class 2), "iou_mean", "pixel_accuracy"}; Python floats (n an int).
-    With `patients`: also "dice_mean_ci95", "dice_right_ci95", "dice_left_ci95" ([low, high])
-    and "dice_per_image" (N lists [right, left]).
+    With `patients`: also `INTERVAL_KEYS` ([low, high]); with `per_image`: "dice_per_image"
+    (N lists [right, left]).
   """
   dice = np.asarray(metrics_lib.compute_dice(y_pred, y, num_classes=num_classes))   # (N, K-1)
   iou = np.asarray(metrics_lib.compute_iou(y_pred, y, num_classes=num_classes))
@@ -306,11 +310,13 @@ def segmentation_scores(y_pred, y, *, num_classes: int = 3, patients: Any = None
   if patients is not None and dice.shape[0] and dice.shape[1] > 1:
     for name, values in (("dice_mean", dice.mean(axis=1)), ("dice_right", dice[:, 0]), ("dice_left", dice[:, 1])):
       out[f"{name}_ci95"] = metrics_lib.cluster_bootstrap_ci(values, patients)
+  if per_image:
     out["dice_per_image"] = [[round(float(a), 5), round(float(b), 5)] for a, b in dice[:, :2]]
   return out
 
 
-def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_size: int = 16) -> dict[str, Any]:
+def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_size: int = 16,
+                          per_image: bool = False) -> dict[str, Any]:
   """Lung-segmentation scores of a U-Net on a dataset with `lung_masks`.
 
   Predicts at the model's resolution and compares at the dataset's native size
@@ -326,7 +332,8 @@ def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_si
     {"n", "dice_mean", "dice_right", "dice_left", "iou_mean", "pixel_accuracy"}; Dice
     and IoU per image and class (1 when both prediction and target are empty), then
     averaged. dice_right is class 1, the patient's right lung (image left). Also 95%
-    intervals by a bootstrap over patients and the per-image Dice (`segmentation_scores`).
+    intervals by a bootstrap over patients (`INTERVAL_KEYS`), and with `per_image` the
+    per-image Dice (`segmentation_scores`).
 
   Raises:
     jaxcxr.data.DataError: no masks, masks of another shape, labels outside {0, 1, 2},
@@ -336,7 +343,8 @@ def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_si
   if len(dataset) == 0:
     raise data_lib.DataError(f"{dataset.source or 'dataset'}: no images to evaluate")
   y_pred = predict_masks(model, dataset.images, batch_size)
-  return segmentation_scores(y_pred, masks, num_classes=model.config.num_classes, patients=dataset.patient_id)
+  return segmentation_scores(y_pred, masks, num_classes=model.config.num_classes, patients=dataset.patient_id,
+                             per_image=per_image)
 
 
 # ----------------------------------------------------------------------------- loop
