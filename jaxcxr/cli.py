@@ -804,6 +804,11 @@ def cmd_latents_table(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import io, prefilter  # pylint: disable=g-import-not-at-top
 
   records = prefilter.load_latent_dataset(args.data)
+  if args.strictness is not None:
+    try:
+      records = prefilter.records_at_strictness(records, _load_scorer(args), args.strictness)
+    except ValueError as e:
+      raise UsageError(f"--strictness: {e}") from e
   targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
   try:
     models = prefilter.select_models(args.models, seed=args.seed)
@@ -819,7 +824,9 @@ def cmd_latents_table(args: argparse.Namespace) -> dict[str, Any]:
   out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
   report = prefilter.write_latent_report(records, out, models=models, targets=targets, strategy=args.strategy,
                                          n_folds=args.folds, seed=args.seed, extremes_k=args.extremes_k, log=_log)
-  return {"data": str(args.data), "out": str(out), "generator_id": records["generator_id"], "models": list(models),
+  return {"data": str(args.data), "out": str(out), "generator_id": records["generator_id"],
+          "strictness": args.strictness or "as built", "valid_rate": float(np.mean(records["valid"])),
+          "models": list(models),
           "targets": list(targets), "strategy": args.strategy, "n_folds": args.folds, "table": str(out / "table.md"),
           "best": io.to_json_safe(report["best"]),
           "files": report["files"]}
@@ -993,6 +1000,10 @@ def _add_latents_parsers(commands) -> None:
   table.add_argument("--extremes-k", type=int, default=100, help="latents per side in the best/worst PCA views")
   table.add_argument("--seed", type=int, default=0)
   table.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  table.add_argument("--strictness", default=None,
+                     help="rescore the records at this post-filter level (standard, strict or a fraction Q) from "
+                          "their stored measures; default: as built")
+  table.add_argument("--scoring", help="calibration folder of --strictness (default: the shipped one)")
   _add_json_arg(table)
   table.set_defaults(run=cmd_latents_table, human=_human_latents_table)
 

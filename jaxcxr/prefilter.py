@@ -70,7 +70,10 @@ from jaxcxr.scoring import SCORE_NAMES  # the five post-filter scores, each > 0 
 from jaxcxr.train.classifier import focal_loss, weighted_bce
 
 __all__ = [
+    "MEASURE_NAMES",
     "default_round_sizes",
+    "records_at_strictness",
+    "scorer_id",
     "DEFAULT_REPORT_MODELS",
     "FEATURE_DIM",
     "FOCAL_GAMMA",
@@ -150,6 +153,8 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
       "features": float (N, 6) symmetry features;
       "valid": (N,) bool (or 0/1);
       "generator_id": str, the generator checkpoint's id;
+      optionally "scorer_id": str, "UNET_ID/CLASSIFIER_ID" of the post-filter's models
+        (`checkpoints.model_id`), whose measures these are;
       optionally "measures": mapping of the raw post-filter measures
         (`ScoreResult.measures`: shape, symmetry, log_ratio, abnormal_logit, maxheat,
         area_right, area_left) to float (N,) arrays, from which validity at any
@@ -169,7 +174,7 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
   if not isinstance(records, Mapping):
     raise _fail(source, f"expected a mapping of latent records, got {type(records).__name__}")
   expected = {"z", "group", "scores", "features", "valid", "generator_id"}
-  missing, unknown = sorted(expected - set(records)), sorted(set(records) - expected - {"measures"})
+  missing, unknown = sorted(expected - set(records)), sorted(set(records) - expected - {"measures", "scorer_id"})
   if missing or unknown:
     raise _fail(source, f"expected keys {sorted(expected)}; missing {missing}, unknown {unknown}")
   z = np.asarray(records["z"])
@@ -228,7 +233,45 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
       got = sorted(measures) if isinstance(measures, Mapping) else type(measures).__name__
       raise _fail(source, f"measures: expected exactly {list(MEASURE_NAMES)}, got {got}")
     out["measures"] = {name: column(name, measures[name], floats=True).astype(np.float32) for name in MEASURE_NAMES}
+  if "scorer_id" in records:
+    scorer_id = np.asarray(records["scorer_id"])
+    if scorer_id.shape != () or scorer_id.dtype.kind != "U":
+      raise _fail(source, f"scorer_id: expected one string, got {scorer_id.dtype} {scorer_id.shape}")
+    out["scorer_id"] = str(scorer_id)
   return out
+
+
+def scorer_id(scorer: Any) -> str | None:
+  """"UNET_ID/CLASSIFIER_ID" of a scorer's models from its provenance, or None when it does not name them."""
+  unet, classifier = scorer.provenance.get("unet_id"), scorer.provenance.get("classifier_id")
+  return f"{unet}/{classifier}" if unet and classifier else None
+
+
+def records_at_strictness(records: Mapping[str, Any], scorer: Any, strictness: str | float) -> dict[str, Any]:
+  """The records with scores and `valid` at another strictness of `scorer`, from their stored measures.
+
+  Args:
+    records: a latent dataset with "measures" (`build_latent_dataset` stores them).
+    scorer: the `jaxcxr.scoring.Scorer` (the same models) that measured them.
+    strictness: a level name ("standard", "strict") or a fraction q (`Scorer.at_strictness`).
+
+  Raises:
+    jaxcxr.data.DataError: records without measures, or measured by other models than the scorer's.
+    ValueError: an unknown strictness.
+  """
+  from jaxcxr.scoring import score_from_measures  # pylint: disable=g-import-not-at-top
+
+  if "measures" not in records:
+    raise DataError("this latent dataset holds no raw measures (built before strictness levels); rebuild it with "
+                    "`jaxcxr latents build` to rescore it at another strictness")
+  expected, stored = scorer_id(scorer), records.get("scorer_id")
+  if expected and stored and expected != stored:
+    raise DataError(f"the latent dataset was measured by post-filter models {stored}, not the scorer's {expected}; "
+                    "rebuild it with this scorer")
+  calibration = scorer.at_strictness(strictness).calibration
+  scores, valid = score_from_measures({k: np.asarray(v) for k, v in records["measures"].items()}, calibration)
+  return {**records, "scores": {k: np.asarray(v, np.float32) for k, v in scores.items()},
+          "valid": np.asarray(valid, bool)}
 
 
 def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,
@@ -255,7 +298,8 @@ def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,
   arrays = {"z": records["z"], "group": records["group"], **records["scores"],
             "features": records["features"], "valid": records["valid"],
             "generator_id": np.asarray(records["generator_id"], dtype=str),
-            **{f"measure_{k}": v for k, v in records.get("measures", {}).items()}}
+            **{f"measure_{k}": v for k, v in records.get("measures", {}).items()},
+            **({"scorer_id": np.asarray(records["scorer_id"], dtype=str)} if "scorer_id" in records else {})}
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
   return write_bytes_atomic(path, buffer.getvalue())
@@ -287,6 +331,7 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
         raise _fail(source, f"not a latent dataset: missing array(s) {missing}; expected {list(keys)}")
       arrays = {k: npz[k] for k in keys}
       measures = {k: npz[f"measure_{k}"] for k in MEASURE_NAMES if f"measure_{k}" in npz.files}
+      stored_scorer = npz["scorer_id"] if "scorer_id" in npz.files else None
   except DataError:
     raise
   except FileNotFoundError:
@@ -297,6 +342,8 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
              "features": arrays["features"], "valid": arrays["valid"], "generator_id": arrays["generator_id"]}
   if measures:
     records["measures"] = measures
+  if stored_scorer is not None:
+    records["scorer_id"] = stored_scorer
   return validate_latent_records(records, source=source, latent_dim=latent_dim)
 
 
@@ -1306,6 +1353,8 @@ def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_grou
       "generator_id": str(generator_id),
       "measures": {k: np.concatenate([out.result.measures[k] for _, out in parts]) for k in MEASURE_NAMES},
   }
+  if scorer_id(scorer):
+    records["scorer_id"] = scorer_id(scorer)
   return validate_latent_records(records, latent_dim=generator.config.latent_dim)
 
 

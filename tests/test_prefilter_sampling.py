@@ -9,6 +9,7 @@ these tests check the mechanics (which latents are generated, which images come 
 not the filter's quality.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -162,9 +163,28 @@ def test_build_latent_dataset_uses_fold_in_per_group(scorer, tiny, getkey, tmp_p
   # The raw measures travel with the records: validity at the build's strictness follows from them.
   assert set(loaded["measures"]) == set(prefilter.MEASURE_NAMES)
   np.testing.assert_array_equal(scorer.valid_at(loaded["measures"], scorer.strictness), built["valid"])
-  # Datasets written without measures (before strictness levels) still load.
+  # Rescoring from the measures: the build's own strictness reproduces the records; a stricter one keeps a subset.
+  same = prefilter.records_at_strictness(loaded, scorer, scorer.strictness)
+  np.testing.assert_array_equal(same["valid"], built["valid"])
+  np.testing.assert_allclose(same["scores"]["score_shape"], built["scores"]["score_shape"], rtol=1e-6)
+  ref = {k: loaded["measures"][k] for k in scoring.REFERENCE_MEASURES}   # a scorer with reference measures
+  levels = scoring.Scorer(scorer.unet, scorer.classifier, scoring.thresholds_at(ref, scorer.calibration.atlas, 0.05),
+                          scorer.config, reference=ref)
+  lenient, stricter = (prefilter.records_at_strictness(loaded, levels, q) for q in (0.05, 0.5))
+  assert not (stricter["valid"] & ~lenient["valid"]).any()
+  for name in ("score_shape", "score_symmetry"):   # each score tightens
+    assert (stricter["scores"][name] <= lenient["scores"][name]).all()
+  # Datasets written without measures (before strictness levels) still load, but cannot be rescored.
   prefilter.save_latent_dataset(tmp_path / "old.npz", {k: v for k, v in built.items() if k != "measures"})
-  assert "measures" not in prefilter.load_latent_dataset(tmp_path / "old.npz")
+  old = prefilter.load_latent_dataset(tmp_path / "old.npz")
+  assert "measures" not in old
+  with pytest.raises(data.DataError, match="rebuild"):
+    prefilter.records_at_strictness(old, scorer, "standard")
+  # Measures of other post-filter models are refused.
+  named = copy.copy(scorer)
+  named.provenance = {"unet_id": "u1", "classifier_id": "c1"}
+  with pytest.raises(data.DataError, match="other|not the scorer"):
+    prefilter.records_at_strictness({**loaded, "scorer_id": "u0/c0"}, named, "standard")
 
 
 # ----------------------------------------------------------------------------- filtered sampling
