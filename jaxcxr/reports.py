@@ -313,6 +313,21 @@ def save_residual_overlays(images_uint8: np.ndarray, residual: np.ndarray, label
   return path
 
 
+def _save_grid(fig, axes, path: str | os.PathLike, title: str, *, title_space: float) -> pathlib.Path:
+  """Hides the axes, adds the title (leaving `title_space` of the height for it), writes the PNG, closes."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  for ax in axes.ravel():
+    ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0, 1, 1 - (title_space if title else 0.0)))
+  path = pathlib.Path(path)
+  save_figure(fig, path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 def save_segmentation_overlays(images_uint8: np.ndarray, predicted: np.ndarray, target: np.ndarray,
                                dice: np.ndarray, path: str | os.PathLike, *, n: int = 8, title: str = "",
                                names: Any = None) -> pathlib.Path:
@@ -343,15 +358,7 @@ def save_segmentation_overlays(images_uint8: np.ndarray, predicted: np.ndarray, 
     axes[row, 1].set_title("drawn lungs (right red, left blue)", fontsize=7)
     axes[row, 2].imshow(_mask_overlay(images_uint8[i], np.asarray(predicted[i], np.int64)))
     axes[row, 2].set_title("U-Net lungs", fontsize=7)
-  for ax in axes.ravel():
-    ax.axis("off")
-  if title:
-    fig.suptitle(title, fontsize=9)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / rows))
-  path = pathlib.Path(path)
-  save_figure(fig, path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save_grid(fig, axes, path, title, title_space=0.25 / rows)
 
 
 def save_gradcam_overlays(images_uint8: np.ndarray, heatmaps: np.ndarray, probabilities: np.ndarray,
@@ -382,12 +389,4 @@ def save_gradcam_overlays(images_uint8: np.ndarray, heatmaps: np.ndarray, probab
     ax.imshow(heat, cmap="jet", alpha=0.6 * heat, vmin=0, vmax=1, extent=(0, 1, 1, 0))   # cold regions stay grey
     label = f"{names[i]}, " if names is not None else ""
     ax.set_title(f"{label}p = {float(probabilities[i]):.2f}", fontsize=7)
-  for ax in axes.ravel():
-    ax.axis("off")
-  if title:
-    fig.suptitle(title, fontsize=9)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.12 / rows))
-  path = pathlib.Path(path)
-  save_figure(fig, path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save_grid(fig, axes, path, title, title_space=0.12 / rows)

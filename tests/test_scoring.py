@@ -210,12 +210,18 @@ def test_bfloat16_scores_are_finite_and_close(scorer, nih):
   np.testing.assert_allclose(bf16.measures["abnormal_logit"], fp32.measures["abnormal_logit"], atol=0.1)
 
 
-def test_save_and_load_round_trip(scorer, tmp_path, tiny):
+def _saved_models(tmp_path, tiny):
+  """Saves the tiny U-Net and classifier; returns their folders and a calibration provenance naming them."""
   unet_dir, cls_dir = tmp_path / "unet", tmp_path / "classifier"
   checkpoints.save_model(unet_dir, tiny[0], tiny[0].config)
   checkpoints.save_model(cls_dir, tiny[1], tiny[1].config)
   provenance = {"unet": str(unet_dir), "unet_id": checkpoints.model_id(unet_dir),
                 "classifier": str(cls_dir), "classifier_id": checkpoints.model_id(cls_dir)}
+  return unet_dir, cls_dir, provenance
+
+
+def test_save_and_load_round_trip(scorer, tmp_path, tiny):
+  unet_dir, cls_dir, provenance = _saved_models(tmp_path, tiny)
   saved = scoring.Scorer(tiny[0], tiny[1], scorer.calibration, CONFIG, provenance=provenance)
   saved.save(tmp_path / "calibration")
   loaded = scoring.load_scorer(tmp_path / "calibration", unet_dir=unet_dir, classifier_dir=cls_dir)
@@ -301,11 +307,7 @@ def test_strictness_for_valid_rate_finds_the_target(synthetic):
 
 
 def test_levels_survive_save_and_load(scorer, tmp_path, tiny):
-  unet_dir, cls_dir = tmp_path / "unet", tmp_path / "classifier"
-  checkpoints.save_model(unet_dir, tiny[0], tiny[0].config)
-  checkpoints.save_model(cls_dir, tiny[1], tiny[1].config)
-  provenance = {"unet": str(unet_dir), "unet_id": checkpoints.model_id(unet_dir),
-                "classifier": str(cls_dir), "classifier_id": checkpoints.model_id(cls_dir)}
+  unet_dir, cls_dir, provenance = _saved_models(tmp_path, tiny)
   saved = scoring.Scorer(tiny[0], tiny[1], scorer.calibration, CONFIG, provenance=provenance,
                          reference=scorer.reference).with_level("strict", 0.3)
   saved.save(tmp_path / "calibration")

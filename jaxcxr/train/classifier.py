@@ -576,21 +576,10 @@ def fit_pixel_voter(images: np.ndarray, y: np.ndarray, patients: np.ndarray, res
   Returns:
     (weight float32 (size, size), bias, C).
   """
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
-  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
-
   from jaxcxr.models.ensemble import block_means  # pylint: disable=g-import-not-at-top
 
   x = np.asarray(block_means(jnp.asarray(prepare_images(images, resolution)), size)).reshape(len(images), -1)
-  folds = int(min(5, np.bincount(y, minlength=2).min()))
-  if folds < 2:
-    raise data_lib.DataError("the pixel voter needs at least 2 training images of each class")
-  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
-                        {"logisticregression__C": np.logspace(-4, 1, 11)},
-                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
-  search.fit(x, y, groups=patients)
+  search = _grouped_logreg(x, y, patients, "the pixel voter")
   scaler, logreg = search.best_estimator_[0], search.best_estimator_[1]
   scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
   weight = logreg.coef_[0] / scale
@@ -727,6 +716,15 @@ def fit_pixel_logreg(train_ds: data_lib.CXRDataset, y: np.ndarray, size: int = 3
   Raises:
     jaxcxr.data.DataError: fewer than 2 images of a class.
   """
+  return PixelLogreg(_grouped_logreg(_pixel_features(train_ds.images, size), y, train_ds.patient_id,
+                                     "the pixel baseline"), size)
+
+
+def _grouped_logreg(x: np.ndarray, y: Any, groups: np.ndarray, what: str):
+  """Standardise + L2 logistic regression (liblinear), C from 1e-4..10 by grouped stratified 5-fold CV AUC.
+
+  Returns the fitted `GridSearchCV` (its best pipeline refitted on all of x).
+  """
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
   from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
@@ -735,12 +733,11 @@ def fit_pixel_logreg(train_ds: data_lib.CXRDataset, y: np.ndarray, size: int = 3
   y = np.asarray(y)
   folds = int(min(5, np.bincount(y, minlength=2).min()))
   if folds < 2:
-    raise data_lib.DataError("the pixel baseline needs at least 2 training images of each class")
+    raise data_lib.DataError(f"{what} needs at least 2 training images of each class")
   search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
                         {"logisticregression__C": np.logspace(-4, 1, 11)},
                         cv=StratifiedGroupKFold(folds), scoring="roc_auc")
-  search.fit(_pixel_features(train_ds.images, size), y, groups=train_ds.patient_id)
-  return PixelLogreg(search, size)
+  return search.fit(x, y, groups=groups)
 
 
 def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDataset, task: str) -> dict[str, Any]:
