@@ -864,13 +864,26 @@ def cmd_latents_fit(args: argparse.Namespace) -> dict[str, Any]:
 
   data.parse_group(args.group)
   records = prefilter.load_latent_dataset(args.data)
-  pf = _fit_prefilter_or_usage(records, args.group, args.strategy, args.model, args.seed,
-                               "accept_all" if args.accept_all_if_empty else "error")
+  if args.strictness is not None:
+    try:
+      records = prefilter.records_at_strictness(records, _load_scorer(args), args.strictness)
+    except ValueError as e:
+      raise UsageError(f"--strictness: {e}") from e
+  on_empty = "accept_all" if args.accept_all_if_empty else "error"
+  if args.strategy == "all":   # one classifier, every threshold strategy: a pre-filter set
+    fitted = [_fit_prefilter_or_usage(records, args.group, strategy, args.model, args.seed, on_empty)
+              for strategy in prefilter.STRATEGIES]
+    out = prefilter.save_prefilter_set(args.out, fitted, overwrite=args.overwrite)
+    return {"out": str(out), "data": str(args.data),
+            "strategies": {pf.strategy: _prefilter_summary(pf) for pf in fitted}}
+  pf = _fit_prefilter_or_usage(records, args.group, args.strategy, args.model, args.seed, on_empty)
   out = pf.save(args.out, overwrite=args.overwrite)
   return {"out": str(out), "data": str(args.data), **_prefilter_summary(pf)}
 
 
 def _human_latents_fit(r: dict[str, Any]) -> str:
+  if "strategies" in r:
+    return "\n".join(_human_latents_fit({**summary, "out": r["out"]}) for summary in r["strategies"].values())
   rep = r["report"]
   if r["accepts_all"]:
     return f"{r['group']}: accept-all fallback ({rep.get('reason')}) -> {r['out']}"
@@ -892,9 +905,6 @@ def _uses_prefilter(args: argparse.Namespace) -> bool:
     raise UsageError("give either --latents F.npz (fit a pre-filter now) or --prefilter-dir DIR (a saved one)")
   if args.latents is not None and args.prefilter is None:
     raise UsageError("--latents needs --prefilter STRATEGY (the threshold strategy to fit with)")
-  if args.prefilter is not None and args.prefilter_dir is None and args.latents is None:
-    raise UsageError("--prefilter STRATEGY needs --latents F.npz (fit on that latent dataset) or --prefilter-dir "
-                     "DIR (a pre-filter saved by `jaxcxr latents fit`)")
   return wanted
 
 
@@ -922,19 +932,30 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
 
   if args.prefilter_dir is not None:
     _log(f"loading pre-filter {args.prefilter_dir}")
-    pf = prefilter.load_prefilter(args.prefilter_dir)
-    if args.prefilter is not None and args.prefilter != pf.strategy:
-      raise UsageError(f"{args.prefilter_dir}: a {pf.strategy} pre-filter, not {args.prefilter}")
+    pf = prefilter.load_prefilter(args.prefilter_dir, args.prefilter)
     if pf.group != args.group:
       raise UsageError(f"{args.prefilter_dir}: a pre-filter of group {pf.group}, not {args.group}")
-  else:
+  elif args.latents is not None:
     records = prefilter.load_latent_dataset(args.latents)
+    if args.strictness != records.get("strictness", args.strictness):
+      records = prefilter.records_at_strictness(records, _load_scorer(args), args.strictness)
     pf = _fit_prefilter_or_usage(records, args.group, args.prefilter, args.prefilter_model, args.seed, "error")
+  else:
+    shipped = prefilter.shipped_prefilter(checkpoints.model_id(generator_dir), args.strictness, args.group)
+    if shipped is None:
+      raise UsageError(f"no shipped pre-filter of {args.group} at strictness {args.strictness} for "
+                       f"{generator_dir}; pass --latents F.npz (fit one now) or --prefilter-dir DIR")
+    _log(f"loading shipped pre-filter {shipped} ({args.prefilter})")
+    pf = prefilter.load_prefilter(shipped, args.prefilter)
   generator_id = checkpoints.model_id(generator_dir)
   if pf.generator_id is not None and pf.generator_id != generator_id:
     raise UsageError(f"the pre-filter was fitted on latents of generator {pf.generator_id}, but {generator_dir} is "
                      f"{generator_id}; rebuild the latent dataset with `jaxcxr latents build`")
   scorer = _load_scorer(args)
+  try:
+    prefilter.check_prefilter_scorer(pf, scorer)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
   options = {"pool_size": args.pool_size, "accept_size": args.accept_size}
   try:
     compile_seconds = prefilter.warm_up_sampler(scorer, generator, pf, key, args.group, **options)
@@ -959,7 +980,8 @@ def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
   """`sample`'s pre-filter options: --prefilter STRATEGY with --latents F.npz, or --prefilter-dir DIR."""
   sample.add_argument("--prefilter", metavar="STRATEGY", default=None,
                       help="pre-filter latents before generating; threshold strategy (youden, 2tpr-fpr, tpr-2fpr, "
-                           "tpr@0.95, max_precision); with --latents F.npz it is fitted now for --group")
+                           "tpr@0.95, max_precision); with --latents F.npz it is fitted now for --group, otherwise "
+                           "the shipped pre-filter of the generator at --strictness is used")
   sample.add_argument("--latents", metavar="F.npz", default=None,
                       help="latent dataset (`jaxcxr latents build`) to fit the --prefilter on (train/validation/"
                            "test split of the group's latents)")
@@ -1010,13 +1032,19 @@ def _add_latents_parsers(commands) -> None:
   fit = latents_commands.add_parser("fit", help="fit and save one group's pre-filter (threshold on validation)")
   fit.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
   fit.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
-  fit.add_argument("--strategy", default="youden", help="threshold strategy (default youden)")
+  fit.add_argument("--strategy", default="youden",
+                   help="threshold strategy (default youden), or 'all': one classifier with every strategy's "
+                        "threshold, saved as one pre-filter set")
   fit.add_argument("--model", default="logreg", help="latent classifier preset: logreg, mlp1..mlp4, deep")
   fit.add_argument("--out", required=True, help="pre-filter checkpoint folder")
   fit.add_argument("--seed", type=int, default=0)
   fit.add_argument("--accept-all-if-empty", action="store_true",
                    help="save an accept-everything pre-filter for a group with < 2 valid latents instead of failing")
   fit.add_argument("--overwrite", action="store_true", help="replace an existing pre-filter folder")
+  fit.add_argument("--strictness", default=None,
+                   help="learn validity at this post-filter level (standard, strict or Q), rescored from the "
+                        "records' measures; default: as built")
+  fit.add_argument("--scoring", help="calibration folder of --strictness (default: the shipped one)")
   _add_json_arg(fit)
   fit.set_defaults(run=cmd_latents_fit, human=_human_latents_fit)
 

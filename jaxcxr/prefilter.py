@@ -72,8 +72,11 @@ from jaxcxr.train.classifier import focal_loss, weighted_bce
 __all__ = [
     "MEASURE_NAMES",
     "default_round_sizes",
+    "check_prefilter_scorer",
     "records_at_strictness",
     "scorer_id",
+    "save_prefilter_set",
+    "shipped_prefilter",
     "DEFAULT_REPORT_MODELS",
     "FEATURE_DIM",
     "FOCAL_GAMMA",
@@ -155,6 +158,7 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
       "generator_id": str, the generator checkpoint's id;
       optionally "scorer_id": str, "UNET_ID/CLASSIFIER_ID" of the post-filter's models
         (`checkpoints.model_id`), whose measures these are;
+      optionally "strictness": str, the post-filter level "scores" and "valid" are at;
       optionally "measures": mapping of the raw post-filter measures
         (`ScoreResult.measures`: shape, symmetry, log_ratio, abnormal_logit, maxheat,
         area_right, area_left) to float (N,) arrays, from which validity at any
@@ -174,7 +178,7 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
   if not isinstance(records, Mapping):
     raise _fail(source, f"expected a mapping of latent records, got {type(records).__name__}")
   expected = {"z", "group", "scores", "features", "valid", "generator_id"}
-  missing, unknown = sorted(expected - set(records)), sorted(set(records) - expected - {"measures", "scorer_id"})
+  missing, unknown = sorted(expected - set(records)), sorted(set(records) - expected - {"measures", "scorer_id", "strictness"})
   if missing or unknown:
     raise _fail(source, f"expected keys {sorted(expected)}; missing {missing}, unknown {unknown}")
   z = np.asarray(records["z"])
@@ -233,11 +237,12 @@ def validate_latent_records(records: Mapping[str, Any], *, source: str = "record
       got = sorted(measures) if isinstance(measures, Mapping) else type(measures).__name__
       raise _fail(source, f"measures: expected exactly {list(MEASURE_NAMES)}, got {got}")
     out["measures"] = {name: column(name, measures[name], floats=True).astype(np.float32) for name in MEASURE_NAMES}
-  if "scorer_id" in records:
-    scorer_id = np.asarray(records["scorer_id"])
-    if scorer_id.shape != () or scorer_id.dtype.kind != "U":
-      raise _fail(source, f"scorer_id: expected one string, got {scorer_id.dtype} {scorer_id.shape}")
-    out["scorer_id"] = str(scorer_id)
+  for name in ("scorer_id", "strictness"):
+    if name in records:
+      value = np.asarray(records[name])
+      if value.shape != () or value.dtype.kind != "U":
+        raise _fail(source, f"{name}: expected one string, got {value.dtype} {value.shape}")
+      out[name] = str(value)
   return out
 
 
@@ -270,8 +275,9 @@ def records_at_strictness(records: Mapping[str, Any], scorer: Any, strictness: s
                     "rebuild it with this scorer")
   calibration = scorer.at_strictness(strictness).calibration
   scores, valid = score_from_measures({k: np.asarray(v) for k, v in records["measures"].items()}, calibration)
+  leveled = scorer.at_strictness(strictness)
   return {**records, "scores": {k: np.asarray(v, np.float32) for k, v in scores.items()},
-          "valid": np.asarray(valid, bool)}
+          "valid": np.asarray(valid, bool), "strictness": leveled.strictness_name}
 
 
 def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,
@@ -299,7 +305,7 @@ def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,
             "features": records["features"], "valid": records["valid"],
             "generator_id": np.asarray(records["generator_id"], dtype=str),
             **{f"measure_{k}": v for k, v in records.get("measures", {}).items()},
-            **({"scorer_id": np.asarray(records["scorer_id"], dtype=str)} if "scorer_id" in records else {})}
+            **{name: np.asarray(records[name], dtype=str) for name in ("scorer_id", "strictness") if name in records}}
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
   return write_bytes_atomic(path, buffer.getvalue())
@@ -331,7 +337,7 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
         raise _fail(source, f"not a latent dataset: missing array(s) {missing}; expected {list(keys)}")
       arrays = {k: npz[k] for k in keys}
       measures = {k: npz[f"measure_{k}"] for k in MEASURE_NAMES if f"measure_{k}" in npz.files}
-      stored_scorer = npz["scorer_id"] if "scorer_id" in npz.files else None
+      tags = {name: npz[name] for name in ("scorer_id", "strictness") if name in npz.files}
   except DataError:
     raise
   except FileNotFoundError:
@@ -342,8 +348,7 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
              "features": arrays["features"], "valid": arrays["valid"], "generator_id": arrays["generator_id"]}
   if measures:
     records["measures"] = measures
-  if stored_scorer is not None:
-    records["scorer_id"] = stored_scorer
+  records.update(tags)
   return validate_latent_records(records, source=source, latent_dim=latent_dim)
 
 
@@ -1355,6 +1360,8 @@ def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_grou
   }
   if scorer_id(scorer):
     records["scorer_id"] = scorer_id(scorer)
+  if hasattr(scorer, "strictness_name"):
+    records["strictness"] = scorer.strictness_name
   return validate_latent_records(records, latent_dim=generator.config.latent_dim)
 
 
@@ -1532,6 +1539,7 @@ def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, 
 # What `fit_prefilter` does with a group it cannot learn (too few valid or invalid latents).
 ON_EMPTY: tuple[str, ...] = ("error", "accept_all")
 _PREFILTER_FORMAT = "jaxcxr.prefilter/1"
+_PREFILTER_SET_FORMAT = "jaxcxr.prefilter-set/1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1595,17 +1603,99 @@ class Prefilter:
                                   overwrite=overwrite)
 
 
-def load_prefilter(directory: str | os.PathLike) -> Prefilter:
-  """Reads a pre-filter written by `Prefilter.save`.
+def save_prefilter_set(directory: str | os.PathLike, prefilters: Sequence[Prefilter], *,
+                       overwrite: bool = False) -> pathlib.Path:
+  """Writes pre-filters that share one classifier and differ in threshold strategy, as one checkpoint.
+
+  `fit_prefilter` with the same records, group, preset and seed fits the same classifier
+  whatever the strategy, so the strategies of one group need one set of weights. The
+  metadata holds each strategy's threshold and report; `load_prefilter(directory,
+  strategy)` returns one of them.
 
   Raises:
-    jaxcxr.checkpoints.CheckpointError: missing or corrupt checkpoint, or a model
-      checkpoint that is not a pre-filter (names the folder).
+    ValueError: no pre-filters, or pre-filters of different groups, generators or weights.
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
+
+  if not prefilters:
+    raise ValueError("save_prefilter_set: no pre-filters")
+  first = prefilters[0]
+  weights = jax.tree.leaves(nnx.state(first.classifier, nnx.Param))
+  for pf in prefilters[1:]:
+    same = (pf.group, pf.generator_id, pf.model_preset) == (first.group, first.generator_id, first.model_preset)
+    if not same or not all(np.array_equal(a, b) for a, b in zip(weights, jax.tree.leaves(
+        nnx.state(pf.classifier, nnx.Param)))):
+      raise ValueError(f"save_prefilter_set: the {pf.strategy} pre-filter has another group, generator or classifier "
+                       f"than the {first.strategy} one")
+  meta = {"prefilter_format": _PREFILTER_SET_FORMAT, "group": first.group, "model_preset": first.model_preset,
+          "generator_id": first.generator_id,
+          "strategies": {pf.strategy: {"threshold": None if pf.accepts_all else float(pf.threshold),
+                                       "accepts_all": pf.accepts_all, "report": io_lib.to_json_safe(dict(pf.report))}
+                         for pf in prefilters}}
+  return checkpoints.save_model(directory, first.classifier, first.classifier.config, metadata=meta,
+                                overwrite=overwrite)
+
+
+def shipped_prefilter(generator_id: str, strictness: str, group: str) -> pathlib.Path | None:
+  """The shipped pre-filter set `checkpoints/prefilters_*/STRICTNESS/GROUP` of a generator, or None.
+
+  Shipped pre-filters are fitted per generator, post-filter level and group, with every
+  threshold strategy (`save_prefilter_set`); the set whose metadata names `generator_id`
+  is returned.
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
+
+  for candidate in sorted(checkpoints.checkpoints_root().glob(f"prefilters_*/{strictness}/{group}")):
+    try:
+      if checkpoints.read_metadata(candidate).get("generator_id") == generator_id:
+        return candidate
+    except checkpoints.CheckpointError:
+      continue
+  return None
+
+
+def check_prefilter_scorer(pf: Prefilter, scorer: Any) -> None:
+  """Refuses a pre-filter that learned another post-filter's validity (other models or another level).
+
+  Raises:
+    ValueError: naming both.
+  """
+  learned, level = pf.report.get("scorer_id"), pf.report.get("strictness")
+  if learned and scorer_id(scorer) and learned != scorer_id(scorer):
+    raise ValueError(f"the pre-filter learned the validity of post-filter models {learned}, not this scorer's "
+                     f"{scorer_id(scorer)}; fit it on a latent dataset built with this scorer")
+  if level and level != scorer.strictness_name:
+    raise ValueError(f"the pre-filter learned validity at strictness {level!r}, but the post-filter runs at "
+                     f"{scorer.strictness_name!r}; pass --strictness {level} or fit one at this level")
+
+
+def load_prefilter(directory: str | os.PathLike, strategy: str | None = None) -> Prefilter:
+  """Reads a pre-filter written by `Prefilter.save`, or one strategy of a `save_prefilter_set`.
+
+  Args:
+    directory: the checkpoint folder.
+    strategy: which threshold of a pre-filter set (required for a set, checked for a single one).
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: missing or corrupt checkpoint, a model checkpoint
+      that is not a pre-filter, or a strategy it does not hold (names the folder).
   """
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
 
   classifier, _, meta = checkpoints.load_model(directory, lambda c: LatentClassifier(c, rngs=nnx.Rngs(0)),
                                                LatentClassifierConfig)
+  if meta.get("prefilter_format") == _PREFILTER_SET_FORMAT:
+    held = meta.get("strategies") or {}
+    if strategy not in held:
+      raise checkpoints.CheckpointError(f"{directory}: a pre-filter set of strategies {sorted(held)}; name one of "
+                                        f"them (got {strategy!r})")
+    entry = held[strategy]
+    threshold = -math.inf if entry.get("accepts_all") else float(entry["threshold"])
+    return Prefilter(classifier=classifier, threshold=threshold, strategy=strategy, group=meta["group"],
+                     model_preset=meta["model_preset"], generator_id=meta.get("generator_id"),
+                     report=entry.get("report") or {})
+  if strategy is not None and meta.get("strategy") != strategy:
+    raise checkpoints.CheckpointError(f"{directory}: a {meta.get('strategy')} pre-filter, not {strategy}")
   if meta.get("prefilter_format") != _PREFILTER_FORMAT:
     raise checkpoints.CheckpointError(f"{directory}: a latent classifier checkpoint without pre-filter metadata "
                                       f"(expected prefilter_format {_PREFILTER_FORMAT!r})")
@@ -1706,7 +1796,9 @@ def fit_prefilter(records: Mapping[str, Any], group: str, strategy: str = "youde
   config = LATENT_PRESETS[model_preset](latent_dim)
   n, n_valid = int(y.shape[0]), int(y.sum())
   base = {"n": n, "n_valid": n_valid, "base_rate": n_valid / n,
-          "physical_limit": (n / n_valid) if n_valid else None, "fractions": list(fractions), "seed": seed}
+          "physical_limit": (n / n_valid) if n_valid else None, "fractions": list(fractions), "seed": seed,
+          # The post-filter whose validity it learned: its models and level (None for records without them).
+          "scorer_id": records.get("scorer_id"), "strictness": records.get("strictness")}
   if min(n_valid, n - n_valid) < 2:
     reason = (f"group {group!r}: {n_valid} valid and {n - n_valid} invalid latents of {n}; a pre-filter needs "
               "at least 2 of each (one to train on, one to choose the threshold on)")

@@ -317,7 +317,7 @@ def test_latents_table_cli_writes_table_rows_and_figures(tmp_path, capsys):
   assert code == 2 and "unknown latent model" in capsys.readouterr().err
 
 
-def test_cli_build_fit_and_prefiltered_sample(scorer, tiny, tmp_path, capsys):
+def test_cli_build_fit_and_prefiltered_sample(scorer, tiny, tmp_path, capsys, monkeypatch):
   unet, classifier, generator = tiny
   for name, model in (("unet", unet), ("classifier", classifier), ("generator", generator)):
     checkpoints.save_model(tmp_path / name, model, model.config)
@@ -353,12 +353,47 @@ def test_cli_build_fit_and_prefiltered_sample(scorer, tiny, tmp_path, capsys):
     assert result["prefilter"]["group"] == GROUP and result["n_generated"] <= result["n_latents_drawn"]
     assert {"seconds", "valid_rate", "acceptance_rate", "compile_seconds"} <= set(result)
 
+  # One classifier with every strategy's threshold (a pre-filter set), found as a shipped one by generator id.
+  shipped = tmp_path / "root" / "prefilters_tiny" / "standard" / GROUP
+  code = cli.main(["latents", "fit", "--data", str(latents_path), "--group", GROUP, "--strategy", "all", "--out",
+                   str(shipped), "--json"])
+  captured = capsys.readouterr()
+  assert code == 0, captured.err
+  strategies = json.loads(captured.out)["strategies"]
+  assert set(strategies) == set(prefilter.STRATEGIES)
+  single = prefilter.load_prefilter(tmp_path / "pf")
+  youden = prefilter.load_prefilter(shipped, "youden")
+  assert youden.threshold == pytest.approx(single.threshold) and youden.report["strictness"] == "standard"
+  with pytest.raises(checkpoints.CheckpointError, match="name one"):
+    prefilter.load_prefilter(shipped)
+  with pytest.raises(checkpoints.CheckpointError, match="not tpr@0.95"):
+    prefilter.load_prefilter(tmp_path / "pf", "tpr@0.95")
+  monkeypatch.setenv("JAXCXR_CHECKPOINTS", str(tmp_path / "root"))
+  code = cli.main(["sample", "--group", GROUP, "--n", "2", "--out", str(tmp_path / "shipped"), "--prefilter",
+                   "tpr@0.95", "--pool-size", "16", *common])
+  captured = capsys.readouterr()
+  assert code == 0, captured.err
+  result = json.loads(captured.out)
+  assert result["n_valid"] == 2 and result["prefilter"]["strategy"] == "tpr@0.95"
+  assert "shipped pre-filter" in captured.err
+  monkeypatch.delenv("JAXCXR_CHECKPOINTS")
+  # A pre-filter learned at one level, or from other post-filter models, is refused.
+  stricter = copy.copy(scorer)
+  stricter.strictness = 0.3
+  with pytest.raises(ValueError, match="learned validity at strictness 'standard'"):
+    prefilter.check_prefilter_scorer(single, stricter)
+  others = copy.copy(scorer)
+  others.provenance = {"unet_id": "u9", "classifier_id": "c9"}
+  with pytest.raises(ValueError, match="post-filter models"):
+    prefilter.check_prefilter_scorer(single, others)
+  prefilter.check_prefilter_scorer(single, scorer)   # its own post-filter passes
+
   # a pre-filter of another generator's latents is refused; so are contradictory options
   other = dict(prefilter.load_latent_dataset(latents_path), generator_id="0123456789abcdef")
   prefilter.save_latent_dataset(tmp_path / "other.npz", other)
   for argv, message in (
       (["--prefilter", "youden", "--latents", str(tmp_path / "other.npz")], "rebuild the latent dataset"),
-      (["--prefilter", "youden"], "needs --latents"),
+      (["--prefilter", "youden"], "no shipped pre-filter"),
       (["--prefilter", "youden", "--latents", str(latents_path), "--unfiltered"], "cannot be combined"),
       (["--prefilter", "bogus", "--latents", str(latents_path)], "unknown threshold strategy"),
   ):
