@@ -126,8 +126,8 @@ def non_radiograph_check(scorer: scoring.Scorer, normal_image: np.ndarray, covid
                  "scores": {n: float(result.scores[n][i]) for n in scoring.SCORE_NAMES}}
   titles = []
   for i, name in enumerate(names):
-    verdict = "  ".join(f"{level.split(' ')[0]} {'valid' if v else 'REJECTED'}"
-                        for level, v in out[name]["valid_by_level"].items())
+    valid_at = [level.split(" ")[0] for level, v in out[name]["valid_by_level"].items() if v]
+    verdict = f"valid at: {', '.join(valid_at) if valid_at else 'no level (rejected)'}"
     titles.append((i, f"{name}\n{verdict}"))
   _save_examples(np.stack(list(images.values())), result, titles, pathlib.Path(path))
   return out
