@@ -1,7 +1,7 @@
 """Measured speed-up of the latent pre-filter (DESIGN.md section 6), with and without it, in one run on one device.
 
     python benchmarks/prefilter_speedup.py --latents F.npz --k 64 --groups all --strategy youden --model logreg
-        [--checkpoint GEN] [--scoring DIR] [--batch-size 32] [--pool-size 1024] [--nudge 3:0.5,3:1.0]
+        [--checkpoint GEN] [--scoring DIR] [--strictness standard|strict|Q] [--batch-size 32] [--pool-size 1024] [--nudge 3:0.5,3:1.0]
         [--repeats 3] [--data REAL.npz] [--seed 1] [--bf16]
         [--out benchmarks/results/prefilter_speedup_<device>.json]
     python benchmarks/prefilter_speedup.py --tiny      # smoke test: random tiny models, CPU, ~2 minutes
@@ -127,8 +127,10 @@ def _setup(args):
   changes = {"batch_size": args.batch_size} if args.batch_size else {}
   if args.bf16:
     changes["dtype"] = "bfloat16"
-  scorer = scoring.load_scorer(args.scoring, **changes)
+  scorer = scoring.load_scorer(args.scoring, strictness=args.strictness, **changes)
   records = prefilter.load_latent_dataset(args.latents)
+  if "measures" in records and records.get("strictness") != scorer.strictness_name:
+    records = prefilter.records_at_strictness(records, scorer, args.strictness)   # labels at the measured level
   if records["generator_id"] != generator_id and not args.allow_generator_mismatch:
     sys.exit(f"prefilter_speedup: {args.latents} was built with generator {records['generator_id']}, but "
              f"{directory} is {generator_id}; rebuild it (`jaxcxr latents build`) or pass "
@@ -236,6 +238,9 @@ def main(argv=None) -> int:
   parser.add_argument("--model", default="logreg", help="latent classifier preset (logreg, mlp1..mlp4, deep)")
   parser.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
   parser.add_argument("--scoring", help="scoring calibration folder (default: the shipped one, checkpoints/scoring_256)")
+  parser.add_argument("--strictness", default="standard",
+                      help="post-filter level (standard, strict or a fraction Q); the latent records are rescored "
+                           "to it from their stored measures")
   parser.add_argument("--batch-size", type=int, default=None, help="images generated per round (default 32)")
   parser.add_argument("--pool-size", type=int, default=None, help="latents per pre-filter round (default: batch x ceil(2 / acceptance), at most 32x)")
   parser.add_argument("--nudge", default="3:0.5,3:1.0",

@@ -937,8 +937,10 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
       raise UsageError(f"{args.prefilter_dir}: a pre-filter of group {pf.group}, not {args.group}")
   elif args.latents is not None:
     records = prefilter.load_latent_dataset(args.latents)
-    if args.strictness != records.get("strictness", args.strictness):
-      records = prefilter.records_at_strictness(records, _load_scorer(args), args.strictness)
+    scorer = _load_scorer(args)
+    if "measures" in records and records.get("strictness") != scorer.strictness_name:
+      # learn validity at the level the post-filter will run at (old datasets without measures: as built)
+      records = prefilter.records_at_strictness(records, scorer, args.strictness)
     pf = _fit_prefilter_or_usage(records, args.group, args.prefilter, args.prefilter_model, args.seed, "error")
   else:
     shipped = prefilter.shipped_prefilter(checkpoints.model_id(generator_dir), args.strictness, args.group)
@@ -951,7 +953,7 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
   if pf.generator_id is not None and pf.generator_id != generator_id:
     raise UsageError(f"the pre-filter was fitted on latents of generator {pf.generator_id}, but {generator_dir} is "
                      f"{generator_id}; rebuild the latent dataset with `jaxcxr latents build`")
-  scorer = _load_scorer(args)
+  scorer = scorer if args.latents is not None else _load_scorer(args)
   try:
     prefilter.check_prefilter_scorer(pf, scorer)
   except ValueError as e:
