@@ -129,8 +129,7 @@ def _setup(args):
     changes["dtype"] = "bfloat16"
   scorer = scoring.load_scorer(args.scoring, strictness=args.strictness, **changes)
   records = prefilter.load_latent_dataset(args.latents)
-  if "measures" in records and records.get("strictness") != scorer.strictness_name:
-    records = prefilter.records_at_strictness(records, scorer, args.strictness)   # labels at the measured level
+  records = prefilter.records_at_scorer_level(records, scorer)   # labels at the measured level
   if records["generator_id"] != generator_id and not args.allow_generator_mismatch:
     sys.exit(f"prefilter_speedup: {args.latents} was built with generator {records['generator_id']}, but "
              f"{directory} is {generator_id}; rebuild it (`jaxcxr latents build`) or pass "

@@ -379,6 +379,7 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.loop import data_metadata  # pylint: disable=g-import-not-at-top
 
   if not 0.0 <= args.strict_valid_rate < 1.0 or args.strict_n_per_group <= 0:
     raise UsageError(f"--strict-valid-rate must be in [0, 1) and --strict-n-per-group positive, got "
@@ -399,10 +400,10 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     p = p.resolve()
     return p.relative_to(root.resolve()).as_posix() if p.is_relative_to(root.resolve()) else str(p)
 
-  files = [pathlib.Path(p) for p in paths.split(",")]
   provenance = {"unet": named(unet_dir), "unet_id": checkpoints.model_id(unet_dir),
                 "classifier": named(classifier_dir), "classifier_id": checkpoints.model_id(classifier_dir),
-                "data": ",".join(f.name for f in files), "data_sha256": ",".join(data.file_sha256(f) for f in files),
+                "data": ",".join(pathlib.Path(p).name for p in paths.split(",")),
+                "data_sha256": data_metadata(ds).get("data_sha256"),
                 "split": "standard_split train, label 0"}
   try:
     scorer = scoring.calibrate(load_unet(unet_dir), load_classifier(classifier_dir), normals,
@@ -603,6 +604,7 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import checkpoints, data, metrics  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.classifier import load_classifier, predict_proba  # pylint: disable=g-import-not-at-top
   from jaxcxr.train.classifier import evaluate_classifier, fit_pixel_logreg, task_labels  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.loop import data_metadata  # pylint: disable=g-import-not-at-top
 
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_CLASSIFIERS[args.task])
   metadata = checkpoints.read_metadata(directory)
@@ -613,7 +615,7 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
   full = data.load(paths)
   if args.task == "abnormal":
     full = data.keep_abnormal_finding(full)   # abnormal means pneumonia, as the classifiers were trained
-  digest = ",".join(data.file_sha256(p) for p in paths.split(","))
+  digest = data_metadata(full).get("data_sha256")   # the digest train_classifier saved for the same files
   saved = metadata.get("split") or {}
   own = args.split != "all" and args.split in saved and metadata.get("data_sha256") == digest
   if own:
@@ -648,11 +650,12 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
     if positives.size:
       prob = predict_proba(model, ds.images[positives])
       # 8 positives spread evenly over the classifier's ranking (not its 8 most confident).
-      picks = positives[np.argsort(prob)[np.unique(np.linspace(0, positives.size - 1, 8).round().astype(int))]]
+      ranks = np.argsort(prob)[np.unique(np.linspace(0, positives.size - 1, 8).round().astype(int))]
+      picks = positives[ranks]
       cam = explain.grad_cam(model, ds.images[picks])
       what = "pneumonia" if args.task == "abnormal" else "female"
       result["gradcam_overlays"] = str(reports.save_gradcam_overlays(
-          ds.images[picks], cam.heatmap, predict_proba(model, ds.images[picks]),
+          ds.images[picks], cam.heatmap, prob[ranks],
           pathlib.Path(args.out) / "gradcam_overlays.png", names=ds.patient_id[picks],
           title=f"Grad-CAM ({what}) on 8 {args.split} {what} images, spread over the classifier's ranking"))
   return result
@@ -800,15 +803,23 @@ def _human_latents_build(r: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _records_at_strictness_arg(args: argparse.Namespace, records):
+  """The latent records rescored at `--strictness` (from their measures), or as built without it."""
+  from jaxcxr import prefilter  # pylint: disable=g-import-not-at-top
+
+  if args.strictness is None:
+    return records
+  try:
+    return prefilter.records_at_strictness(records, _load_scorer(args), args.strictness)
+  except ValueError as e:
+    raise UsageError(f"--strictness: {e}") from e
+
+
 def cmd_latents_table(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import io, prefilter  # pylint: disable=g-import-not-at-top
 
   records = prefilter.load_latent_dataset(args.data)
-  if args.strictness is not None:
-    try:
-      records = prefilter.records_at_strictness(records, _load_scorer(args), args.strictness)
-    except ValueError as e:
-      raise UsageError(f"--strictness: {e}") from e
+  records = _records_at_strictness_arg(args, records)
   targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
   try:
     models = prefilter.select_models(args.models, seed=args.seed)
@@ -864,11 +875,7 @@ def cmd_latents_fit(args: argparse.Namespace) -> dict[str, Any]:
 
   data.parse_group(args.group)
   records = prefilter.load_latent_dataset(args.data)
-  if args.strictness is not None:
-    try:
-      records = prefilter.records_at_strictness(records, _load_scorer(args), args.strictness)
-    except ValueError as e:
-      raise UsageError(f"--strictness: {e}") from e
+  records = _records_at_strictness_arg(args, records)
   on_empty = "accept_all" if args.accept_all_if_empty else "error"
   if args.strategy == "all":   # one classifier, every threshold strategy: a pre-filter set
     fitted = [_fit_prefilter_or_usage(records, args.group, strategy, args.model, args.seed, on_empty)
@@ -930,17 +937,15 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
   """`sample --prefilter`: fits (--latents) or loads (--prefilter-dir) the group's pre-filter, then samples."""
   from jaxcxr import checkpoints, prefilter  # pylint: disable=g-import-not-at-top
 
+  scorer = _load_scorer(args)
   if args.prefilter_dir is not None:
     _log(f"loading pre-filter {args.prefilter_dir}")
     pf = prefilter.load_prefilter(args.prefilter_dir, args.prefilter)
     if pf.group != args.group:
       raise UsageError(f"{args.prefilter_dir}: a pre-filter of group {pf.group}, not {args.group}")
   elif args.latents is not None:
-    records = prefilter.load_latent_dataset(args.latents)
-    scorer = _load_scorer(args)
-    if "measures" in records and records.get("strictness") != scorer.strictness_name:
-      # learn validity at the level the post-filter will run at (old datasets without measures: as built)
-      records = prefilter.records_at_strictness(records, scorer, args.strictness)
+    # learn validity at the level the post-filter will run at
+    records = prefilter.records_at_scorer_level(prefilter.load_latent_dataset(args.latents), scorer)
     pf = _fit_prefilter_or_usage(records, args.group, args.prefilter, args.prefilter_model, args.seed, "error")
   else:
     shipped = prefilter.shipped_prefilter(checkpoints.model_id(generator_dir), args.strictness, args.group)
@@ -953,7 +958,6 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
   if pf.generator_id is not None and pf.generator_id != generator_id:
     raise UsageError(f"the pre-filter was fitted on latents of generator {pf.generator_id}, but {generator_dir} is "
                      f"{generator_id}; rebuild the latent dataset with `jaxcxr latents build`")
-  scorer = scorer if args.latents is not None else _load_scorer(args)
   try:
     prefilter.check_prefilter_scorer(pf, scorer)
   except ValueError as e:

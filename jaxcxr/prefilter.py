@@ -73,6 +73,7 @@ __all__ = [
     "MEASURE_NAMES",
     "default_round_sizes",
     "check_prefilter_scorer",
+    "records_at_scorer_level",
     "records_at_strictness",
     "scorer_id",
     "save_prefilter_set",
@@ -264,8 +265,6 @@ def records_at_strictness(records: Mapping[str, Any], scorer: Any, strictness: s
     jaxcxr.data.DataError: records without measures, or measured by other models than the scorer's.
     ValueError: an unknown strictness.
   """
-  from jaxcxr.scoring import score_from_measures  # pylint: disable=g-import-not-at-top
-
   if "measures" not in records:
     raise DataError("this latent dataset holds no raw measures (built before strictness levels); rebuild it with "
                     "`jaxcxr latents build` to rescore it at another strictness")
@@ -273,11 +272,16 @@ def records_at_strictness(records: Mapping[str, Any], scorer: Any, strictness: s
   if expected and stored and expected != stored:
     raise DataError(f"the latent dataset was measured by post-filter models {stored}, not the scorer's {expected}; "
                     "rebuild it with this scorer")
-  calibration = scorer.at_strictness(strictness).calibration
-  scores, valid = score_from_measures({k: np.asarray(v) for k, v in records["measures"].items()}, calibration)
-  leveled = scorer.at_strictness(strictness)
-  return {**records, "scores": {k: np.asarray(v, np.float32) for k, v in scores.items()},
-          "valid": np.asarray(valid, bool), "strictness": leveled.strictness_name}
+  scores, valid = scorer.scores_at(records["measures"], strictness)
+  return {**records, "scores": scores, "valid": valid, "strictness": scorer.at_strictness(strictness).strictness_name}
+
+
+def records_at_scorer_level(records: Mapping[str, Any], scorer: Any) -> Mapping[str, Any]:
+  """The records labelled at the level `scorer` runs at: rescored from their measures when their level
+  differs; records without measures (built before strictness levels) are returned as built."""
+  if "measures" in records and records.get("strictness") != scorer.strictness_name:
+    return records_at_strictness(records, scorer, scorer.strictness)
+  return records
 
 
 def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,

@@ -114,9 +114,8 @@ def non_radiograph_check(scorer: scoring.Scorer, normal_image: np.ndarray, covid
             "real normal": normal_image}
   if covid_image is not None:
     images["COVID-19 radiograph (abnormal)"] = covid_image
-  names = list(images)
-  result = scorer.with_config(batch_size=min(scorer.config.batch_size, 8)).score(np.stack(list(images.values())),
-                                                                                 keep_maps=True)
+  names, stacked = list(images), np.stack(list(images.values()))
+  result = scorer.with_config(batch_size=min(scorer.config.batch_size, 8)).score(stacked, keep_maps=True)
   levels = _levels(scorer)
   valid = {level: scorer.valid_at(result.measures, q) for level, q in levels.items()}
   out = {}
@@ -129,7 +128,7 @@ def non_radiograph_check(scorer: scoring.Scorer, normal_image: np.ndarray, covid
     valid_at = [level.split(" ")[0] for level, v in out[name]["valid_by_level"].items() if v]
     verdict = f"valid at: {', '.join(valid_at) if valid_at else 'no level (rejected)'}"
     titles.append((i, f"{name}\n{verdict}"))
-  _save_examples(np.stack(list(images.values())), result, titles, pathlib.Path(path))
+  _save_examples(stacked, result, titles, pathlib.Path(path))
   return out
 
 

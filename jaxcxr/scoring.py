@@ -537,32 +537,44 @@ class Scorer:
       ValueError: an unknown level or a q out of range; or a calibration without reference
         measures (made before strictness levels existed) asked for anything but its own thresholds.
     """
-    q = resolve_strictness(strictness, self.levels)
-    if np.isclose(q, self.strictness):
+    q, calibration = self._calibration_at(strictness)
+    if calibration is self.calibration:
       return self
-    if self.reference is None:
-      raise ValueError(f"strictness {strictness!r}: this calibration stores fixed thresholds only (no reference "
-                       "measures); run `jaxcxr calibrate` again to get strictness levels")
     scorer = copy.copy(self)
-    scorer.calibration = thresholds_at(self.reference, self.calibration.atlas, q)
-    scorer.device_calibration = self.replicate(jax.tree.map(jnp.asarray, scorer.calibration))
+    scorer.calibration = calibration
+    scorer.device_calibration = self.replicate(jax.tree.map(jnp.asarray, calibration))
     scorer.strictness = q
     return scorer
 
+  def _calibration_at(self, strictness: str | float) -> tuple[float, Calibration]:
+    """(q, host thresholds) at a strictness; `self.calibration` itself at the current one. Raises as `at_strictness`."""
+    q = resolve_strictness(strictness, self.levels)
+    if np.isclose(q, self.strictness):
+      return self.strictness, self.calibration
+    if self.reference is None:
+      raise ValueError(f"strictness {strictness!r}: this calibration stores fixed thresholds only (no reference "
+                       "measures); run `jaxcxr calibrate` again to get strictness levels")
+    return q, thresholds_at(self.reference, self.calibration.atlas, q)
+
   def with_level(self, name: str, strictness: float) -> Scorer:
     """The same scorer with one more named strictness level (e.g. "strict"), saved by `save`."""
-    if not name or name in ("standard",) or not name.isidentifier():
+    if name == "standard" or not name.isidentifier():
       raise ValueError(f"with_level: expected a new level name (not 'standard'), got {name!r}")
     q = resolve_strictness(float(strictness), {})
     scorer = copy.copy(self)
     scorer.levels = {**self.levels, name: q}
     return scorer
 
+  def scores_at(self, measures: dict[str, Any], strictness: str | float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(scores {name: (N,)}, valid bool (N,)) of scored images (their `ScoreResult.measures`) at another
+    strictness, on the host (no device work: bisections and reports call it many times)."""
+    scores, valid = score_from_measures({k: np.asarray(v) for k, v in measures.items()},
+                                        self._calibration_at(strictness)[1])
+    return {k: np.asarray(v, np.float32) for k, v in scores.items()}, np.asarray(valid, bool)
+
   def valid_at(self, measures: dict[str, Any], strictness: str | float) -> np.ndarray:
     """bool (N,) validity of scored images (their `ScoreResult.measures`) at another strictness, on the host."""
-    _, valid = score_from_measures({k: np.asarray(v) for k, v in measures.items()},
-                                   self.at_strictness(strictness).calibration)
-    return np.asarray(valid)
+    return self.scores_at(measures, strictness)[1]
 
   def score(self, images: Any, *, keep_maps: bool = False, progress: bool = False) -> ScoreResult:
     """Scores real or generated radiographs.
