@@ -826,19 +826,24 @@ def cmd_latents_table(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [t for t in targets if t not in prefilter.TARGETS]
     if unknown or not targets:
       raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(prefilter.TARGETS)}")
-    if args.strategy not in prefilter.STRATEGIES:
-      raise ValueError(f"unknown strategy {args.strategy!r}; expected one of {', '.join(prefilter.STRATEGIES)}")
+    strategies = (prefilter.STRATEGIES if args.strategy.strip() == "all"
+                  else tuple(s.strip() for s in args.strategy.split(",") if s.strip()))
+    unknown = [s for s in strategies if s not in prefilter.STRATEGIES]
+    if unknown or not strategies:
+      raise ValueError(f"unknown strategy {unknown or args.strategy!r}; expected 'all' or some of "
+                       f"{', '.join(prefilter.STRATEGIES)}")
     if args.folds < 2:
       raise ValueError(f"--folds must be >= 2, got {args.folds}")
   except ValueError as e:
     raise UsageError(str(e)) from e
   out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
-  report = prefilter.write_latent_report(records, out, models=models, targets=targets, strategy=args.strategy,
+  report = prefilter.write_latent_report(records, out, models=models, targets=targets, strategy=strategies,
                                          n_folds=args.folds, seed=args.seed, extremes_k=args.extremes_k, log=_log)
   return {"data": str(args.data), "out": str(out), "generator_id": records["generator_id"],
           "strictness": args.strictness or "as built", "valid_rate": float(np.mean(records["valid"])),
           "models": list(models),
-          "targets": list(targets), "strategy": args.strategy, "n_folds": args.folds, "table": str(out / "table.md"),
+          "targets": list(targets), "strategies": list(strategies), "n_folds": args.folds,
+          "table": str(out / "table.md"),
           "best": io.to_json_safe(report["best"]),
           "files": report["files"]}
 
@@ -847,7 +852,7 @@ def _human_latents_table(r: dict[str, Any]) -> str:
   lines = [f"{len(r['models'])} model(s), targets {', '.join(r['targets'])}, {r['n_folds']}-fold CV -> {r['table']}"]
   for group, b in r["best"].items():
     auc = "n/a" if b["roc_auc"] is None else f"{b['roc_auc']:.3f}"
-    lines.append(f"  {group}: best {b['model']} (ROC AUC {auc}), out-of-fold at {r['strategy']}: precision "
+    lines.append(f"  {group}: best {b['model']} (ROC AUC {auc}), out-of-fold at {r['strategies'][0]}: precision "
                  f"{b['precision']:.3f} vs base rate {b['base_rate']:.3f}, TPR {b['tpr']:.3f}, FPR {b['fpr']:.3f}")
   return "\n".join(lines)
 
@@ -1020,10 +1025,12 @@ def _add_latents_parsers(commands) -> None:
   table.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
   table.add_argument("--out", required=True, help="report folder (table.md, rows.json, PNGs)")
   table.add_argument("--models", default=None,
-                     help="comma-separated model names of the zoo, or 'all' (default: logreg_C1, logreg_l1, "
-                          "knn_10, tree_d5, forest, flax_logreg, flax_mlp2)")
+                     help="comma-separated model names of the zoo, 'families' (one per family, 11), or 'all' "
+                          "(default: logreg_C1, logreg_l1, knn_10, tree_d5, forest, flax_logreg, flax_mlp2)")
   table.add_argument("--targets", default="valid", help="comma-separated: valid, score names, valid_by_scores")
-  table.add_argument("--strategy", default="youden", help="threshold strategy of the precision column")
+  table.add_argument("--strategy", default="youden",
+                     help="threshold strategy of the precision column; comma-separated or 'all' for one table "
+                          "each, from the same fits (curves use the first)")
   table.add_argument("--folds", type=int, default=3)
   table.add_argument("--extremes-k", type=int, default=100, help="latents per side in the best/worst PCA views")
   table.add_argument("--seed", type=int, default=0)

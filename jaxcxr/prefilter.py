@@ -79,6 +79,7 @@ __all__ = [
     "save_prefilter_set",
     "shipped_prefilter",
     "DEFAULT_REPORT_MODELS",
+    "FAMILY_MODELS",
     "FEATURE_DIM",
     "FOCAL_GAMMA",
     "FlaxLatentEstimator",
@@ -525,6 +526,16 @@ def threshold_report(y: Any, scores: Any, threshold: float) -> dict[str, Any]:
 # ============================================================================ Flax latent classifiers
 
 
+def _check_strategies(strategy: str | Sequence[str]) -> tuple[str, ...]:
+  """A strategy name or several (no duplicates) -> a tuple of names of `STRATEGIES`; ValueError otherwise."""
+  strategies = (strategy,) if isinstance(strategy, str) else tuple(strategy)
+  unknown = [s for s in strategies if s not in STRATEGIES]
+  if unknown or not strategies or len(set(strategies)) != len(strategies):
+    raise ValueError(f"unknown, missing or repeated threshold strategy in {list(strategies)}; expected some of "
+                     f"{', '.join(STRATEGIES)}")
+  return strategies
+
+
 def _check_latents(z: Any, latent_dim: int, name: str = "z") -> np.ndarray:
   z = np.asarray(z)
   if z.ndim != 2 or z.shape[1] != latent_dim:
@@ -878,14 +889,24 @@ def _out_of_fold_scores(estimator, z: np.ndarray, y: np.ndarray, n_folds: int, s
   return scores
 
 
-def _fold_metrics(estimator, z_tr, y_tr, z_te, y_te, strategy: str, n_folds: int, seed: int) -> dict[str, float]:
-  threshold = select_threshold(y_tr, _out_of_fold_scores(estimator, z_tr, y_tr, n_folds, seed), strategy)
+def _fold_metrics(estimator, z_tr, y_tr, z_te, y_te, strategies: Sequence[str], n_folds: int,
+                  seed: int) -> dict[str, dict[str, float]]:
+  """Held-out metrics of one outer fold, per threshold strategy: {strategy: {metric: value}}.
+
+  The inner out-of-fold scores and the refit are shared by all strategies, so
+  asking for all five costs what one does.
+  """
+  oof = _out_of_fold_scores(estimator, z_tr, y_tr, n_folds, seed)
   model = clone(estimator).fit(z_tr, y_tr)
   s_te = _model_scores(model, z_te)
-  accepted = s_te >= threshold
-  return {"roc_auc": metrics_lib.compute_roc_auc(s_te, y_te), "precision": _precision(accepted, y_te),
-          "precision_default": _precision(np.asarray(model.predict(z_te)), y_te),
-          "tpr": float(accepted[y_te == 1].mean()), "acceptance": float(accepted.mean())}
+  shared = {"roc_auc": metrics_lib.compute_roc_auc(s_te, y_te),
+            "precision_default": _precision(np.asarray(model.predict(z_te)), y_te)}
+  out = {}
+  for strategy in strategies:
+    accepted = s_te >= select_threshold(y_tr, oof, strategy)
+    out[strategy] = {**shared, "precision": _precision(accepted, y_te), "tpr": float(accepted[y_te == 1].mean()),
+                     "acceptance": float(accepted.mean())}
+  return out
 
 
 def _fold_metrics_by_scores(estimator, z_tr, z_te, y_te, score_labels_tr, n_folds: int,
@@ -918,7 +939,7 @@ def _fold_metrics_by_scores(estimator, z_tr, z_te, y_te, score_labels_tr, n_fold
 
 def cross_validate_latent(z: Any, y: Any, groups: Any, models: Mapping[str, Any], n_folds: int = 3, seed: int = 0,
                           targets: Sequence[str] = ("valid",), *, group_names: Sequence[str] | None = None,
-                          strategy: str = "youden") -> list[dict[str, Any]]:
+                          strategy: str | Sequence[str] = "youden") -> list[dict[str, Any]]:
   """Stratified k-fold cross-validation of latent classifiers, per age-sex group and target.
 
   For each target, group and model: the group's records are split by
@@ -965,10 +986,12 @@ def cross_validate_latent(z: Any, y: Any, groups: Any, models: Mapping[str, Any]
     targets: targets to evaluate, each in `TARGETS` and available from `y`.
     group_names: groups to evaluate (default: every group present, in
       `jaxcxr.data.GROUPS` order, then any others sorted).
-    strategy: threshold strategy of "precision" (one of `STRATEGIES`).
+    strategy: threshold strategy of "precision" (one of `STRATEGIES`), or several:
+      one row per strategy, all from the same fits ("valid_by_scores" always
+      uses "tpr@0.95" and has one row).
 
   Returns:
-    One dict per (target, group, model), in that nesting order, with keys
+    One dict per (target, group, model[, strategy]), in that nesting order, with keys
     "model", "group", "target", "n", "n_pos", "base_rate" (n_pos / n),
     "roc_auc", "roc_auc_std", "precision", "precision_std", "precision_default",
     "tpr", "acceptance" (fold means unless "_std"), "strategy", "n_folds" and
@@ -994,8 +1017,7 @@ def cross_validate_latent(z: Any, y: Any, groups: Any, models: Mapping[str, Any]
   unknown = [t for t in targets if t not in TARGETS]
   if unknown or not targets:
     raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(TARGETS)}")
-  if strategy not in STRATEGIES:
-    raise ValueError(f"unknown threshold strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+  strategies = _check_strategies(strategy)
   if n_folds < 2:
     raise ValueError(f"n_folds: expected >= 2, got {n_folds}")
   present = set(groups.tolist())
@@ -1018,8 +1040,8 @@ def cross_validate_latent(z: Any, y: Any, groups: Any, models: Mapping[str, Any]
       zg, yg = z[member], labels[target][member]
       n_pos = int(yg.sum())
       base = {"group": group, "target": target, "n": int(yg.shape[0]), "n_pos": n_pos,
-              "base_rate": n_pos / yg.shape[0], "strategy": "tpr@0.95" if target == "valid_by_scores" else strategy,
-              "n_folds": n_folds}
+              "base_rate": n_pos / yg.shape[0], "n_folds": n_folds}
+      row_strategies = ("tpr@0.95",) if target == "valid_by_scores" else strategies
       n_neg = base["n"] - n_pos
       if min(n_pos, n_neg) < min_count:
         note = (f"skipped: {n_pos} positives and {n_neg} negatives; each class needs >= {min_count} "
@@ -1027,35 +1049,39 @@ def cross_validate_latent(z: Any, y: Any, groups: Any, models: Mapping[str, Any]
         if explicit:
           raise ValueError(f"group {group!r}, target {target!r}: {note[len('skipped: '):]}")
         for name in models:
-          rows.append({"model": name, **base, **{k: float("nan") for k in _METRICS}, "roc_auc_std": float("nan"),
-                       "precision_std": float("nan"), "note": note})
+          for s in row_strategies:
+            rows.append({"model": name, **base, "strategy": s, **{k: float("nan") for k in _METRICS},
+                         "roc_auc_std": float("nan"), "precision_std": float("nan"), "note": note})
         continue
       folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(zg, yg))
       for name, estimator in models.items():
         per_fold = []
         for train, test in folds:
           if target == "valid_by_scores":
-            per_fold.append(_fold_metrics_by_scores(estimator, zg[train], zg[test], yg[test],
-                                                    [s[member][train] for s in score_labels], n_folds, seed))
+            per_fold.append({"tpr@0.95": _fold_metrics_by_scores(
+                estimator, zg[train], zg[test], yg[test], [s[member][train] for s in score_labels], n_folds, seed)})
           else:
-            per_fold.append(_fold_metrics(estimator, zg[train], yg[train], zg[test], yg[test], strategy,
+            per_fold.append(_fold_metrics(estimator, zg[train], yg[train], zg[test], yg[test], strategies,
                                           n_folds, seed))
-        row = {"model": name, **base}
-        for key in _METRICS:
-          row[key] = float(np.mean([m[key] for m in per_fold]))
-        row["roc_auc_std"] = float(np.std([m["roc_auc"] for m in per_fold]))
-        row["precision_std"] = float(np.std([m["precision"] for m in per_fold]))
-        row["note"] = ""
-        rows.append(row)
+        for s in row_strategies:
+          row = {"model": name, **base, "strategy": s}
+          for key in _METRICS:
+            row[key] = float(np.mean([m[s][key] for m in per_fold]))
+          row["roc_auc_std"] = float(np.std([m[s]["roc_auc"] for m in per_fold]))
+          row["precision_std"] = float(np.std([m[s]["precision"] for m in per_fold]))
+          row["note"] = ""
+          rows.append(row)
   return rows
 
 
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """Markdown tables of `cross_validate_latent` rows: models x groups, one table per target.
+  """Markdown tables of `cross_validate_latent` rows: models x groups, one table per target and strategy.
 
-  Each cell is "precision / ROC AUC" (fold means, precision at the rows'
-  threshold strategy), as in the original study's table; a skipped group shows
-  "skipped" and its reason is listed under the table.
+  Each cell is "precision (lift) / ROC AUC": fold means, precision at the table's
+  threshold strategy and its lift = precision / base rate (the pre-filter's
+  predicted speed-up in generated images per valid one), as in the original
+  study's table. A skipped group shows "skipped" and its reason is listed under
+  the table.
 
   Args:
     rows: rows from `cross_validate_latent`.
@@ -1069,17 +1095,14 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
   if not rows:
     raise ValueError("results_table: no rows")
   out = []
-  targets = list(dict.fromkeys(r["target"] for r in rows))
-  for target in targets:
-    sub = [r for r in rows if r["target"] == target]
+  for target, strategy in dict.fromkeys((r["target"], r["strategy"]) for r in rows):
+    sub = [r for r in rows if r["target"] == target and r["strategy"] == strategy]
     models = list(dict.fromkeys(r["model"] for r in sub))
     groups = list(dict.fromkeys(r["group"] for r in sub))
     cell = {(r["model"], r["group"]): r for r in sub}
-    strategies = sorted({r["strategy"] for r in sub})
     folds = sorted({r["n_folds"] for r in sub})
-    out.append(f"### {target}\n")
-    out.append(f"precision at the {', '.join(strategies)} threshold / ROC AUC, mean over "
-               f"{', '.join(map(str, folds))} folds\n")
+    out.append(f"### {target}, threshold {strategy}\n")
+    out.append(f"precision (lift = precision / base rate) / ROC AUC, mean over {', '.join(map(str, folds))} folds\n")
     out.append("| model | " + " | ".join(groups) + " |")
     out.append("|---|" + "---|" * len(groups))
     for model in models:
@@ -1091,7 +1114,8 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
         elif r["note"]:
           cells.append("skipped")
         else:
-          cells.append(f"{r['precision']:.3f} / {r['roc_auc']:.3f}")
+          lift = r["precision"] / r["base_rate"] if r["base_rate"] > 0 else float("nan")
+          cells.append(f"{r['precision']:.3f} ({lift:.2f}x) / {r['roc_auc']:.3f}")
       out.append(f"| {model} | " + " | ".join(cells) + " |")
     base = {r["group"]: r for r in sub}
     out.append("| *positives / n* | " + " | ".join(f"{base[g]['n_pos']} / {base[g]['n']}" for g in groups) + " |")
@@ -1389,12 +1413,19 @@ def latent_dataset_summary(records: Mapping[str, Any]) -> dict[str, Any]:
 DEFAULT_REPORT_MODELS: tuple[str, ...] = ("logreg_C1", "logreg_l1", "knn_10", "tree_d5", "forest", "flax_logreg",
                                           "flax_mlp2")
 
+# One model per family of the zoo, the original study's 11-family table: L2 and L1 logistic
+# regression, linear, RBF and polynomial SVMs, k-NN, a decision tree, a random forest, and the
+# Flax logistic regression, MLP and deep net.
+FAMILY_MODELS: tuple[str, ...] = ("logreg_C1", "logreg_l1", "svc_linear", "svc_rbf", "svc_poly", "knn_10", "tree_d5",
+                                  "forest", "flax_logreg", "flax_mlp2", "flax_deep")
+
 
 def select_models(names: str | Sequence[str] | None = None, *, seed: int = 0) -> dict[str, Any]:
-  """Estimators of `latent_model_zoo` by name: None -> `DEFAULT_REPORT_MODELS`, "all" -> the whole zoo.
+  """Estimators of `latent_model_zoo` by name: None -> `DEFAULT_REPORT_MODELS`, "families" -> `FAMILY_MODELS`,
+  "all" -> the whole zoo.
 
   Args:
-    names: a comma-separated string or a sequence of zoo names, "all", or None.
+    names: a comma-separated string or a sequence of zoo names, "families", "all", or None.
     seed: as `latent_model_zoo`.
 
   Raises:
@@ -1406,6 +1437,8 @@ def select_models(names: str | Sequence[str] | None = None, *, seed: int = 0) ->
   if isinstance(names, str):
     if names.strip() == "all":
       return zoo
+    if names.strip() == "families":
+      names = FAMILY_MODELS
     names = [n.strip() for n in names.split(",") if n.strip()]
   names = list(names)
   unknown = [n for n in names if n not in zoo]
@@ -1436,8 +1469,8 @@ def _cross_validated_decisions(estimator, z: np.ndarray, y: np.ndarray, strategy
 
 def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, *,
                         models: Mapping[str, Any] | None = None, targets: Sequence[str] = ("valid",),
-                        strategy: str = "youden", n_folds: int = 3, seed: int = 0, extremes_k: int = 100,
-                        log: Any = None) -> dict[str, Any]:
+                        strategy: str | Sequence[str] = "youden", n_folds: int = 3, seed: int = 0,
+                        extremes_k: int = 100, log: Any = None) -> dict[str, Any]:
   """The pre-filter study in one call: CV table, exploratory views, and curves of each group's best model.
 
   Writes into `out_dir` (created; files written atomically):
@@ -1460,7 +1493,8 @@ def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, 
     out_dir: output folder.
     models: name -> unfitted estimator (default `select_models()`).
     targets: CV targets (see `TARGETS`).
-    strategy: threshold strategy (`STRATEGIES`).
+    strategy: threshold strategy (`STRATEGIES`) or several (one table each, from
+      the same fits); the curves and confusion matrices use the first.
     n_folds: CV folds.
     seed: fold shuffling and model seeds.
     extremes_k: latents per side of the extremes views (capped at N // 2).
@@ -1477,8 +1511,7 @@ def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, 
 
   log = log or (lambda message: None)
   records = validate_latent_records(records, latent_dim=np.asarray(records["z"]).shape[-1])
-  if strategy not in STRATEGIES:
-    raise ValueError(f"unknown threshold strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+  strategies = _check_strategies(strategy)
   unknown = [t for t in targets if t not in TARGETS]
   if unknown or not targets:
     raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(TARGETS)}")
@@ -1490,7 +1523,7 @@ def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, 
 
   log(f"cross-validating {len(models)} model(s) x {len(set(groups.tolist()))} group(s), targets {list(targets)}")
   rows = cross_validate_latent(z, y, groups, models, n_folds=n_folds, seed=seed, targets=targets,
-                               strategy=strategy)
+                               strategy=strategies)
   files.append(str(write_bytes_atomic(out / "table.md", results_table(rows).encode())))
   files.append(str(io_lib.save_json(out / "rows.json", io_lib.to_json_safe(rows))))
 
@@ -1517,20 +1550,21 @@ def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, 
   if primary is not None:
     labels = _target_label(y, primary, z.shape[0])
     for group in present:
-      scored = [r for r in rows if r["target"] == primary and r["group"] == group and not r["note"]]
+      scored = [r for r in rows if r["target"] == primary and r["group"] == group and not r["note"]
+                and r["strategy"] == strategies[0]]
       if not scored:
         continue
       top = max(scored, key=lambda r: r["roc_auc"])
       member = groups == group
       log(f"{group}: best model {top['model']} (ROC AUC {top['roc_auc']:.3f}); out-of-fold curves")
-      oof, accepted = _cross_validated_decisions(models[top["model"]], z[member], labels[member], strategy,
+      oof, accepted = _cross_validated_decisions(models[top["model"]], z[member], labels[member], strategies[0],
                                                  n_folds, seed)
       confusion = metrics_lib.compute_confusion(accepted.astype(np.int64), labels[member])
       report = metrics_lib.compute_binary_report(accepted.astype(np.int64), labels[member])
       files.append(str(save_roc_pr_curves({top["model"]: (labels[member], oof)}, out / f"roc_pr_{group}.png",
                                           title=f"{group}, target {primary}, out-of-fold")))
       files.append(str(save_confusion_matrix(confusion, out / f"confusion_{group}.png",
-                                             title=f"{group}: {top['model']} at {strategy}, out-of-fold")))
+                                             title=f"{group}: {top['model']} at {strategies[0]}, out-of-fold")))
       best[group] = {"model": top["model"], "target": primary, "roc_auc": top["roc_auc"],
                      "confusion": confusion.tolist(), "tpr": report["tpr"], "fpr": report["fpr"],
                      "precision": report["precision"], "base_rate": float(labels[member].mean())}

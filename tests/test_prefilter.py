@@ -295,9 +295,30 @@ def test_results_table_lists_every_model_and_group(cv_rows):
   assert header == "| model | " + " | ".join(GROUPS) + " |"
   assert "skipped" in table and "- 58_64f: skipped: 0 positives" in table
   first = next(r for r in cv_rows if r["model"] == "logreg_l1")
-  assert f"{first['precision']:.3f} / {first['roc_auc']:.3f}" in table
+  lift = first["precision"] / first["base_rate"]
+  assert f"{first['precision']:.3f} ({lift:.2f}x) / {first['roc_auc']:.3f}" in table
   with pytest.raises(ValueError):
     prefilter.results_table([])
+
+
+def test_cross_validate_several_strategies_share_fits():
+  z, valid, groups = _group_dataset(seed=6, empty_group="none")
+  models = {"logreg_C1": prefilter.latent_model_zoo(flax=False)["logreg_C1"]}
+  one = prefilter.cross_validate_latent(z, valid, groups, models, strategy="youden", group_names=["18_24m"])
+  rows = prefilter.cross_validate_latent(z, valid, groups, models, strategy=prefilter.STRATEGIES,
+                                         group_names=["18_24m"])
+  assert [r["strategy"] for r in rows] == list(prefilter.STRATEGIES)
+  assert len({r["roc_auc"] for r in rows}) == 1          # one set of fits behind every strategy's row
+  by = {r["strategy"]: r for r in rows}
+  assert by["youden"] == one[0]
+  # The strategies differ where they should: tpr@0.95 accepts the most, max_precision the fewest.
+  assert by["tpr@0.95"]["tpr"] > 0.85 and by["tpr@0.95"]["acceptance"] >= by["youden"]["acceptance"]
+  assert by["max_precision"]["acceptance"] <= by["youden"]["acceptance"]
+  table = prefilter.results_table(rows)
+  assert all(f"### valid, threshold {s}" in table for s in prefilter.STRATEGIES)
+  for bad in ("nope", ("youden", "youden"), ()):
+    with pytest.raises(ValueError, match="strategy"):
+      prefilter.cross_validate_latent(z, valid, groups, models, strategy=bad)
 
 
 # ----------------------------------------------------------------------------- latent datasets

@@ -300,7 +300,7 @@ def test_latents_table_cli_writes_table_rows_and_figures(tmp_path, capsys):
   prefilter.save_latent_dataset(path, _synthetic_records(n=150, groups=("18_24m", GROUP)))
   out = tmp_path / "table"
   code = cli.main(["latents", "table", "--data", str(path), "--out", str(out), "--models", "logreg_C1,tree_d5",
-                   "--extremes-k", "20", "--json"])
+                   "--extremes-k", "20", "--strategy", "youden,tpr@0.95", "--json"])
   captured = capsys.readouterr()
   assert code == 0, captured.err
   result = json.loads(captured.out)
@@ -308,13 +308,16 @@ def test_latents_table_cli_writes_table_rows_and_figures(tmp_path, capsys):
   assert result["best"][GROUP]["roc_auc"] > 0.8
   table = (out / "table.md").read_text()
   assert "logreg_C1" in table and "tree_d5" in table and GROUP in table
+  assert "### valid, threshold youden" in table and "### valid, threshold tpr@0.95" in table
   rows = json.loads((out / "rows.json").read_text())
-  assert len(rows) == 4
+  assert len(rows) == 8 and result["strategies"] == ["youden", "tpr@0.95"]
   for name in ("correlations_all", f"correlations_{GROUP}", "extremes_score_shape", f"roc_pr_{GROUP}",
                f"confusion_{GROUP}"):
     assert (out / f"{name}.png").stat().st_size > 0, name
   code = cli.main(["latents", "table", "--data", str(path), "--out", str(tmp_path / "t2"), "--models", "nope"])
   assert code == 2 and "unknown latent model" in capsys.readouterr().err
+  code = cli.main(["latents", "table", "--data", str(path), "--out", str(tmp_path / "t3"), "--strategy", "best"])
+  assert code == 2 and "unknown strategy" in capsys.readouterr().err
 
 
 def test_cli_build_fit_and_prefiltered_sample(scorer, tiny, tmp_path, capsys, monkeypatch):
