@@ -1438,7 +1438,7 @@ def select_models(names: str | Sequence[str] | None = None, *, seed: int = 0) ->
     if names.strip() == "all":
       return zoo
     if names.strip() == "families":
-      names = FAMILY_MODELS
+      return {n: zoo[n] for n in FAMILY_MODELS}
     names = [n.strip() for n in names.split(",") if n.strip()]
   names = list(names)
   unknown = [n for n in names if n not in zoo]
