@@ -8,11 +8,13 @@
 
 For each group: the group's pre-filter is fitted on the latent dataset (`prefilter.fit_prefilter`:
 classifier on its train part, threshold by --strategy on its validation part, precision and
-TPR/FPR on its test part), then K valid images are sampled by each variant through the same
-compiled round (`prefilter.sample_valid`: pool of latents -> classifier -> static-shape
-selection -> generate and post-score only the selected ones):
+TPR/FPR on its test part), then K valid images are sampled by each variant through
+`prefilter.sample_valid` (one compiled round: pool of latents -> classifier -> static-shape
+selection -> generate and post-score only the selected ones; the host loop of
+`jaxcxr.sampling.run_rounds`):
 
-* `unfiltered`: no pre-filter (every latent accepted; pool = accept = --batch-size);
+* `unfiltered`: no pre-filter (every latent accepted: `jaxcxr.sampling`'s unfiltered round of
+  --batch-size consecutive latents);
 * `prefilter`: the fitted pre-filter;
 * `nudged_<steps>x<size>`: the pre-filter after latent nudging (`prefilter.NudgeConfig`:
   each pooled z climbs the classifier's logit on its own norm shell).
@@ -48,7 +50,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxcxr import checkpoints, data, metrics, prefilter, scoring
+from jaxcxr import checkpoints, data, metrics, prefilter, sampling, scoring
 from jaxcxr import io as io_lib
 from jaxcxr.models.classifier import predict_pooled_features
 from jaxcxr.models.generator import load_generator
@@ -161,12 +163,17 @@ def _parse_nudges(text: str) -> list[prefilter.NudgeConfig]:
 # ----------------------------------------------------------------------------- measurement
 
 
+def _round_traces() -> int:
+  """Compilations so far of the filtered and the unfiltered sampling rounds."""
+  return prefilter.TRACE_COUNTS["filter_generate_and_score"] + sampling.TRACE_COUNTS["generate_and_score_round"]
+
+
 def measure(scorer, generator, pf, group: str, key, args, *, pool_size: int, accept_size: int, nudge) -> dict:
   """Warm-up (compile) then --repeats timed runs to K valid images; generated-per-valid pooled over runs."""
   options = {"pool_size": pool_size, "accept_size": accept_size, "nudge": nudge}
-  traces = prefilter.TRACE_COUNTS["filter_generate_and_score"]
+  traces = _round_traces()
   warmup_seconds = prefilter.warm_up_sampler(scorer, generator, pf, key, group, **options)
-  compiled = prefilter.TRACE_COUNTS["filter_generate_and_score"] > traces
+  compiled = _round_traces() > traces
   runs = [prefilter.sample_valid(scorer, generator, pf, jax.random.fold_in(key, r), args.k, group,
                                  max_generated=args.max_generated, **options) for r in range(args.repeats)]
   seconds = [r["seconds"] for r in runs]

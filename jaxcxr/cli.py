@@ -922,13 +922,13 @@ def _uses_prefilter(args: argparse.Namespace) -> bool:
 
 def _sample_post_filtered(args: argparse.Namespace, generator, key, result: dict[str, Any]) -> dict[str, Any]:
   """`sample` without a pre-filter: generate batches, keep the valid images (post-filter only)."""
-  from jaxcxr import prefilter  # pylint: disable=g-import-not-at-top
+  from jaxcxr import sampling  # pylint: disable=g-import-not-at-top
 
   scorer = _load_scorer(args)
-  result["compile_seconds"] = prefilter.warm_up_sampler(scorer, generator, None, key, args.group, label=args.label)
+  result["compile_seconds"] = sampling.warm_up_sampler(scorer, generator, key, args.group, label=args.label)
   max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
-  found = prefilter.sample_valid(scorer, generator, None, key, args.n, args.group, label=args.label,
-                                 max_generated=max_generated, progress=True)
+  found = sampling.sample_valid(scorer, generator, key, args.n, args.group, label=args.label,
+                                max_generated=max_generated, progress=True)
   result.update({k: found[k] for k in ("n_valid", "n_generated", "seconds", "valid_rate")},
                 strictness=scorer.strictness_name)
   result["sample_index"] = [int(i) for i in found["index"]]

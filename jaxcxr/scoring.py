@@ -387,8 +387,8 @@ def generate_and_score_batch(models, states, calibration, z, cond, config: Scori
                              keep_images: bool = True):
   """Generation plus post-filter scoring of one batch of latents inside a traced function.
 
-  The core of both compiled sampling paths (`Scorer.generate_and_score` and the pre-filtered
-  rounds of `jaxcxr.prefilter.sample_valid`).
+  The core of every compiled sampling path (`Scorer.generate_and_score`, the unfiltered rounds
+  of `jaxcxr.sampling.sample_valid` and the pre-filtered rounds of `jaxcxr.prefilter.sample_valid`).
 
   Args:
     models: (U-Net graphdef, classifier graphdef, generator graphdef, ...), static.
@@ -496,7 +496,8 @@ class Scorer:
     u_def, u_state = split_with_dtype(unet, config.dtype)
     c_def, c_state = split_with_dtype(classifier, config.dtype)
     # What the jitted functions take (public for pipelines that fuse more work into the same call,
-    # e.g. `prefilter.sample_valid`): static graphdefs, device-resident states and calibration.
+    # e.g. `sampling.sample_valid`, `prefilter.sample_valid`): static graphdefs, device-resident states and
+    # calibration.
     self.graphdefs = (u_def, c_def)
     self.mesh = _device_mesh()
     self.states = self.replicate((u_state, c_state))

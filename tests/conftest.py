@@ -8,6 +8,7 @@ promotion would test a configuration no user can run.
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -33,3 +34,84 @@ def nih_path():
 @pytest.fixture(scope="session")
 def covid_path():
   return COVID_FIXTURE
+
+
+# ----------------------------------------------------------------------------- sampling and pre-filter fixtures
+#
+# Shared by the pre-filter and sampling tests (test_prefilter_*.py, test_sampling.py); tests/test_scoring.py
+# defines its own `tiny` and `scorer`. Tiny random models (as tests/test_scoring.py) keep XLA:CPU compiles
+# short. Random models fail the real calibration on every generated image, so `scorer` uses a calibration in
+# which only the abnormal classifier's logit decides validity (threshold at the median over a probe batch):
+# about half of the images are valid, each a deterministic function of its latent. The latent classifiers
+# are fitted on synthetic labelled latents (a linear rule in z), so acceptance has nothing to do with
+# validity here: these fixtures serve tests of the mechanics, not of the filter's quality.
+
+# The group the sampling scorer is calibrated on and `fitted` is fitted for.
+SAMPLING_GROUP = "38_44f"
+
+
+def _synthetic_records(n=400, groups=(SAMPLING_GROUP,), seed=0, valid_rule=None):
+  """Latent records whose `valid` is a linear rule in z (learnable); scores consistent with valid."""
+  from jaxcxr import scoring  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  z = rng.standard_normal((n * len(groups), 128)).astype(np.float32)
+  valid = (z[:, 0] + 0.5 * z[:, 1] > 0.5) if valid_rule is None else valid_rule(z)
+  margin = np.where(valid, 1.0, -1.0).astype(np.float32)
+  scores = {name: (margin + 0.1 * rng.standard_normal(z.shape[0])).astype(np.float32)
+            for name in scoring.SCORE_NAMES}
+  return {"z": z, "group": np.repeat(np.array(groups), n), "scores": scores,
+          "features": rng.random((z.shape[0], 6)).astype(np.float32), "valid": valid, "generator_id": "synthetic"}
+
+
+@pytest.fixture(scope="session")
+def synthetic_records():
+  """The function (n=400, groups=(SAMPLING_GROUP,), seed=0, valid_rule=None) -> synthetic latent records."""
+  return _synthetic_records
+
+
+@pytest.fixture(scope="session")
+def tiny():
+  """(U-Net, classifier, generator): tiny random models at 32x32."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr.config import ClassifierConfig, UNetConfig, gan_tiny  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.classifier import Classifier  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.generator import Generator  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.unet import UNet  # pylint: disable=g-import-not-at-top
+
+  unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
+  classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2),
+                          rngs=nnx.Rngs(1))
+  generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(2))
+  return unet, classifier, generator
+
+
+@pytest.fixture(scope="session")
+def scorer(tiny, nih_path):
+  """A `Scorer` of the tiny models (batch 4) whose validity is the abnormal logit below its probe median."""
+  from jaxcxr import data, scoring  # pylint: disable=g-import-not-at-top
+
+  unet, classifier, generator = tiny
+  config = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=4)
+  base = scoring.calibrate(unet, classifier, data.load(nih_path).images[:20], config)
+  probe = base.generate_and_score(generator, jax.random.key(99), 32, SAMPLING_GROUP, keep_images=False)
+  calibration = base.calibration._replace(
+      shape_min=np.float32(-1.0), symmetry_min=np.float32(-1.0), log_ratio_min=np.float32(-1e3),
+      log_ratio_max=np.float32(1e3), maxheat_max=np.float32(1e9),
+      abnormal_logit_max=np.float32(np.median(probe.result.measures["abnormal_logit"])))
+  return scoring.Scorer(unet, classifier, calibration, config)
+
+
+@pytest.fixture(scope="session")
+def records():
+  """400 synthetic latent records of SAMPLING_GROUP."""
+  return _synthetic_records()
+
+
+@pytest.fixture(scope="session")
+def fitted(records):
+  """The logreg pre-filter of SAMPLING_GROUP (youden threshold) fitted on `records`."""
+  from jaxcxr import prefilter  # pylint: disable=g-import-not-at-top
+
+  return prefilter.fit_prefilter(records, SAMPLING_GROUP, "youden", "logreg", steps=300)

@@ -1,0 +1,249 @@
+"""Sampling exactly k post-filter-valid images on device: the round loop and unfiltered sampling.
+
+* `run_rounds`: the host loop of every sampler. It runs a compiled round (one call per
+  round, same shapes every round) from a running latent index until `k` valid images are
+  collected or a limit is hit, keeps the valid images in index order and assembles the
+  result (counters, rates, progress lines). The pre-filtered sampler
+  (`jaxcxr.prefilter.sample_valid`) runs its rounds through it too.
+* Unfiltered sampling (plain post-filtering): `sample_valid`, whose round
+  (`UnfilteredRound`) generates and post-scores the next `batch_size` consecutive latent
+  indices in one compiled call (`scoring.generate_and_score_batch`, every slot used), and
+  `warm_up_sampler`.
+
+Latent i is `models.generator.latents(key, i)` (`scoring.latents_at`), so the images do
+not depend on the batch size: unfiltered sampling returns the first `k` valid indices.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxcxr import scoring
+from jaxcxr.models.condition import group_condition_batch
+from jaxcxr.scoring import SCORE_NAMES
+
+__all__ = [
+    "TRACE_COUNTS",
+    "UnfilteredRound",
+    "check_label",
+    "check_limits",
+    "round_inputs",
+    "run_rounds",
+    "sample_valid",
+    "warm_up_sampler",
+]
+
+# Number of traces (compilations) of `_generate_and_score_round`, for the no-recompile checks.
+TRACE_COUNTS: dict[str, int] = {"generate_and_score_round": 0}
+
+
+def check_limits(k: int, max_rounds: int) -> None:
+  """Raises ValueError for k < 0 or max_rounds < 1 (the messages name `sample_valid`)."""
+  if k < 0:
+    raise ValueError(f"sample_valid: k must be >= 0, got {k}")
+  if max_rounds < 1:
+    raise ValueError(f"sample_valid: max_rounds must be >= 1, got {max_rounds}")
+
+
+def check_label(generator, label: int) -> None:
+  """Raises ValueError for label != 0 with a generator that is not conditioned on the label."""
+  if "label" not in generator.config.conditions and label != 0:
+    raise ValueError(f"sample_valid: this generator is not conditioned on the label; got label={label}")
+
+
+def round_inputs(scorer, generator, key: jax.Array, group: str, label: int, batch_size: int) -> dict[str, Any]:
+  """What every compiled sampling round takes, split and placed on device once.
+
+  Args:
+    scorer: the `jaxcxr.scoring.Scorer` (post-filter).
+    generator: the `Generator` (computing in the scorer's dtype).
+    key: PRNG key of the latents.
+    group: age-sex group (its condition row).
+    label: 0 normal / 1 abnormal condition.
+    batch_size: images generated per round.
+
+  Returns:
+    {"models": (U-Net, classifier, generator) graphdefs, "states": their device states,
+    "calibration": the scorer's device calibration, "batch_sharding": a `NamedSharding` of the
+    batch over the scorer's mesh (None without a mesh or when the mesh does not divide
+    `batch_size`), "cond": (batch_size, n_conditions) condition rows, "key": key}.
+
+  Raises:
+    jaxcxr.data.DataError: unknown group.
+  """
+  g_def, g_state = scoring.split_with_dtype(generator, scorer.config.dtype)
+  mesh = scorer.mesh
+  return {"models": (*scorer.graphdefs, g_def), "states": (*scorer.states, scorer.replicate(g_state)),
+          "calibration": scorer.device_calibration,
+          "batch_sharding": (None if mesh is None or batch_size % mesh.size else
+                             jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))),
+          "cond": jnp.asarray(group_condition_batch(group, batch_size, label,
+                                                    conditions=generator.config.conditions)),
+          "key": key}
+
+
+def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str, *, resolution: int,
+               latent_dim: int, pool_size: int, accept_size: int, max_rounds: int = 10_000,
+               max_generated: int | None = None, progress: bool = False) -> dict[str, Any]:
+  """Runs compiled rounds from latent index 0 until `k` valid images are collected or a limit is hit.
+
+  Each round is `round_fn(start)`; the next round starts at `start + consumed`. The host
+  only collects valid images (in the round's slot order, the index order) and stops at `k`.
+
+  Args:
+    round_fn: callable(start: int) -> mapping of (device) arrays for the latents from index
+      `start` on: "images" uint8 (A, G, G), "z" float32 (A, latent_dim), "index" int (A,),
+      "scores" {name: float32 (A,)}, "valid" bool (A,) (False on padding slots),
+      "slot_used" bool (A,) (False on padding slots), "consumed" int (latents considered).
+    k: valid images wanted (>= 0).
+    group: age-sex group (for the progress lines).
+    resolution: G, the image side (for an empty result).
+    latent_dim: width of z (for an empty result).
+    pool_size: latents drawn per round (reported).
+    accept_size: A, images generated per round.
+    max_rounds: give up after this many rounds.
+    max_generated: give up once this many images were generated (default no limit).
+    progress: one line per round on stderr.
+
+  Returns:
+    The dict `sample_valid` documents.
+
+  Raises:
+    ValueError: k < 0 or max_rounds < 1.
+  """
+  check_limits(k, max_rounds)
+  t0 = time.perf_counter()
+  kept: list[dict] = []
+  n_kept = n_drawn = n_generated = n_valid_seen = rounds = 0
+  while n_kept < k and rounds < max_rounds and (max_generated is None or n_generated < max_generated):
+    out = jax.device_get(round_fn(n_drawn))
+    rounds += 1
+    n_drawn += int(out["consumed"])
+    n_generated += int(out["slot_used"].sum())
+    valid = np.flatnonzero(out["valid"])
+    n_valid_seen += valid.size
+    take = valid[: k - n_kept]
+    kept.append({"images": out["images"][take], "z": out["z"][take], "index": out["index"][take],
+                 "scores": {name: v[take] for name, v in out["scores"].items()}})
+    n_kept += take.size
+    if progress:
+      import sys  # pylint: disable=g-import-not-at-top
+
+      print(f"sample {group}: round {rounds}, {n_kept}/{k} valid, {n_generated} generated of {n_drawn} latents "
+            f"drawn", file=sys.stderr, flush=True)
+  seconds = time.perf_counter() - t0
+  merged = (jax.tree.map(lambda *parts: np.concatenate(parts), *kept) if kept else
+            {"images": np.zeros((0, resolution, resolution), np.uint8),
+             "z": np.zeros((0, latent_dim), np.float32), "index": np.zeros((0,), np.int32),
+             "scores": {name: np.zeros((0,), np.float32) for name in SCORE_NAMES}})
+  return {**merged, "n_valid": int(n_kept), "n_latents_drawn": int(n_drawn), "n_generated": int(n_generated),
+          "n_valid_seen": int(n_valid_seen), "n_rounds": rounds,
+          "seconds": float(seconds), "valid_rate": n_valid_seen / n_generated if n_generated else 0.0,
+          "acceptance_rate": n_generated / n_drawn if n_drawn else 0.0,
+          "generated_per_valid": n_generated / n_valid_seen if n_valid_seen else float("inf"),
+          "complete": n_kept == k, "pool_size": pool_size, "accept_size": accept_size,
+          "n_slots": rounds * accept_size}
+
+
+# ----------------------------------------------------------------------------- unfiltered sampling
+
+
+@functools.partial(jax.jit, static_argnames=("models", "config", "batch_size", "batch_sharding"))
+def _generate_and_score_round(models, states, calibration, key, start, cond, *, config, batch_size, batch_sharding):
+  """One round of unfiltered sampling in one compiled call (shapes static in every round).
+
+  models/states: (U-Net, classifier, generator). Latent indices start .. start+batch_size-1
+  give z (`latents`), all generated and post-scored: every slot is used and the round
+  consumes `batch_size` latents.
+  """
+  TRACE_COUNTS["generate_and_score_round"] += 1          # runs at trace time only
+  latent_dim = nnx.merge(models[2], states[2]).config.latent_dim
+  index = start + jnp.arange(batch_size, dtype=jnp.int32)                                # (B,)
+  z = scoring.latents_at(key, index, latent_dim)                                         # (B, D)
+  if batch_sharding is not None:
+    z = jax.lax.with_sharding_constraint(z, batch_sharding)
+  out = scoring.generate_and_score_batch(models, states, calibration, z, cond, config, keep_maps=False)
+  return {"images": out["images"], "z": z, "index": index, "scores": out["scores"], "valid": out["valid"],
+          "slot_used": jnp.ones((batch_size,), bool), "consumed": jnp.int32(batch_size)}
+
+
+class UnfilteredRound:
+  """Everything constant across rounds of unfiltered sampling, split once; `__call__(start)` runs one round."""
+
+  def __init__(self, scorer, generator, key: jax.Array, group: str, label: int, batch_size: int):
+    check_label(generator, label)
+    if batch_size < 1:
+      raise ValueError(f"sample_valid: batch_size must be >= 1, got {batch_size}")
+    inputs = round_inputs(scorer, generator, key, group, label, batch_size)
+    self.models, self.states, self.calibration = inputs["models"], inputs["states"], inputs["calibration"]
+    self.batch_sharding, self.cond, self.key = inputs["batch_sharding"], inputs["cond"], inputs["key"]
+    self.static = {"config": scorer.config, "batch_size": batch_size}
+
+  def __call__(self, start: int) -> dict[str, Any]:
+    return _generate_and_score_round(self.models, self.states, self.calibration, self.key, jnp.int32(start),
+                                     self.cond, batch_sharding=self.batch_sharding, **self.static)
+
+
+def warm_up_sampler(scorer, generator, key: jax.Array, group: str, *, label: int = 0,
+                    batch_size: int | None = None) -> float:
+  """Compiles `sample_valid`'s round (one call, result discarded); returns its seconds (compile + one round)."""
+  batch_size = batch_size if batch_size is not None else scorer.config.batch_size
+  caller = UnfilteredRound(scorer, generator, key, group, label, batch_size)
+  t0 = time.perf_counter()
+  jax.block_until_ready(caller(0))
+  return time.perf_counter() - t0
+
+
+def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label: int = 0,
+                 batch_size: int | None = None, max_rounds: int = 10_000, max_generated: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+  """Post-filtered sampling without a pre-filter: exactly `k` valid images, the first valid latent indices.
+
+  Each round is ONE compiled call (same shapes every round, so it compiles once per
+  configuration): generate and post-score the next `batch_size` latent indices
+  (`models.generator.latents(key, i)`, indices from a running counter so no z repeats).
+  The returned images are the first `k` valid indices, whatever the batch size; the host
+  only collects valid images and stops at `k`. The same images come from
+  `jaxcxr.prefilter.sample_valid` with a pre-filter that accepts every latent.
+
+  Args:
+    scorer: a `jaxcxr.scoring.Scorer` (post-filter).
+    generator: a `Generator`.
+    key: PRNG key of the latents.
+    k: valid images wanted (>= 0).
+    group: age-sex group.
+    label: 0 normal / 1 abnormal condition.
+    batch_size: images generated and scored per round (default the scorer's batch size).
+    max_rounds: give up after this many rounds.
+    max_generated: give up once this many images were generated (default no limit).
+    progress: one line per round on stderr.
+
+  Returns:
+    {"images": uint8 (n_valid, G, G) valid images in index order, "z": float32 (n_valid,
+    latent_dim), "index" int (n_valid,) latent indices, "scores" {name: float32 (n_valid,)}
+    (all > 0), "n_valid" (= k unless a limit was hit), "n_latents_drawn" (latents
+    considered), "n_generated" (images generated; = n_latents_drawn here), "n_valid_seen"
+    (valid among them, including any beyond k), "n_rounds", "seconds" (wall time, rounds
+    only), "valid_rate" (n_valid_seen / n_generated), "acceptance_rate" (n_generated /
+    n_latents_drawn: 1 here), "generated_per_valid" (n_generated / n_valid_seen),
+    "complete" (n_valid == k), "pool_size" and "accept_size" (both = batch_size), "n_slots"
+    (images computed: n_rounds * batch_size)}.
+
+  Raises:
+    ValueError: k < 0, max_rounds < 1, batch_size < 1, a label the generator lacks.
+    jaxcxr.data.DataError: unknown group.
+  """
+  check_limits(k, max_rounds)
+  batch_size = batch_size if batch_size is not None else scorer.config.batch_size
+  caller = UnfilteredRound(scorer, generator, key, group, label, batch_size)
+  return run_rounds(caller, k, group, resolution=generator.config.resolution, latent_dim=generator.config.latent_dim,
+                    pool_size=batch_size, accept_size=batch_size, max_rounds=max_rounds,
+                    max_generated=max_generated, progress=progress)
