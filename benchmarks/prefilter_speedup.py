@@ -50,8 +50,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxcxr import checkpoints, data, metrics, prefilter, sampling, scoring
+from jaxcxr import checkpoints, data, metrics, prefilter, realism, sampling, scoring
 from jaxcxr import io as io_lib
+from jaxcxr.prefilter import cascade
+from jaxcxr.train import score_predictor
 from jaxcxr.models.classifier import predict_pooled_features
 from jaxcxr.models.generator import load_generator
 
@@ -75,7 +77,12 @@ def block_means(images: np.ndarray) -> np.ndarray:
           .mean(axis=(2, 4)).reshape(n, -1) / 255.0)
 
 
-def diversity(scorer, found: dict, real_features: np.ndarray | None) -> dict:
+def diversity(scorer, found: dict, real: dict | None) -> dict:
+  """Diversity of the K images of a run; with real normals, also their Fréchet distances to them.
+
+  `real`: {"features": the group's real normals' classifier features, "images": those images,
+  "pca": a `realism.PcaFrechet` fitted on all real normals} or None.
+  """
   images, z = found["images"], found["z"]
   if len(images) < 2:
     return {"n": int(len(images))}
@@ -84,9 +91,13 @@ def diversity(scorer, found: dict, real_features: np.ndarray | None) -> dict:
          "mpd_pixels16": metrics.mean_pairwise_distance(block_means(images)),
          "mpd_classifier": metrics.mean_pairwise_distance(features),
          "mpd_z": metrics.mean_pairwise_distance(z)}
-  if real_features is not None and len(real_features) >= 2:
-    out["fd_classifier_to_real"] = metrics.frechet_distance(features, real_features)
-    out["n_real"] = int(len(real_features))
+  if real is not None:
+    pca = real["pca"].transform(images)
+    out["mpd_pca"] = metrics.mean_pairwise_distance(pca)
+    if len(real["images"]) >= 2:
+      out["fd_classifier_to_real"] = metrics.frechet_distance(features, real["features"])
+      out["fd_pca_to_real"] = metrics.frechet_distance(pca, real["pca"].transform(real["images"]))
+      out["n_real"] = int(len(real["images"]))
   return out
 
 
@@ -136,8 +147,24 @@ def _setup(args):
     sys.exit(f"prefilter_speedup: {args.latents} was built with generator {records['generator_id']}, but "
              f"{directory} is {generator_id}; rebuild it (`jaxcxr latents build`) or pass "
              "--allow-generator-mismatch")
-  real = data.load(args.data) if args.data else None
+  real = None
+  if args.data:
+    dataset = data.load(args.data)
+    normals = dataset.images[dataset.label == 0]
+    real = {"dataset": dataset, "pca": realism.PcaFrechet(normals, seed=0)}
   return scorer, generator, records, str(directory), real
+
+
+def _cascade(args, generator, generator_name):
+  """The cascade pre-filter of --cascade: None for 'none', a plain generator, or none shipped for it."""
+  if args.cascade == "none" or generator.config.upsampler is None:
+    return None
+  if args.cascade == "shipped":
+    if args.tiny:
+      return None
+    path = cascade.shipped_cascade_prefilter(checkpoints.model_id(generator_name))
+    return cascade.load_cascade_prefilter(path) if path is not None else None
+  return cascade.load_cascade_prefilter(args.cascade)
 
 
 def _context(args, scorer, generator, generator_name) -> dict:
@@ -164,18 +191,20 @@ def _parse_nudges(text: str) -> list[prefilter.NudgeConfig]:
 
 
 def _round_traces() -> int:
-  """Compilations so far of the filtered and the unfiltered sampling rounds."""
-  return prefilter.TRACE_COUNTS["filter_generate_and_score"] + sampling.TRACE_COUNTS["generate_and_score_round"]
+  """Compilations so far of the filtered, cascade and unfiltered sampling rounds."""
+  return (prefilter.TRACE_COUNTS["filter_generate_and_score"] + sampling.TRACE_COUNTS["generate_and_score_round"]
+          + cascade.TRACE_COUNTS["cascade_round"])
 
 
-def measure(scorer, generator, pf, group: str, key, args, *, pool_size: int, accept_size: int, nudge) -> dict:
-  """Warm-up (compile) then --repeats timed runs to K valid images; generated-per-valid pooled over runs."""
-  options = {"pool_size": pool_size, "accept_size": accept_size, "nudge": nudge}
+def measure(warm_up, sample, key, args) -> dict:
+  """Warm-up (compile) then --repeats timed runs to K valid images; generated-per-valid pooled over runs.
+
+  warm_up(key) -> seconds; sample(key, k, max_generated) -> the samplers' result dict.
+  """
   traces = _round_traces()
-  warmup_seconds = prefilter.warm_up_sampler(scorer, generator, pf, key, group, **options)
+  warmup_seconds = warm_up(key)
   compiled = _round_traces() > traces
-  runs = [prefilter.sample_valid(scorer, generator, pf, jax.random.fold_in(key, r), args.k, group,
-                                 max_generated=args.max_generated, **options) for r in range(args.repeats)]
+  runs = [sample(jax.random.fold_in(key, r), args.k, args.max_generated) for r in range(args.repeats)]
   seconds = [r["seconds"] for r in runs]
   generated, valid_seen = sum(r["n_generated"] for r in runs), sum(r["n_valid_seen"] for r in runs)
   drawn = sum(r["n_latents_drawn"] for r in runs)
@@ -192,40 +221,104 @@ def measure(scorer, generator, pf, group: str, key, args, *, pool_size: int, acc
           "images_per_second": generated / sum(seconds) if sum(seconds) else 0.0}
 
 
-def bench_group(group: str, scorer, generator, records, real, args, context, lines) -> None:
-  try:
-    pf = prefilter.fit_prefilter(records, group, args.strategy, args.model, seed=args.fit_seed)
-  except ValueError as e:
-    _emit({**context, "group": group, "variant": "summary", "skipped": str(e)}, lines)
-    return
+def _strategies(text: str) -> list[str]:
+  names = list(prefilter.STRATEGIES) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+  unknown = [n for n in names if n not in prefilter.STRATEGIES]
+  if unknown or not names:
+    raise SystemExit(f"prefilter_speedup: unknown strategy {unknown}; expected 'all' or some of "
+                     f"{', '.join(prefilter.STRATEGIES)}")
+  return names
+
+
+def _cascade_predicted(cas, scorer, generator, records, group: str, strategies) -> dict:
+  """Per strategy: the cascade pre-filter's precision on the group's test latents (its own split) over the base
+  rate, i.e. its predicted generated-per-valid speed-up, with test TPR and acceptance."""
+  member = np.flatnonzero(records["group"] == group)
+  test = np.intersect1d(score_predictor.split_indices(records["group"], seed=cas.report.get("split_seed", 0))["test"],
+                        member)
+  base = score_predictor.base_images(generator, records["z"][test], records["group"][test])
+  level = scorer.strictness_name
+  log_p = np.asarray(jax.jit(lambda x, c: cascade.log_valid_probability(cas.predictor, x, c))(
+      jax.numpy.asarray(base, jax.numpy.float32)[..., None] / 127.5 - 1.0, scorer.device_calibration))
+  y = np.asarray(records["valid"])[test]
+  out = {"n_test": int(test.size), "base_rate_test": float(y.mean()),
+         "roc_auc_test": metrics.compute_roc_auc(log_p, y.astype(int)) if 0 < y.sum() < y.size else None}
+  for s in strategies:
+    accepted = log_p >= cas.threshold(level, s)
+    precision = float(y[accepted].mean()) if accepted.any() else 0.0
+    out[s] = {"precision": precision, "tpr": float(accepted[y].mean()) if y.any() else None,
+              "acceptance": float(accepted.mean()),
+              "predicted_speedup": precision / y.mean() if y.mean() > 0 else None}
+  return out
+
+
+def bench_group(group: str, scorer, generator, records, real, cas, args, context, lines) -> None:
+  strategies = _strategies(args.strategy)
+  fitted = {}
+  for s in strategies:
+    try:
+      fitted[s] = prefilter.fit_prefilter(records, group, s, args.model, seed=args.fit_seed)
+    except ValueError as e:
+      _emit({**context, "group": group, "variant": f"prefilter_{s}", "skipped": str(e)}, lines)
   accept_size = scorer.config.batch_size
-  pool_size, _ = prefilter.default_round_sizes(scorer, pf, args.pool_size, accept_size)
-  real_features = None
+  real_group = None
   if real is not None:
-    normal = real.images[(real.groups == data.group_index(group)) & (real.label == 0)]
-    real_features = predict_pooled_features(scorer.classifier, normal) if len(normal) >= 2 else None
+    normal = real["dataset"].images[(real["dataset"].groups == data.group_index(group)) &
+                                    (real["dataset"].label == 0)]
+    if len(normal) >= 2:
+      real_group = {"images": normal, "features": predict_pooled_features(scorer.classifier, normal),
+                    "pca": real["pca"]}
   key = jax.random.fold_in(jax.random.key(args.seed), data.group_index(group))
-  variants = [("unfiltered", None, accept_size, None), ("prefilter", pf, pool_size, None)]
-  variants += [(f"nudged_{n.steps}x{n.step_size:g}", pf, pool_size, n) for n in _parse_nudges(args.nudge)]
+  variants = [("unfiltered", {"kind": "unfiltered", "pool_size": accept_size})]
+  for s, pf in fitted.items():
+    pool_size, _ = prefilter.default_round_sizes(scorer, pf, args.pool_size, accept_size)
+    variants.append((f"prefilter_{s}", {"kind": "latent", "pf": pf, "pool_size": pool_size, "nudge": None}))
+  first = strategies[0]
+  if first in fitted:
+    pool_size, _ = prefilter.default_round_sizes(scorer, fitted[first], args.pool_size, accept_size)
+    variants += [(f"nudged_{n.steps}x{n.step_size:g}_{first}", {"kind": "latent", "pf": fitted[first],
+                                                                "pool_size": pool_size, "nudge": n})
+                 for n in _parse_nudges(args.nudge)]
+  if cas is not None:
+    for s in strategies:
+      pool_size, _ = cascade.default_cascade_round_sizes(scorer, cas, s, args.pool_size, accept_size)
+      variants.append((f"cascade_{s}", {"kind": "cascade", "strategy": s, "pool_size": pool_size}))
   results = {}
-  for name, pf_variant, pool, nudge in variants:
-    m = measure(scorer, generator, pf_variant, group, key, args, pool_size=pool, accept_size=accept_size,
-                nudge=nudge)
+  for name, v in variants:
+    pool = v["pool_size"]
+    if v["kind"] == "unfiltered":
+      warm_up = lambda k: sampling.warm_up_sampler(scorer, generator, k, group, batch_size=accept_size)
+      sample = lambda k, n, limit: sampling.sample_valid(scorer, generator, k, n, group, batch_size=accept_size,
+                                                         max_generated=limit)
+    elif v["kind"] == "latent":
+      options = {"pool_size": pool, "accept_size": accept_size, "nudge": v["nudge"]}
+      warm_up = lambda k, v=v, o=options: prefilter.warm_up_sampler(scorer, generator, v["pf"], k, group, **o)
+      sample = lambda k, n, limit, v=v, o=options: prefilter.sample_valid(scorer, generator, v["pf"], k, n, group,
+                                                                          max_generated=limit, **o)
+    else:
+      options = {"strategy": v["strategy"], "pool_size": pool, "accept_size": accept_size}
+      warm_up = lambda k, o=options: cascade.warm_up_cascade(scorer, generator, cas, k, group, **o)
+      sample = lambda k, n, limit, o=options: cascade.sample_valid_cascade(scorer, generator, cas, k, n, group,
+                                                                          max_generated=limit, **o)
+    m = measure(warm_up, sample, key, args)
     results[name] = m
-    first = m.pop("first")
+    first_run = m.pop("first")
+    nudge = v.get("nudge")
     _emit({**context, "group": group, "variant": name, "pool_size": pool, "accept_size": accept_size,
            "nudge_steps": nudge.steps if nudge else 0, "nudge_step_size": nudge.step_size if nudge else 0.0,
-           **m, "diversity": diversity(scorer, first, real_features)}, lines)
-  rep = pf.report
+           **m, "diversity": diversity(scorer, first_run, real_group)}, lines)
   base = results["unfiltered"]
-  summary = {**context, "group": group, "variant": "summary", "threshold": pf.threshold,
-             "test": {k: rep.get("test", {}).get(k) for k in ("tpr", "fpr", "precision", "confusion")},
-             "test_roc_auc": rep.get("test_roc_auc"),
-             "precision_unfiltered_test": rep.get("precision_unfiltered_test"),
-             "precision_filtered_test": rep.get("precision_filtered_test"),
-             "predicted_speedup": rep.get("predicted_speedup"),
-             "physical_limit": rep.get("physical_limit"), "dataset_valid_rate": rep.get("base_rate"),
-             "measured_valid_rate_unfiltered": base["valid_rate"]}
+  summary = {**context, "group": group, "variant": "summary",
+             "physical_limit": 1.0 / float(np.mean(records["valid"][records["group"] == group])),
+             "dataset_valid_rate": float(np.mean(records["valid"][records["group"] == group])),
+             "measured_valid_rate_unfiltered": base["valid_rate"], "latent": {}}
+  for s, pf in fitted.items():
+    rep = pf.report
+    summary["latent"][s] = {"threshold": pf.threshold, "test_roc_auc": rep.get("test_roc_auc"),
+                            "test": {k: rep.get("test", {}).get(k) for k in ("tpr", "fpr", "precision")},
+                            "predicted_speedup": rep.get("predicted_speedup")}
+  if cas is not None:
+    summary["cascade"] = _cascade_predicted(cas, scorer, generator, records, group, strategies)
   for name, m in results.items():
     if name == "unfiltered":
       continue
@@ -240,7 +333,11 @@ def main(argv=None) -> int:
   parser.add_argument("--latents", help="latent dataset npz (`jaxcxr latents build`) of the generator below")
   parser.add_argument("--k", type=int, default=64, help="valid images per group and run")
   parser.add_argument("--groups", default="all", help="'all' or comma-separated group names")
-  parser.add_argument("--strategy", default="youden", choices=prefilter.STRATEGIES)
+  parser.add_argument("--strategy", default="youden",
+                      help="threshold strategies: comma-separated names or 'all' (one variant each, per pre-filter)")
+  parser.add_argument("--cascade", default="shipped",
+                      help="cascade pre-filter folder (`jaxcxr.prefilter.cascade`), 'shipped' (the generator's, if "
+                           "any) or 'none'")
   parser.add_argument("--model", default="logreg", help="latent classifier preset (logreg, mlp1..mlp4, deep)")
   parser.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
   parser.add_argument("--scoring", help="scoring calibration folder (default: the shipped one, checkpoints/scoring_256)")
@@ -253,7 +350,8 @@ def main(argv=None) -> int:
                       help="nudged variants as STEPS:STEP_SIZE, comma-separated; 'none' to skip")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (keys folded per run)")
   parser.add_argument("--max-generated", type=int, default=200_000, help="give up a run after this many images")
-  parser.add_argument("--data", help="real images (npz) for the Fréchet distance to each group's normal images")
+  parser.add_argument("--data", help="real images (npz, or comma-separated npz) for the PCA space (all normals) and "
+                                     "the Fréchet distances to each group's normal images")
   parser.add_argument("--seed", type=int, default=1, help="sampling key (use another than the latent dataset's)")
   parser.add_argument("--fit-seed", type=int, default=0, help="seed of the pre-filter's split and fit "
                       "(`jaxcxr latents fit` and `sample --prefilter` use 0 by default)")
@@ -273,12 +371,14 @@ def main(argv=None) -> int:
   present = [g for g in data.GROUPS if g in set(records["group"].tolist())]
   groups = present if args.groups == "all" else [g.strip() for g in args.groups.split(",")]
   context = _context(args, scorer, generator, generator_name)
+  cas = _cascade(args, generator, generator_name)
+  context["cascade"] = None if cas is None else cas.generator_id
   print(f"prefilter speed-up on {context['device']}: groups {groups}, K {args.k}, {args.strategy} {args.model}",
         file=sys.stderr)
   lines: list = []
   start = time.perf_counter()
   for group in groups:
-    bench_group(group, scorer, generator, records, real, args, context, lines)
+    bench_group(group, scorer, generator, records, real, cas, args, context, lines)
   print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
   if args.out:
     path = pathlib.Path(args.out)

@@ -690,6 +690,8 @@ SHIPPED_SCORING = ("scoring_256", "scoring_128")
 # f-AnoGAN encoders and HealthyGAN translators, best first.
 SHIPPED_FANOGAN_ENCODERS = ("fanogan_256/encoder", "fanogan_64/encoder")
 SHIPPED_HEALTHYGAN_TRANSLATORS = ("healthygan_256/translator", "healthygan_64/translator")
+# Cascade pre-filters (base-image score predictors with thresholds; each names its generator's id).
+SHIPPED_CASCADE_PREFILTERS = ("cascade_prefilter_gan_256",)
 
 
 def checkpoints_root() -> pathlib.Path:

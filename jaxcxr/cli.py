@@ -860,7 +860,8 @@ def _human_latents_table(r: dict[str, Any]) -> str:
 def _prefilter_summary(pf) -> dict[str, Any]:
   from jaxcxr import io  # pylint: disable=g-import-not-at-top
 
-  return {"group": pf.group, "strategy": pf.strategy, "model": pf.model_preset, "accepts_all": pf.accepts_all,
+  return {"input": "z", "group": pf.group, "strategy": pf.strategy, "model": pf.model_preset,
+          "accepts_all": pf.accepts_all,
           "threshold": None if pf.accepts_all else pf.threshold, "generator_id": pf.generator_id,
           "report": io.to_json_safe(dict(pf.report))}
 
@@ -906,6 +907,51 @@ def _human_latents_fit(r: dict[str, Any]) -> str:
           f"unfiltered (predicted speed-up {rep.get('predicted_speedup') or float('nan'):.2f})")
 
 
+def cmd_latents_cascade(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import checkpoints, config, prefilter  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train import score_predictor  # pylint: disable=g-import-not-at-top
+
+  if args.steps <= 0 or args.steps % 250:
+    raise UsageError(f"--steps must be a positive multiple of 250, got {args.steps}")
+  records = prefilter.load_latent_dataset(args.data)
+  directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
+  generator = generator_lib.load_generator(directory)
+  generator_id = checkpoints.model_id(directory)
+  if generator.config.upsampler is None:
+    raise UsageError(f"{directory} is not a cascade generator (no upsampler): it has no cheap base image")
+  if records["generator_id"] != generator_id:
+    raise UsageError(f"{args.data} was built with generator {records['generator_id']}, but {directory} is "
+                     f"{generator_id}; rebuild it with `jaxcxr latents build`")
+  scorer = _load_scorer(args)
+  levels = tuple(level.strip() for level in args.levels.split(",") if level.strip())
+  try:
+    for level in levels:
+      scorer.at_strictness(level)
+  except ValueError as e:
+    raise UsageError(f"--levels: {e}") from e
+  _log(f"making {len(records['z'])} base images with {directory}")
+  base = score_predictor.base_images(generator, records["z"], records["group"])
+  try:
+    fitted = cascade.fit_cascade_prefilter(records, base, scorer, config.score_predictor_64(), levels=levels,
+                                           steps=args.steps, seed=args.seed, log=_log)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  out = fitted.save(args.out, overwrite=args.overwrite)
+  levels_report = {level: {k: v for k, v in r.items() if k != "strategies"}
+                   for level, r in fitted.report["levels"].items()}
+  return {"out": str(out), "data": str(args.data), "generator": str(directory), "levels": levels_report,
+          "thresholds": fitted.thresholds, "val_r2": fitted.report["history"]["val_r2"]}
+
+
+def _human_latents_cascade(r: dict[str, Any]) -> str:
+  lines = [f"cascade pre-filter -> {r['out']}"]
+  for level, rep in r["levels"].items():
+    lines.append(f"  {level}: test ROC AUC {rep['roc_auc_test']:.3f} (base rate {rep['base_rate_test']:.3f})")
+  return "\n".join(lines)
+
+
 def _uses_prefilter(args: argparse.Namespace) -> bool:
   """Checks the pre-filter options of `sample`; True when sampling should go through a pre-filter."""
   wanted = args.prefilter is not None or args.prefilter_dir is not None or args.latents is not None
@@ -943,6 +989,17 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
   from jaxcxr import checkpoints, prefilter  # pylint: disable=g-import-not-at-top
 
   scorer = _load_scorer(args)
+  if args.prefilter_input != "z" and args.prefilter_dir is None and args.latents is None:
+    from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
+
+    path = cascade.shipped_cascade_prefilter(checkpoints.model_id(generator_dir))
+    if path is not None:
+      return _sample_cascade(args, scorer, generator, cascade.load_cascade_prefilter(path), path, key, result)
+    if args.prefilter_input == "base":
+      raise UsageError(f"no shipped cascade pre-filter for {generator_dir}; use --prefilter-input z")
+  elif args.prefilter_input == "base":
+    raise UsageError("--prefilter-input base uses the shipped cascade pre-filter; --latents and --prefilter-dir "
+                     "give latent (z) pre-filters")
   if args.prefilter_dir is not None:
     _log(f"loading pre-filter {args.prefilter_dir}")
     pf = prefilter.load_prefilter(args.prefilter_dir, args.prefilter)
@@ -987,6 +1044,34 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
   return found
 
 
+def _sample_cascade(args: argparse.Namespace, scorer, generator, cas, path, key,
+                    result: dict[str, Any]) -> dict[str, Any]:
+  """`sample --prefilter STRATEGY` with the generator's shipped cascade (base-image) pre-filter."""
+  from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
+
+  _log(f"loading shipped cascade pre-filter {path} ({args.prefilter} at {scorer.strictness_name})")
+  options = {"strategy": args.prefilter, "pool_size": args.pool_size, "accept_size": args.accept_size}
+  try:
+    compile_seconds = cascade.warm_up_cascade(scorer, generator, cas, key, args.group, **options)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
+  max_rounds = -(-max_generated // (args.accept_size or scorer.config.batch_size))
+  found = cascade.sample_valid_cascade(scorer, generator, cas, key, args.n, args.group, max_generated=max_generated,
+                                       max_rounds=max_rounds, progress=True, **options)
+  keys = ("n_valid", "n_generated", "seconds", "valid_rate", "n_latents_drawn", "acceptance_rate", "n_rounds",
+          "n_slots", "pool_size", "accept_size")
+  level = cas.report.get("levels", {}).get(scorer.strictness_name, {})
+  result.update({k: found[k] for k in keys}, compile_seconds=compile_seconds, strictness=scorer.strictness_name,
+                prefilter={"input": "base", "checkpoint": str(path), "strategy": args.prefilter,
+                           "threshold": cas.threshold(scorer.strictness_name, args.prefilter),
+                           "test_roc_auc": level.get("roc_auc_test")})
+  result["sample_index"] = [int(i) for i in found["index"]]
+  if found["n_valid"] < args.n:
+    _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated {max_generated}")
+  return found
+
+
 def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
   """`sample`'s pre-filter options: --prefilter STRATEGY with --latents F.npz, or --prefilter-dir DIR."""
   sample.add_argument("--prefilter", metavar="STRATEGY", default=None,
@@ -1000,6 +1085,11 @@ def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
                       help="latent classifier preset when fitting: logreg (default), mlp1..mlp4, deep")
   sample.add_argument("--prefilter-dir", default=None,
                       help="a pre-filter saved by `jaxcxr latents fit` (instead of --latents)")
+  sample.add_argument("--prefilter-input", choices=("auto", "z", "base"), default="auto",
+                      help="what the shipped pre-filter judges: 'base' = the cascade generator's cheap base image "
+                           "(`jaxcxr.prefilter.cascade`), 'z' = the latent alone; 'auto' (default) takes 'base' when "
+                           "the generator has a shipped cascade pre-filter, else 'z'. --latents and --prefilter-dir "
+                           "are latent (z) pre-filters")
   sample.add_argument("--pool-size", type=int, default=None,
                       help="latents drawn per compiled round (default: accept size x ceil(2 / the pre-filter's acceptance), at most 32x)")
   sample.add_argument("--accept-size", type=int, default=None,
@@ -1060,6 +1150,20 @@ def _add_latents_parsers(commands) -> None:
   fit.add_argument("--scoring", help="calibration folder of --strictness (default: the shipped one)")
   _add_json_arg(fit)
   fit.set_defaults(run=cmd_latents_fit, human=_human_latents_fit)
+
+  cas = latents_commands.add_parser(
+      "cascade", help="fit a cascade pre-filter: post-filter measures predicted from the generator's base images")
+  cas.add_argument("--data", required=True, help="latent dataset npz of the cascade generator, with measures")
+  cas.add_argument("--out", required=True, help="cascade pre-filter checkpoint folder")
+  cas.add_argument("--checkpoint", help="cascade generator folder (default: the shipped one)")
+  cas.add_argument("--levels", default="standard,strict", help="strictness levels to choose thresholds for")
+  cas.add_argument("--steps", type=int, default=3000, help="AdamW steps of the score predictor (multiple of 250)")
+  cas.add_argument("--seed", type=int, default=0)
+  cas.add_argument("--scoring", help="calibration folder that measured the records (default: the shipped one)")
+  cas.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+  cas.set_defaults(strictness="standard")
+  _add_json_arg(cas)
+  cas.set_defaults(run=cmd_latents_cascade, human=_human_latents_cascade)
 
 
 # ----------------------------------------------------------------------------- parser

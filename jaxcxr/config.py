@@ -1505,6 +1505,54 @@ LATENT_PRESETS = {
 }
 
 
+# ----------------------------------------------------------------------------- base-image score predictor
+
+
+# The post-filter measures a `ScorePredictor` predicts: enough to rebuild the five scores at any
+# strictness (`jaxcxr.scoring.score_from_measures`; the lung areas only decide "any lung").
+PREDICTED_MEASURES: tuple[str, ...] = ("shape", "symmetry", "log_ratio", "abnormal_logit", "maxheat")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScorePredictorConfig:
+  """CNN from a cascade generator's base image to the post-filter's raw measures.
+
+  (B, resolution, resolution, 1) in [-1, 1] -> (B, len(measures)): a 3x3 stem at full size, then
+  per level 2x2 average pooling, a 3x3 convolution, GroupNorm and SiLU (then a 1x1 widening to
+  the next level's channels), global mean pooling and a linear head. Predictions are in the measures' own units (the model keeps their training mean
+  and standard deviation, and the residual standard deviation measured on validation latents).
+  """
+
+  # Side of the base image (the cascade's `GeneratorConfig.base_resolution`).
+  resolution: int = 64
+  # Channels per level (each level halves the side).
+  channels: tuple[int, ...] = (16, 32, 64, 128)
+  # GroupNorm groups (divides every width).
+  norm_groups: int = 8
+  # Predicted measures, in output order (names of `jaxcxr.scoring` measures).
+  measures: tuple[str, ...] = PREDICTED_MEASURES
+
+  def __post_init__(self):
+    if self.resolution <= 0 or self.resolution % (2 ** len(self.channels)):
+      raise ValueError(f"ScorePredictorConfig: resolution {self.resolution} must be a positive multiple of "
+                       f"2**{len(self.channels)} (one halving per level)")
+    if not self.channels or any(c <= 0 or c % self.norm_groups for c in self.channels):
+      raise ValueError(f"ScorePredictorConfig.channels: expected positive widths divisible by norm_groups="
+                       f"{self.norm_groups}, got {self.channels}")
+    unknown = [m for m in self.measures if m not in PREDICTED_MEASURES]
+    if unknown or not self.measures or len(set(self.measures)) != len(self.measures):
+      raise ValueError(f"ScorePredictorConfig.measures: expected distinct names among {PREDICTED_MEASURES}, "
+                       f"got {self.measures}")
+
+
+def score_predictor_64() -> ScorePredictorConfig:
+  """The base-image predictor of the shipped 64 -> 256 cascades (0.1M parameters).
+
+      python -c "from jaxcxr import config; print(config.score_predictor_64())"
+  """
+  return ScorePredictorConfig()
+
+
 # ----------------------------------------------------------------------------- registry
 
 

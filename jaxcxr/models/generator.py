@@ -161,9 +161,22 @@ class Generator(nnx.Module):
     x = self.base_image(z, cond)
     if self.upsampler is None:
       return x
-    shapes = self.upsampler.noise_shapes(x.shape[0], x.shape[1])
+    return self.upsample(x, z)
+
+  def upsample(self, base: jax.Array, z: jax.Array) -> jax.Array:
+    """A cascade's output from its base images: `self(z, c) == self.upsample(self.base_image(z, c), z)`.
+
+    Lets a caller look at the cheap base images first and finish only some of them (the
+    cascade pre-filter). z gives the upsampler's noise when it has any.
+
+    Raises:
+      ValueError: the generator is not a cascade.
+    """
+    if self.upsampler is None:
+      raise ValueError("Generator.upsample: this generator has no upsampler (not a cascade)")
+    shapes = self.upsampler.noise_shapes(base.shape[0], base.shape[1])
     noise = _noise_from_latents(z, shapes) if self.upsampler.config.noise else [None] * len(shapes)
-    return self.upsampler(x, noise)
+    return self.upsampler(base, noise)
 
   def base_image(self, z: jax.Array, cond: jax.Array) -> jax.Array:
     """The blocks' image, float32 (B, base_resolution, base_resolution, 1) in [-1, 1] (tanh)."""

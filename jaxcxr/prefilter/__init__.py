@@ -27,6 +27,9 @@ Submodules (every public name is re-exported here, e.g. `prefilter.fit_prefilter
   a pool of latents, classify, select with static shapes, generate and post-score only the
   accepted ones), `warm_up_sampler`, and `NudgeConfig` (latent nudging up the classifier's
   logit on the latent's own norm shell). Unfiltered sampling is `jaxcxr.sampling`.
+* `cascade` (not re-exported; `from jaxcxr.prefilter import cascade`): the cascade
+  pre-filter, which judges a latent by its cascade generator's cheap base image instead of
+  by z: `CascadePrefilter`, `fit_cascade_prefilter`, `sample_valid_cascade`.
 
 The figures (matplotlib, written atomically) live in `jaxcxr.plots` and are re-exported
 here: `save_roc_pr_curves`, `save_confusion_matrix`, `save_correlation_heatmap`,

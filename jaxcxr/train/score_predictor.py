@@ -1,0 +1,210 @@
+"""Training of the base-image `ScorePredictor` (the cascade pre-filter's model) from a latent dataset.
+
+The training pairs come for free: a latent dataset (`jaxcxr.prefilter.build_latent_dataset`)
+stores each latent's group and the post-filter's raw measures of its image, and
+`base_images` regenerates the cascade's cheap first stage from the stored z. The fit is
+plain regression of the standardised measures (mean squared error, AdamW, cosine decay),
+keeping the step with the lowest validation error; the residual standard deviation of the
+validation errors is stored in the model for `jaxcxr.prefilter.cascade.log_valid_probability`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcxr.config import ScorePredictorConfig
+from jaxcxr.data import GROUPS
+from jaxcxr.models.condition import group_condition_batch
+from jaxcxr.models.generator import Generator
+from jaxcxr.models.score_predictor import ScorePredictor
+
+__all__ = ["base_images", "fit_score_predictor", "split_indices"]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _base_uint8(graphdef, state, z, cond):
+  x = nnx.merge(graphdef, state).base_image(z, cond)[..., 0]
+  return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+
+def base_images(generator: Generator, z: Any, groups: Sequence[str], *, label: int = 0,
+                batch_size: int = 250) -> np.ndarray:
+  """The cascade's base images of latents: uint8 (N, base_resolution, base_resolution).
+
+  Args:
+    generator: a cascade `Generator` (with an upsampler).
+    z: float (N, latent_dim) latents.
+    groups: (N,) age-sex group of each latent (its condition).
+    label: the label condition, when the generator has one.
+    batch_size: latents per compiled call (the last call is padded).
+
+  Raises:
+    ValueError: a generator without an upsampler, or mismatched lengths.
+  """
+  if generator.config.upsampler is None:
+    raise ValueError("base_images: the generator is not a cascade (no upsampler): its output is its base image")
+  z = np.asarray(z, np.float32)
+  groups = np.asarray(groups).astype(str)
+  if z.ndim != 2 or groups.shape != (z.shape[0],):
+    raise ValueError(f"base_images: expected z (N, D) and N groups, got {z.shape} and {groups.shape}")
+  graphdef, state = nnx.split(generator)
+  side = generator.config.base_resolution
+  out = np.zeros((z.shape[0], side, side), np.uint8)
+  for group in np.unique(groups):
+    index = np.flatnonzero(groups == group)
+    cond = group_condition_batch(str(group), batch_size, label, conditions=generator.config.conditions)
+    for start in range(0, index.size, batch_size):
+      part = index[start:start + batch_size]
+      zb = np.zeros((batch_size, z.shape[1]), np.float32)
+      zb[:part.size] = z[part]
+      out[part] = np.asarray(_base_uint8(graphdef, state, jnp.asarray(zb), jnp.asarray(cond)))[:part.size]
+  return out
+
+
+def split_indices(groups: Sequence[str], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                  seed: int = 0) -> dict[str, np.ndarray]:
+  """Train / validation / test indices, each group split in these fractions (sorted int64 arrays)."""
+  if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+    raise ValueError(f"split_indices: expected three positive fractions summing to 1, got {fractions}")
+  groups = np.asarray(groups).astype(str)
+  rng = np.random.default_rng(seed)
+  parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+  for group in [g for g in GROUPS if g in set(groups)] + sorted(set(groups) - set(GROUPS)):
+    index = rng.permutation(np.flatnonzero(groups == group))
+    a = int(round(fractions[0] * index.size))
+    b = a + int(round(fractions[1] * index.size))
+    for name, chunk in zip(parts, (index[:a], index[a:b], index[b:])):
+      parts[name].append(chunk)
+  return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+def _signed(images: jax.Array) -> jax.Array:
+  return (images.astype(jnp.float32) / 127.5 - 1.0)[..., None]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "steps", "batch_size"), donate_argnums=(1, 2))
+def _train_steps(graphdef, params, opt_state, rest, images, targets, key, *, tx, steps, batch_size):
+  """`steps` AdamW steps on random batches; returns (params, opt_state, mean loss)."""
+
+  def step(carry, k):
+    params, opt_state = carry
+    index = jax.random.randint(k, (batch_size,), 0, images.shape[0])
+    x, y = _signed(images[index]), targets[index]
+
+    def loss_fn(p):
+      return jnp.mean(jnp.square(nnx.merge(graphdef, p, rest)(x) - y))
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(key, steps))
+  return params, opt_state, losses.mean()
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _predict(graphdef, params, rest, images):
+  return nnx.merge(graphdef, params, rest)(_signed(images))
+
+
+def _predict_all(graphdef, params, rest, images: np.ndarray, batch: int = 500) -> np.ndarray:
+  out = []
+  for start in range(0, images.shape[0], batch):
+    part = images[start:start + batch]
+    padded = np.concatenate([part, np.zeros((batch - part.shape[0], *part.shape[1:]), part.dtype)])
+    out.append(np.asarray(_predict(graphdef, params, rest, jnp.asarray(padded)))[:part.shape[0]])
+  return np.concatenate(out)
+
+
+def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScorePredictorConfig, *,
+                        train: np.ndarray, validation: np.ndarray, steps: int = 3000, batch_size: int = 64,
+                        learning_rate: float = 2e-3, weight_decay: float = 1e-4, eval_every: int = 250,
+                        seed: int = 0, progress: bool = True) -> tuple[ScorePredictor, dict[str, Any]]:
+  """Fits a `ScorePredictor` to base images and their measures; keeps the best validation step.
+
+  Args:
+    images: uint8 (N, R, R) base images (`base_images`).
+    measures: {name: (N,)} raw measures of the full images (a latent dataset's "measures"),
+      holding every name of `config.measures`.
+    config: the model.
+    train, validation: index arrays into the N records (`split_indices`).
+    steps: AdamW steps (a multiple of `eval_every`).
+    batch_size: images per step.
+    learning_rate: peak rate of the cosine schedule.
+    weight_decay: AdamW decay.
+    eval_every: steps between validation passes.
+    seed: initial weights and batches.
+    progress: a line per validation pass on stderr.
+
+  Returns:
+    (model with `mean`, `std` and `residual_std` set, history {"step", "train_loss", "val_loss"
+    (standardised MSE), "best_step", "val_r2" {name: R^2 at the best step; NaN for a measure constant
+    on validation}, "seconds"}).
+
+  Raises:
+    ValueError: missing measures, non-finite targets, bad shapes or sizes.
+  """
+  images = np.asarray(images)
+  r = config.resolution
+  if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (r, r):
+    raise ValueError(f"fit_score_predictor: expected uint8 base images (N, {r}, {r}), got {images.dtype} "
+                     f"{images.shape}")
+  missing = [m for m in config.measures if m not in measures]
+  if missing:
+    raise ValueError(f"fit_score_predictor: measures {missing} missing (have {sorted(measures)})")
+  y = np.stack([np.asarray(measures[m], np.float64) for m in config.measures], axis=1)
+  if y.shape[0] != images.shape[0] or not np.all(np.isfinite(y[np.concatenate([train, validation])])):
+    raise ValueError(f"fit_score_predictor: {y.shape[0]} measure rows for {images.shape[0]} images, or non-finite "
+                     "training or validation targets")
+  if steps <= 0 or eval_every <= 0 or steps % eval_every:
+    raise ValueError(f"fit_score_predictor: steps ({steps}) must be a positive multiple of eval_every "
+                     f"({eval_every})")
+  if len(train) == 0 or len(validation) == 0:
+    raise ValueError("fit_score_predictor: empty train or validation part")
+  mean, std = y[train].mean(axis=0), y[train].std(axis=0) + 1e-8
+  targets = ((y - mean) / std).astype(np.float32)
+
+  model = ScorePredictor(config, rngs=nnx.Rngs(seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  schedule = optax.cosine_decay_schedule(learning_rate, steps)
+  tx = optax.adamw(schedule, weight_decay=weight_decay)
+  opt_state = tx.init(params)
+  train_images, train_targets = jnp.asarray(images[train]), jnp.asarray(targets[train])
+  val_images, val_targets = images[validation], targets[validation]
+  key = jax.random.key(seed)
+  history: dict[str, Any] = {"step": [], "train_loss": [], "val_loss": []}
+  best = (np.inf, 0, jax.device_get(params))
+  t0 = time.perf_counter()
+  for done in range(eval_every, steps + 1, eval_every):
+    key, sub = jax.random.split(key)
+    params, opt_state, loss = _train_steps(graphdef, params, opt_state, rest, train_images, train_targets, sub,
+                                           tx=tx, steps=eval_every, batch_size=batch_size)
+    val_loss = float(np.mean(np.square(_predict_all(graphdef, params, rest, val_images) - val_targets)))
+    history["step"].append(done)
+    history["train_loss"].append(float(loss))
+    history["val_loss"].append(val_loss)
+    if val_loss < best[0]:
+      best = (val_loss, done, jax.device_get(params))
+    if progress:
+      print(f"score predictor: step {done}/{steps}, train {float(loss):.4f}, validation {val_loss:.4f} "
+            f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+  model = nnx.merge(graphdef, best[2], rest)
+  errors = (_predict_all(graphdef, best[2], rest, val_images) - val_targets) * std          # measure units
+  model.mean[...] = jnp.asarray(mean, jnp.float32)
+  model.std[...] = jnp.asarray(std, jnp.float32)
+  model.residual_std[...] = jnp.asarray(errors.std(axis=0), jnp.float32)
+  variance = y[validation].var(axis=0)
+  history.update(best_step=best[1], seconds=time.perf_counter() - t0,
+                 val_r2={m: (float(1.0 - np.mean(np.square(errors[:, i])) / variance[i]) if variance[i] > 0
+                             else float("nan")) for i, m in enumerate(config.measures)})
+  return model, history
