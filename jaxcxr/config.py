@@ -1118,7 +1118,7 @@ def classifier_256(task: str = "abnormal") -> ClassifierTrainConfig:
 class EncoderConfig:
   """f-AnoGAN encoder: (H, W, 1) image in [-1, 1] -> latent z (the generator's latent space)."""
 
-  # Input side in pixels (32, 64, 128 or 256); must equal the generator's resolution.
+  # Input side in pixels (32, 64, 128 or 256); the generator's resolution, or a cascade's base resolution.
   resolution: int = 64
   # Size of z; must equal the generator's latent_dim.
   latent_dim: int = 128

@@ -190,6 +190,15 @@ def test_result_shapes_and_ranges(batch_result):
   np.testing.assert_array_equal(r.steps_run, SEARCH.steps)   # early stopping off: every step runs
 
 
+def test_score_is_the_weighted_residual_and_feature_scores(batch_result):
+  lam = SEARCH.feature_weight
+  np.testing.assert_allclose(batch_result.score,
+                             (1 - lam) * batch_result.residual_score + lam * batch_result.feature_score,
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(batch_result.residual_score, np.abs(batch_result.residual).mean(axis=(1, 2, 3)),
+                             rtol=1e-4, atol=1e-6)
+
+
 def test_generated_images_are_recovered_and_real_ones_score_higher(batch_result):
   # From random starts, the loss of a query that G itself made falls to a small fraction of
   # the random start's (not to zero: the query was quantised to uint8) ...

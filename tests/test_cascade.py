@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 from jaxcxr import checkpoints, config, data, imaging
-from jaxcxr.anomaly import LatentSearchConfig, search_latents
+from jaxcxr.anomaly import LatentSearchConfig, fanogan_scores, search_latents
 from jaxcxr.models import Discriminator, Generator, Upsampler, load_generator, make_cascade, sample_images
+from jaxcxr.models.encoder import Encoder
 from jaxcxr.models.layers import upsample2
 from jaxcxr.train import upsampler as upsampler_train
 
@@ -124,6 +125,30 @@ def test_discriminator_pools_larger_images_and_anogan_runs_on_a_cascade(getkey):
   result = search_latents(cascade, disc, images, np.zeros((2, 3), np.float32), getkey(),
                           LatentSearchConfig(steps=3, restarts=1))
   assert result.residual.shape[:3] == (2, 64, 64) and np.all(np.isfinite(np.asarray(result.score)))
+  # The base-image search compares 32x32 queries with the base GAN's images, D unchanged.
+  base = search_latents(cascade, disc, data.resize_uint8(images, 32), np.zeros((2, 3), np.float32), getkey(),
+                        LatentSearchConfig(steps=3, restarts=1, base_image=True))
+  assert base.residual.shape[:3] == (2, 32, 32) and np.all(np.isfinite(np.asarray(base.score)))
+  with pytest.raises(ValueError, match="32, 32"):
+    search_latents(cascade, disc, images, np.zeros((2, 3), np.float32), getkey(),
+                   LatentSearchConfig(steps=3, base_image=True))
+
+
+def test_fanogan_at_a_cascades_base_resolution(getkey):
+  cascade = make_cascade(_tiny_generator("resize"), Upsampler(TINY_UP, rngs=nnx.Rngs(1)))
+  disc = nnx.view(Discriminator(config.DiscriminatorConfig(resolution=32, base_channels=4, max_channels=8),
+                                rngs=nnx.Rngs(2)), use_running_average=True)
+  images = np.asarray(sample_images(cascade, getkey(), 3, "58_64m"))
+  cond = np.zeros((3, 3), np.float32)
+  for resolution in (32, 64):            # the base image's and the output's
+    enc = Encoder(config.EncoderConfig(resolution=resolution, base_channels=4, max_channels=8, norm_groups=2),
+                  rngs=nnx.Rngs(3))
+    out = fanogan_scores(enc, cascade, disc, images, cond, batch_size=2, progress=False)
+    assert out.residual.shape == (3, resolution, resolution) and np.all(np.isfinite(out.score))
+  enc = Encoder(config.EncoderConfig(resolution=128, base_channels=4, max_channels=8, norm_groups=2),
+                rngs=nnx.Rngs(3))
+  with pytest.raises(ValueError, match="does not match"):
+    fanogan_scores(enc, cascade, disc, images, cond, progress=False)
 
 
 def test_upsampler_training_learns_and_resumes_exactly(tmp_path, nih_path):

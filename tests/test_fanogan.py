@@ -260,12 +260,12 @@ def test_bad_inputs_error_before_compile(nih, gan, gan_dir, tmp_path, monkeypatc
     run(nih.subset(np.zeros(len(nih), bool)))
   with pytest.raises(data.DataError, match="no normal image"):
     run(nih.select(label=1))
-  with pytest.raises(ValueError, match="works at 32x32, the encoder config at 64x64"):
+  with pytest.raises(ValueError, match="works at 32x32 .base 32., the encoder config at 64x64"):
     run(nih, dataclasses.replace(TINY, encoder=dataclasses.replace(TINY.encoder, resolution=64)))
   with pytest.raises(ValueError, match="latent_dim"):
     run(nih, dataclasses.replace(TINY, encoder=dataclasses.replace(TINY.encoder, latent_dim=64)))
   other = save_gan(tmp_path / "gan64", *random_gan(64))             # a GAN checkpoint of another resolution
-  with pytest.raises(ValueError, match="works at 64x64, the encoder config at 32x32"):
+  with pytest.raises(ValueError, match="works at 64x64 .base 64., the encoder config at 32x32"):
     run(nih, where=other)
   with pytest.raises(checkpoints.CheckpointError):
     run(nih, where=tmp_path / "missing")

@@ -161,13 +161,14 @@ def check_gan(config: FanoganTrainConfig, g_config: GeneratorConfig, d_config: D
               where: str = "GAN") -> None:
   """Raises ValueError, naming `where`, when the encoder config does not fit the GAN."""
   e = config.encoder
-  if g_config.resolution != d_config.resolution or tuple(g_config.conditions) != tuple(d_config.conditions):
+  if g_config.base_resolution != d_config.resolution or tuple(g_config.conditions) != tuple(d_config.conditions):
     raise ValueError(f"{where}: generator (resolution {g_config.resolution}, conditions {g_config.conditions}) and "
                      f"discriminator (resolution {d_config.resolution}, conditions {d_config.conditions}) "
                      "do not match")
-  if e.resolution != g_config.resolution:
-    raise ValueError(f"{where}: the GAN works at {g_config.resolution}x{g_config.resolution}, the encoder config "
-                     f"at {e.resolution}x{e.resolution}; use an encoder of the GAN's resolution")
+  if e.resolution not in (g_config.resolution, g_config.base_resolution):
+    raise ValueError(f"{where}: the GAN works at {g_config.resolution}x{g_config.resolution} (base "
+                     f"{g_config.base_resolution}), the encoder config at {e.resolution}x{e.resolution}; use an "
+                     "encoder of the GAN's output or base resolution")
   if e.latent_dim != g_config.latent_dim:
     raise ValueError(f"{where}: the generator's latent_dim is {g_config.latent_dim}, the encoder's {e.latent_dim}")
 
