@@ -822,8 +822,13 @@ class AbstractAnomalyScorer:
 
   name: str
 
-  def __call__(self, dataset: data.CXRDataset, *, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (score float32 (N,), residual float16 (N, R, R) in [0, 2])."""
+  def __call__(self, dataset: data.CXRDataset, *,
+               progress: bool) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Returns (score float32 (N,), residual float16 (N, R, R) in [0, 2], {component name: (N,) score}).
+
+    The components are the terms the score adds up (AnoGAN's residual and discrimination
+    scores, f-AnoGAN's image and feature losses); `evaluate_anomaly` reports each one's AUC.
+    """
     raise NotImplementedError
 
 
@@ -841,7 +846,7 @@ class AnoganScorer(AbstractAnomalyScorer):
   def __call__(self, dataset, *, progress):
     out = anogan_scores(self.generator, self.discriminator, dataset, None, jax.random.key(self.seed), self.config,
                         batch_size=self.batch_size, progress=progress)
-    return out.score, out.residual
+    return out.score, out.residual, {"residual_score": out.residual_score, "feature_score": out.feature_score}
 
 
 @dataclasses.dataclass
@@ -857,7 +862,7 @@ class FanoganScorer(AbstractAnomalyScorer):
   def __call__(self, dataset, *, progress):
     out = fanogan_scores(self.encoder, self.generator, self.discriminator, dataset, batch_size=self.batch_size,
                          progress=progress)
-    return out.score, out.residual
+    return out.score, out.residual, {"image_loss": out.image_loss, "feature_loss": out.feature_loss}
 
 
 @dataclasses.dataclass
@@ -870,7 +875,7 @@ class HealthyganScorer(AbstractAnomalyScorer):
 
   def __call__(self, dataset, *, progress):
     out = healthygan_scores(self.translator, dataset, batch_size=self.batch_size, progress=progress)
-    return out.score, out.residual
+    return out.score, out.residual, {}
 
 
 def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
@@ -886,7 +891,10 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
     {"method", "n", "n_normal", "n_abnormal", "roc_auc", "roc_auc_ci95" ([low, high], DeLong; None
     with fewer than 2 images of a class), "average_precision", "threshold", "threshold_from",
     "precision", "recall", "specificity", "f1", "accuracy", "seconds",
-    "seconds_per_image", "scores" (N,), "residual" float16 (N, R, R), "labels" (N,)}.
+    "seconds_per_image", "components" {name: {"roc_auc", "roc_auc_ci95"}} (the score's terms,
+    e.g. AnoGAN's residual and discrimination scores), with views in the data "by_view"
+    {view: {"n", "n_abnormal", "roc_auc", "roc_auc_ci95"}}, "scores" (N,), "residual" float16
+    (N, R, R), "labels" (N,)}.
 
   Raises:
     jaxcxr.data.DataError: an image set without both labels.
@@ -906,10 +914,10 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
   threshold_from = "test (no separate threshold data: optimistic)"
   if threshold_data is not None:
     y_thr = labelled(threshold_data, "threshold images")
-    s_thr, _ = scorer(threshold_data, progress=progress)
+    s_thr, _, _ = scorer(threshold_data, progress=progress)
     threshold_from = "threshold data (validation patients)"
   start = time.perf_counter()
-  scores, residual = scorer(test, progress=progress)
+  scores, residual, components = scorer(test, progress=progress)
   seconds = time.perf_counter() - start
   if threshold_data is None:
     s_thr, y_thr = scores, y
@@ -923,4 +931,23 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
           "threshold": threshold, "threshold_from": threshold_from,
           **{k: report[k] for k in ("precision", "recall", "specificity", "f1", "accuracy")},
           "seconds": float(seconds), "seconds_per_image": float(seconds / max(len(y), 1)),
+          "components": {name: auc_with_interval(values, y) for name, values in components.items()},
+          **({"by_view": by_view(scores, y, test.extra["view"])} if "view" in test.extra else {}),
           "scores": scores, "residual": residual, "labels": y}
+
+
+def auc_with_interval(scores, y) -> dict:
+  """{"roc_auc", "roc_auc_ci95"} of scores (higher = abnormal) against labels; None without both classes."""
+  from jaxcxr import metrics  # pylint: disable=g-import-not-at-top
+
+  scores, y = np.asarray(scores, np.float64), np.asarray(y)
+  if len(np.unique(y)) < 2:
+    return {"roc_auc": None, "roc_auc_ci95": None}
+  return {"roc_auc": float(metrics.compute_roc_auc(scores, y)), "roc_auc_ci95": metrics.roc_auc_interval(scores, y)}
+
+
+def by_view(scores, y, views) -> dict:
+  """{view: {"n", "n_abnormal", "roc_auc", "roc_auc_ci95"}} of scores within each radiographic view (AP, PA)."""
+  views = np.char.upper(np.char.strip(np.asarray(views).astype(str)))
+  return {v: {"n": int((views == v).sum()), "n_abnormal": int(y[views == v].sum()),
+              **auc_with_interval(scores[views == v], y[views == v])} for v in np.unique(views)}

@@ -494,8 +494,11 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
 
   from jaxcxr import anomaly, checkpoints, data, reports  # pylint: disable=g-import-not-at-top
 
-  if args.steps is not None and args.method != "anogan":
-    raise UsageError("--steps is the AnoGAN search length; f-AnoGAN and HealthyGAN score in one pass")
+  if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image):
+    raise UsageError("--steps, --restarts and --base-image set the AnoGAN search; f-AnoGAN and HealthyGAN score in "
+                     "one pass")
+  if args.restarts < 1:
+    raise UsageError(f"--restarts must be >= 1, got {args.restarts}")
   root = checkpoints.checkpoints_root()
   if args.method == "anogan":
     from jaxcxr.models import load_discriminator, load_generator  # pylint: disable=g-import-not-at-top
@@ -505,7 +508,7 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     if gan is None:
       raise UsageError(f"no shipped normal-only GAN under {root}; pass --checkpoint DIR (generator/, discriminator/)")
     _log(f"loading normal-only GAN {gan}")
-    config = anomaly.LatentSearchConfig()
+    config = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image)
     if args.steps is not None:
       if args.steps <= 0:
         raise UsageError(f"--steps must be positive, got {args.steps}")
@@ -525,9 +528,9 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"loading HealthyGAN translator {directory}")
     scorer = anomaly.HealthyganScorer(load_translator(directory), batch_size=args.batch_size)
     source = str(directory)
-  path = _data_path(args.data, "nih_cxr14_subset_256.npz")
+  path = _data_paths(args.data, *GAN_DATA)
   _log(f"loading {path}")
-  ds = data.load(path)
+  ds = data.keep_abnormal_finding(data.load(path))    # abnormal means pneumonia (the extra archive: any finding)
   test = _standard_subset(ds, args.split)
   threshold_data = _standard_subset(ds, "val") if args.split == "test" else None
   try:
@@ -543,7 +546,7 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     result["overlays"] = str(overlay)
   result.update(split=args.split, checkpoint=source, data=str(path))
   if args.method == "anogan":
-    result["steps"] = scorer.config.steps
+    result.update(steps=scorer.config.steps, restarts=scorer.config.restarts, base_image=scorer.config.base_image)
   return result
 
 
@@ -552,11 +555,19 @@ def _ci_text(ci) -> str:
 
 
 def _human_evaluate_anomaly(r: dict[str, Any]) -> str:
-  return (f"{r['method']} on {r['n']} images ({r['split']}: {r['n_normal']} normal, {r['n_abnormal']} abnormal): "
-          f"ROC AUC {r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}, precision {r['precision']:.3f}, "
-          f"recall {r['recall']:.3f}, specificity {r['specificity']:.3f}, F1 {r['f1']:.3f} "
-          f"(threshold from {r['threshold_from']}); "
-          f"{r['seconds_per_image'] * 1e3:.1f} ms per image")
+  lines = [f"{r['method']} on {r['n']} images ({r['split']}: {r['n_normal']} normal, {r['n_abnormal']} abnormal): "
+           f"ROC AUC {r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}, precision {r['precision']:.3f}, "
+           f"recall {r['recall']:.3f}, specificity {r['specificity']:.3f}, F1 {r['f1']:.3f} "
+           f"(threshold from {r['threshold_from']}); "
+           f"{r['seconds_per_image'] * 1e3:.1f} ms per image"]
+  for name, c in (r.get("components") or {}).items():
+    auc = "n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
+    lines.append(f"  {name} alone: ROC AUC {auc}{_ci_text(c.get('roc_auc_ci95'))}")
+  for view, c in (r.get("by_view") or {}).items():
+    auc = "n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
+    lines.append(f"  {view} view ({c['n']} images, {c['n_abnormal']} abnormal): ROC AUC {auc}"
+                 f"{_ci_text(c.get('roc_auc_ci95'))}")
+  return "\n".join(lines)
 
 
 def cmd_evaluate_segmentation(args: argparse.Namespace) -> dict[str, Any]:
@@ -1254,6 +1265,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(healthygan) checkpoint; default: the shipped one")
   evaluate_anomaly.add_argument("--batch-size", type=int, default=64)
   evaluate_anomaly.add_argument("--seed", type=int, default=0, help="AnoGAN random starts")
+  evaluate_anomaly.add_argument("--restarts", type=int, default=1, help="AnoGAN random starts per image (best kept)")
+  evaluate_anomaly.add_argument("--base-image", action="store_true",
+                                help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal) instead of "
+                                     "its output")
   evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
   _add_split_arg(evaluate_anomaly)
   evaluate_anomaly.set_defaults(split="test")
