@@ -785,8 +785,8 @@ def load_fanogan(encoder_dir, gan_dir=None) -> tuple[Encoder, Generator, Discrim
 
   Args:
     encoder_dir: the encoder checkpoint written by `train.fanogan.train_fanogan`.
-    gan_dir: folder with `generator/` and `discriminator/`; None takes the one recorded in
-      the encoder's metadata.
+    gan_dir: folder with `generator/` and `discriminator/`; None takes the shipped normal GAN
+      whose generator id the encoder recorded, else the folder recorded in its metadata.
 
   Returns:
     (encoder, generator, discriminator in inference mode).
@@ -800,7 +800,15 @@ def load_fanogan(encoder_dir, gan_dir=None) -> tuple[Encoder, Generator, Discrim
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
 
   meta = checkpoints.read_metadata(encoder_dir)
-  gan_dir = pathlib.Path(gan_dir if gan_dir is not None else meta.get("gan_dir", ""))
+  if gan_dir is None:
+    # The shipped normal GAN whose generator the encoder learned (its recorded folder is where it was
+    # trained, absolute, so another machine finds it by model id); else the recorded folder.
+    root = checkpoints.checkpoints_root()
+    gan_dir = next((root / name for name in checkpoints.SHIPPED_NORMAL_GANS
+                    if (root / name / "generator").exists()
+                    and checkpoints.model_id(root / name / "generator") == meta.get("generator_id")),
+                   meta.get("gan_dir", ""))
+  gan_dir = pathlib.Path(gan_dir)
   for part in ("generator", "discriminator"):
     expected, found = meta.get(f"{part}_id"), checkpoints.model_id(gan_dir / part)
     if expected is not None and expected != found:
