@@ -528,6 +528,12 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"loading HealthyGAN translator {directory}")
     scorer = anomaly.HealthyganScorer(load_translator(directory), batch_size=args.batch_size)
     source = str(directory)
+  if args.lung_mask:
+    from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
+
+    unet_dir = _shipped_or(None, *checkpoints.SHIPPED_UNETS)
+    _log(f"scoring the residual inside the lungs of {unet_dir}")
+    scorer = anomaly.LungMaskedScorer(scorer, load_unet(unet_dir))
   path = _data_paths(args.data, *GAN_DATA)
   _log(f"loading {path}")
   ds = data.keep_abnormal_finding(data.load(path))    # abnormal means pneumonia (the extra archive: any finding)
@@ -544,9 +550,9 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
                                              scores, out / f"residuals_{args.method}.png",
                                              title=f"{args.method}: ROC AUC {result['roc_auc']:.3f}")
     result["overlays"] = str(overlay)
-  result.update(split=args.split, checkpoint=source, data=str(path))
+  result.update(split=args.split, checkpoint=source, data=str(path), lung_mask=args.lung_mask)
   if args.method == "anogan":
-    result.update(steps=scorer.config.steps, restarts=scorer.config.restarts, base_image=scorer.config.base_image)
+    result.update(steps=config.steps, restarts=config.restarts, base_image=config.base_image)
   return result
 
 
@@ -1266,6 +1272,9 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_anomaly.add_argument("--batch-size", type=int, default=64)
   evaluate_anomaly.add_argument("--seed", type=int, default=0, help="AnoGAN random starts")
   evaluate_anomaly.add_argument("--restarts", type=int, default=1, help="AnoGAN random starts per image (best kept)")
+  evaluate_anomaly.add_argument("--lung-mask", action="store_true",
+                                help="score the residual inside the lungs only (the shipped U-Net's mask): image "
+                                     "frames and borders then count for nothing")
   evaluate_anomaly.add_argument("--base-image", action="store_true",
                                 help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal) instead of "
                                      "its output")

@@ -334,3 +334,19 @@ def test_bad_inputs_raise(models, queries):
               {"early_stop_tol": -1.0}, {"clip_latent": 0.0}, {"dtype": "float16"}):
     with pytest.raises(ValueError, match="LatentSearchConfig"):
       anomaly.LatentSearchConfig(**bad)
+
+
+def test_lung_residual_scores_ignore_the_frame():
+  masks = np.zeros((3, 64, 64), np.uint8)
+  masks[:, 16:48, 8:28] = 1
+  masks[:, 16:48, 36:56] = 2
+  masks[2] = 0                                              # no lung found: the whole image counts
+  residual = np.zeros((3, 32, 32), np.float32)
+  residual[:, :4, :] = 1.0                                  # a bright frame at the top, outside the lungs
+  residual[1, 12:20, 6:12] = 0.5                            # an opacity inside image 1's right lung
+  scores = anomaly.lung_residual_scores(residual, masks)
+  assert scores[0] == 0.0 and scores[1] > 0.0
+  np.testing.assert_allclose(scores[1], (48 * 0.25) / (2 * 16 * 10), rtol=1e-6)
+  np.testing.assert_allclose(scores[2], np.mean(residual[2] ** 2), rtol=1e-6)
+  with pytest.raises(ValueError, match="expected residual"):
+    anomaly.lung_residual_scores(residual, masks[:2])

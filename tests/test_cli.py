@@ -338,7 +338,7 @@ def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_p
   assert code == 0, err
   result = json.loads(out)
   assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
-  assert result["base_image"] and result["restarts"] == 2
+  assert result["base_image"] and result["restarts"] == 2 and not result["lung_mask"]
   assert set(result["components"]) == {"residual_score", "feature_score"}
   assert all(0 <= c["roc_auc"] <= 1 for c in result["components"].values())
   assert 0 <= result["roc_auc"] <= 1 and result["seconds_per_image"] > 0
@@ -347,6 +347,15 @@ def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_p
   assert {"precision", "recall", "specificity", "f1"} <= set(result)
   assert "optimistic" in result["threshold_from"]          # no separate threshold data with --split all
   assert pathlib.Path(result["overlays"]).stat().st_size > 0
+
+
+def test_evaluate_anomaly_inside_the_lungs(capsys, nih_path):
+  code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
+                           "all", "--steps", "3", "--batch-size", "8", "--base-image", "--lung-mask", "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["lung_mask"] and result["method"] == "anogan_lungs"
+  assert set(result["components"]) == {"residual_score", "feature_score", "unmasked"}
 
 
 @pytest.mark.parametrize("argv, message", [
