@@ -1042,18 +1042,31 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
   except ValueError as e:
     raise UsageError(str(e)) from e
   options = {"pool_size": args.pool_size, "accept_size": args.accept_size}
+  return _run_sampler(
+      args, scorer, result, _prefilter_summary(pf),
+      warm_up=lambda: prefilter.warm_up_sampler(scorer, generator, pf, key, args.group, **options),
+      sample=lambda limit, rounds: prefilter.sample_valid(scorer, generator, pf, key, args.n, args.group,
+                                                          max_generated=limit, max_rounds=rounds, progress=True,
+                                                          **options))
+
+
+def _run_sampler(args: argparse.Namespace, scorer, result: dict[str, Any], summary: dict[str, Any], *, warm_up,
+                 sample) -> dict[str, Any]:
+  """The pre-filtered `sample` run of either pre-filter: compile, sample to --n within --max-generated, report.
+
+  warm_up() -> compile seconds; sample(max_generated, max_rounds) -> the samplers' result dict.
+  """
   try:
-    compile_seconds = prefilter.warm_up_sampler(scorer, generator, pf, key, args.group, **options)
+    compile_seconds = warm_up()
   except ValueError as e:
     raise UsageError(str(e)) from e
   max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
   # Each round computes accept-size images (padding slots too), so rounds are bounded like generated images.
   max_rounds = -(-max_generated // (args.accept_size or scorer.config.batch_size))
-  found = prefilter.sample_valid(scorer, generator, pf, key, args.n, args.group, max_generated=max_generated,
-                                 max_rounds=max_rounds, progress=True, **options)
+  found = sample(max_generated, max_rounds)
   keys = ("n_valid", "n_generated", "seconds", "valid_rate", "n_latents_drawn", "acceptance_rate", "n_rounds",
           "n_slots", "pool_size", "accept_size")
-  result.update({k: found[k] for k in keys}, compile_seconds=compile_seconds, prefilter=_prefilter_summary(pf),
+  result.update({k: found[k] for k in keys}, compile_seconds=compile_seconds, prefilter=summary,
                 strictness=scorer.strictness_name)
   result["sample_index"] = [int(i) for i in found["index"]]
   if found["n_valid"] < args.n:
@@ -1068,25 +1081,19 @@ def _sample_cascade(args: argparse.Namespace, scorer, generator, cas, path, key,
 
   _log(f"loading shipped cascade pre-filter {path} ({args.prefilter} at {scorer.strictness_name})")
   options = {"strategy": args.prefilter, "pool_size": args.pool_size, "accept_size": args.accept_size}
+  level = cas.report.get("levels", {}).get(scorer.strictness_name, {})
   try:
-    compile_seconds = cascade.warm_up_cascade(scorer, generator, cas, key, args.group, **options)
+    threshold = cas.threshold(scorer.strictness_name, args.prefilter)
   except ValueError as e:
     raise UsageError(str(e)) from e
-  max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
-  max_rounds = -(-max_generated // (args.accept_size or scorer.config.batch_size))
-  found = cascade.sample_valid_cascade(scorer, generator, cas, key, args.n, args.group, max_generated=max_generated,
-                                       max_rounds=max_rounds, progress=True, **options)
-  keys = ("n_valid", "n_generated", "seconds", "valid_rate", "n_latents_drawn", "acceptance_rate", "n_rounds",
-          "n_slots", "pool_size", "accept_size")
-  level = cas.report.get("levels", {}).get(scorer.strictness_name, {})
-  result.update({k: found[k] for k in keys}, compile_seconds=compile_seconds, strictness=scorer.strictness_name,
-                prefilter={"input": "base", "checkpoint": str(path), "strategy": args.prefilter,
-                           "threshold": cas.threshold(scorer.strictness_name, args.prefilter),
-                           "test_roc_auc": level.get("roc_auc_test")})
-  result["sample_index"] = [int(i) for i in found["index"]]
-  if found["n_valid"] < args.n:
-    _log(f"warning: only {found['n_valid']} of {args.n} valid images within --max-generated {max_generated}")
-  return found
+  summary = {"input": "base", "checkpoint": str(path), "strategy": args.prefilter, "threshold": threshold,
+             "test_roc_auc": level.get("roc_auc_test")}
+  return _run_sampler(
+      args, scorer, result, summary,
+      warm_up=lambda: cascade.warm_up_cascade(scorer, generator, cas, key, args.group, **options),
+      sample=lambda limit, rounds: cascade.sample_valid_cascade(scorer, generator, cas, key, args.n, args.group,
+                                                                max_generated=limit, max_rounds=rounds,
+                                                                progress=True, **options))
 
 
 def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:

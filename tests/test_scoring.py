@@ -19,9 +19,7 @@ import pytest
 from flax import nnx
 
 from jaxcxr import checkpoints, data, scoring
-from jaxcxr.config import ClassifierConfig, UNetConfig, gan_tiny
-from jaxcxr.models.classifier import Classifier
-from jaxcxr.models.generator import Generator, latents
+from jaxcxr.models.generator import latents
 from jaxcxr.models.unet import UNet
 
 CONFIG = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=4)
@@ -116,13 +114,7 @@ def test_no_lung_fails_left2right():
 # ----------------------------------------------------------------------------- pipeline, tiny models
 
 
-@pytest.fixture(scope="module")
-def tiny():
-  unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
-  classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2),
-                          rngs=nnx.Rngs(1))
-  generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(2))
-  return unet, classifier, generator
+# `tiny` (U-Net, classifier, generator at 32x32) comes from tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
