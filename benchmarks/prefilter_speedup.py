@@ -238,8 +238,7 @@ def _cascade_predicted(cas, scorer, generator, records, group: str, strategies) 
                         member)
   base = score_predictor.base_images(generator, records["z"][test], records["group"][test])
   level = scorer.strictness_name
-  log_p = np.asarray(jax.jit(lambda x, c: cascade.log_valid_probability(cas.predictor, x, c))(
-      jax.numpy.asarray(base, jax.numpy.float32)[..., None] / 127.5 - 1.0, scorer.device_calibration))
+  log_p = cascade.log_valid_probabilities(cas.predictor, base, scorer.calibration)
   y = np.asarray(records["valid"])[test]
   out = {"n_test": int(test.size), "base_rate_test": float(y.mean()),
          "roc_auc_test": metrics.compute_roc_auc(log_p, y.astype(int)) if 0 < y.sum() < y.size else None}

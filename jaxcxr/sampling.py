@@ -17,6 +17,7 @@ not depend on the batch size: unfiltered sampling returns the first `k` valid in
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,9 +36,11 @@ __all__ = [
     "UnfilteredRound",
     "check_label",
     "check_limits",
+    "pool_size_for",
     "round_inputs",
     "run_rounds",
     "sample_valid",
+    "select_accepted",
     "warm_up_sampler",
 ]
 
@@ -151,6 +154,42 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
           "generated_per_valid": n_generated / n_valid_seen if n_valid_seen else float("inf"),
           "complete": n_kept == k, "pool_size": pool_size, "accept_size": accept_size,
           "n_slots": rounds * accept_size}
+
+
+# ----------------------------------------------------------------------------- filtered rounds
+
+
+def select_accepted(accepted: jax.Array, accept_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The slots of a filtered round with static shapes (inside a traced function).
+
+  The first `accept_size` accepted positions of the pool in index order fill the slots
+  (`lax.top_k` of -(position, + pool_size if rejected)); a pool with fewer fills the rest
+  with rejected positions, marked unused.
+
+  Args:
+    accepted: bool (P,) over the pool, in latent-index order.
+    accept_size: A, slots per round (<= P).
+
+  Returns:
+    (chosen int32 (A,) pool positions, slot_used bool (A,), consumed int32: latents the round
+    used up: the whole pool, unless more were accepted than slots; then up to and including
+    the last one chosen, so the next round starts at the first accepted latent left over).
+  """
+  pool_size = accepted.shape[0]
+  position = jnp.arange(pool_size, dtype=jnp.int32)
+  rank = jnp.where(accepted, position, pool_size + position)         # accepted first, each kind in index order
+  _, chosen = jax.lax.top_k(-rank, accept_size)                      # (A,) positions, ascending rank
+  consumed = jnp.where(accepted.sum() > accept_size, chosen[accept_size - 1] + 1, pool_size)
+  return chosen, accepted[chosen], consumed.astype(jnp.int32)
+
+
+def pool_size_for(accept_size: int, acceptance: float | None) -> int:
+  """Latents per filtered round: accept_size x ceil(2 / acceptance), at most 32x (an unknown rate counts as 1/32).
+
+  A pool then usually holds twice the accepted latents a round needs.
+  """
+  acceptance = acceptance or 1.0 / 32
+  return accept_size * min(32, max(1, math.ceil(2.0 / max(acceptance, 1.0 / 32))))
 
 
 # ----------------------------------------------------------------------------- unfiltered sampling

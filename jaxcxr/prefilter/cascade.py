@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import pathlib
 import os
 import time
@@ -38,6 +37,8 @@ from flax import nnx
 from jaxcxr import io as io_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import sampling, scoring
+from jaxcxr import data as data_lib
+from jaxcxr.batching import map_batches
 from jaxcxr.data import DataError
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.config import ScorePredictorConfig
@@ -51,6 +52,7 @@ __all__ = [
     "fit_cascade_prefilter",
     "load_cascade_prefilter",
     "log_valid_probability",
+    "log_valid_probabilities",
     "sample_valid_cascade",
     "shipped_cascade_prefilter",
 ]
@@ -201,7 +203,8 @@ def fit_cascade_prefilter(records: Mapping[str, Any], base: np.ndarray, scorer, 
   predictor, history = trainer.fit_score_predictor(base, records["measures"], predictor_config,
                                                    train=parts["train"], validation=parts["validation"],
                                                    **fit_options)
-  log_p = np.asarray(_log_p_batches(predictor, base, scorer, levels))
+  log_p = np.stack([log_valid_probabilities(predictor, base, scorer._calibration_at(level)[1])  # pylint: disable=protected-access
+                    for level in levels])
   thresholds: dict[str, dict[str, float]] = {}
   per_level: dict[str, Any] = {}
   for li, level in enumerate(levels):
@@ -226,24 +229,17 @@ def fit_cascade_prefilter(records: Mapping[str, Any], base: np.ndarray, scorer, 
   return CascadePrefilter(predictor, thresholds, records.get("generator_id"), stored or expected, report)
 
 
-def _log_p_batches(predictor: ScorePredictor, base: np.ndarray, scorer, levels: Sequence[str],
-                   batch: int = 500) -> np.ndarray:
-  """float32 (len(levels), N) log P(valid) of uint8 base images at each level, in fixed-size batches."""
+def log_valid_probabilities(predictor: ScorePredictor, base: np.ndarray, calibration, *,
+                            batch_size: int = 500) -> np.ndarray:
+  """`log_valid_probability` of uint8 (N, R, R) base images on the host: float32 (N,), in padded batches."""
   graphdef, state = nnx.split(predictor)
-  calibrations = [jax.tree.map(jnp.asarray, scorer._calibration_at(level)[1]) for level in levels]  # pylint: disable=protected-access
+  calibration = jax.tree.map(jnp.asarray, calibration)
+  return map_batches(lambda x: _log_p_uint8(graphdef, state, x, calibration), base, batch_size)
 
-  @jax.jit
-  def run(state, x, calibration):
-    return log_valid_probability(nnx.merge(graphdef, state), x.astype(jnp.float32)[..., None] / 127.5 - 1.0,
-                                 calibration)
 
-  out = np.zeros((len(levels), base.shape[0]), np.float32)
-  for start in range(0, base.shape[0], batch):
-    part = base[start:start + batch]
-    padded = np.concatenate([part, np.zeros((batch - part.shape[0], *part.shape[1:]), part.dtype)])
-    for i, calibration in enumerate(calibrations):
-      out[i, start:start + part.shape[0]] = np.asarray(run(state, jnp.asarray(padded), calibration))[:part.shape[0]]
-  return out
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _log_p_uint8(graphdef, state, images, calibration):
+  return log_valid_probability(nnx.merge(graphdef, state), data_lib.to_signed(images)[..., None], calibration)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -267,11 +263,7 @@ def _cascade_round(models, states, calibration, key, start, pool_cond, threshold
   base = generator.base_image(z, pool_cond)                                              # (P, r, r, 1)
   log_p = log_valid_probability(predictor, _quantize(base), calibration)                 # (P,)
   accepted = log_p >= threshold
-  position = jnp.arange(pool_size, dtype=jnp.int32)
-  rank = jnp.where(accepted, position, pool_size + position)         # accepted first, each kind in index order
-  _, chosen = jax.lax.top_k(-rank, accept_size)                      # (A,) positions, ascending rank
-  slot_used = accepted[chosen]
-  consumed = jnp.where(accepted.sum() > accept_size, chosen[accept_size - 1] + 1, pool_size)
+  chosen, slot_used, consumed = sampling.select_accepted(accepted, accept_size)
   z_chosen, base_chosen = z[chosen], base[chosen]
   if batch_sharding is not None:
     base_chosen = jax.lax.with_sharding_constraint(base_chosen, batch_sharding)
@@ -280,7 +272,7 @@ def _cascade_round(models, states, calibration, key, start, pool_cond, threshold
   out = scoring.score_batch(models[:2], states[:2], calibration, x, config, False)
   return {"images": jnp.round(x[..., 0] * 255.0).astype(jnp.uint8), "z": z_chosen, "index": index[chosen],
           "log_p": log_p[chosen], "scores": out["scores"], "valid": out["valid"] & slot_used,
-          "slot_used": slot_used, "consumed": consumed.astype(jnp.int32)}
+          "slot_used": slot_used, "consumed": consumed}
 
 
 class _CascadeRound:
@@ -321,8 +313,7 @@ def default_cascade_round_sizes(scorer, prefilter: CascadePrefilter, strategy: s
   if pool_size is None:
     level = prefilter.report.get("levels", {}).get(scorer.strictness_name, {})
     report = level.get("strategies", {}).get(strategy, {}).get("validation", {})
-    acceptance = report.get("acceptance_rate") or 1.0 / 32
-    pool_size = accept_size * min(32, max(1, math.ceil(2.0 / max(acceptance, 1.0 / 32))))
+    pool_size = sampling.pool_size_for(accept_size, report.get("acceptance_rate"))
   return pool_size, accept_size
 
 

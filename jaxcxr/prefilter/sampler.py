@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Any
 
@@ -92,21 +91,14 @@ def _filter_generate_and_score(models, states, calibration, key, start, cond, th
     z = _nudge(latent_model, z, nudge_steps, nudge_step_size)
   logits = latent_model(z)                                                               # (P,)
   accepted = logits >= threshold
-  position = jnp.arange(pool_size, dtype=jnp.int32)
-  rank = jnp.where(accepted, position, pool_size + position)         # accepted first, each kind in index order
-  _, chosen = jax.lax.top_k(-rank, accept_size)                      # (A,) positions, ascending rank
-  slot_used = accepted[chosen]                                        # (A,) False = padding slot
-  n_accepted = accepted.sum()
-  # Latents consumed this round: the whole pool, unless more were accepted than slots; then up to and
-  # including the last one generated, so the next round starts at the first accepted latent left over.
-  consumed = jnp.where(n_accepted > accept_size, chosen[accept_size - 1] + 1, pool_size)
+  chosen, slot_used, consumed = sampling.select_accepted(accepted, accept_size)
   z_chosen = z[chosen]
   if batch_sharding is not None:
     z_chosen = jax.lax.with_sharding_constraint(z_chosen, batch_sharding)
   out = scoring.generate_and_score_batch(models, states, calibration, z_chosen, cond, config, keep_maps=False)
   return {"images": out["images"], "z": z_chosen, "index": index[chosen],
           "logit": logits[chosen], "scores": out["scores"], "valid": out["valid"] & slot_used,
-          "slot_used": slot_used, "consumed": consumed.astype(jnp.int32)}
+          "slot_used": slot_used, "consumed": consumed}
 
 
 def _check_round(generator, prefilter: Prefilter | None, group: str, label: int, pool_size: int, accept_size: int,
@@ -165,8 +157,8 @@ def default_round_sizes(scorer, prefilter, pool_size, accept_size) -> tuple[int,
     if prefilter is None:
       pool_size = accept_size
     else:
-      acceptance = (prefilter.report.get("validation") or {}).get("acceptance_rate") or 1.0 / 32
-      pool_size = accept_size * min(32, max(1, math.ceil(2.0 / max(acceptance, 1.0 / 32))))
+      pool_size = sampling.pool_size_for(accept_size,
+                                         (prefilter.report.get("validation") or {}).get("acceptance_rate"))
   return pool_size, accept_size
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxcxr import data as data_lib
+from jaxcxr.batching import map_batches
 from jaxcxr.config import ScorePredictorConfig
 from jaxcxr.data import GROUPS
 from jaxcxr.models.condition import group_condition_batch
@@ -57,18 +59,13 @@ def base_images(generator: Generator, z: Any, groups: Sequence[str], *, label: i
   groups = np.asarray(groups).astype(str)
   if z.ndim != 2 or groups.shape != (z.shape[0],):
     raise ValueError(f"base_images: expected z (N, D) and N groups, got {z.shape} and {groups.shape}")
-  graphdef, state = nnx.split(generator)
-  side = generator.config.base_resolution
-  out = np.zeros((z.shape[0], side, side), np.uint8)
+  cond = np.zeros((z.shape[0], len(generator.config.conditions)), np.float32)
   for group in np.unique(groups):
-    index = np.flatnonzero(groups == group)
-    cond = group_condition_batch(str(group), batch_size, label, conditions=generator.config.conditions)
-    for start in range(0, index.size, batch_size):
-      part = index[start:start + batch_size]
-      zb = np.zeros((batch_size, z.shape[1]), np.float32)
-      zb[:part.size] = z[part]
-      out[part] = np.asarray(_base_uint8(graphdef, state, jnp.asarray(zb), jnp.asarray(cond)))[:part.size]
-  return out
+    member = groups == group
+    cond[member] = group_condition_batch(str(group), int(member.sum()), label,
+                                         conditions=generator.config.conditions)
+  graphdef, state = nnx.split(generator)
+  return map_batches(lambda b: _base_uint8(graphdef, state, b["z"], b["cond"]), {"z": z, "cond": cond}, batch_size)
 
 
 def split_indices(groups: Sequence[str], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
@@ -89,7 +86,7 @@ def split_indices(groups: Sequence[str], fractions: tuple[float, float, float] =
 
 
 def _signed(images: jax.Array) -> jax.Array:
-  return (images.astype(jnp.float32) / 127.5 - 1.0)[..., None]
+  return data_lib.to_signed(images)[..., None]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "steps", "batch_size"), donate_argnums=(1, 2))
@@ -118,12 +115,7 @@ def _predict(graphdef, params, rest, images):
 
 
 def _predict_all(graphdef, params, rest, images: np.ndarray, batch: int = 500) -> np.ndarray:
-  out = []
-  for start in range(0, images.shape[0], batch):
-    part = images[start:start + batch]
-    padded = np.concatenate([part, np.zeros((batch - part.shape[0], *part.shape[1:]), part.dtype)])
-    out.append(np.asarray(_predict(graphdef, params, rest, jnp.asarray(padded)))[:part.shape[0]])
-  return np.concatenate(out)
+  return map_batches(lambda x: _predict(graphdef, params, rest, x), images, batch)
 
 
 def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScorePredictorConfig, *,
