@@ -958,7 +958,10 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
     "seconds_per_image", "components" {name: {"roc_auc", "roc_auc_ci95"}} (the score's terms,
     e.g. AnoGAN's residual and discrimination scores), with views in the data "by_view"
     {view: {"n", "n_abnormal", "roc_auc", "roc_auc_ci95"}}, "scores" (N,), "residual" float16
-    (N, R, R), "labels" (N,)}.
+    (N, R, R), "labels" (N,), "component_scores" {name: (N,)}}. With `threshold_data` it also
+    holds "threshold_data": that set's {"n", "n_normal", "n_abnormal", "roc_auc", "roc_auc_ci95",
+    "components", "by_view"} (so that a setting is chosen on validation figures from the same
+    run) and "threshold_scores" {"scores", "labels", "component_scores"}.
 
   Raises:
     jaxcxr.data.DataError: an image set without both labels.
@@ -976,10 +979,13 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
 
   y = labelled(test, "test images")
   threshold_from = "test (no separate threshold data: optimistic)"
+  extra = {}
   if threshold_data is not None:
     y_thr = labelled(threshold_data, "threshold images")
-    s_thr, _, _ = scorer(threshold_data, progress=progress)
+    s_thr, _, c_thr = scorer(threshold_data, progress=progress)
     threshold_from = "threshold data (validation patients)"
+    extra = {"threshold_data": {**_auc_report(s_thr, y_thr, c_thr, data.views(threshold_data))},
+             "threshold_scores": {"scores": s_thr, "labels": y_thr, "component_scores": c_thr}}
   start = time.perf_counter()
   scores, residual, components = scorer(test, progress=progress)
   seconds = time.perf_counter() - start
@@ -988,16 +994,20 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
   fpr, tpr, thresholds = metrics.compute_roc_curve(s_thr, y_thr)
   threshold = float(thresholds[int(np.argmax(tpr - fpr))])
   report = metrics.compute_binary_report(scores >= threshold, y)
-  return {"method": scorer.name, "n": int(len(y)), "n_normal": int((y == 0).sum()), "n_abnormal": int(y.sum()),
-          "roc_auc": float(metrics.compute_roc_auc(scores, y)),
-          "roc_auc_ci95": metrics.roc_auc_interval(scores, y),
+  return {"method": scorer.name, **_auc_report(scores, y, components, data.views(test)),
           "average_precision": float(average_precision_score(y, scores)),
           "threshold": threshold, "threshold_from": threshold_from,
           **{k: report[k] for k in ("precision", "recall", "specificity", "f1", "accuracy")},
           "seconds": float(seconds), "seconds_per_image": float(seconds / max(len(y), 1)),
+          "scores": scores, "residual": residual, "labels": y, "component_scores": components, **extra}
+
+
+def _auc_report(scores, y, components, views) -> dict:
+  """Counts, ROC AUC with its DeLong interval, each component's AUC and, with views, the AUC per view."""
+  return {"n": int(len(y)), "n_normal": int((y == 0).sum()), "n_abnormal": int(y.sum()),
+          **auc_with_interval(scores, y),
           "components": {name: auc_with_interval(values, y) for name, values in components.items()},
-          **({"by_view": by_view(scores, y, test.extra["view"])} if "view" in test.extra else {}),
-          "scores": scores, "residual": residual, "labels": y}
+          **({"by_view": by_view(scores, y, views)} if views is not None else {})}
 
 
 def auc_with_interval(scores, y) -> dict:
@@ -1011,7 +1021,10 @@ def auc_with_interval(scores, y) -> dict:
 
 
 def by_view(scores, y, views) -> dict:
-  """{view: {"n", "n_abnormal", "roc_auc", "roc_auc_ci95"}} of scores within each radiographic view (AP, PA)."""
-  views = np.char.upper(np.char.strip(np.asarray(views).astype(str)))
+  """{view: {"n", "n_abnormal", "roc_auc", "roc_auc_ci95"}} of scores within each radiographic view.
+
+  `views` as `data.views` gives them ("AP", "PA").
+  """
+  views = np.asarray(views).astype(str)
   return {v: {"n": int((views == v).sum()), "n_abnormal": int(y[views == v].sum()),
               **auc_with_interval(scores[views == v], y[views == v])} for v in np.unique(views)}

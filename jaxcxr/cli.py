@@ -492,7 +492,7 @@ def _standard_subset(ds, split: str):
 def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   import dataclasses  # pylint: disable=g-import-not-at-top
 
-  from jaxcxr import anomaly, checkpoints, data, reports  # pylint: disable=g-import-not-at-top
+  from jaxcxr import anomaly, checkpoints, data, io, reports  # pylint: disable=g-import-not-at-top
 
   if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image):
     raise UsageError("--steps, --restarts and --base-image set the AnoGAN search; f-AnoGAN and HealthyGAN score in "
@@ -537,23 +537,84 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   path = _data_paths(args.data, *GAN_DATA)
   _log(f"loading {path}")
   ds = data.keep_abnormal_finding(data.load(path))    # abnormal means pneumonia (the extra archive: any finding)
-  test = _standard_subset(ds, args.split)
-  threshold_data = _standard_subset(ds, "val") if args.split == "test" else None
+  if args.abnormal == "covid":
+    # Second task: NIH normals against the COVID-19 archive's images (each archive split by its own patients).
+    covid_path = _data_path(args.covid_data, "covid_v7lungs_256.npz")
+    _log(f"loading {covid_path}")
+    covid = data.load(covid_path)
+    pick = lambda split: data.concatenate([_standard_subset(ds, split).select(label=0),
+                                           _standard_subset(covid, split).select(label=1)])
+    path = f"{path},{covid_path}"
+  else:
+    pick = lambda split: _standard_subset(ds, split)
+  test = pick(args.split)
+  threshold_data = pick("val") if args.split == "test" else None
   try:
     result = anomaly.evaluate_anomaly(scorer, test, threshold_data=threshold_data, progress=True)
   except ValueError as e:
     raise UsageError(f"{path}: {e}") from e
   scores, residual, labels = result.pop("scores"), result.pop("residual"), result.pop("labels")
+  component_scores, threshold_scores = result.pop("component_scores"), result.pop("threshold_scores", None)
+  if args.scores:
+    arrays = {"scores": scores, "labels": labels, "patient_id": test.patient_id.astype(str),
+              **{f"component_{k}": v for k, v in component_scores.items()}}
+    views = data.views(test)
+    if views is not None:
+      arrays["view"] = views
+    if threshold_scores is not None:
+      arrays.update({"threshold_scores": threshold_scores["scores"], "threshold_labels": threshold_scores["labels"],
+                     "threshold_patient_id": threshold_data.patient_id.astype(str),
+                     **{f"threshold_component_{k}": v for k, v in threshold_scores["component_scores"].items()}})
+    result["scores_file"] = str(io.save_npz(args.scores, arrays))
   if args.out:
     out = pathlib.Path(args.out)
     overlay = reports.save_residual_overlays(data.resize_uint8(test.images, residual.shape[-1]), residual, labels,
                                              scores, out / f"residuals_{args.method}.png",
                                              title=f"{args.method}: ROC AUC {result['roc_auc']:.3f}")
     result["overlays"] = str(overlay)
-  result.update(split=args.split, checkpoint=source, data=str(path), lung_mask=args.lung_mask)
+  result.update(split=args.split, checkpoint=source, data=str(path), lung_mask=args.lung_mask, abnormal=args.abnormal)
   if args.method == "anogan":
     result.update(steps=config.steps, restarts=config.restarts, base_image=config.base_image)
   return result
+
+
+def cmd_evaluate_anomaly_cv(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import checkpoints, data  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train.anomaly_cv import cross_validate_anomaly  # pylint: disable=g-import-not-at-top
+
+  root = checkpoints.checkpoints_root()
+  gan = None
+  if args.method == "fanogan":
+    gan = pathlib.Path(args.gan) if args.gan else next(
+        (root / n for n in checkpoints.SHIPPED_NORMAL_GANS if (root / n / "generator").exists()), None)
+    if gan is None:
+      raise UsageError(f"no shipped normal-only GAN under {root}; pass --gan DIR (generator/, discriminator/)")
+  path = _data_paths(args.data, *GAN_DATA)
+  _log(f"loading {path}")
+  ds = data.keep_abnormal_finding(data.load(path))
+  split = data.standard_split(ds)
+  dev = ds.subset(np.sort(np.concatenate([split["train"], split["val"]])))   # never the test patients
+  unet = load_unet(_shipped_or(None, *checkpoints.SHIPPED_UNETS)) if args.lung_mask else None
+  _log(f"{args.folds} folds x {args.repeats} repeats over {len(dev)} development images; "
+       f"progress one line per fold")
+  try:
+    report = cross_validate_anomaly(args.method, dev, args.out, folds=args.folds, repeats=args.repeats,
+                                    steps=args.steps, gan_dir=gan, unet=unet, seed=args.seed,
+                                    batch_size=args.batch_size)
+  except (ValueError, data.DataError) as e:
+    raise UsageError(str(e)) from e
+  return report
+
+
+def _human_evaluate_anomaly_cv(r: dict[str, Any]) -> str:
+  lines = [f"{r['method']}: {r['folds']}-fold x {r['repeats']} patient-level CV over {r['n']} development images "
+           f"({r['n_abnormal']} abnormal), {r['steps']} training steps per fold"]
+  for name, s in r["summary"].items():
+    if s["mean"] is not None:
+      lines.append(f"  {name}: ROC AUC mean {s['mean']:.3f} (SD {s['sd']:.3f}, {s['min']:.3f}-{s['max']:.3f}, "
+                   f"{s['n_folds']} folds)")
+  return "\n".join(lines)
 
 
 def _ci_text(ci) -> str:
@@ -1262,6 +1323,21 @@ def build_parser() -> argparse.ArgumentParser:
   _add_json_arg(evaluate_gan)
   evaluate_gan.set_defaults(run=cmd_evaluate_gan, human=_human_evaluate_gan)
 
+  anomaly_cv = evaluate_commands.add_parser(
+      "anomaly-cv", help="repeated patient-level cross-validation of f-AnoGAN or HealthyGAN (retrained per fold)")
+  anomaly_cv.add_argument("--method", choices=("fanogan", "healthygan"), required=True)
+  _add_data_arg(anomaly_cv)
+  anomaly_cv.add_argument("--out", required=True, help="folder for each fold's model and scores (a rerun resumes)")
+  anomaly_cv.add_argument("--folds", type=int, default=5)
+  anomaly_cv.add_argument("--repeats", type=int, default=2)
+  anomaly_cv.add_argument("--steps", type=int, help="training steps per fold (default: the CPU preset's)")
+  anomaly_cv.add_argument("--gan", help="normal-only GAN folder for f-AnoGAN (default: the shipped one)")
+  anomaly_cv.add_argument("--lung-mask", action="store_true", help="also score the residual inside the lungs")
+  anomaly_cv.add_argument("--batch-size", type=int, default=64)
+  anomaly_cv.add_argument("--seed", type=int, default=0)
+  _add_json_arg(anomaly_cv)
+  anomaly_cv.set_defaults(run=cmd_evaluate_anomaly_cv, human=_human_evaluate_anomaly_cv)
+
   evaluate_segmentation = evaluate_commands.add_parser("segmentation", help="lung Dice / IoU of the U-Net")
   _add_data_arg(evaluate_segmentation)
   evaluate_segmentation.add_argument("--checkpoint", help="U-Net checkpoint folder (default: the shipped one)")
@@ -1285,6 +1361,13 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_anomaly.add_argument("--base-image", action="store_true",
                                 help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal) instead of "
                                      "its output")
+  evaluate_anomaly.add_argument("--abnormal", choices=("pneumonia", "covid"), default="pneumonia",
+                                help="abnormal images: NIH pneumonias (default), or the COVID-19 archive against NIH "
+                                     "normals (a second task; source alone separates those archives)")
+  evaluate_anomaly.add_argument("--covid-data", help="COVID-19 archive for --abnormal covid "
+                                                     "(default covid_v7lungs_256.npz in the data folder)")
+  evaluate_anomaly.add_argument("--scores", help="npz file for the per-image scores (and the threshold data's), "
+                                                 "e.g. for `evaluate anomaly-ensemble`")
   evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
   _add_split_arg(evaluate_anomaly)
   evaluate_anomaly.set_defaults(split="test")

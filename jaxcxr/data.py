@@ -227,6 +227,19 @@ def concatenate(datasets: Sequence[CXRDataset]) -> CXRDataset:
                     source=",".join(d.source for d in datasets), extra=extra)
 
 
+def views(dataset: CXRDataset) -> np.ndarray | None:
+  """Each image's radiographic view as "AP", "PA", "LATERAL", ...: the first word of `extra["view"]`, upper case.
+
+  The NIH archives say "AP" and "PA"; the COVID archive also says "AP Supine", which counts as AP.
+  None when the dataset has no views.
+  """
+  view = dataset.extra.get("view")
+  if view is None:
+    return None
+  words = np.char.split(np.char.upper(np.char.strip(np.asarray(view).astype(str))))
+  return np.asarray([w[0] if w else "" for w in words]).astype(str)
+
+
 def keep_abnormal_finding(dataset: CXRDataset, finding: str = "Pneumonia") -> CXRDataset:
   """Drops abnormal images whose `finding` does not name `finding` (normal images all stay).
 
@@ -411,6 +424,31 @@ def split_by_patient(
     part[members[cut[1]:]] = 2
   image_part = part[inverse]
   return {name: np.flatnonzero(image_part == i) for i, name in enumerate(("train", "val", "test"))}
+
+
+def patient_folds(patient_id: np.ndarray, folds: int, *, stratify: np.ndarray | None = None,
+                  seed: int = 0) -> np.ndarray:
+  """Patient-level k-fold assignment: each image's fold in [0, folds), no patient in two folds.
+
+  Patients are ranked as in `split_by_patient` (sha256 of seed and patient id) and dealt to
+  the folds in turn within each stratum of their first image's label, so every fold keeps
+  the label balance. A new seed gives a new partition (a repeat of the cross-validation).
+
+  Raises:
+    DataError: fewer than 2 folds, or fewer patients than folds.
+  """
+  if folds < 2:
+    raise DataError(f"patient_folds: expected at least 2 folds, got {folds}")
+  pid = np.asarray(patient_id).astype(str)
+  patients, first, inverse = np.unique(pid, return_index=True, return_inverse=True)
+  strata = np.zeros(len(patients), np.int64) if stratify is None else np.asarray(stratify)[first]
+  if len(patients) < folds:
+    raise DataError(f"patient_folds: {len(patients)} patients, fewer than {folds} folds")
+  rank = _patient_ranks(patients, seed)
+  order = np.lexsort((rank, strata))          # by stratum, then rank: dealing in turn balances every stratum
+  fold = np.empty(len(patients), np.int64)
+  fold[order] = np.arange(len(patients)) % folds
+  return fold[inverse]
 
 
 def _patient_ranks(patients: np.ndarray, seed: int) -> np.ndarray:

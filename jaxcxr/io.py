@@ -60,6 +60,15 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
   return write_bytes_atomic(path, buffer.getvalue())
 
 
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> pathlib.Path:
+  """Saves arrays as an uncompressed npz archive (no pickled objects), atomically."""
+  import io  # pylint: disable=g-import-not-at-top
+
+  buffer = io.BytesIO()
+  np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+  return write_bytes_atomic(path, buffer.getvalue())
+
+
 def to_json_safe(value: Any) -> Any:
   """NaN/inf -> None and numpy values -> builtins, recursively (strict JSON)."""
   if isinstance(value, dict):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcxr import cli
+from jaxcxr import anomaly, cli, data
 
 SHARED_NIH = pathlib.Path(__file__).parents[2] / "shared" / "data" / "nih_cxr14_subset_256.npz"
 
@@ -356,6 +356,46 @@ def test_evaluate_anomaly_inside_the_lungs(capsys, nih_path):
   result = json.loads(out)
   assert result["lung_mask"] and result["method"] == "anogan_lungs"
   assert set(result["components"]) == {"residual_score", "feature_score", "unmasked"}
+
+
+def test_evaluate_anomaly_saves_scores_and_reports_the_threshold_data(capsys, nih_path, tmp_path):
+  code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "fanogan", "--data", str(nih_path), "--split",
+                           "test", "--scores", str(tmp_path / "s.npz"), "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  saved = np.load(tmp_path / "s.npz")
+  assert len(saved["scores"]) == result["n"] and len(saved["threshold_scores"]) == result["threshold_data"]["n"]
+  assert result["roc_auc"] == pytest.approx(anomaly.auc_with_interval(saved["scores"], saved["labels"])["roc_auc"])
+  val = result["threshold_data"]
+  assert val["roc_auc"] == pytest.approx(
+      anomaly.auc_with_interval(saved["threshold_scores"], saved["threshold_labels"])["roc_auc"])
+  assert set(val["components"]) == {"image_loss", "feature_loss"} and "by_view" in val
+  assert not set(saved["patient_id"]) & set(saved["threshold_patient_id"])   # test and validation patients differ
+
+
+def test_evaluate_anomaly_covid_task_against_nih_normals(capsys, nih_path, covid_path):
+  code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "healthygan", "--data", str(nih_path),
+                           "--abnormal", "covid", "--covid-data", str(covid_path), "--split", "all", "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  n_covid = len(data.load(covid_path))
+  assert result["abnormal"] == "covid" and result["n_normal"] == 12 and result["n_abnormal"] == n_covid
+
+
+def test_evaluate_anomaly_cv_command(capsys, nih_path, tmp_path, monkeypatch):
+  from jaxcxr import config  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train import anomaly_cv  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(config, "healthygan_64_cpu", config.healthygan_tiny)   # the shipped preset, made tiny
+  code, out, err = run_cli(capsys, "evaluate", "anomaly-cv", "--method", "healthygan", "--data", str(nih_path),
+                           "--folds", "2", "--repeats", "1", "--steps", "2", "--out", str(tmp_path), "--json")
+  assert code == 0, err
+  report = json.loads(out)
+  assert report["folds"] == 2 and len(report["per_fold"]) == 2 and report["steps"] == 2
+  dev = data.load(nih_path)
+  split = data.standard_split(dev)
+  assert report["n"] == len(split["train"]) + len(split["val"])            # never the test patients
+  assert anomaly_cv.METHODS == ("fanogan", "healthygan")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -356,3 +356,28 @@ def test_balanced_patient_halves_are_disjoint_and_equal_in_images():
     assert not set(pid[in_a]) & set(pid[~in_a])
     assert abs(int(in_a.sum()) - int((~in_a).sum())) <= 1
   assert not np.array_equal(data.balanced_patient_halves(pid, seed=0), data.balanced_patient_halves(pid, seed=1))
+
+
+def test_patient_folds_keep_patients_together_and_balance_labels():
+  rng = np.random.default_rng(0)
+  patient = rng.integers(0, 60, 200).astype(str)
+  label = (rng.random(60) < 0.4).astype(np.int64)[patient.astype(int)]   # one label per patient
+  fold = data.patient_folds(patient, 5, stratify=label, seed=0)
+  assert set(fold) == set(range(5))
+  for p in np.unique(patient):
+    assert len(set(fold[patient == p])) == 1
+  per_fold_abnormal_patients = [len(np.unique(patient[(fold == f) & (label == 1)])) for f in range(5)]
+  assert max(per_fold_abnormal_patients) - min(per_fold_abnormal_patients) <= 1
+  assert not np.array_equal(fold, data.patient_folds(patient, 5, stratify=label, seed=1))   # a new repeat
+  np.testing.assert_array_equal(fold, data.patient_folds(patient, 5, stratify=label, seed=0))
+  with pytest.raises(data.DataError, match="at least 2 folds"):
+    data.patient_folds(patient, 1)
+  with pytest.raises(data.DataError, match="fewer than 100 folds"):
+    data.patient_folds(patient, 100)
+
+
+def test_views_take_the_first_word_in_upper_case(nih_path):
+  ds = data.load(nih_path)
+  ds = dataclasses.replace(ds, extra={**ds.extra, "view": np.asarray(["AP Supine", " pa", "AP", "Lateral"] * 6)})
+  assert list(data.views(ds)[:4]) == ["AP", "PA", "AP", "LATERAL"]
+  assert data.views(dataclasses.replace(ds, extra={})) is None

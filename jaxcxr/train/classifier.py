@@ -102,11 +102,6 @@ def task_labels(dataset: data_lib.CXRDataset, task: str) -> tuple[np.ndarray, np
   raise ValueError(f"task: expected 'abnormal' or 'sex', got {task!r}")
 
 
-def _views(dataset: data_lib.CXRDataset) -> np.ndarray | None:
-  view = dataset.extra.get("view")
-  return None if view is None else np.char.upper(np.char.strip(np.asarray(view).astype(str)))
-
-
 # ----------------------------------------------------------------------------- losses
 
 
@@ -411,7 +406,7 @@ def evaluate_classifier(model: Classifier, dataset: data_lib.CXRDataset, task: s
     raise data_lib.DataError(f"{dataset.source or 'dataset'}: no image has a {task} target")
   subset = dataset.subset(keep)
   prob = predict_proba(model, subset.images, batch_size)
-  return _report(prob, y[keep], threshold, _views(subset))
+  return _report(prob, y[keep], threshold, data_lib.views(subset))
 
 
 # ----------------------------------------------------------------------------- loop
@@ -531,11 +526,11 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   model = nnx.merge(graphdef, best["params"])
   val_prob = predict_proba(model, val_images, config.eval_batch_size)
   threshold = select_threshold_youden(val_prob, y_val)
-  val_report = _report(val_prob, y_val, threshold, _views(dataset.subset(indices["val"])))
+  val_report = _report(val_prob, y_val, threshold, data_lib.views(dataset.subset(indices["val"])))
   test_report = None
   if report_test and len(indices["test"]):
     test_set = dataset.subset(indices["test"])
-    views = _views(test_set) if config.task == "abnormal" else None
+    views = data_lib.views(test_set) if config.task == "abnormal" else None
     test_prob = predict_proba(model, test_set.images, config.eval_batch_size)
     test_report = _report(test_prob, y_all[indices["test"]], threshold, views)
   metadata = {
@@ -642,7 +637,7 @@ def assemble_ensemble(member_dirs: list[str | os.PathLike], dataset: data_lib.CX
   val_voters = {name: metrics_lib.compute_roc_auc(voters[:, i], y[val]) for i, name in enumerate(names)}
   val_prob = predict_proba(model, val_set.images)
   threshold = select_threshold_youden(val_prob, y[val])
-  val_report = _report(val_prob, y[val], threshold, _views(val_set))
+  val_report = _report(val_prob, y[val], threshold, data_lib.views(val_set))
   metadata = {
       "task": task,
       "positive_class": first.get("positive_class"),
@@ -765,6 +760,6 @@ def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDa
   if int(np.bincount(y_tr, minlength=2).min()) < 2:
     raise data_lib.DataError(f"the training set needs at least 2 images of each class for task {task!r}")
   model = fit_pixel_logreg(train_ds, y_tr)
-  report = _report(model.predict_proba(test_ds.images), y_te, 0.5, _views(test_ds))
+  report = _report(model.predict_proba(test_ds.images), y_te, 0.5, data_lib.views(test_ds))
   return {"n_train": int(len(y_tr)), "n_test": report["n"], "C": model.C,
           **{k: v for k, v in report.items() if k not in ("n", "threshold")}}
