@@ -542,6 +542,11 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     covid_path = _data_path(args.covid_data, "covid_v7lungs_256.npz")
     _log(f"loading {covid_path}")
     covid = data.load(covid_path)
+    # The normal GAN behind AnoGAN and f-AnoGAN is conditioned on sex and age: every method scores the same
+    # images, those whose sex and age are known.
+    known = np.isin(covid.sex, ["M", "F"]) & (covid.age >= 0)
+    covid_dropped = int((~known).sum())
+    covid = covid.subset(known)
     pick = lambda split: data.concatenate([_standard_subset(ds, split).select(label=0),
                                            _standard_subset(covid, split).select(label=1)])
     path = f"{path},{covid_path}"
@@ -568,10 +573,15 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     result["scores_file"] = str(io.save_npz(args.scores, arrays))
   if args.out:
     out = pathlib.Path(args.out)
-    overlay = reports.save_residual_overlays(data.resize_uint8(test.images, residual.shape[-1]), residual, labels,
+    overlay = reports.save_residual_overlays(test.images, residual, labels,
                                              scores, out / f"residuals_{args.method}.png",
                                              title=f"{args.method}: ROC AUC {result['roc_auc']:.3f}")
     result["overlays"] = str(overlay)
+  if args.abnormal == "covid":
+    result["covid_dropped_unknown_sex_or_age"] = covid_dropped
+  if args.abnormal == "covid" and args.split in ("val", "test"):
+    # The figure's reference: what the archives' look alone gives (trained on the training patients).
+    result["source_only_baseline"] = anomaly.source_only_baseline(pick("train"), test)
   result.update(split=args.split, checkpoint=source, data=str(path), lung_mask=args.lung_mask, abnormal=args.abnormal)
   if args.method == "anogan":
     result.update(steps=config.steps, restarts=config.restarts, base_image=config.base_image)
@@ -617,6 +627,50 @@ def _human_evaluate_anomaly_cv(r: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def cmd_evaluate_anomaly_ensemble(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import anomaly  # pylint: disable=g-import-not-at-top
+
+  if len(args.scores) < 2:
+    raise UsageError("give at least two score files (from `evaluate anomaly --scores FILE`)")
+  loaded = []
+  for path in args.scores:
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        loaded.append({k: f[k] for k in f.files})
+    except (OSError, ValueError) as e:
+      raise UsageError(f"{path}: not a readable score file ({e})") from None
+    if "scores" not in loaded[-1] or "labels" not in loaded[-1]:
+      raise UsageError(f"{path}: no `scores`/`labels` arrays; write it with `evaluate anomaly --scores FILE`")
+  result = {"files": list(args.scores)}
+  for part, prefix in (("test", ""), ("threshold_data", "threshold_")):
+    if not all(f"{prefix}scores" in f for f in loaded):
+      continue
+    first = loaded[0]
+    for path, f in zip(args.scores[1:], loaded[1:]):
+      same = all(np.array_equal(f[f"{prefix}{k}"], first[f"{prefix}{k}"]) for k in ("labels", "patient_id")
+                 if f"{prefix}{k}" in f and f"{prefix}{k}" in first)
+      if not same or len(f[f"{prefix}scores"]) != len(first[f"{prefix}scores"]):
+        raise UsageError(f"{path}: its images differ from {args.scores[0]}'s (labels or patients); score the same "
+                         "split of the same data")
+    y = first[f"{prefix}labels"]
+    ensemble = anomaly.rank_average([f[f"{prefix}scores"] for f in loaded])
+    result[part] = {"n": int(len(y)), "n_abnormal": int(y.sum()), **anomaly.auc_with_interval(ensemble, y),
+                    "members": {path: anomaly.auc_with_interval(f[f"{prefix}scores"], y)
+                                for path, f in zip(args.scores, loaded)}}
+  return result
+
+
+def _human_evaluate_anomaly_ensemble(r: dict[str, Any]) -> str:
+  lines = []
+  for part in ("threshold_data", "test"):
+    if part in r:
+      p = r[part]
+      lines.append(f"rank-average ensemble on {part} ({p['n']} images, {p['n_abnormal']} abnormal): ROC AUC "
+                   f"{p['roc_auc']:.4f}{_ci_text(p['roc_auc_ci95'])}")
+      lines += [f"  {name}: {m['roc_auc']:.4f}{_ci_text(m['roc_auc_ci95'])}" for name, m in p["members"].items()]
+  return "\n".join(lines)
+
+
 def _ci_text(ci) -> str:
   return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
 
@@ -630,6 +684,9 @@ def _human_evaluate_anomaly(r: dict[str, Any]) -> str:
   for name, c in (r.get("components") or {}).items():
     auc = "n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
     lines.append(f"  {name} alone: ROC AUC {auc}{_ci_text(c.get('roc_auc_ci95'))}")
+  if "source_only_baseline" in r:
+    b = r["source_only_baseline"]
+    lines.append(f"  source-only baseline ({b['method']}): ROC AUC {b['roc_auc']:.4f}{_ci_text(b['roc_auc_ci95'])}")
   for view, c in (r.get("by_view") or {}).items():
     auc = "n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
     lines.append(f"  {view} view ({c['n']} images, {c['n_abnormal']} abnormal): ROC AUC {auc}"
@@ -1322,6 +1379,12 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_gan.add_argument("--no-classifiers", action="store_true", help="D features and pixel probes only")
   _add_json_arg(evaluate_gan)
   evaluate_gan.set_defaults(run=cmd_evaluate_gan, human=_human_evaluate_gan)
+
+  anomaly_ensemble = evaluate_commands.add_parser(
+      "anomaly-ensemble", help="rank-average ensemble of anomaly scores saved by `evaluate anomaly --scores`")
+  anomaly_ensemble.add_argument("scores", nargs="+", help="score files (npz) of the same split, one per method")
+  _add_json_arg(anomaly_ensemble)
+  anomaly_ensemble.set_defaults(run=cmd_evaluate_anomaly_ensemble, human=_human_evaluate_anomaly_ensemble)
 
   anomaly_cv = evaluate_commands.add_parser(
       "anomaly-cv", help="repeated patient-level cross-validation of f-AnoGAN or HealthyGAN (retrained per fold)")

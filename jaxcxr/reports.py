@@ -273,39 +273,56 @@ def _markdown(r: dict[str, Any]) -> str:
 
 
 def save_residual_overlays(images_uint8: np.ndarray, residual: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-                           path: str | os.PathLike, *, per_class: int = 4, title: str = "") -> pathlib.Path:
-  """A grid of radiographs and their anomaly residual maps: the top-scoring normal and abnormal images.
+                           path: str | os.PathLike, *, per_class: int = 8, title: str = "") -> pathlib.Path:
+  """Radiographs beside their anomaly residual maps overlaid in colour: `per_class` normals, then abnormals.
+
+  Each class shows its highest- and lowest-scoring images alternately (so both the method's
+  confident calls and its misses are seen), four image/overlay pairs per row.
 
   Args:
     images_uint8: uint8 (N, H, W) radiographs.
-    residual: (N, R, R) residual maps in [0, 2] (|x - reconstruction| in [-1, 1] image space).
+    residual: (N, R, R) residual maps in [0, 2] (|x - reconstruction| in [-1, 1] image space),
+      stretched over the image, with one colour scale for all panels (0 to the 99.5th
+      percentile of all residuals) and an opacity that grows with the residual.
     labels: (N,) 0 normal / 1 abnormal.
     scores: (N,) anomaly scores (higher = more abnormal).
     path: output PNG.
-    per_class: images shown per class (the highest- and lowest-scoring of each alternate).
+    per_class: images shown per class.
     title: figure title.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  picks = []
+  residual = np.asarray(residual, np.float32)
+  vmax = float(np.percentile(residual, 99.5)) or 1.0
+  pairs_per_row = 4
+  blocks = []
   for label in (0, 1):
-    order = np.flatnonzero(labels == label)[np.argsort(-scores[labels == label])]
+    order = np.flatnonzero(labels == label)[np.argsort(-scores[labels == label], kind="stable")]
     chosen = [order[i // 2] if i % 2 == 0 else order[-1 - i // 2] for i in range(min(per_class, len(order)))]
-    picks += [(int(i), label) for i in dict.fromkeys(chosen)]
-  fig, axes = plt.subplots(max(len(picks), 1), 2, figsize=(5, 2.5 * max(len(picks), 1)), squeeze=False)
-  vmax = float(np.percentile(np.asarray(residual, np.float32), 99.5)) or 1.0
-  for row, (i, label) in enumerate(picks):
-    axes[row, 0].imshow(images_uint8[i], cmap="gray", vmin=0, vmax=255)
-    axes[row, 0].set_title(f"{'abnormal' if label else 'normal'}, score {scores[i]:.4g}", fontsize=7, loc="left")
-    axes[row, 1].imshow(np.asarray(residual[i], np.float32), cmap="magma", vmin=0, vmax=vmax)
-    axes[row, 1].set_title("residual |x - reconstruction|", fontsize=7)
+    blocks.append((label, list(dict.fromkeys(int(i) for i in chosen))))
+  rows = sum(max(1, -(-len(chosen) // pairs_per_row)) for _, chosen in blocks)
+  fig, axes = plt.subplots(rows, 2 * pairs_per_row, figsize=(2 * pairs_per_row * 1.7, rows * 1.9), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
+  row = 0
+  for label, chosen in blocks:
+    name = "abnormal" if label else "normal"
+    for k, i in enumerate(chosen):
+      r, c = row + k // pairs_per_row, 2 * (k % pairs_per_row)
+      h, w = images_uint8[i].shape
+      axes[r, c].imshow(images_uint8[i], cmap="gray", vmin=0, vmax=255)
+      axes[r, c].set_title(f"{name}, score {scores[i]:.4g}", fontsize=6, loc="left")
+      axes[r, c + 1].imshow(images_uint8[i], cmap="gray", vmin=0, vmax=255)
+      alpha = np.clip(residual[i] / vmax, 0, 1) * 0.85                 # small residuals stay see-through
+      axes[r, c + 1].imshow(residual[i], cmap="inferno", vmin=0, vmax=vmax, alpha=alpha, interpolation="bilinear",
+                            extent=(-0.5, w - 0.5, h - 0.5, -0.5))   # the map stretched over the image
+      axes[r, c + 1].set_title("residual overlay", fontsize=6, loc="left")
+    row += max(1, -(-len(chosen) // pairs_per_row))
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / max(len(picks), 1)))
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / rows))
   path = pathlib.Path(path)
   save_figure(fig, path, dpi=90)
   plt.close(fig)

@@ -350,3 +350,27 @@ def test_lung_residual_scores_ignore_the_frame():
   np.testing.assert_allclose(scores[2], np.mean(residual[2] ** 2), rtol=1e-6)
   with pytest.raises(ValueError, match="expected residual"):
     anomaly.lung_residual_scores(residual, masks[:2])
+
+
+def test_rank_average_counts_each_method_equally():
+  a = np.array([0.1, 0.2, 0.3, 0.4])
+  b = np.array([400.0, 300.0, 200.0, 100.0])         # another scale, opposite order
+  np.testing.assert_allclose(anomaly.rank_average([a, b]), [0.5, 0.5, 0.5, 0.5])
+  np.testing.assert_allclose(anomaly.rank_average([a, a * 1e3]), [0, 1 / 3, 2 / 3, 1])
+  np.testing.assert_allclose(anomaly.rank_average([np.array([1.0, 1.0, 2.0])]), [0.25, 0.25, 1.0])   # ties share
+  with pytest.raises(ValueError, match="one length"):
+    anomaly.rank_average([a, a[:3]])
+  with pytest.raises(ValueError, match="finite"):
+    anomaly.rank_average([np.array([0.0, np.nan])])
+
+
+def test_source_only_baseline_sees_what_separates_the_archives(nih_path, covid_path):
+  nih, covid = data.load(nih_path).select(label=0), data.load(covid_path)
+  both = data.concatenate([nih, covid])
+  half = np.arange(len(both)) % 2 == 0
+  result = anomaly.source_only_baseline(both.subset(half), both.subset(~half))
+  assert result["n_train"] == int(half.sum()) and 0 <= result["roc_auc"] <= 1
+  flat = dataclasses.replace(both, images=np.full_like(both.images, 128))   # no pixel difference: chance
+  assert anomaly.source_only_baseline(flat.subset(half), flat.subset(~half))["roc_auc"] == pytest.approx(0.5)
+  with pytest.raises(data.DataError, match="both labels"):
+    anomaly.source_only_baseline(nih, both)

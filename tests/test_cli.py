@@ -373,13 +373,39 @@ def test_evaluate_anomaly_saves_scores_and_reports_the_threshold_data(capsys, ni
   assert not set(saved["patient_id"]) & set(saved["threshold_patient_id"])   # test and validation patients differ
 
 
-def test_evaluate_anomaly_covid_task_against_nih_normals(capsys, nih_path, covid_path):
+def test_evaluate_anomaly_covid_task_against_nih_normals(capsys, nih_path, covid_path, tmp_path):
+  arrays = dict(np.load(covid_path))
+  arrays["age"] = np.where(np.arange(len(arrays["age"])) % 4 == 0, -1, 45).astype(arrays["age"].dtype)
+  np.savez(tmp_path / "covid.npz", **arrays)                      # a quarter of unknown age, as in the archive
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "healthygan", "--data", str(nih_path),
-                           "--abnormal", "covid", "--covid-data", str(covid_path), "--split", "all", "--json")
+                           "--abnormal", "covid", "--covid-data", str(tmp_path / "covid.npz"), "--split", "all",
+                           "--json")
   assert code == 0, err
   result = json.loads(out)
-  n_covid = len(data.load(covid_path))
-  assert result["abnormal"] == "covid" and result["n_normal"] == 12 and result["n_abnormal"] == n_covid
+  covid = data.load(tmp_path / "covid.npz")
+  known = int((np.isin(covid.sex, ["M", "F"]) & (covid.age >= 0)).sum())
+  assert result["abnormal"] == "covid" and result["n_normal"] == 12 and result["n_abnormal"] == known
+  assert result["covid_dropped_unknown_sex_or_age"] == len(covid) - known
+  assert "source_only_baseline" not in result                    # --split all: no separate training patients
+
+
+def test_evaluate_anomaly_ensemble_of_saved_scores(capsys, nih_path, tmp_path):
+  for method in ("fanogan", "healthygan"):
+    code, _, err = run_cli(capsys, "evaluate", "anomaly", "--method", method, "--data", str(nih_path), "--split",
+                           "test", "--scores", str(tmp_path / f"{method}.npz"), "--json")
+    assert code == 0, err
+  files = [str(tmp_path / "fanogan.npz"), str(tmp_path / "healthygan.npz")]
+  code, out, err = run_cli(capsys, "evaluate", "anomaly-ensemble", *files, "--json")
+  assert code == 0, err
+  result = json.loads(out)
+  saved = [np.load(f) for f in files]
+  expected = anomaly.rank_average([s["scores"] for s in saved])
+  assert result["test"]["roc_auc"] == pytest.approx(anomaly.auc_with_interval(expected, saved[0]["labels"])["roc_auc"])
+  assert set(result["test"]["members"]) == set(files) and "threshold_data" in result
+  other = tmp_path / "other.npz"                                  # a file of other images is refused
+  np.savez(other, scores=np.zeros(3), labels=np.array([0, 1, 1]))
+  code, out, err = run_cli(capsys, "evaluate", "anomaly-ensemble", files[0], str(other))
+  assert code == 2 and "differ" in err
 
 
 def test_evaluate_anomaly_cv_command(capsys, nih_path, tmp_path, monkeypatch):
