@@ -3,28 +3,34 @@
 Mirrors:
   * `ssim` / `psnr`: `skimage.metrics.structural_similarity` (uniform 7x7 window,
     K1=0.01, K2=0.03, sample covariance, border-cropped mean) and
-    `skimage.metrics.peak_signal_noise_ratio`, batched and jitted.
+    `skimage.metrics.peak_signal_noise_ratio`, batched and jitted. As skimage,
+    the data range defaults to 255 for uint8 images and (skimage: must be given)
+    1 for float images.
   * `average_hash`, `difference_hash`, `perceptual_hash`, `wavelet_hash`: the
-    `imagehash` package's ahash, dhash, phash and whash (same bit definitions;
-    PIL's Lanczos resize is replaced by `jax.image.resize(method="linear",
-    antialias=True)`, so bits are not identical to imagehash's).
-  * `equalize_histogram`: `skimage.exposure.equalize_hist`, in jnp.
+    `imagehash` package's ahash, dhash, phash and whash, bit for bit on 8-bit
+    images: the same PIL Lanczos resize of 8-bit grayscale ("L") images on the
+    host, then the same bit definitions. Uniform images hash to all-False bits
+    (imagehash's phash and whash bits of a uniform image are float round-off).
+  * `equalize_histogram`: `skimage.exposure.equalize_hist` of float images, in jnp.
   * `clahe`: a thin host-side wrapper over `skimage.exposure.equalize_adapthist`.
 
-Images are float32 in [0, 1], batched as (B, H, W) or NHWC (B, H, W, 1); a
-trailing channel of 1 is squeezed. Jitted functions run on device; functions
-returning `np.ndarray` do their ragged work on the host.
+Images are float in [0, 1] or uint8 in [0, 255], batched as (B, H, W) or NHWC
+(B, H, W, 1); a trailing channel of 1 is squeezed. Jitted functions run on
+device; functions returning `np.ndarray`, and the hashes, do their work on the host.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.fft
 from jax import lax
+from PIL import Image
 from scipy import ndimage
 from skimage import exposure, filters, morphology
 
@@ -70,8 +76,51 @@ def _box_mean(x: jax.Array, size: int) -> jax.Array:
   return x / size**2
 
 
-@functools.partial(jax.jit, static_argnames=("win_size",))
-def ssim(x, y, *, data_range=1.0, win_size: int = 7) -> jax.Array:
+def _is_traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+@jax.jit
+def _value_span(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return jnp.minimum(x.min(), y.min()), jnp.maximum(x.max(), y.max())
+
+
+def _metric_inputs(x, y, data_range, name: str) -> tuple[jax.Array, jax.Array, Any]:
+  """Checks an image pair for `ssim`/`psnr` and resolves `data_range` from their dtype.
+
+  Returns (x, y, data_range) with x, y jax arrays of their original dtype. The dtype test is
+  static, so it also runs under jit; the test that the values fit in `data_range` (their span,
+  max - min over both, is at most `data_range`) runs only on concrete arrays.
+  """
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  both_float = jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(y.dtype, jnp.floating)
+  if x.dtype != y.dtype and not both_float:
+    raise ValueError(f"{name}: x and y must both be uint8 or both be float, got {x.dtype} and {y.dtype}; convert "
+                     f"one first (uint8 -> float in [0, 1]: divide by 255)")
+  _gray_shape(x.shape, "x")
+  _gray_shape(y.shape, "y")
+  if data_range is None:
+    if x.dtype == jnp.uint8:
+      data_range = 255.0
+    elif both_float:
+      data_range = 1.0
+    else:
+      raise ValueError(f"{name}: no default data_range for {x.dtype} images; pass data_range (the largest minus "
+                       f"the smallest possible pixel value)")
+  if _is_traced(data_range) or _is_traced(x) or _is_traced(y):
+    return x, y, data_range
+  if not float(data_range) > 0:
+    raise ValueError(f"{name}: data_range must be > 0, got {data_range}")
+  if x.size and y.size:
+    lo, hi = (float(v) for v in _value_span(x, y))
+    if hi - lo > float(data_range) * (1 + 1e-6):
+      raise ValueError(f"{name}: the images span [{lo:g}, {hi:g}], more than data_range={float(data_range):g}; "
+                       f"pass data_range=None (255 for uint8, 1 for float images), the images' true data range "
+                       f"(e.g. 255.0 for float values in [0, 255]), or rescale the images")
+  return x, y, data_range
+
+
+def ssim(x, y, *, data_range=None, win_size: int = 7) -> jax.Array:
   """Structural similarity per image, as `skimage.metrics.structural_similarity`.
 
   With local means u, sample (co)variances v over a uniform win_size^2 window,
@@ -85,17 +134,23 @@ def ssim(x, y, *, data_range=1.0, win_size: int = 7) -> jax.Array:
   the pair's global mean: float32 `E[x^2] - E[x]^2` then cancels on values near
   0 instead of near E[x]^2, keeping the result within ~1e-6 of skimage in float64.
 
+  The computation is jitted (`win_size` static) and `ssim` may be called under
+  jit; the check that the images fit in `data_range` runs only on concrete arrays.
+
   Args:
-    x: images (B, H, W) or (B, H, W, 1), float in [0, data_range].
-    y: images with the shape of `x`.
-    data_range: R, the dynamic range of the images.
+    x: images (B, H, W) or (B, H, W, 1): uint8, or float in [0, data_range].
+    y: images with the shape of `x`, uint8 if `x` is, else float.
+    data_range: R, the dynamic range of the images; None: 255 for uint8 images
+      (as skimage), 1.0 for float images. Other integer dtypes must give it.
     win_size: odd side of the uniform window, 3 <= win_size <= min(H, W).
 
   Returns:
     (B,) float32 SSIM; 1 for identical images.
 
   Raises:
-    ValueError: for bad shapes or an invalid `win_size`.
+    ValueError: for bad shapes, an invalid `win_size`, one uint8 and one float
+      input, no default `data_range` for the dtype, or (concrete inputs) images
+      whose values span more than `data_range`, e.g. uint8 images with data_range=1.
 
   Examples:
     >>> x = jnp.linspace(0, 1, 2 * 16 * 16).reshape(2, 16, 16)
@@ -106,6 +161,12 @@ def ssim(x, y, *, data_range=1.0, win_size: int = 7) -> jax.Array:
     Wang et al., "Image quality assessment: from error visibility to structural
     similarity", IEEE TIP 2004.
   """
+  x, y, data_range = _metric_inputs(x, y, data_range, "ssim")
+  return _ssim(x, y, data_range, win_size=win_size)
+
+
+@functools.partial(jax.jit, static_argnames=("win_size",))
+def _ssim(x, y, data_range, *, win_size: int) -> jax.Array:
   x, y = _as_gray_pair(x, y)
   if win_size < 3 or win_size % 2 == 0 or win_size > min(x.shape[1:]):
     raise ValueError(f"win_size: expected an odd integer in [3, {min(x.shape[1:])}], got {win_size}")
@@ -120,23 +181,33 @@ def ssim(x, y, *, data_range=1.0, win_size: int = 7) -> jax.Array:
   return s.mean(axis=(1, 2))
 
 
-@jax.jit
-def psnr(x, y, *, data_range=1.0) -> jax.Array:
+def psnr(x, y, *, data_range=None) -> jax.Array:
   """Peak signal-to-noise ratio per image, as `skimage.metrics.peak_signal_noise_ratio`.
 
-  PSNR = 10 log10(R^2 / MSE); inf for identical images.
+  PSNR = 10 log10(R^2 / MSE); inf for identical images. Jitted, and callable
+  under jit; the check that the images fit in `data_range` runs only on
+  concrete arrays.
 
   Args:
-    x: reference images (B, H, W) or (B, H, W, 1).
-    y: test images with the shape of `x`.
-    data_range: R, the dynamic range of the images.
+    x: reference images (B, H, W) or (B, H, W, 1): uint8, or float in [0, data_range].
+    y: test images with the shape of `x`, uint8 if `x` is, else float.
+    data_range: R, the dynamic range of the images; None: 255 for uint8 images
+      (as skimage), 1.0 for float images. Other integer dtypes must give it.
 
   Returns:
     (B,) float32 PSNR in dB.
 
   Raises:
-    ValueError: for bad shapes.
+    ValueError: for bad shapes, one uint8 and one float input, no default
+      `data_range` for the dtype, or (concrete inputs) images whose values span
+      more than `data_range`.
   """
+  x, y, data_range = _metric_inputs(x, y, data_range, "psnr")
+  return _psnr(x, y, data_range)
+
+
+@jax.jit
+def _psnr(x, y, data_range) -> jax.Array:
   x, y = _as_gray_pair(x, y)
   # Rows first, then columns: shorter float32 sums keep PSNR within ~1e-5 dB of skimage's float64 mean.
   mse = jnp.mean(jnp.mean(jnp.square(x - y), axis=2), axis=1)
@@ -146,118 +217,182 @@ def psnr(x, y, *, data_range=1.0) -> jax.Array:
 # ------------------------------------------------------------------ perceptual hashes
 
 
-def _resize(images: jax.Array, height: int, width: int) -> jax.Array:
-  """Antialiased bilinear resize of (B, H, W) images (stands in for PIL's Lanczos)."""
-  if images.shape[1:] == (height, width):
-    return images
-  if images.shape[0] == 0:  # jax.image.resize fails on an empty batch
-    return jnp.zeros((0, height, width), images.dtype)
-  return jax.image.resize(images, (images.shape[0], height, width), method="linear", antialias=True)
+def _hash_pixels(images, name: str = "images") -> np.ndarray:
+  """8-bit (B, H, W) pixels to hash: uint8 images as they are, float images in [0, 1] as round(255 x).
+
+  Hashes run on the host, so tracers are refused, as are non-finite pixels (a NaN would
+  otherwise hash like black), float values outside [0, 1] and other dtypes.
+  """
+  if _is_traced(images):
+    raise ValueError(f"{name}: perceptual hashes resize images with PIL on the host (as imagehash); call them "
+                     f"outside jax.jit / jax.vmap, on concrete arrays")
+  pixels = np.asarray(images)
+  pixels = pixels.reshape(_gray_shape(pixels.shape, name))
+  if pixels.dtype == np.uint8:
+    return pixels
+  if not jnp.issubdtype(pixels.dtype, jnp.floating):
+    raise ValueError(f"{name}: expected uint8 images or float images in [0, 1], got dtype {pixels.dtype}")
+  pixels = pixels.astype(np.float64)
+  finite = np.isfinite(pixels)
+  if not finite.all():
+    bad = np.unique(np.nonzero(~finite)[0])
+    raise ValueError(f"{name}: {int((~finite).sum())} non-finite pixel(s) (NaN or inf) in image(s) "
+                     f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''}; replace them or drop those images "
+                     f"before hashing")
+  if pixels.size and (pixels.min() < 0 or pixels.max() > 1):
+    raise ValueError(f"{name}: float images must be in [0, 1], got values in [{pixels.min():g}, {pixels.max():g}]; "
+                     f"divide 8-bit values by 255 or pass uint8 images")
+  return np.rint(pixels * 255).astype(np.uint8)
 
 
-def _flatten(grid: jax.Array) -> jax.Array:
+def _resize_lanczos(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 (B, H, W) -> uint8 (B, height, width), each image resized as an 8-bit "L" PIL image with LANCZOS.
+
+  imagehash's resize (`image.convert("L").resize((width, height), Image.LANCZOS)`), so the bits match its own.
+  """
+  out = np.empty((pixels.shape[0], height, width), np.uint8)
+  for i, image in enumerate(pixels):
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.LANCZOS)
+    out[i] = np.asarray(resized)
+  return out
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_hash_size(hash_size: int) -> None:
+  if not _is_int(hash_size) or hash_size < 2:
+    raise ValueError(f"hash_size: expected an integer >= 2 (as imagehash), got {hash_size}")
+
+
+def _flat(grid: np.ndarray) -> np.ndarray:
   """(B, h, w) -> (B, h*w); explicit sizes, as -1 is ambiguous for an empty batch."""
   return grid.reshape(grid.shape[0], grid.shape[1] * grid.shape[2])
 
 
-def _above_median(values: jax.Array) -> jax.Array:
-  """(B, h, w) -> (B, h*w) bits: value > the image's median."""
-  values = _flatten(values)
-  return values > jnp.median(values, axis=1, keepdims=True)
-
-
-@functools.partial(jax.jit, static_argnames=("hash_size",))
 def average_hash(images, *, hash_size: int = 8) -> jax.Array:
-  """imagehash ahash: downscale to hash_size^2, bit = pixel > the mean.
+  """imagehash ahash: Lanczos downscale to hash_size^2 8-bit pixels, bit = pixel > their mean.
+
+  Computed on the host (see `_hash_pixels`): float images in [0, 1] are first
+  rounded to 8 bits, round(255 x), and each image is resized as imagehash does
+  (PIL LANCZOS on an "L" image), so the bits equal `imagehash.average_hash`'s.
+  Integer pixels against their float64 mean: a uniform image gives all-False bits.
 
   Args:
-    images: (B, H, W) or (B, H, W, 1) in [0, 1].
-    hash_size: side of the bit grid.
+    images: (B, H, W) or (B, H, W, 1), uint8 or float in [0, 1], concrete (not traced).
+    hash_size: side of the bit grid, >= 2.
 
   Returns:
-    (B, hash_size**2) bool.
+    (B, hash_size**2) bool jax array, bits in row-major order (as imagehash's `hash.ravel()`).
+
+  Raises:
+    ValueError: for bad shapes or dtypes, float values outside [0, 1], NaN or inf
+      pixels, traced input, or hash_size < 2.
   """
-  small = _resize(_as_gray(images, "images"), hash_size, hash_size)
-  return _flatten(small > small.mean(axis=(1, 2), keepdims=True))
+  _check_hash_size(hash_size)
+  small = _flat(_resize_lanczos(_hash_pixels(images), hash_size, hash_size))
+  return jnp.asarray(small > small.mean(axis=1, keepdims=True))
 
 
-@functools.partial(jax.jit, static_argnames=("hash_size",))
 def difference_hash(images, *, hash_size: int = 8) -> jax.Array:
-  """imagehash dhash: downscale to hash_size x (hash_size + 1), bit = pixel > its left neighbour.
+  """imagehash dhash: Lanczos downscale to hash_size x (hash_size + 1), bit = pixel > its left neighbour.
+
+  Computed on the host on 8-bit pixels, as `average_hash`; the bits equal
+  `imagehash.dhash`'s, and a uniform image gives all-False bits.
 
   Args:
-    images: (B, H, W) or (B, H, W, 1) in [0, 1].
-    hash_size: side of the bit grid.
+    images: (B, H, W) or (B, H, W, 1), uint8 or float in [0, 1], concrete (not traced).
+    hash_size: side of the bit grid, >= 2.
 
   Returns:
-    (B, hash_size**2) bool.
+    (B, hash_size**2) bool jax array.
+
+  Raises:
+    ValueError: as `average_hash`.
   """
-  small = _resize(_as_gray(images, "images"), hash_size, hash_size + 1)
-  return _flatten(small[:, :, 1:] > small[:, :, :-1])
+  _check_hash_size(hash_size)
+  small = _resize_lanczos(_hash_pixels(images), hash_size, hash_size + 1)
+  return jnp.asarray(_flat(small[:, :, 1:] > small[:, :, :-1]))
 
 
-def _dct_matrix(n: int) -> np.ndarray:
-  """Unnormalised DCT-II matrix of `scipy.fftpack.dct`: D[k, i] = 2 cos(pi k (2i + 1) / 2n)."""
-  k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-  return (2 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))).astype(np.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("hash_size", "highfreq_factor"))
 def perceptual_hash(images, *, hash_size: int = 8, highfreq_factor: int = 4) -> jax.Array:
-  """imagehash phash: 2-D DCT-II of a (hash_size * highfreq_factor)^2 downscale.
+  """imagehash phash: 2-D DCT-II of a (hash_size * highfreq_factor)^2 Lanczos downscale.
 
   Bits are the top-left hash_size x hash_size (lowest-frequency) coefficients,
-  DC included, compared with their median.
+  DC included, compared with their median. Computed on the host on 8-bit
+  pixels, as `average_hash`, with imagehash's unnormalised float64 DCT, so the
+  bits equal `imagehash.phash`'s, except for uniform images: their non-DC
+  coefficients are 0 up to float round-off, which makes imagehash's bits noise;
+  here a uniform downscale gives all-False bits.
 
   Args:
-    images: (B, H, W) or (B, H, W, 1) in [0, 1].
-    hash_size: side of the bit grid.
-    highfreq_factor: downscale side is hash_size * highfreq_factor.
+    images: (B, H, W) or (B, H, W, 1), uint8 or float in [0, 1], concrete (not traced).
+    hash_size: side of the bit grid, >= 2.
+    highfreq_factor: downscale side is hash_size * highfreq_factor, >= 1.
 
   Returns:
-    (B, hash_size**2) bool.
+    (B, hash_size**2) bool jax array.
+
+  Raises:
+    ValueError: as `average_hash`, or highfreq_factor < 1.
   """
+  _check_hash_size(hash_size)
+  if not _is_int(highfreq_factor) or highfreq_factor < 1:
+    raise ValueError(f"highfreq_factor: expected an integer >= 1, got {highfreq_factor}")
   n = hash_size * highfreq_factor
-  small = _resize(_as_gray(images, "images"), n, n)
-  dct = jnp.asarray(_dct_matrix(n)[:hash_size])  # (hash_size, n)
-  low = jnp.einsum("kh,bhw,lw->bkl", dct, small, dct, precision=lax.Precision.HIGHEST)
-  return _above_median(low)
+  small = _resize_lanczos(_hash_pixels(images), n, n)
+  bits = np.zeros((small.shape[0], hash_size * hash_size), bool)
+  for i, pixels in enumerate(small):
+    if pixels.min() == pixels.max():
+      continue  # uniform: no structure to encode
+    # imagehash: scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1), the same float64 DCT-II.
+    low = scipy.fft.dct(scipy.fft.dct(pixels, axis=0), axis=1)[:hash_size, :hash_size]
+    bits[i] = (low > np.median(low)).ravel()
+  return jnp.asarray(bits)
 
 
-@functools.partial(jax.jit, static_argnames=("hash_size", "image_scale"))
 def wavelet_hash(images, *, hash_size: int = 8, image_scale: int | None = None) -> jax.Array:
   """imagehash whash (Haar): the level-k Haar approximation (LL) band, bit = LL > its median.
 
-  As imagehash, images are resized to `image_scale` (default: the largest power
-  of two <= min(H, W), at least hash_size) and decomposed with the orthonormal
-  Haar DWT for k = log2(image_scale / hash_size) levels; each level maps a 2x2
-  block (a, b, c, d) to (a + b + c + d) / 2. imagehash's `remove_max_haar_ll`
-  zeroes the coarsest LL coefficient, i.e. subtracts the image mean; that shifts
-  every LL value and their median alike, so it cannot change a bit and is omitted.
+  As imagehash, images are resized (Lanczos, on 8-bit pixels, as `average_hash`)
+  to `image_scale` (default: the largest power of two <= min(H, W), at least
+  hash_size) and decomposed with the orthonormal Haar DWT for
+  k = log2(image_scale / hash_size) levels; each level maps a 2x2 block
+  (a, b, c, d) to (a + b + c + d) / 2, so the LL band is proportional to the sums
+  of the 8-bit pixels over (image_scale / hash_size)^2 blocks, which are
+  compared exactly here. imagehash's `remove_max_haar_ll` zeroes the coarsest LL
+  coefficient, i.e. subtracts the image mean: that shifts every LL value and
+  their median alike, so it cannot change a bit and is omitted. The bits equal
+  `imagehash.whash`'s except where its float round-off decides between equal
+  block sums (equal to the median): those bits are False here, so a uniform
+  image gives all-False bits.
 
   Args:
-    images: (B, H, W) or (B, H, W, 1) in [0, 1].
+    images: (B, H, W) or (B, H, W, 1), uint8 or float in [0, 1], concrete (not traced).
     hash_size: side of the bit grid, a power of two.
     image_scale: side of the resized image, a power of two >= hash_size.
 
   Returns:
-    (B, hash_size**2) bool.
+    (B, hash_size**2) bool jax array.
 
   Raises:
-    ValueError: if hash_size or image_scale is not a valid power of two.
+    ValueError: as `average_hash`, or if hash_size or image_scale is not a valid power of two.
   """
-  images = _as_gray(images, "images")
+  pixels = _hash_pixels(images)
   if image_scale is None:
-    image_scale = max(2 ** int(math.log2(min(images.shape[1:]))), hash_size)
+    image_scale = max(2 ** int(math.log2(min(pixels.shape[1:]))), hash_size)
   for name, value in (("hash_size", hash_size), ("image_scale", image_scale)):
-    if value < 1 or value & (value - 1):
+    if not _is_int(value) or value < 1 or value & (value - 1):
       raise ValueError(f"{name}: expected a power of two, got {value}")
   if image_scale < hash_size:
     raise ValueError(f"image_scale: expected >= hash_size ({hash_size}), got {image_scale}")
-  ll = _resize(images, image_scale, image_scale)
-  while ll.shape[1] > hash_size:
-    ll = (ll[:, 0::2, 0::2] + ll[:, 0::2, 1::2] + ll[:, 1::2, 0::2] + ll[:, 1::2, 1::2]) / 2
-  return _above_median(ll)
+  small = _resize_lanczos(pixels, image_scale, image_scale)
+  block = image_scale // hash_size
+  sums = _flat(small.reshape(small.shape[0], hash_size, block, hash_size, block).sum(axis=(2, 4), dtype=np.int64))
+  if not sums.shape[0]:
+    return jnp.zeros(sums.shape, bool)
+  return jnp.asarray(sums > np.median(sums, axis=1, keepdims=True))
 
 
 # ------------------------------------------------------------------ hash distances and filters
@@ -410,8 +545,13 @@ def equalize_histogram(images, *, num_bins: int = 256) -> jax.Array:
   between bin centres (skimage's `np.interp`). A constant image gets numpy's
   range (v - 0.5, v + 0.5), as in skimage.
 
+  The mapping depends only on each image's values relative to its [min, max],
+  so uint8 images give the result of their float version x / 255, i.e.
+  `equalize_hist` of the float image (skimage's own uint8 path bins per integer
+  value instead and differs by up to ~0.004).
+
   Args:
-    images: (B, H, W) or (B, H, W, 1), float.
+    images: (B, H, W) or (B, H, W, 1), float or uint8.
     num_bins: number of histogram bins, at least 2.
 
   Returns:
@@ -434,30 +574,52 @@ def equalize_histogram(images, *, num_bins: int = 256) -> jax.Array:
   return jax.vmap(equalize_one)(x).reshape(shape)
 
 
+def _unit_float_images(images, name: str) -> np.ndarray:
+  """float32 numpy (B, H, W) in [0, 1] from uint8 (divided by 255) or float images in [0, 1] (else ValueError)."""
+  images = np.asarray(images)
+  shape = _gray_shape(images.shape, name)
+  if images.dtype == np.uint8:
+    return images.reshape(shape).astype(np.float32) / 255
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"{name}: expected uint8 images or float images in [0, 1], got dtype {images.dtype}")
+  x = images.reshape(shape).astype(np.float32)
+  if not np.isfinite(x).all():
+    raise ValueError(f"{name}: images contain NaN or inf; replace them or drop those images first")
+  if x.size and (x.min() < 0 or x.max() > 1):
+    raise ValueError(f"{name}: float images must be in [0, 1], got values in [{x.min():g}, {x.max():g}]; "
+                     f"divide 8-bit values by 255 or pass uint8 images")
+  return x
+
+
 def clahe(images, *, clip_limit: float = 0.01, kernel_size=None) -> np.ndarray:
   """Contrast-limited adaptive histogram equalisation on the host.
 
   A loop over `skimage.exposure.equalize_adapthist`, a well-kept reference
   implementation; CLAHE's tile interpolation gains little from a jnp port for
-  one-off dataset pre-processing.
+  one-off dataset pre-processing. uint8 images are taken as x / 255 (the same
+  result as skimage's on the uint8 image).
 
   Args:
-    images: (B, H, W) or (B, H, W, 1) in [0, 1], numpy or jax.
+    images: (B, H, W) or (B, H, W, 1), uint8 or float in [0, 1], numpy or jax.
     clip_limit: skimage's normalised clip limit in (0, 1]; higher gives more contrast.
     kernel_size: tile shape (int or (h, w)); None is skimage's default, 1/8 of each side.
 
   Returns:
-    float32 numpy images of the input's shape, in [0, 1]; constant images are
-    returned unchanged.
+    float32 numpy images of the input's shape, in [0, 1], whatever the input
+    dtype; constant images are returned unchanged (divided by 255 if uint8).
+
+  Raises:
+    ValueError: for bad shapes, dtypes other than uint8 and float, NaN or inf,
+      or float values outside [0, 1].
   """
-  images = np.asarray(images)
-  x = images.reshape(_gray_shape(images.shape, "images")).astype(np.float32)
+  shape = np.shape(images)
+  x = _unit_float_images(images, "images")
   # skimage stretches its output to [0, 1], which turns a constant image white; keep it.
   out = [
       img if np.ptp(img) == 0 else exposure.equalize_adapthist(img, kernel_size=kernel_size, clip_limit=clip_limit)
       for img in x
   ]
-  return np.clip(np.array(out, np.float32), 0.0, 1.0).reshape(images.shape)
+  return np.clip(np.array(out, np.float32), 0.0, 1.0).reshape(shape)
 
 
 # ------------------------------------------------------------------ lung masks

@@ -22,6 +22,8 @@ runs on the host in numpy; fixed-shape array work runs in jitted jnp.
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from typing import Any
 
 import jax
@@ -168,8 +170,13 @@ def _sq_dists(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.maximum(d2, 0.0)
 
 
-def _entropic_ot(cost: jax.Array, epsilon: jax.Array, num_iters: int, tol: jax.Array) -> jax.Array:
-  """Regularised OT_eps(a, b) with uniform weights, log-domain Sinkhorn; returns <a,f> + <b,g>."""
+def _entropic_ot(cost: jax.Array, epsilon: jax.Array, num_iters: int, tol: jax.Array, f0: jax.Array,
+                 g0: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Regularised OT_eps(a, b) with uniform weights, log-domain Sinkhorn from potentials (f0, g0).
+
+  Returns (<a,f> + <b,g>, the largest change of a potential in the last iteration): the
+  iterations converged when that change is <= tol.
+  """
   n, m = cost.shape
   log_a = -jnp.log(jnp.float32(n))
   log_b = -jnp.log(jnp.float32(m))
@@ -185,9 +192,34 @@ def _entropic_ot(cost: jax.Array, epsilon: jax.Array, num_iters: int, tol: jax.A
     delta = jnp.maximum(jnp.max(jnp.abs(f_new - f)), jnp.max(jnp.abs(g_new - g)))
     return i + 1, f_new, g_new, delta
 
-  init = (jnp.int32(0), jnp.zeros(n), jnp.zeros(m), jnp.float32(jnp.inf))
-  _, f, g, _ = jax.lax.while_loop(cond, body, init)
-  return jnp.mean(f) + jnp.mean(g)
+  init = (jnp.int32(0), f0, g0, jnp.float32(jnp.inf))
+  _, f, g, delta = jax.lax.while_loop(cond, body, init)
+  return jnp.mean(f) + jnp.mean(g), delta
+
+
+def _entropic_ot_self(cost: jax.Array, epsilon: jax.Array, num_iters: int, tol: jax.Array
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """OT_eps(a, a) for a symmetric cost (N, N) and uniform a: symmetric Sinkhorn, f <- (f + T(f)) / 2.
+
+  The two potentials of a symmetric problem are equal; averaging each update with the
+  previous potential (Feydy et al. 2019) converges in a few iterations where alternating
+  updates crawl (the plan is then near the identity). Returns (2 <a, f>, the last change
+  of f, f).
+  """
+  n = cost.shape[0]
+  log_a = -jnp.log(jnp.float32(n))
+
+  def cond(state):
+    i, _, delta = state
+    return (i < num_iters) & (delta > tol)
+
+  def body(state):
+    i, f, _ = state
+    f_new = 0.5 * (f - epsilon * jax.nn.logsumexp(log_a + (f[None, :] - cost) / epsilon, axis=1))
+    return i + 1, f_new, jnp.max(jnp.abs(f_new - f))
+
+  _, f, delta = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros(n), jnp.float32(jnp.inf)))
+  return 2.0 * jnp.mean(f), delta, f
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
@@ -202,10 +234,14 @@ def _sinkhorn_divergence(x, y, lab_x, lab_y, w_xy, w_xx, w_yy, label_weight, eps
   c_xx = _sq_dists(x, x) + label_weight * w_xx[lab_x][:, lab_x]  # (N, N)
   c_yy = _sq_dists(y, y) + label_weight * w_yy[lab_y][:, lab_y]  # (M, M)
   scale = jnp.maximum(jnp.mean(c_xy), jnp.finfo(jnp.float32).tiny)
-  ot_xy = _entropic_ot(c_xy / scale, epsilon, num_iters, tol)
-  ot_xx = _entropic_ot(c_xx / scale, epsilon, num_iters, tol)
-  ot_yy = _entropic_ot(c_yy / scale, epsilon, num_iters, tol)
-  return scale * (ot_xy - 0.5 * (ot_xx + ot_yy))
+  symmetric = lambda c: 0.5 * (c + c.T)  # exact symmetry for the symmetric iterations
+  ot_xx, delta_xx, f_xx = _entropic_ot_self(symmetric(c_xx) / scale, epsilon, num_iters, tol)
+  ot_yy, delta_yy, f_yy = _entropic_ot_self(symmetric(c_yy) / scale, epsilon, num_iters, tol)
+  # Warm start from the self potentials: exact for identical sets (one iteration), neutral otherwise.
+  ot_xy, delta_xy = _entropic_ot(c_xy / scale, epsilon, num_iters, tol, f_xx, f_yy)
+  # The largest last-iteration change of the three problems; NaN if any is NaN (not converged).
+  delta = jnp.max(jnp.stack([delta_xy, delta_xx, delta_yy]))
+  return scale * (ot_xy - 0.5 * (ot_xx + ot_yy)), delta
 
 
 def _class_w2_matrices(a, b, labels_a, labels_b):
@@ -258,9 +294,14 @@ def sinkhorn_distance(
     OT(a, b) = max_{f, g} <a, f> + <b, g>
                - epsilon <a (x) b, exp((f (+) g - C') / epsilon) - 1>
 
-  is solved by log-domain Sinkhorn iterations (f then g, logsumexp updates),
-  at most `num_iters` of them, stopping once no potential moves by more than
-  `tol` (in units of the normalised cost C') in an iteration. The returned
+  is solved by log-domain Sinkhorn iterations (f then g, logsumexp updates,
+  started from the potentials of OT(a, a) and OT(b, b), which are solved first
+  with the symmetric update f <- (f + T(f)) / 2 of Feydy et al.), at most
+  `num_iters` of them for each of the three problems, stopping
+  once no potential moves by more than `tol` (in units of the normalised cost
+  C') in an iteration. A problem that is still moving after `num_iters`
+  iterations (small epsilon converges slowly) or whose result is not finite
+  makes the call warn: its value is not the divergence. The returned
   value is on the unnormalised scale (squared feature units, like
   `frechet_distance`):
 
@@ -285,6 +326,12 @@ def sinkhorn_distance(
 
   Returns:
     S(a, b) as a Python float.
+
+  Warns:
+    RuntimeWarning: when any of the three OT problems stopped at `num_iters`
+      iterations with a last change of a potential still above `tol` (with
+      tol > 0; small epsilon converges slowly), or gave a non-finite result: the
+      value returned is then unreliable; raise `epsilon` or `num_iters`.
 
   Raises:
     ValueError: bad shapes, non-finite features, only one of the labels,
@@ -330,11 +377,22 @@ def sinkhorn_distance(
     idx_a, idx_b, w_ab, w_aa, w_bb = _class_w2_matrices(a, b, labels_a, labels_b)
     weight = float(label_cost_weight)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
-  value = _sinkhorn_divergence(
+  value, delta = _sinkhorn_divergence(
       f32(a), f32(b), jnp.asarray(idx_a, jnp.int32), jnp.asarray(idx_b, jnp.int32),
       f32(w_ab), f32(w_aa), f32(w_bb), f32(weight), f32(epsilon), f32(tol),
       num_iters=int(num_iters))
-  return float(value)
+  value, delta = float(value), float(delta)
+  if not math.isfinite(value) or math.isnan(delta):
+    warnings.warn(
+        f"sinkhorn_distance: the Sinkhorn iterations at epsilon={epsilon:g} gave a non-finite result ({value}); "
+        f"raise epsilon or num_iters, or rescale the features if their squared distances overflow float32",
+        RuntimeWarning, stacklevel=2)
+  elif tol > 0 and not delta <= float(np.float32(tol)):
+    warnings.warn(
+        f"sinkhorn_distance: the Sinkhorn iterations at epsilon={epsilon:g} did not converge within "
+        f"num_iters={int(num_iters)} (last change of a potential {delta:.3g} > tol={tol:g}), so the value "
+        f"{value:.6g} is unreliable; raise epsilon or num_iters", RuntimeWarning, stacklevel=2)
+  return value
 
 
 # --------------------------------------------------------------------------- #
@@ -754,6 +812,28 @@ def _check_num_classes(num_classes: int) -> int:
   return int(num_classes)
 
 
+def _check_label_range(y_pred: jax.Array, y: jax.Array, num_classes: int) -> None:
+  """Raises ValueError if a label lies outside [0, num_classes) (it would silently count as no class).
+
+  Checked on concrete arrays only (two scalars come to the host); traced inputs are not checked.
+  """
+  for name, v in (("y_pred", y_pred), ("y", y)):
+    if isinstance(v, jax.core.Tracer) or v.size == 0:
+      continue
+    lo, hi = (int(m) for m in _label_extremes(v))
+    if lo < 0 or hi >= num_classes:
+      values = np.unique(np.asarray(v))
+      bad = values[(values < 0) | (values >= num_classes)]
+      raise ValueError(
+          f"{name} has label values {bad[:10].tolist()}{' ...' if bad.size > 10 else ''} outside [0, {num_classes}) "
+          f"(num_classes={num_classes}); map them to classes in range, or raise num_classes to cover them")
+
+
+@jax.jit
+def _label_extremes(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return v.min(), v.max()
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _dice(y_pred, y, *, num_classes):
   inter, size_p, size_t = _overlap_counts(y_pred, y, num_classes=num_classes)
@@ -779,8 +859,8 @@ def compute_dice(y_pred: Any, y: Any, *, num_classes: int) -> jax.Array:
   Class 0 (background) is not reported.
 
   Args:
-    y_pred: predicted label maps (B, H, W), integer (jnp or numpy).
-    y: target label maps (B, H, W), integer.
+    y_pred: predicted label maps (B, H, W), integer in [0, num_classes) (jnp or numpy).
+    y: target label maps (B, H, W), integer in [0, num_classes).
     num_classes: K, including background (static; e.g. 3 for background,
       right lung, left lung).
 
@@ -788,8 +868,9 @@ def compute_dice(y_pred: Any, y: Any, *, num_classes: int) -> jax.Array:
     float32 jax array (B, num_classes - 1).
 
   Raises:
-    ValueError: shapes differ or are not (B, H, W), non-integer dtype, or
-      `num_classes < 2`.
+    ValueError: shapes differ or are not (B, H, W), non-integer dtype,
+      `num_classes < 2`, or (concrete inputs) a label outside [0, num_classes),
+      which would otherwise count as no class at all.
 
   Examples:
     >>> m = np.zeros((1, 4, 4), np.int32); m[0, :2, :2] = 1
@@ -801,7 +882,9 @@ def compute_dice(y_pred: Any, y: Any, *, num_classes: int) -> jax.Array:
     Ecology 1945; MONAI `compute_dice`.
   """
   y_pred, y = _check_label_maps(y_pred, y)
-  return _dice(y_pred, y, num_classes=_check_num_classes(num_classes))
+  num_classes = _check_num_classes(num_classes)
+  _check_label_range(y_pred, y, num_classes)
+  return _dice(y_pred, y, num_classes=num_classes)
 
 
 def compute_iou(y_pred: Any, y: Any, *, num_classes: int) -> jax.Array:
@@ -812,8 +895,8 @@ def compute_iou(y_pred: Any, y: Any, *, num_classes: int) -> jax.Array:
   1.0 when both are empty, 0.0 when only one is. Note IoU = Dice / (2 - Dice).
 
   Args:
-    y_pred: predicted label maps (B, H, W), integer (jnp or numpy).
-    y: target label maps (B, H, W), integer.
+    y_pred: predicted label maps (B, H, W), integer in [0, num_classes) (jnp or numpy).
+    y: target label maps (B, H, W), integer in [0, num_classes).
     num_classes: K, including background (static).
 
   Returns:
@@ -829,7 +912,9 @@ def compute_iou(y_pred: Any, y: Any, *, num_classes: int) -> jax.Array:
     0.3333
   """
   y_pred, y = _check_label_maps(y_pred, y)
-  return _iou(y_pred, y, num_classes=_check_num_classes(num_classes))
+  num_classes = _check_num_classes(num_classes)
+  _check_label_range(y_pred, y, num_classes)
+  return _iou(y_pred, y, num_classes=num_classes)
 
 
 @jax.jit

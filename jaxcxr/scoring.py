@@ -244,8 +244,16 @@ class GenerationResult(NamedTuple):
 # ----------------------------------------------------------------------------- pure functions
 
 
+def _check_dilation(k) -> int:
+  """k as an int; ValueError unless k is a positive odd integer (a bool is not one)."""
+  if not isinstance(k, (int, np.integer)) or isinstance(k, (bool, np.bool_)) or k < 1 or k % 2 == 0:
+    raise ValueError(f"dilation must be a positive odd integer, got {k!r}")
+  return int(k)
+
+
 def _dilate(masks: jax.Array, k: int) -> jax.Array:
-  """k x k binary dilation of float {0, 1} masks (B, H, W), zero padding."""
+  """k x k binary dilation of float {0, 1} masks (B, H, W), zero padding; k a positive odd integer."""
+  k = _check_dilation(k)
   if k == 1:
     return masks
   return jax.lax.reduce_window(masks, 0.0, jax.lax.max, (1, k, k), (1, 1, 1), "SAME")
@@ -269,12 +277,18 @@ def symmetry_features(labels: jax.Array, dilation: int = 5) -> jax.Array:
 
   Args:
     labels: integer label maps (B, H, W) (any lung label > 0), W even.
-    dilation: odd side k of the square dilation for the last three features.
+    dilation: odd side k of the square dilation for the last three features, a positive
+      odd Python or numpy integer (1: no dilation).
 
   Returns:
     float32 (B, 6) in `FEATURE_NAMES` order: IoU, cosine, (|A|/(|A|+|B|) - 1/2)^2, and
     the same after dilation. A mirror-symmetric mask gives (1, 1, 0, 1, 1, 0).
+
+  Raises:
+    ValueError: for labels that are not (B, H, W) with even W, or a dilation that is not
+      a positive odd integer.
   """
+  dilation = _check_dilation(dilation)
   w = labels.shape[-1]
   if labels.ndim != 3 or w % 2:
     raise ValueError(f"symmetry_features: expected label maps (B, H, W) with even W, got {labels.shape}")

@@ -2,6 +2,7 @@
 
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -68,6 +69,54 @@ def test_metrics_of_identical_images():
   assert np.all(np.isposinf(imaging.psnr(x, x)))
 
 
+def load_uint8(n=None):
+  """The fixture radiographs as stored, uint8 (n, 256, 256)."""
+  return np.rint(load_images(n) * 255).astype(np.uint8)
+
+
+def test_metrics_of_uint8_images_default_to_data_range_255():
+  # skimage takes the data range of uint8 images from their dtype (255); with the old fixed
+  # default of 1.0 a uint8 pair came out ~30 dB too low.
+  x = load_uint8(3)
+  rng = np.random.default_rng(1)
+  y = np.clip(x + rng.normal(0, 12, x.shape), 0, 255).astype(np.uint8)
+  want_psnr = [metrics.peak_signal_noise_ratio(a, b) for a, b in zip(x, y)]
+  want_ssim = [metrics.structural_similarity(a, b) for a, b in zip(x, y)]
+  np.testing.assert_allclose(imaging.psnr(x, y), want_psnr, rtol=0, atol=1e-4)
+  np.testing.assert_allclose(imaging.ssim(x, y), want_ssim, rtol=0, atol=1e-4)
+  # Same figures as the float images in [0, 1] with their default range 1.
+  np.testing.assert_allclose(imaging.psnr(x / 255, y / 255), want_psnr, rtol=0, atol=1e-3)
+  np.testing.assert_allclose(imaging.ssim(x / 255, y / 255), want_ssim, rtol=0, atol=1e-4)
+  # An explicit data_range still wins.
+  np.testing.assert_allclose(imaging.psnr(x, y, data_range=255.0), want_psnr, rtol=0, atol=1e-4)
+
+
+def test_metrics_default_data_range_under_jit():
+  # The dtype (static under jit) picks the default; the value check is skipped on tracers.
+  x = load_uint8(2)
+  y = np.roll(x, 1, axis=0)
+  want = [metrics.peak_signal_noise_ratio(a, b) for a, b in zip(x, y)]
+  np.testing.assert_allclose(jax.jit(imaging.psnr)(x, y), want, rtol=0, atol=1e-4)
+  np.testing.assert_allclose(jax.jit(imaging.ssim)(x, y), imaging.ssim(x, y), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda x: imaging.psnr(x, x.astype(np.float32) / 255), "both be uint8 or both be float"),
+        (lambda x: imaging.ssim(x.astype(np.float32), x), "both be uint8 or both be float"),
+        (lambda x: imaging.psnr(x, x, data_range=1.0), r"span \[.*\], more than data_range=1"),
+        (lambda x: imaging.ssim(x.astype(np.float32), x.astype(np.float32)), "more than data_range=1"),
+        (lambda x: imaging.psnr(x.astype(np.int32), x.astype(np.int32)), "pass data_range"),
+        (lambda x: imaging.psnr(x, x, data_range=0.0), "data_range must be > 0"),
+    ],
+    ids=["uint8-float", "float-uint8", "uint8-range-1", "float-0-255-default", "int32-no-default", "zero-range"],
+)
+def test_metrics_refuse_ambiguous_inputs(call, match):
+  with pytest.raises(ValueError, match=match):
+    call(load_uint8(2))
+
+
 # ----------------------------------------------------------------------------- hashes
 
 
@@ -106,6 +155,67 @@ def test_wavelet_hash_rejects_bad_sizes():
     imaging.wavelet_hash(x, hash_size=6)
   with pytest.raises(ValueError, match="image_scale"):
     imaging.wavelet_hash(x, image_scale=4)
+
+
+@pytest.mark.parametrize("hash_fn", HASHES, ids=lambda f: f.__name__)
+def test_hashes_of_uniform_images_are_all_false(hash_fn):
+  # Float comparisons of equal values against their mean or median used to give round-off bits.
+  images = [np.full((1, 64, 48), v, np.float32) for v in (0.0, 0.3, 0.5, 2 / 3, 1.0)]
+  images += [np.full((1, 64, 48), v, np.uint8) for v in (0, 1, 77, 254, 255)]
+  for image in images:
+    bits = np.asarray(hash_fn(image))
+    assert bits.shape == (1, 64) and not bits.any(), (image.dtype, image.flat[0], bits.astype(int))
+
+
+@pytest.mark.parametrize("hash_fn", HASHES, ids=lambda f: f.__name__)
+def test_blank_images_are_found_as_duplicates(hash_fn):
+  x = load_images(2)
+  blanks = np.stack([np.full((256, 256), v, np.float32) for v in (0.0, 0.0, 0.5, 0.5, 1.0)])
+  hashes = hash_fn(np.concatenate([blanks, x]))
+  pairs = imaging.find_near_duplicates(hashes, max_distance=0)
+  np.testing.assert_array_equal(pairs, [[i, j] for i in range(5) for j in range(i + 1, 5)])
+
+
+@pytest.mark.parametrize("hash_fn", HASHES, ids=lambda f: f.__name__)
+def test_hashes_of_uint8_and_unit_float_images_agree(hash_fn):
+  x = load_uint8(4)
+  bits = np.asarray(hash_fn(x))
+  np.testing.assert_array_equal(hash_fn(x / 255), bits)
+  np.testing.assert_array_equal(hash_fn((x / 255).astype(np.float32)[..., None]), bits)
+  # Each image's bits do not depend on the rest of the batch.
+  np.testing.assert_array_equal(hash_fn(x[2:3]), bits[2:3])
+
+
+@pytest.mark.parametrize("hash_fn", HASHES, ids=lambda f: f.__name__)
+def test_hashes_refuse_non_finite_pixels(hash_fn):
+  # A NaN pixel used to hash like a black image.
+  x = load_images(3)
+  for bad in (np.nan, np.inf):
+    y = x.copy()
+    y[1, 100, 100] = bad
+    with pytest.raises(ValueError, match=r"1 non-finite pixel\(s\) \(NaN or inf\) in image\(s\) \[1\]"):
+      hash_fn(y)
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.full((1, 32, 32), 1.5, np.float32), r"float images must be in \[0, 1\], got values in \[1.5, 1.5\]"),
+        (np.full((1, 32, 32), -0.1, np.float32), r"must be in \[0, 1\]"),
+        (np.zeros((1, 32, 32), np.int32), "expected uint8 images or float images"),
+        (np.zeros((1, 32, 32), bool), "expected uint8 images or float images"),
+    ],
+    ids=["above-1", "negative", "int32", "bool"],
+)
+def test_hashes_refuse_out_of_range_and_other_dtypes(images, match):
+  for hash_fn in HASHES:
+    with pytest.raises(ValueError, match=match):
+      hash_fn(images)
+
+
+def test_hashes_refuse_traced_input():
+  with pytest.raises(ValueError, match="outside jax.jit"):
+    jax.jit(imaging.average_hash)(np.zeros((1, 32, 32), np.float32))
 
 
 # ----------------------------------------------------------------------------- distances and filters
@@ -188,6 +298,39 @@ def test_clahe():
   np.testing.assert_allclose(out[0, ..., 0], exposure.equalize_adapthist(x[0], clip_limit=0.02), atol=1e-6)
   blank = np.zeros((1, 32, 32), np.float32)
   np.testing.assert_array_equal(imaging.clahe(blank), blank)
+
+
+def test_clahe_accepts_uint8():
+  # uint8 used to reach skimage as float values in [0, 255] ("must be between -1 and 1").
+  x = load_uint8(2)
+  out = imaging.clahe(x, clip_limit=0.02)
+  assert out.dtype == np.float32 and out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+  np.testing.assert_allclose(out[1], exposure.equalize_adapthist(x[1], clip_limit=0.02), atol=1e-6)
+  np.testing.assert_array_equal(out, imaging.clahe(x.astype(np.float32) / 255, clip_limit=0.02))
+  blank = np.full((1, 32, 32), 51, np.uint8)
+  np.testing.assert_allclose(imaging.clahe(blank), np.full((1, 32, 32), 0.2, np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.full((1, 32, 32), 255.0, np.float32), r"float images must be in \[0, 1\], got values in \[255, 255\]"),
+        (np.full((1, 32, 32), np.nan, np.float32), "NaN or inf"),
+        (np.zeros((1, 32, 32), np.uint16), "expected uint8 images or float images"),
+    ],
+    ids=["float-0-255", "nan", "uint16"],
+)
+def test_clahe_refuses_other_ranges_with_advice(images, match):
+  with pytest.raises(ValueError, match=match):
+    imaging.clahe(images)
+
+
+def test_equalize_histogram_of_uint8_is_that_of_the_unit_float_image():
+  x = load_uint8(2)
+  want = np.stack([exposure.equalize_hist(image / 255) for image in x])
+  got = np.asarray(imaging.equalize_histogram(x))
+  assert got.dtype == np.float32
+  assert np.abs(got - want).max() < 1e-2 and np.abs(got - want).mean() < 1e-4
 
 
 # ----------------------------------------------------------------------------- lung masks

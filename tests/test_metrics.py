@@ -132,12 +132,13 @@ def test_sinkhorn_identical_symmetric_and_exact_for_shifts():
   assert s_xy == pytest.approx(s_yx, rel=1e-4)
   # For a translated copy the cross-cost differs from the self-cost by a separable
   # term plus ||delta||^2, so the debiased divergence is exactly ||delta||^2 for any
-  # epsilon; it also grows with the shift.
+  # epsilon; it also grows with the shift. Sinkhorn converges slowly on a translated copy
+  # (a near-permutation plan): up to ~1,900 iterations here, so 500 would warn.
   values = []
   for t in (0.25, 0.5, 1.0, 2.0):
     delta = t * np.array([1.0, -1.0, 0.5], np.float32)
-    values.append(metrics.sinkhorn_distance(x, x + delta))
-    assert values[-1] == pytest.approx(float(np.sum(delta**2)), rel=2e-3)
+    values.append(metrics.sinkhorn_distance(x, x + delta, num_iters=2000))
+    assert values[-1] == pytest.approx(float(np.sum(delta**2)), rel=1e-4)
   assert np.all(np.diff(values) > 0)
 
 
@@ -184,6 +185,32 @@ def test_sinkhorn_compiles_once_per_shape():
   metrics.sinkhorn_distance(x + 1.0, y, epsilon=0.2, tol=1e-6)
   metrics.sinkhorn_distance(x, y, labels_a=np.ones(64), labels_b=np.ones(48))
   assert metrics._sinkhorn_divergence._cache_size() == size
+
+
+def test_sinkhorn_warns_when_not_converged():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(64, 3)).astype(np.float32)
+  y = (rng.normal(size=(48, 3)) * 1.3 + 0.4).astype(np.float32)
+  converged = metrics.sinkhorn_distance(x, y, epsilon=0.001, num_iters=20000, tol=0.0)
+  # At epsilon 1e-3, 500 iterations stop short: the value is off by several percent.
+  with pytest.warns(RuntimeWarning, match=r"epsilon=0.001 did not converge within num_iters=500 .*"
+                                          r"raise epsilon or num_iters"):
+    early = metrics.sinkhorn_distance(x, y, epsilon=0.001)
+  assert abs(early - converged) > 0.01 * converged
+  with pytest.warns(RuntimeWarning, match="epsilon=0.05 did not converge within num_iters=3"):
+    metrics.sinkhorn_distance(x, y, num_iters=3)
+  # Converged runs stay silent (warnings are errors in this suite); tol=0 asks for exactly
+  # num_iters iterations and is not judged.
+  assert metrics.sinkhorn_distance(x, y, epsilon=0.001, num_iters=5000) == pytest.approx(converged, rel=1e-4)
+  metrics.sinkhorn_distance(x, y, num_iters=3, tol=0.0)
+
+
+def test_sinkhorn_warns_on_non_finite_result():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(64, 3)).astype(np.float32) * 1e20   # squared distances overflow float32
+  y = rng.normal(size=(48, 3)).astype(np.float32) * 1e20
+  with pytest.warns(RuntimeWarning, match="epsilon=0.05 gave a non-finite result"):
+    assert not np.isfinite(metrics.sinkhorn_distance(x, y))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -415,6 +442,31 @@ def test_segmentation_matches_numpy_and_is_batch_independent():
   np.testing.assert_allclose(iou, dice / (2 - dice), rtol=1e-6)
   np.testing.assert_allclose(metrics.compute_pixel_accuracy(y_pred, y),
                              (y_pred == y).mean(axis=(1, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [metrics.compute_dice, metrics.compute_iou], ids=["dice", "iou"])
+def test_segmentation_refuses_labels_outside_the_classes(fn):
+  # Labels >= num_classes (or < 0) used to count as no class: all 3s against an empty
+  # target scored a perfect 1 with 3 classes.
+  y = np.zeros((2, 8, 8), np.int32)
+  with pytest.raises(ValueError, match=r"y_pred has label values \[3\] outside \[0, 3\) \(num_classes=3\)"):
+    fn(np.full((2, 8, 8), 3, np.int32), y, num_classes=3)
+  bad = y.copy()
+  bad[1, 0, :3] = [-1, 5, 7]
+  with pytest.raises(ValueError, match=r"y has label values \[-1, 5, 7\] outside \[0, 3\)"):
+    fn(y, bad, num_classes=3)
+  with pytest.raises(ValueError, match="raise num_classes"):
+    fn(jnp.asarray(bad), jnp.asarray(y), num_classes=3)
+  # The largest valid label is fine.
+  assert fn(np.full((2, 8, 8), 2, np.uint8), np.full((2, 8, 8), 2, np.uint8), num_classes=3).shape == (2, 2)
+
+
+def test_segmentation_under_jit_skips_the_host_check():
+  rng = np.random.default_rng(11)
+  y_pred = rng.integers(0, 3, size=(2, 8, 8)).astype(np.int32)
+  y = rng.integers(0, 3, size=(2, 8, 8)).astype(np.int32)
+  jitted = jax.jit(lambda p, t: metrics.compute_dice(p, t, num_classes=3))
+  np.testing.assert_array_equal(jitted(y_pred, y), metrics.compute_dice(y_pred, y, num_classes=3))
 
 
 def test_segmentation_errors():

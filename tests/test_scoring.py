@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -69,6 +70,21 @@ def test_empty_mask_features_are_finite_worst_values():
 def test_symmetry_features_reject_odd_width():
   with pytest.raises(ValueError, match="even W"):
     scoring.symmetry_features(jnp.zeros((1, 8, 7), jnp.uint8))
+
+
+@pytest.mark.parametrize("dilation", [0, -3, 2, 4, 3.0, True, "3", None], ids=repr)
+def test_symmetry_features_reject_bad_dilation(dilation):
+  # 0 used to fail with a TypeError deep inside jax; even sides were silently accepted.
+  with pytest.raises(ValueError, match=rf"dilation must be a positive odd integer, got {re.escape(repr(dilation))}"):
+    scoring.symmetry_features(jnp.zeros((1, 8, 8), jnp.uint8), dilation)
+
+
+def test_symmetry_features_accept_numpy_integer_dilation():
+  labels = np.zeros((1, 12, 12), np.uint8)
+  labels[0, 5, 2] = 1
+  labels[0, 5, 12 - 1 - 3] = 2
+  want = np.asarray(scoring.symmetry_features(jnp.asarray(labels), 3))
+  np.testing.assert_array_equal(scoring.symmetry_features(jnp.asarray(labels), np.int64(3)), want)
 
 
 def test_lung_measures_on_hand_made_masks():
