@@ -447,17 +447,19 @@ def search_latents(generator: Generator, discriminator: Discriminator, images, c
       with an indivisible batch.
 
   Examples:
-    >>> from flax import nnx
+    Three steps on the base images of the shipped normal-only GAN (`jaxcxr.load_pretrained`):
+
     >>> import jax, numpy as np
-    >>> from jaxcxr import config
-    >>> cfg = config.gan_tiny(32)
-    >>> g = Generator(cfg.generator, rngs=nnx.Rngs(0))
-    >>> d = Discriminator(cfg.discriminator, rngs=nnx.Rngs(1))
-    >>> x = np.zeros((2, 32, 32), np.uint8)
-    >>> res = search_latents(g, d, x, np.zeros((2, 3), np.float32), jax.random.key(0),
-    ...                      LatentSearchConfig(steps=3))
-    >>> res.score.shape, res.residual.shape, res.loss_trace.shape
-    ((2,), (2, 32, 32, 1), (3, 2))
+    >>> import jaxcxr
+    >>> from jaxcxr.models import make_condition
+    >>> generator, discriminator = jaxcxr.load_pretrained().normal_gan
+    >>> config = LatentSearchConfig(steps=3, base_image=True)
+    >>> r = search_resolution(generator, config)   # the 64x64 base image of the 256x256 cascade
+    >>> images = np.random.default_rng(0).integers(0, 256, (2, r, r), dtype=np.uint8)
+    >>> cond = make_condition(["F", "M"], [60, 40], conditions=generator.config.conditions)
+    >>> res = search_latents(generator, discriminator, images, cond, jax.random.key(0), config)
+    >>> res.score.shape, res.residual.shape, res.loss_trace.shape, res.z.shape
+    ((2,), (2, 64, 64, 1), (3, 2), (2, 128))
 
   References:
     Schlegl, Seeböck, Waldstein, Schmidt-Erfurth, Langs: Unsupervised anomaly detection

@@ -123,8 +123,20 @@ def grad_cam(model: nnx.Module, images: Any, *, target: int = 1, batch_size: int
     `GradCam(heatmap, raw_max)`: heatmap float32 (N, R, R) in [0, 1], raw_max float32 (N,).
 
   Examples:
-    >>> cam = grad_cam(model, dataset.images[:4])  # doctest: +SKIP
-    >>> overlay_heatmap(dataset.images[0], cam.heatmap[0], "cam0.png")  # doctest: +SKIP
+    The shipped abnormal classifier (the post-filter's, `jaxcxr.load_pretrained().scorer.classifier`)
+    on two radiograph-sized images:
+
+    >>> import numpy as np
+    >>> import jaxcxr
+    >>> classifier = jaxcxr.load_pretrained().scorer.classifier
+    >>> images = np.random.default_rng(0).integers(0, 256, (2, 256, 256), dtype=np.uint8)
+    >>> cam = grad_cam(classifier, images, batch_size=2)
+    >>> r = classifier.config.resolution
+    >>> cam.heatmap.shape == (2, r, r), cam.heatmap.dtype, cam.raw_max.shape
+    (True, dtype('float32'), (2,))
+    >>> bool(((cam.heatmap >= 0) & (cam.heatmap <= 1)).all())
+    True
+    >>> overlay_heatmap(images[0], cam.heatmap[0], "cam0.png")  # doctest: +SKIP
 
   References:
     Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via

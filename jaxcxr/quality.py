@@ -151,6 +151,15 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
     jaxcxr.data.DataError: fewer than 8 usable real images; with `test_normals`, fewer than
       32 normal test images per half or at most 32 normal training images (the PCA dimension).
     ValueError: only one of `test_normals` and `train_normals` given.
+
+  Examples:
+    The shipped normal-only GAN against the real normal radiographs of a dataset (the
+    first call compiles several functions: a minute or more on a CPU, so not run here):
+
+    >>> import jaxcxr
+    >>> pre = jaxcxr.load_pretrained()                                               # doctest: +SKIP
+    >>> report = evaluate_gan(*pre.normal_gan, data.load("nih.npz"), n_per_group=8)  # doctest: +SKIP
+    >>> report["fd_ratio"], report["sinkhorn_generated_vs_real"]                     # doctest: +SKIP
   """
   cfg = generator.config
   if (test_normals is None) != (train_normals is None):

@@ -279,6 +279,20 @@ def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label
   Raises:
     ValueError: k < 0, max_rounds < 1, batch_size < 1, a label the generator lacks.
     jaxcxr.data.DataError: unknown group.
+
+  Examples:
+    Two valid images of women aged 58-64 from the shipped models (`jaxcxr.load_pretrained`):
+
+    >>> import jax
+    >>> import jaxcxr
+    >>> pre = jaxcxr.load_pretrained(batch_size=4)
+    >>> found = sample_valid(pre.scorer, pre.generator, jax.random.key(0), 2, "58_64f")
+    >>> found["images"].shape, found["images"].dtype, found["z"].shape, found["complete"]
+    ((2, 256, 256), dtype('uint8'), (2, 128), True)
+    >>> sorted(found["scores"]) == sorted(SCORE_NAMES)
+    True
+    >>> bool(found["index"][0] < found["index"][1]) and found["n_generated"] >= 2
+    True
   """
   check_limits(k, max_rounds)
   batch_size = batch_size if batch_size is not None else scorer.config.batch_size

@@ -636,6 +636,14 @@ class Scorer:
 
     Raises:
       jaxcxr.data.DataError: unknown group. ValueError: n < 0 or a label the generator lacks.
+
+    Examples:
+      Every image, valid or not, with its scores (`jaxcxr.sample_valid` keeps the valid ones):
+
+      >>> import jax, jaxcxr
+      >>> pre = jaxcxr.load_pretrained(batch_size=4)                                          # doctest: +SKIP
+      >>> out = pre.scorer.generate_and_score(pre.generator, jax.random.key(0), 8, "58_64f")  # doctest: +SKIP
+      >>> out.images.shape, out.result.valid.mean(), out.result.scores["score_shape"]         # doctest: +SKIP
     """
     if n < 0:
       raise ValueError(f"generate_and_score: n must be >= 0, got {n}")
