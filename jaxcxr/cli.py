@@ -478,6 +478,42 @@ def _human_report(r: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcxr import data, demo  # pylint: disable=g-import-not-at-top
+
+  if args.group not in data.GROUPS:
+    raise UsageError(f"--group: unknown group {args.group!r}; expected one of {', '.join(data.GROUPS)}")
+  if args.n < 1:
+    raise UsageError(f"--n must be >= 1, got {args.n}")
+  out = pathlib.Path(args.out)
+  if out.exists() and not out.is_dir():
+    raise UsageError(f"--out {out}: exists and is not a folder")
+  if (out / demo.REPORT_NAME).exists() and not args.overwrite:
+    raise UsageError(f"{out / demo.REPORT_NAME} exists; pass --overwrite to replace it")
+  config = demo.DemoConfig(group=args.group, n=args.n, seed=args.seed, strictness=args.strictness)
+  _log(f"demo: {args.n} valid {args.group} images at {args.strictness}, with and without the pre-filter -> "
+       f"{out / demo.REPORT_NAME}")
+  return demo.run_demo(out, config, overwrite=args.overwrite, log=_log)
+
+
+def _human_demo(r: dict[str, Any]) -> str:
+  pre, plain = r["samplers"]["prefiltered"], r["samplers"]["unfiltered"]
+  speed = r["speedup"]
+  ratio = lambda v: "n/a" if v is None else f"{v:.2f}x"
+  return "\n".join([
+      f"report -> {r['report']} ({r['report_bytes'] / 1e6:.1f} MB, one self-contained HTML file)",
+      f"{r['counts']['kept']} valid {r['group']} images kept ({r['strictness']} post-filter)",
+      f"  with the pre-filter:    {pre['generated_per_valid']:.2f} generated per valid, {pre['seconds']:.2f} s",
+      f"  without the pre-filter: {plain['generated_per_valid']:.2f} generated per valid, {plain['seconds']:.2f} s",
+      f"  speed-up: {ratio(speed['generated_per_valid'])} generated per valid, {ratio(speed['wall_time'])} wall time",
+      f"pre-filter ROC AUC on {r['prefilter_roc']['n']} fresh samples: "
+      + ("n/a (one class)" if r["prefilter_roc"]["roc_auc"] is None else f"{r['prefilter_roc']['roc_auc']:.3f}"),
+      f"total {r['seconds']:.1f} s"])
+
+
 # ----------------------------------------------------------------------------- evaluate models
 
 
@@ -562,6 +598,7 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   component_scores, threshold_scores = result.pop("component_scores"), result.pop("threshold_scores", None)
   if args.scores:
     arrays = {"scores": scores, "labels": labels, "patient_id": test.patient_id.astype(str),
+              "residual": np.asarray(residual, np.float16),          # for figures without a new search
               **{f"component_{k}": v for k, v in component_scores.items()}}
     views = data.views(test)
     if views is not None:
@@ -1429,8 +1466,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "normals (a second task; source alone separates those archives)")
   evaluate_anomaly.add_argument("--covid-data", help="COVID-19 archive for --abnormal covid "
                                                      "(default covid_v7lungs_256.npz in the data folder)")
-  evaluate_anomaly.add_argument("--scores", help="npz file for the per-image scores (and the threshold data's), "
-                                                 "e.g. for `evaluate anomaly-ensemble`")
+  evaluate_anomaly.add_argument("--scores", help="npz file for the per-image scores and residual maps (and the "
+                                                 "threshold data's scores), e.g. for `evaluate anomaly-ensemble`")
   evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
   _add_split_arg(evaluate_anomaly)
   evaluate_anomaly.set_defaults(split="test")
@@ -1464,6 +1501,20 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
   _add_json_arg(sample)
   sample.set_defaults(run=cmd_sample, human=_human_sample)
+
+  demo = commands.add_parser("demo", help="the whole pipeline on the shipped models, as one self-contained HTML "
+                                          "report (about a minute on a CPU)")
+  demo.add_argument("--group", default="38_44f", help="age-sex group (default 38_44f): one of 18_24m 18_24f 38_44m "
+                                                      "38_44f 58_64m 58_64f")
+  demo.add_argument("--n", type=int, default=8,
+                    help="valid images to keep, with and without the pre-filter (default 8)")
+  demo.add_argument("--out", default="jaxcxr_demo", help="folder for report.html (default jaxcxr_demo)")
+  demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--strictness", choices=("standard", "strict"), default="standard",
+                    help="post-filter level (default standard); at strict few images pass and the pre-filter pays off")
+  demo.add_argument("--overwrite", action="store_true", help="replace an existing report.html in --out")
+  _add_json_arg(demo)
+  demo.set_defaults(run=cmd_demo, human=_human_demo)
 
   score = commands.add_parser("score", help="post-filter scores and validity of every image of a data file")
   _add_data_arg(score)

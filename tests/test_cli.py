@@ -365,6 +365,7 @@ def test_evaluate_anomaly_saves_scores_and_reports_the_threshold_data(capsys, ni
   result = json.loads(out)
   saved = np.load(tmp_path / "s.npz")
   assert len(saved["scores"]) == result["n"] and len(saved["threshold_scores"]) == result["threshold_data"]["n"]
+  assert saved["residual"].shape[0] == result["n"] and saved["residual"].ndim == 3
   assert result["roc_auc"] == pytest.approx(anomaly.auc_with_interval(saved["scores"], saved["labels"])["roc_auc"])
   val = result["threshold_data"]
   assert val["roc_auc"] == pytest.approx(
