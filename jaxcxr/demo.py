@@ -443,13 +443,14 @@ def _save_roc_figure(log_p: np.ndarray, valid: np.ndarray, threshold: float, sum
   # A few latents reach log P of -100 and below; the range stops 10 below the threshold (the rest in the first bin).
   lo = max(float(np.percentile(finite, 5)), threshold - 10.0) - 0.5 if finite.size else threshold - 1.0
   bins = np.linspace(min(lo, threshold - 0.5), max(float(finite.max()) if finite.size else 0.0, threshold) + 0.1, 30)
-  for mask, label, colour in ((valid, "post-filter valid", "tab:green"), (~valid, "post-filter rejected", "tab:red")):
-    if mask.any():
-      ax_hist.hist(np.clip(log_p[mask], bins[0], bins[-1]), bins=bins, color=colour, alpha=0.55,
-                   label=f"{label} ({int(mask.sum())})")
+  groups = [(np.clip(log_p[mask], bins[0], bins[-1]), f"{label} ({int(mask.sum())})", colour)
+            for mask, label, colour in ((valid, "post-filter valid", "tab:green"),
+                                        (~valid, "post-filter rejected", "tab:red")) if mask.any()]
+  ax_hist.hist([g[0] for g in groups], bins=bins, stacked=True, color=[g[2] for g in groups],
+               label=[g[1] for g in groups], alpha=0.75)
   ax_hist.axvline(threshold, color="k", linestyle="--", label=f"threshold ({strategy})")
-  ax_hist.set(xlabel="predicted log P(valid) from the 64x64 base image (lower values in the first bin)",
-              ylabel="samples",
+  ax_hist.set(xlabel="predicted log P(valid) from the 64x64 base image\n(lower values pooled in the first bin)",
+              ylabel="samples (stacked)",
               title="left of the line: never upsampled or post-scored")
   ax_hist.legend(fontsize=7)
   return save_figure(fig, path)
@@ -694,8 +695,9 @@ def _speed_section(result: dict[str, Any], config: DemoConfig) -> str:
       f"wall time {_fmt(sp['wall_time'])}x (with compilation {_fmt(sp['wall_time_with_compile'])}x).</p>"
       f"<p class='muted'>Predicted from the checkpoint's test latents (precision / base rate at "
       f"{result['strictness']}, {result['strategy']}): {_fmt(sp['predicted'])}x; no pre-filter can beat "
-      f"1 / base rate = {_fmt(sp['limit'])}x here. With K = {config.n}, {s['unfiltered']['n_rounds']} and "
-      f"{s['prefiltered']['n_rounds']} round(s) of {config.batch_size}, the ratios are noisy. "
+      f"1 / base rate = {_fmt(sp['limit'])}x here. With K = {config.n} the ratios are noisy (rounds of "
+      f"{config.batch_size} images: {s['unfiltered']['n_rounds']} without the pre-filter, "
+      f"{s['prefiltered']['n_rounds']} with it). "
       + ("The pre-filter pays off at the strict level (<code>--strictness strict</code>), where few images pass: "
          if result["strictness"] == "standard" else "At strict, ")
       + "the checkpoint's model card measured 3-6x in wall time to 64 valid images per group on one CPU core.</p>")
