@@ -1606,6 +1606,9 @@ def main(argv: list[str] | None = None) -> int:
   from jaxcxr.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
   from jaxcxr.data import DataError  # pylint: disable=g-import-not-at-top
 
+  from jaxcxr.compilation_cache import enable_compilation_cache  # pylint: disable=g-import-not-at-top
+
+  enable_compilation_cache()     # $JAXCXR_COMPILATION_CACHE: a folder, or "off"
   start = time.perf_counter()
   try:
     result = args.run(args)

@@ -5,13 +5,22 @@ an int32 count and fails under jax_numpy_dtype_promotion="strict", so strict dty
 promotion would test a configuration no user can run.
 """
 
+import os
 import pathlib
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 
+from jaxcxr import compilation_cache
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# One persistent compilation cache for the session and the processes it starts (CLI runs, the
+# notebook kernel): identical programs compile once; the user's own cache folder stays untouched.
+os.environ.setdefault(compilation_cache.ENV, tempfile.mkdtemp(prefix="jaxcxr-test-xla-"))
+compilation_cache.enable_compilation_cache()
 
 DATA = pathlib.Path(__file__).parent / "data"
 NIH_FIXTURE = DATA / "nih_fixture.npz"
