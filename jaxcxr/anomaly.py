@@ -555,6 +555,7 @@ class FanoganScores(NamedTuple):
       feature map f = `Discriminator.features`.
     residual: float16 (N, R, R), |x - G(E(x), c)| in signed image space, so in [0, 2].
     z: float32 (N, latent_dim), the encoder's code E(x).
+    reconstruction: float16 (N, R, R), G(E(x), c) in signed image space [-1, 1].
   """
 
   score: np.ndarray
@@ -562,6 +563,7 @@ class FanoganScores(NamedTuple):
   feature_loss: np.ndarray
   residual: np.ndarray
   z: np.ndarray
+  reconstruction: np.ndarray
 
 
 class HealthyganScores(NamedTuple):
@@ -642,7 +644,8 @@ def _fanogan_batch(graphdefs, states, images, cond, feature_weight):
   x = data.to_signed(images)[..., None]                                # (B, R, R, 1)
   score, parts = fanogan_loss(encoder, generator, discriminator, x, cond, feature_weight)
   return {"score": score, "image_loss": parts["image_loss"], "feature_loss": parts["feature_loss"],
-          "residual": jnp.abs(x - parts["reconstruction"])[..., 0].astype(jnp.float16), "z": parts["z"]}
+          "residual": jnp.abs(x - parts["reconstruction"])[..., 0].astype(jnp.float16), "z": parts["z"],
+          "reconstruction": parts["reconstruction"][..., 0].astype(jnp.float16)}
 
 
 def _check_fanogan_models(encoder: Encoder, generator: Generator, discriminator: Discriminator) -> None:
@@ -720,7 +723,7 @@ def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Discri
   if n == 0:
     empty = np.zeros((0,), np.float32)
     return FanoganScores(empty, empty, empty, np.zeros((0, r, r), np.float16),
-                         np.zeros((0, g_cfg.latent_dim), np.float32))
+                         np.zeros((0, g_cfg.latent_dim), np.float32), np.zeros((0, r, r), np.float16))
   graphdefs = _fanogan_graphdefs(encoder.config, g_cfg, discriminator.config)
   states = (nnx.state(encoder), nnx.state(generator), nnx.state(discriminator))
   kappa = jnp.float32(feature_weight)
@@ -805,11 +808,8 @@ def load_fanogan(encoder_dir, gan_dir=None) -> tuple[Encoder, Generator, Discrim
   if gan_dir is None:
     # The shipped normal GAN whose generator the encoder learned (its recorded folder is where it was
     # trained, absolute, so another machine finds it by model id); else the recorded folder.
-    root = checkpoints.checkpoints_root()
-    gan_dir = next((root / name for name in checkpoints.SHIPPED_NORMAL_GANS
-                    if (root / name / "generator").exists()
-                    and checkpoints.model_id(root / name / "generator") == meta.get("generator_id")),
-                   meta.get("gan_dir", ""))
+    gan_dir = next((d for d in checkpoints.shipped_normal_gans()
+                    if checkpoints.model_id(d / "generator") == meta.get("generator_id")), meta.get("gan_dir", ""))
   gan_dir = pathlib.Path(gan_dir)
   for part in ("generator", "discriminator"):
     expected, found = meta.get(f"{part}_id"), checkpoints.model_id(gan_dir / part)
@@ -986,7 +986,7 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
     y_thr = labelled(threshold_data, "threshold images")
     s_thr, _, c_thr = scorer(threshold_data, progress=progress)
     threshold_from = "threshold data (validation patients)"
-    extra = {"threshold_data": {**_auc_report(s_thr, y_thr, c_thr, data.views(threshold_data))},
+    extra = {"threshold_data": _auc_report(s_thr, y_thr, c_thr, data.views(threshold_data)),
              "threshold_scores": {"scores": s_thr, "labels": y_thr, "component_scores": c_thr}}
   start = time.perf_counter()
   scores, residual, components = scorer(test, progress=progress)

@@ -700,6 +700,12 @@ def checkpoints_root() -> pathlib.Path:
   return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
 
 
+def shipped_normal_gans() -> list[pathlib.Path]:
+  """The shipped normal-only GAN folders (each with `generator/` and `discriminator/`) present, best first."""
+  root = checkpoints_root()
+  return [root / name for name in SHIPPED_NORMAL_GANS if (root / name / "generator").exists()]
+
+
 def shipped_checkpoint(*names: str) -> pathlib.Path:
   """The first of `names` present under `checkpoints_root()`, as a model checkpoint folder.
 

@@ -539,8 +539,7 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   if args.method == "anogan":
     from jaxcxr.models import load_discriminator, load_generator  # pylint: disable=g-import-not-at-top
 
-    gan = pathlib.Path(args.checkpoint) if args.checkpoint else next(
-        (root / n for n in checkpoints.SHIPPED_NORMAL_GANS if (root / n / "generator").exists()), None)
+    gan = pathlib.Path(args.checkpoint) if args.checkpoint else next(iter(checkpoints.shipped_normal_gans()), None)
     if gan is None:
       raise UsageError(f"no shipped normal-only GAN under {root}; pass --checkpoint DIR (generator/, discriminator/)")
     _log(f"loading normal-only GAN {gan}")
@@ -616,9 +615,9 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     result["overlays"] = str(overlay)
   if args.abnormal == "covid":
     result["covid_dropped_unknown_sex_or_age"] = covid_dropped
-  if args.abnormal == "covid" and args.split in ("val", "test"):
-    # The figure's reference: what the archives' look alone gives (trained on the training patients).
-    result["source_only_baseline"] = anomaly.source_only_baseline(pick("train"), test)
+    if args.split in ("val", "test"):
+      # The figure's reference: what the archives' look alone gives (trained on the training patients).
+      result["source_only_baseline"] = anomaly.source_only_baseline(pick("train"), test)
   result.update(split=args.split, checkpoint=source, data=str(path), lung_mask=args.lung_mask, abnormal=args.abnormal)
   if args.method == "anogan":
     result.update(steps=config.steps, restarts=config.restarts, base_image=config.base_image)
@@ -633,8 +632,7 @@ def cmd_evaluate_anomaly_cv(args: argparse.Namespace) -> dict[str, Any]:
   root = checkpoints.checkpoints_root()
   gan = None
   if args.method == "fanogan":
-    gan = pathlib.Path(args.gan) if args.gan else next(
-        (root / n for n in checkpoints.SHIPPED_NORMAL_GANS if (root / n / "generator").exists()), None)
+    gan = pathlib.Path(args.gan) if args.gan else next(iter(checkpoints.shipped_normal_gans()), None)
     if gan is None:
       raise UsageError(f"no shipped normal-only GAN under {root}; pass --gan DIR (generator/, discriminator/)")
   path = _data_paths(args.data, *GAN_DATA)

@@ -518,6 +518,14 @@ def signed_to_unit(images) -> jax.Array:
   return (images + 1.0) * 0.5
 
 
+def signed_to_uint8(images) -> jax.Array:
+  """float [-1, 1] (generator space) -> uint8 [0, 255], clipped and rounded, on device (jittable).
+
+  The one rounding every sampler, the upsampler and the score predictor apply to generated images.
+  """
+  return jnp.round(jnp.clip((images + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+
+
 def to_uint8(images, *, signed: bool = False) -> np.ndarray:
   """float [0, 1] (or [-1, 1] with `signed=True`) -> host uint8, clipped and rounded."""
   images = np.asarray(images, np.float32)

@@ -288,16 +288,9 @@ def _images_and_log_p(models, z, cond, calibration):
 
   generator, predictor = models
   base = generator.base_image(z, cond)                                               # (B, r, r, 1) in [-1, 1]
-  base_uint8 = _round_uint8(base)
+  base_uint8 = data_lib.signed_to_uint8(base)
   log_p = cascade.log_valid_probability(predictor, data_lib.to_signed(base_uint8), calibration)
-  return {"images": _round_uint8(generator.upsample(base, z))[..., 0], "log_p": log_p}
-
-
-def _round_uint8(images):
-  """float [-1, 1] images -> uint8 [0, 255], rounded as every sampler rounds."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  return jnp.round(jnp.clip((images + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+  return {"images": data_lib.signed_to_uint8(generator.upsample(base, z))[..., 0], "log_p": log_p}
 
 
 def _roc_sample(generator, cas, scorer, key, config: DemoConfig) -> dict[str, np.ndarray]:
@@ -358,14 +351,11 @@ def _speedup(samplers: dict[str, dict[str, Any]], stored: dict[str, Any], strate
 def _fanogan_panel(models, real: data_lib.CXRDataset, group: str, encoder_dir: pathlib.Path) -> dict[str, Any]:
   """f-AnoGAN on 2 real normals (of `group` when bundled) and the 2 pneumonias: scores, reconstructions, residuals.
 
-  One jitted `anomaly.fanogan_loss` call gives the score (the loss `fanogan_scores` returns) and
-  the reconstruction G(E(x)) at the encoder's resolution (a cascade's 64x64 base image). The
-  test ROC AUCs stored beside the encoder (`evaluation*_test.json`, when present) are returned
-  as "stored_test" {"whole image", "inside the lungs"}.
+  `anomaly.fanogan_scores` gives the score, the residual and the reconstruction G(E(x)) at the
+  encoder's resolution (a cascade's 64x64 base image). The test ROC AUCs stored beside the
+  encoder (`evaluation*_test.json`, when present) are returned as "stored_test" {"whole image",
+  "inside the lungs"}.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
   from jaxcxr import anomaly  # pylint: disable=g-import-not-at-top
 
   normals = np.flatnonzero(real.label == 0)
@@ -373,14 +363,12 @@ def _fanogan_panel(models, real: data_lib.CXRDataset, group: str, encoder_dir: p
   chosen = np.concatenate([np.concatenate([same, normals[~np.isin(normals, same)]])[:2],
                            np.flatnonzero(real.label == 1)[:2]])
   subset = real.subset(chosen)
-  encoder, generator, discriminator = models
+  encoder = models[0]
   r = encoder.config.resolution
-  x = data_lib.to_signed(data_lib.resize_uint8(subset.images, r))[..., None]              # (B, r, r, 1)
-  cond = jnp.asarray(anomaly.normal_condition(subset, tuple(generator.config.conditions)))
-  score, parts = jax.jit(lambda m, x, c: anomaly.fanogan_loss(*m, x, c, 1.0))((encoder, generator, discriminator),
-                                                                               x, cond)
-  reconstruction = np.asarray(parts["reconstruction"][..., 0])
-  inputs = np.asarray(x[..., 0])
+  out = anomaly.fanogan_scores(*models, subset, batch_size=len(subset), progress=False)
+  reconstruction = np.asarray(out.reconstruction, np.float32)
+  residual = np.asarray(out.residual, np.float32)
+  score = out.score
   groups = [data_lib.group_of(int(a), str(s)) or "?" for a, s in zip(subset.age, subset.sex)]
   stored = {}
   for name, file in (("whole image", "evaluation_test.json"), ("inside the lungs", "evaluation_lungs_test.json")):
@@ -391,8 +379,8 @@ def _fanogan_panel(models, real: data_lib.CXRDataset, group: str, encoder_dir: p
     stored[name] = {k: entry.get(k) for k in ("n", "roc_auc", "roc_auc_ci95")}
   return {"method": "fanogan", "resolution": r, "stored_test": stored, "scores": [float(s) for s in np.asarray(score)],
           "labels": [int(v) for v in subset.label], "groups": groups,
-          "figure_inputs": {"inputs": inputs, "reconstructions": reconstruction,
-                            "residuals": np.abs(inputs - reconstruction)}}
+          "figure_inputs": {"inputs": np.asarray(data_lib.to_signed(data_lib.resize_uint8(subset.images, r))),
+                            "reconstructions": reconstruction, "residuals": residual}}
 
 
 # ----------------------------------------------------------------------------- figures

@@ -120,8 +120,7 @@ def _find_folders(root: pathlib.Path) -> dict[str, pathlib.Path | None]:
         "scorer": first(scoring.shipped_scoring),
         "cascade_prefilter": None if generator is None else cascade.shipped_cascade_prefilter(
             checkpoints.model_id(generator)),
-        "normal_gan": next((root / name for name in checkpoints.SHIPPED_NORMAL_GANS
-                            if (root / name / "generator").exists()), None),
+        "normal_gan": next(iter(checkpoints.shipped_normal_gans()), None),
         "fanogan": first(lambda: checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_FANOGAN_ENCODERS)),
         "translator": first(lambda: checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_HEALTHYGAN_TRANSLATORS)),
     }

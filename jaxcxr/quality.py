@@ -52,7 +52,7 @@ REALISM_KEY = 100
 def _generate(graphdef, state, key, cond):
   generator = nnx.merge(graphdef, state)
   z = generator_lib.latents(key, jnp.int32(0), cond.shape[0], generator.config.latent_dim)
-  return jnp.round(jnp.clip((generator(z, cond)[..., 0] + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+  return data.signed_to_uint8(generator(z, cond)[..., 0])
 
 
 def generate_from_conditions(generator: Generator, key: jax.Array, cond: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from flax import nnx
 
 from jaxcxr.batching import map_batches
 from jaxcxr.config import GeneratorConfig
+from jaxcxr.data import signed_to_uint8
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.layers import Conv, GroupNorm, depth_to_space, upsample2
 from jaxcxr.models.upsampler import Upsampler
@@ -117,6 +118,7 @@ class Generator(nnx.Module):
     >>> from flax import nnx
     >>> import jax, jax.numpy as jnp
     >>> from jaxcxr.config import GeneratorConfig
+from jaxcxr.data import signed_to_uint8
     >>> g = Generator(GeneratorConfig(resolution=32, base_channels=4, max_channels=8,
     ...                               norm_groups=2), rngs=nnx.Rngs(0))
     >>> g(jnp.zeros((2, 128)), jnp.zeros((2, 3))).shape
@@ -212,7 +214,7 @@ def _generate_uint8(graphdef, state, key, start, cond, *, batch_size):
   generator = nnx.merge(graphdef, state)
   z = latents(key, start, batch_size, generator.config.latent_dim)
   images = generator(z, cond)[..., 0]                               # (B, H, W) in [-1, 1]
-  return jnp.round(jnp.clip((images + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+  return signed_to_uint8(images)
 
 
 def sample_images(generator: Generator, key: jax.Array, n: int, group: str, *, label: int = 0,

@@ -36,7 +36,7 @@ __all__ = ["base_images", "fit_score_predictor", "split_indices"]
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _base_uint8(graphdef, state, z, cond):
   x = nnx.merge(graphdef, state).base_image(z, cond)[..., 0]
-  return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+  return data_lib.signed_to_uint8(x)
 
 
 def base_images(generator: Generator, z: Any, groups: Sequence[str], *, label: int = 0,

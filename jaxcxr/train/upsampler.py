@@ -207,7 +207,7 @@ def make_train_step(config: UpsamplerTrainConfig):
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _upsample_uint8(graphdef, state, images, key):
   y = nnx.merge(graphdef, state)(data_lib.to_signed(images)[..., None], key)[..., 0]
-  return jnp.round(jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+  return data_lib.signed_to_uint8(y)
 
 
 def upsample_images(upsampler: Upsampler, images_uint8: np.ndarray, *, seed: int = 0,
