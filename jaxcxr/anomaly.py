@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -36,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcxr import data
-from jaxcxr.batching import map_batches
+from jaxcxr.batching import default_chunk, in_chunks, map_batches
 from jaxcxr.config import DTYPES, DiscriminatorConfig, GeneratorConfig
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
@@ -233,7 +234,13 @@ def initial_latents(key: jax.Array, batch_size: int, latent_dim: int, *, restart
 
   Returns:
     float32 (batch_size, restarts, latent_dim).
+
+  Raises:
+    ValueError: batch_size < 0, latent_dim < 1 or restarts < 1 (or not integers).
   """
+  for name, value, least in (("batch_size", batch_size, 0), ("latent_dim", latent_dim, 1), ("restarts", restarts, 1)):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+      raise ValueError(f"initial_latents: {name} must be an integer >= {least}, got {value!r}")
   return _initial_latents(key, jnp.int32(first_index), batch_size=batch_size, latent_dim=latent_dim,
                           restarts=restarts)
 
@@ -295,19 +302,24 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
   lam = hyper["feature_weight"]
   render = generator.base_image if base else generator
 
-  def total_loss(z):                                                 # (N, D) -> scalar, (N,)
-    fake = render(z, c)                                              # (N, H, W, 1) float32
-    pixel = jnp.abs(x - fake).mean(axis=(1, 2, 3))
-    feature = jnp.abs(fx - discriminator.features(fake)).mean(axis=(1, 2, 3))
-    losses = (1.0 - lam) * pixel + lam * feature
-    # The sum, not the mean: each problem's gradient is its own, whatever N is.
-    return losses.sum(), losses
+  def losses_and_grads(z, x, c, fx):                                 # (N, D) -> (N,), (N, D)
+    def total_loss(z):
+      fake = render(z, c)                                            # (N, H, W, 1) float32
+      pixel = jnp.abs(x - fake).mean(axis=(1, 2, 3))
+      feature = jnp.abs(fx - discriminator.features(fake)).mean(axis=(1, 2, 3))
+      losses = (1.0 - lam) * pixel + lam * feature
+      # The sum, not the mean: each problem's gradient is its own, whatever N is.
+      return losses.sum(), losses
+
+    (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(z)
+    return losses, grads
 
   tx = optax.adam(hyper["learning_rate"])
 
   def step(carry, t):
     z, opt_state, stopped, history, steps_run = carry
-    (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(z)
+    # The problems are independent: on a CPU a few at a time (`batching.in_chunks`), the same numbers, faster.
+    losses, grads = in_chunks(losses_and_grads, z, x, c, fx, chunk=default_chunk())
     # Early stopping: history[t % W] holds the loss of W steps ago (inf before step W, and a
     # tolerance of -inf disables it: neither ever stops a problem).
     stopped = stopped | (history[t % window] - losses < hyper["early_stop_tol"])
@@ -699,7 +711,8 @@ def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Discri
 
   Raises:
     ValueError: mismatched models, images that are not uint8 (N, H, W), cond missing for an
-      array or of the wrong shape, non-finite cond, batch_size <= 0.
+      array or of the wrong shape, non-finite cond, batch_size <= 0, a feature_weight that is
+      negative or not finite.
     jaxcxr.data.DataError: unknown sex or age when cond comes from a dataset.
 
   References:
@@ -708,6 +721,8 @@ def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Discri
   """
   _check_fanogan_models(encoder, generator, discriminator)
   _check_batch_size(batch_size, "fanogan_scores")
+  if not 0.0 <= feature_weight < math.inf:   # also refuses NaN
+    raise ValueError(f"fanogan_scores: feature_weight must be a finite number >= 0, got {feature_weight!r}")
   g_cfg = generator.config
   r = encoder.config.resolution
   images, dataset = _images_and_metadata(images, r, "fanogan_scores")
@@ -905,13 +920,18 @@ def lung_residual_scores(residual, masks) -> np.ndarray:
     float32 (N,). An image without lung pixels scores its whole-image mean squared residual.
 
   Raises:
-    ValueError: mismatched shapes.
+    ValueError: mismatched shapes, a non-finite residual, or masks that are not label maps (0, 1, 2).
   """
-  residual = np.asarray(residual, np.float32)
-  masks = np.asarray(masks)
-  if residual.ndim != 3 or masks.ndim != 3 or residual.shape[0] != masks.shape[0]:
-    raise ValueError(f"lung_residual_scores: expected residual (N, R, R) and masks (N, S, S), got {residual.shape} "
-                     f"and {masks.shape}")
+  residual, masks = np.asarray(residual), np.asarray(masks)
+  if residual.dtype.kind not in "iuf" or residual.ndim != 3 or masks.ndim != 3 or residual.shape[0] != masks.shape[0]:
+    raise ValueError(f"lung_residual_scores: expected residual (N, R, R) of real numbers and masks (N, S, S), got "
+                     f"{residual.dtype} {residual.shape} and {masks.shape}")
+  residual = residual.astype(np.float32)
+  if not np.isfinite(residual).all():
+    raise ValueError("lung_residual_scores: the residual contains NaN or inf")
+  if masks.dtype.kind not in "biu" or not np.isin(masks, (0, 1, 2)).all():
+    raise ValueError(f"lung_residual_scores: masks must be integer label maps with values 0, 1, 2 "
+                     f"(`predict_masks`), got {masks.dtype} values {np.unique(masks)[:6].tolist()}")
   r = residual.shape[1]
   lung = np.asarray(jax.image.resize(jnp.asarray(masks > 0, jnp.float32), (masks.shape[0], r, r), "linear")) > 0.5
   square = residual ** 2
@@ -966,13 +986,18 @@ def evaluate_anomaly(scorer: AbstractAnomalyScorer, test: data.CXRDataset, *,
     run) and "threshold_scores" {"scores", "labels", "component_scores"}.
 
   Raises:
-    jaxcxr.data.DataError: an image set without both labels.
+    jaxcxr.data.DataError: an image set that is not a `CXRDataset`, or without both labels.
   """
   import time  # pylint: disable=g-import-not-at-top
 
   from sklearn.metrics import average_precision_score  # pylint: disable=g-import-not-at-top
 
   from jaxcxr import metrics  # pylint: disable=g-import-not-at-top
+
+  for what, ds in (("test", test), ("threshold_data", threshold_data)):
+    if ds is not None and not isinstance(ds, data.CXRDataset):
+      raise data.DataError(f"evaluate_anomaly: {what} must be a jaxcxr.data.CXRDataset (data.load), got "
+                           f"{type(ds).__name__}")
 
   def labelled(ds, what):
     if ds.label is None or not (np.isin(ds.label, [0, 1]).all() and len(np.unique(ds.label)) == 2):
@@ -1059,7 +1084,10 @@ def rank_average(scores) -> np.ndarray:
   """
   from scipy.stats import rankdata  # pylint: disable=g-import-not-at-top
 
-  arrays = [np.asarray(s, np.float64) for s in scores]
+  arrays = [np.asarray(s) for s in scores]
+  if any(a.dtype.kind not in "biuf" for a in arrays):
+    raise ValueError(f"rank_average: expected real scores, got dtypes {sorted({str(a.dtype) for a in arrays})}")
+  arrays = [a.astype(np.float64) for a in arrays]
   if not arrays or len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
     raise ValueError(f"rank_average: expected M >= 1 score arrays of one length (N,), got shapes "
                      f"{[a.shape for a in arrays]}")
@@ -1084,6 +1112,9 @@ def by_view(scores, y, views) -> dict:
 
   `views` as `data.views` gives them ("AP", "PA").
   """
-  views = np.asarray(views).astype(str)
+  views, scores, y = np.asarray(views).astype(str), np.asarray(scores), np.asarray(y)
+  if not views.ndim == scores.ndim == y.ndim == 1 or not len(views) == len(scores) == len(y):
+    raise ValueError(f"by_view: expected scores, labels and views of one length (N,), got shapes {scores.shape}, "
+                     f"{y.shape} and {views.shape}")
   return {v: {"n": int((views == v).sum()), "n_abnormal": int(y[views == v].sum()),
               **auc_with_interval(scores[views == v], y[views == v])} for v in np.unique(views)}

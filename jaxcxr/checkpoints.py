@@ -28,7 +28,10 @@ Two formats:
 
 * **Training checkpoints** (`TrainCheckpointer`) wrap `ocp.CheckpointManager`:
   numbered step directories holding any pytree of arrays (model state,
-  optax state, step counter, PRNG keys) plus optional config/metadata JSON.
+  optax state, step counter, PRNG keys) plus optional config/metadata JSON,
+  and the same manifest, written once orbax has committed the step and
+  checked before a restore (a step without one, from a kill between the two
+  or from an older jaxcxr, restores unchecked).
 
 Atomicity. `save_model` writes into a hidden temporary sibling
 (``.NAME.tmp-XXXX``) and renames it into place, so a kill leaves either no
@@ -64,6 +67,7 @@ from flax import nnx
 import jaxcxr
 from jaxcxr import config as config_lib
 from jaxcxr.data import file_sha256
+from jaxcxr.io import write_bytes_atomic
 
 ConfigT = TypeVar("ConfigT")
 PyTree = Any
@@ -85,6 +89,11 @@ class CheckpointError(Exception):
 
   The message always names the checkpoint path and what is wrong.
   """
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+  """A readable training checkpoint that was written for another run (other data, frozen models or
+  steps per call), so resuming from it would not continue the same run. Also a ValueError."""
 
 
 # --------------------------------------------------------------------------- #
@@ -156,7 +165,9 @@ def _fsync_dir(path: pathlib.Path) -> None:
 
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0] if text else ''}"
+  # tensorstore appends its whole JSON spec to the message; the file and the byte counts come before it.
+  line = text[0].split(" [tensorstore_spec=")[0] if text else ""
+  return f"{type(e).__name__}: {line}"
 
 
 def _check_against_saved(path: pathlib.Path, saved_tree: Any, target: PyTree, what: str) -> None:
@@ -209,16 +220,14 @@ def _is_model_checkpoint(path: pathlib.Path) -> bool:
       (path / item).is_dir() for item in _ITEMS)
 
 
-def _write_manifest(path: pathlib.Path) -> None:
-  """Writes size and SHA-256 of every file under `path/state` to the manifest."""
+def _write_manifest(path: pathlib.Path, kind: str = _MODEL_FORMAT) -> None:
+  """Writes size and SHA-256 of every file under `path/state` to the manifest, atomically."""
   files = {
       p.relative_to(path).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
       for p in sorted((path / "state").rglob("*")) if p.is_file()
   }
-  with open(path / _MANIFEST, "w", encoding="utf-8") as f:
-    json.dump({"format": _MODEL_FORMAT, "files": files}, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
+  write_bytes_atomic(path / _MANIFEST,
+                     json.dumps({"format": kind, "files": files}, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def _verify_manifest(path: pathlib.Path) -> None:
@@ -252,8 +261,10 @@ def _verify_manifest(path: pathlib.Path) -> None:
     if size != entry.get("size"):
       raise CheckpointError(
           f"{path}: checkpoint is corrupt, file '{name}' has {size} bytes, expected {entry.get('size')}")
-    if file_sha256(present[name]) != entry.get("sha256"):
-      raise CheckpointError(f"{path}: checkpoint is corrupt, file '{name}' does not match its SHA-256")
+    digest = file_sha256(present[name])
+    if digest != entry.get("sha256"):
+      raise CheckpointError(f"{path}: checkpoint is corrupt, file '{name}' does not match its SHA-256: expected "
+                            f"{entry.get('sha256')} (from {_MANIFEST}), found {digest}")
 
 
 def _require_model_checkpoint(path: pathlib.Path) -> None:
@@ -549,6 +560,16 @@ class TrainCheckpointer:
         },
     )
     self._closed = False
+    self._without_manifest: list[int] = []   # saved steps whose manifest is written once committed
+
+  def _write_manifests(self) -> None:
+    """Waits for pending saves, then writes the manifest of each step saved since the last call."""
+    self._manager.wait_until_finished()
+    for step in self._without_manifest:
+      where = self.directory / str(step)
+      if (where / "state").is_dir():    # not yet removed by max_to_keep
+        _write_manifest(where, _TRAIN_FORMAT)
+    self._without_manifest = []
 
   def latest_step(self) -> int | None:
     """Returns the newest committed step, or None. Unfinished (tmp) step directories are ignored."""
@@ -582,11 +603,15 @@ class TrainCheckpointer:
       or the step already exists).
     """
     self._check_open()
+    self._write_manifests()
     items = {"state": ocp.args.StandardSave(_keys_to_data(state))}
     if config is not None:
       items["config"] = ocp.args.JsonSave(_to_json(config_lib.to_dict(config), "config"))
     items["metadata"] = ocp.args.JsonSave(_build_metadata(_TRAIN_FORMAT, config, metadata, step=int(step)))
-    return bool(self._manager.save(int(step), args=ocp.args.Composite(**items), force=force))
+    started = bool(self._manager.save(int(step), args=ocp.args.Composite(**items), force=force))
+    if started:
+      self._without_manifest.append(int(step))
+    return started
 
   def _resolve_step(self, step: int | None) -> int:
     steps = self.all_steps()
@@ -619,6 +644,8 @@ class TrainCheckpointer:
     step = self._resolve_step(step)
     target = _abstract_keys_to_data(abstract_state)
     where = self.directory / str(step)
+    if (where / _MANIFEST).is_file():
+      _verify_manifest(where)
     try:
       saved_tree = self._manager.item_metadata(step)["state"].tree
       _check_against_saved(where, saved_tree, target, "abstract state")
@@ -645,15 +672,15 @@ class TrainCheckpointer:
     return meta
 
   def wait_until_finished(self) -> None:
-    """Blocks until pending asynchronous saves are committed."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are committed (and their manifests written)."""
+    self._write_manifests()
 
   def close(self) -> None:
     """Waits for pending saves, then releases orbax's resources. Idempotent."""
     if self._closed:
       return
     try:
-      self._manager.wait_until_finished()
+      self._write_manifests()
     finally:
       self._manager.close()
       self._closed = True

@@ -9,11 +9,13 @@ This file only parses arguments and formats output; the work lives in the librar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
 import sys
 import time
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -23,6 +25,13 @@ EXIT_USAGE = 2
 
 class UsageError(Exception):
   """Bad arguments or input the user can fix; reported without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors (and its subcommands', which inherit the class) are one `jaxcxr: error:` line, exit 2."""
+
+  def error(self, message: str):
+    self.exit(EXIT_USAGE, f"jaxcxr: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _log(message: str) -> None:
@@ -250,14 +259,15 @@ def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
     upsampler = load_upsampler(args.upsampler)
     up_meta = {"upsampler": str(args.upsampler), "upsampler_metadata": checkpoints.read_metadata(args.upsampler)}
   cascade = generator_lib.make_cascade(base, upsampler)
+  # The cascade's discriminator is its base GAN's (it average-pools the output to its resolution); read
+  # before anything is written, so that a missing or corrupt one leaves no half-written --out.
+  discriminator = discriminator_lib.load_discriminator(gan / "discriminator")
   out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
   gan_meta = checkpoints.read_metadata(gan / "generator")
   gan_meta = {k: v for k, v in gan_meta.items() if k not in ("format", "jaxcxr_version", "model", "config_type",
                                                              "created", "config")}
   g_path = checkpoints.save_model(out / "generator", cascade, cascade.config,
                                   metadata={"base": {"path": str(gan), **gan_meta}, **up_meta}, overwrite=True)
-  # The cascade's discriminator is its base GAN's (it average-pools the output to its resolution).
-  discriminator = discriminator_lib.load_discriminator(gan / "discriminator")
   d_path = checkpoints.save_model(out / "discriminator", discriminator, discriminator.config,
                                   metadata={"base": str(gan)}, overwrite=True)
   return {"generator": str(g_path), "discriminator": str(d_path), "resolution": cascade.config.resolution,
@@ -284,6 +294,8 @@ def _load_scorer(args: argparse.Namespace):
   directory = getattr(args, "scoring", None) or scoring.shipped_scoring()
   strictness = getattr(args, "strictness", "standard")
   _log(f"loading scorer {directory} (U-Net, classifier, calibration) at strictness {strictness}")
+  if getattr(args, "batch_size", None) is not None and args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   changes = {"batch_size": args.batch_size} if getattr(args, "batch_size", None) else {}
   if getattr(args, "bf16", False):
     changes["dtype"] = "bfloat16"
@@ -293,20 +305,59 @@ def _load_scorer(args: argparse.Namespace):
     raise UsageError(f"--strictness: {e}") from e
 
 
-def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
-  import jax  # pylint: disable=g-import-not-at-top
+def _run_record(args: argparse.Namespace, **ids: Any) -> dict[str, Any]:
+  """What a command's output depends on: its arguments (less --out, --overwrite, --json, --progress) and `ids`."""
+  skip = {"out", "overwrite", "json", "progress", "run", "human"}
+  return {**{k: v for k, v in sorted(vars(args).items()) if k not in skip and not callable(v)}, **ids}
 
+
+def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import checkpoints, data, io  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
 
   data.parse_group(args.group)
   if args.n <= 0:
     raise UsageError(f"--n must be positive, got {args.n}")
+  if args.max_generated is not None and args.max_generated <= 0:
+    raise UsageError(f"--max-generated must be positive, got {args.max_generated}")
+  if args.batch_size is not None and args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   prefiltered = _uses_prefilter(args)
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
   _log(f"loading generator {directory}")
   generator = generator_lib.load_generator(directory)
-  out = io.prepare_output_dir(args.out, overwrite=args.overwrite)
+  # A run killed at any moment leaves its record, the kept images and its progress in --out; the
+  # same command then resumes it and ends with the uninterrupted run's images.
+  run = _run_record(args, generator_id=checkpoints.model_id(directory),
+                    latents_sha256=data.file_sha256(args.latents) if args.latents and os.path.isfile(args.latents)
+                    else None)
+  existed = pathlib.Path(args.out).exists()
+  out, saved = io.open_run_dir(args.out, run, overwrite=args.overwrite)
+  if saved is not None and saved.get("complete"):
+    _log(f"{out}: holds the complete output of this same command; nothing to do")
+    return saved["result"]
+  if saved is not None:
+    _log(f"{out}: resuming the interrupted run of this same command")
+  try:
+    return _sample_into(args, out, generator, directory, prefiltered)
+  except Exception:
+    # Bad input found before any image was written: leave no trace of this run.
+    if saved is None and [p.name for p in out.iterdir()] == [io.RUN_RECORD]:
+      (out / io.RUN_RECORD).unlink()
+      if not existed:
+        out.rmdir()
+    raise
+
+
+def _sample_into(args: argparse.Namespace, out: pathlib.Path, generator, directory: pathlib.Path,
+                 prefiltered: bool) -> dict[str, Any]:
+  """`sample`'s work once its output folder is open: sample, write the PNGs round by round, report."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import io, sampling  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+
+  journal = sampling.SampleJournal(out, args.group)
   key = jax.random.key(args.seed)
   result: dict[str, Any] = {"group": args.group, "label": args.label, "checkpoint": str(directory),
                             "resolution": generator.config.resolution, "filtered": not args.unfiltered}
@@ -315,12 +366,16 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     images = generator_lib.sample_images(generator, key, args.n, args.group, label=args.label)
     seconds = time.perf_counter() - start
     result.update(n_generated=len(images), n_valid=None, valid_rate=None, seconds=seconds)
+    for i, image in enumerate(images):
+      io.save_png(journal.image_path(i), image)
   elif prefiltered:
-    images = _sample_prefiltered(args, generator, directory, key, result)["images"]
+    images = _sample_prefiltered(args, generator, directory, key, result, journal=journal)["images"]
   else:
-    images = _sample_post_filtered(args, generator, key, result)["images"]
-  files = [str(io.save_png(out / f"{args.group}_{i:05d}.png", image)) for i, image in enumerate(images)]
+    images = _sample_post_filtered(args, generator, key, result, journal=journal)["images"]
+  files = [str(journal.image_path(i)) for i in range(len(images))]   # written by the journal, round by round
   result.update(out=str(out), files=files)
+  journal.finish()
+  io.finish_run_dir(out, result)
   return result
 
 
@@ -384,6 +439,12 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
   if not 0.0 <= args.strict_valid_rate < 1.0 or args.strict_n_per_group <= 0:
     raise UsageError(f"--strict-valid-rate must be in [0, 1) and --strict-n-per-group positive, got "
                      f"{args.strict_valid_rate} and {args.strict_n_per_group}")
+  if args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+  generator, generator_dir = None, None
+  if args.strict_valid_rate > 0:   # a missing or broken generator is found before the calibration's work
+    generator_dir = _shipped_or(args.generator, *checkpoints.SHIPPED_GENERATORS)
+    generator = generator_lib.load_generator(generator_dir)
   root = checkpoints.checkpoints_root()
   unet_dir = _shipped_or(args.unet, *checkpoints.SHIPPED_UNETS)
   classifier_dir = _shipped_or(args.classifier, *checkpoints.SHIPPED_CLASSIFIERS["abnormal"])
@@ -413,8 +474,6 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(f"{paths}: {e}") from e
   result: dict[str, Any] = {"out": str(args.out), "n": len(normals)}
   if args.strict_valid_rate > 0:
-    generator_dir = _shipped_or(args.generator, *checkpoints.SHIPPED_GENERATORS)
-    generator = generator_lib.load_generator(generator_dir)
     _log(f"strict level: {args.strict_n_per_group} samples per group of {generator_dir}")
     measures = []
     for i, group in enumerate(data.GROUPS):
@@ -450,6 +509,8 @@ def cmd_report_scoring(args: argparse.Namespace) -> dict[str, Any]:
 
   if args.n_per_group <= 0:
     raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
+  if args.covid and not pathlib.Path(args.covid).is_file():
+    raise UsageError(f"--covid {args.covid}: no such file")
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
   path = _data_paths(args.data, *GAN_DATA)
   _log(f"loading {path} and generator {directory}")
@@ -535,6 +596,8 @@ def cmd_evaluate_anomaly(args: argparse.Namespace) -> dict[str, Any]:
                      "one pass")
   if args.restarts < 1:
     raise UsageError(f"--restarts must be >= 1, got {args.restarts}")
+  if args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   root = checkpoints.checkpoints_root()
   if args.method == "anogan":
     from jaxcxr.models import load_discriminator, load_generator  # pylint: disable=g-import-not-at-top
@@ -629,6 +692,8 @@ def cmd_evaluate_anomaly_cv(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
   from jaxcxr.train.anomaly_cv import cross_validate_anomaly  # pylint: disable=g-import-not-at-top
 
+  if args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   root = checkpoints.checkpoints_root()
   gan = None
   if args.method == "fanogan":
@@ -670,10 +735,15 @@ def cmd_evaluate_anomaly_ensemble(args: argparse.Namespace) -> dict[str, Any]:
   loaded = []
   for path in args.scores:
     try:
-      with np.load(path, allow_pickle=False) as f:
-        loaded.append({k: f[k] for k in f.files})
-    except (OSError, ValueError) as e:
-      raise UsageError(f"{path}: not a readable score file ({e})") from None
+      with open(path, "rb") as file:      # ours to close: np.load leaks its own handle on a corrupt zip
+        f = np.load(file, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+          raise ValueError("a single array, not an npz archive")
+        with f:
+          loaded.append({k: f[k] for k in f.files})
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise UsageError(f"{path}: not a readable score file ({e}); write it with `evaluate anomaly --scores FILE`"
+                       ) from None
     if "scores" not in loaded[-1] or "labels" not in loaded[-1]:
       raise UsageError(f"{path}: no `scores`/`labels` arrays; write it with `evaluate anomaly --scores FILE`")
   result = {"files": list(args.scores)}
@@ -853,6 +923,8 @@ def cmd_evaluate_gan(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
 
+  if args.n_per_group <= 0:
+    raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
   root = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
       *checkpoints.SHIPPED_GENERATORS).parent
   path = _data_paths(args.data, *GAN_DATA)
@@ -937,7 +1009,46 @@ def _parse_groups(arg: str | None) -> tuple[str, ...]:
   return names
 
 
+def _work_dir(out: pathlib.Path, run: dict[str, Any], overwrite: bool, suffix: str) -> pathlib.Path:
+  """The hidden sibling folder `.OUT.SUFFIX` where a command that writes `out` keeps its work so far.
+
+  It holds the run's record (`io.open_run_dir`): the same command run again after a kill finds
+  it and continues from what is there, even if the kill came after `out` was written (the
+  command then writes the same `out` again); a folder of other arguments is emptied. The
+  command removes it once `out` is written.
+
+  Raises:
+    FileExistsError: `out` exists, is not this run's, and `overwrite` is False.
+  """
+  from jaxcxr import io  # pylint: disable=g-import-not-at-top
+
+  work = out.with_name(f".{out.name}.{suffix}")
+  resumed = work.is_dir() and io.open_run_dir(work, run, overwrite=True)[1] is not None
+  if out.exists() and not overwrite and not resumed:
+    raise FileExistsError(f"{out}: exists; pass --overwrite to replace it")
+  io.open_run_dir(work, run, overwrite=True)
+  if resumed:
+    _log(f"{work}: resuming the interrupted run of this same command")
+  return work
+
+
+@contextlib.contextmanager
+def _drop_unused(work: pathlib.Path):
+  """Removes a `_work_dir` that holds nothing but its record when the block fails (bad input, no work done)."""
+  from jaxcxr import io  # pylint: disable=g-import-not-at-top
+
+  try:
+    yield
+  except Exception:
+    if work.is_dir() and [p.name for p in work.iterdir()] == [io.RUN_RECORD]:
+      (work / io.RUN_RECORD).unlink()
+      work.rmdir()
+    raise
+
+
 def cmd_latents_build(args: argparse.Namespace) -> dict[str, Any]:
+  import shutil  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
 
   from jaxcxr import checkpoints, prefilter  # pylint: disable=g-import-not-at-top
@@ -947,20 +1058,22 @@ def cmd_latents_build(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
   groups = _parse_groups(args.groups)
   out = pathlib.Path(args.out)
-  if out.exists() and not args.overwrite:
-    raise FileExistsError(f"{out}: exists; pass --overwrite to replace it")
   directory = _shipped_or(args.checkpoint, *checkpoints.SHIPPED_GENERATORS)
-  _log(f"loading generator {directory}")
-  generator = generator_lib.load_generator(directory)
-  generator_id = checkpoints.model_id(directory)
-  scorer = _load_scorer(args)
-  _log(f"generating and scoring {args.n_per_group} latents per group for {', '.join(groups)}")
-  start = time.perf_counter()
-  records = prefilter.build_latent_dataset(scorer, generator, jax.random.key(args.seed), args.n_per_group,
-                                           generator_id=generator_id, groups=groups,
-                                           progress=sys.stderr.isatty())
+  work = _work_dir(out, _run_record(args, generator_id=checkpoints.model_id(directory)), args.overwrite, "partial")
+  with _drop_unused(work):
+    _log(f"loading generator {directory}")
+    generator = generator_lib.load_generator(directory)
+    generator_id = checkpoints.model_id(directory)
+    scorer = _load_scorer(args)
+    _log(f"generating and scoring {args.n_per_group} latents per group for {', '.join(groups)}")
+    start = time.perf_counter()
+    records = prefilter.build_latent_dataset(scorer, generator, jax.random.key(args.seed), args.n_per_group,
+                                             generator_id=generator_id, groups=groups,
+                                             progress=sys.stderr.isatty(), parts_dir=work,
+                                             chunk_size=8 * scorer.config.batch_size)
   seconds = time.perf_counter() - start
   prefilter.save_latent_dataset(out, records)
+  shutil.rmtree(work, ignore_errors=True)
   _log(f"wrote {out}")
   return {"out": str(out), "checkpoint": str(directory), "seed": args.seed, "n_per_group": args.n_per_group,
           "strictness": scorer.strictness_name, "seconds": seconds, **prefilter.latent_dataset_summary(records)}
@@ -1078,7 +1191,9 @@ def _human_latents_fit(r: dict[str, Any]) -> str:
 
 
 def cmd_latents_cascade(args: argparse.Namespace) -> dict[str, Any]:
-  from jaxcxr import checkpoints, config, prefilter  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr import checkpoints, config, data, prefilter, provenance  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
   from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
   from jaxcxr.train import score_predictor  # pylint: disable=g-import-not-at-top
@@ -1101,18 +1216,29 @@ def cmd_latents_cascade(args: argparse.Namespace) -> dict[str, Any]:
       scorer.at_strictness(level)
   except ValueError as e:
     raise UsageError(f"--levels: {e}") from e
+  # The predictor's training checkpoints live in a hidden sibling of --out: the same command run
+  # again after a kill resumes the fit and ends with the uninterrupted run's pre-filter.
+  out = pathlib.Path(args.out)
+  work = _work_dir(out, _run_record(args, generator_id=generator_id, data_sha256=data.file_sha256(args.data)),
+                   args.overwrite, "train")
   _log(f"making {len(records['z'])} base images with {directory}")
   base = score_predictor.base_images(generator, records["z"], records["group"])
   try:
-    fitted = cascade.fit_cascade_prefilter(records, base, scorer, config.score_predictor_64(), levels=levels,
-                                           steps=args.steps, seed=args.seed, log=_log)
+    with _drop_unused(work):
+      fitted = cascade.fit_cascade_prefilter(records, base, scorer, config.score_predictor_64(), levels=levels,
+                                             steps=args.steps, seed=args.seed, log=_log, out_dir=work / "fit",
+                                             resume=True)
   except ValueError as e:
     raise UsageError(str(e)) from e
-  out = fitted.save(args.out, overwrite=args.overwrite)
+  fitted.report["provenance"] = provenance.provenance(args.data, {"seed": args.seed,
+                                                                  "split_seed": fitted.report["split_seed"]})
+  out = fitted.save(out, overwrite=True)     # `_work_dir` refused an existing --out that is not this run's
+  shutil.rmtree(work, ignore_errors=True)
   levels_report = {level: {k: v for k, v in r.items() if k != "strategies"}
                    for level, r in fitted.report["levels"].items()}
   return {"out": str(out), "data": str(args.data), "generator": str(directory), "levels": levels_report,
-          "thresholds": fitted.thresholds, "val_r2": fitted.report["history"]["val_r2"]}
+          "thresholds": fitted.thresholds, "val_r2": fitted.report["history"]["val_r2"],
+          "provenance": fitted.report["provenance"]}
 
 
 def _human_latents_cascade(r: dict[str, Any]) -> str:
@@ -1124,6 +1250,11 @@ def _human_latents_cascade(r: dict[str, Any]) -> str:
 
 def _uses_prefilter(args: argparse.Namespace) -> bool:
   """Checks the pre-filter options of `sample`; True when sampling should go through a pre-filter."""
+  from jaxcxr.prefilter.thresholds import STRATEGIES  # pylint: disable=g-import-not-at-top
+
+  if args.prefilter is not None and args.prefilter not in STRATEGIES:
+    raise UsageError(f"--prefilter: unknown threshold strategy {args.prefilter!r}; expected one of "
+                     f"{', '.join(STRATEGIES)}")
   wanted = args.prefilter is not None or args.prefilter_dir is not None or args.latents is not None
   if wanted and args.unfiltered:
     raise UsageError("--unfiltered cannot be combined with --prefilter/--prefilter-dir/--latents")
@@ -1136,7 +1267,8 @@ def _uses_prefilter(args: argparse.Namespace) -> bool:
   return wanted
 
 
-def _sample_post_filtered(args: argparse.Namespace, generator, key, result: dict[str, Any]) -> dict[str, Any]:
+def _sample_post_filtered(args: argparse.Namespace, generator, key, result: dict[str, Any], *,
+                          journal=None) -> dict[str, Any]:
   """`sample` without a pre-filter: generate batches, keep the valid images (post-filter only)."""
   from jaxcxr import sampling  # pylint: disable=g-import-not-at-top
 
@@ -1144,7 +1276,7 @@ def _sample_post_filtered(args: argparse.Namespace, generator, key, result: dict
   result["compile_seconds"] = sampling.warm_up_sampler(scorer, generator, key, args.group, label=args.label)
   max_generated = args.max_generated if args.max_generated is not None else max(1000, 200 * args.n)
   found = sampling.sample_valid(scorer, generator, key, args.n, args.group, label=args.label,
-                                max_generated=max_generated, progress=True)
+                                max_generated=max_generated, progress=True, journal=journal)
   result.update({k: found[k] for k in ("n_valid", "n_generated", "seconds", "valid_rate")},
                 strictness=scorer.strictness_name)
   result["sample_index"] = [int(i) for i in found["index"]]
@@ -1154,7 +1286,7 @@ def _sample_post_filtered(args: argparse.Namespace, generator, key, result: dict
 
 
 def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: pathlib.Path, key,
-                        result: dict[str, Any]) -> dict[str, Any]:
+                        result: dict[str, Any], *, journal=None) -> dict[str, Any]:
   """`sample --prefilter`: fits (--latents) or loads (--prefilter-dir) the group's pre-filter, then samples."""
   from jaxcxr import checkpoints, prefilter  # pylint: disable=g-import-not-at-top
 
@@ -1164,7 +1296,8 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
 
     path = cascade.shipped_cascade_prefilter(checkpoints.model_id(generator_dir))
     if path is not None:
-      return _sample_cascade(args, scorer, generator, cascade.load_cascade_prefilter(path), path, key, result)
+      return _sample_cascade(args, scorer, generator, cascade.load_cascade_prefilter(path), path, key, result,
+                             journal=journal)
     if args.prefilter_input == "base":
       raise UsageError(f"no shipped cascade pre-filter for {generator_dir}; use --prefilter-input z")
   elif args.prefilter_input == "base":
@@ -1200,6 +1333,7 @@ def _sample_prefiltered(args: argparse.Namespace, generator, generator_dir: path
       warm_up=lambda: prefilter.warm_up_sampler(scorer, generator, pf, key, args.group, **options),
       sample=lambda limit, rounds: prefilter.sample_valid(scorer, generator, pf, key, args.n, args.group,
                                                           max_generated=limit, max_rounds=rounds, progress=True,
+                                                          journal=journal,
                                                           **options))
 
 
@@ -1228,7 +1362,7 @@ def _run_sampler(args: argparse.Namespace, scorer, result: dict[str, Any], summa
 
 
 def _sample_cascade(args: argparse.Namespace, scorer, generator, cas, path, key,
-                    result: dict[str, Any]) -> dict[str, Any]:
+                    result: dict[str, Any], *, journal=None) -> dict[str, Any]:
   """`sample --prefilter STRATEGY` with the generator's shipped cascade (base-image) pre-filter."""
   from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
 
@@ -1246,7 +1380,7 @@ def _sample_cascade(args: argparse.Namespace, scorer, generator, cas, path, key,
       warm_up=lambda: cascade.warm_up_cascade(scorer, generator, cas, key, args.group, **options),
       sample=lambda limit, rounds: cascade.sample_valid_cascade(scorer, generator, cas, key, args.n, args.group,
                                                                 max_generated=limit, max_rounds=rounds,
-                                                                progress=True, **options))
+                                                                progress=True, journal=journal, **options))
 
 
 def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
@@ -1347,7 +1481,7 @@ def _add_latents_parsers(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="jaxcxr", description=__doc__.splitlines()[0])
+  parser = _Parser(prog="jaxcxr", description=__doc__.splitlines()[0])
   parser.add_argument("--version", action="version", version=_version())
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1600,7 +1734,10 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as e:       # --help, --version, or a usage error already reported in one line
+    return e.code if isinstance(e.code, int) else EXIT_USAGE
   from jaxcxr.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
   from jaxcxr.data import DataError  # pylint: disable=g-import-not-at-top
 

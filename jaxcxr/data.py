@@ -20,6 +20,7 @@ import os
 import pathlib
 import queue
 import threading
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
@@ -64,8 +65,16 @@ def group_of(age: int, sex: str) -> str | None:
 
 
 def group_indices(age: np.ndarray, sex: np.ndarray) -> np.ndarray:
-  """Vectorised group index per image, -1 where the age/sex falls in no group. int32 (N,)."""
+  """Vectorised group index per image, -1 where the age/sex falls in no group. int32 (N,).
+
+  Raises:
+    DataError: ages that are not numbers, or age and sex of different shapes.
+  """
   age = np.asarray(age)
+  if age.dtype.kind not in "iuf":
+    raise DataError(f"group_indices: expected numeric ages (years, -1 unknown), got dtype {age.dtype}")
+  if np.shape(sex) != age.shape:
+    raise DataError(f"group_indices: age and sex must have one shape, got {age.shape} and {np.shape(sex)}")
   sex = np.char.lower(np.asarray(sex).astype(str))
   out = np.full(age.shape, -1, np.int32)
   for a, (lo, hi) in enumerate(AGE_RANGES):
@@ -117,10 +126,23 @@ class CXRDataset:
     return group_indices(self.age, self.sex)
 
   def subset(self, index: np.ndarray | Sequence[int]) -> CXRDataset:
-    """The images at `index` (integer indices or a boolean mask), with their metadata."""
+    """The images at `index` (integer indices or a boolean mask), with their metadata.
+
+    Raises:
+      DataError: a mask of another length, indices out of range, or an index that is not integer.
+    """
     index = np.asarray(index)
+    if index.size == 0 and index.dtype != bool:
+      index = index.astype(np.int64)
     if index.dtype == bool:
+      if index.shape != (len(self),):
+        raise DataError(f"subset: a boolean mask of shape {index.shape} for {len(self)} images; expected "
+                        f"({len(self)},)")
       index = np.flatnonzero(index)
+    if index.dtype.kind not in "iu" or index.ndim != 1:
+      raise DataError(f"subset: expected 1-D integer indices or a boolean mask, got {index.dtype} {index.shape}")
+    if index.size and (index.min() < -len(self) or index.max() >= len(self)):
+      raise DataError(f"subset: indices outside [0, {len(self)}) (min {index.min()}, max {index.max()})")
     take = lambda a: None if a is None else a[index]
     return dataclasses.replace(
         self,
@@ -152,6 +174,10 @@ def load(path: str | os.PathLike | Sequence[str | os.PathLike]) -> CXRDataset:
   """
   if isinstance(path, str) and "," in path:
     path = [p.strip() for p in path.split(",") if p.strip()]
+  if isinstance(path, str) and not path.strip():
+    raise DataError("no data path given (an empty string); pass an npz archive or a folder of PNG/DICOM images")
+  if not isinstance(path, (str, os.PathLike, Sequence)):
+    raise DataError(f"expected a path (str or os.PathLike) or a sequence of paths, got {type(path).__name__}")
   if not isinstance(path, (str, os.PathLike)):
     paths = list(path)
     if not paths:
@@ -176,10 +202,15 @@ def load_npz(path: str | os.PathLike) -> CXRDataset:
   if not path.is_file():
     raise DataError(f"{path}: no such file")
   try:
-    with np.load(path, allow_pickle=False) as archive:
-      arrays = {k: archive[k] for k in archive.files}
-  except (OSError, ValueError, EOFError) as e:
-    raise DataError(f"{path}: not a readable npz archive ({e})") from None
+    with open(path, "rb") as f:     # ours to close: np.load leaks its own handle on a corrupt zip
+      loaded = np.load(f, allow_pickle=False)
+      if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"a single {type(loaded).__name__}, not an npz archive of named arrays")
+      with loaded as archive:
+        arrays = {k: archive[k] for k in archive.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    raise DataError(f"{path}: not a readable npz archive ({e}); expected the shared npz format (`images` uint8 "
+                    f"[N, 256, 256], ...), e.g. written by np.savez") from None
   if "images" not in arrays:
     raise DataError(f"{path}: no `images` array (found: {', '.join(sorted(arrays)) or 'none'}); "
                     "expected uint8 images of shape [N, 256, 256]")
@@ -189,6 +220,8 @@ def load_npz(path: str | os.PathLike) -> CXRDataset:
     if value.ndim == 0 or value.shape[0] != n:
       raise DataError(f"{path}: `{name}` has shape {value.shape}; expected first dimension {n} "
                       "(one entry per image)")
+    if name in ("label", "sex", "age", "patient_id") and value.ndim != 1:
+      raise DataError(f"{path}: `{name}` has shape {value.shape}; expected ({n},) (one value per image)")
   masks = arrays.pop("lung_masks", None)
   if masks is not None:
     masks = _check_masks(masks, images.shape, f"{path}: `lung_masks`")
@@ -278,8 +311,13 @@ def _read_image_file(path: pathlib.Path) -> np.ndarray:
       import pydicom  # pylint: disable=g-import-not-at-top
     except ImportError:
       raise DataError(f"{path}: reading DICOM needs the `dicom` extra (pip install 'jaxcxr[dicom]')") from None
-    ds = pydicom.dcmread(path)
-    pixels = ds.pixel_array.astype(np.float64)
+    try:
+      ds = pydicom.dcmread(path)
+      pixels = ds.pixel_array.astype(np.float64)
+    except Exception as e:  # pylint: disable=broad-except  (pydicom raises many types for a bad file)
+      raise DataError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from None
+    if pixels.ndim != 2:
+      raise DataError(f"{path}: a DICOM image of shape {pixels.shape}; expected one grayscale frame (H, W)")
     lo, hi = float(pixels.min()), float(pixels.max())
     pixels = (pixels - lo) / max(hi - lo, 1e-12) * 255.0
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # inverted display
@@ -287,8 +325,9 @@ def _read_image_file(path: pathlib.Path) -> np.ndarray:
     image = Image.fromarray(np.round(pixels).astype(np.uint8))
   else:
     try:
-      image = Image.open(path)
-      image.load()
+      with Image.open(path) as opened:   # closed on a truncated file too
+        opened.load()
+        image = opened.copy()
     except OSError as e:
       raise DataError(f"{path}: not a readable image ({e})") from None
     if image.mode in ("RGBA", "LA"):  # alpha-composite on black, as the shared archives were built
@@ -340,6 +379,8 @@ def _make_dataset(images, arrays, masks, source, default_patient_id=None) -> CXR
   age = np.asarray(arrays.pop("age", np.full(n, -1)))
   if not np.issubdtype(age.dtype, np.integer):
     raise DataError(f"{source}: `age` has dtype {age.dtype}; expected integer years (-1 unknown)")
+  if age.size and (age.min() < -1 or age.max() > np.iinfo(np.int16).max):
+    raise DataError(f"{source}: `age` has values in [{age.min()}, {age.max()}]; expected years >= 0 (-1 unknown)")
   if default_patient_id is None:
     default_patient_id = np.asarray([f"image{i}" for i in range(n)])
   patient_id = np.asarray(arrays.pop("patient_id", default_patient_id)).astype(str)
@@ -348,11 +389,14 @@ def _make_dataset(images, arrays, masks, source, default_patient_id=None) -> CXR
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-  """sha256 hex digest of a file, read in chunks."""
+  """sha256 hex digest of a file, read in chunks (DataError if it cannot be read)."""
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
+  try:
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+  except OSError as e:
+    raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from None
   return digest.hexdigest()
 
 
@@ -409,9 +453,9 @@ def split_by_patient(
   fractions = tuple(float(f) for f in fractions)
   if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
     raise DataError(f"fractions {fractions}: expected three non-negative numbers summing to 1")
-  pid = np.asarray(patient_id).astype(str)
+  pid, stratify = _check_patients(patient_id, stratify, "split_by_patient")
   patients, first, inverse = np.unique(pid, return_index=True, return_inverse=True)
-  strata = np.zeros(len(patients), np.int64) if stratify is None else np.asarray(stratify)[first]
+  strata = np.zeros(len(patients), np.int64) if stratify is None else stratify[first]
   part = np.empty(len(patients), np.int8)
   rank = _patient_ranks(patients, seed)
   bounds = np.cumsum(fractions)[:2]
@@ -437,11 +481,11 @@ def patient_folds(patient_id: np.ndarray, folds: int, *, stratify: np.ndarray | 
   Raises:
     DataError: fewer than 2 folds, or fewer patients than folds.
   """
-  if folds < 2:
-    raise DataError(f"patient_folds: expected at least 2 folds, got {folds}")
-  pid = np.asarray(patient_id).astype(str)
+  if not isinstance(folds, (int, np.integer)) or isinstance(folds, bool) or folds < 2:
+    raise DataError(f"patient_folds: expected an integer of at least 2 folds, got {folds!r}")
+  pid, stratify = _check_patients(patient_id, stratify, "patient_folds")
   patients, first, inverse = np.unique(pid, return_index=True, return_inverse=True)
-  strata = np.zeros(len(patients), np.int64) if stratify is None else np.asarray(stratify)[first]
+  strata = np.zeros(len(patients), np.int64) if stratify is None else stratify[first]
   if len(patients) < folds:
     raise DataError(f"patient_folds: {len(patients)} patients, fewer than {folds} folds")
   rank = _patient_ranks(patients, seed)
@@ -449,6 +493,18 @@ def patient_folds(patient_id: np.ndarray, folds: int, *, stratify: np.ndarray | 
   fold = np.empty(len(patients), np.int64)
   fold[order] = np.arange(len(patients)) % folds
   return fold[inverse]
+
+
+def _check_patients(patient_id, stratify, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """(patient ids as str (N,), stratify (N,) or None), DataError unless both are 1-D of one length."""
+  pid = np.asarray(patient_id).astype(str)
+  if pid.ndim != 1:
+    raise DataError(f"{what}: expected patient ids of shape (N,), got {pid.shape}")
+  if stratify is not None:
+    stratify = np.asarray(stratify)
+    if stratify.shape != pid.shape:
+      raise DataError(f"{what}: stratify has shape {stratify.shape}; expected {pid.shape} (one label per image)")
+  return pid, stratify
 
 
 def _patient_ranks(patients: np.ndarray, seed: int) -> np.ndarray:
@@ -489,6 +545,8 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     images = images[..., 0]
   if images.ndim != 3 or images.dtype != np.uint8:
     raise DataError(f"expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
+  if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+    raise DataError(f"resize_uint8: size must be a positive integer, got {size!r}")
   if images.shape[1:] == (size, size):
     return np.ascontiguousarray(images)
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -498,24 +556,34 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
 
 
 
+def _numeric(images):
+  """`images` as an array (jax arrays and tracers as they are); DataError unless bool, integer or float."""
+  if not isinstance(images, jax.Array):
+    images = np.asarray(images)
+  if images.dtype != bool and not (jnp.issubdtype(images.dtype, jnp.integer)
+                                   or jnp.issubdtype(images.dtype, jnp.floating)):
+    raise DataError(f"expected uint8 or float pixels, got dtype {images.dtype}")
+  return images
+
+
 def to_unit(images) -> jax.Array:
   """uint8 [0, 255] -> float32 [0, 1]."""
-  return jnp.asarray(images, jnp.float32) / 255.0
+  return jnp.asarray(_numeric(images), jnp.float32) / 255.0
 
 
 def to_signed(images) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1] (generator space)."""
-  return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+  return jnp.asarray(_numeric(images), jnp.float32) / 127.5 - 1.0
 
 
 def unit_to_signed(images) -> jax.Array:
   """float [0, 1] -> float [-1, 1]."""
-  return images * 2.0 - 1.0
+  return _numeric(images) * 2.0 - 1.0
 
 
 def signed_to_unit(images) -> jax.Array:
   """float [-1, 1] -> float [0, 1]."""
-  return (images + 1.0) * 0.5
+  return (_numeric(images) + 1.0) * 0.5
 
 
 def signed_to_uint8(images) -> jax.Array:
@@ -523,12 +591,12 @@ def signed_to_uint8(images) -> jax.Array:
 
   The one rounding every sampler, the upsampler and the score predictor apply to generated images.
   """
-  return jnp.round(jnp.clip((images + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+  return jnp.round(jnp.clip((jnp.asarray(_numeric(images)) + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
 
 
 def to_uint8(images, *, signed: bool = False) -> np.ndarray:
   """float [0, 1] (or [-1, 1] with `signed=True`) -> host uint8, clipped and rounded."""
-  images = np.asarray(images, np.float32)
+  images = np.asarray(_numeric(images), np.float32)
   if signed:
     images = (images + 1.0) * 0.5
   return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -559,8 +627,8 @@ def iterate_batches(
     sharding: where to put batches (e.g. a NamedSharding over the batch axis); default device.
   """
   n = _common_length(arrays)
-  if batch_size <= 0:
-    raise DataError(f"batch_size must be positive, got {batch_size}")
+  if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
+    raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
   if drop_remainder and n < batch_size:
     raise DataError(f"{n} examples are fewer than one batch of {batch_size}")
 
@@ -660,8 +728,11 @@ def augment(
   Returns:
     float32 (B, H, W, 1) in [0, 1]; with `masks`, the pair (images, masks).
   """
-  if images.ndim != 4 or images.shape[-1] != 1:
-    raise ValueError(f"images: expected shape (B, H, W, 1), got {images.shape}")
+  if not hasattr(images, "ndim") or images.ndim != 4 or images.shape[-1] != 1:
+    raise ValueError(f"images: expected shape (B, H, W, 1) (an array), got {getattr(images, 'shape', type(images))}")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"images: expected float images in [0, 1], got dtype {images.dtype}; uint8 images go through "
+                     "data.to_unit first")
   if masks is not None and masks.shape != images.shape[:3]:
     raise ValueError(f"masks: expected shape {images.shape[:3]} (images without the channel), got {masks.shape}")
   keys = jax.random.split(key, images.shape[0])

@@ -136,13 +136,9 @@ def build_real_examples(fixture: str | os.PathLike, out: str | os.PathLike) -> p
   Returns:
     The path written (atomically).
   """
-  import io  # pylint: disable=g-import-not-at-top
-
   with np.load(fixture, allow_pickle=False) as archive:
     arrays = {k: archive[k][list(REAL_EXAMPLE_INDICES)] for k in _ARRAYS}
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, **arrays)
-  return io_lib.write_bytes_atomic(out, buffer.getvalue())
+  return io_lib.save_npz(out, arrays, compressed=True)
 
 
 def load_real_examples() -> data_lib.CXRDataset:

@@ -157,9 +157,12 @@ def max_heat(heatmaps: Any) -> np.ndarray:
   Meaningful on unnormalised maps; of `GradCam.heatmap` it is 1 (or 0 for an
   empty map), so a max-heat score should use `GradCam.raw_max` instead.
   """
-  heatmaps = np.asarray(heatmaps, np.float32)
-  if heatmaps.ndim != 3:
-    raise ValueError(f"heatmaps: expected shape (B, H, W), got {heatmaps.shape}")
+  heatmaps = np.asarray(heatmaps)
+  if heatmaps.dtype.kind not in "biuf" or heatmaps.ndim != 3:
+    raise ValueError(f"heatmaps: expected real maps of shape (B, H, W), got {heatmaps.dtype} {heatmaps.shape}")
+  heatmaps = heatmaps.astype(np.float32)
+  if not np.isfinite(heatmaps).all():
+    raise ValueError("heatmaps contain NaN or inf")
   return heatmaps.max(axis=(1, 2)) if heatmaps.size else np.zeros((heatmaps.shape[0],), np.float32)
 
 
@@ -180,6 +183,10 @@ def overlay_heatmap(image_uint8: np.ndarray, heatmap: np.ndarray, path: str | os
 
   Returns:
     The written path.
+
+  Raises:
+    ValueError: an image that is not uint8 (H, W), a heatmap that is not a finite real (h, w) map,
+      alpha outside [0, 1] or an unknown colormap.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -189,9 +196,14 @@ def overlay_heatmap(image_uint8: np.ndarray, heatmap: np.ndarray, path: str | os
     image = image[..., 0]
   if image.ndim != 2 or image.dtype != np.uint8:
     raise ValueError(f"image_uint8: expected uint8 (H, W), got {image.dtype} {image.shape}")
-  heat = np.asarray(heatmap, np.float32)
-  if heat.ndim != 2:
-    raise ValueError(f"heatmap: expected (h, w), got {heat.shape}")
+  heat = np.asarray(heatmap)
+  if heat.dtype.kind not in "biuf" or heat.ndim != 2 or heat.size == 0:
+    raise ValueError(f"heatmap: expected a real (h, w) map, got {heat.dtype} {heat.shape}")
+  heat = heat.astype(np.float32)
+  if not 0.0 <= alpha <= 1.0:   # also refuses NaN
+    raise ValueError(f"alpha: expected an opacity in [0, 1], got {alpha!r}")
+  if cmap not in matplotlib.colormaps:
+    raise ValueError(f"cmap: unknown matplotlib colormap {cmap!r} (e.g. 'jet', 'inferno')")
   if not np.isfinite(heat).all():
     raise ValueError("heatmap contains NaN or inf")
   if heat.shape != image.shape:

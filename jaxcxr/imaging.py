@@ -44,6 +44,20 @@ def _gray_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
   return shape
 
 
+def _check_pixels(images, name: str):
+  """`images` as an array (jax arrays and tracers as they are), refused unless integer or float (not bool,
+  complex, strings or objects) and, when concrete, finite."""
+  if not isinstance(images, jax.Array):
+    images = np.asarray(images)
+  if not (jnp.issubdtype(images.dtype, jnp.integer) or jnp.issubdtype(images.dtype, jnp.floating)):
+    raise ValueError(f"{name}: expected uint8 or float pixels, got dtype {images.dtype}; convert the images first "
+                     f"(e.g. np.asarray(images, np.float32))")
+  if (jnp.issubdtype(images.dtype, jnp.floating) and not _is_traced(images) and images.size
+      and not bool(jnp.isfinite(images).all())):
+    raise ValueError(f"{name}: the images contain NaN or inf pixels; replace them or drop those images first")
+  return images
+
+
 def _as_gray(images, name: str) -> jax.Array:
   """Returns `images` as a float32 (B, H, W) jax array."""
   images = jnp.asarray(images)
@@ -58,11 +72,22 @@ def _as_gray_pair(x, y) -> tuple[jax.Array, jax.Array]:
 
 
 def _as_hashes(hashes, name: str) -> jax.Array:
-  """Returns `hashes` as a bool (B, nbits) jax array."""
-  hashes = jnp.asarray(hashes)
+  """Returns `hashes` as a bool (B, nbits) jax array; bool or 0/1 integer bits (0/1 checked when concrete)."""
+  if not isinstance(hashes, jax.Array):
+    hashes = np.asarray(hashes)
+  if hashes.dtype != bool and not jnp.issubdtype(hashes.dtype, jnp.integer):
+    raise ValueError(f"{name}: expected bool hashes (e.g. from perceptual_hash), got dtype {hashes.dtype}")
   if hashes.ndim != 2:
     raise ValueError(f"{name}: expected hashes of shape (B, nbits), got {hashes.shape}")
-  return hashes.astype(bool)
+  concrete = hashes.dtype != bool and not _is_traced(hashes) and hashes.size
+  if concrete and not bool(((hashes == 0) | (hashes == 1)).all()):
+    raise ValueError(f"{name}: integer hashes must hold 0/1 bits only")
+  return jnp.asarray(hashes).astype(bool)
+
+
+def _check_max_distance(max_distance) -> None:
+  if not _is_int(max_distance) or max_distance < 0:
+    raise ValueError(f"max_distance: expected an integer >= 0 (bits), got {max_distance!r}")
 
 
 # ------------------------------------------------------------------ metrics
@@ -92,6 +117,7 @@ def _metric_inputs(x, y, data_range, name: str) -> tuple[jax.Array, jax.Array, A
   static, so it also runs under jit; the test that the values fit in `data_range` (their span,
   max - min over both, is at most `data_range`) runs only on concrete arrays.
   """
+  x, y = _check_pixels(x, f"{name}: x"), _check_pixels(y, f"{name}: y")
   x, y = jnp.asarray(x), jnp.asarray(y)
   both_float = jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(y.dtype, jnp.floating)
   if x.dtype != y.dtype and not both_float:
@@ -109,8 +135,8 @@ def _metric_inputs(x, y, data_range, name: str) -> tuple[jax.Array, jax.Array, A
                        f"the smallest possible pixel value)")
   if _is_traced(data_range) or _is_traced(x) or _is_traced(y):
     return x, y, data_range
-  if not float(data_range) > 0:
-    raise ValueError(f"{name}: data_range must be > 0, got {data_range}")
+  if not 0 < float(data_range) < math.inf:
+    raise ValueError(f"{name}: data_range must be > 0 and finite, got {data_range}")
   if x.size and y.size:
     lo, hi = (float(v) for v in _value_span(x, y))
     if hi - lo > float(data_range) * (1 + 1e-6):
@@ -380,6 +406,8 @@ def wavelet_hash(images, *, hash_size: int = 8, image_scale: int | None = None) 
     ValueError: as `average_hash`, or if hash_size or image_scale is not a valid power of two.
   """
   pixels = _hash_pixels(images)
+  if not _is_int(hash_size) or hash_size < 1 or hash_size & (hash_size - 1):
+    raise ValueError(f"hash_size: expected a power of two, got {hash_size!r}")
   if image_scale is None:
     image_scale = max(2 ** int(math.log2(min(pixels.shape[1:]))), hash_size)
   for name, value in (("hash_size", hash_size), ("image_scale", image_scale)):
@@ -406,7 +434,6 @@ def _hamming(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.round((a.shape[1] - dots) / 2).astype(jnp.int32)
 
 
-@jax.jit
 def hamming_distances(a, b) -> jax.Array:
   """All pairwise Hamming distances between two sets of bit hashes.
 
@@ -418,12 +445,15 @@ def hamming_distances(a, b) -> jax.Array:
     (Ba, Bb) int32, entry [i, j] = number of bits where a[i] and b[j] differ.
 
   Raises:
-    ValueError: for non-2-D inputs or mismatched nbits.
+    ValueError: for non-2-D or non-bit inputs, or mismatched nbits.
   """
   a, b = _as_hashes(a, "a"), _as_hashes(b, "b")
   if a.shape[1] != b.shape[1]:
     raise ValueError(f"b: expected {a.shape[1]} bits per hash like a, got {b.shape[1]}")
-  return _hamming(a, b)
+  return _hamming_jit(a, b)
+
+
+_hamming_jit = jax.jit(_hamming)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size",))
@@ -453,9 +483,12 @@ def find_near_duplicates(hashes, *, max_distance: int = 5, block_size: int = 409
     (P, 2) int64 array of index pairs i < j, sorted lexicographically.
 
   Raises:
-    ValueError: for hashes that are not 2-D.
+    ValueError: for hashes that are not 2-D bits, a negative max_distance or block_size < 1.
   """
   hashes = _as_hashes(hashes, "hashes")
+  _check_max_distance(max_distance)
+  if not _is_int(block_size) or block_size < 1:
+    raise ValueError(f"block_size: expected an integer >= 1, got {block_size!r}")
   n = hashes.shape[0]
   block = max(1, min(block_size, n))
   num_blocks = -(-n // block)
@@ -487,9 +520,10 @@ def flag_neighbour_outliers(hashes, *, max_distance: int = 5) -> np.ndarray:
     (B,) bool, True for images to drop.
 
   Raises:
-    ValueError: for hashes that are not 2-D.
+    ValueError: for hashes that are not 2-D bits, or a negative max_distance.
   """
   hashes = _as_hashes(hashes, "hashes")
+  _check_max_distance(max_distance)
   if hashes.shape[0] < 2:
     return np.zeros(hashes.shape[0], bool)
   far = np.asarray(jnp.sum(hashes[1:] != hashes[:-1], axis=1)) > max_distance  # (B-1,)
@@ -515,8 +549,12 @@ def checkerboard_strength(images) -> jax.Array:
 
   Returns:
     float32 (B,).
+
+  Raises:
+    ValueError: for bad shapes, odd sides, dtypes other than integer or float, or (concrete
+      inputs) NaN or inf pixels.
   """
-  x = _as_gray(images, "checkerboard_strength")
+  x = _as_gray(_check_pixels(images, "checkerboard_strength"), "checkerboard_strength")
   if x.shape[1] % 2 or x.shape[2] % 2:
     raise ValueError(f"checkerboard_strength: expected even image sides, got {x.shape[1:]}")
   return _checkerboard_strength(x)
@@ -536,7 +574,6 @@ def _checkerboard_strength(x: jax.Array) -> jax.Array:
   return phases.std(axis=-1) / (r.std(axis=(1, 2)) + 1e-8)
 
 
-@functools.partial(jax.jit, static_argnames=("num_bins",))
 def equalize_histogram(images, *, num_bins: int = 256) -> jax.Array:
   """Global histogram equalisation per image, as `skimage.exposure.equalize_hist`.
 
@@ -556,7 +593,18 @@ def equalize_histogram(images, *, num_bins: int = 256) -> jax.Array:
 
   Returns:
     float32 images of the input's shape, in [0, 1].
+
+  Raises:
+    ValueError: for bad shapes, dtypes other than integer or float, (concrete inputs) NaN or
+      inf pixels, or num_bins < 2.
   """
+  if not _is_int(num_bins) or num_bins < 2:
+    raise ValueError(f"num_bins: expected an integer >= 2, got {num_bins!r}")
+  return _equalize_histogram(_check_pixels(images, "images"), num_bins=int(num_bins))
+
+
+@functools.partial(jax.jit, static_argnames=("num_bins",))
+def _equalize_histogram(images, *, num_bins: int) -> jax.Array:
   shape = jnp.shape(images)
   x = _as_gray(images, "images")
 
@@ -610,10 +658,14 @@ def clahe(images, *, clip_limit: float = 0.01, kernel_size=None) -> np.ndarray:
 
   Raises:
     ValueError: for bad shapes, dtypes other than uint8 and float, NaN or inf,
-      or float values outside [0, 1].
+      float values outside [0, 1], clip_limit outside (0, 1] or a kernel side < 1.
   """
   shape = np.shape(images)
   x = _unit_float_images(images, "images")
+  if not isinstance(clip_limit, (int, float, np.integer, np.floating)) or not 0 < clip_limit <= 1:   # and NaN
+    raise ValueError(f"clip_limit: expected a number in (0, 1], got {clip_limit!r}")
+  if kernel_size is not None and not all(_is_int(k) and k >= 1 for k in np.atleast_1d(kernel_size).tolist()):
+    raise ValueError(f"kernel_size: expected None or integer tile sides >= 1, got {kernel_size!r}")
   # skimage stretches its output to [0, 1], which turns a constant image white; keep it.
   out = [
       img if np.ptp(img) == 0 else exposure.equalize_adapthist(img, kernel_size=kernel_size, clip_limit=clip_limit)
@@ -659,11 +711,13 @@ def lung_mask_morphological(images) -> np.ndarray:
   where a lung merges with the dark air outside the body.
 
   Args:
-    images: (B, H, W) or (B, H, W, 1) in [0, 1], numpy or jax.
+    images: (B, H, W) or (B, H, W, 1), uint8 or float in [0, 1], numpy or jax.
 
   Returns:
     (B, H, W) bool numpy masks.
+
+  Raises:
+    ValueError: as `clahe` (bad shapes or dtypes, NaN or inf, float values outside [0, 1]).
   """
-  images = np.asarray(images)
-  x = images.reshape(_gray_shape(images.shape, "images")).astype(np.float32)
+  x = _unit_float_images(images, "images")
   return np.array([_lung_mask_one(img) for img in x], bool).reshape(x.shape)

@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,29 +45,45 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> pathlib.Path:
   return path
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
-  """Saves a uint8 (H, W) grayscale or (H, W, 3|4) colour image as PNG, atomically."""
+def save_png(path: str | os.PathLike, image: Any) -> pathlib.Path:
+  """Saves a uint8 (H, W) grayscale or (H, W, 3|4) colour image, or a PIL image, as PNG, atomically."""
   import io  # pylint: disable=g-import-not-at-top
 
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  image = np.asarray(image)
-  if image.dtype != np.uint8:
-    raise ValueError(f"save_png: expected uint8 pixels, got {image.dtype}")
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
+  if not isinstance(image, Image.Image):
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+      raise ValueError(f"save_png: expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = image[..., 0]
+    image = Image.fromarray(image)
   buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format="PNG")
+  image.save(buffer, format="PNG")
   return write_bytes_atomic(path, buffer.getvalue())
 
 
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> pathlib.Path:
-  """Saves arrays as an uncompressed npz archive (no pickled objects), atomically."""
+def save_figure(path: str | os.PathLike, fig: Any, *, dpi: float | None = None) -> pathlib.Path:
+  """Writes a matplotlib figure as PNG, atomically (`dpi` None keeps the figure's own)."""
   import io  # pylint: disable=g-import-not-at-top
 
   buffer = io.BytesIO()
-  np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+  fig.savefig(buffer, format="png", dpi=dpi)
   return write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, compressed: bool = False) -> pathlib.Path:
+  """Saves arrays as an npz archive (no pickled objects; zip-deflated when `compressed`), atomically."""
+  import io  # pylint: disable=g-import-not-at-top
+
+  buffer = io.BytesIO()
+  (np.savez_compressed if compressed else np.savez)(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+  return write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+  """Saves a text file (Markdown, HTML, CSV) as UTF-8, atomically."""
+  return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def to_json_safe(value: Any) -> Any:
@@ -95,6 +112,36 @@ def save_json_lines(path: str | os.PathLike, lines: list[Any]) -> pathlib.Path:
   return write_bytes_atomic(path, text.encode())
 
 
+def read_json_lines(path: str | os.PathLike) -> list[Any]:
+  """The JSON objects of a JSON-lines file, one per complete line; [] when the file is missing.
+
+  A last line without its newline, or one that is not JSON (a log appended to by a writer
+  older than `append_json_line`, killed mid-line), is left out.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_bytes().split(b"\n")[:-1]:
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue
+  return records
+
+
+def append_json_line(path: str | os.PathLike, record: Any, *, keep: Callable[[Any], bool] | None = None
+                     ) -> pathlib.Path:
+  """Appends one JSON object as a line to a JSON-lines log, atomically (the whole file is rewritten).
+
+  A kill leaves the log as it was before the call or after it, never with half a line. The
+  records already there for which `keep(record)` is False are dropped in the same write
+  (a resumed training run drops the lines of steps after its checkpoint).
+  """
+  lines = [r for r in read_json_lines(path) if keep is None or keep(r)]
+  return save_json_lines(path, [*lines, record])
+
+
 def prepare_output_dir(path: str | os.PathLike, *, overwrite: bool) -> pathlib.Path:
   """Creates `path`; refuses a non-empty existing folder unless `overwrite` (then it is emptied).
 
@@ -110,3 +157,55 @@ def prepare_output_dir(path: str | os.PathLike, *, overwrite: bool) -> pathlib.P
     shutil.rmtree(path)
   path.mkdir(parents=True, exist_ok=True)
   return path
+
+
+# ----------------------------------------------------------------------------- resumable output folders
+
+# The record of the run that writes an output folder (hidden; see `open_run_dir`).
+RUN_RECORD = ".jaxcxr_run.json"
+
+
+def open_run_dir(path: str | os.PathLike, run: dict[str, Any], *, overwrite: bool
+                 ) -> tuple[pathlib.Path, dict[str, Any] | None]:
+  """Opens the output folder of a resumable run: resumes the same run, else prepares an empty folder.
+
+  `run` names everything the output depends on (JSON values: a command's arguments, model
+  ids). The folder keeps it in `RUN_RECORD`, written first, so that a run killed at any
+  moment is recognised when the same command runs again: its partial output is kept and the
+  run continues, whatever `overwrite` says (the result is the same). A folder of another run,
+  or with other files, is refused unless `overwrite` (then emptied, `prepare_output_dir`).
+
+  Returns:
+    (folder, saved): saved is the record file's content {"run", "complete", "result"} when
+    the folder holds this run (interrupted, or complete unless `overwrite` asks to redo it),
+    else None (a fresh, empty folder holding the new record).
+
+  Raises:
+    FileExistsError: the folder holds other files and `overwrite` is False (the message says
+      when they are a run of other arguments).
+  """
+  path = pathlib.Path(path)
+  record_path = path / RUN_RECORD
+  run = json.loads(json.dumps(to_json_safe(run)))
+  saved = None
+  if record_path.is_file():
+    try:
+      saved = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+      saved = None
+  if isinstance(saved, dict) and saved.get("run") == run and not (saved.get("complete") and overwrite):
+    return path, saved
+  if isinstance(saved, dict) and not overwrite and path.is_dir():
+    changed = {k: (saved.get("run", {}).get(k), v) for k, v in run.items() if saved.get("run", {}).get(k) != v}
+    raise FileExistsError(f"{path}: holds the output of a run with other arguments (saved, now): {changed}; "
+                          "pass --overwrite to replace it, or choose another output folder")
+  path = prepare_output_dir(path, overwrite=overwrite)
+  save_json(record_path, {"run": run, "complete": False})
+  return path, None
+
+
+def finish_run_dir(path: str | os.PathLike, result: dict[str, Any]) -> pathlib.Path:
+  """Marks the run of `open_run_dir` complete in its record, with its result (JSON-safe), atomically."""
+  record_path = pathlib.Path(path) / RUN_RECORD
+  saved = json.loads(record_path.read_text(encoding="utf-8"))
+  return save_json(record_path, {"run": saved["run"], "complete": True, "result": to_json_safe(result)})

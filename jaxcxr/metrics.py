@@ -40,8 +40,16 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # --------------------------------------------------------------------------- #
 
 
-def _check_features(name: str, x: Any, min_rows: int = 2) -> np.ndarray:
+def _check_real(name: str, x: Any) -> np.ndarray:
+  """`x` as a numpy array, refused unless its dtype is bool, integer or float (not complex, strings, objects)."""
   x = np.asarray(x)
+  if x.dtype.kind not in "biuf":
+    raise ValueError(f"{name} must hold real numbers (bool, integer or float), got dtype {x.dtype}")
+  return x
+
+
+def _check_features(name: str, x: Any, min_rows: int = 2) -> np.ndarray:
+  x = _check_real(name, x)
   if x.ndim != 2:
     raise ValueError(f"{name} must be 2-D [N, D], got shape {x.shape}")
   if x.shape[0] < min_rows:
@@ -150,8 +158,11 @@ def frechet_distance(features_a: Any, features_b: Any, *, eps: float = 0.0) -> f
     raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
   if not eps >= 0:
     raise ValueError(f"eps must be >= 0, got {eps}")
-  mu_a, sigma_a = _mean_cov(a)
-  mu_b, sigma_b = _mean_cov(b)
+  with np.errstate(over="ignore", invalid="ignore"):
+    mu_a, sigma_a = _mean_cov(a)
+    mu_b, sigma_b = _mean_cov(b)
+  if not all(np.isfinite(m).all() for m in (mu_a, sigma_a, mu_b, sigma_b)):
+    raise ValueError("frechet_distance: the features' covariances overflow float64; rescale the features")
   if eps > 0:
     ridge = eps * np.eye(a.shape[1])
     sigma_a, sigma_b = sigma_a + ridge, sigma_b + ridge
@@ -353,6 +364,8 @@ def sinkhorn_distance(
   b = _check_features("features_b", features_b, min_rows=1)
   if a.shape[1] != b.shape[1]:
     raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+  if max(np.abs(a).max(), np.abs(b).max()) > np.finfo(np.float32).max:
+    raise ValueError("sinkhorn_distance: the features exceed the float32 range; rescale the features")
   if not epsilon > 0:
     raise ValueError(f"epsilon must be > 0, got {epsilon}")
   if int(num_iters) < 1:
@@ -448,12 +461,17 @@ def mean_pairwise_distance(features: Any, *, block_size: int = 1024) -> float:
     5.0
   """
   x = _check_features("features", features)
+  if np.abs(x).max() > np.finfo(np.float32).max:
+    raise ValueError("mean_pairwise_distance: the features exceed the float32 range; rescale the features")
   if int(block_size) < 1:
     raise ValueError(f"block_size must be >= 1, got {block_size}")
   n = x.shape[0]
   block_size = min(int(block_size), n)
   sums = _pairwise_block_sums(jnp.asarray(x, jnp.float32), block_size=block_size)
-  return float(np.asarray(sums, np.float64).sum() / (n * (n - 1)))
+  value = float(np.asarray(sums, np.float64).sum() / (n * (n - 1)))
+  if not math.isfinite(value):
+    raise ValueError("mean_pairwise_distance: the squared distances overflow float32; rescale the features")
+  return value
 
 
 # --------------------------------------------------------------------------- #
@@ -462,7 +480,7 @@ def mean_pairwise_distance(features: Any, *, block_size: int = 1024) -> float:
 
 
 def _check_binary(name: str, v: Any) -> np.ndarray:
-  v = np.asarray(v)
+  v = _check_real(name, v)
   if v.dtype == bool:
     return v.astype(np.int64)
   if not np.all(np.isin(v, (0, 1))):
@@ -477,10 +495,10 @@ def _check_pair(y_pred: Any, y: Any, *, scores: bool) -> tuple[np.ndarray, np.nd
   if y_pred.shape != y.shape:
     raise ValueError(f"y_pred and y lengths differ: {y_pred.shape[0]} vs {y.shape[0]}")
   if y.shape[0] == 0:
-    raise ValueError("y_pred and y are empty")
+    raise ValueError("y_pred and y are empty; expected at least one score and label")
   y = _check_binary("y", y)
   if scores:
-    y_pred = y_pred.astype(np.float64)
+    y_pred = _check_real("y_pred", y_pred).astype(np.float64)
     if not np.all(np.isfinite(y_pred)):
       raise ValueError("y_pred contains NaN or inf")
   else:
@@ -646,10 +664,13 @@ def cluster_bootstrap_ci(values: Any, clusters: Any, *, level: float = 0.95, n_r
     [low, high].
 
   Raises:
-    ValueError: mismatched lengths, no values, non-finite values or a level outside (0, 1).
+    ValueError: mismatched lengths, no values, non-real or non-finite values, a level outside (0, 1)
+      or n_resamples < 1.
   """
-  values = np.asarray(values, np.float64)
+  values = _check_real("cluster_bootstrap_ci: values", values).astype(np.float64)
   clusters = np.asarray(clusters)
+  if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+    raise ValueError(f"cluster_bootstrap_ci: n_resamples must be an integer >= 1, got {n_resamples!r}")
   if values.ndim != 1 or clusters.shape != values.shape or values.size == 0:
     raise ValueError(f"cluster_bootstrap_ci: expected values (N,) and clusters (N,), N > 0, got {values.shape} "
                      f"and {clusters.shape}")
@@ -786,6 +807,7 @@ def compute_binary_report(y_pred_binary: Any, y: Any) -> dict[str, float | int]:
 
 
 def _check_label_maps(y_pred: Any, y: Any) -> tuple[jax.Array, jax.Array]:
+  y_pred, y = (v if isinstance(v, jax.Array) else _check_real(name, v) for name, v in (("y_pred", y_pred), ("y", y)))
   y_pred, y = jnp.asarray(y_pred), jnp.asarray(y)
   if y_pred.ndim != 3 or y_pred.shape != y.shape:
     raise ValueError(
@@ -807,8 +829,8 @@ def _overlap_counts(y_pred, y, *, num_classes):
 
 
 def _check_num_classes(num_classes: int) -> int:
-  if int(num_classes) < 2:
-    raise ValueError(f"num_classes must be >= 2 (background + one class), got {num_classes}")
+  if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
+    raise ValueError(f"num_classes must be an integer >= 2 (background + one class), got {num_classes!r}")
   return int(num_classes)
 
 

@@ -9,7 +9,6 @@ Pre-filter study figures (`jaxcxr.prefilter.write_latent_report`): `save_roc_pr_
 
 from __future__ import annotations
 
-import io
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -17,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxcxr.io import write_bytes_atomic
+from jaxcxr import io as io_lib
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: float | None = None) -> pathlib.Path:
-  """Writes a matplotlib figure as PNG, atomically (`dpi` None keeps the figure's own)."""
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=dpi)
-  return write_bytes_atomic(path, buffer.getvalue())
+  """Writes a matplotlib figure as PNG, atomically (`dpi` None keeps the figure's own; `jaxcxr.io.save_figure`)."""
+  return io_lib.save_figure(path, fig, dpi=dpi)
 
 
 def _to_uint8(images) -> np.ndarray:
@@ -65,10 +62,10 @@ def save_image_grid(images, path: str | os.PathLike, *, nrow: int,
   n, h, w = tiles.shape
   if n == 0:
     raise ValueError("save_image_grid: no images")
-  if nrow <= 0:
-    raise ValueError(f"save_image_grid: nrow must be positive, got {nrow}")
+  if not isinstance(nrow, (int, np.integer)) or isinstance(nrow, bool) or nrow <= 0:
+    raise ValueError(f"save_image_grid: nrow must be a positive integer, got {nrow!r}")
   if labels is not None and len(labels) != n:
-    raise ValueError(f"save_image_grid: got {len(labels)} labels for {n} images")
+    raise ValueError(f"save_image_grid: expected one label per image, got {len(labels)} labels for {n} images")
   cols = min(nrow, n)
   rows = -(-n // cols)
   grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding), np.uint8)
@@ -86,9 +83,7 @@ def save_image_grid(images, path: str | os.PathLike, *, nrow: int,
         box = draw.textbbox((x, y), str(text))
         draw.rectangle(box, fill=(0, 0, 0))
         draw.text((x, y), str(text), fill=(255, 255, 0))
-  buffer = io.BytesIO()
-  image.save(buffer, format="PNG")
-  return write_bytes_atomic(path, buffer.getvalue())
+  return io_lib.save_png(path, image)
 
 
 # ----------------------------------------------------------------------------- pre-filter study figures
@@ -162,7 +157,8 @@ def save_confusion_matrix(confusion: Any, path: str | os.PathLike, *, title: str
     ValueError: not a (2, 2) array of non-negative counts.
   """
   confusion = np.asarray(confusion)
-  if confusion.shape != (2, 2) or np.any(confusion < 0):
+  if (confusion.shape != (2, 2) or confusion.dtype.kind not in "iuf" or not np.isfinite(confusion).all()
+      or np.any(confusion < 0)):
     raise ValueError(f"save_confusion_matrix: expected (2, 2) non-negative counts, got {confusion}")
   fig, (ax,) = _new_figure(4, 3.6)
   total = max(int(confusion.sum()), 1)
@@ -215,8 +211,17 @@ def save_extremes_scatter(embedding: Mapping[str, np.ndarray], path: str | os.Pa
 
   Returns:
     The path written.
+
+  Raises:
+    ValueError: an embedding without the arrays `embed_extremes` returns, or of mismatched shapes.
   """
+  missing = sorted({"embedding", "is_best", "explained_variance_ratio"} - set(embedding))
+  if missing:
+    raise ValueError(f"save_extremes_scatter: the embedding lacks {missing}; pass what embed_extremes returns")
   points, best = np.asarray(embedding["embedding"]), np.asarray(embedding["is_best"], bool)
+  if points.ndim != 2 or points.shape[1] < 2 or best.shape != points.shape[:1]:
+    raise ValueError(f"save_extremes_scatter: expected embedding (N, 2) and is_best (N,), got {points.shape} and "
+                     f"{best.shape}")
   ratio = np.asarray(embedding["explained_variance_ratio"])
   fig, (ax,) = _new_figure(5, 4.5)
   ax.scatter(points[best, 0], points[best, 1], s=10, alpha=0.7, label=f"best {int(best.sum())}")

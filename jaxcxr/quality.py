@@ -56,9 +56,20 @@ def _generate(graphdef, state, key, cond):
 
 
 def generate_from_conditions(generator: Generator, key: jax.Array, cond: np.ndarray) -> np.ndarray:
-  """uint8 (N, R, R) images for explicit condition vectors (N, len(conditions)), one call."""
+  """uint8 (N, R, R) images for explicit condition vectors (N, len(conditions)), one call.
+
+  Raises:
+    ValueError: cond that is not a finite real (N, len(generator.config.conditions)) array.
+  """
+  cond = np.asarray(cond)
+  width = len(generator.config.conditions)
+  if cond.dtype.kind not in "biuf" or cond.ndim != 2 or cond.shape[1] != width:
+    raise ValueError(f"generate_from_conditions: expected real cond of shape (N, {width}) for conditions "
+                     f"{generator.config.conditions}, got {cond.dtype} {cond.shape}")
+  if not np.isfinite(cond).all():
+    raise ValueError("generate_from_conditions: cond contains NaN or inf")
   graphdef, state = nnx.split(generator)
-  return np.asarray(_generate(graphdef, state, key, jnp.asarray(cond)))
+  return np.asarray(_generate(graphdef, state, key, jnp.asarray(cond, jnp.float32)))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

@@ -218,8 +218,9 @@ def high_frequency_share(images: np.ndarray, *, batch_size: int = 64) -> float:
     The mean share over images, a Python float in [0, 1].
   """
   images = np.asarray(images)
-  if images.ndim != 3 or len(images) == 0:
-    raise data.DataError(f"high-frequency share: expected images of shape (N, H, W) with N > 0, got {images.shape}")
+  if images.ndim != 3 or len(images) == 0 or images.dtype != np.uint8:
+    raise data.DataError(f"high-frequency share: expected uint8 images of shape (N, H, W) with N > 0, got "
+                         f"{images.dtype} {images.shape}")
   h, w = images.shape[1:]
   radius = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
   high, non_dc = radius > HIGH_FREQUENCY, radius > 0

@@ -5,6 +5,9 @@
   collected or a limit is hit, keeps the valid images in index order and assembles the
   result (counters, rates, progress lines). The pre-filtered sampler
   (`jaxcxr.prefilter.sample_valid`) runs its rounds through it too.
+* `SampleJournal`: a run's progress in its output folder (the kept images as PNGs, the
+  counters), so that `run_rounds` killed at any moment resumes where it was and returns
+  what an uninterrupted run returns (`jaxcxr sample` uses it).
 * Unfiltered sampling (plain post-filtering): `sample_valid`, whose round
   (`UnfilteredRound`) generates and post-scores the next `batch_size` consecutive latent
   indices in one compiled call (`scoring.generate_and_score_batch`, every slot used), and
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import pathlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +37,7 @@ from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.scoring import SCORE_NAMES
 
 __all__ = [
+    "SampleJournal",
     "TRACE_COUNTS",
     "UnfilteredRound",
     "check_label",
@@ -48,12 +54,19 @@ __all__ = [
 TRACE_COUNTS: dict[str, int] = {"generate_and_score_round": 0}
 
 
-def check_limits(k: int, max_rounds: int) -> None:
-  """Raises ValueError for k < 0 or max_rounds < 1 (the messages name `sample_valid`)."""
-  if k < 0:
-    raise ValueError(f"sample_valid: k must be >= 0, got {k}")
-  if max_rounds < 1:
-    raise ValueError(f"sample_valid: max_rounds must be >= 1, got {max_rounds}")
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_limits(k: int, max_rounds: int, max_generated: int | None = None) -> None:
+  """Raises ValueError unless k >= 0, max_rounds >= 1 and max_generated (if given) >= 0 are integers (the
+  messages name `sample_valid`)."""
+  if not _is_int(k) or k < 0:
+    raise ValueError(f"sample_valid: k must be an integer >= 0, got {k!r}")
+  if not _is_int(max_rounds) or max_rounds < 1:
+    raise ValueError(f"sample_valid: max_rounds must be an integer >= 1, got {max_rounds!r}")
+  if max_generated is not None and (not _is_int(max_generated) or max_generated < 0):
+    raise ValueError(f"sample_valid: max_generated must be None or an integer >= 0, got {max_generated!r}")
 
 
 def check_label(generator, label: int) -> None:
@@ -93,13 +106,75 @@ def round_inputs(scorer, generator, key: jax.Array, group: str, label: int, batc
           "key": key}
 
 
+class SampleJournal:
+  """The progress of one sampling run kept in its output folder, so that a killed run resumes exactly.
+
+  After each round `run_rounds` calls `record`: the round's kept images are written as
+  `PREFIX_IIIII.png` (I the image's rank among the kept ones, the file names of `jaxcxr
+  sample`), then the counters and the z, latent index and scores of every kept image so far
+  (`PROGRESS_FILE`, an npz), each file atomically. `restore` reads them back, the images
+  from the PNGs (lossless), and `run_rounds` continues from the saved latent counter. A round
+  is a function of its start index alone, so the resumed run returns what an uninterrupted
+  one returns (the "seconds" of both runs added up).
+  """
+
+  PROGRESS_FILE = ".jaxcxr_sample_progress.npz"
+
+  def __init__(self, folder: str | os.PathLike, prefix: str):
+    self.folder = pathlib.Path(folder)
+    self.prefix = prefix
+    self._kept: dict[str, Any] | None = None
+
+  def image_path(self, i: int) -> pathlib.Path:
+    """The PNG of the i-th kept image."""
+    return self.folder / f"{self.prefix}_{i:05d}.png"
+
+  def restore(self) -> dict[str, Any] | None:
+    """{"counters": {...}, "kept": {"images", "z", "index", "scores"}} saved by `record`, or None."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    path = self.folder / self.PROGRESS_FILE
+    if not path.is_file():
+      return None
+    with np.load(path, allow_pickle=False) as saved:
+      counters = {name: int(saved[name]) for name in _COUNTERS}
+      counters["seconds"] = float(saved["seconds"])
+      self._kept = {"z": saved["z"], "index": saved["index"],
+                    "scores": {name: saved[f"score_{name}"] for name in SCORE_NAMES}}
+    images = [np.asarray(Image.open(self.image_path(i))) for i in range(counters["n_kept"])]
+    return {"counters": counters, "kept": {**self._kept, "images": np.stack(images) if images else None}}
+
+  def record(self, counters: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Writes the round's newly kept images (from rank counters["n_kept"] - len(new images)), then the progress."""
+    from jaxcxr import io as io_lib  # pylint: disable=g-import-not-at-top
+
+    first = int(counters["n_kept"]) - len(new["images"])
+    for i, image in enumerate(new["images"]):
+      io_lib.save_png(self.image_path(first + i), image)
+    new = {k: new[k] for k in ("z", "index", "scores")}
+    self._kept = new if self._kept is None else jax.tree.map(lambda *parts: np.concatenate(parts), self._kept, new)
+    io_lib.save_npz(self.folder / self.PROGRESS_FILE, {
+        **{name: np.asarray(counters[name], np.int64) for name in _COUNTERS},
+        "seconds": np.asarray(counters["seconds"], np.float64), "z": self._kept["z"], "index": self._kept["index"],
+        **{f"score_{n}": self._kept["scores"][n] for n in SCORE_NAMES}})
+
+  def finish(self) -> None:
+    """Removes the progress file (the run is complete; the PNGs stay)."""
+    (self.folder / self.PROGRESS_FILE).unlink(missing_ok=True)
+
+
+_COUNTERS = ("n_kept", "n_drawn", "n_generated", "n_valid_seen", "rounds")
+
+
 def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str, *, resolution: int,
                latent_dim: int, pool_size: int, accept_size: int, max_rounds: int = 10_000,
-               max_generated: int | None = None, progress: bool = False) -> dict[str, Any]:
+               max_generated: int | None = None, progress: bool = False,
+               journal: SampleJournal | None = None) -> dict[str, Any]:
   """Runs compiled rounds from latent index 0 until `k` valid images are collected or a limit is hit.
 
   Each round is `round_fn(start)`; the next round starts at `start + consumed`. The host
   only collects valid images (in the round's slot order, the index order) and stops at `k`.
+  With a `journal`, the progress is saved after each round and a saved one is continued.
 
   Args:
     round_fn: callable(start: int) -> mapping of (device) arrays for the latents from index
@@ -115,17 +190,29 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
     max_rounds: give up after this many rounds.
     max_generated: give up once this many images were generated (default no limit).
     progress: one line per round on stderr.
+    journal: a `SampleJournal` to save the progress to after each round and to resume from.
 
   Returns:
     The dict `sample_valid` documents.
 
   Raises:
-    ValueError: k < 0 or max_rounds < 1.
+    ValueError: k < 0, max_rounds < 1 or max_generated < 0 (or not integers).
   """
-  check_limits(k, max_rounds)
+  check_limits(k, max_rounds, max_generated)
   t0 = time.perf_counter()
   kept: list[dict] = []
   n_kept = n_drawn = n_generated = n_valid_seen = rounds = 0
+  previous_seconds = 0.0
+  saved = journal.restore() if journal is not None else None
+  if saved is not None:
+    n_kept, n_drawn, n_generated, n_valid_seen, rounds = (saved["counters"][name] for name in _COUNTERS)
+    previous_seconds = saved["counters"]["seconds"]
+    if n_kept:
+      kept.append(saved["kept"])
+    if progress:
+      import sys  # pylint: disable=g-import-not-at-top
+
+      print(f"sample {group}: resumed at round {rounds}, {n_kept}/{k} valid", file=sys.stderr, flush=True)
   while n_kept < k and rounds < max_rounds and (max_generated is None or n_generated < max_generated):
     out = jax.device_get(round_fn(n_drawn))
     rounds += 1
@@ -137,12 +224,15 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
     kept.append({"images": out["images"][take], "z": out["z"][take], "index": out["index"][take],
                  "scores": {name: v[take] for name, v in out["scores"].items()}})
     n_kept += take.size
+    if journal is not None:
+      counters = dict(zip(_COUNTERS, (n_kept, n_drawn, n_generated, n_valid_seen, rounds)))
+      journal.record({**counters, "seconds": previous_seconds + time.perf_counter() - t0}, kept[-1])
     if progress:
       import sys  # pylint: disable=g-import-not-at-top
 
       print(f"sample {group}: round {rounds}, {n_kept}/{k} valid, {n_generated} generated of {n_drawn} latents "
             f"drawn", file=sys.stderr, flush=True)
-  seconds = time.perf_counter() - t0
+  seconds = previous_seconds + time.perf_counter() - t0
   merged = (jax.tree.map(lambda *parts: np.concatenate(parts), *kept) if kept else
             {"images": np.zeros((0, resolution, resolution), np.uint8),
              "z": np.zeros((0, latent_dim), np.float32), "index": np.zeros((0,), np.int32),
@@ -187,7 +277,14 @@ def pool_size_for(accept_size: int, acceptance: float | None) -> int:
   """Latents per filtered round: accept_size x ceil(2 / acceptance), at most 32x (an unknown rate counts as 1/32).
 
   A pool then usually holds twice the accepted latents a round needs.
+
+  Raises:
+    ValueError: accept_size < 1, or an acceptance outside [0, 1].
   """
+  if not _is_int(accept_size) or accept_size < 1:
+    raise ValueError(f"accept_size must be an integer >= 1, got {accept_size!r}")
+  if acceptance is not None and not 0.0 <= acceptance <= 1.0:   # also refuses NaN
+    raise ValueError(f"pool_size_for: acceptance must be None or a fraction in [0, 1], got {acceptance!r}")
   acceptance = acceptance or 1.0 / 32
   return accept_size * min(32, max(1, math.ceil(2.0 / max(acceptance, 1.0 / 32))))
 
@@ -219,8 +316,8 @@ class UnfilteredRound:
 
   def __init__(self, scorer, generator, key: jax.Array, group: str, label: int, batch_size: int):
     check_label(generator, label)
-    if batch_size < 1:
-      raise ValueError(f"sample_valid: batch_size must be >= 1, got {batch_size}")
+    if not _is_int(batch_size) or batch_size < 1:
+      raise ValueError(f"sample_valid: batch_size must be an integer >= 1, got {batch_size!r}")
     inputs = round_inputs(scorer, generator, key, group, label, batch_size)
     self.models, self.states, self.calibration = inputs["models"], inputs["states"], inputs["calibration"]
     self.batch_sharding, self.cond, self.key = inputs["batch_sharding"], inputs["cond"], inputs["key"]
@@ -243,7 +340,7 @@ def warm_up_sampler(scorer, generator, key: jax.Array, group: str, *, label: int
 
 def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label: int = 0,
                  batch_size: int | None = None, max_rounds: int = 10_000, max_generated: int | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, journal: SampleJournal | None = None) -> dict[str, Any]:
   """Post-filtered sampling without a pre-filter: exactly `k` valid images, the first valid latent indices.
 
   Each round is ONE compiled call (same shapes every round, so it compiles once per
@@ -264,6 +361,7 @@ def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label
     max_rounds: give up after this many rounds.
     max_generated: give up once this many images were generated (default no limit).
     progress: one line per round on stderr.
+    journal: a `SampleJournal`: save the progress after each round, resume a saved one.
 
   Returns:
     {"images": uint8 (n_valid, G, G) valid images in index order, "z": float32 (n_valid,
@@ -294,9 +392,9 @@ def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label
     >>> bool(found["index"][0] < found["index"][1]) and found["n_generated"] >= 2
     True
   """
-  check_limits(k, max_rounds)
+  check_limits(k, max_rounds, max_generated)
   batch_size = batch_size if batch_size is not None else scorer.config.batch_size
   caller = UnfilteredRound(scorer, generator, key, group, label, batch_size)
   return run_rounds(caller, k, group, resolution=generator.config.resolution, latent_dim=generator.config.latent_dim,
                     pool_size=batch_size, accept_size=batch_size, max_rounds=max_rounds,
-                    max_generated=max_generated, progress=progress)
+                    max_generated=max_generated, progress=progress, journal=journal)

@@ -52,6 +52,7 @@ import functools
 import json
 import os
 import pathlib
+import zipfile
 from typing import Any, NamedTuple
 
 import jax
@@ -61,7 +62,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcxr import io as io_lib
-from jaxcxr.batching import map_batches
+from jaxcxr.batching import default_chunk, in_chunks, map_batches
 from jaxcxr.explain import grad_cam_pure
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.condition import group_condition_batch
@@ -176,7 +177,15 @@ def thresholds_at(reference: dict[str, Any], atlas: Any, strictness: float) -> C
       (linear interpolation, as `np.percentile`; q = 0.05 gives the standard calibration).
   """
   q = float(strictness)
+  if not 0.0 < q < 1.0:
+    raise ValueError(f"thresholds_at: strictness must be a fraction in (0, 1), got {strictness!r}")
+  missing = sorted(set(REFERENCE_MEASURES) - set(reference))
+  if missing:
+    raise ValueError(f"thresholds_at: reference measures lack {missing}; expected {sorted(REFERENCE_MEASURES)}")
   r = {name: np.asarray(reference[name], np.float64) for name in REFERENCE_MEASURES}
+  if any(v.ndim != 1 or v.size == 0 or not np.isfinite(v).all() for v in r.values()):
+    raise ValueError(f"thresholds_at: expected non-empty finite (N,) reference measures, got shapes "
+                     f"{ {k: v.shape for k, v in r.items()} }")
   quantile = lambda name, p: np.float32(np.quantile(r[name], p))
   return Calibration(np.asarray(atlas, np.float32), shape_min=quantile("shape", q),
                      symmetry_min=quantile("symmetry", q), log_ratio_min=quantile("log_ratio", q / 2),
@@ -199,8 +208,10 @@ def resolve_strictness(strictness: str | float, levels: dict[str, float]) -> flo
       q = float(strictness)
     except ValueError:
       raise ValueError(f"strictness {strictness!r}: expected {accepted}") from None
-  else:
+  elif isinstance(strictness, (int, float, np.integer, np.floating)) and not isinstance(strictness, bool):
     q = float(strictness)
+  else:
+    raise ValueError(f"strictness {strictness!r}: expected {accepted}")
   if not lo <= q <= hi:   # also refuses NaN
     raise ValueError(f"strictness {strictness!r}: expected {accepted}")
   return q
@@ -285,11 +296,15 @@ def symmetry_features(labels: jax.Array, dilation: int = 5) -> jax.Array:
     the same after dilation. A mirror-symmetric mask gives (1, 1, 0, 1, 1, 0).
 
   Raises:
-    ValueError: for labels that are not (B, H, W) with even W, or a dilation that is not
-      a positive odd integer.
+    ValueError: for labels that are not integer (B, H, W) with even W, or a dilation that is
+      not a positive odd integer.
   """
   dilation = _check_dilation(dilation)
-  w = labels.shape[-1]
+  if not isinstance(labels, jax.Array):
+    labels = np.asarray(labels)
+  if labels.dtype != bool and not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"symmetry_features: expected integer label maps, got dtype {labels.dtype}")
+  w = labels.shape[-1] if labels.ndim else 0
   if labels.ndim != 3 or w % 2:
     raise ValueError(f"symmetry_features: expected label maps (B, H, W) with even W, got {labels.shape}")
   m = (labels > 0).astype(jnp.float32)
@@ -334,7 +349,14 @@ def score_from_measures(measures: dict[str, jax.Array], calibration: Calibration
 
   Returns:
     ({name: float32 (B,)} in `SCORE_NAMES`, bool (B,) valid).
+
+  Raises:
+    ValueError: measures missing one of those the scores need.
   """
+  missing = sorted({"shape", "symmetry", "log_ratio", "abnormal_logit", "maxheat", "area_right", "area_left"}
+                   - set(measures))
+  if missing:
+    raise ValueError(f"score_from_measures: the measures lack {missing}; pass a `ScoreResult.measures`")
   c = calibration
   lr = measures["log_ratio"]
   any_lung = (measures["area_right"] + measures["area_left"]) > 0
@@ -377,6 +399,12 @@ def score_batch(models, states, calibration, x, config: ScoringConfig, keep_maps
   Returns:
     {"scores": {name: (B,)}, "features": (B, 6), "valid": (B,), "measures": {...}} (+ maps).
   """
+  return in_chunks(lambda x: _score_items(models, states, calibration, x, config, keep_maps), x,
+                   chunk=default_chunk())
+
+
+def _score_items(models, states, calibration, x, config: ScoringConfig, keep_maps: bool):
+  """`score_batch` on every image at once (each image's result depends on that image only)."""
   unet = nnx.merge(models[0], states[0])
   classifier = nnx.merge(models[1], states[1])
   labels, features, measures, heatmap = _measure(unet, classifier, calibration.atlas, x, config)
@@ -416,13 +444,18 @@ def generate_and_score_batch(models, states, calibration, z, cond, config: Scori
   Returns:
     `score_batch`'s dict plus "z" (and "images").
   """
-  images = nnx.merge(models[2], states[2])(z, cond)                                  # (B, G, G, 1) in [-1, 1]
-  x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
-  out = score_batch(models[:2], states[:2], calibration, x, config, keep_maps)
-  out["z"] = z
-  if keep_images:
-    out["images"] = jnp.round(x[..., 0] * 255.0).astype(jnp.uint8)
-  return out
+
+  def items(z, cond):
+    images = nnx.merge(models[2], states[2])(z, cond)                                # (B, G, G, 1) in [-1, 1]
+    x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
+    out = _score_items(models[:2], states[:2], calibration, x, config, keep_maps)
+    out["z"] = z
+    if keep_images:
+      out["images"] = jnp.round(x[..., 0] * 255.0).astype(jnp.uint8)
+    return out
+
+  # A few images at a time on a CPU (`batching.in_chunks`): the same results, faster.
+  return in_chunks(items, z, cond, chunk=default_chunk())
 
 
 @functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps", "keep_images"))
@@ -462,6 +495,15 @@ def _to_unit_square(images: Any) -> np.ndarray:
     return as_unit_images(images)[..., None]
   except ValueError as e:
     raise ValueError(f"score: {e}") from e
+
+
+def _replace_config(config: ScoringConfig, changes: dict[str, Any]) -> ScoringConfig:
+  """`dataclasses.replace(config, **changes)`, ValueError (naming the fields) for an unknown field."""
+  unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ScoringConfig)})
+  if unknown:
+    raise ValueError(f"unknown ScoringConfig field(s) {unknown}; expected some of "
+                     f"{[f.name for f in dataclasses.fields(ScoringConfig)]}")
+  return dataclasses.replace(config, **changes)
 
 
 def _result(out: dict) -> ScoreResult:
@@ -531,7 +573,7 @@ class Scorer:
 
   def with_config(self, **changes) -> Scorer:
     """A scorer with the same models and calibration and a changed config (e.g. dtype="bfloat16")."""
-    return Scorer(self.unet, self.classifier, self.calibration, dataclasses.replace(self.config, **changes),
+    return Scorer(self.unet, self.classifier, self.calibration, _replace_config(self.config, changes),
                   provenance=self.provenance, reference=self.reference, levels=self.levels,
                   strictness=self.strictness)
 
@@ -583,8 +625,11 @@ class Scorer:
   def scores_at(self, measures: dict[str, Any], strictness: str | float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(scores {name: (N,)}, valid bool (N,)) of scored images (their `ScoreResult.measures`) at another
     strictness, on the host (no device work: bisections and reports call it many times)."""
-    scores, valid = score_from_measures({k: np.asarray(v) for k, v in measures.items()},
-                                        self._calibration_at(strictness)[1])
+    measures = {k: np.asarray(v) for k, v in measures.items()}
+    if len({v.shape for v in measures.values()}) > 1 or any(v.ndim != 1 for v in measures.values()):
+      shapes = {k: v.shape for k, v in measures.items()}
+      raise ValueError(f"scores_at: expected measures of one shape (N,), got {shapes}")
+    scores, valid = score_from_measures(measures, self._calibration_at(strictness)[1])
     return {k: np.asarray(v, np.float32) for k, v in scores.items()}, np.asarray(valid, bool)
 
   def valid_at(self, measures: dict[str, Any], strictness: str | float) -> np.ndarray:
@@ -635,7 +680,8 @@ class Scorer:
       `GenerationResult`.
 
     Raises:
-      jaxcxr.data.DataError: unknown group. ValueError: n < 0 or a label the generator lacks.
+      jaxcxr.data.DataError: unknown group. ValueError: n or start not an integer >= 0, or a label the
+        generator lacks.
 
     Examples:
       Every image, valid or not, with its scores (`jaxcxr.sample_valid` keeps the valid ones):
@@ -645,8 +691,9 @@ class Scorer:
       >>> out = pre.scorer.generate_and_score(pre.generator, jax.random.key(0), 8, "58_64f")  # doctest: +SKIP
       >>> out.images.shape, out.result.valid.mean(), out.result.scores["score_shape"]         # doctest: +SKIP
     """
-    if n < 0:
-      raise ValueError(f"generate_and_score: n must be >= 0, got {n}")
+    for name, value in (("n", n), ("start", start)):
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"generate_and_score: {name} must be an integer >= 0, got {value!r}")
     cfg = generator.config
     if "label" not in cfg.conditions and label != 0:
       raise ValueError(f"generate_and_score: this generator is not conditioned on the label; got label={label}")
@@ -671,15 +718,9 @@ class Scorer:
     """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    import io  # pylint: disable=g-import-not-at-top
-
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, atlas=np.asarray(self.calibration.atlas, np.float32))
-    io_lib.write_bytes_atomic(directory / ATLAS_FILE, buffer.getvalue())
+    io_lib.save_npz(directory / ATLAS_FILE, {"atlas": np.asarray(self.calibration.atlas, np.float32)}, compressed=True)
     if self.reference is not None:
-      buffer = io.BytesIO()
-      np.savez_compressed(buffer, **self.reference)
-      io_lib.write_bytes_atomic(directory / REFERENCE_FILE, buffer.getvalue())
+      io_lib.save_npz(directory / REFERENCE_FILE, self.reference, compressed=True)
     payload = {"config": dataclasses.asdict(self.config),
                "thresholds": {n: float(getattr(self.calibration, n)) for n in THRESHOLD_NAMES},
                "strictness": self.strictness,
@@ -712,7 +753,10 @@ def calibrate(unet: UNet, classifier: Classifier, normal_images: Any, config: Sc
   Raises:
     ValueError: fewer than 20 images, or images of a bad form.
   """
-  n = np.asarray(normal_images).shape[0]
+  shape = np.shape(normal_images)
+  if len(shape) not in (3, 4):
+    raise ValueError(f"calibrate: expected images (N, S, S) or (N, S, S, 1), got shape {shape}")
+  n = shape[0]
   if n < 20:
     raise ValueError(f"calibrate: need at least 20 real normal images for percentiles, got {n}")
   a = config.atlas_size
@@ -773,6 +817,12 @@ def shipped_scoring() -> pathlib.Path:
                                     "`jaxcxr calibrate`")
 
 
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """The arrays of an npz file (no pickles); the handle is ours to close, as np.load leaks its own on a bad zip."""
+  with open(path, "rb") as file, np.load(file, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
 def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | os.PathLike | None = None,
                 classifier_dir: str | os.PathLike | None = None, strictness: str | float = "standard",
                 **config_changes) -> Scorer:
@@ -799,23 +849,25 @@ def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | o
   directory = pathlib.Path(directory) if directory is not None else shipped_scoring()
   try:
     payload = json.loads((directory / CALIBRATION_FILE).read_text(encoding="utf-8"))
-    with np.load(directory / ATLAS_FILE, allow_pickle=False) as f:
-      atlas = np.asarray(f["atlas"], np.float32)
+    atlas = np.asarray(_read_npz(directory / ATLAS_FILE)["atlas"], np.float32)
     reference = None
     if (directory / REFERENCE_FILE).exists():
-      with np.load(directory / REFERENCE_FILE, allow_pickle=False) as f:
-        reference = {name: np.asarray(f[name], np.float32) for name in REFERENCE_MEASURES}
+      arrays = _read_npz(directory / REFERENCE_FILE)
+      reference = {name: np.asarray(arrays[name], np.float32) for name in REFERENCE_MEASURES}
     config = ScoringConfig(**payload["config"])
     thresholds = [np.float32(payload["thresholds"][name]) for name in THRESHOLD_NAMES]
     provenance = payload.get("provenance", {})
+    for role, override in (("unet", unet_dir), ("classifier", classifier_dir)):
+      if not isinstance(provenance, dict) or (override is None and not isinstance(provenance.get(role), str)):
+        raise KeyError(f"provenance.{role}: the {role} checkpoint it was calibrated with")
     levels = {name: float(q) for name, q in payload.get("levels", {}).items()}
     saved_strictness = float(payload.get("strictness", STANDARD_STRICTNESS))
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
     raise checkpoints.CheckpointError(f"{directory}: not a readable scoring calibration ({e})") from e
   fixed = {"mask_size", "dilation", "atlas_size"} & set(config_changes)
   if fixed:
     raise ValueError(f"load_scorer: {sorted(fixed)} are fixed by the calibration and cannot be changed")
-  config = dataclasses.replace(config, **config_changes)
+  config = _replace_config(config, config_changes)
   models = {}
   for role, override, loader in (("unet", unet_dir, load_unet), ("classifier", classifier_dir, load_classifier)):
     path = pathlib.Path(override) if override is not None else checkpoints.checkpoints_root() / provenance[role]
@@ -825,8 +877,11 @@ def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | o
                                         f"with (model id {checkpoints.model_id(path)} != {expected}); re-run "
                                         "calibration")
     models[role] = loader(path)
-  scorer = Scorer(models["unet"], models["classifier"], Calibration(atlas, *thresholds), config,
-                  provenance=provenance, reference=reference, levels=levels, strictness=saved_strictness)
+  try:
+    scorer = Scorer(models["unet"], models["classifier"], Calibration(atlas, *thresholds), config,
+                    provenance=provenance, reference=reference, levels=levels, strictness=saved_strictness)
+  except ValueError as e:          # the calibration's parts do not fit together
+    raise checkpoints.CheckpointError(f"{directory}: not a consistent scoring calibration ({e})") from e
   return scorer.at_strictness(strictness)
 
 
@@ -852,7 +907,8 @@ def fit_symmetry_postfilter(features: Any, y: Any, *, n_folds: int = 3, seed: in
     "accuracy_std", "n", "n_positive", "estimator" (refitted on all data)}.
 
   Raises:
-    ValueError: wrong feature shape, or fewer than `n_folds` examples of a class.
+    ValueError: wrong feature shape, non-finite features, non-binary y, n_folds < 2, or fewer than
+      `n_folds` examples of a class.
   """
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import GridSearchCV, StratifiedKFold  # pylint: disable=g-import-not-at-top
@@ -860,11 +916,17 @@ def fit_symmetry_postfilter(features: Any, y: Any, *, n_folds: int = 3, seed: in
   from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
   from sklearn.tree import DecisionTreeClassifier  # pylint: disable=g-import-not-at-top
 
-  x = np.asarray(features, np.float64)
-  y = np.asarray(y).astype(bool)
-  if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES) or y.shape != (x.shape[0],):
-    raise ValueError(f"fit_symmetry_postfilter: expected features (N, {len(FEATURE_NAMES)}) and y (N,), got "
-                     f"{x.shape} and {y.shape}")
+  x, y = np.asarray(features), np.asarray(y)
+  if x.dtype.kind not in "biuf" or x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES) or y.shape != x.shape[:1]:
+    raise ValueError(f"fit_symmetry_postfilter: expected real features (N, {len(FEATURE_NAMES)}) and y (N,), got "
+                     f"{x.dtype} {x.shape} and {y.shape}")
+  if not np.isfinite(x.astype(np.float64)).all():
+    raise ValueError("fit_symmetry_postfilter: features contain NaN or inf")
+  if y.dtype.kind not in "biuf" or not np.isin(y, (0, 1)).all():
+    raise ValueError("fit_symmetry_postfilter: y must hold binary labels (bool or 0/1)")
+  if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+    raise ValueError(f"fit_symmetry_postfilter: n_folds must be an integer >= 2, got {n_folds!r}")
+  x, y = x.astype(np.float64), y.astype(bool)
   counts = (int((~y).sum()), int(y.sum()))
   if min(counts) < n_folds:
     raise ValueError(f"fit_symmetry_postfilter: need at least {n_folds} examples of each class, got "

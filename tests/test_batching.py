@@ -77,3 +77,27 @@ def test_put_places_every_leaf():
 def test_bad_input_raises(arrays, batch_size):
   with pytest.raises(ValueError, match="map_batches"):
     map_batches(lambda a: a, arrays, batch_size)
+
+
+def test_in_chunks_equals_one_call_for_independent_items():
+  from jaxcxr.batching import in_chunks  # pylint: disable=g-import-not-at-top
+
+  def fn(x, y):  # per item: its own norm, a matmul and a pytree output
+    h = x @ jnp.ones((3, 2)) + y["b"][:, None]
+    return {"h": h / jnp.linalg.norm(h, axis=1, keepdims=True), "s": h.sum(axis=1)}
+
+  x = jnp.arange(36.0).reshape(12, 3)
+  y = {"b": jnp.arange(12.0)}
+  want = fn(x, y)
+  for chunk in (None, 1, 5, 12, 100):   # 5 does not divide 12: chunks of 4
+    got = jax.jit(lambda x, y, chunk=chunk: in_chunks(fn, x, y, chunk=chunk))(x, y)
+    np.testing.assert_allclose(got["h"], want["h"], rtol=1e-6)
+    np.testing.assert_allclose(got["s"], want["s"], rtol=1e-6)
+
+
+def test_cpu_chunk_setting_is_checked():
+  from jaxcxr import batching  # pylint: disable=g-import-not-at-top
+  assert batching._cpu_chunk("none") is None and batching._cpu_chunk("4") == 4  # pylint: disable=protected-access
+  for bad in ("0", "-1", "two", ""):
+    with pytest.raises(ValueError, match="JAXCXR_CPU_CHUNK"):
+      batching._cpu_chunk(bad)  # pylint: disable=protected-access

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pathlib
 import re
 
 import jax
@@ -371,6 +372,11 @@ def test_train_checkpointer_ignores_incomplete_tmp_step(tmp_path):
     restored = ckpt.restore(jax.eval_shape(lambda: state))
     np.testing.assert_array_equal(restored["w"], state["w"])
     np.testing.assert_array_equal(jax.random.key_data(restored["key"]), jax.random.key_data(state["key"]))
+    # The resumed run saves step 2 again: orbax replaces the unfinished folder, then renames it into place.
+    ckpt.save(2, {**state, "w": state["w"] + 1})
+  with TrainCheckpointer(directory) as ckpt:
+    assert ckpt.all_steps() == [1, 2] and not (directory / "2.orbax-checkpoint-tmp").exists()
+    np.testing.assert_array_equal(ckpt.restore(jax.eval_shape(lambda: state))["w"], state["w"] + 1)
 
 
 def test_train_checkpointer_mismatch_and_empty(tmp_path):
@@ -403,3 +409,94 @@ def test_train_checkpointer_close_waits(tmp_path):
     assert reopened.latest_step() == 1
   with pytest.raises(CheckpointError, match="closed"):
     ckpt.save(2, {"w": jnp.ones((64, 64))})
+
+
+def test_train_checkpointer_checks_its_manifest_before_restoring(tmp_path):
+  state = {"w": jnp.arange(3000.0), "step": jnp.int32(2)}
+  with TrainCheckpointer(tmp_path / "t") as ckpt:
+    ckpt.save(2, state)
+  step_dir = tmp_path / "t" / "2"
+  manifest = json.loads((step_dir / "jaxcxr_manifest.json").read_text())
+  assert manifest["format"] == "jaxcxr.train/1" and any(name.startswith("state/") for name in manifest["files"])
+  data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  target = max(data_files, key=lambda p: p.stat().st_size)
+  flipped = bytearray(target.read_bytes())
+  flipped[len(flipped) // 2] ^= 0x01                  # orbax alone would restore a wrong value silently
+  target.write_bytes(bytes(flipped))
+  with TrainCheckpointer(tmp_path / "t") as ckpt:
+    with pytest.raises(CheckpointError, match=re.escape(str(step_dir)) + ".*does not match its SHA-256: expected"):
+      ckpt.restore(jax.eval_shape(lambda: state))
+  for p in data_files:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+  with TrainCheckpointer(tmp_path / "t") as ckpt:
+    with pytest.raises(CheckpointError, match=re.escape(str(step_dir)) + r".*has \d+ bytes, expected \d+"):
+      ckpt.restore(jax.eval_shape(lambda: state))
+  # A step without a manifest (killed between orbax's commit and the manifest, or an older jaxcxr) restores unchecked.
+  with TrainCheckpointer(tmp_path / "u") as ckpt:
+    ckpt.save(4, state)
+  (tmp_path / "u" / "4" / "jaxcxr_manifest.json").unlink()
+  with TrainCheckpointer(tmp_path / "u") as ckpt:
+    np.testing.assert_array_equal(ckpt.restore(jax.eval_shape(lambda: state))["w"], state["w"])
+
+
+# ----------------------------------------------------------------------------- through the command line
+
+
+def _corrupt_truncate(path):
+  for p in array_data_files(path):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _corrupt_flip(path):
+  target = max(array_data_files(path), key=lambda p: p.stat().st_size)
+  data = bytearray(target.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  target.write_bytes(bytes(data))
+
+
+def _corrupt_config(path):
+  # A config that does not match the saved weights (wider blocks than were trained).
+  config_file = path / "config" / "metadata"
+  config = json.loads(config_file.read_text())
+  config["base_channels"] *= 2
+  config_file.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("corrupt, expected", [
+    (_corrupt_truncate, r"checkpoint is corrupt, file 'state/\S+' has \d+ bytes, expected \d+"),
+    (_corrupt_flip, r"checkpoint is corrupt, file 'state/\S+' does not match its SHA-256: expected [0-9a-f]{64} "
+                    r"\(from jaxcxr_manifest.json\), found [0-9a-f]{64}"),
+    (lambda p: array_data_files(p)[0].unlink(), r"checkpoint is corrupt, array file 'state/\S+' is missing"),
+    (lambda p: (p / "jaxcxr_manifest.json").unlink(), r"not a jaxcxr model checkpoint, missing \['jaxcxr_manifest"),
+    (_corrupt_config, r"leaf '\S+' has shape \(\d+,?\d*\) in the checkpoint but \(\d+,?\d*\) in the Generator built "
+                      r"from the config"),
+])
+def test_cli_reports_a_corrupt_checkpoint_in_one_line(tmp_path, capsys, corrupt, expected):
+  from jaxcxr import cli  # pylint: disable=g-import-not-at-top
+  from jaxcxr.config import gan_tiny  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.generator import Generator  # pylint: disable=g-import-not-at-top
+
+  generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(0))
+  path = checkpoints.save_model(tmp_path / "generator", generator, generator.config)
+  corrupt(path)
+  code = cli.main(["sample", "--group", "38_44f", "--n", "1", "--unfiltered", "--checkpoint", str(path), "--out",
+                   str(tmp_path / "out")])
+  captured = capsys.readouterr()
+  errors = [line for line in captured.err.splitlines() if line.startswith("jaxcxr: error:")]
+  assert code == 2 and captured.out == "" and "Traceback" not in captured.err and len(errors) == 1, captured.err
+  assert re.match("jaxcxr: error: " + re.escape(str(path)) + ": " + expected, errors[0]), errors[0]
+
+
+def test_cli_refuses_to_resume_a_checkpoint_of_another_run(tmp_path, capsys):
+  from jaxcxr import cli  # pylint: disable=g-import-not-at-top
+
+  fixture = pathlib.Path(__file__).parent / "data" / "nih_fixture.npz"
+  with TrainCheckpointer(tmp_path / "run" / "checkpoints") as ckpt:      # written for 5 training images, not 24
+    ckpt.save(2, {"step": jnp.int32(2)}, metadata={"n_images": 5})
+  code = cli.main(["train", "upsampler", "--data", str(fixture), "--preset", "upsampler_tiny", "--split", "all",
+                   "--out", str(tmp_path / "run"), "--resume"])
+  captured = capsys.readouterr()
+  errors = [line for line in captured.err.splitlines() if line.startswith("jaxcxr: error:")]
+  assert code == 2 and "Traceback" not in captured.err and len(errors) == 1, captured.err
+  assert errors[0].startswith(f"jaxcxr: error: {tmp_path / 'run' / 'checkpoints'}: cannot resume")
+  assert "'n_images': (5, 24)" in errors[0] and "expected the run's own inputs" in errors[0]

@@ -161,9 +161,10 @@ def test_hook_state_is_checkpointed_and_a_killed_run_resumes_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, state_b, state_a)
   assert meta_b["history"] == meta_a["history"]
 
-  # Resumed at the end: no call, the same state.
+  # Resumed at the end: no call, the same state, and the last call's metrics from the checkpoint.
   again = Trainer().run(tmp_path / "b", resume=True)
-  assert again.step == again.start_step == 6 and again.final == {} and again.last_metrics == {}
+  assert again.step == again.start_step == 6 and again.final == straight.final
+  jax.tree.map(np.testing.assert_array_equal, again.last_metrics, straight.last_metrics)
   jax.tree.map(np.testing.assert_array_equal, _host(again.state), _host(straight.state))
 
 

@@ -210,6 +210,9 @@ def prepare_images(images: Any, resolution: int) -> np.ndarray:
   H, W != R), or float (N, H, W) / (N, H, W, 1) already in [0, 1] (resized
   bilinearly with antialiasing when needed). Generator outputs in [-1, 1] must go
   through `jaxcxr.data.signed_to_unit` first.
+
+  Raises:
+    ValueError: other shapes or dtypes, or float images that are not finite or not in [0, 1].
   """
   images = np.asarray(images)
   if images.ndim == 3:
@@ -221,6 +224,12 @@ def prepare_images(images: Any, resolution: int) -> np.ndarray:
   if not np.issubdtype(images.dtype, np.floating):
     raise ValueError(f"expected uint8 or float images, got {images.dtype}")
   images = images.astype(np.float32)
+  if images.size and not np.isfinite(images).all():
+    raise ValueError("float images contain NaN or inf; replace them or drop those images first")
+  if images.size and (images.min() < -1e-3 or images.max() > 1.0 + 1e-3):
+    raise ValueError(f"float images must be in [0, 1], got range [{images.min():.3g}, {images.max():.3g}]; "
+                     "convert generator images with jaxcxr.data.signed_to_unit, 8-bit values by dividing by 255")
+  images = np.clip(images, 0.0, 1.0)
   if images.shape[1:3] != (resolution, resolution):
     images = np.asarray(jax.image.resize(images, (images.shape[0], resolution, resolution, 1), "linear",
                                          antialias=True))

@@ -331,7 +331,8 @@ def warm_up_cascade(scorer, generator, prefilter: CascadePrefilter, key: jax.Arr
 def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: jax.Array, k: int, group: str, *,
                          strategy: str = "youden", label: int = 0, pool_size: int | None = None,
                          accept_size: int | None = None, max_rounds: int = 10_000,
-                         max_generated: int | None = None, progress: bool = False) -> dict[str, Any]:
+                         max_generated: int | None = None, progress: bool = False,
+                         journal: sampling.SampleJournal | None = None) -> dict[str, Any]:
   """Cascade-filtered sampling: exactly `k` post-filter-valid images; unpromising base images never finished.
 
   As `jaxcxr.prefilter.sample_valid`, but each round judges its pool of latents by their
@@ -351,7 +352,7 @@ def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: ja
     label: 0 normal / 1 abnormal condition.
     pool_size: latents per round (default accept_size x ceil(2 / validation acceptance), at most 32x).
     accept_size: images finished per round (default the scorer's batch size).
-    max_rounds, max_generated, progress: as `jaxcxr.sampling.run_rounds`.
+    max_rounds, max_generated, progress, journal: as `jaxcxr.sampling.run_rounds`.
 
   Returns:
     `jaxcxr.sampling.run_rounds`'s dict.
@@ -361,9 +362,9 @@ def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: ja
       predictor, a level or strategy without a threshold, a label the generator lacks.
     jaxcxr.data.DataError: unknown group.
   """
-  sampling.check_limits(k, max_rounds)
+  sampling.check_limits(k, max_rounds, max_generated)
   pool_size, accept_size = default_cascade_round_sizes(scorer, prefilter, strategy, pool_size, accept_size)
   caller = _CascadeRound(scorer, generator, prefilter, key, group, label, strategy, pool_size, accept_size)
   return sampling.run_rounds(caller, k, group, resolution=generator.config.resolution,
                              latent_dim=generator.config.latent_dim, pool_size=pool_size, accept_size=accept_size,
-                             max_rounds=max_rounds, max_generated=max_generated, progress=progress)
+                             max_rounds=max_rounds, max_generated=max_generated, progress=progress, journal=journal)

@@ -186,7 +186,8 @@ def fit_latent_classifier(z: Any, y: Any, config: LatentClassifierConfig, *, imb
   z = _check_latents(z, config.latent_dim)
   y = _check_labels(y, both_classes=True)
   if y.shape[0] != z.shape[0]:
-    raise ValueError(f"fit_latent_classifier: {z.shape[0]} latents but {y.shape[0]} labels")
+    raise ValueError(f"fit_latent_classifier: expected one label per latent, got {z.shape[0]} latents but "
+                     f"{y.shape[0]} labels")
   n = z.shape[0]
   counts = np.bincount(y, minlength=2)
   rows = _bucket(n)
@@ -323,6 +324,8 @@ def latent_model_zoo(*, seed: int = 0, flax: bool = True, flax_steps: int = 1000
   Returns:
     dict name -> estimator, in the order above.
   """
+  if flax and (not isinstance(flax_steps, (int, np.integer)) or flax_steps < 1):
+    raise ValueError(f"latent_model_zoo: flax_steps must be an integer >= 1, got {flax_steps!r}")
   from sklearn.ensemble import RandomForestClassifier  # pylint: disable=g-import-not-at-top
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=g-import-not-at-top
@@ -373,6 +376,9 @@ def select_models(names: str | Sequence[str] | None = None, *, seed: int = 0) ->
   Raises:
     ValueError: an unknown name (listing the known ones) or an empty selection.
   """
+  if not (names is None or isinstance(names, str)
+          or (isinstance(names, Sequence) and all(isinstance(n, str) for n in names))):
+    raise ValueError(f"names: expected None, a comma-separated string or a sequence of model names, got {names!r}")
   zoo = latent_model_zoo(seed=seed)
   if names is None:
     names = DEFAULT_REPORT_MODELS

@@ -400,7 +400,7 @@ def embed_extremes(z: Any, score: Any, k: int, *, seed: int = 0) -> dict[str, np
   z, score = np.asarray(z, np.float64), np.asarray(score, np.float64)
   if z.ndim != 2 or z.shape[1] < 2 or score.shape != (z.shape[0],):
     raise ValueError(f"embed_extremes: expected z (N, D >= 2) and score (N,), got {z.shape} and {score.shape}")
-  if not 1 <= k <= z.shape[0] // 2:
+  if not isinstance(k, (int, np.integer)) or not 1 <= k <= z.shape[0] // 2:
     raise ValueError(f"embed_extremes: k must be in 1..{z.shape[0] // 2} (2k <= N = {z.shape[0]}), got {k}")
   if not (np.all(np.isfinite(z)) and np.all(np.isfinite(score))):
     raise ValueError("embed_extremes: z and score must be finite")

@@ -10,7 +10,6 @@ strictness helpers `scorer_id`, `records_at_strictness`, `records_at_scorer_leve
 
 from __future__ import annotations
 
-import io
 import os
 import pathlib
 import zipfile
@@ -21,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxcxr.data import GROUPS, DataError
-from jaxcxr.io import write_bytes_atomic
+from jaxcxr.io import save_npz
 from jaxcxr.scoring import SCORE_NAMES  # the five post-filter scores, each > 0 meaning good
 
 __all__ = [
@@ -221,9 +220,7 @@ def save_latent_dataset(path: str | os.PathLike, records: Mapping[str, Any], *,
             "generator_id": np.asarray(records["generator_id"], dtype=str),
             **{f"measure_{k}": v for k, v in records.get("measures", {}).items()},
             **{name: np.asarray(records[name], dtype=str) for name in ("scorer_id", "strictness") if name in records}}
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, **arrays)
-  return write_bytes_atomic(path, buffer.getvalue())
+  return save_npz(path, arrays, compressed=True)
 
 
 def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM) -> dict[str, Any]:
@@ -243,16 +240,17 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
   source = str(path)
   keys = ("z", "group", *SCORE_NAMES, "features", "valid", "generator_id")
   try:
-    loaded = np.load(path, allow_pickle=False)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-      raise _fail(source, "expected an npz archive of a latent dataset, got a single .npy array")
-    with loaded as npz:
-      missing = [k for k in keys if k not in npz.files]
-      if missing:
-        raise _fail(source, f"not a latent dataset: missing array(s) {missing}; expected {list(keys)}")
-      arrays = {k: npz[k] for k in keys}
-      measures = {k: npz[f"measure_{k}"] for k in MEASURE_NAMES if f"measure_{k}" in npz.files}
-      tags = {name: npz[name] for name in ("scorer_id", "strictness") if name in npz.files}
+    with open(path, "rb") as f:     # ours to close: np.load leaks its own handle on a corrupt zip
+      loaded = np.load(f, allow_pickle=False)
+      if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise _fail(source, "expected an npz archive of a latent dataset, got a single .npy array")
+      with loaded as npz:
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+          raise _fail(source, f"not a latent dataset: missing array(s) {missing}; expected {list(keys)}")
+        arrays = {k: npz[k] for k in keys}
+        measures = {k: npz[f"measure_{k}"] for k in MEASURE_NAMES if f"measure_{k}" in npz.files}
+        tags = {name: npz[name] for name in ("scorer_id", "strictness") if name in npz.files}
   except DataError:
     raise
   except FileNotFoundError:
@@ -268,7 +266,13 @@ def load_latent_dataset(path: str | os.PathLike, *, latent_dim: int = LATENT_DIM
 
 
 def latent_targets(records: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The label sources of `cross_validate_latent`: {"valid": (N,) bool, score name: (N,) float32}."""
+  """The label sources of `cross_validate_latent`: {"valid": (N,) bool, score name: (N,) float32}.
+
+  Raises:
+    jaxcxr.data.DataError: records without `valid` or `scores` (see `validate_latent_records`).
+  """
+  if not isinstance(records, Mapping) or "valid" not in records or not isinstance(records.get("scores"), Mapping):
+    raise _fail("records", "expected latent records with `valid` and `scores` (see validate_latent_records)")
   return {"valid": np.asarray(records["valid"]), **{k: np.asarray(v) for k, v in records["scores"].items()}}
 
 
@@ -276,7 +280,8 @@ def latent_targets(records: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_group: int, *, generator_id: str,
-                         groups: Sequence[str] = GROUPS, label: int = 0, progress: bool = False) -> dict[str, Any]:
+                         groups: Sequence[str] = GROUPS, label: int = 0, progress: bool = False,
+                         parts_dir: str | os.PathLike | None = None, chunk_size: int | None = None) -> dict[str, Any]:
   """Generates and post-scores `n_per_group` latents per age-sex group: a latent dataset (DESIGN.md section 4).
 
   Group `g` (its index in `jaxcxr.data.GROUPS`) uses the key `jax.random.fold_in(key, g)`,
@@ -284,6 +289,13 @@ def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_grou
   group's records do not depend on which other groups or how many records are
   built (record j of a 100-per-group build is record j of a 10k-per-group build).
   Each batch is one compiled call of `Scorer.generate_and_score(..., keep_images=False)`.
+
+  With `parts_dir`, each chunk of `chunk_size` records of a group is saved there as it is
+  built (`GROUP_START.npz`, atomically) and a chunk already there is read instead of built,
+  so a build killed at any moment resumes and returns the records of an uninterrupted one
+  (the chunks start at multiples of the scorer's batch size, so every batch holds the same
+  latents as in one pass). The caller owns the folder (it must hold chunks of this very
+  build: same scorer, generator, key and label).
 
   Args:
     scorer: a `jaxcxr.scoring.Scorer` (the post-filter that labels each latent).
@@ -294,6 +306,9 @@ def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_grou
     groups: group names to build, each in `GROUPS`.
     label: 0 normal / 1 abnormal condition (only for a label-conditioned generator).
     progress: tqdm bars on stderr.
+    parts_dir: folder of the saved chunks (created), or None to keep nothing.
+    chunk_size: records per saved chunk, rounded up to a multiple of the scorer's batch size
+      (default: a whole group per chunk).
 
   Returns:
     Records as `validate_latent_records` returns them: "z" float32 (N, latent_dim),
@@ -308,22 +323,38 @@ def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_grou
     raise ValueError(f"build_latent_dataset: n_per_group must be >= 1, got {n_per_group}")
   if not groups:
     raise ValueError("build_latent_dataset: no groups")
-  parts = []
   for name in groups:
     if name not in GROUPS:
       raise DataError(f"unknown group {name!r}; expected one of {', '.join(GROUPS)}")
+  batch = int(getattr(getattr(scorer, "config", None), "batch_size", 1))
+  size = n_per_group if chunk_size is None else min(n_per_group, -(-max(int(chunk_size), 1) // batch) * batch)
+  parts_dir = None if parts_dir is None else pathlib.Path(parts_dir)
+  parts = []
+  for name in groups:
     group_key = jax.random.fold_in(key, GROUPS.index(name))
-    out = scorer.generate_and_score(generator, group_key, n_per_group, name, label=label, keep_images=False,
-                                    progress=progress)
-    parts.append((name, out))
+    for start in range(0, n_per_group, size):
+      path = None if parts_dir is None else parts_dir / f"{name}_{start:07d}.npz"
+      if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as saved:
+          parts.append({k: saved[k] for k in saved.files})
+        continue
+      out = scorer.generate_and_score(generator, group_key, min(size, n_per_group - start), name, label=label,
+                                      start=start, keep_images=False, progress=progress)
+      part = {"z": out.z, "features": out.result.features, "valid": out.result.valid,
+              **{f"score_{k}": out.result.scores[k] for k in SCORE_NAMES},
+              **{f"measure_{k}": out.result.measures[k] for k in MEASURE_NAMES}}
+      if path is not None:
+        save_npz(path, part)
+      parts.append(part)
+  joined = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
   records = {
-      "z": np.concatenate([out.z for _, out in parts]),
-      "group": np.concatenate([np.full(n_per_group, name) for name, _ in parts]),
-      "scores": {k: np.concatenate([out.result.scores[k] for _, out in parts]) for k in SCORE_NAMES},
-      "features": np.concatenate([out.result.features for _, out in parts]),
-      "valid": np.concatenate([out.result.valid for _, out in parts]),
+      "z": joined["z"],
+      "group": np.concatenate([np.full(n_per_group, name) for name in groups]),
+      "scores": {k: joined[f"score_{k}"] for k in SCORE_NAMES},
+      "features": joined["features"],
+      "valid": joined["valid"],
       "generator_id": str(generator_id),
-      "measures": {k: np.concatenate([out.result.measures[k] for _, out in parts]) for k in MEASURE_NAMES},
+      "measures": {k: joined[f"measure_{k}"] for k in MEASURE_NAMES},
   }
   if scorer_id(scorer):
     records["scorer_id"] = scorer_id(scorer)

@@ -286,8 +286,10 @@ def fit_prefilter(records: Mapping[str, Any], group: str, strategy: str = "youde
     raise ValueError(f"unknown latent model preset {model_preset!r}; expected one of {', '.join(LATENT_PRESETS)}")
   if on_empty not in ON_EMPTY:
     raise ValueError(f"on_empty: expected one of {ON_EMPTY}, got {on_empty!r}")
-  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+  if len(fractions) != 3 or not all(f >= 0 for f in fractions) or not abs(sum(fractions) - 1.0) <= 1e-6:
     raise ValueError(f"fractions: expected (train, validation, test) >= 0 summing to 1, got {fractions}")
+  if not isinstance(records, Mapping) or "z" not in records:
+    validate_latent_records(records)          # raises, naming what is missing
   records = validate_latent_records(records, latent_dim=np.asarray(records["z"]).shape[-1])
   member = records["group"] == group
   if not member.any():

@@ -182,7 +182,7 @@ def warm_up_sampler(scorer, generator, prefilter: Prefilter | None, key: jax.Arr
 def sample_valid(scorer, generator, prefilter: Prefilter | None, key: jax.Array, k: int, group: str, *,
                  label: int = 0, pool_size: int | None = None, accept_size: int | None = None,
                  max_rounds: int = 10_000, max_generated: int | None = None, nudge: NudgeConfig | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, journal: sampling.SampleJournal | None = None) -> dict[str, Any]:
   """Pre-filtered sampling: exactly `k` post-filter-valid images, rejected latents never generated.
 
   Each round is ONE compiled call (`_filter_generate_and_score`, same shapes every
@@ -220,6 +220,7 @@ def sample_valid(scorer, generator, prefilter: Prefilter | None, key: jax.Array,
     max_generated: give up once this many images were generated (default no limit).
     nudge: `NudgeConfig` to climb the pre-filter's logit before filtering, or None.
     progress: one line per round on stderr.
+    journal: a `jaxcxr.sampling.SampleJournal`: save the progress after each round, resume a saved one.
 
   Returns:
     {"images": uint8 (n_valid, G, G) valid images in index order, "z": float32 (n_valid,
@@ -238,14 +239,15 @@ def sample_valid(scorer, generator, prefilter: Prefilter | None, key: jax.Array,
       without a trained pre-filter, a label the generator lacks.
     jaxcxr.data.DataError: unknown group.
   """
-  sampling.check_limits(k, max_rounds)
+  sampling.check_limits(k, max_rounds, max_generated)
   pool_size, accept_size = default_round_sizes(scorer, prefilter, pool_size, accept_size)
   if prefilter is None:
     _check_round(generator, None, group, label, pool_size, accept_size, nudge)
     found = sampling.sample_valid(scorer, generator, key, k, group, label=label, batch_size=accept_size,
-                                  max_rounds=max_rounds, max_generated=max_generated, progress=progress)
+                                  max_rounds=max_rounds, max_generated=max_generated, progress=progress,
+                                  journal=journal)
     return {**found, "pool_size": pool_size}
   caller = _RoundCaller(scorer, generator, prefilter, key, group, label, pool_size, accept_size, nudge)
   return sampling.run_rounds(caller, k, group, resolution=generator.config.resolution,
                              latent_dim=generator.config.latent_dim, pool_size=pool_size, accept_size=accept_size,
-                             max_rounds=max_rounds, max_generated=max_generated, progress=progress)
+                             max_rounds=max_rounds, max_generated=max_generated, progress=progress, journal=journal)

@@ -46,6 +46,8 @@ def _check_labels_scores(y: Any, scores: Any, *, both_classes: bool) -> tuple[np
   y, scores = _check_labels(y, both_classes=both_classes), np.asarray(scores)
   if scores.shape != y.shape:
     raise ValueError(f"y and scores must have equal length, got shapes {y.shape} and {scores.shape}")
+  if scores.dtype.kind not in "biuf":
+    raise ValueError(f"scores must be real numbers, got dtype {scores.dtype}")
   scores = scores.astype(np.float64)
   if not np.all(np.isfinite(scores)):
     raise ValueError("scores contain NaN or inf")
@@ -168,9 +170,12 @@ def threshold_report(y: Any, scores: Any, threshold: float) -> dict[str, Any]:
     (2, 2) `[[tn, fp], [fn, tp]]` (rows: truth, columns: accepted).
 
   Raises:
-    ValueError: bad shapes, non-binary y or non-finite scores.
+    ValueError: bad shapes, non-binary y, non-finite scores or a threshold that is not a finite number.
   """
   y, scores = _check_labels_scores(y, scores, both_classes=False)
+  if (not isinstance(threshold, (int, float, np.integer, np.floating)) or isinstance(threshold, bool)
+      or not np.isfinite(threshold)):
+    raise ValueError(f"threshold must be a finite number, got {threshold!r}")
   accepted = (scores >= threshold).astype(np.int64)
   report = metrics_lib.compute_binary_report(accepted, y)
   n_accepted = int(accepted.sum())

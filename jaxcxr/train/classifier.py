@@ -54,6 +54,7 @@ from jaxcxr.batching import map_batches
 from jaxcxr.config import ClassifierConfig, ClassifierTrainConfig
 from jaxcxr.data import resize_uint8
 from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
+from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
                                without_loop_fields)
 
@@ -517,8 +518,9 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
       name=f"classifier:{config.task}", config=config, state=state, train_call=make_train_step(config),
       args=(jax.device_put({k: jnp.asarray(v) for k, v in host_data.items()}),), out_dir=out_dir, resume=resume,
       progress=progress, host_entries=("best",), on_call=select, stop_at=end,
-      checkpoint_metadata=lambda s: {"seed": seed, "best_val_auc": float(s["best"]["auc"]),
-                                     "best_step": int(s["best"]["step"])},
+      run_metadata={"seed": seed, "n_train": int(len(indices["train"])),
+                    "data_sha256": data_metadata(dataset).get("data_sha256")},
+      checkpoint_metadata=lambda s: {"best_val_auc": float(s["best"]["auc"]), "best_step": int(s["best"]["step"])},
       postfix=lambda m, s: {"loss": f"{float(np.mean(m['loss'])):.3f}", "val_auc": f"{float(s['best']['auc']):.3f}"})
 
   best = loop.state["best"]
@@ -567,9 +569,11 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
       "val": val_report,
       "test": test_report,
       **data_metadata(dataset),
+      "provenance": provenance(dataset.source, {"seed": seed, "split_seed": config.split_seed}),
   }
   path = checkpoints.save_model(out_dir / "classifier", model, config.model, metadata=metadata, overwrite=True)
-  result.update(threshold=threshold, val=val_report, test=test_report, classifier=str(path))
+  result.update(threshold=threshold, val=val_report, test=test_report, classifier=str(path),
+                provenance=metadata["provenance"])
   return result
 
 
@@ -669,11 +673,13 @@ def assemble_ensemble(member_dirs: list[str | os.PathLike], dataset: data_lib.CX
       "val_voters": val_voters,
       "test": None,
       **data_metadata(dataset),
+      "provenance": provenance(dataset.source, {"member_seeds": [m.get("seed") for m in metas],
+                                                "split_seed": (split or {}).get("seed")}),
   }
   path = checkpoints.save_model(pathlib.Path(out_dir) / "classifier", model, config, metadata=metadata,
                                 overwrite=True)
   return {"classifier": str(path), "threshold": threshold, "val": val_report, "val_voters": val_voters,
-          "pixel_C": pixel_c}
+          "pixel_C": pixel_c, "provenance": metadata["provenance"]}
 
 
 @functools.partial(jax.jit, static_argnums=0)

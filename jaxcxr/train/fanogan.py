@@ -42,6 +42,7 @@ from flax import nnx
 
 from jaxcxr import anomaly
 from jaxcxr import data as data_lib
+from jaxcxr import provenance as provenance_lib
 from jaxcxr.config import AugmentConfig, DiscriminatorConfig, FanoganTrainConfig, GeneratorConfig
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.encoder import Encoder
@@ -280,7 +281,8 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
 
   loop = run_training_loop(
       name="f-AnoGAN", config=config, state=state, train_call=make_train_step(config, g_cfg, d_cfg),
-      args=(frozen, jax.device_put(host_data)), out_dir=out_dir, resume=resume, run_metadata=provenance,
+      args=(frozen, jax.device_put(host_data)), out_dir=out_dir, resume=resume,
+      run_metadata={**provenance, "seed": seed},
       progress=progress, on_call=write_grid,
       postfix=lambda m, _: {"loss": f"{m['loss'][-1]:.4f}", "img": f"{m['image_loss'][-1]:.4f}",
                             "z_rms": f"{m['z_rms'][-1]:.2f}"})
@@ -288,7 +290,8 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
   encoder = nnx.merge(float32_graphdefs[0], loop.state["e"])
   metadata = {**provenance, "gan_dir": str(gan_dir.absolute()), "seed": seed, "steps": loop.step,
               "train_seconds": loop.previous_seconds + loop.seconds,
-              "device": device_name(), "final_losses": loop.final, "feature_weight": config.feature_weight}
+              "device": device_name(), "final_losses": loop.final, "feature_weight": config.feature_weight,
+              "provenance": provenance_lib.provenance(dataset.source, {"seed": seed})}
   path = checkpoints.save_model(out_dir / "encoder", encoder, config.encoder, metadata=metadata, overwrite=True)
   return {**loop_summary(loop, config), "n_images": info["n_images"], "n_dropped": info["n_dropped"],
-          "out_dir": str(out_dir), "encoder": str(path)}
+          "out_dir": str(out_dir), "encoder": str(path), "provenance": metadata["provenance"]}

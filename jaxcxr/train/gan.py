@@ -41,6 +41,7 @@ from jaxcxr.config import GanTrainConfig
 from jaxcxr.models.condition import make_condition
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.generator import Generator, load_generator, sample_images
+from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
 
@@ -354,7 +355,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
     config: the training config, e.g. `jaxcxr.config.gan_64_cpu()`.
     out_dir: output folder.
     resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
-      The seed and training key then come from the checkpoint.
+      The checkpoint must be of this run: the same seed, data and config (loop fields aside).
     seed: seed of the initial weights and of the training randomness.
     progress: show a tqdm bar on stderr.
 
@@ -383,7 +384,9 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
 
   loop = run_training_loop(
       name="GAN", config=config, state=state, train_call=make_train_step(config), args=(jax.device_put(host_data),),
-      out_dir=out_dir, resume=resume, progress=progress, checkpoint_metadata=lambda _: {"seed": seed},
+      out_dir=out_dir, resume=resume, progress=progress,
+      run_metadata={"seed": seed, "n_images": info["n_images"],
+                    "data_sha256": data_metadata(dataset).get("data_sha256")},
       on_call=write_samples,
       postfix=lambda m, _: {"d": f"{m['d_loss'][-1]:.3f}", "g": f"{m['g_loss'][-1]:.3f}",
                             "p": f"{m['ada_p'][-1]:.2f}"})
@@ -401,6 +404,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
       "n_images": info["n_images"],
       "final_losses": final,
       **data_metadata(dataset),
+      "provenance": provenance(dataset.source, {"seed": seed}),
   }
   g_ema = nnx.merge(_inference_graphdef(config), state["g_ema"])
   d_abstract = nnx.eval_shape(lambda: Discriminator(config.discriminator, rngs=nnx.Rngs(0)))
@@ -417,4 +421,5 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
       "out_dir": str(out_dir),
       "generator": str(g_path),
       "discriminator": str(d_path),
+      "provenance": metadata["provenance"],
   }

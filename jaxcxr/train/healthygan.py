@@ -62,6 +62,7 @@ import optax
 from flax import nnx
 
 from jaxcxr import data as data_lib
+from jaxcxr import provenance as provenance_lib
 from jaxcxr.config import HealthyganTrainConfig
 from jaxcxr.models.translator import Critic, Translator, blend
 from jaxcxr.train.fanogan import training_batch
@@ -310,15 +311,16 @@ def train_healthygan(dataset: data_lib.CXRDataset, config: HealthyganTrainConfig
   loop = run_training_loop(
       name="HealthyGAN", config=config, state=state, train_call=make_train_step(config),
       args=(jax.device_put(host_data), jnp.int32(config.steps)), out_dir=out_dir, resume=resume,
-      run_metadata=provenance, progress=progress, on_call=write_grid,
+      run_metadata={**provenance, "seed": seed}, progress=progress, on_call=write_grid,
       postfix=lambda m, _: {"d": f"{m['critic_loss'][-1]:.3f}", "id": f"{m['identity'][-1]:.3f}",
                             "m": f"{m['mask_mean'][-1]:.2f}"})
 
   metadata = {**provenance, "seed": seed, "steps": loop.step, "train_seconds": loop.previous_seconds + loop.seconds,
-              "device": device_name(), "final_losses": loop.final}
+              "device": device_name(), "final_losses": loop.final,
+              "provenance": provenance_lib.provenance(dataset.source, {"seed": seed})}
   t_path = checkpoints.save_model(out_dir / "translator", nnx.merge(t_graphdef, loop.state["t"]), config.translator,
                                   metadata=metadata, overwrite=True)
   c_path = checkpoints.save_model(out_dir / "critic", nnx.merge(c_graphdef, loop.state["c"]), config.critic,
                                   metadata=metadata, overwrite=True)
   return {**loop_summary(loop, config), **info, "out_dir": str(out_dir), "translator": str(t_path),
-          "critic": str(c_path)}
+          "critic": str(c_path), "provenance": metadata["provenance"]}

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from jaxcxr import data as data_lib
+from jaxcxr import io as io_lib
 
 __all__ = [
     "KEY_IMPL",
@@ -73,16 +74,25 @@ def host_copy(tree):
 
 
 def append_metrics(path: pathlib.Path, step: int, metrics: Mapping[str, Any], rate: str | None) -> None:
-  """Appends one JSON line: the step reached and the metrics averaged over the call.
+  """Appends one JSON line, atomically: the step reached and the metrics averaged over the call.
 
-  A log, not state: a resumed run appends again from its checkpoint, so keep the last line
-  per step. `rate` (images per second, as shown in the progress bar) is added when given.
+  Lines of later steps (written by a run killed after its last checkpoint) are dropped in
+  the same write, so a resumed run's log reads as an uninterrupted one's. `rate` (images
+  per second, as shown in the progress bar) is added when given.
   """
   record = {"step": step, **{k: float(np.mean(v)) for k, v in metrics.items()}}
   if rate is not None:
     record["images_per_second"] = float(rate)
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  io_lib.append_json_line(path, record, keep=lambda r: isinstance(r, dict) and r.get("step", 0) < step)
+
+
+def _trim_metrics(path: pathlib.Path, step: int) -> None:
+  """Drops the lines after `step` (a run killed after its last checkpoint wrote them), atomically."""
+  if path.exists():
+    lines = io_lib.read_json_lines(path)
+    kept = [r for r in lines if isinstance(r, dict) and r.get("step", 0) <= step]
+    if len(kept) != len(lines) or path.read_bytes()[-1:] not in (b"", b"\n"):
+      io_lib.save_json_lines(path, kept)
 
 
 def data_metadata(dataset: data_lib.CXRDataset) -> dict[str, Any]:
@@ -206,7 +216,9 @@ def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: C
   metrics; every `config.checkpoint_every` steps and at the end) and one line per call to
   `out_dir/metrics.jsonl` (`append_metrics`). With `resume`, continues from the latest
   checkpoint, which must have been written with the same `run_metadata` (the same data,
-  the same frozen models).
+  the same frozen models, the seed) and the same config apart from its loop-only fields
+  (steps may grow); the lines of `metrics.jsonl` after that checkpoint (a killed run's) are
+  dropped, so the log, the state and the result read as an uninterrupted run's.
 
   After each call: the metrics are checked, `on_call` runs, the progress bar and the
   metrics line are written, then the checkpoint when one is due.
@@ -242,7 +254,9 @@ def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: C
 
   Raises:
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
-    ValueError: resuming a checkpoint written for other `run_metadata` or another steps_per_call.
+    jaxcxr.checkpoints.CheckpointMismatchError: (a ValueError) resuming a checkpoint written for other
+      `run_metadata`, another config or another steps_per_call.
+    jaxcxr.checkpoints.CheckpointError: a checkpoint that cannot be read (named by path).
     FloatingPointError: non-finite metrics.
   """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
@@ -259,15 +273,18 @@ def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: C
   with checkpoints.TrainCheckpointer(ckpt_dir, max_to_keep=config.max_to_keep) as ckpt:
     latest = ckpt.latest_step()
     if latest is not None and not resume:
-      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass "
-                            "resume=True to continue, or choose another output folder")
+      raise FileExistsError(f"{ckpt_dir}: holds training checkpoints (latest step {latest}); pass --resume "
+                            "(resume=True) to continue, or choose another output folder")
     previous_seconds = 0.0
     if resume and latest is not None:
       saved = ckpt.read_metadata()
-      changed = {k: (saved.get(k), v) for k, v in run_metadata.items() if saved.get(k) != v}
+      # Entries an older checkpoint lacks (added to run_metadata since) are not compared.
+      changed = {k: (saved.get(k), v) for k, v in run_metadata.items() if k in saved and saved[k] != v}
+      changed.update(_config_changes(saved.get("config"), config))
       if changed:
-        raise ValueError(f"{ckpt_dir}: cannot resume, the checkpoint was written for other inputs "
-                         f"(saved, now): {changed}")
+        raise checkpoints.CheckpointMismatchError(
+            f"{ckpt_dir}: cannot resume, the checkpoint was written for other inputs (saved, now): {changed}; "
+            "expected the run's own inputs (choose another output folder for a new run)")
       state = ckpt.restore(jax.eval_shape(lambda: state))
       state = {**state, **host_copy({k: state[k] for k in host_entries})}
       previous_seconds = float(saved.get("train_seconds", 0.0))
@@ -275,9 +292,13 @@ def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: C
         on_resume(saved)
     start = int(state["step"])
     if start % config.steps_per_call:
-      raise ValueError(f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call="
-                       f"{config.steps_per_call}")
+      raise checkpoints.CheckpointMismatchError(
+          f"{ckpt_dir}: checkpoint step {start} is not a multiple of steps_per_call={config.steps_per_call}")
     step, metrics_host = start, None
+    if resume and latest is not None and isinstance(saved.get("last_metrics"), dict):
+      # The last call's metrics, for a run resumed at its end (it makes no call).
+      metrics_host = {k: np.asarray(v["values"], v["dtype"]) for k, v in saved["last_metrics"].items()}
+    _trim_metrics(out_dir / "metrics.jsonl", start)
     first_call_seconds, timed_steps, timed_seconds = 0.0, 0, 0.0
     bar = tqdm(total=config.steps, initial=start, disable=not progress, file=sys.stderr, unit="step",
                dynamic_ncols=True, desc=name)
@@ -285,7 +306,9 @@ def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: C
     def checkpoint(step: int):
       meta = {**run_metadata, **(checkpoint_metadata(state) if checkpoint_metadata else {}),
               "train_seconds": previous_seconds + time.perf_counter() - wall_start,
-              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {})}
+              **({k: float(np.mean(v)) for k, v in metrics_host.items()} if metrics_host else {}),
+              "last_metrics": {k: {"dtype": str(np.asarray(v).dtype), "values": np.asarray(v).tolist()}
+                               for k, v in (metrics_host or {}).items()}}
       # Host copies: the save is asynchronous and the next call donates the device buffers.
       ckpt.save(step, host_copy(state), config=config, metadata=meta, force=True)
 
@@ -329,6 +352,32 @@ def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: C
       seconds_per_step=per_step,
       final={k: float(np.mean(v)) for k, v in (metrics_host or {}).items()},
       last_metrics=dict(metrics_host or {}))
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(value, dict):
+    return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: value}
+
+
+def _config_changes(saved: Any, config) -> dict[str, tuple[Any, Any]]:
+  """{"config.FIELD": (saved, now)} for the fields of `config` a resumed run may not change.
+
+  The loop-only fields (steps, steps_per_call, checkpoint and sample intervals, evaluation
+  batch size) may change: a run is extended with more steps. Everything else (models,
+  optimizer, batch size, data handling) must be as saved, or the resumed run would continue
+  another run's state under other settings.
+  """
+  from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(saved, dict):
+    return {}
+  now = json.loads(json.dumps(config_lib.to_dict(config)))
+  free = {*_LOOP_FIELDS, "steps_per_call"}
+  saved_flat = _flat({k: v for k, v in saved.items() if k not in free})
+  now_flat = _flat({k: v for k, v in now.items() if k not in free})
+  return {f"config.{k}": (saved_flat.get(k), now_flat.get(k)) for k in sorted(set(saved_flat) | set(now_flat))
+          if saved_flat.get(k) != now_flat.get(k)}
 
 
 def loop_summary(loop: LoopResult, config) -> dict[str, Any]:

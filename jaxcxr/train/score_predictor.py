@@ -10,9 +10,13 @@ validation errors is stored in the model for `jaxcxr.prefilter.cascade.log_valid
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import os
+import pathlib
 import sys
-import time
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +33,7 @@ from jaxcxr.data import GROUPS
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.generator import Generator
 from jaxcxr.models.score_predictor import ScorePredictor
+from jaxcxr.train.loop import host_copy, run_training_loop
 
 __all__ = ["base_images", "fit_score_predictor", "split_indices"]
 
@@ -118,11 +123,29 @@ def _predict_all(graphdef, params, rest, images: np.ndarray, batch: int = 500) -
   return map_batches(lambda x: _predict(graphdef, params, rest, x), images, batch)
 
 
+@dataclasses.dataclass(frozen=True)
+class FitLoopConfig:
+  """The loop fields `run_training_loop` reads, for `fit_score_predictor` (one call per validation pass)."""
+
+  steps: int
+  steps_per_call: int
+  checkpoint_every: int
+  batch_size: int
+  max_to_keep: int = 1
+
+
 def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScorePredictorConfig, *,
                         train: np.ndarray, validation: np.ndarray, steps: int = 3000, batch_size: int = 64,
                         learning_rate: float = 2e-3, weight_decay: float = 1e-4, eval_every: int = 250,
-                        seed: int = 0, progress: bool = True) -> tuple[ScorePredictor, dict[str, Any]]:
+                        seed: int = 0, progress: bool = True, out_dir: str | os.PathLike | None = None,
+                        resume: bool = False) -> tuple[ScorePredictor, dict[str, Any]]:
   """Fits a `ScorePredictor` to base images and their measures; keeps the best validation step.
+
+  Trains on the shared loop (`loop.run_training_loop`, one call per validation pass): with
+  `out_dir`, the whole state (weights, optimizer, key, the best weights so far and the
+  validation history) is checkpointed after every pass, and a fit killed at any moment
+  continues with `resume=True` and returns what an uninterrupted one returns. Without
+  `out_dir` the loop runs in a temporary folder.
 
   Args:
     images: uint8 (N, R, R) base images (`base_images`).
@@ -137,6 +160,8 @@ def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScoreP
     eval_every: steps between validation passes.
     seed: initial weights and batches.
     progress: a line per validation pass on stderr.
+    out_dir: the run folder (`checkpoints/`, `metrics.jsonl`), or None for a temporary one.
+    resume: continue from the latest checkpoint in `out_dir` (start afresh if none).
 
   Returns:
     (model with `mean`, `std` and `residual_std` set, history {"step", "train_loss", "val_loss"
@@ -145,6 +170,8 @@ def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScoreP
 
   Raises:
     ValueError: missing measures, non-finite targets, bad shapes or sizes.
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+    jaxcxr.checkpoints.CheckpointMismatchError: resuming a fit of other data or settings.
   """
   images = np.asarray(images)
   r = config.resolution
@@ -170,33 +197,63 @@ def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScoreP
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   schedule = optax.cosine_decay_schedule(learning_rate, steps)
   tx = optax.adamw(schedule, weight_decay=weight_decay)
-  opt_state = tx.init(params)
   train_images, train_targets = jnp.asarray(images[train]), jnp.asarray(targets[train])
   val_images, val_targets = images[validation], targets[validation]
-  key = jax.random.key(seed)
   history: dict[str, Any] = {"step": [], "train_loss": [], "val_loss": []}
-  best = (np.inf, 0, jax.device_get(params))
-  t0 = time.perf_counter()
-  for done in range(eval_every, steps + 1, eval_every):
-    key, sub = jax.random.split(key)
-    params, opt_state, loss = _train_steps(graphdef, params, opt_state, rest, train_images, train_targets, sub,
-                                           tx=tx, steps=eval_every, batch_size=batch_size)
-    val_loss = float(np.mean(np.square(_predict_all(graphdef, params, rest, val_images) - val_targets)))
+  state = {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(seed)), "params": params,
+           "opt_state": tx.init(params), "best": host_copy(params)}
+
+  last_loss: list[Any] = [None]       # the train loss of the last call, for its validation line
+
+  def train_call(state, images, targets):
+    # The key is split before each pass's scan, as the fit has always done.
+    key, sub = jax.random.split(jax.random.wrap_key_data(state["key"]))
+    params, opt_state, loss = _train_steps(graphdef, state["params"], state["opt_state"], rest, images, targets,
+                                           sub, tx=tx, steps=eval_every, batch_size=batch_size)
+    last_loss[0] = loss
+    return ({"step": state["step"] + eval_every, "key": jax.random.key_data(key), "params": params,
+             "opt_state": opt_state}, {"loss": loss})
+
+  def validate(done: int, state):
+    loss = float(last_loss[0])
+    val_loss = float(np.mean(np.square(_predict_all(graphdef, state["params"], rest, val_images) - val_targets)))
+    improved = val_loss < min(history["val_loss"], default=np.inf)
     history["step"].append(done)
-    history["train_loss"].append(float(loss))
+    history["train_loss"].append(loss)
     history["val_loss"].append(val_loss)
-    if val_loss < best[0]:
-      best = (val_loss, done, jax.device_get(params))
     if progress:
-      print(f"score predictor: step {done}/{steps}, train {float(loss):.4f}, validation {val_loss:.4f} "
-            f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-  model = nnx.merge(graphdef, best[2], rest)
-  errors = (_predict_all(graphdef, best[2], rest, val_images) - val_targets) * std          # measure units
+      print(f"score predictor: step {done}/{steps}, train {loss:.4f}, validation {val_loss:.4f}",
+            file=sys.stderr, flush=True)
+    return {**state, "best": host_copy(state["params"])} if improved else None
+
+  def resumed(meta):
+    history.update({k: list(meta["history"][k]) for k in ("step", "train_loss", "val_loss")})
+
+  digest = hashlib.sha256()
+  for array in (images, targets, np.asarray(train), np.asarray(validation)):
+    digest.update(np.ascontiguousarray(array).tobytes())
+  loop_config = FitLoopConfig(steps=steps, steps_per_call=eval_every, checkpoint_every=eval_every,
+                              batch_size=batch_size)
+  with tempfile.TemporaryDirectory(prefix="jaxcxr-score-predictor-") as scratch:
+    loop = run_training_loop(
+        name="score predictor", config=loop_config, state=state, train_call=train_call,
+        args=(train_images, train_targets), out_dir=pathlib.Path(out_dir if out_dir is not None else scratch),
+        resume=resume, progress=False, postfix=lambda m, _: {"loss": f"{float(np.mean(m['loss'])):.4f}"},
+        run_metadata={"predictor": type(config).__name__, "predictor_config": dataclasses.asdict(config), "seed": seed,
+                      "learning_rate": learning_rate, "weight_decay": weight_decay, "data_sha256": digest.hexdigest()},
+        checkpoint_metadata=lambda _: {"history": history}, on_resume=resumed, on_call=validate,
+        host_entries=("best",))
+  best_params, best_step, best_loss = loop.state["best"], 0, np.inf
+  for done, val_loss in zip(history["step"], history["val_loss"]):   # the first pass of the lowest loss
+    if val_loss < best_loss:
+      best_step, best_loss = done, val_loss
+  model = nnx.merge(graphdef, best_params, rest)
+  errors = (_predict_all(graphdef, best_params, rest, val_images) - val_targets) * std          # measure units
   model.mean[...] = jnp.asarray(mean, jnp.float32)
   model.std[...] = jnp.asarray(std, jnp.float32)
   model.residual_std[...] = jnp.asarray(errors.std(axis=0), jnp.float32)
   variance = y[validation].var(axis=0)
-  history.update(best_step=best[1], seconds=time.perf_counter() - t0,
+  history.update(best_step=best_step, seconds=loop.previous_seconds + loop.seconds,
                  val_r2={m: (float(1.0 - np.mean(np.square(errors[:, i])) / variance[i]) if variance[i] > 0
                              else float("nan")) for i, m in enumerate(config.measures)})
   return model, history

@@ -43,6 +43,7 @@ from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.config import SegTrainConfig, UNetConfig
 from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks, resize_images
+from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
                                without_loop_fields)
 
@@ -443,8 +444,9 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
       name="U-Net", config=config, state=state, train_call=make_train_step(config),
       args=(jax.device_put({k: jnp.asarray(v) for k, v in prepared["train"].items()}),), out_dir=out_dir,
       resume=resume, progress=progress, host_entries=("best",), on_call=validate, on_resume=resumed,
-      run_metadata={"split": {"seed": split["seed"], "fractions": split["fractions"]}, "data_sha256": data_sha},
-      checkpoint_metadata=lambda _: {"seed": seed, "val_history": history},
+      run_metadata={"split": {"seed": split["seed"], "fractions": split["fractions"]}, "data_sha256": data_sha,
+                    "seed": seed},
+      checkpoint_metadata=lambda _: {"val_history": history},
       postfix=lambda m, _: {"loss": f"{m['loss'][-1]:.3f}",
                             "val_dice": f"{history[-1]['dice_mean']:.3f}" if history else "-"})
 
@@ -470,6 +472,7 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
       "val_metrics": val,
       "test_metrics": test,
       "val_history": history,
+      "provenance": provenance(dataset.source, {"seed": seed, "split_seed": split["seed"]}),
   }
   path = checkpoints.save_model(out_dir / "unet", model, config.unet, metadata=metadata, overwrite=True)
   timing = loop_summary(loop, config)
@@ -496,6 +499,7 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
       "val_history": history,
       "out_dir": str(out_dir),
       "unet": str(path),
+      "provenance": metadata["provenance"],
   }
   io.save_json(out_dir / "summary.json", summary)
   return summary

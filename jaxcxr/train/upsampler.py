@@ -39,6 +39,7 @@ from jaxcxr.batching import map_batches
 from jaxcxr.config import UpsamplerConfig, UpsamplerTrainConfig
 from jaxcxr.models.layers import SpectralConv, avg_pool2, upsample2
 from jaxcxr.models.upsampler import Upsampler
+from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
 
@@ -286,7 +287,8 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
   loop = run_training_loop(
       name="upsampler", config=config, state=init_train_state(config, seed), train_call=make_train_step(config),
       args=(jax.device_put(dataset.images),), out_dir=out_dir, resume=resume, progress=progress,
-      run_metadata={"n_images": len(dataset)}, checkpoint_metadata=lambda _: {"seed": seed},
+      run_metadata={"n_images": len(dataset), "seed": seed,
+                    "data_sha256": data_metadata(dataset).get("data_sha256")},
       on_call=write_samples,
       postfix=lambda m, _: {"l1": f"{m['l1'][-1]:.4f}", "bil": f"{m['l1_bilinear'][-1]:.4f}",
                             "d": f"{m['d_loss'][-1]:.3f}"})
@@ -301,7 +303,8 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
     result["validation_l1_bilinear"] = float(np.mean(np.abs(bilinear - real)) / 127.5)
   metadata = {"steps": loop.step, "train_seconds": loop.previous_seconds + loop.seconds, "device": device_name(),
               "seed": seed, "n_images": len(dataset), "final_losses": loop.final, **data_metadata(dataset),
+              "provenance": provenance(dataset.source, {"seed": seed}),
               **{k: result[k] for k in ("validation_l1", "validation_l1_bilinear") if k in result}}
   path = checkpoints.save_model(out_dir / "upsampler", upsampler, config.upsampler,
                                 metadata={**metadata, "weights": "ema"}, overwrite=True)
-  return {**result, "out_dir": str(out_dir), "upsampler": str(path)}
+  return {**result, "out_dir": str(out_dir), "upsampler": str(path), "provenance": metadata["provenance"]}

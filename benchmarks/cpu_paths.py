@@ -1,0 +1,144 @@
+"""The CPU path choices behind `jaxcxr.models.layers.conv2d` and `jaxcxr.batching.CPU_CHUNK`, measured.
+
+    python -m benchmarks.cpu_paths [--quick] [--out FILE]
+
+One JSON line per measurement (stdout, and FILE with --out). Each probe runs in its own
+process, because XLA flags and the chunk size are read when a function is first traced:
+
+* `conv`: GFLOP/s of a 3x3 convolution (16x64x64x32 -> 32 channels) forward and forward +
+  backward, for XLA's convolution with its own autodiff (`plain`), the custom VJP that keeps
+  every gradient a canonical forward convolution (`custom_vjp`, what `conv2d` uses on a
+  CPU) and im2col patches times a matmul (`patches`), in float32 and bfloat16, with the
+  float32 and bfloat16 matmul rates beside them; under each XLA flag set of `FLAG_SETS`
+  (oneDNN, XNNPACK graph fusion, AMX, 512-bit vectors).
+* `chunk`: images/s of the shipped generate-and-score call (batch 32) and ms per image and
+  step of the shipped AnoGAN search (batch 64, base image, 10 steps) for each
+  `batching.CPU_CHUNK` (None = the whole batch at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+FLAG_SETS = {
+    "default": "",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
+    "xnn_graph_fusion": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+    "no_xnnpack": "--xla_cpu_use_xnnpack=false",
+    "max_isa_amx": "--xla_cpu_max_isa=AMX",
+    "vector_width_512": "--xla_cpu_prefer_vector_width=512",
+}
+CHUNKS = ("none", "1", "2", "8")
+
+
+def _median_time(fn, *args, repeats: int = 5) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def probe_conv(quick: bool) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr.models import layers  # pylint: disable=g-import-not-at-top
+  b, h, c, o = (4, 32, 16, 16) if quick else (16, 64, 32, 32)
+  flops = 2 * b * h * h * c * o * 9
+  out = {"probe": "conv", "shape": [b, h, h, c, o]}
+  n = 512 if quick else 2048
+  for dtype in ("float32", "bfloat16"):
+    a = jax.random.normal(jax.random.key(0), (n, n)).astype(dtype)
+    out[f"matmul_{dtype}_gflops"] = round(2 * n ** 3 / _median_time(jax.jit(jnp.matmul), a, a) / 1e9, 1)
+    x = jax.random.normal(jax.random.key(0), (b, h, h, c)).astype(dtype)
+    k = (0.1 * jax.random.normal(jax.random.key(1), (3, 3, c, o))).astype(dtype)
+    patches = lambda x, k: (layers._patches(x, 3).reshape(-1, 9 * c) @ k.reshape(9 * c, o)).reshape(b, h, h, o)  # pylint: disable=protected-access
+    for name, conv in (("plain", layers._xla_conv), ("custom_vjp", layers._cpu_conv), ("patches", patches)):  # pylint: disable=protected-access
+      fwd = jax.jit(conv)
+      both = jax.jit(jax.grad(lambda x, k, conv=conv: (conv(x, k).astype(jnp.float32) ** 2).sum(), argnums=(0, 1)))
+      out[f"conv_fwd_{name}_{dtype}_gflops"] = round(flops / _median_time(fwd, x, k) / 1e9, 1)
+      out[f"conv_fwdbwd_{name}_{dtype}_gflops"] = round(3 * flops / _median_time(both, x, k) / 1e9, 1)
+  return out
+
+
+def probe_chunk(quick: bool) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import models as models_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr import anomaly, batching, scoring  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import make_condition  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.condition import group_condition_batch  # pylint: disable=g-import-not-at-top
+  m = models_lib.tiny() if quick else models_lib.shipped()
+  out = {"probe": "chunk", "chunk": batching.CPU_CHUNK, "models": m.source}
+
+  b = 4 if quick else 32
+  scorer = m.scorer.with_config(batch_size=b)
+  g_def, g_state = scoring.split_with_dtype(m.generator, "float32")
+  cond = np.repeat(group_condition_batch("58_64f", 1, 0, conditions=m.generator.config.conditions), b, axis=0)
+  call = lambda i: scoring._generate_and_score((*scorer.graphdefs, g_def), (*scorer.states, g_state),  # pylint: disable=protected-access
+                                               scorer.device_calibration, jax.random.key(0),
+                                               np.arange(b, dtype=np.int32) + b * i, cond, config=scorer.config,
+                                               keep_maps=False, keep_images=True)
+  out["generate_and_score_batch"] = b
+  out["generate_and_score_images_per_s"] = round(b / _median_time(call, 1, repeats=3), 3)
+
+  b, steps = (4, 3) if quick else (64, 10)
+  g, d = m.normal_generator, m.normal_discriminator
+  config = anomaly.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image)
+  rng = np.random.default_rng(0)
+  r = anomaly.search_resolution(g, config)
+  images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)
+  c = make_condition(rng.choice(["M", "F"], b), rng.integers(18, 80, b), conditions=g.config.conditions)
+  search = lambda: anomaly.search_latents(g, d, images, c, jax.random.key(0), config).score
+  out["anogan_batch"], out["anogan_steps"] = b, steps
+  out["anogan_ms_per_image_step"] = round(1e3 * _median_time(search, repeats=3) / (b * steps), 3)
+  return out
+
+
+def _run_probe(probe: str, quick: bool, env: dict) -> dict:
+  cmd = [sys.executable, "-m", "benchmarks.cpu_paths", "--probe", probe] + (["--quick"] if quick else [])
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    return {"probe": probe, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_paths", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="small shapes and tiny models")
+  parser.add_argument("--out", default=None, help="also write the JSON lines to this file")
+  parser.add_argument("--probe", choices=("conv", "chunk"), default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.probe:
+    print(json.dumps(probe_conv(args.quick) if args.probe == "conv" else probe_chunk(args.quick)))
+    return 0
+  lines = []
+  for name, flags in FLAG_SETS.items():
+    line = {"flags_name": name, "xla_flags": flags,
+            **_run_probe("conv", args.quick, {**os.environ, "XLA_FLAGS": flags})}
+    print(json.dumps(line), flush=True)
+    lines.append(line)
+  for chunk in CHUNKS:
+    line = _run_probe("chunk", args.quick, {**os.environ, "JAXCXR_CPU_CHUNK": chunk})
+    print(json.dumps(line), flush=True)
+    lines.append(line)
+  if args.out:
+    from jaxcxr import io as io_lib  # pylint: disable=g-import-not-at-top
+    io_lib.save_json_lines(args.out, lines)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,55 @@
+"""Generate and post-filter: z -> 256x256 image -> lung U-Net, classifier, Grad-CAM, five scores.
+
+jaxcxr: `scoring._generate_and_score`, the one compiled call every sampler runs per
+batch (latents of the sample indices, the cascade generator, the U-Net, the classifier
+with its Grad-CAM, the symmetry features and scores). Twin: `twins.TorchGenerateAndScore`
+loaded with the same weights and calibration, eager (and `torch.compile` with
+`--torch-compile`). FLOPs per image come from XLA's cost analysis of the compiled call.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from benchmarks import measure, torch_peer
+from jaxcxr import scoring
+from jaxcxr.models.condition import group_condition_batch
+
+SUITE = "generate_and_score"
+GROUP = "58_64f"
+
+
+def batches(bench) -> list[int]:
+  if bench.quick:
+    return [2]
+  return [1, 64, 256, 1024] if bench.gpu else [1, 8, 32, 64]
+
+
+def run(bench) -> None:
+  m = bench.models()
+  dtypes = ["float32"] + (["bfloat16"] if bench.torch_bf16 else [])
+  for dtype in dtypes:
+    for b in batches(bench):
+      if bench.out_of_time():
+        return
+      scorer = m.scorer.with_config(batch_size=b, dtype=dtype)
+      g_def, g_state = scoring.split_with_dtype(m.generator, dtype)
+      models = (*scorer.graphdefs, g_def)
+      states = (*scorer.states, g_state)
+      cond = np.repeat(group_condition_batch(GROUP, 1, 0, conditions=m.generator.config.conditions), b, axis=0)
+      key = jax.random.key(0)
+      counter = iter(range(10 ** 9))
+      # Fresh sample indices every run (different latents, same shapes).
+      make_args = lambda: (models, states, scorer.device_calibration, key,
+                           np.arange(b, dtype=np.int32) + b * next(counter), cond)
+      timing, compiled = measure.time_compiled(
+          scoring._generate_and_score, make_args, repeats=bench.repeats, static_argnums=(0,),  # pylint: disable=protected-access
+          static={"config": scorer.config, "keep_maps": False, "keep_images": True})
+      flops = measure.cost_flops(compiled)
+      items_per_s = b / timing.median_s
+      bench.emit(measure.record(bench.ctx, suite=SUITE, name="generate_and_score", peer="jaxcxr", dtype=dtype,
+                                batch=b, timing=timing, items=b, unit="images/s",
+                                resolution=m.generator.config.resolution,
+                                **measure.roofline(None if flops is None else flops / b, items_per_s, bench.peak)))
+      torch_peer.generate_and_score(bench, m, scorer, cond, b, dtype, SUITE)

@@ -1,0 +1,77 @@
+"""Training steps of the GAN (the shipped cascade's 64x64 base GAN) and of the 256x256 lung U-Net.
+
+jaxcxr: the trainers' own compiled call (`train.gan.make_train_step`,
+`train.segmentation.make_train_step`: `steps_per_call` steps in one call, the state
+donated), on random uint8 data of the recipe's resolution; throughput in steps/s. Twins:
+`twins` GAN and U-Net train steps (same models, losses, R1 schedule, optimiser and
+batch), one Python-loop step at a time, as a PyTorch trainer runs.
+
+FLOPs: one step is costed as its own function (a scan body is counted once).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import measure, torch_peer
+from jaxcxr.models import make_condition
+from jaxcxr.train import gan, segmentation
+
+SUITE = "train_step"
+
+
+def _fresh(state):
+  return jax.tree.map(jnp.copy, state)
+
+
+def _time(bench, name, step_fn, single_step, state, data, config, steps_per_call):
+  make_args = lambda: (_fresh(state), data)
+  timing, _ = measure.time_compiled(step_fn, make_args, repeats=bench.repeats)
+  flops = measure.function_flops(lambda s, d: single_step(s, d, config), state, data)
+  steps_per_s = steps_per_call / timing.median_s
+  bench.emit(measure.record(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", dtype=config_dtype(config, name),
+                            batch=config.batch_size, timing=timing, items=steps_per_call, unit="steps/s",
+                            steps_per_call=steps_per_call, resolution=data["images"].shape[1],
+                            **measure.roofline(flops, steps_per_s, bench.peak)))
+
+
+def config_dtype(config, name: str) -> str:
+  return config.compute_dtype if name == "gan" else config.unet.dtype
+
+
+def _gan(bench, m, rng) -> None:
+  config = m.gan_train
+  r, n = config.generator.resolution, 4 * config.batch_size
+  data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
+          "cond": jnp.asarray(make_condition(rng.choice(["M", "F"], n), rng.integers(18, 80, n),
+                                             rng.integers(0, 2, n), conditions=config.generator.conditions))}
+  state = gan.init_train_state(config, seed=0)
+  _time(bench, "gan", gan.make_train_step(config), gan.train_step, state, data, config, config.steps_per_call)
+  torch_peer.gan_train_step(bench, m, config, data, SUITE)
+
+
+def _unet(bench, m, rng) -> None:
+  config = m.unet_train
+  r, n = config.unet.resolution, 4 * config.batch_size
+  masks = np.zeros((n, r, r), np.uint8)                     # two lung-like boxes
+  masks[:, r // 4: 3 * r // 4, r // 8: 3 * r // 8] = 1
+  masks[:, r // 4: 3 * r // 4, 5 * r // 8: 7 * r // 8] = 2
+  data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)), "masks": jnp.asarray(masks)}
+  state = segmentation.init_train_state(config, seed=0)
+  _time(bench, "unet", segmentation.make_train_step(config), segmentation.train_step, state, data, config,
+        config.steps_per_call)
+  torch_peer.unet_train_step(bench, m, config, data, SUITE)
+
+
+def run(bench) -> None:
+  m = bench.models()
+  rng = np.random.default_rng(0)
+  if bench.quick:  # compiling the GAN step (two G and D passes, R1, augmentation) alone takes ~30 s
+    bench.emit(measure.skipped(bench.ctx, suite=SUITE, name="gan", peer="jaxcxr",
+                               reason="its compile alone exceeds the --quick budget; run without --quick"))
+  elif not bench.out_of_time():
+    _gan(bench, m, rng)
+  if not bench.out_of_time():
+    _unet(bench, m, rng)

@@ -1,0 +1,221 @@
+"""The PyTorch side of each suite: `benchmarks.twins` loaded with jaxcxr's weights, timed in the same process.
+
+Each function emits one record per mode and dtype: peer "torch_eager", and
+"torch_compile" with `--torch-compile` (its first calls, the compilation, are the
+record's `compile_s`); dtypes float32, and bfloat16 with `--torch-bf16`. The twins use
+torch's default intra-op threads (all cores, as XLA) on the CPU and CUDA when present.
+Without torch, one "skipped" record per call says why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Callable
+
+import numpy as np
+
+from benchmarks import measure
+
+_SKIP = "torch not installed (pip install 'torch==2.13.0+cpu' on a CPU machine)"
+
+
+def available() -> bool:
+  return importlib.util.find_spec("torch") is not None
+
+
+def _skip(bench, suite: str, name: str, batch: int) -> bool:
+  if available():
+    return False
+  bench.emit(measure.skipped(bench.ctx, suite=suite, name=name, peer="torch_eager", reason=_SKIP, batch=batch))
+  return True
+
+
+def _device():
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync() -> Callable[[], None]:
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+
+def _modes(bench) -> list[str]:
+  return ["eager"] + (["compile"] if bench.torch_compile else [])
+
+
+def _dtypes(bench) -> list[str]:
+  return ["float32"] + (["bfloat16"] if bench.torch_bf16 else [])
+
+
+def _time(bench, fn: Callable[[], Any], mode: str):
+  """Times `fn` (built for `mode`); torch.compile gets three warm-up calls (compile, recompiles, autotune)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    return measure.time_call(fn, repeats=bench.repeats, sync=_sync(), warmup=3 if mode == "compile" else 1)
+
+
+def _compiled(module_or_fn, mode: str):
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.compile(module_or_fn) if mode == "compile" else module_or_fn
+
+
+def _emit(bench, suite, name, mode, dtype, batch, timing, items, unit, **extra):
+  import torch  # pylint: disable=g-import-not-at-top
+  bench.emit(measure.record(bench.ctx, suite=suite, name=name, peer=f"torch_{mode}", dtype=dtype, batch=batch,
+                            timing=timing, items=items, unit=unit, torch_device=str(_device()),
+                            torch_threads=torch.get_num_threads(), **extra))
+
+
+def generate_and_score(bench, m, scorer, cond: np.ndarray, batch: int, dtype: str, suite: str) -> None:
+  """`twins.TorchGenerateAndScore` on fresh N(0, I) latents each run, jaxcxr's dtype."""
+  if _skip(bench, suite, "generate_and_score", batch):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import twins  # pylint: disable=g-import-not-at-top
+  device = _device()
+  model = twins.TorchGenerateAndScore.from_nnx(scorer, m.generator).to(device)
+  c = torch.as_tensor(cond, device=device)
+  for mode in _modes(bench):
+    fn = _compiled(model, mode)
+    run = lambda: fn(torch.randn(batch, m.generator.config.latent_dim, device=device), c)
+    _emit(bench, suite, "generate_and_score", mode, dtype, batch, _time(bench, run, mode), batch, "images/s")
+
+
+def _signed(images: np.ndarray, device):
+  import torch  # pylint: disable=g-import-not-at-top
+  return (torch.as_tensor(images, device=device).float() / 127.5 - 1.0)[:, None]
+
+
+def _anogan_twins(m, dtype: str):
+  from benchmarks import twins  # pylint: disable=g-import-not-at-top
+  device = _device()
+  g = twins.TorchGenerator.from_nnx(m.normal_generator, dtype).to(device)
+  d = twins.TorchDiscriminator.from_nnx(m.normal_discriminator, dtype).to(device)
+  return g, d
+
+
+def anogan_batched(bench, m, config, images: np.ndarray, cond: np.ndarray, suite: str) -> None:
+  """`twins.anogan_search`: every image's search in one batch, the same Adam steps and loss."""
+  b = len(images)
+  if _skip(bench, suite, "search", b):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import twins  # pylint: disable=g-import-not-at-top
+  device = _device()
+  g, d = _anogan_twins(m, config.dtype)
+  x, c = _signed(images, device), torch.as_tensor(cond, device=device)
+  target = twins.Render(g, config.base_image)
+  for mode in _modes(bench):
+    render, features = _compiled(target, mode), _compiled(d.features, mode)
+    run = lambda: twins.anogan_search(render, features, x, c, config.steps, config.learning_rate,
+                                      config.feature_weight, config.restarts)
+    timing = measure.time_call(run, repeats=bench.repeats, sync=_sync(), warmup=3 if mode == "compile" else 1)
+    _emit(bench, suite, "search", mode, config.dtype, b, timing, b, "images/s", steps=config.steps,
+          ms_per_step=round(1e3 * timing.median_s / config.steps, 3))
+
+
+def anogan_per_image(bench, m, config, images: np.ndarray, cond: np.ndarray, suite: str) -> None:
+  """The reference code's loop (`twins.anogan_search_per_image`) over all B images, eager.
+
+  Timed on `reference_images` images for `reference_steps` steps and scaled linearly to B
+  images and `config.steps` steps (`extrapolated`): one image's steps are independent of
+  the others', so its time is linear in both.
+  """
+  b = len(images)
+  if _skip(bench, suite, "search", b):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import twins  # pylint: disable=g-import-not-at-top
+  device = _device()
+  g, d = _anogan_twins(m, config.dtype)
+  n_images, n_steps = min(2, b), min(10, config.steps)
+  x, c = _signed(images[:n_images], device), torch.as_tensor(cond[:n_images], device=device)
+  run = lambda: twins.anogan_search_per_image(g, d.features, x, c, n_steps, config.learning_rate,
+                                              config.feature_weight, config.restarts, base_image=config.base_image)
+  measured = measure.time_call(run, repeats=bench.repeats, sync=_sync())
+  scale = (b / n_images) * (config.steps + 1) / (n_steps + 1)
+  timing = measure.Timing(measured.compile_s, measured.median_s * scale, measured.min_s * scale, measured.repeats)
+  _emit(bench, suite, "search", "per_image_loop", config.dtype, b, timing, b, "images/s", steps=config.steps,
+        extrapolated=True, measured_images=n_images, measured_steps=n_steps,
+        ms_per_step=round(1e3 * timing.median_s / config.steps, 3))
+
+
+def fanogan(bench, m, images: np.ndarray, cond: np.ndarray, suite: str) -> None:
+  """`twins.fanogan_scores` with the f-AnoGAN encoder, G and D twins."""
+  b = len(images)
+  if _skip(bench, suite, "score", b):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import twins  # pylint: disable=g-import-not-at-top
+  device = _device()
+  e = twins.TorchEncoder.from_nnx(m.encoder).to(device)
+  g, d = _anogan_twins(m, "float32")
+  x, c = torch.as_tensor(images, device=device), torch.as_tensor(cond, device=device)
+  for mode in _modes(bench):
+    fn = _compiled(lambda x, c: twins.fanogan_scores(e, g, d, x, c), mode)
+    _emit(bench, suite, "score", mode, "float32", b, _time(bench, lambda: fn(x, c), mode), b, "images/s")
+
+
+def healthygan(bench, m, images: np.ndarray, suite: str) -> None:
+  """`twins.healthygan_scores` with the translator twin."""
+  b = len(images)
+  if _skip(bench, suite, "score", b):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import twins  # pylint: disable=g-import-not-at-top
+  device = _device()
+  t = twins.TorchTranslator.from_nnx(m.translator).to(device)
+  x = torch.as_tensor(images, device=device)
+  for mode in _modes(bench):
+    fn = _compiled(lambda x: twins.healthygan_scores(t, x), mode)
+    _emit(bench, suite, "score", mode, "float32", b, _time(bench, lambda: fn(x), mode), b, "images/s")
+
+
+def gan_train_step(bench, m, config, data: dict, suite: str) -> None:
+  """`twins.TorchGanTrainStep`: `steps_per_call` steps per timed call, each drawing its batch on the device."""
+  if _skip(bench, suite, "gan", config.batch_size):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import models as models_lib, twins  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import Discriminator, Generator  # pylint: disable=g-import-not-at-top
+  device = _device()
+  g = models_lib.random_module(lambda rngs: Generator(config.generator, rngs=rngs), 0)
+  d = models_lib.random_module(lambda rngs: Discriminator(config.discriminator, rngs=rngs), 1)
+  step = twins.TorchGanTrainStep.from_nnx(g, d, config)
+  step.g.to(device), step.d.to(device), step.g_ema.to(device)
+  images = torch.as_tensor(np.array(data["images"]), device=device)
+  cond = torch.as_tensor(np.array(data["cond"]), device=device)
+
+  def run():
+    for _ in range(config.steps_per_call):
+      step(step.draw(images, cond))
+
+  timing = measure.time_call(run, repeats=bench.repeats, sync=_sync())
+  _emit(bench, suite, "gan", "eager", config.compute_dtype, config.batch_size, timing, config.steps_per_call,
+        "steps/s", steps_per_call=config.steps_per_call)
+
+
+def unet_train_step(bench, m, config, data: dict, suite: str) -> None:
+  """`twins.TorchUNetTrainStep`: `steps_per_call` steps per timed call, batches drawn and augmented on the device."""
+  if _skip(bench, suite, "unet", config.batch_size):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import models as models_lib, twins  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.unet import UNet  # pylint: disable=g-import-not-at-top
+  device = _device()
+  unet = models_lib.random_module(lambda rngs: UNet(config.unet, rngs=rngs), 0)
+  step = twins.TorchUNetTrainStep.from_nnx(unet, config)
+  step.unet.to(device)
+  images = torch.as_tensor(np.array(data["images"]), device=device)
+  masks = torch.as_tensor(np.array(data["masks"]), device=device)
+
+  def run():
+    for _ in range(config.steps_per_call):
+      step(*step.draw(images, masks))
+
+  timing = measure.time_call(run, repeats=bench.repeats, sync=_sync())
+  _emit(bench, suite, "unet", "eager", config.unet.dtype, config.batch_size, timing, config.steps_per_call,
+        "steps/s", steps_per_call=config.steps_per_call)
