@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcxr import data
-from jaxcxr.batching import default_chunk, in_chunks, map_batches
+from jaxcxr.batching import map_batches
 from jaxcxr.config import DTYPES, DiscriminatorConfig, GeneratorConfig
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
@@ -318,8 +318,9 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
 
   def step(carry, t):
     z, opt_state, stopped, history, steps_run = carry
-    # The problems are independent: on a CPU a few at a time (`batching.in_chunks`), the same numbers, faster.
-    losses, grads = in_chunks(losses_and_grads, z, x, c, fx, chunk=default_chunk())
+    # All problems at once: chunking them (`batching.in_chunks`) was 1.12x faster on one CPU core but
+    # 1.4x slower on two (benchmarks/README.md), small 64x64 chunks leave the second core idle.
+    losses, grads = losses_and_grads(z, x, c, fx)
     # Early stopping: history[t % W] holds the loss of W steps ago (inf before step W, and a
     # tolerance of -inf disables it: neither ever stops a problem).
     stopped = stopped | (history[t % window] - losses < hyper["early_stop_tol"])
