@@ -10,7 +10,7 @@ from jaxcxr import io as io_lib
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 _COLUMNS = ("suite", "name", "peer", "dtype", "batch", "throughput", "compile_s", "median_s",
-            "ratio_vs_torch_eager", "ratio_vs_torch_compile", "flops_per_item", "achieved_gflops", "fraction_of_peak")
+            "ratio_vs_torch_eager", "ratio_vs_torch_compile", "ratio_vs_per_image_loop", "flops_per_item", "achieved_gflops", "fraction_of_peak")
 
 
 def _cell(value: Any) -> str:
