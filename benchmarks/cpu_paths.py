@@ -11,6 +11,10 @@ process, because XLA flags and the chunk size are read when a function is first 
   CPU) and im2col patches times a matmul (`patches`), in float32 and bfloat16, with the
   float32 and bfloat16 matmul rates beside them; under each XLA flag set of `FLAG_SETS`
   (oneDNN, XNNPACK graph fusion, AMX, 512-bit vectors).
+* `small_channels`: the same at the shipped base GAN's smallest widths (16 -> 8, 8 -> 8 at
+  64x64, batch 64), where AnoGAN spends its time.
+* `gradients`: ms per step of the shipped AnoGAN search (a `lax.scan`, batch 8) and of the
+  256x256 U-Net's unrolled training step, with `conv2d`'s custom VJP and with XLA's autodiff.
 * `chunk`: images/s of the shipped generate-and-score call (batch 32) and ms per image and
   step of the shipped AnoGAN search (batch 64, base image, 10 steps) for each
   `batching.CPU_CHUNK` (None = the whole batch at once).
@@ -72,6 +76,60 @@ def probe_conv(quick: bool) -> dict:
   return out
 
 
+def probe_small_channels(quick: bool) -> dict:
+  """A 3x3 convolution with the shipped base GAN's smallest widths (16 -> 8 and 8 -> 8 at 64x64)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr.models import layers  # pylint: disable=g-import-not-at-top
+  b, h = (4, 32) if quick else (64, 64)
+  out = {"probe": "small_channels", "batch": b, "side": h}
+  for c, o in ((16, 8), (8, 8)):
+    x = jax.random.normal(jax.random.key(0), (b, h, h, c))
+    k = 0.1 * jax.random.normal(jax.random.key(1), (3, 3, c, o))
+    out[f"conv_fwd_{c}_to_{o}_gflops"] = round(2 * b * h * h * c * o * 9 / _median_time(jax.jit(layers._xla_conv), x, k)  # pylint: disable=protected-access
+                                               / 1e9, 1)
+  return out
+
+
+def probe_gradients(quick: bool, variant: str) -> dict:
+  """The AnoGAN search (a `lax.scan`) and a U-Net training step with `conv2d`'s gradients by `variant`.
+
+  "custom_vjp" is `conv2d` as shipped; "plain" is XLA's convolution with XLA's autodiff.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from jaxcxr.models import layers  # pylint: disable=g-import-not-at-top
+  if variant == "plain":
+    shipped = layers.conv2d
+    layers.conv2d = lambda x, k: shipped(x, k) if k.shape[0] == 1 else layers._xla_conv(x, k)  # pylint: disable=protected-access
+  from benchmarks import measure, models as models_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr import anomaly  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import make_condition  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train import segmentation  # pylint: disable=g-import-not-at-top
+  m = models_lib.tiny() if quick else models_lib.shipped()
+  out = {"probe": "gradients", "variant": variant, "models": m.source}
+  b, steps = (2, 3) if quick else (8, 10)
+  g, d = m.normal_generator, m.normal_discriminator
+  config = anomaly.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image)
+  rng = np.random.default_rng(0)
+  r = anomaly.search_resolution(g, config)
+  images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)
+  c = make_condition(rng.choice(["M", "F"], b), rng.integers(18, 80, b), conditions=g.config.conditions)
+  search = lambda: anomaly.search_latents(g, d, images, c, jax.random.key(0), config).score
+  out["anogan_batch"], out["anogan_ms_per_step"] = b, round(1e3 * _median_time(search, repeats=3) / steps, 2)
+  u_cfg = m.unet_train
+  n, r = 4 * u_cfg.batch_size, u_cfg.unet.resolution
+  data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
+          "masks": jnp.asarray(rng.integers(0, 3, (n, r, r), dtype=np.uint8))}
+  state = segmentation.init_train_state(u_cfg, 0)
+  timing, _ = measure.time_compiled(segmentation.make_train_step(u_cfg), lambda: (jax.tree.map(jnp.copy, state), data),
+                                    repeats=3)
+  out["unet_batch"], out["unet_ms_per_step"] = u_cfg.batch_size, round(1e3 * timing.median_s / u_cfg.steps_per_call, 1)
+  return out
+
+
 def probe_chunk(quick: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -107,8 +165,9 @@ def probe_chunk(quick: bool) -> dict:
   return out
 
 
-def _run_probe(probe: str, quick: bool, env: dict) -> dict:
+def _run_probe(probe: str, quick: bool, env: dict, variant: str | None = None) -> dict:
   cmd = [sys.executable, "-m", "benchmarks.cpu_paths", "--probe", probe] + (["--quick"] if quick else [])
+  cmd += ["--variant", variant] if variant else []
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     return {"probe": probe, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -119,15 +178,23 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_paths", description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="small shapes and tiny models")
   parser.add_argument("--out", default=None, help="also write the JSON lines to this file")
-  parser.add_argument("--probe", choices=("conv", "chunk"), default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--probe", choices=("conv", "small_channels", "gradients", "chunk"), default=None,
+                      help=argparse.SUPPRESS)
+  parser.add_argument("--variant", choices=("custom_vjp", "plain"), default="custom_vjp", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.probe:
-    print(json.dumps(probe_conv(args.quick) if args.probe == "conv" else probe_chunk(args.quick)))
+    probes = {"conv": probe_conv, "small_channels": probe_small_channels, "chunk": probe_chunk,
+              "gradients": lambda quick: probe_gradients(quick, args.variant)}
+    print(json.dumps(probes[args.probe](args.quick)))
     return 0
   lines = []
   for name, flags in FLAG_SETS.items():
     line = {"flags_name": name, "xla_flags": flags,
             **_run_probe("conv", args.quick, {**os.environ, "XLA_FLAGS": flags})}
+    print(json.dumps(line), flush=True)
+    lines.append(line)
+  for probe, variant in (("small_channels", None), ("gradients", "custom_vjp"), ("gradients", "plain")):
+    line = _run_probe(probe, args.quick, dict(os.environ), variant)
     print(json.dumps(line), flush=True)
     lines.append(line)
   for chunk in CHUNKS:
