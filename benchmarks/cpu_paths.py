@@ -76,6 +76,18 @@ def probe_conv(quick: bool) -> dict:
   return out
 
 
+def _search_seconds(m, batch: int, steps: int) -> float:
+  """Median seconds of `anomaly.search_latents` on `batch` random queries (the anogan suite's)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from benchmarks.suites import anogan  # pylint: disable=g-import-not-at-top
+  from jaxcxr import anomaly  # pylint: disable=g-import-not-at-top
+  g, d = m.normal_generator, m.normal_discriminator
+  config = anomaly.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image)
+  images, cond = anogan.queries(g, config, batch)
+  return _median_time(lambda: anomaly.search_latents(g, d, images, cond, jax.random.key(0), config).score, repeats=3)
+
+
 def probe_small_channels(quick: bool) -> dict:
   """A 3x3 convolution with the shipped base GAN's smallest widths (16 -> 8 and 8 -> 8 at 64x64)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -105,20 +117,13 @@ def probe_gradients(quick: bool, variant: str) -> dict:
     shipped = layers.conv2d
     layers.conv2d = lambda x, k: shipped(x, k) if k.shape[0] == 1 else layers._xla_conv(x, k)  # pylint: disable=protected-access
   from benchmarks import measure, models as models_lib  # pylint: disable=g-import-not-at-top
-  from jaxcxr import anomaly  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models import make_condition  # pylint: disable=g-import-not-at-top
+
   from jaxcxr.train import segmentation  # pylint: disable=g-import-not-at-top
   m = models_lib.tiny() if quick else models_lib.shipped()
   out = {"probe": "gradients", "variant": variant, "models": m.source}
   b, steps = (2, 3) if quick else (8, 10)
-  g, d = m.normal_generator, m.normal_discriminator
-  config = anomaly.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image)
+  out["anogan_batch"], out["anogan_ms_per_step"] = b, round(1e3 * _search_seconds(m, b, steps) / steps, 2)
   rng = np.random.default_rng(0)
-  r = anomaly.search_resolution(g, config)
-  images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)
-  c = make_condition(rng.choice(["M", "F"], b), rng.integers(18, 80, b), conditions=g.config.conditions)
-  search = lambda: anomaly.search_latents(g, d, images, c, jax.random.key(0), config).score
-  out["anogan_batch"], out["anogan_ms_per_step"] = b, round(1e3 * _median_time(search, repeats=3) / steps, 2)
   u_cfg = m.unet_train
   n, r = 4 * u_cfg.batch_size, u_cfg.unet.resolution
   data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
@@ -135,8 +140,7 @@ def probe_chunk(quick: bool) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from benchmarks import models as models_lib  # pylint: disable=g-import-not-at-top
-  from jaxcxr import anomaly, batching, scoring  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models import make_condition  # pylint: disable=g-import-not-at-top
+  from jaxcxr import batching, scoring  # pylint: disable=g-import-not-at-top
   from jaxcxr.models.condition import group_condition_batch  # pylint: disable=g-import-not-at-top
   m = models_lib.tiny() if quick else models_lib.shipped()
   out = {"probe": "chunk", "chunk": batching.CPU_CHUNK, "models": m.source}
@@ -153,15 +157,8 @@ def probe_chunk(quick: bool) -> dict:
   out["generate_and_score_images_per_s"] = round(b / _median_time(call, 1, repeats=3), 3)
 
   b, steps = (4, 3) if quick else (64, 10)
-  g, d = m.normal_generator, m.normal_discriminator
-  config = anomaly.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image)
-  rng = np.random.default_rng(0)
-  r = anomaly.search_resolution(g, config)
-  images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)
-  c = make_condition(rng.choice(["M", "F"], b), rng.integers(18, 80, b), conditions=g.config.conditions)
-  search = lambda: anomaly.search_latents(g, d, images, c, jax.random.key(0), config).score
   out["anogan_batch"], out["anogan_steps"] = b, steps
-  out["anogan_ms_per_image_step"] = round(1e3 * _median_time(search, repeats=3) / (b * steps), 3)
+  out["anogan_ms_per_image_step"] = round(1e3 * _search_seconds(m, b, steps) / (b * steps), 3)
   return out
 
 

@@ -67,6 +67,12 @@ class Bench:
       self.log(f"models: {self._models.source} ({time.perf_counter() - start:.1f} s)")
     return self._models
 
+  def batches(self, cpu: list[int], gpu: list[int]) -> list[int]:
+    """A suite's batch sizes: [2] with --quick, else those of this platform."""
+    if self.quick:
+      return [2]
+    return gpu if self.gpu else cpu
+
   def out_of_time(self) -> bool:
     """True once the run's time budget is spent (suites check it before each measurement)."""
     return self.deadline is not None and time.monotonic() > self.deadline

@@ -30,12 +30,6 @@ from jaxcxr.models import make_condition
 SUITE = "anogan"
 
 
-def batches(bench) -> list[int]:
-  if bench.quick:
-    return [2]
-  return [1, 64, 256] if bench.gpu else [1, 8, 64]
-
-
 def queries(generator, config, n: int):
   """uint8 (n, R, R) query images at the search resolution and their condition rows."""
   rng = np.random.default_rng(0)
@@ -74,7 +68,7 @@ def run(bench) -> None:
   steps = bench.steps or (5 if bench.quick else 100)
   g, d = m.normal_generator, m.normal_discriminator
   dtypes = ["float32"] + (["bfloat16"] if bench.torch_bf16 else [])
-  all_batches = batches(bench)
+  all_batches = bench.batches(cpu=[1, 8, 64], gpu=[1, 64, 256])
   for dtype in dtypes:
     config = anomaly.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image, dtype=dtype)
     images, cond = queries(g, config, max(all_batches))

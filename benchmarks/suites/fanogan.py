@@ -18,12 +18,6 @@ from jaxcxr.models import make_condition
 SUITE = "fanogan"
 
 
-def batches(bench) -> list[int]:
-  if bench.quick:
-    return [2]
-  return [1, 64, 512] if bench.gpu else [1, 16, 64]
-
-
 def run(bench) -> None:
   m = bench.models()
   e, g, d = m.encoder, m.normal_generator, m.normal_discriminator
@@ -31,7 +25,7 @@ def run(bench) -> None:
   graphdefs = anomaly._fanogan_graphdefs(e.config, g.config, d.config)  # pylint: disable=protected-access
   states = (nnx.state(e), nnx.state(g), nnx.state(d))
   rng = np.random.default_rng(0)
-  for b in batches(bench):
+  for b in bench.batches(cpu=[1, 16, 64], gpu=[1, 64, 512]):
     if bench.out_of_time():
       return
     images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)

@@ -21,12 +21,6 @@ SUITE = "generate_and_score"
 GROUP = "58_64f"
 
 
-def batches(bench) -> list[int]:
-  if bench.quick:
-    return [2]
-  return [1, 64, 256, 1024] if bench.gpu else [1, 8, 32, 64]
-
-
 def _flops_per_image(m, scorer, models, states, cond, key) -> float | None:
   """XLA's cost of one image: the call at batch 1, where nothing is chunked."""
   one = scorer.with_config(batch_size=1)
@@ -41,7 +35,7 @@ def run(bench) -> None:
   dtypes = ["float32"] + (["bfloat16"] if bench.torch_bf16 else [])
   for dtype in dtypes:
     flops_per_image = None
-    for b in batches(bench):
+    for b in bench.batches(cpu=[1, 8, 32, 64], gpu=[1, 64, 256, 1024]):
       if bench.out_of_time():
         return
       scorer = m.scorer.with_config(batch_size=b, dtype=dtype)

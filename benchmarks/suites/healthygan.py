@@ -16,19 +16,13 @@ from jaxcxr import anomaly
 SUITE = "healthygan"
 
 
-def batches(bench) -> list[int]:
-  if bench.quick:
-    return [2]
-  return [1, 64, 512] if bench.gpu else [1, 16, 64]
-
-
 def run(bench) -> None:
   m = bench.models()
   t = m.translator
   r = t.config.resolution
   graphdef, state = anomaly._translator_graphdef(t.config), nnx.state(t)  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
-  for b in batches(bench):
+  for b in bench.batches(cpu=[1, 16, 64], gpu=[1, 64, 512]):
     if bench.out_of_time():
       return
     images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)
