@@ -92,10 +92,3 @@ def tiny() -> Models:
                 encoder=random_module(lambda rngs: Encoder(config_lib.fanogan_tiny(32).encoder, rngs=rngs), 5),
                 translator=random_module(lambda rngs: Translator(config_lib.healthygan_tiny(32).translator, rngs=rngs), 6),
                 gan_train=gan, unet_train=unet_train, anogan_base_image=False)
-
-
-def describe(models: Models) -> dict[str, Any]:
-  """Sizes for the records: resolutions and parameter counts."""
-  count = lambda m: int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(m, nnx.Param))))
-  return {"models": models.source, "resolution": models.generator.config.resolution,
-          "generator_params": count(models.generator)}

@@ -302,17 +302,13 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
   lam = hyper["feature_weight"]
   render = generator.base_image if base else generator
 
-  def losses_and_grads(z, x, c, fx):                                 # (N, D) -> (N,), (N, D)
-    def total_loss(z):
-      fake = render(z, c)                                            # (N, H, W, 1) float32
-      pixel = jnp.abs(x - fake).mean(axis=(1, 2, 3))
-      feature = jnp.abs(fx - discriminator.features(fake)).mean(axis=(1, 2, 3))
-      losses = (1.0 - lam) * pixel + lam * feature
-      # The sum, not the mean: each problem's gradient is its own, whatever N is.
-      return losses.sum(), losses
-
-    (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(z)
-    return losses, grads
+  def total_loss(z):                                                 # (N, D) -> scalar, (N,)
+    fake = render(z, c)                                              # (N, H, W, 1) float32
+    pixel = jnp.abs(x - fake).mean(axis=(1, 2, 3))
+    feature = jnp.abs(fx - discriminator.features(fake)).mean(axis=(1, 2, 3))
+    losses = (1.0 - lam) * pixel + lam * feature
+    # The sum, not the mean: each problem's gradient is its own, whatever N is.
+    return losses.sum(), losses
 
   tx = optax.adam(hyper["learning_rate"])
 
@@ -320,7 +316,7 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
     z, opt_state, stopped, history, steps_run = carry
     # All problems at once: chunking them (`batching.in_chunks`) was 1.12x faster on one CPU core but
     # 1.4x slower on two (benchmarks/README.md), small 64x64 chunks leave the second core idle.
-    losses, grads = losses_and_grads(z, x, c, fx)
+    (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(z)
     # Early stopping: history[t % W] holds the loss of W steps ago (inf before step W, and a
     # tolerance of -inf disables it: neither ever stops a problem).
     stopped = stopped | (history[t % window] - losses < hyper["early_stop_tol"])
