@@ -194,7 +194,7 @@ def cmd_train_gan(args: argparse.Namespace) -> dict[str, Any]:
   config = _train_preset(args.preset, args.steps, config_lib.GanTrainConfig, "a GAN")
   ds = _development_images(args.data, args.split)
   summary = gan.train_gan(ds, config, args.out, resume=args.resume, seed=args.seed,
-                          progress=sys.stderr.isatty() or args.progress)
+                          progress=sys.stderr.isatty() or args.progress, init_from=args.init_from)
   return {"preset": args.preset, "split": args.split, **summary}
 
 
@@ -1511,6 +1511,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="gan_64_resize_cpu, gan_64_resize_normal_cpu (the bases of the 256x256 cascades), "
                               "gan_64_cpu, gan_64_normal_cpu, gan_64_wide_cpu, gan_256_single_cpu, gan_128, gan_256, "
                               "gan_tiny")
+  train_gan.add_argument("--init-from", help="a trained GAN folder (generator/, discriminator/; a cascade's "
+                                            "upsampler is left out) whose weights start the run")
   _add_run_args(train_gan)
   train_gan.set_defaults(run=cmd_train_gan, human=_human_train)
 

@@ -338,8 +338,39 @@ def _inference_graphdef(config: GanTrainConfig):
   return nnx.graphdef(nnx.eval_shape(lambda: Generator(config.generator, rngs=nnx.Rngs(0))))
 
 
+def warm_start(state: TrainState, directory: str | os.PathLike) -> TrainState:
+  """`state` with the weights of a trained GAN folder (`generator/`, `discriminator/`): G, its EMA and D.
+
+  The folder may hold a cascade (its upsampler's weights are left out: this trainer trains
+  the low-resolution blocks). The optimiser states, step and ADA probability stay fresh, so
+  a warm-started run is a new run that begins from those weights.
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: missing or damaged checkpoint.
+    ValueError: the saved weights do not have the shapes of this config's models.
+  """
+  from jaxcxr.models.discriminator import load_discriminator  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.generator import load_generator  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(directory)
+  g = nnx.to_pure_dict(nnx.state(load_generator(directory / "generator"), nnx.Param))
+  g.pop("upsampler", None)
+  d_model = load_discriminator(directory / "discriminator")
+  d = nnx.to_pure_dict(nnx.state(d_model, nnx.Param))
+  d_stats = nnx.to_pure_dict(nnx.state(d_model, nnx.BatchStat))
+  for name, saved, fresh in (("generator", g, state["g"]), ("discriminator", d, state["d"]),
+                             ("discriminator statistics", d_stats, state["d_stats"])):
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+    if shapes(saved) != shapes(fresh):
+      raise ValueError(f"{directory}: the saved {name} does not match the preset's model (other widths or layers)")
+  as_fresh = lambda saved, fresh: jax.tree.map(lambda s, f: jnp.array(s, f.dtype, copy=True), saved, fresh)
+  return {**state, "g": as_fresh(g, state["g"]), "g_ema": as_fresh(g, state["g_ema"]),
+          "d": as_fresh(d, state["d"]), "d_stats": as_fresh(d_stats, state["d_stats"])}
+
+
 def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str | os.PathLike, *,
-              resume: bool = False, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+              resume: bool = False, seed: int = 0, progress: bool = True,
+              init_from: str | os.PathLike | None = None) -> dict[str, Any]:
   """Trains the conditional GAN, with progress, sample grids, checkpoints and resume.
 
   Writes under `out_dir`: `checkpoints/STEP/` (training state every
@@ -358,6 +389,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
       The checkpoint must be of this run: the same seed, data and config (loop fields aside).
     seed: seed of the initial weights and of the training randomness.
     progress: show a tqdm bar on stderr.
+    init_from: a trained GAN folder whose weights start the run (`warm_start`); a resumed
+      run continues from its own checkpoint instead.
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "images_per_second",
@@ -374,6 +407,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)
   state = init_train_state(config, seed)
+  if init_from is not None:
+    state = warm_start(state, init_from)
   sample_key = jax.random.key(0)  # the same latents in every grid of every run
 
   def write_samples(step: int, state: TrainState):
@@ -386,7 +421,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
       name="GAN", config=config, state=state, train_call=make_train_step(config), args=(jax.device_put(host_data),),
       out_dir=out_dir, resume=resume, progress=progress,
       run_metadata={"seed": seed, "n_images": info["n_images"],
-                    "data_sha256": data_metadata(dataset).get("data_sha256")},
+                    "data_sha256": data_metadata(dataset).get("data_sha256"),
+                    **({"init_from": str(init_from)} if init_from is not None else {})},
       on_call=write_samples,
       postfix=lambda m, _: {"d": f"{m['d_loss'][-1]:.3f}", "g": f"{m['g_loss'][-1]:.3f}",
                             "p": f"{m['ada_p'][-1]:.2f}"})
@@ -403,6 +439,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
       "seed": seed,
       "n_images": info["n_images"],
       "final_losses": final,
+      **({"init_from": str(init_from)} if init_from is not None else {}),
       **data_metadata(dataset),
       "provenance": provenance(dataset.source, {"seed": seed}),
   }
