@@ -598,6 +598,11 @@ class UpsamplerTrainConfig:
   degrade_noise: float = 0.02
   # EMA decay of the stage's weights (with a (1+t)/(10+t) warm-up); the EMA weights are shipped.
   ema_decay: float = 0.995
+  # Share of each batch whose inputs are crops of a base GAN's own images (no target: the stage
+  # learns to draw on the images it will finish, judged by D against real crops); 0 = real only.
+  generated_fraction: float = 0.0
+  # Weight of L1 between the down-sampled output and a generated input (keeps the stage faithful).
+  consistency_weight: float = 10.0
   # Write a sample grid (input, output, real) every this many steps; 0 = only at the end.
   sample_every: int = 500
   # Save a training checkpoint every this many steps (and at the end).
@@ -613,9 +618,13 @@ class UpsamplerTrainConfig:
     if not self.disc_channels or min(self.disc_channels) <= 0 or self.crop % 2 ** len(self.disc_channels):
       raise ValueError(f"UpsamplerTrainConfig.disc_channels={self.disc_channels}: expected positive channels, "
                        f"one 2x pool each dividing crop={self.crop}")
-    for name in ("l1_weight", "adversarial_weight", "disc_detail_gain", "degrade_blur", "degrade_noise"):
+    for name in ("l1_weight", "adversarial_weight", "disc_detail_gain", "degrade_blur", "degrade_noise",
+                 "consistency_weight"):
       if getattr(self, name) < 0:
         raise ValueError(f"UpsamplerTrainConfig.{name}: expected >= 0, got {getattr(self, name)}")
+    if not 0.0 <= self.generated_fraction < 1.0:
+      raise ValueError(f"UpsamplerTrainConfig.generated_fraction={self.generated_fraction}: expected in [0, 1) "
+                       "(at least one real crop per batch keeps the L1 anchor)")
 
 
 def upsampler_tiny() -> UpsamplerTrainConfig:
@@ -634,6 +643,20 @@ def upsampler_x4_noiseless_cpu() -> UpsamplerTrainConfig:
   follows the image.
   """
   return dataclasses.replace(upsampler_x4_cpu(), upsampler=UpsamplerConfig(noise=False))
+
+
+def upsampler_x4_generated_cpu() -> UpsamplerTrainConfig:
+  """`upsampler_x4_noiseless_cpu` with half of each batch made of the base GAN's own images.
+
+      jaxcxr train upsampler --preset upsampler_x4_generated_cpu --base-gan checkpoints/gan_256 \
+        --init-from checkpoints/gan_256 --out runs/upsampler_x4_generated
+
+  Those inputs have no real target: the stage is judged by the patch discriminator against
+  real crops and kept faithful to its input by L1 between its down-sampled output and the
+  input, so it learns to finish the images it will finish in a cascade, not only
+  down-sampled real ones.
+  """
+  return dataclasses.replace(upsampler_x4_noiseless_cpu(), generated_fraction=0.5, steps=20000)
 
 
 def upsampler_x4_cpu() -> UpsamplerTrainConfig:
@@ -1571,6 +1594,7 @@ PRESETS = {
     "upsampler_tiny": upsampler_tiny,
     "upsampler_x4_cpu": upsampler_x4_cpu,
     "upsampler_x4_noiseless_cpu": upsampler_x4_noiseless_cpu,
+    "upsampler_x4_generated_cpu": upsampler_x4_generated_cpu,
     "unet_tiny": unet_tiny,
     "unet_128_cpu": unet_128_cpu,
     "unet_256_cpu": unet_256_cpu,
