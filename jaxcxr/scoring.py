@@ -63,6 +63,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcxr import io as io_lib
 from jaxcxr.batching import default_chunk, in_chunks, map_batches
+from jaxcxr.config import DTYPES
 from jaxcxr.explain import grad_cam_pure
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.condition import group_condition_batch
@@ -109,7 +110,6 @@ STANDARD_STRICTNESS = 0.05
 # misses (symmetry 0 at the minimum), and pure noise would pass the shape score; at q = 1 the two
 # bounds of the ratio would meet at its median.
 STRICTNESS_RANGE = (0.01, 0.9)
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
