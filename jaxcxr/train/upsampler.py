@@ -36,9 +36,9 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr.batching import map_batches
-from jaxcxr.config import UpsamplerConfig, UpsamplerTrainConfig
+from jaxcxr.config import UpsamplerTrainConfig
 from jaxcxr.models.layers import SpectralConv, avg_pool2, upsample2
-from jaxcxr.models.upsampler import Upsampler
+from jaxcxr.models.upsampler import Upsampler, load_upsampler  # load_upsampler re-exported: jaxcxr.cli imports it here
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
@@ -223,14 +223,6 @@ def _bilinear(images_uint8: np.ndarray, side: int) -> np.ndarray:
   """The reference the stage must beat: bilinear up-sampling of uint8 (N, h, w) to side x side, float32."""
   x = jnp.asarray(images_uint8, jnp.float32)
   return np.asarray(jax.image.resize(x, (x.shape[0], side, side), "linear"))
-
-
-def load_upsampler(directory) -> Upsampler:
-  """Loads an upsampler saved by `train_upsampler` (`checkpoints.save_model`)."""
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
-  model, _, _ = checkpoints.load_model(directory, lambda c: Upsampler(c, rngs=nnx.Rngs(0)), UpsamplerConfig)
-  return model
 
 
 # ----------------------------------------------------------------------------- loop
