@@ -68,6 +68,7 @@ from jaxcxr.explain import grad_cam_pure
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.generator import Generator, latents
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.unet import UNet, as_unit_images, label_map
 
 __all__ = [
@@ -473,9 +474,7 @@ def split_with_dtype(model: nnx.Module, dtype: str):
   graphdef, state = nnx.split(model)
   if model.config.dtype == dtype:
     return graphdef, state
-  config = dataclasses.replace(model.config, dtype=dtype)
-  abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
-  return nnx.split(abstract)[0], state
+  return abstract_graphdef(type(model), dataclasses.replace(model.config, dtype=dtype)), state
 
 
 def _device_mesh() -> Mesh | None:

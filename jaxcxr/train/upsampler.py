@@ -37,6 +37,7 @@ from flax import nnx
 from jaxcxr import data as data_lib
 from jaxcxr.batching import map_batches
 from jaxcxr.config import UpsamplerTrainConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.layers import SpectralConv, avg_pool2, upsample2
 from jaxcxr.models.upsampler import Upsampler, load_upsampler  # load_upsampler re-exported: jaxcxr.cli imports it here
 from jaxcxr.provenance import provenance
@@ -126,11 +127,10 @@ def _init(root: jax.Array, config: UpsamplerTrainConfig) -> TrainState:
           "d": d, "d_stats": nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)), "d_opt": d_tx.init(d)}
 
 
-@functools.lru_cache(maxsize=8)
 def _graphdefs(config: UpsamplerTrainConfig):
-  upsampler = nnx.eval_shape(lambda: Upsampler(config.upsampler, rngs=nnx.Rngs(0)))
-  disc = nnx.eval_shape(lambda: PatchDiscriminator(config.disc_channels, rngs=nnx.Rngs(0)))
-  return nnx.graphdef(upsampler), nnx.graphdef(disc), nnx.graphdef(nnx.view(disc, use_running_average=True))
+  """Graph definitions of the stage, D in training mode and D in inference mode."""
+  return (abstract_graphdef(Upsampler, config.upsampler), abstract_graphdef(PatchDiscriminator, config.disc_channels),
+          abstract_graphdef(PatchDiscriminator, config.disc_channels, use_running_average=True))
 
 
 # ----------------------------------------------------------------------------- step
@@ -265,7 +265,7 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
   scale = config.upsampler.scale
   shown = (validation if validation is not None and len(validation) else dataset).images[:4]
   shown_low = data_lib.resize_uint8(shown, shown.shape[1] // scale)
-  inference_def = nnx.graphdef(nnx.eval_shape(lambda: Upsampler(config.upsampler, rngs=nnx.Rngs(0))))
+  inference_def = abstract_graphdef(Upsampler, config.upsampler)
 
   def write_samples(step: int, state: TrainState):
     if config.sample_every and step % config.sample_every == 0 or step == config.steps:
