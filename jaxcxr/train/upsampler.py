@@ -38,11 +38,12 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr.batching import map_batches
-from jaxcxr.config import UpsamplerConfig, UpsamplerTrainConfig
+from jaxcxr.config import UpsamplerTrainConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.layers import SpectralConv, avg_pool2, upsample2
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models.generator import Generator
-from jaxcxr.models.upsampler import Upsampler
+from jaxcxr.models.upsampler import Upsampler, load_upsampler  # load_upsampler re-exported: jaxcxr.cli imports it here
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
@@ -130,11 +131,10 @@ def _init(root: jax.Array, config: UpsamplerTrainConfig) -> TrainState:
           "d": d, "d_stats": nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)), "d_opt": d_tx.init(d)}
 
 
-@functools.lru_cache(maxsize=8)
 def _graphdefs(config: UpsamplerTrainConfig):
-  upsampler = nnx.eval_shape(lambda: Upsampler(config.upsampler, rngs=nnx.Rngs(0)))
-  disc = nnx.eval_shape(lambda: PatchDiscriminator(config.disc_channels, rngs=nnx.Rngs(0)))
-  return nnx.graphdef(upsampler), nnx.graphdef(disc), nnx.graphdef(nnx.view(disc, use_running_average=True))
+  """Graph definitions of the stage, D in training mode and D in inference mode."""
+  return (abstract_graphdef(Upsampler, config.upsampler), abstract_graphdef(PatchDiscriminator, config.disc_channels),
+          abstract_graphdef(PatchDiscriminator, config.disc_channels, use_running_average=True))
 
 
 # ----------------------------------------------------------------------------- step
@@ -288,14 +288,6 @@ def _bilinear(images_uint8: np.ndarray, side: int) -> np.ndarray:
   return np.asarray(jax.image.resize(x, (x.shape[0], side, side), "linear"))
 
 
-def load_upsampler(directory) -> Upsampler:
-  """Loads an upsampler saved by `train_upsampler` (`checkpoints.save_model`)."""
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
-  model, _, _ = checkpoints.load_model(directory, lambda c: Upsampler(c, rngs=nnx.Rngs(0)), UpsamplerConfig)
-  return model
-
-
 # ----------------------------------------------------------------------------- loop
 
 
@@ -370,7 +362,7 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
   scale = config.upsampler.scale
   shown = (validation if validation is not None and len(validation) else dataset).images[:4]
   shown_low = data_lib.resize_uint8(shown, shown.shape[1] // scale)
-  inference_def = nnx.graphdef(nnx.eval_shape(lambda: Upsampler(config.upsampler, rngs=nnx.Rngs(0))))
+  inference_def = abstract_graphdef(Upsampler, config.upsampler)
   args: tuple = (jax.device_put(dataset.images),)
   base_def = base_params = None
   if config.generated_fraction:
@@ -380,7 +372,7 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
       raise ValueError(f"the base GAN makes {base.config.base_resolution}x{base.config.base_resolution} images; "
                        f"a x{scale} stage needs {dataset.images.shape[1] // scale}")
     base_config = dataclasses.replace(base.config, upsampler=None)
-    base_def = nnx.graphdef(nnx.eval_shape(lambda: Generator(base_config, rngs=nnx.Rngs(0))))
+    base_def = abstract_graphdef(Generator, base_config)
     base_params = nnx.to_pure_dict(nnx.state(base))
     base_params.pop("upsampler", None)
     args = args + (jax.device_put(base_params), jax.device_put(_base_conditions(dataset, base)))
