@@ -193,9 +193,14 @@ def test_upsampler_training_on_generated_inputs_resumes_exactly(tmp_path, nih_pa
   b = upsampler_train.load_upsampler(resumed["upsampler"])
   for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
     np.testing.assert_array_equal(x, y)
+  # A cascade's blocks are the same base (its upsampler is left out): the run resumes with it.
+  cascade = make_cascade(base, Upsampler(TINY_UP, rngs=nnx.Rngs(5)))
+  more = upsampler_train.train_upsampler(ds, dataclasses.replace(cfg, steps=6), tmp_path / "b", resume=True,
+                                         progress=False, base=cascade)
+  assert more["start_step"] == 4 and more["steps"] == 6
   # Another base GAN is another run: resuming with it is refused.
   with pytest.raises(checkpoints.CheckpointMismatchError, match="other inputs"):
-    upsampler_train.train_upsampler(ds, dataclasses.replace(cfg, steps=6), tmp_path / "b", resume=True,
+    upsampler_train.train_upsampler(ds, dataclasses.replace(cfg, steps=8), tmp_path / "b", resume=True,
                                     progress=False, base=_tiny_generator("resize", resolution=128, seed=1))
 
 

@@ -23,7 +23,6 @@ weights as the inference checkpoint `upsampler/`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import os
@@ -371,7 +370,7 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
     if base.config.base_resolution * scale != dataset.images.shape[1]:
       raise ValueError(f"the base GAN makes {base.config.base_resolution}x{base.config.base_resolution} images; "
                        f"a x{scale} stage needs {dataset.images.shape[1] // scale}")
-    base_config = dataclasses.replace(base.config, upsampler=None)
+    base_config = base.config.base
     base_def = abstract_graphdef(Generator, base_config)
     base_params = nnx.to_pure_dict(nnx.state(base))
     base_params.pop("upsampler", None)
