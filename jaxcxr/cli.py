@@ -219,15 +219,35 @@ def _development_images(arg: str | None, split: str, part: str = "train"):
   return kept
 
 
+def _generator_dir(path: str) -> pathlib.Path:
+  """A generator checkpoint folder, or a model folder holding one as `generator/`."""
+  path = pathlib.Path(path)
+  return path / "generator" if (path / "generator").is_dir() else path
+
+
 def cmd_train_upsampler(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxcxr.train import upsampler  # pylint: disable=g-import-not-at-top
 
+  from jaxcxr.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+
   config = _train_preset(args.preset, args.steps, config_lib.UpsamplerTrainConfig, "an upsampler")
+  if config.generated_fraction and not args.base_gan:
+    raise UsageError(f"--preset {args.preset} trains on the base GAN's own images: give --base-gan")
+  base = init = None
+  if args.base_gan:
+    base = generator_lib.load_generator(_generator_dir(args.base_gan))
+  if args.init_from:
+    path = pathlib.Path(args.init_from)
+    init = (generator_lib.load_generator(path / "generator").upsampler if (path / "generator").is_dir()
+            else upsampler.load_upsampler(path))
+    if init is None:
+      raise UsageError(f"--init-from {path}: its generator has no upsampler (not a cascade)")
   train = _development_images(args.data, args.split)
   validation = _development_images(args.data, "train", "val") if args.split == "train" else None
   summary = upsampler.train_upsampler(train, config, args.out, validation=validation, resume=args.resume,
-                                      seed=args.seed, progress=sys.stderr.isatty() or args.progress)
+                                      seed=args.seed, progress=sys.stderr.isatty() or args.progress,
+                                      base=base, init_from=init)
   return {"preset": args.preset, "split": args.split, **summary}
 
 
@@ -1520,7 +1540,12 @@ def build_parser() -> argparse.ArgumentParser:
   train_up.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
                                        f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
   train_up.add_argument("--preset", default="upsampler_x4_noiseless_cpu",
-                        help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_cpu, upsampler_tiny")
+                        help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_generated_cpu, "
+                             "upsampler_x4_cpu, upsampler_tiny")
+  train_up.add_argument("--base-gan", help="GAN or cascade folder whose images make part of each batch "
+                                          "(presets with generated inputs, e.g. upsampler_x4_generated_cpu)")
+  train_up.add_argument("--init-from", help="a trained stage (`train upsampler`'s OUT/upsampler) or a cascade "
+                                           "folder whose upsampler starts the run")
   _add_run_args(train_up)
   train_up.set_defaults(run=cmd_train_upsampler, human=_human_train_upsampler)
 

@@ -43,11 +43,12 @@ from jax.sharding import PartitionSpec as P
 from jaxcxr import data
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer
 from jaxcxr.batching import map_batches
-from jaxcxr.config import DTYPES, DiscriminatorConfig, GeneratorConfig
+from jaxcxr.config import DTYPES
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.generator import Generator, load_generator
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.program import Program
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "LatentSearchResult",
     "anogan_scores",
     "check_pair",
-    "gan_graphdefs",
     "initial_latents",
     "load_anogan",
     "search_latents",
@@ -226,22 +226,6 @@ def check_pair(generator: Generator, discriminator: Discriminator, what: str = "
 # ----------------------------------------------------------------------------- search
 
 
-@functools.lru_cache(maxsize=16)
-def gan_graphdefs(g_config: GeneratorConfig, d_config: DiscriminatorConfig):
-  """Graph definitions of a frozen GAN for scoring: the configs' dtype, D in inference mode.
-
-  Built from the configs (not taken from the given modules), so the compute dtype is the
-  caller's and the discriminator's spectral-norm vectors are read, never written, whatever
-  mode the given module is in. The parameter trees are the same as the stored models'.
-
-  Returns:
-    (generator graphdef, discriminator graphdef), cached per pair of configs.
-  """
-  generator = nnx.eval_shape(lambda: Generator(g_config, rngs=nnx.Rngs(0)))
-  discriminator = nnx.eval_shape(lambda: Discriminator(d_config, rngs=nnx.Rngs(0)))
-  return nnx.graphdef(generator), nnx.graphdef(nnx.view(discriminator, use_running_average=True))
-
-
 @functools.partial(jax.jit, static_argnames=("batch_size", "latent_dim", "restarts"))
 def _initial_latents(key, first_index, *, batch_size, latent_dim, restarts):
   return jnp.stack([generator_lib.latents(jax.random.fold_in(key, r), first_index, batch_size, latent_dim)
@@ -310,7 +294,7 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
   """The whole search, one `lax.scan` over the steps (pure; jitted by `_search_fn`).
 
   Args:
-    g_graphdef, d_graphdef: static graph definitions from `gan_graphdefs`.
+    g_graphdef, d_graphdef: static graph definitions (`_search_inputs`).
     g_state, d_state: `nnx.state` of the generator and discriminator.
     images: float32 (B, H, W, 1), NHWC, [-1, 1].
     cond: float32 (B, C).
@@ -445,13 +429,20 @@ def search_resolution(generator: Generator, config: LatentSearchConfig) -> int:
 
 
 def _search_inputs(generator, discriminator, images, cond, config):
-  """Checked inputs of a search: (graph definitions at `config.dtype`, states, images, cond)."""
+  """Checked inputs of a search: (graph definitions, states, images, cond).
+
+  The graph definitions are built from the configs (not taken from the given modules), so
+  the compute dtype is the search's and the discriminator runs in inference mode (its
+  spectral-norm vectors are read, never written) whatever mode the given module is in; the
+  parameter trees are the same as the stored models'.
+  """
   check_pair(generator, discriminator)
   g_cfg = generator.config
   x = _as_signed_images(images, search_resolution(generator, config))
   c = _check_cond(cond, x.shape[0], tuple(g_cfg.conditions))
-  graphdefs = gan_graphdefs(dataclasses.replace(g_cfg, dtype=config.dtype),
-                            dataclasses.replace(discriminator.config, dtype=config.dtype))
+  graphdefs = (abstract_graphdef(Generator, dataclasses.replace(g_cfg, dtype=config.dtype)),
+               abstract_graphdef(Discriminator, dataclasses.replace(discriminator.config, dtype=config.dtype),
+                                 use_running_average=True))
   return graphdefs, (nnx.state(generator), nnx.state(discriminator)), x, c
 
 

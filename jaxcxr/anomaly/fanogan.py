@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcxr import data
-from jaxcxr.anomaly.anogan import check_pair, gan_graphdefs
+from jaxcxr.anomaly.anogan import check_pair
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer, check_batch_size, query_images
 from jaxcxr.batching import map_batches
 from jaxcxr.config import DiscriminatorConfig, EncoderConfig, GeneratorConfig
@@ -38,6 +38,7 @@ from jaxcxr.models import condition as condition_lib
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.fanogan import Encoder, load_encoder
 from jaxcxr.models.generator import Generator, load_generator
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.program import Program
 
 __all__ = [
@@ -73,11 +74,10 @@ class FanoganScores(NamedTuple):
   reconstruction: np.ndarray
 
 
-@functools.lru_cache(maxsize=16)
 def _graphdefs(e_config: EncoderConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig):
   """Graph definitions of E, G and D (D in inference mode: its spectral-norm vectors are only read)."""
-  encoder = nnx.eval_shape(lambda: Encoder(e_config, rngs=nnx.Rngs(0)))
-  return (nnx.graphdef(encoder),) + gan_graphdefs(g_config, d_config)
+  return (abstract_graphdef(Encoder, e_config), abstract_graphdef(Generator, g_config),
+          abstract_graphdef(Discriminator, d_config, use_running_average=True))
 
 
 def _fanogan_render(encoder: Encoder, generator: Generator):

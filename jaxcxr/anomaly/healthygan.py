@@ -27,7 +27,7 @@ from flax import nnx
 from jaxcxr import data
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer, check_batch_size, query_images
 from jaxcxr.batching import map_batches
-from jaxcxr.config import TranslatorConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.healthygan import Translator, blend, load_translator
 from jaxcxr.program import Program
 
@@ -53,11 +53,6 @@ class HealthyganScores(NamedTuple):
   score: np.ndarray
   residual: np.ndarray
   mask: np.ndarray
-
-
-@functools.lru_cache(maxsize=16)
-def _graphdef(config: TranslatorConfig):
-  return nnx.graphdef(nnx.eval_shape(lambda: Translator(config, rngs=nnx.Rngs(0))))
 
 
 @functools.cache
@@ -107,7 +102,7 @@ def healthygan_scores(translator: Translator, images, *, batch_size: int = 64,
   if len(images) == 0:
     return HealthyganScores(np.zeros((0,), np.float32), np.zeros((0, r, r), np.float16),
                             np.zeros((0, r, r), np.float16))
-  fn, state = _score_fn(_graphdef(cfg)), nnx.state(translator)
+  fn, state = _score_fn(abstract_graphdef(Translator, cfg)), nnx.state(translator)
   out = map_batches(lambda b: fn(state, b["images"]), {"images": images},
                     batch_size, desc="HealthyGAN", progress=progress)
   return HealthyganScores(**out)
@@ -133,7 +128,7 @@ def score_program(translator: Translator, images) -> Program:
   images, _ = query_images(images, cfg.resolution, "score_program")
   if len(images) == 0:
     raise ValueError("score_program: expected at least one image")
-  return Program(_score_fn(_graphdef(cfg)), (nnx.state(translator), jnp.asarray(images)))
+  return Program(_score_fn(abstract_graphdef(Translator, cfg)), (nnx.state(translator), jnp.asarray(images)))
 
 
 # ----------------------------------------------------------------------------- scorer

@@ -42,7 +42,8 @@ from flax import nnx
 from jaxcxr import data as data_lib
 from jaxcxr import io
 from jaxcxr import metrics as metrics_lib
-from jaxcxr.config import SegTrainConfig, UNetConfig
+from jaxcxr.config import SegTrainConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks, resize_images
 from jaxcxr.program import Program
 from jaxcxr.provenance import provenance
@@ -111,11 +112,6 @@ def _optimizer(config: SegTrainConfig) -> optax.GradientTransformation:
   return adamw
 
 
-@functools.lru_cache(maxsize=16)
-def _graphdef(config: UNetConfig):
-  return nnx.graphdef(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
-
-
 def init_train_state(config: SegTrainConfig, seed: int = 0) -> TrainState:
   """Fresh training state: a plain dict of arrays (checkpointable, donatable).
 
@@ -149,7 +145,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: SegTrainCo
   Returns:
     (new state, metrics): float32 scalars "loss", "ce", "dice_loss".
   """
-  graphdef = _graphdef(config.unet)
+  graphdef = abstract_graphdef(UNet, config.unet)
   tx = _optimizer(config)
   step = state["step"]
   key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
@@ -391,7 +387,7 @@ def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_si
 
 
 def _model(config: SegTrainConfig, params) -> UNet:
-  return nnx.merge(_graphdef(config.unet), params)
+  return nnx.merge(abstract_graphdef(UNet, config.unet), params)
 
 
 def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: str | os.PathLike, *,
