@@ -14,7 +14,8 @@ process, because XLA flags and the chunk size are read when a function is first 
 * `small_channels`: the same at the shipped base GAN's smallest widths (16 -> 8, 8 -> 8 at
   64x64, batch 64), where AnoGAN spends its time.
 * `gradients`: ms per step of the shipped AnoGAN search (a `lax.scan`, batch 8) and of the
-  256x256 U-Net's unrolled training step, with `conv2d`'s custom VJP and with XLA's autodiff.
+  256x256 U-Net's unrolled training step, with `conv2d`'s custom VJP and with XLA's autodiff
+  (`layers.conv_path`).
 * `chunk`: images/s of the shipped generate-and-score call (batch 32) and ms per image and
   step of the shipped AnoGAN search (batch 64, base image, 10 steps) for each
   `batching.CPU_CHUNK` (None = the whole batch at once).
@@ -30,6 +31,18 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import measure
+from benchmarks import models as models_lib
+from benchmarks.suites import anogan as anogan_suite
+from jaxcxr import anomaly, batching
+from jaxcxr import io as io_lib
+from jaxcxr.models import layers
+from jaxcxr.train import segmentation
+
 FLAG_SETS = {
     "default": "",
     "onednn": "--xla_cpu_use_onednn=true",
@@ -43,7 +56,6 @@ CHUNKS = ("none", "1", "2", "8")
 
 
 def _median_time(fn, *args, repeats: int = 5) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -54,10 +66,6 @@ def _median_time(fn, *args, repeats: int = 5) -> float:
 
 
 def probe_conv(quick: bool) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  from jaxcxr.models import layers  # pylint: disable=g-import-not-at-top
   b, h, c, o = (4, 32, 16, 16) if quick else (16, 64, 32, 32)
   flops = 2 * b * h * h * c * o * 9
   out = {"probe": "conv", "shape": [b, h, h, c, o]}
@@ -67,94 +75,70 @@ def probe_conv(quick: bool) -> dict:
     out[f"matmul_{dtype}_gflops"] = round(2 * n ** 3 / _median_time(jax.jit(jnp.matmul), a, a) / 1e9, 1)
     x = jax.random.normal(jax.random.key(0), (b, h, h, c)).astype(dtype)
     k = (0.1 * jax.random.normal(jax.random.key(1), (3, 3, c, o))).astype(dtype)
-    patches = lambda x, k: (layers._patches(x, 3).reshape(-1, 9 * c) @ k.reshape(9 * c, o)).reshape(b, h, h, o)  # pylint: disable=protected-access
-    for name, conv in (("plain", layers._xla_conv), ("custom_vjp", layers._cpu_conv), ("patches", patches)):  # pylint: disable=protected-access
-      fwd = jax.jit(conv)
-      both = jax.jit(jax.grad(lambda x, k, conv=conv: (conv(x, k).astype(jnp.float32) ** 2).sum(), argnums=(0, 1)))
-      out[f"conv_fwd_{name}_{dtype}_gflops"] = round(flops / _median_time(fwd, x, k) / 1e9, 1)
-      out[f"conv_fwdbwd_{name}_{dtype}_gflops"] = round(3 * flops / _median_time(both, x, k) / 1e9, 1)
+    patches = lambda x, k: (layers.patches(x, 3).reshape(-1, 9 * c) @ k.reshape(9 * c, o)).reshape(b, h, h, o)
+    for name, path, conv in (("plain", "xla", layers.conv2d), ("custom_vjp", "custom_vjp", layers.conv2d),
+                             ("patches", "auto", patches)):
+      with layers.conv_path(path):    # traced (on the first timed call) inside the block
+        fwd = jax.jit(conv)
+        both = jax.jit(jax.grad(lambda x, k, conv=conv: (conv(x, k).astype(jnp.float32) ** 2).sum(), argnums=(0, 1)))
+        out[f"conv_fwd_{name}_{dtype}_gflops"] = round(flops / _median_time(fwd, x, k) / 1e9, 1)
+        out[f"conv_fwdbwd_{name}_{dtype}_gflops"] = round(3 * flops / _median_time(both, x, k) / 1e9, 1)
   return out
 
 
 def _search_seconds(m, batch: int, steps: int) -> float:
   """Median seconds of `anomaly.search_latents` on `batch` random queries (the anogan suite's)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from benchmarks.suites import anogan  # pylint: disable=g-import-not-at-top
-  from jaxcxr import anomaly  # pylint: disable=g-import-not-at-top
   g, d = m.normal_generator, m.normal_discriminator
   config = anomaly.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image)
-  images, cond = anogan.queries(g, config, batch)
+  images, cond = anogan_suite.queries(g, config, batch)
   return _median_time(lambda: anomaly.search_latents(g, d, images, cond, jax.random.key(0), config).score, repeats=3)
 
 
 def probe_small_channels(quick: bool) -> dict:
   """A 3x3 convolution with the shipped base GAN's smallest widths (16 -> 8 and 8 -> 8 at 64x64)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from jaxcxr.models import layers  # pylint: disable=g-import-not-at-top
   b, h = (4, 32) if quick else (64, 64)
   out = {"probe": "small_channels", "batch": b, "side": h}
   for c, o in ((16, 8), (8, 8)):
     x = jax.random.normal(jax.random.key(0), (b, h, h, c))
     k = 0.1 * jax.random.normal(jax.random.key(1), (3, 3, c, o))
-    out[f"conv_fwd_{c}_to_{o}_gflops"] = round(2 * b * h * h * c * o * 9 / _median_time(jax.jit(layers._xla_conv), x, k)  # pylint: disable=protected-access
-                                               / 1e9, 1)
+    with layers.conv_path("xla"):
+      seconds = _median_time(jax.jit(layers.conv2d), x, k)
+    out[f"conv_fwd_{c}_to_{o}_gflops"] = round(2 * b * h * h * c * o * 9 / seconds / 1e9, 1)
   return out
 
 
 def probe_gradients(quick: bool, variant: str) -> dict:
   """The AnoGAN search (a `lax.scan`) and a U-Net training step with `conv2d`'s gradients by `variant`.
 
-  "custom_vjp" is `conv2d` as shipped; "plain" is XLA's convolution with XLA's autodiff.
+  "custom_vjp" is `conv2d` as shipped on a CPU; "plain" is XLA's convolution with XLA's autodiff
+  (`layers.conv_path("xla")`).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from jaxcxr.models import layers  # pylint: disable=g-import-not-at-top
-  if variant == "plain":
-    shipped = layers.conv2d
-    layers.conv2d = lambda x, k: shipped(x, k) if k.shape[0] == 1 else layers._xla_conv(x, k)  # pylint: disable=protected-access
-  from benchmarks import measure, models as models_lib  # pylint: disable=g-import-not-at-top
-
-  from jaxcxr.train import segmentation  # pylint: disable=g-import-not-at-top
   m = models_lib.tiny() if quick else models_lib.shipped()
   out = {"probe": "gradients", "variant": variant, "models": m.source}
   b, steps = (2, 3) if quick else (8, 10)
-  out["anogan_batch"], out["anogan_ms_per_step"] = b, round(1e3 * _search_seconds(m, b, steps) / steps, 2)
-  rng = np.random.default_rng(0)
-  u_cfg = m.unet_train
-  n, r = 4 * u_cfg.batch_size, u_cfg.unet.resolution
-  data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
-          "masks": jnp.asarray(rng.integers(0, 3, (n, r, r), dtype=np.uint8))}
-  state = segmentation.init_train_state(u_cfg, 0)
-  timing, _ = measure.time_compiled(segmentation.make_train_step(u_cfg), lambda: (jax.tree.map(jnp.copy, state), data),
-                                    repeats=3)
+  with layers.conv_path({"custom_vjp": "custom_vjp", "plain": "xla"}[variant]):
+    out["anogan_batch"], out["anogan_ms_per_step"] = b, round(1e3 * _search_seconds(m, b, steps) / steps, 2)
+    rng = np.random.default_rng(0)
+    u_cfg = m.unet_train
+    n, r = 4 * u_cfg.batch_size, u_cfg.unet.resolution
+    data = {"images": rng.integers(0, 256, (n, r, r), dtype=np.uint8),
+            "masks": rng.integers(0, 3, (n, r, r), dtype=np.uint8)}
+    program = segmentation.train_step_program(u_cfg, data)
+    timing, _ = measure.time_compiled(program.fn, program.fresh_args, repeats=3)
   out["unet_batch"], out["unet_ms_per_step"] = u_cfg.batch_size, round(1e3 * timing.median_s / u_cfg.steps_per_call, 1)
   return out
 
 
 def probe_chunk(quick: bool) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from benchmarks import models as models_lib  # pylint: disable=g-import-not-at-top
-  from jaxcxr import batching, scoring  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.condition import group_condition_batch  # pylint: disable=g-import-not-at-top
   m = models_lib.tiny() if quick else models_lib.shipped()
   out = {"probe": "chunk", "chunk": batching.CPU_CHUNK, "models": m.source}
 
   b = 4 if quick else 32
   scorer = m.scorer.with_config(batch_size=b)
-  g_def, g_state = scoring.split_with_dtype(m.generator, "float32")
-  cond = np.repeat(group_condition_batch("58_64f", 1, 0, conditions=m.generator.config.conditions), b, axis=0)
-  call = lambda i: scoring._generate_and_score((*scorer.graphdefs, g_def), (*scorer.states, g_state),  # pylint: disable=protected-access
-                                               scorer.device_calibration, jax.random.key(0),
-                                               np.arange(b, dtype=np.int32) + b * i, cond, config=scorer.config,
-                                               keep_maps=False, keep_images=True)
+
+  program = scorer.generate_and_score_program(m.generator, jax.random.key(0), "58_64f", start=b)
   out["generate_and_score_batch"] = b
-  out["generate_and_score_images_per_s"] = round(b / _median_time(call, 1, repeats=3), 3)
+  out["generate_and_score_images_per_s"] = round(b / _median_time(program.fn, *program.args, repeats=3), 3)
 
   b, steps = (4, 3) if quick else (64, 10)
   out["anogan_batch"], out["anogan_steps"] = b, steps
@@ -199,7 +183,6 @@ def main(argv=None) -> int:
     print(json.dumps(line), flush=True)
     lines.append(line)
   if args.out:
-    from jaxcxr import io as io_lib  # pylint: disable=g-import-not-at-top
     io_lib.save_json_lines(args.out, lines)
   return 0
 

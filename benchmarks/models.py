@@ -14,7 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import jaxcxr
 from jaxcxr import config as config_lib
+from jaxcxr import scoring
+from jaxcxr.models import Discriminator, Generator
+from jaxcxr.models.classifier import Classifier
+from jaxcxr.models.fanogan import Encoder
+from jaxcxr.models.healthygan import Translator
+from jaxcxr.models.unet import UNet
 
 
 @dataclasses.dataclass
@@ -34,8 +41,6 @@ class Models:
 
 def shipped() -> Models:
   """The shipped models (`jaxcxr.load_pretrained`) and the presets they were trained with."""
-  import jaxcxr  # pylint: disable=g-import-not-at-top
-
   pre = jaxcxr.load_pretrained()
   g_normal, d_normal = pre.normal_gan
   encoder, _, _ = pre.fanogan
@@ -69,13 +74,6 @@ def random_module(make, seed: int):
 
 def tiny() -> Models:
   """A few channels at 32x32, random weights, fixed thresholds."""
-  from jaxcxr import scoring  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models import Discriminator, Generator  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.classifier import Classifier  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.encoder import Encoder  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.translator import Translator  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.unet import UNet  # pylint: disable=g-import-not-at-top
-
   gan = config_lib.gan_tiny(32)
   normal_gan = config_lib.gan_tiny(32, conditions=("sex", "age"))
   unet_train = config_lib.unet_tiny(32)

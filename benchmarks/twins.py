@@ -784,7 +784,7 @@ class _EncoderBlock(nn.Module):
 
 
 class TorchEncoder(_Twin):
-  """Twin of `models.encoder.Encoder` (f-AnoGAN izi_f): (B, 1, R, R) in [-1, 1] -> float32 (B, latent_dim)."""
+  """Twin of `models.fanogan.Encoder` (f-AnoGAN izi_f): (B, 1, R, R) in [-1, 1] -> float32 (B, latent_dim)."""
 
   def __init__(self, encoder, dtype: torch.dtype):
     super().__init__()
@@ -826,7 +826,7 @@ class _TranslatorResBlock(nn.Module):
 
 
 class TorchTranslator(_Twin):
-  """Twin of `models.translator.Translator` (HealthyGAN): (B, 1, R, R) in [-1, 1] -> (content, mask).
+  """Twin of `models.healthygan.Translator` (HealthyGAN): (B, 1, R, R) in [-1, 1] -> (content, mask).
 
   space_to_depth is `pixel_unshuffle` (the next convolution's input channels permuted at
   load), depth_to_space `pixel_shuffle`.
@@ -984,7 +984,8 @@ def anogan_search_per_image(g: TorchGenerator, f, x: torch.Tensor, cond: torch.T
 
 def draw_diff_augment(batch: int, size: int, config, *, device=None, generator: torch.Generator | None = None
                       ) -> dict[str, torch.Tensor]:
-  """The random draws of `train.gan._maybe_augment` for `batch` square images of side `size`.
+  """The random draws of the GAN trainer's augmentation (`train.gan.diff_augment`, each image with
+  probability p) for `batch` square images of side `size`.
 
   The same distributions and shapes as jaxcxr's (torch's PRNG, so other numbers):
   brightness, contrast (B, 1, 1, 1) ~ U[0, 1); integer shifts ty, tx (B, 1) in

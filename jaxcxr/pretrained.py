@@ -21,7 +21,7 @@ attribute              model (loader)
 `fanogan`              the f-AnoGAN encoder with its GAN: `Fanogan(encoder, generator,
                        discriminator)` (`jaxcxr.anomaly.load_fanogan`)
 `translator`           the HealthyGAN translator
-                       (`jaxcxr.models.translator.load_translator`)
+                       (`jaxcxr.models.healthygan.load_translator`)
 =====================  ===========================================================
 
 Typical use::
@@ -41,7 +41,9 @@ import os
 import pathlib
 from typing import Any, NamedTuple
 
-from jaxcxr import checkpoints
+from jaxcxr import anomaly, checkpoints, models, scoring
+from jaxcxr.models import healthygan
+from jaxcxr.prefilter import cascade
 
 __all__ = ["MODEL_NAMES", "Fanogan", "NormalGan", "Pretrained", "load_pretrained"]
 
@@ -104,9 +106,6 @@ def _find_folders(root: pathlib.Path) -> dict[str, pathlib.Path | None]:
   `scoring.shipped_scoring`, `cascade.shipped_cascade_prefilter` (by the generator's model
   id), and the first normal-only GAN folder with a `generator/`.
   """
-  from jaxcxr import scoring  # pylint: disable=g-import-not-at-top
-  from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
-
   def first(find):
     try:
       return find()
@@ -194,8 +193,6 @@ class Pretrained:
   @functools.cached_property
   def generator(self):
     """The GAN generator (`jaxcxr.models.load_generator`), generating in [-1, 1] from a latent and a group."""
-    from jaxcxr import models  # pylint: disable=g-import-not-at-top
-
     return models.load_generator(self._folder("generator"))
 
   @functools.cached_property
@@ -206,8 +203,6 @@ class Pretrained:
     (the one `jaxcxr.grad_cam` explains); `generate_and_score(generator, key, n, group)`
     generates and scores images without filtering.
     """
-    from jaxcxr import scoring  # pylint: disable=g-import-not-at-top
-
     changes = {} if self.batch_size is None else {"batch_size": self.batch_size}
     with _checkpoints_root(self.root):
       return scoring.load_scorer(self._folder("scorer"), strictness=self.strictness, **changes)
@@ -215,32 +210,24 @@ class Pretrained:
   @functools.cached_property
   def cascade_prefilter(self):
     """The generator's `CascadePrefilter` (`load_cascade_prefilter`), for `jaxcxr.sample_valid_cascade`."""
-    from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
-
     return cascade.load_cascade_prefilter(self._folder("cascade_prefilter"))
 
   @functools.cached_property
   def normal_gan(self) -> NormalGan:
     """`NormalGan(generator, discriminator)` trained on normal images only (AnoGAN's `search_latents`)."""
-    from jaxcxr import models  # pylint: disable=g-import-not-at-top
-
     folder = self._folder("normal_gan")
     return NormalGan(models.load_generator(folder / "generator"), models.load_discriminator(folder / "discriminator"))
 
   @functools.cached_property
   def fanogan(self) -> Fanogan:
     """`Fanogan(encoder, generator, discriminator)` (`jaxcxr.anomaly.load_fanogan`, the GAN checked by model id)."""
-    from jaxcxr import anomaly  # pylint: disable=g-import-not-at-top
-
     with _checkpoints_root(self.root):
       return Fanogan(*anomaly.load_fanogan(self._folder("fanogan")))
 
   @functools.cached_property
   def translator(self):
     """The HealthyGAN `Translator` (`load_translator`), for `jaxcxr.anomaly.healthygan_scores`."""
-    from jaxcxr.models import translator  # pylint: disable=g-import-not-at-top
-
-    return translator.load_translator(self._folder("translator"))
+    return healthygan.load_translator(self._folder("translator"))
 
   def __repr__(self) -> str:
     lines = [f"Pretrained(root={str(self.root)!r}, strictness={self.strictness!r}, batch_size={self.batch_size!r})"]

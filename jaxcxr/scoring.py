@@ -1,6 +1,6 @@
 """Post-filter: lung symmetry features, the five scores, `valid`, and the fused generate-and-score call.
 
-Everything numeric runs in one jitted function per batch (DESIGN.md section 3):
+Everything numeric runs in one jitted function per batch:
 
   image (B, S, S, 1) in [0, 1]
     -> U-Net label map at `mask_size` (0 background, 1 patient's right lung = image
@@ -65,11 +65,12 @@ from jaxcxr import io as io_lib
 from jaxcxr.batching import default_chunk, in_chunks, map_batches
 from jaxcxr.config import DTYPES
 from jaxcxr.explain import grad_cam_pure
-from jaxcxr.models.classifier import Classifier
+from jaxcxr.models.classifier import Classifier, load_classifier
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.generator import Generator, latents
 from jaxcxr.models.graph import abstract_graphdef
-from jaxcxr.models.unet import UNet, as_unit_images, label_map
+from jaxcxr.models.unet import UNet, as_unit_images, label_map, load_unet
+from jaxcxr.program import Program
 
 __all__ = [
     "FEATURE_NAMES",
@@ -117,7 +118,7 @@ STRICTNESS_RANGE = (0.01, 0.9)
 class ScoringConfig:
   """How images are scored (not what the thresholds are: that is `Calibration`)."""
 
-  # Side of the label maps that features and lung scores are computed at (DESIGN.md: 256).
+  # Side of the label maps that features and lung scores are computed at.
   mask_size: int = 256
   # Side k of the square dilation of each half-mask for the three dilated features.
   dilation: int = 5
@@ -459,11 +460,20 @@ def generate_and_score_batch(models, states, calibration, z, cond, config: Scori
   return in_chunks(items, z, cond, chunk=default_chunk())
 
 
-@functools.partial(jax.jit, static_argnames=("models", "config", "keep_maps", "keep_images"))
-def _generate_and_score(models, states, calibration, key, index, cond, *, config, keep_maps, keep_images):
-  """One compiled call: latents of samples `index`, generator, U-Net, classifier, Grad-CAM, scores."""
-  z = latents_at(key, index, nnx.merge(models[2], states[2]).config.latent_dim)
-  return generate_and_score_batch(models, states, calibration, z, cond, config, keep_maps, keep_images)
+@functools.cache
+def _generate_and_score_fn(models, config: ScoringConfig, keep_maps: bool, keep_images: bool):
+  """The one compiled call for these graph definitions (U-Net, classifier, generator) and settings.
+
+  Returns:
+    `fn(states, calibration, key, index, cond)`: latents of samples `index`, generator, U-Net,
+    classifier, Grad-CAM, scores (`generate_and_score_batch`'s outputs).
+  """
+
+  def generate_and_score(states, calibration, key, index, cond):
+    z = latents_at(key, index, nnx.merge(models[2], states[2]).config.latent_dim)
+    return generate_and_score_batch(models, states, calibration, z, cond, config, keep_maps, keep_images)
+
+  return jax.jit(generate_and_score)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -515,7 +525,7 @@ class Scorer:
 
   Build it with `load_scorer()` (shipped checkpoints) or from models and `calibrate`.
   Model states are split once; each batch is one call of a jitted pure function
-  (DESIGN.md section 10: the split-state path has the lowest per-call overhead).
+  (the split-state path has a lower per-call overhead than `nnx.jit`).
 
   Examples:
     >>> scorer = load_scorer()                                  # doctest: +SKIP
@@ -693,20 +703,55 @@ class Scorer:
     for name, value in (("n", n), ("start", start)):
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
         raise ValueError(f"generate_and_score: {name} must be an integer >= 0, got {value!r}")
+    fn, states, cond = self._generation(generator, group, label, keep_images, keep_maps)
+    out = map_batches(lambda index: fn(states, self.device_calibration, key, index, cond),
+                      np.arange(start, start + n, dtype=np.int32), self.config.batch_size, fixed_shape=True,
+                      put=self._shard, desc=f"generate {group}", progress=progress)
+    return GenerationResult(out.get("images"), out["z"], _result(out))
+
+  def generate_and_score_program(self, generator: Generator, key: jax.Array, group: str, *, label: int = 0,
+                                 start: int = 0, keep_images: bool = True, keep_maps: bool = False) -> Program:
+    """The compiled call `generate_and_score` makes for one batch, and its arguments.
+
+    The batch is samples start .. start + `config.batch_size` - 1, placed (and sharded) as
+    `generate_and_score` places them; `fn` is the library's own jitted call, so its compile
+    cache is the one `generate_and_score` uses.
+
+    Args:
+      generator, key, group, label, start, keep_images, keep_maps: as `generate_and_score`.
+
+    Returns:
+      `Program(fn, args)`: `fn(states, calibration, key, index, cond)` with the states of
+      the U-Net, the classifier and the generator, `device_calibration`, int32 sample
+      indices (B,) and the condition rows (B, C) -> the batch's outputs: "z", "scores",
+      "features", "valid", "measures", with `keep_images` "images" and with `keep_maps`
+      "masks", "heatmaps".
+
+    Raises:
+      jaxcxr.data.DataError: unknown group. ValueError: start not an integer >= 0, or a label
+        the generator lacks.
+
+    Examples:
+      >>> program = scorer.generate_and_score_program(generator, jax.random.key(0), "58_64f")  # doctest: +SKIP
+      >>> compiled = program.fn.lower(*program.args).compile()                                 # doctest: +SKIP
+    """
+    if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
+      raise ValueError(f"generate_and_score_program: start must be an integer >= 0, got {start!r}")
+    fn, states, cond = self._generation(generator, group, label, keep_images, keep_maps)
+    index = self._shard(np.arange(start, start + self.config.batch_size, dtype=np.int32))
+    return Program(fn, (states, self.device_calibration, key, index, cond))
+
+  def _generation(self, generator: Generator, group: str, label: int, keep_images: bool, keep_maps: bool):
+    """(the jitted call, the placed model states, the placed condition rows of one batch) of `generate_and_score`."""
     cfg = generator.config
     if "label" not in cfg.conditions and label != 0:
       raise ValueError(f"generate_and_score: this generator is not conditioned on the label; got label={label}")
     cond_row = group_condition_batch(group, 1, label, conditions=cfg.conditions)
     g_def, g_state = split_with_dtype(generator, self.config.dtype)
-    models = (*self.graphdefs, g_def)
+    fn = _generate_and_score_fn((*self.graphdefs, g_def), self.config, keep_maps, keep_images)
     states = (*self.states, self.replicate(g_state))
     cond = self._shard(np.repeat(cond_row, self.config.batch_size, axis=0))
-    out = map_batches(lambda index: _generate_and_score(models, states, self.device_calibration, key, index, cond,
-                                                        config=self.config, keep_maps=keep_maps,
-                                                        keep_images=keep_images),
-                      np.arange(start, start + n, dtype=np.int32), self.config.batch_size, fixed_shape=True,
-                      put=self._shard, desc=f"generate {group}", progress=progress)
-    return GenerationResult(out.get("images"), out["z"], _result(out))
+    return fn, states, cond
 
   def save(self, directory: str | os.PathLike) -> pathlib.Path:
     """Writes the calibration (`calibration.json`: config, thresholds at the current strictness,
@@ -805,6 +850,7 @@ def shipped_scoring() -> pathlib.Path:
   Raises:
     jaxcxr.checkpoints.CheckpointError: none is there.
   """
+  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`) that scoring never needs otherwise.
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
 
   root = checkpoints.checkpoints_root()
@@ -842,8 +888,6 @@ def load_scorer(directory: str | os.PathLike | None = None, *, unet_dir: str | o
       ids differ from those it was calibrated with.
   """
   from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.classifier import load_classifier  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.unet import load_unet  # pylint: disable=g-import-not-at-top
 
   directory = pathlib.Path(directory) if directory is not None else shipped_scoring()
   try:
@@ -909,6 +953,7 @@ def fit_symmetry_postfilter(features: Any, y: Any, *, n_folds: int = 3, seed: in
     ValueError: wrong feature shape, non-finite features, non-binary y, n_folds < 2, or fewer than
       `n_folds` examples of a class.
   """
+  # scikit-learn: about 5 s (`python -X importtime`), for this fit only.
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import GridSearchCV, StratifiedKFold  # pylint: disable=g-import-not-at-top
   from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""Tests for the AnoGAN latent search (`jaxcxr.anomaly`).
+"""Tests for the AnoGAN latent search (`jaxcxr.anomaly.anogan`) and the shared evaluation helpers.
 
 Compiles dominate on a CPU (10-20 s per search shape on a busy 2-core machine),
 so the tests share three: batch 8 fp32 (every config with the default window and
@@ -14,7 +14,7 @@ training, and filling the abstract state from numpy skips the ~25 s that eager
 NNX initialisation spends compiling every initialiser op on a CPU.
 """
 
-# pylint: disable=protected-access  (tests and benchmarks reach the jitted search itself)
+# pylint: disable=protected-access  (the no-recompile checks read jax's compile-cache size)
 import dataclasses
 import functools
 import os
@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcxr import anomaly, data
+from jaxcxr import anomaly, checkpoints, data
+from jaxcxr.anomaly import anogan
 from jaxcxr.config import gan_tiny
 from jaxcxr.models import Discriminator, Generator, make_condition
 from jaxcxr.models.generator import latents
@@ -100,9 +101,8 @@ RESTARTS = dataclasses.replace(SEARCH, restarts=3)
 
 def search_one_image(models, image, cond, first_index):
   """One image with 3 restarts -> (result, z (3, D) and loss traces (steps, 3) of every restart)."""
-  args, kwargs = anomaly._prepare(*models, image[None], cond[None], search_key(), RESTARTS,
-                                  first_index, None)
-  z_all, trace_all, result = anomaly._search_jit(*args, **kwargs)
+  program = anogan.search_program(*models, image[None], cond[None], search_key(), RESTARTS, first_index=first_index)
+  z_all, trace_all, result = program.fn(*program.args)
   return to_numpy(result), np.asarray(z_all[0]), np.asarray(trace_all[:, 0])
 
 
@@ -254,35 +254,71 @@ def test_early_stopping_freezes_converged_problems(models, queries, batch_result
 def test_no_recompile_and_donated_starts(models, queries, batch_result):
   del batch_result                                          # compiled the batch-8 search
   images, cond = queries
-  compiled = anomaly._search_jit._cache_size()
+  search = anogan.search_program(*models, images, cond, search_key(), SEARCH).fn
+  compiled = search._cache_size()
   # Other images, key, learning rate, tolerance and clipping: all traced.
   config = dataclasses.replace(SEARCH, learning_rate=0.02, early_stop_tol=1e-4, clip_latent=0.5)
-  args, kwargs = anomaly._prepare(*models, images[::-1], cond[::-1], jax.random.key(99), config, 0, None)
-  z0 = args[6]
-  _, _, result = anomaly._search_jit(*args, **kwargs)
+  program = anogan.search_program(*models, images[::-1], cond[::-1], jax.random.key(99), config)
+  assert program.fn is search and program.donated == (4,)
+  z0 = program.args[4]
+  _, _, result = program.fn(*program.args)
   assert z0.is_deleted()                                    # the starts' buffer became the final latents
   assert np.abs(np.asarray(result.z)).max() <= 0.5
-  assert anomaly._search_jit._cache_size() == compiled
+  assert search._cache_size() == compiled
 
 
 def test_anogan_scores_over_a_dataset(models):
   # Ten 256x256 radiographs in batches of 8 (the second padded): resized to 32, one compile,
   # image i starts from the latents of index i whatever its batch.
   dataset = data.load(FIXTURE).subset(np.arange(10))
-  compiled = anomaly._search_jit._cache_size()
+  small = data.resize_uint8(dataset.images, 32)
+  cond = make_condition(dataset.sex, dataset.age, dataset.label)
+  search = anogan.search_program(*models, small[:8], cond[:8], search_key(), SEARCH).fn
+  compiled = search._cache_size()
   scores = anomaly.anogan_scores(*models, dataset, None, search_key(), SEARCH, batch_size=8, progress=False)
-  assert anomaly._search_jit._cache_size() == compiled
+  assert search._cache_size() == compiled
   assert scores.score.shape == (10,) and scores.score.dtype == np.float32
   assert scores.residual.shape == (10, 32, 32) and scores.residual.dtype == np.float16
   assert scores.z.shape == (10, TINY.generator.latent_dim) and scores.steps_run.shape == (10,)
-  small = data.resize_uint8(dataset.images, 32)
-  cond = make_condition(dataset.sex, dataset.age, dataset.label)
   # Image 9 (second batch, after the padding offset) alone: restart 0 is its search.
   alone, z_all, _ = search_one_image(models, small[9], cond[9], first_index=9)
   # Tolerances: see _assert_same_problem.
   np.testing.assert_allclose(scores.score[9], alone.restart_scores[0, 0], rtol=0.03, atol=2e-3)
   np.testing.assert_allclose(scores.z[9], z_all[0], atol=0.1)
   assert (scores.residual >= 0).all() and (scores.residual <= 2).all()
+
+
+def test_search_program_is_the_search_and_lowers(models, queries, batch_result):
+  images, cond = queries
+  program = anogan.search_program(*models, images, cond, search_key(), SEARCH)
+  # The arguments as search_latents places them, and its jitted function: the same result, bit for bit.
+  _, _, result = program.fn(*program.fresh_args())
+  jax.tree.map(np.testing.assert_array_equal, to_numpy(result), batch_result)
+  assert not program.args[4].is_deleted()                  # fresh_args copied the donated starts
+  assert "stablehlo.while" in program.fn.lower(*program.args).as_text()   # the steps: one scan
+
+
+def test_step_program_is_one_step_of_the_search(models, queries):
+  images, cond = queries
+  program = anogan.step_program(*models, images, cond, SEARCH)
+  loss, grad = program.fn(*program.args)
+  assert grad.shape == (8, TINY.generator.latent_dim) and np.isfinite(np.asarray(grad)).all()
+  # The search's first recorded loss is that of its starts: from z = 0, the step program's loss per image.
+  search = anogan.search_program(*models, images, cond, search_key(), SEARCH)
+  args = list(search.args)
+  args[4] = jnp.zeros_like(args[4])
+  _, _, result = search.fn(*args)
+  np.testing.assert_allclose(float(loss), float(np.asarray(result.loss_trace[0]).sum()), rtol=1e-5)
+
+
+@pytest.mark.skipif(not (checkpoints.checkpoints_root() / "gan_64_normal" / "generator").exists(),
+                    reason="the shipped gan_64_normal is not in the checkpoints folder")
+def test_load_anogan_loads_the_checked_pair(tmp_path):
+  generator, discriminator = anomaly.load_anogan(checkpoints.checkpoints_root() / "gan_64_normal")
+  assert isinstance(generator, Generator) and isinstance(discriminator, Discriminator)
+  assert generator.config.base_resolution == discriminator.config.resolution == 64
+  with pytest.raises(checkpoints.CheckpointError):
+    anomaly.load_anogan(tmp_path)
 
 
 def test_bfloat16_search(models, queries, batch_result):

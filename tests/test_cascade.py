@@ -12,7 +12,7 @@ from flax import nnx
 from jaxcxr import checkpoints, config, data, imaging
 from jaxcxr.anomaly import LatentSearchConfig, fanogan_scores, search_latents
 from jaxcxr.models import Discriminator, Generator, Upsampler, load_generator, make_cascade, sample_images
-from jaxcxr.models.encoder import Encoder
+from jaxcxr.models.fanogan import Encoder
 from jaxcxr.models.layers import upsample2
 from jaxcxr.train import upsampler as upsampler_train
 

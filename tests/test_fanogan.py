@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxcxr import anomaly, checkpoints, config, data
 from jaxcxr.models import Discriminator, Generator
-from jaxcxr.models.encoder import Encoder, load_encoder
+from jaxcxr.models.fanogan import Encoder, load_encoder
 from jaxcxr.train import fanogan
 from test_anomaly import _random_model, generate
 
@@ -240,6 +240,15 @@ def test_scores_are_the_izi_f_loss_and_batch_independent(nih, gan, encoder_graph
   np.testing.assert_allclose(other.score[0], scores.score[5], rtol=1e-5)
   np.testing.assert_allclose(np.asarray(other.residual[0], np.float32), np.asarray(scores.residual[5], np.float32),
                              atol=2e-3)
+  # The accessor gives the jitted call fanogan_scores ran for that batch (no new compile) and its arguments.
+  program = anomaly.fanogan.score_program(encoder, generator, discriminator, small[[5, 1, 2, 3]], cond[[5, 1, 2, 3]])
+  compiled = program.fn._cache_size()
+  out = program.fn(*program.args)
+  assert program.fn._cache_size() == compiled
+  for name, value in other._asdict().items():
+    np.testing.assert_array_equal(np.asarray(out[name]), value)
+  with pytest.raises(ValueError, match="at least one image"):
+    anomaly.fanogan.score_program(encoder, generator, discriminator, small[:0], cond[:0])
 
 
 # ----------------------------------------------------------------------------- errors

@@ -207,10 +207,13 @@ def test_normal_only_gan_accepts_one_class(nih):
 
 def test_train_call_finite_and_updates(nih):
   host, _ = gan.prepare_data(nih, TINY)
-  state = gan.init_train_state(TINY, seed=0)
+  # The trainer's compiled call on a fresh state, as `train_step_program` gives it (for benchmarks).
+  program = gan.train_step_program(TINY, host, seed=0)
+  assert program.fn is gan.make_train_step(TINY) and program.donated == (0,)
+  state = program.args[0]
+  jax.tree.map(np.testing.assert_array_equal, state, gan.init_train_state(TINY, seed=0))
   before = jax.tree.map(lambda x: np.array(x, copy=True), state)  # a copy: views would block donation
-  train_call = gan.make_train_step(TINY)
-  new_state, metrics = train_call(state, host)
+  new_state, metrics = program.fn(*program.args)
   assert jax.tree.leaves(state)[0].is_deleted()  # the train state is donated
   assert int(new_state["step"]) == TINY.steps_per_call
   for name, values in metrics.items():

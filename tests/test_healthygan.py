@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 from jaxcxr import anomaly, checkpoints, config, data
-from jaxcxr.models.translator import Critic, Translator, blend, load_translator, space_to_depth
+from jaxcxr.models.healthygan import Critic, Translator, blend, load_translator, space_to_depth
 from jaxcxr.models.layers import depth_to_space
 from jaxcxr.train import healthygan
 
@@ -220,6 +220,13 @@ def test_scores_batch_independent(nih, graphdef, initial_state):
   np.testing.assert_allclose(alone.score[0], scores.score[0], rtol=1e-5)
   np.testing.assert_allclose(other.score[0], scores.score[5], rtol=1e-5)
   np.testing.assert_array_equal(other.mask[0], scores.mask[5])
+  # The accessor gives the jitted call healthygan_scores ran for that batch (no new compile) and its arguments.
+  program = anomaly.healthygan.score_program(translator, small[[5, 1, 2, 3]])
+  compiled = program.fn._cache_size()
+  out = program.fn(*program.args)
+  assert program.fn._cache_size() == compiled
+  for name, value in other._asdict().items():
+    np.testing.assert_array_equal(np.asarray(out[name]), value)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -15,8 +15,10 @@ import sys
 import pytest
 
 import jaxcxr
-from jaxcxr import checkpoints
+from jaxcxr import anomaly, checkpoints, models, scoring
 from jaxcxr.checkpoints import CheckpointError
+from jaxcxr.models import healthygan
+from jaxcxr.prefilter import cascade
 
 SHIPPED = checkpoints.checkpoints_root()
 HAS_SHIPPED = all((SHIPPED / name).exists() for name in (
@@ -42,7 +44,7 @@ TOP_LEVEL = {
 # Modules whose docstring examples must run (each holds an example of a main function), and those whose
 # examples are all marked +SKIP (too slow for the test suite; still parsed).
 DOCTEST_MODULES = ("jaxcxr", "jaxcxr.pretrained", "jaxcxr.sampling", "jaxcxr.prefilter.thresholds", "jaxcxr.explain",
-                   "jaxcxr.anomaly", "jaxcxr.train.segmentation", "jaxcxr.train.classifier", "jaxcxr.scoring",
+                   "jaxcxr.anomaly.anogan", "jaxcxr.train.segmentation", "jaxcxr.train.classifier", "jaxcxr.scoring",
                    "jaxcxr.quality")
 SKIPPED_ONLY = ("jaxcxr.scoring", "jaxcxr.quality")
 
@@ -83,10 +85,6 @@ def test_unknown_top_level_attribute_raises_attribute_error():
 @pytest.fixture
 def loaders(monkeypatch):
   """Replaces every loader `Pretrained` uses by a counter; returns {loader name: [(args, kwargs), ...]}."""
-  from jaxcxr import anomaly, models, scoring  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models import translator  # pylint: disable=g-import-not-at-top
-  from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
-
   calls = {}
 
   def fake(name, result):
@@ -102,7 +100,7 @@ def loaders(monkeypatch):
   monkeypatch.setattr(scoring, "load_scorer", fake("load_scorer", "scorer"))
   monkeypatch.setattr(cascade, "load_cascade_prefilter", fake("load_cascade_prefilter", "cascade"))
   monkeypatch.setattr(anomaly, "load_fanogan", fake("load_fanogan", ("E", "G", "D")))
-  monkeypatch.setattr(translator, "load_translator", fake("load_translator", "T"))
+  monkeypatch.setattr(healthygan, "load_translator", fake("load_translator", "T"))
   return calls
 
 

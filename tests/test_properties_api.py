@@ -64,10 +64,14 @@ import pytest
 from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import jaxcxr
 from jaxcxr import anomaly, checkpoints, config, data, explain, imaging, io, metrics, plots, prefilter, quality
 from jaxcxr import realism, sampling, scoring
+from jaxcxr.models.discriminator import Discriminator
+from jaxcxr.models.fanogan import Encoder
+from jaxcxr.models.healthygan import Translator
 
 GROUP = "38_44f"
 # Derandomized: the same examples on every run (no flaky CI); the functions are parametrized, so each
@@ -505,8 +509,6 @@ def test_load_refuses_other_files_and_paths(tmp_path, archive):
 
 
 def test_load_folder_refuses_unreadable_images(tmp_path):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   cases = {"not_png": b"not an image", "empty": b""}
   for name, payload in cases.items():
     folder = tmp_path / name
@@ -532,8 +534,6 @@ def test_load_folder_refuses_unreadable_images(tmp_path):
 
 
 def test_load_folder_single_image_of_any_size_and_mode(tmp_path):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   Image.fromarray(np.zeros((10, 30, 3), np.uint8)).save(tmp_path / "rgb.png")
   ds = data.load(tmp_path)
   assert ds.images.shape == (1, 256, 256) and ds.images.dtype == np.uint8 and ds.label.tolist() == [-1]
@@ -574,10 +574,6 @@ def test_file_sha256_and_default_data_path_refuse_missing(tmp_path, monkeypatch)
 @pytest.fixture(scope="module")
 def models(tiny):
   """(U-Net, classifier, generator, discriminator, encoder, translator): tiny random models at 32x32."""
-  from jaxcxr.models.discriminator import Discriminator  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.encoder import Encoder  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.translator import Translator  # pylint: disable=g-import-not-at-top
-
   unet, classifier, generator = tiny
   return (unet, classifier, generator, Discriminator(config.gan_tiny(32).discriminator, rngs=nnx.Rngs(3)),
           Encoder(config.fanogan_tiny().encoder, rngs=nnx.Rngs(4)),

@@ -201,6 +201,16 @@ def test_generate_and_score_is_deterministic_and_independent_of_n(scorer, tiny, 
   # the images it returns score the same through score()
   direct = scorer.score(six.images)
   np.testing.assert_allclose(direct.features, six.result.features, atol=0.02)
+  # one batch as `generate_and_score_program` gives it: the same compiled call (no new compile), samples 0..3
+  program = scorer.generate_and_score_program(generator, key, "38_44f")
+  compiled = program.fn._cache_size()   # pylint: disable=protected-access
+  out = program.fn(*program.args)
+  assert program.fn._cache_size() == compiled   # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.asarray(out["images"]), six.images[:4])
+  np.testing.assert_array_equal(np.asarray(out["z"]), six.z[:4])
+  np.testing.assert_array_equal(np.asarray(out["scores"]["score_shape"]), six.result.scores["score_shape"][:4])
+  with pytest.raises(ValueError, match="start must be"):
+    scorer.generate_and_score_program(generator, key, "38_44f", start=-1)
 
 
 def test_generate_and_score_bad_input(scorer, tiny, getkey):

@@ -26,13 +26,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import twins  # noqa: E402  (after the torch skip)
 from jaxcxr import anomaly, checkpoints, config as config_lib, data, scoring  # noqa: E402
 from jaxcxr.explain import grad_cam_pure  # noqa: E402
-from jaxcxr.models import Discriminator, Generator, Upsampler  # noqa: E402
+from jaxcxr.models import Discriminator, Generator, Upsampler, load_generator  # noqa: E402
 from jaxcxr.models.classifier import Classifier  # noqa: E402
 from jaxcxr.models.condition import group_condition_batch  # noqa: E402
-from jaxcxr.models.encoder import Encoder  # noqa: E402
+from jaxcxr.models.fanogan import Encoder  # noqa: E402
 from jaxcxr.models.ensemble import ClassifierEnsemble  # noqa: E402
-from jaxcxr.models.translator import Translator  # noqa: E402
+from jaxcxr.models.healthygan import Translator  # noqa: E402
 from jaxcxr.models.unet import UNet, label_map  # noqa: E402
+from jaxcxr.train import gan, segmentation  # noqa: E402
+from jaxcxr.train.loop import KEY_IMPL  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -347,7 +349,6 @@ def _flat(tensors) -> np.ndarray:
 @functools.partial(jax.jit, static_argnums=3)
 def _gan_step_draws(key_data, images, cond, config):
   """jaxcxr's random inputs of GAN train step 0, in `train.gan.train_step`'s order (one compile, not one per op)."""
-  from jaxcxr.train.loop import KEY_IMPL  # pylint: disable=g-import-not-at-top
 
   key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=KEY_IMPL), 0)
   k_real, k_z, k_aug_real, k_aug_fake, k_gcond, k_gz, k_gaug = jax.random.split(key, 7)
@@ -363,8 +364,6 @@ def _gan_step_draws(key_data, images, cond, config):
 
 @pytest.mark.slow
 def test_gan_train_step(record):
-  from jaxcxr.train import gan  # pylint: disable=g-import-not-at-top
-
   # ada_target=None augments every image (p = 1), so the step's DiffAugment is exercised; R1 runs at step 0.
   generator = _generator(cascade=False, seed=9)
   config = dataclasses.replace(config_lib.gan_tiny(32), generator=generator.config, ada_target=None, batch_size=3)
@@ -414,8 +413,6 @@ def _unet_step_batch(key_data, images, masks, config):
 
 @pytest.mark.slow
 def test_unet_train_step(record):
-  from jaxcxr.train import segmentation  # pylint: disable=g-import-not-at-top
-
   config = config_lib.unet_tiny(32)
   config = dataclasses.replace(config, unet=dataclasses.replace(config.unet, channels=(4, 8)),
                                augment=dataclasses.replace(config.augment, hflip_prob=0.5))
@@ -450,8 +447,6 @@ def test_unet_train_step(record):
 
 @pytest.mark.slow
 def test_shipped_generate_and_score(record):
-  from jaxcxr.models import load_generator  # pylint: disable=g-import-not-at-top
-
   generator_dir = checkpoints.checkpoints_root() / "gan_256" / "generator"
   try:
     scoring_dir = scoring.shipped_scoring()

@@ -1,18 +1,16 @@
 """f-AnoGAN (izi_f) scoring: encoder -> z -> generator -> residual and discriminator-feature loss.
 
-jaxcxr: `anomaly._fanogan_batch`, the compiled call of `fanogan_scores` (uint8 images
-in, score, losses, residual and reconstruction out). Twin: `twins` encoder, generator and
+jaxcxr: `fanogan.score_program`, the compiled call of `fanogan_scores` for one batch
+(uint8 images in, score, losses, residual and reconstruction out). Twin: `twins` encoder, generator and
 discriminator features with the same weights and formula.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from benchmarks import measure, torch_peer
-from jaxcxr import anomaly
+from jaxcxr.anomaly import fanogan
 from jaxcxr.models import make_condition
 
 SUITE = "fanogan"
@@ -22,17 +20,14 @@ def run(bench) -> None:
   m = bench.models()
   e, g, d = m.encoder, m.normal_generator, m.normal_discriminator
   r = e.config.resolution
-  graphdefs = anomaly._fanogan_graphdefs(e.config, g.config, d.config)  # pylint: disable=protected-access
-  states = (nnx.state(e), nnx.state(g), nnx.state(d))
   rng = np.random.default_rng(0)
   for b in bench.batches(cpu=[1, 16, 64], gpu=[1, 64, 512]):
     if bench.out_of_time():
       return
     images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)
     cond = make_condition(rng.choice(["M", "F"], b), rng.integers(18, 80, b), conditions=g.config.conditions)
-    make_args = lambda: (graphdefs, states, jnp.asarray(images), jnp.asarray(cond), jnp.float32(1.0))
-    timing, compiled = measure.time_compiled(anomaly._fanogan_batch, make_args, repeats=bench.repeats,  # pylint: disable=protected-access
-                                             static_argnums=(0,))
+    program = fanogan.score_program(e, g, d, images, cond)
+    timing, compiled = measure.time_compiled(program.fn, program.fresh_args, repeats=bench.repeats)
     flops = measure.cost_flops(compiled)
     bench.emit(measure.record(bench.ctx, suite=SUITE, name="score", peer="jaxcxr", dtype="float32", batch=b,
                               timing=timing, items=b, unit="images/s", resolution=r,

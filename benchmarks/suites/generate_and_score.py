@@ -1,6 +1,6 @@
 """Generate and post-filter: z -> 256x256 image -> lung U-Net, classifier, Grad-CAM, five scores.
 
-jaxcxr: `scoring._generate_and_score`, the one compiled call every sampler runs per
+jaxcxr: `Scorer.generate_and_score_program`, the one compiled call every sampler runs per
 batch (latents of the sample indices, the cascade generator, the U-Net, the classifier
 with its Grad-CAM, the symmetry features and scores). Twin: `twins.TorchGenerateAndScore`
 loaded with the same weights and calibration, eager (and `torch.compile` with
@@ -10,24 +10,22 @@ loaded with the same weights and calibration, eager (and `torch.compile` with
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import numpy as np
 
 from benchmarks import measure, torch_peer
-from jaxcxr import scoring
 from jaxcxr.models.condition import group_condition_batch
 
 SUITE = "generate_and_score"
 GROUP = "58_64f"
 
 
-def _flops_per_image(m, scorer, models, states, cond, key) -> float | None:
+def _flops_per_image(m, scorer, key) -> float | None:
   """XLA's cost of one image: the call at batch 1, where nothing is chunked."""
-  one = scorer.with_config(batch_size=1)
-  lowered = scoring._generate_and_score.lower((*one.graphdefs, models[2]), (*one.states, states[2]),  # pylint: disable=protected-access
-                                              one.device_calibration, key, np.zeros((1,), np.int32), cond[:1],
-                                              config=one.config, keep_maps=False, keep_images=True)
-  return measure.cost_flops(lowered)
+  program = scorer.with_config(batch_size=1).generate_and_score_program(m.generator, key, GROUP)
+  return measure.cost_flops(program.fn.lower(*program.args))
 
 
 def run(bench) -> None:
@@ -39,22 +37,17 @@ def run(bench) -> None:
       if bench.out_of_time():
         return
       scorer = m.scorer.with_config(batch_size=b, dtype=dtype)
-      g_def, g_state = scoring.split_with_dtype(m.generator, dtype)
-      models = (*scorer.graphdefs, g_def)
-      states = (*scorer.states, g_state)
       cond = np.repeat(group_condition_batch(GROUP, 1, 0, conditions=m.generator.config.conditions), b, axis=0)
       key = jax.random.key(0)
-      counter = iter(range(10 ** 9))
+      counter = itertools.count()
       # Fresh sample indices every run (different latents, same shapes).
-      make_args = lambda: (models, states, scorer.device_calibration, key,
-                           np.arange(b, dtype=np.int32) + b * next(counter), cond)
-      timing, compiled = measure.time_compiled(
-          scoring._generate_and_score, make_args, repeats=bench.repeats, static_argnums=(0,),  # pylint: disable=protected-access
-          static={"config": scorer.config, "keep_maps": False, "keep_images": True})
+      make_args = lambda: scorer.generate_and_score_program(m.generator, key, GROUP, start=b * next(counter)).args
+      program = scorer.generate_and_score_program(m.generator, key, GROUP)
+      timing, compiled = measure.time_compiled(program.fn, make_args, repeats=bench.repeats)
       if b == 1:   # chunked calls (`batching.in_chunks`) loop over chunks, and XLA costs a loop body once
         flops_per_image = measure.cost_flops(compiled)
       elif flops_per_image is None:
-        flops_per_image = _flops_per_image(m, scorer, models, states, cond, key)
+        flops_per_image = _flops_per_image(m, scorer, key)
       items_per_s = b / timing.median_s
       bench.emit(measure.record(bench.ctx, suite=SUITE, name="generate_and_score", peer="jaxcxr", dtype=dtype,
                                 batch=b, timing=timing, items=b, unit="images/s",

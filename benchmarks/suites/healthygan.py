@@ -1,17 +1,15 @@
 """HealthyGAN scoring: the translator's healthy version of each image, score = mean |x - output|.
 
-jaxcxr: `anomaly._healthygan_batch`, the compiled call of `healthygan_scores`. Twin: the
+jaxcxr: `healthygan.score_program`, the compiled call of `healthygan_scores`. Twin: the
 `twins` translator with the same weights and the same blend and score.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from benchmarks import measure, torch_peer
-from jaxcxr import anomaly
+from jaxcxr.anomaly import healthygan
 
 SUITE = "healthygan"
 
@@ -20,15 +18,13 @@ def run(bench) -> None:
   m = bench.models()
   t = m.translator
   r = t.config.resolution
-  graphdef, state = anomaly._translator_graphdef(t.config), nnx.state(t)  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
   for b in bench.batches(cpu=[1, 16, 64], gpu=[1, 64, 512]):
     if bench.out_of_time():
       return
     images = rng.integers(0, 256, (b, r, r), dtype=np.uint8)
-    make_args = lambda: (graphdef, state, jnp.asarray(images))
-    timing, compiled = measure.time_compiled(anomaly._healthygan_batch, make_args, repeats=bench.repeats,  # pylint: disable=protected-access
-                                             static_argnums=(0,))
+    program = healthygan.score_program(t, images)
+    timing, compiled = measure.time_compiled(program.fn, program.fresh_args, repeats=bench.repeats)
     flops = measure.cost_flops(compiled)
     bench.emit(measure.record(bench.ctx, suite=SUITE, name="score", peer="jaxcxr", dtype="float32", batch=b,
                               timing=timing, items=b, unit="images/s", resolution=r,

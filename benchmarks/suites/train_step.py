@@ -1,7 +1,7 @@
 """Training steps of the GAN (the shipped cascade's 64x64 base GAN) and of the 256x256 lung U-Net.
 
-jaxcxr: the trainers' own compiled call (`train.gan.make_train_step`,
-`train.segmentation.make_train_step`: `steps_per_call` steps in one call, the state
+jaxcxr: the trainers' own compiled call (`train.gan.train_step_program`,
+`train.segmentation.train_step_program`: `steps_per_call` steps in one call, the state
 donated), on random uint8 data of the recipe's resolution; throughput in steps/s. Twins:
 `twins` GAN and U-Net train steps (same models, losses, R1 schedule, optimiser and
 batch), one Python-loop step at a time, as a PyTorch trainer runs.
@@ -11,7 +11,6 @@ FLOPs: one step is costed as its own function (a scan body is counted once).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,14 +21,12 @@ from jaxcxr.train import gan, segmentation
 SUITE = "train_step"
 
 
-def _fresh(state):
-  return jax.tree.map(jnp.copy, state)
-
-
-def _time(bench, name, step_fn, single_step, state, data, config, steps_per_call):
-  make_args = lambda: (_fresh(state), data)
-  timing, _ = measure.time_compiled(step_fn, make_args, repeats=bench.repeats)
-  flops = measure.function_flops(lambda s, d: single_step(s, d, config), state, data)
+def _time(bench, name, trainer, data, config):
+  """Times `trainer.train_step_program` (a fresh copy of the donated state every run); FLOPs of one step."""
+  program = trainer.train_step_program(config, data)
+  timing, _ = measure.time_compiled(program.fn, program.fresh_args, repeats=bench.repeats)
+  flops = measure.function_flops(lambda s, d: trainer.train_step(s, d, config), *program.args)
+  steps_per_call = config.steps_per_call
   steps_per_s = steps_per_call / timing.median_s
   bench.emit(measure.record(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", dtype=config_dtype(config, name),
                             batch=config.batch_size, timing=timing, items=steps_per_call, unit="steps/s",
@@ -47,8 +44,7 @@ def _gan(bench, m, rng) -> None:
   data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
           "cond": jnp.asarray(make_condition(rng.choice(["M", "F"], n), rng.integers(18, 80, n),
                                              rng.integers(0, 2, n), conditions=config.generator.conditions))}
-  state = gan.init_train_state(config, seed=0)
-  _time(bench, "gan", gan.make_train_step(config), gan.train_step, state, data, config, config.steps_per_call)
+  _time(bench, "gan", gan, data, config)
   torch_peer.gan_train_step(bench, m, config, data, SUITE)
 
 
@@ -59,9 +55,7 @@ def _unet(bench, m, rng) -> None:
   masks[:, r // 4: 3 * r // 4, r // 8: 3 * r // 8] = 1
   masks[:, r // 4: 3 * r // 4, 5 * r // 8: 7 * r // 8] = 2
   data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)), "masks": jnp.asarray(masks)}
-  state = segmentation.init_train_state(config, seed=0)
-  _time(bench, "unet", segmentation.make_train_step(config), segmentation.train_step, state, data, config,
-        config.steps_per_call)
+  _time(bench, "unet", segmentation, data, config)
   torch_peer.unet_train_step(bench, m, config, data, SUITE)
 
 

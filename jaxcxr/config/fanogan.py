@@ -1,6 +1,6 @@
 """Configs of the f-AnoGAN encoder and its training against a frozen GAN, and their presets.
 
-`EncoderConfig` (`jaxcxr.models.encoder`), `FanoganTrainConfig` (`jaxcxr.train.fanogan`) and
+`EncoderConfig` (`jaxcxr.models.fanogan`), `FanoganTrainConfig` (`jaxcxr.train.fanogan`) and
 the presets (`PRESETS`): `fanogan_tiny`, `fanogan_64_cpu`.
 """
 

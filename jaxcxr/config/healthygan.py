@@ -1,6 +1,6 @@
 """Configs of the HealthyGAN translator and critic and of their training, and their presets.
 
-`TranslatorConfig` and `CriticConfig` (`jaxcxr.models.translator`), `HealthyganTrainConfig`
+`TranslatorConfig` and `CriticConfig` (`jaxcxr.models.healthygan`), `HealthyganTrainConfig`
 (`jaxcxr.train.healthygan`) and the presets (`PRESETS`): `healthygan_tiny`, `healthygan_64_cpu`.
 """
 

@@ -10,20 +10,82 @@ forward convolution with the flipped, transposed kernel (itself through the same
 rule, so R1's second derivatives stay canonical) and the kernel gradient is
 im2col patches times the output gradient, one matmul. Other backends use plain
 `lax.conv_general_dilated` and its autodiff (cuDNN).
+
+`conv_path` switches between the two for the functions traced inside it (e.g. to
+measure what the custom VJP gains: `benchmarks/cpu_paths.py`).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# How `conv2d` computes convolutions with a kernel larger than 1x1 and their gradients:
+# "auto" picks by backend (the custom VJP on a CPU, XLA's autodiff elsewhere).
+CONV_PATHS = ("auto", "custom_vjp", "xla")
+_conv_path = "auto"
+
+
+def conv_path_in_use() -> str:
+  """The path `conv2d` takes when a function is traced now: "custom_vjp" or "xla" (`conv_path` resolved)."""
+  if _conv_path != "auto":
+    return _conv_path
+  return "custom_vjp" if jax.default_backend() == "cpu" else "xla"
+
+
+@contextlib.contextmanager
+def conv_path(path: str) -> Iterator[None]:
+  """Chooses, inside the block, how `conv2d` computes its convolutions and their gradients.
+
+  A process-wide setting, read when a function is traced. Entering and leaving the block
+  clears JAX's in-memory compilation caches (`jax.clear_caches`) when the path changes, so
+  a jitted function called inside the block is traced again with the chosen path and
+  never served a program traced with the other (programs compiled ahead of time keep
+  theirs). The forward convolution is the same on both paths; only the gradients differ.
+
+  Args:
+    path: "custom_vjp" (every gradient a canonical forward convolution or an im2col
+      matmul; the default on a CPU backend), "xla" (`lax.conv_general_dilated` with XLA's
+      own autodiff; the default elsewhere) or "auto" (the default of the backend).
+
+  Raises:
+    ValueError: an unknown path.
+
+  Examples:
+    >>> x, k = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 4))
+    >>> with conv_path("xla"):
+    ...   conv_path_in_use(), jax.jit(conv2d)(x, k).shape
+    ('xla', (1, 8, 8, 4))
+  """
+  if path not in CONV_PATHS:
+    raise ValueError(f"conv_path: expected one of {CONV_PATHS}, got {path!r}")
+  previous = _conv_path
+  _set_conv_path(path)
+  try:
+    yield
+  finally:
+    _set_conv_path(previous)
+
+
+def _set_conv_path(path: str) -> None:
+  global _conv_path
+  if path != _conv_path:
+    _conv_path = path
+    jax.clear_caches()
+
 
 def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Stride-1 'SAME' 2-D cross-correlation, NHWC input, HWIO kernel (odd size)."""
+  """Stride-1 'SAME' 2-D cross-correlation, NHWC input, HWIO kernel (odd size).
+
+  A 1x1 kernel is a matmul; larger ones take the path of `conv_path_in_use()`.
+  """
   if kernel.shape[0] == 1:
     return x @ kernel.reshape(kernel.shape[2], kernel.shape[3])
-  if jax.default_backend() != "cpu":
+  if conv_path_in_use() == "xla":
     return _xla_conv(x, kernel)
   return _cpu_conv(x, kernel)
 
@@ -32,8 +94,8 @@ def _xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _patches(x: jax.Array, k: int) -> jax.Array:
-  """im2col: (B, H, W, C) -> (B, H, W, k*k*C), channel index (i * k + j) * C + c."""
+def patches(x: jax.Array, k: int) -> jax.Array:
+  """im2col: (B, H, W, C) -> (B, H, W, k*k*C), channel index (i * k + j) * C + c ('SAME' zero padding, k odd)."""
   _, h, w, _ = x.shape
   p = k // 2
   padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
@@ -56,7 +118,7 @@ def _cpu_conv_bwd(residuals, dy):
   # through _cpu_conv again, so second derivatives, e.g. R1, stay canonical too).
   dx = _cpu_conv(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
   # Kernel gradient: im2col patches against dy, one matmul.
-  dk = _patches(x, k).reshape(-1, k * k * c_in).T @ dy.reshape(-1, c_out)
+  dk = patches(x, k).reshape(-1, k * k * c_in).T @ dy.reshape(-1, c_out)
   return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

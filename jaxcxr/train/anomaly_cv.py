@@ -19,21 +19,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from jaxcxr import anomaly, data as data_lib, io
+from jaxcxr import anomaly, io
+from jaxcxr import config as config_lib
+from jaxcxr import data as data_lib
+from jaxcxr.models.healthygan import load_translator
+from jaxcxr.models.unet import predict_masks
+from jaxcxr.train.fanogan import train_fanogan
+from jaxcxr.train.healthygan import train_healthygan
 
 METHODS = ("fanogan", "healthygan")
 
 
 def _fold_config(method: str, base, steps: int | None):
-  from jaxcxr import config  # pylint: disable=g-import-not-at-top
-
   if base is None:
-    base = config.fanogan_64_cpu() if method == "fanogan" else config.healthygan_64_cpu()
+    base = config_lib.fanogan_64_cpu() if method == "fanogan" else config_lib.healthygan_64_cpu()
   if steps is None:
     return base
   if steps <= 0 or steps % base.steps_per_call:
@@ -45,15 +50,10 @@ def _fold_config(method: str, base, steps: int | None):
 def _fit_and_score(method, train_set, held_out, fold_dir, config, gan_dir, seed, batch_size):
   """Trains the fold's model (resuming a killed run) and returns its (score, residual, components) on `held_out`."""
   if method == "fanogan":
-    from jaxcxr.train.fanogan import train_fanogan  # pylint: disable=g-import-not-at-top
-
     if not (fold_dir / "encoder").exists():
       train_fanogan(train_set, gan_dir, config, fold_dir, resume=True, seed=seed, progress=False)
     scorer = anomaly.FanoganScorer(*anomaly.load_fanogan(fold_dir / "encoder", gan_dir), batch_size=batch_size)
   else:
-    from jaxcxr.models.translator import load_translator  # pylint: disable=g-import-not-at-top
-    from jaxcxr.train.healthygan import train_healthygan  # pylint: disable=g-import-not-at-top
-
     if not (fold_dir / "translator").exists():
       train_healthygan(train_set, config, fold_dir, resume=True, seed=seed, progress=False)
     scorer = anomaly.HealthyganScorer(load_translator(fold_dir / "translator"), batch_size=batch_size)
@@ -103,8 +103,6 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
     ValueError: an unknown method, a missing `gan_dir` for f-AnoGAN, or bad fold settings.
     jaxcxr.data.DataError: labels other than 0/1, or too few patients for the folds.
   """
-  import sys  # pylint: disable=g-import-not-at-top
-
   if method not in METHODS:
     raise ValueError(f"cross_validate_anomaly: method must be one of {METHODS}, got {method!r}")
   if method == "fanogan" and gan_dir is None:
@@ -122,8 +120,6 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
     strata = strata + 3 * np.asarray(dataset.extra["archive"], np.int64)
   masks = None
   if unet is not None:
-    from jaxcxr.models.unet import predict_masks  # pylint: disable=g-import-not-at-top
-
     masks = predict_masks(unet, dataset.images)
   per_fold, pooled_scores = [], {}
   for r in range(repeats):

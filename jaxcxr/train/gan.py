@@ -36,11 +36,13 @@ import optax
 from flax import nnx
 
 from jaxcxr import data as data_lib
+from jaxcxr import plots
 from jaxcxr.config import GanTrainConfig
 from jaxcxr.models.condition import make_condition
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.generator import Generator, load_generator, sample_images
 from jaxcxr.models.graph import abstract_graphdef
+from jaxcxr.program import Program
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
@@ -270,6 +272,25 @@ def make_train_step(config: GanTrainConfig) -> Callable[[TrainState, dict], tupl
   return compile_steps(train_step, config.steps_per_call, static=(without_loop_fields(config),))
 
 
+
+def train_step_program(config: GanTrainConfig, data: dict, *, seed: int = 0) -> Program:
+  """The compiled training call `train_gan` makes, and its arguments on a fresh state.
+
+  Args:
+    config: the training config.
+    data: the training arrays the step draws its batches from, {"images": uint8 (N, R, R),
+      "cond": float32 (N, C)} as from `prepare_data` (placed on the device here, as the
+      trainer places them).
+    seed: seed of the fresh state (`init_train_state`).
+
+  Returns:
+    `Program(fn, args, donated=(0,))`: `fn(state, data)` = `make_train_step(config)`, which runs
+    `config.steps_per_call` steps and returns (state, metrics stacked over the steps). The
+    state (position 0) is donated: call again with `fresh_args()`.
+  """
+  return Program(make_train_step(config), (init_train_state(config, seed), jax.device_put(data)), donated=(0,))
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -340,9 +361,6 @@ def warm_start(state: TrainState, directory: str | os.PathLike) -> TrainState:
     jaxcxr.checkpoints.CheckpointError: missing or damaged checkpoint.
     ValueError: the saved weights do not have the shapes of this config's models.
   """
-  from jaxcxr.models.discriminator import load_discriminator  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.generator import load_generator  # pylint: disable=g-import-not-at-top
-
   directory = pathlib.Path(directory)
   g = nnx.to_pure_dict(nnx.state(load_generator(directory / "generator"), nnx.Param))
   g.pop("upsampler", None)
@@ -392,8 +410,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
     jaxcxr.data.DataError: unusable data (before any compilation).
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-  from jaxcxr import plots  # pylint: disable=g-import-not-at-top
+  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`), needed only once training runs.
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
 
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)

@@ -21,7 +21,7 @@ for this U-Net, jax-ml/jax#12868); the train state (a plain dict of arrays, see
 `loop.run_training_loop`; validation with model selection runs in its hook, and the
 best weights so far are part of the checkpointed state.
 
-Evaluation (DESIGN.md section 8) predicts at the model's resolution and compares
+Evaluation predicts at the model's resolution and compares
 at the data's native 256x256: logits are resized bilinearly before the argmax.
 """
 
@@ -40,10 +40,12 @@ import optax
 from flax import nnx
 
 from jaxcxr import data as data_lib
+from jaxcxr import io
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.config import SegTrainConfig
 from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks, resize_images
+from jaxcxr.program import Program
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
                                without_loop_fields)
@@ -187,6 +189,25 @@ def make_train_step(config: SegTrainConfig) -> Callable[[TrainState, dict], tupl
   return compile_steps(train_step, k, k if config.unroll else 1, static=(_loop_free(config),))
 
 
+
+def train_step_program(config: SegTrainConfig, data: dict, *, seed: int = 0) -> Program:
+  """The compiled training call `train_unet` makes, and its arguments on a fresh state.
+
+  Args:
+    config: the training config.
+    data: the training arrays the step draws its batches from, {"images": uint8 (N, R, R),
+      "masks": uint8 (N, R, R)} as from `prepare_data`'s "train" (placed on the device
+      here, as the trainer places them).
+    seed: seed of the fresh state (`init_train_state`).
+
+  Returns:
+    `Program(fn, args, donated=(0,))`: `fn(state, data)` = `make_train_step(config)`, which runs
+    `config.steps_per_call` steps and returns (state, metrics stacked over the steps). The
+    state (position 0) is donated: call again with `fresh_args()`.
+  """
+  return Program(make_train_step(config), (init_train_state(config, seed), jax.device_put(data)), donated=(0,))
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -277,7 +298,7 @@ def prepare_data(dataset: data_lib.CXRDataset, config: SegTrainConfig) -> dict[s
 
 def segmentation_scores(y_pred, y, *, num_classes: int = 3, patients: Any = None,
                         per_image: bool = False) -> dict[str, Any]:
-  """Summary overlap scores of predicted vs target label maps (DESIGN.md section 8).
+  """Summary overlap scores of predicted vs target label maps.
 
   Args:
     y_pred: integer label maps (N, H, W).
@@ -408,8 +429,8 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
     ValueError: resuming with another split or other data than the checkpoint's.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-  from jaxcxr import io  # pylint: disable=g-import-not-at-top
+  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`), needed only once training runs.
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
 
   prepared = prepare_data(dataset, config)
   split, val_ds, test_ds = prepared["split"], prepared["val"], prepared["test"]

@@ -1,0 +1,91 @@
+"""Tests for `jaxcxr.models.layers.conv_path`: the public switch between the convolution's two gradient paths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcxr.models import layers
+
+
+def _inputs():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  k = 0.3 * jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  return x, k
+
+
+def _loss(x, k):
+  return (layers.conv2d(x, k) ** 2).sum()
+
+
+def _jaxpr(fn, *args) -> str:
+  """The text of fn's jaxpr (nested jaxprs included): the primitives it traces to."""
+  return str(jax.make_jaxpr(fn)(*args))
+
+
+def test_paths_give_the_same_gradients_by_different_programs():
+  x, k = _inputs()
+  grads, jaxprs = {}, {}
+  for path in ("xla", "custom_vjp"):
+    with layers.conv_path(path):
+      assert layers.conv_path_in_use() == path
+      grads[path] = jax.jit(jax.grad(_loss, argnums=(0, 1)))(x, k)
+      jaxprs[path] = _jaxpr(jax.grad(_loss, argnums=(0, 1)), x, k)
+  assert "custom_vjp_call" in jaxprs["custom_vjp"] and "custom_vjp_call" not in jaxprs["xla"]
+  for a, b in zip(grads["xla"], grads["custom_vjp"]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_a_jitted_function_is_traced_again_inside_the_block():
+  x, k = _inputs()
+  paths = []
+
+  @jax.jit
+  def grad(x, k):
+    paths.append(layers.conv_path_in_use())          # runs at trace time only
+    return jax.grad(_loss, argnums=1)(x, k)
+
+  default = layers.conv_path_in_use()
+  other = "xla" if default == "custom_vjp" else "custom_vjp"
+  grad(x, k)
+  grad(x, k)
+  with layers.conv_path(other):
+    grad(x, k)
+  grad(x, k)
+  assert paths == [default, other, default]
+
+
+def test_default_path_and_restoring():
+  expected = "custom_vjp" if jax.default_backend() == "cpu" else "xla"
+  assert layers.conv_path_in_use() == expected
+  with layers.conv_path("xla"):
+    with layers.conv_path("custom_vjp"):
+      assert layers.conv_path_in_use() == "custom_vjp"
+    assert layers.conv_path_in_use() == "xla"
+    with layers.conv_path("auto"):
+      assert layers.conv_path_in_use() == expected
+  assert layers.conv_path_in_use() == expected
+  with pytest.raises(RuntimeError, match="inside"):
+    with layers.conv_path("xla"):
+      raise RuntimeError("inside")
+  assert layers.conv_path_in_use() == expected
+  with pytest.raises(ValueError, match="conv_path: expected one of"):
+    with layers.conv_path("cudnn"):
+      pass
+  assert layers.conv_path_in_use() == expected
+
+
+def test_one_by_one_kernels_are_a_matmul_on_every_path():
+  x = jnp.ones((1, 4, 4, 3))
+  k = jnp.arange(6.0).reshape(1, 1, 3, 2)
+  for path in ("xla", "custom_vjp"):
+    with layers.conv_path(path):
+      assert "conv_general_dilated" not in _jaxpr(layers.conv2d, x, k)
+      np.testing.assert_allclose(np.asarray(layers.conv2d(x, k))[0, 0, 0], [6.0, 9.0])
+
+
+def test_patches_is_im2col():
+  x, k = _inputs()
+  by_patches = (layers.patches(x, 3).reshape(-1, 27) @ k.reshape(27, 4)).reshape(2, 8, 8, 4)
+  with layers.conv_path("xla"):
+    np.testing.assert_allclose(np.asarray(by_patches), np.asarray(layers.conv2d(x, k)), rtol=1e-4, atol=1e-5)
