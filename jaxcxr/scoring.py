@@ -430,7 +430,7 @@ def generate_and_score_batch(models, states, calibration, z, cond, config: Scori
   """Generation plus post-filter scoring of one batch of latents inside a traced function.
 
   The core of every compiled sampling path (`Scorer.generate_and_score`, the unfiltered rounds
-  of `jaxcxr.sampling.sample_valid` and the pre-filtered rounds of `jaxcxr.prefilter.sample_valid`).
+  of `jaxcxr.sampling.sample_valid` and the pre-filtered rounds of `jaxcxr.prefilter.sample_valid_latent`).
 
   Args:
     models: (U-Net graphdef, classifier graphdef, generator graphdef, ...), static.
@@ -552,7 +552,7 @@ class Scorer:
     u_def, u_state = split_with_dtype(unet, config.dtype)
     c_def, c_state = split_with_dtype(classifier, config.dtype)
     # What the jitted functions take (public for pipelines that fuse more work into the same call,
-    # e.g. `sampling.sample_valid`, `prefilter.sample_valid`): static graphdefs, device-resident states and
+    # e.g. `sampling.sample_valid`, `prefilter.sample_valid_latent`): static graphdefs, device-resident states and
     # calibration.
     self.graphdefs = (u_def, c_def)
     self.mesh = _device_mesh()

@@ -335,7 +335,7 @@ def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: ja
                          journal: sampling.SampleJournal | None = None) -> dict[str, Any]:
   """Cascade-filtered sampling: exactly `k` post-filter-valid images; unpromising base images never finished.
 
-  As `jaxcxr.prefilter.sample_valid`, but each round judges its pool of latents by their
+  As `jaxcxr.prefilter.sample_valid_latent`, but each round judges its pool of latents by their
   base images (`log_valid_probability` at the level `scorer` runs at, against the
   pre-filter's `strategy` threshold for that level) instead of by z. "n_generated" counts
   finished (upsampled and post-scored) images; every pooled latent also cost a base image
