@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxcxr import anomaly, cli, data
+from jaxcxr.cli import evaluate as evaluate_cli
 
 SHARED_NIH = pathlib.Path(__file__).parents[2] / "shared" / "data" / "nih_cxr14_subset_256.npz"
 
@@ -181,7 +182,7 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
   for name in ("pixels", "hog", "detail"):
     assert set(realism[f"two_sample_auc_{name}"]) == {"generated_vs_real", "real_vs_real"}
   assert realism["pca_frechet"]["ratio"] > 1 and np.isfinite(realism["high_frequency_share"]["ratio"])
-  table = cli._human_evaluate_gan(quality)
+  table = evaluate_cli.human_gan(quality)
   assert "two-sample AUC, HOG" in table and "PCA Frechet" in table and "high-frequency ratio" in table
 
 
@@ -334,7 +335,7 @@ def test_report_scoring_writes_figures_and_tables(capsys, nih_path, tmp_path):
 def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_path):
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
                            "all", "--steps", "3", "--batch-size", "8", "--base-image", "--restarts", "2", "--out",
-                           str(tmp_path), "--json")
+                           str(tmp_path), "--whole-image", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
@@ -349,9 +350,10 @@ def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_p
   assert pathlib.Path(result["overlays"]).stat().st_size > 0
 
 
-def test_evaluate_anomaly_inside_the_lungs(capsys, nih_path):
+def test_evaluate_anomaly_inside_the_lungs_by_default(capsys, nih_path):
+  # The default (every shipped anomaly card chose the lungs on validation); `--lung-mask` says the same explicitly.
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
-                           "all", "--steps", "3", "--batch-size", "8", "--base-image", "--lung-mask", "--json")
+                           "all", "--steps", "3", "--batch-size", "8", "--base-image", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["lung_mask"] and result["method"] == "anogan_lungs"
@@ -360,9 +362,10 @@ def test_evaluate_anomaly_inside_the_lungs(capsys, nih_path):
 
 def test_evaluate_anomaly_saves_scores_and_reports_the_threshold_data(capsys, nih_path, tmp_path):
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "fanogan", "--data", str(nih_path), "--split",
-                           "test", "--scores", str(tmp_path / "s.npz"), "--json")
+                           "test", "--scores", str(tmp_path / "s.npz"), "--whole-image", "--json")
   assert code == 0, err
   result = json.loads(out)
+  assert not result["lung_mask"] and result["method"] == "fanogan"
   saved = np.load(tmp_path / "s.npz")
   assert len(saved["scores"]) == result["n"] and len(saved["threshold_scores"]) == result["threshold_data"]["n"]
   assert saved["residual"].shape[0] == result["n"] and saved["residual"].ndim == 3
@@ -431,6 +434,7 @@ def test_evaluate_anomaly_cv_command(capsys, nih_path, tmp_path, monkeypatch):
     (["evaluate", "anomaly", "--method", "anogan", "--restarts", "0"], "--restarts must be >= 1"),
     (["evaluate", "anomaly", "--method", "anogan", "--steps", "0"],
      "--steps must be positive"),
+    (["evaluate", "anomaly", "--method", "fanogan", "--lung-mask", "--whole-image"], "not allowed with argument"),
 ])
 def test_evaluate_anomaly_bad_input(capsys, nih_path, argv, message):
   code, out, err = run_cli(capsys, *argv, "--data", str(nih_path))
