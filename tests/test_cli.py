@@ -115,6 +115,15 @@ def test_evaluate_gan_default_data_is_both_nih_archives(capsys, monkeypatch, nih
   assert code == 2 and out == "" and f"{tmp_path}/nih_cxr14_extra_256.npz: no such file" in err
 
 
+def test_help_and_usage_errors_import_no_jax():
+  # The parser and `--help` stay fast: a command's module (and the library, jax) is imported only once it parses.
+  code = ("import sys; from jaxcxr import cli; cli.build_parser().format_help(); "
+          "code = cli.main(['data', 'frobnicate']); print(code, sorted(m for m in ('jax', 'flax', 'numpy', 'orbax.checkpoint', 'matplotlib', 'jaxcxr.data') "
+          "if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path):
   # The installed entry point, as a user runs it: argparse errors and data errors both exit 2.
   env = {**os.environ, "JAXCXR_DATA": ""}
@@ -154,9 +163,11 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
                            str(tmp_path / "cascade"), "--json")
   assert code == 0, err
   assert json.loads(out)["resolution"] == 64 and json.loads(out)["base_resolution"] == 32
+  # --checkpoint takes the model folder (as the README names the shipped ones) for its generator/.
   code, out, err = run_cli(capsys, "sample", "--group", "38_44f", "--n", "2", "--out", str(tmp_path / "s2"),
-                           "--checkpoint", str(tmp_path / "cascade" / "generator"), "--unfiltered", "--json")
+                           "--checkpoint", str(tmp_path / "cascade"), "--unfiltered", "--json")
   assert code == 0, err
+  assert json.loads(out)["checkpoint"] == str(tmp_path / "cascade" / "generator")
   assert np.asarray(Image.open(json.loads(out)["files"][0])).shape == (64, 64)
   code, _, err = run_cli(capsys, "cascade", "--gan", str(tmp_path / "cascade"), "--upsampler", "bilinear", "--out",
                          str(tmp_path / "cascade2"))
