@@ -28,6 +28,7 @@ PREFILTER_INPUTS = ("auto", "z", "base")
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The parser of every command. Each command sets `run` to "GROUP:NAME": `jaxcxr.cli.GROUP.HANDLERS[NAME]`."""
   parser = Parser(prog="jaxcxr", description=__doc__.splitlines()[0])
   parser.add_argument("--version", action="version", version=_version())
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
