@@ -13,7 +13,11 @@
 * With real normal test and training images (`test_normals`, `train_normals`): the
   realism figures of `jaxcxr.realism` (two-sample AUCs, PCA Fréchet distance,
   high-frequency share) of generated normals against one patient-disjoint half of
-  the test normals, next to the other half against it.
+  the test normals, next to the other half against it; their diversity and coverage
+  in the PCA space (`realism.diversity_report`: mean pairwise distance per age-sex
+  group and overall, precision and recall); and the memorisation audit of
+  `jaxcxr.memorisation` (the distance of each generated image to its nearest
+  training image, beside the same for the test images).
 
 Discriminator features are computed at the discriminator's resolution, which may be
 below the generator's (a cascade: a low-resolution GAN followed by a learned
@@ -25,6 +29,9 @@ generator and discriminator work in generator space [-1, 1], NHWC.
 from __future__ import annotations
 
 import functools
+import os
+import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -35,7 +42,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from jaxcxr import data, metrics, realism
+from jaxcxr import data, memorisation, metrics, realism
 from jaxcxr.batching import map_batches
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
@@ -122,8 +129,10 @@ def _realism_sets(test_normals: data.CXRDataset, train_normals: data.CXRDataset,
 
 def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.CXRDataset, *, seed: int = 0,
                  n_per_group: int = 64, sex_classifier=None, feature_classifier=None,
-                 test_normals: data.CXRDataset | None = None, train_normals: data.CXRDataset | None = None
-                 ) -> dict[str, Any]:
+                 test_normals: data.CXRDataset | None = None, train_normals: data.CXRDataset | None = None,
+                 training_set: data.CXRDataset | None = None,
+                 memorisation_features: Callable[[np.ndarray], np.ndarray] | None = None,
+                 closest_pairs_path: str | os.PathLike | None = None) -> dict[str, Any]:
   """Quality figures of a generator against real images (see the module docstring).
 
   Args:
@@ -150,18 +159,34 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
       see the same sample size. Needs `train_normals`.
     train_normals: real images of the training patients; its normal images fit the PCA
       Fréchet space.
+    training_set: the images the generator trained on (all labels), searched by the
+      memorisation audit; None searches every image of `train_normals`. Needs `test_normals`.
+    memorisation_features: optional callable, uint8 (N, R, R) images -> (N, D) features (e.g.
+      a chest-X-ray encoder's embedding); adds the audit in that space ("features").
+    closest_pairs_path: optional PNG path: writes the 8 closest generated/training pairs in
+      pixels there (`memorisation.save_closest_pairs`), and with `memorisation_features` those
+      in feature space beside it as "<stem>_features.png"; each space's entry records its "figure".
 
   Returns:
     {"n_real_half", "fd_generated_vs_real", "fd_real_vs_real", "fd_ratio",
      "sinkhorn_generated_vs_real", "sinkhorn_real_vs_real", "probe_sex_accuracy_real",
      "probe_age_mae_real", "groups": {group: {"female_fraction", "mean_age"} for generated
-     and "real_*" for real images of the group}}, and with `test_normals` "realism": the
-     `realism.realism_report` dict.
+     and "real_*" for real images of the group}}, and with `test_normals`:
+     * "realism": the `realism.realism_report` dict;
+     * "diversity": the `realism.diversity_report` dict, in the PCA Fréchet space: "overall"
+       and precision/recall for the realism sets (generated on B's conditions, against A;
+       B against A as reference), "groups" for the n_per_group generated normals of each
+       group (at its mid-age) against the real normal images of the group in `real`;
+     * "memorisation": {"generated": what was audited, "pixels": `NearestTraining.summary()`
+       (+ "figure"), and with `memorisation_features` "features"}: the 6 x n_per_group
+       generated normals of the groups (in `data.GROUPS` order, so generated index i is
+       group i // n_per_group), every image of `training_set`, the normal test images.
 
   Raises:
     jaxcxr.data.DataError: fewer than 8 usable real images; with `test_normals`, fewer than
       32 normal test images per half or at most 32 normal training images (the PCA dimension).
-    ValueError: only one of `test_normals` and `train_normals` given.
+    ValueError: only one of `test_normals` and `train_normals` given, or `training_set`,
+      `memorisation_features` or `closest_pairs_path` without them.
 
   Examples:
     The shipped normal-only GAN against the real normal radiographs of a dataset (the
@@ -175,6 +200,12 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
   cfg = generator.config
   if (test_normals is None) != (train_normals is None):
     raise ValueError("evaluate_gan: give test_normals and train_normals together (the realism figures) or neither")
+  audit_options = {"training_set": training_set, "memorisation_features": memorisation_features,
+                   "closest_pairs_path": closest_pairs_path}
+  if test_normals is None and any(v is not None for v in audit_options.values()):
+    given = ", ".join(k for k, v in audit_options.items() if v is not None)
+    raise ValueError(f"evaluate_gan: {given} belong to the memorisation audit, which needs test_normals and "
+                     "train_normals")
   realism_sets = None
   if test_normals is not None:   # check the sizes before the slow figures
     realism_sets = _realism_sets(test_normals, train_normals, seed=seed)
@@ -222,10 +253,11 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
   age_probe.fit(_probe_inputs(images_a), a.age.astype(np.float64))
   result["probe_sex_accuracy_real"] = float(np.mean(sex_probe.predict(_probe_inputs(images_b)) == (b.sex == "F")))
   result["probe_age_mae_real"] = float(np.mean(np.abs(age_probe.predict(_probe_inputs(images_b)) - b.age)))
-  groups = {}
+  groups, generated_groups = {}, {}
   all_images = data.resize_uint8(real.images, cfg.resolution)
   for g, name in enumerate(data.GROUPS):
     images = generator_lib.sample_images(generator, jax.random.fold_in(key, 1 + g), n_per_group, name)
+    generated_groups[name] = images
     x = _probe_inputs(images)
     row = {"female_fraction": float(np.mean(sex_probe.predict(x))),
            "mean_predicted_age": float(np.mean(age_probe.predict(x)))}
@@ -252,7 +284,128 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
     ra, rb, train = realism_sets
     cond = condition_lib.make_condition(rb.sex, rb.age, 0, conditions=cfg.conditions)
     generated = generate_from_conditions(generator, jax.random.fold_in(key, REALISM_KEY), cond)
-    result["realism"] = realism.realism_report(generated, data.resize_uint8(ra.images, cfg.resolution),
-                                               data.resize_uint8(rb.images, cfg.resolution),
-                                               data.resize_uint8(train, cfg.resolution), seed=seed)
+    images_ra = data.resize_uint8(ra.images, cfg.resolution)
+    images_rb = data.resize_uint8(rb.images, cfg.resolution)
+    train = data.resize_uint8(train, cfg.resolution)
+    space = realism.PcaFrechet(train, seed=seed)
+    result["realism"] = realism.realism_report(generated, images_ra, images_rb, train, seed=seed, space=space)
+    normal = np.ones(len(real), bool) if real.label is None else real.label == 0
+    real_groups = {name: all_images[normal & (real.groups == g)] for g, name in enumerate(data.GROUPS)}
+    result["diversity"] = realism.diversity_report(space, generated, images_ra, images_rb,
+                                                   generated_groups=generated_groups, real_groups=real_groups)
+    result["memorisation"] = _memorisation(
+        np.concatenate(list(generated_groups.values())),
+        train_normals if training_set is None else training_set, test_normals,
+        resolution=cfg.resolution, features=memorisation_features, figure=closest_pairs_path)
   return result
+
+
+def _memorisation(generated: np.ndarray, training_set: data.CXRDataset, test_normals: data.CXRDataset, *,
+                  resolution: int, features: Callable[[np.ndarray], np.ndarray] | None,
+                  figure: str | os.PathLike | None) -> dict[str, Any]:
+  """`evaluate_gan`'s "memorisation" entry (see there); writes the closest-pairs figures when `figure` is a path."""
+  training = data.resize_uint8(training_set.images, resolution)
+  test = data.resize_uint8(test_normals.images[test_normals.label == 0], resolution)
+  audits = memorisation.audit(generated, training, test, features=features)
+  entry: dict[str, Any] = {"generated": f"{len(generated)} unfiltered normal samples of the {len(data.GROUPS)} "
+                                        "groups (data.GROUPS order)",
+                           "test": f"{len(test)} normal images of the test patients"}
+  for space, audit in audits.items():
+    entry[space] = audit.summary()
+    if figure is not None:
+      path = pathlib.Path(figure)
+      if space != "pixels":
+        path = path.with_name(f"{path.stem}_{space}{path.suffix or '.png'}")
+      entry[space]["figure"] = str(memorisation.save_closest_pairs(audit, generated, training, path))
+  return entry
+
+
+# ----------------------------------------------------------------------------- report text
+
+
+def format_gan_report(r: dict[str, Any]) -> str:
+  """Human-readable lines of an `evaluate_gan` result (as `jaxcxr evaluate gan` prints it without --json).
+
+  Args:
+    r: the dict `evaluate_gan` returns (other keys, e.g. the CLI's "checkpoint", are ignored).
+
+  Returns:
+    The report, lines joined by newlines: D-feature FD, Sinkhorn and sex agreement, the
+    classifier figures when present, the per-group conditioning, and with the test-normal
+    figures the realism table, the diversity and coverage figures and the memorisation audit.
+  """
+  lines = [f"FD generated vs real {r['fd_generated_vs_real']:.4g}, real vs real {r['fd_real_vs_real']:.4g} "
+           f"(ratio {r['fd_ratio']:.2f}); Sinkhorn {r['sinkhorn_generated_vs_real']:.4g} vs "
+           f"{r['sinkhorn_real_vs_real']:.4g}; sex agreement {r['sex_agreement_generated']:.2f}"]
+  if "fd_classifier_ratio" in r:
+    lines.append(f"FD in classifier features: {r['fd_classifier_generated_vs_real']:.4g} vs real-real "
+                 f"{r['fd_classifier_real_vs_real']:.4g} (ratio {r['fd_classifier_ratio']:.2f})")
+  if "sex_classifier_agreement_generated" in r:
+    lines.append(f"sex classifier agreement: generated {r['sex_classifier_agreement_generated']:.2f}, "
+                 f"real {r['sex_classifier_accuracy_real']:.2f}")
+  for name, g in r["groups"].items():
+    lines.append(f"  {name}: female fraction {g['female_fraction']:.2f}, predicted age {g['mean_predicted_age']:.1f}")
+  if "realism" in r:
+    lines.extend(_realism_lines(r["realism"]))
+  if "diversity" in r:
+    lines.extend(_diversity_lines(r["diversity"]))
+  if "memorisation" in r:
+    lines.extend(_memorisation_lines(r["memorisation"]))
+  return "\n".join(lines)
+
+
+def _realism_lines(realism_figures: dict[str, Any]) -> list[str]:
+  """Rows of the realism figures: figure, generated vs real, real vs real."""
+  rows = [(f"two-sample AUC, {label}", f"{realism_figures[f'two_sample_auc_{key}']['generated_vs_real']:.3f}",
+           f"{realism_figures[f'two_sample_auc_{key}']['real_vs_real']:.3f}", "")
+          for key, label in (("pixels", "pixels"), ("hog", "HOG"), ("detail", "detail"))]
+  fd = realism_figures["pca_frechet"]
+  rows.append(("PCA Frechet", f"{fd['generated_vs_real']:.4g}", f"{fd['real_vs_real']:.4g}",
+               f"ratio {fd['ratio']:.2f}"))
+  hf = realism_figures["high_frequency_share"]
+  rows.append(("high-frequency ratio", f"{hf['ratio']:.3f}", f"{hf['real_vs_real_ratio']:.3f}",
+               f"real share {hf['real_a']:.4f}"))
+  lines = [f"realism figures ({realism_figures['n_per_set']} images per set; AUC 0.5 = indistinguishable, "
+           "ratios 1 = real):",
+           f"  {'figure':<22}{'generated vs real':>19}{'real vs real':>14}"]
+  lines += [f"  {name:<22}{gen:>19}{ref:>14}  {note}".rstrip() for name, gen, ref, note in rows]
+  return lines
+
+
+def _optional(value: float | None, spec: str) -> str:
+  return "-" if value is None else format(value, spec)
+
+
+def _diversity_lines(d: dict[str, Any]) -> list[str]:
+  """Lines of the diversity figures: mean pairwise distances and ratios, precision/recall, nearest-neighbour share."""
+  o = d["overall"]
+  lines = ["diversity (mean pairwise distance in the whitened PCA space; ratio 1 = as diverse as real):",
+           f"  overall: generated {o['generated']:.3f}, real {o['real_a']:.3f} (ratio {o['ratio']:.3f}; "
+           f"real vs real {o['real_vs_real_ratio']:.3f})"]
+  for name, g in d.get("groups", {}).items():
+    lines.append(f"  {name}: generated {_optional(g['generated'], '.3f')} ({g['n_generated']}), real "
+                 f"{_optional(g['real'], '.3f')} ({g['n_real']}), ratio {_optional(g['ratio'], '.3f')}")
+  if "mean_group_ratio" in d:
+    lines.append(f"  mean group ratio {_optional(d['mean_group_ratio'], '.3f')}")
+  pr, nn = d["precision_recall"], d["nearest_neighbour_share"]
+  lines.append(f"precision / recall (k = {d['k']}): generated vs real {pr['generated_vs_real']['precision']:.3f} / "
+               f"{pr['generated_vs_real']['recall']:.3f}, real vs real {pr['real_vs_real']['precision']:.3f} / "
+               f"{pr['real_vs_real']['recall']:.3f}")
+  lines.append(f"share of real images nearer a generated than a real image: {nn['generated_vs_real']:.3f} "
+               f"(real vs real {nn['real_vs_real']:.3f})")
+  return lines
+
+
+def _memorisation_lines(m: dict[str, Any]) -> list[str]:
+  """Lines of the memorisation audit, one per space, and the figures written."""
+  lines = [f"memorisation audit (distance to the nearest training image; {m['generated']}; {m['test']}):",
+           f"  {'space':<10}{'generated q05 / median':>24}{'test q05 / median':>20}{'share below test q05':>23}"]
+  for space in ("pixels", "features"):
+    if space in m:
+      a = m[space]
+      lines.append(f"  {space:<10}{a['generated']['q05']:>13.4g} / {a['generated']['median']:<8.4g}"
+                   f"{a['test']['q05']:>9.4g} / {a['test']['median']:<8.4g}{a['share_below_threshold']:>12.3f} "
+                   "(target <= 0.05)")
+  lines += [f"  closest pairs ({space}): {m[space]['figure']}" for space in ("pixels", "features")
+            if "figure" in m.get(space, {})]
+  return lines

@@ -15,6 +15,19 @@ what sampling noise alone gives at this sample size):
 * The share of spectral power above half the Nyquist frequency: a checkerboard
   artefact pushes the generated/real ratio above 1, blur pushes it below 1.
 
+Diversity and coverage, in the same whitened PCA space (`diversity_report`):
+
+* Mean pairwise distance of generated images against that of real images (per
+  age-sex group and overall): a generator that collapses onto a few modes draws
+  images closer to each other than real images are (ratio below 1).
+* Improved precision and recall (Kynkäänniemi et al. 2019, k-nearest-neighbour
+  radii): precision is the share of generated images inside the real images'
+  manifold (realism), recall the share of real images inside the generated
+  images' manifold (coverage: what a mode-dropping generator loses).
+* The share of real images whose nearest generated image is closer than their
+  nearest other real image (about 1/2 for a generator that covers the real
+  distribution, near 0 for one that misses it).
+
 Inputs are uint8 image stacks (N, H, W), radiographic display (lungs dark), at any
 size; each function resizes with `data.resize_uint8` (PIL LANCZOS) where it needs
 a fixed size. No jax here: everything runs on the host.
@@ -22,10 +35,12 @@ a fixed size. No jax here: everything runs on the host.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import distance as scipy_distance
 from skimage.feature import hog
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -234,6 +249,198 @@ def high_frequency_share(images: np.ndarray, *, batch_size: int = 64) -> float:
   return float(np.mean(np.concatenate(shares)))
 
 
+# ----------------------------------------------------------------------------- diversity and coverage
+
+
+# k of the k-nearest-neighbour radii of improved precision and recall (the paper's default is 3).
+PR_NEIGHBOURS = 3
+
+
+def _points(name: str, points: Any, min_rows: int) -> np.ndarray:
+  """`points` as float64 (N, D); DataError unless a finite real (N, D) array with N >= min_rows, D >= 1."""
+  x = np.asarray(points)
+  if x.dtype.kind not in "iuf" or x.ndim != 2 or x.shape[1] < 1:
+    raise data.DataError(f"{name}: expected real points of shape (N, D), got {x.dtype} {x.shape}")
+  if x.shape[0] < min_rows:
+    raise data.DataError(f"{name}: {x.shape[0]} points; need at least {min_rows}")
+  x = x.astype(np.float64)
+  if not np.isfinite(x).all():
+    raise data.DataError(f"{name}: the points contain NaN or inf")
+  return x
+
+
+def _same_width(name: str, a: np.ndarray, b: np.ndarray) -> None:
+  if a.shape[1] != b.shape[1]:
+    raise data.DataError(f"{name}: point sets of shapes {a.shape} and {b.shape}; expected the same D")
+
+
+def mean_pairwise_distance(points: Any) -> float:
+  """Mean Euclidean distance over the distinct pairs of rows, in float64 on the host.
+
+    MPD = 2 / (N (N - 1)) * sum_{i < j} ||x_i - x_j||_2
+
+  (the formula of `metrics.mean_pairwise_distance`, exact for the small sets here).
+
+  Args:
+    points: real (N, D), N >= 2, finite.
+
+  Returns:
+    The mean pairwise distance, a Python float (0 for N identical rows).
+
+  Raises:
+    jaxcxr.data.DataError: not a finite real (N, D) array with N >= 2.
+  """
+  x = _points("mean pairwise distance", points, 2)
+  return float(np.mean(scipy_distance.pdist(x)))
+
+
+def precision_recall(real: Any, generated: Any, *, k: int = PR_NEIGHBOURS) -> dict[str, float]:
+  """Improved precision and recall of generated points against real points (Kynkäänniemi et al. 2019).
+
+  Each set S is approximated by the union of balls around its points, each of
+  radius the distance to the point's k-th nearest other point of S:
+
+    r_k(x; S) = distance from x to its k-th nearest neighbour among the other points of S
+    inside(y; S) = 1 if ||y - x|| <= r_k(x; S) for some x in S, else 0
+    precision = mean over generated g of inside(g; real)        (realism)
+    recall    = mean over real r of inside(r; generated)        (coverage)
+
+  A set against itself has precision = recall = 1 (each point lies in its own
+  ball). Both depend on the set sizes and the dimension: read them next to the
+  same figures of a second real set of the same size.
+
+  Args:
+    real: real (Nr, D) points, Nr > k, finite.
+    generated: real (Ng, D) points, Ng > k, finite.
+    k: the neighbour rank of the radii, >= 1.
+
+  Returns:
+    {"precision": float, "recall": float} in [0, 1].
+
+  Raises:
+    jaxcxr.data.DataError: k < 1, sets with k or fewer rows, of different widths, or with NaN or inf.
+  """
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise data.DataError(f"precision/recall: k must be a positive integer, got {k!r}")
+  real = _points("precision/recall, real set", real, k + 1)
+  generated = _points("precision/recall, generated set", generated, k + 1)
+  _same_width("precision/recall", real, generated)
+  cross = scipy_distance.cdist(generated, real)                          # (Ng, Nr)
+
+  def radii(x: np.ndarray) -> np.ndarray:
+    # Row i sorted: index 0 is x_i itself (distance 0), index k its k-th nearest other point.
+    return np.sort(scipy_distance.cdist(x, x), axis=1)[:, k]
+
+  precision = np.mean((cross <= radii(real)[None, :]).any(axis=1))
+  recall = np.mean((cross <= radii(generated)[:, None]).any(axis=0))
+  return {"precision": float(precision), "recall": float(recall)}
+
+
+def nearest_neighbour_share(real: Any, generated: Any) -> float:
+  """Share of real points whose nearest generated point is closer than their nearest other real point.
+
+    share = mean over real r of [ min_g ||r - g|| < min_{r' in real, r' != r} ||r - r'|| ]
+
+  For a generated set drawn from the real distribution, of the real set's size N,
+  each real point's nearest neighbour among the other 2N - 1 points is generated
+  with probability N / (2N - 1), about 1/2; a generator that misses part of the
+  real distribution lowers it, one that copies the real points raises it to 1.
+
+  Args:
+    real: real (Nr, D) points, Nr >= 2, finite.
+    generated: real (Ng, D) points, Ng >= 1, finite.
+
+  Returns:
+    The share, a Python float in [0, 1].
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 2 real or no generated points, sets of different widths, NaN or inf.
+  """
+  real = _points("nearest-neighbour share, real set", real, 2)
+  generated = _points("nearest-neighbour share, generated set", generated, 1)
+  _same_width("nearest-neighbour share", real, generated)
+  to_real = scipy_distance.cdist(real, real)
+  np.fill_diagonal(to_real, np.inf)
+  to_generated = scipy_distance.cdist(real, generated).min(axis=1)
+  return float(np.mean(to_generated < to_real.min(axis=1)))
+
+
+def diversity_report(space: PcaFrechet, generated: np.ndarray, real_a: np.ndarray, real_b: np.ndarray, *,
+                     generated_groups: Mapping[str, np.ndarray] | None = None,
+                     real_groups: Mapping[str, np.ndarray] | None = None, k: int = PR_NEIGHBOURS
+                     ) -> dict[str, Any]:
+  """Diversity and coverage of generated images in the whitened PCA space of `space`.
+
+  Everything is measured on `space.transform` coordinates (32 whitened principal
+  components of 64x64 pixels of real training normals), as the PCA Fréchet distance:
+
+  * "overall": `mean_pairwise_distance` of the generated set, of real set A and of
+    real set B; "ratio" = generated / A (1 = as diverse as real, below 1 = collapse),
+    "real_vs_real_ratio" = B / A (what sampling noise alone gives).
+  * "groups" (with `generated_groups`): per age-sex group, the mean pairwise distance
+    of the group's generated images against that of the group's real images
+    (`real_groups`) and their ratio; None where either side has fewer than 2 images.
+  * "precision_recall": `precision_recall` with real set A, for the generated set and
+    (reference) for real set B, each with k-NN radii of rank `k`.
+  * "nearest_neighbour_share": `nearest_neighbour_share` with real set A, for the
+    generated set and (reference) for real set B.
+
+  Args:
+    space: a fitted `PcaFrechet` (real training normals).
+    generated: uint8 (n, H, W) generated images (e.g. conditioned on set B's sex and age).
+    real_a, real_b: uint8 (n, H, W) real images of two patient-disjoint sets, as in `realism_report`.
+    generated_groups: optional group name -> uint8 (m, H, W) generated images of that group.
+    real_groups: group name -> uint8 real images of that group; needed with `generated_groups`
+      (a group missing here counts as 0 real images).
+    k: neighbour rank of the precision/recall radii.
+
+  Returns:
+    {"k", "overall": {"generated", "real_a", "real_b", "ratio", "real_vs_real_ratio"},
+     "precision_recall": {"generated_vs_real": {"precision", "recall"}, "real_vs_real": {...}},
+     "nearest_neighbour_share": {"generated_vs_real", "real_vs_real"}}, and with
+    `generated_groups` "groups": {name: {"n_generated", "n_real", "generated", "real", "ratio"}} and
+    "mean_group_ratio" (mean over the groups with a ratio, None if none).
+
+  Raises:
+    jaxcxr.data.DataError: sets of different sizes, k or fewer images per set, images that are not
+      uint8 (N, H, W), or `generated_groups` without `real_groups`.
+  """
+  sets = {"generated": np.asarray(generated), "real_a": np.asarray(real_a), "real_b": np.asarray(real_b)}
+  counts = {name: len(x) for name, x in sets.items()}
+  if len(set(counts.values())) != 1:
+    raise data.DataError(f"diversity report: sets of {counts} images; expected equal counts")
+  if generated_groups is not None and real_groups is None:
+    raise data.DataError("diversity report: generated_groups needs real_groups (the real images of each group)")
+  coords = {name: space.transform(x) for name, x in sets.items()}
+  mpd = {name: mean_pairwise_distance(c) for name, c in coords.items()}
+  result: dict[str, Any] = {"k": int(k), "overall": {
+      **mpd, "ratio": mpd["generated"] / max(mpd["real_a"], 1e-12),
+      "real_vs_real_ratio": mpd["real_b"] / max(mpd["real_a"], 1e-12)}}
+  result["precision_recall"] = {
+      "generated_vs_real": precision_recall(coords["real_a"], coords["generated"], k=k),
+      "real_vs_real": precision_recall(coords["real_a"], coords["real_b"], k=k)}
+  result["nearest_neighbour_share"] = {
+      "generated_vs_real": nearest_neighbour_share(coords["real_a"], coords["generated"]),
+      "real_vs_real": nearest_neighbour_share(coords["real_a"], coords["real_b"])}
+  if generated_groups is not None:
+    groups = {}
+    for name, images in generated_groups.items():
+      real = real_groups.get(name)
+      row: dict[str, Any] = {"n_generated": len(images), "n_real": 0 if real is None else len(real),
+                             "generated": None, "real": None, "ratio": None}
+      if row["n_generated"] >= 2:
+        row["generated"] = mean_pairwise_distance(space.transform(images))
+      if row["n_real"] >= 2:
+        row["real"] = mean_pairwise_distance(space.transform(real))
+      if row["generated"] is not None and row["real"] is not None:
+        row["ratio"] = row["generated"] / max(row["real"], 1e-12)
+      groups[name] = row
+    ratios = [row["ratio"] for row in groups.values() if row["ratio"] is not None]
+    result["groups"] = groups
+    result["mean_group_ratio"] = float(np.mean(ratios)) if ratios else None
+  return result
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -241,7 +448,7 @@ FEATURES = {"pixels": pixel_features, "hog": hog_features, "detail": detail_feat
 
 
 def realism_report(generated: np.ndarray, real_a: np.ndarray, real_b: np.ndarray, train_normals: np.ndarray, *,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, space: PcaFrechet | None = None) -> dict[str, Any]:
   """Every realism figure of generated images against real set A, with real set B against A as reference.
 
   Args:
@@ -251,6 +458,8 @@ def realism_report(generated: np.ndarray, real_a: np.ndarray, real_b: np.ndarray
     train_normals: uint8 (M, H, W) real normal training images (M > 32) that fit the PCA
       Fréchet space; disjoint from A and B.
     seed: seed of the cross-validation folds and the PCAs.
+    space: the PCA Fréchet space, if already fitted on `train_normals` (e.g. shared with
+      `diversity_report`); None fits it here.
 
   Returns:
     {"n_per_set": n,
@@ -271,7 +480,8 @@ def realism_report(generated: np.ndarray, real_a: np.ndarray, real_b: np.ndarray
   n = shapes["real_a"][0]
   if n < PCA_DIM:
     raise data.DataError(f"realism report: {n} images per set; need at least {PCA_DIM} (the PCA dimension)")
-  pca_frechet = PcaFrechet(train_normals, seed=seed)   # checks the training normals before the slow work
+  # fitting checks the training normals before the slow work
+  pca_frechet = PcaFrechet(train_normals, seed=seed) if space is None else space
   result: dict[str, Any] = {"n_per_set": int(n)}
   for name, extract in FEATURES.items():
     f = {k: extract(x) for k, x in sets.items()}

@@ -64,10 +64,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 from jaxcxr.batching import default_chunk, in_chunks, map_batches
+from jaxcxr.config import DTYPES
 from jaxcxr.explain import grad_cam_pure
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.generator import Generator, latents
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.unet import UNet, as_unit_images, label_map
 
 __all__ = [
@@ -111,7 +113,6 @@ STANDARD_STRICTNESS = 0.05
 # misses (symmetry 0 at the minimum), and pure noise would pass the shape score; at q = 1 the two
 # bounds of the ratio would meet at its median.
 STRICTNESS_RANGE = (0.01, 0.9)
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,9 +476,7 @@ def split_with_dtype(model: nnx.Module, dtype: str):
   graphdef, state = nnx.split(model)
   if model.config.dtype == dtype:
     return graphdef, state
-  config = dataclasses.replace(model.config, dtype=dtype)
-  abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
-  return nnx.split(abstract)[0], state
+  return abstract_graphdef(type(model), dataclasses.replace(model.config, dtype=dtype)), state
 
 
 def _device_mesh() -> Mesh | None:

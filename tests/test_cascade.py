@@ -1,6 +1,7 @@
 """The cascade generator: checkerboard-free up-sampling, the learned upsampler, its trainer, the assembly."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -174,6 +175,57 @@ def test_upsampler_training_rejects_bad_data(tmp_path, nih_path):
   ds = data.load(nih_path)
   with pytest.raises(data.DataError, match="no images"):
     upsampler_train.train_upsampler(ds.subset(np.zeros(0, int)), config.upsampler_tiny(), tmp_path, progress=False)
+
+
+def test_upsampler_training_on_generated_inputs_resumes_exactly(tmp_path, nih_path):
+  ds = data.load(nih_path).subset(range(16))
+  base = _tiny_generator("resize", resolution=128)   # the tiny 2x stage finishes 128 -> 256
+  cfg = dataclasses.replace(config.upsampler_tiny(), generated_fraction=0.5, steps=4, steps_per_call=2,
+                            checkpoint_every=2, sample_every=2)
+  whole = upsampler_train.train_upsampler(ds, cfg, tmp_path / "a", progress=False, base=base)
+  logged = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  assert all(np.isfinite(r["consistency"]) for r in logged) and logged[-1]["step"] == 4
+  assert (tmp_path / "a" / "samples" / "generated_000004.png").is_file()
+  upsampler_train.train_upsampler(ds, dataclasses.replace(cfg, steps=2), tmp_path / "b", progress=False, base=base)
+  resumed = upsampler_train.train_upsampler(ds, cfg, tmp_path / "b", resume=True, progress=False, base=base)
+  assert resumed["start_step"] == 2
+  a = upsampler_train.load_upsampler(whole["upsampler"])
+  b = upsampler_train.load_upsampler(resumed["upsampler"])
+  for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+    np.testing.assert_array_equal(x, y)
+  # A cascade's blocks are the same base (its upsampler is left out): the run resumes with it.
+  cascade = make_cascade(base, Upsampler(TINY_UP, rngs=nnx.Rngs(5)))
+  more = upsampler_train.train_upsampler(ds, dataclasses.replace(cfg, steps=6), tmp_path / "b", resume=True,
+                                         progress=False, base=cascade)
+  assert more["start_step"] == 4 and more["steps"] == 6
+  # Another base GAN is another run: resuming with it is refused.
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="other inputs"):
+    upsampler_train.train_upsampler(ds, dataclasses.replace(cfg, steps=8), tmp_path / "b", resume=True,
+                                    progress=False, base=_tiny_generator("resize", resolution=128, seed=1))
+
+
+def test_upsampler_generated_inputs_need_a_base_of_the_right_size(tmp_path, nih_path):
+  ds = data.load(nih_path).subset(range(4))
+  cfg = dataclasses.replace(config.upsampler_tiny(), generated_fraction=0.5)
+  with pytest.raises(ValueError, match="needs the base GAN"):
+    upsampler_train.train_upsampler(ds, cfg, tmp_path / "a", progress=False)
+  with pytest.raises(ValueError, match="needs 128"):
+    upsampler_train.train_upsampler(ds, cfg, tmp_path / "b", progress=False, base=_tiny_generator("resize"))
+  with pytest.raises(ValueError, match="generated_fraction"):
+    dataclasses.replace(cfg, generated_fraction=1.0)
+
+
+def test_upsampler_warm_start_takes_the_given_weights(getkey):
+  cfg = config.upsampler_tiny()
+  trained = _randomize(Upsampler(cfg.upsampler, rngs=nnx.Rngs(3)), getkey())
+  state = upsampler_train.warm_start(upsampler_train.init_train_state(cfg), trained)
+  expected = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
+  for part in ("g", "g_ema"):
+    for x, y in zip(jax.tree.leaves(state[part]), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(x, y)
+  other = Upsampler(dataclasses.replace(cfg.upsampler, input_channels=8), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="does not match"):
+    upsampler_train.warm_start(upsampler_train.init_train_state(cfg), other)
 
 
 def test_noiseless_upsampler_is_deterministic_and_noise_stage_needs_noise(getkey):

@@ -1,5 +1,6 @@
-"""Tests of `jaxcxr.config`: the one module of every config dataclass and preset (no models, no jax)."""
+"""Tests of `jaxcxr.config`: the package of every config dataclass and preset (no models, no jax)."""
 
+import ast
 import dataclasses
 import json
 import subprocess
@@ -49,4 +50,29 @@ def test_importing_config_loads_no_models_and_no_jax():
   code = ("import sys, jaxcxr.config; print(sorted(m for m in sys.modules if m.split('.')[0] in "
           "('jax', 'flax', 'optax', 'orbax', 'numpy') or m.startswith('jaxcxr.')))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-  assert out.strip() == "['jaxcxr.config']"
+  loaded = ast.literal_eval(out)
+  assert "jaxcxr.config" in loaded and "jaxcxr.config.registry" in loaded
+  assert [m for m in loaded if m != "jaxcxr.config" and not m.startswith("jaxcxr.config.")] == []
+
+
+def test_families_hold_every_preset_once_and_presets_for_returns_them():
+  seen = {}
+  for family_name, (config_type, presets, help_line) in config.FAMILIES.items():
+    assert help_line and "\n" not in help_line
+    assert config.presets_for(config_type) == dict(presets)
+    for name, make in presets.items():
+      assert name.startswith(family_name + "_") and name not in seen
+      assert type(make()) is config_type and FAMILIES[family_name + "_"] is config_type
+      seen[name] = make
+  assert seen == config.PRESETS and list(seen) == list(config.PRESETS)
+
+
+def test_presets_for_a_type_without_presets_names_the_ones_with():
+  with pytest.raises(ValueError, match=r"no presets build 'UNetConfig'; presets exist for GanTrainConfig, "):
+    config.presets_for(config.UNetConfig)
+
+
+def test_presets_for_returns_a_copy():
+  presets = config.presets_for(config.GanTrainConfig)
+  presets.clear()
+  assert "gan_tiny" in config.presets_for(config.GanTrainConfig) and "gan_tiny" in config.PRESETS

@@ -62,7 +62,7 @@ def _normals_with_distinct_patients(real, n, *, seed, prefix):
                              patient_id=np.asarray([f"{prefix}{i}" for i in range(n)]))
 
 
-def test_evaluate_gan_realism_figures_with_a_discriminator_below_the_generators_resolution(nih_path):
+def test_evaluate_gan_realism_figures_with_a_discriminator_below_the_generators_resolution(nih_path, tmp_path):
   # A cascade's discriminator works at the low resolution: D features must be computed at D's size.
   generator = Generator(config.GeneratorConfig(resolution=64, base_channels=4, max_channels=8, norm_groups=2),
                         rngs=nnx.Rngs(0))
@@ -77,8 +77,15 @@ def test_evaluate_gan_realism_figures_with_a_discriminator_below_the_generators_
   assert quality.discriminator_features(discriminator, data.resize_uint8(real.images[:4], 48)).shape == features.shape
   test_normals = _normals_with_distinct_patients(real, 72, seed=0, prefix="test")
   train_normals = _normals_with_distinct_patients(real, 48, seed=1, prefix="train")
+  calls = []
+
+  def block_means(images):   # a feature space for the audit: 8x8 block means
+    calls.append(images.shape)
+    return images.reshape(len(images), 8, 8, 8, 8).mean(axis=(2, 4)).reshape(len(images), -1)
+
   result = quality.evaluate_gan(generator, discriminator, real, n_per_group=2, test_normals=test_normals,
-                                train_normals=train_normals)
+                                train_normals=train_normals, memorisation_features=block_means,
+                                closest_pairs_path=tmp_path / "pairs.png")
   assert result["resolution"] == 64
   assert result["fd_generated_vs_real"] > 2 * result["fd_real_vs_real"] > 0
   r = result["realism"]
@@ -94,6 +101,33 @@ def test_evaluate_gan_realism_figures_with_a_discriminator_below_the_generators_
   assert all(np.isfinite(hf[k]) and hf[k] >= 0 for k in ("generated", "real_a", "real_b", "ratio"))
   assert 0 < hf["real_a"] < 1 and 0.5 < hf["real_vs_real_ratio"] < 2
 
+  # Memorisation: the 6 x 2 group samples against the 48 training and 72 test images, each set at 64x64.
+  m = result["memorisation"]
+  assert sorted(calls) == [(12, 64, 64), (48, 64, 64), (72, 64, 64)]
+  for space in ("pixels", "features"):
+    a = m[space]
+    assert (a["n_generated"], a["n_training"], a["n_test"]) == (12, 48, 72)
+    assert a["threshold"] == a["test"]["q05"] > 0
+    # an untrained generator's noise is nowhere near a radiograph: none below the test images' 5th percentile
+    assert a["share_below_threshold"] == 0.0 and a["generated"]["min"] > a["test"]["max"]
+    assert len(a["closest_pairs"]) == 8
+  assert m["pixels"]["figure"] == str(tmp_path / "pairs.png")
+  assert m["features"]["figure"] == str(tmp_path / "pairs_features.png")
+  assert (tmp_path / "pairs.png").is_file() and (tmp_path / "pairs_features.png").is_file()
+  # Diversity: 36 generated (B's conditions) against A; groups of 2 generated images each.
+  d = result["diversity"]
+  assert d["overall"]["generated"] > 0 and 0.5 < d["overall"]["real_vs_real_ratio"] < 2
+  assert set(d["groups"]) == set(data.GROUPS) and all(g["n_generated"] == 2 for g in d["groups"].values())
+  for pair in ("generated_vs_real", "real_vs_real"):
+    assert 0 <= d["precision_recall"][pair]["precision"] <= 1 and 0 <= d["precision_recall"][pair]["recall"] <= 1
+  # noise images lie off the real images' manifold; the other real half lies on it
+  assert d["precision_recall"]["generated_vs_real"]["precision"] < d["precision_recall"]["real_vs_real"]["precision"]
+  assert d["nearest_neighbour_share"]["generated_vs_real"] < d["nearest_neighbour_share"]["real_vs_real"]
+  report = quality.format_gan_report(result)
+  for line in ("two-sample AUC, HOG", "diversity (mean pairwise distance", "precision / recall (k = 3)",
+               "memorisation audit", f"closest pairs (features): {tmp_path / 'pairs_features.png'}"):
+    assert line in report, line
+
 
 def test_evaluate_gan_realism_needs_32_normal_test_images_per_half(nih_path):
   cfg = config.gan_tiny(resolution=32)
@@ -108,4 +142,6 @@ def test_evaluate_gan_realism_needs_32_normal_test_images_per_half(nih_path):
                          test_normals=_normals_with_distinct_patients(real, 64, seed=2, prefix="test"))
   with pytest.raises(ValueError, match="together"):
     quality.evaluate_gan(generator, discriminator, real, test_normals=real)
+  with pytest.raises(ValueError, match="closest_pairs_path belong to the memorisation audit, which needs test_normals"):
+    quality.evaluate_gan(generator, discriminator, real, closest_pairs_path="pairs.png")
 

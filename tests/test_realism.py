@@ -113,3 +113,77 @@ def test_realism_report_refuses_unequal_or_small_sets(real_images):
     realism.realism_report(small, small[:10], small, real_images)
   with pytest.raises(data.DataError, match=r"20 images per set; need at least 32 \(the PCA dimension\)"):
     realism.realism_report(small, small, small, real_images)
+
+
+def test_mean_pairwise_distance_known_values_and_identical_images(real_images):
+  assert realism.mean_pairwise_distance([[0.0, 0.0], [3.0, 4.0]]) == 5.0
+  assert realism.mean_pairwise_distance([[0.0], [1.0], [3.0]]) == pytest.approx((1 + 3 + 2) / 3)
+  space = realism.PcaFrechet(jittered(real_images, 48, seed=3, size=64))
+  same = np.repeat(real_images[:1], 5, axis=0)
+  assert realism.mean_pairwise_distance(space.transform(same)) == 0.0
+  for bad, message in (([[1.0, 2.0]], "1 points; need at least 2"), (np.zeros((0, 3)), "0 points"),
+                       ([[0.0, np.nan], [1.0, 2.0]], "NaN or inf"), (np.zeros(4), "shape")):
+    with pytest.raises(data.DataError, match=message):
+      realism.mean_pairwise_distance(bad)
+
+
+def test_precision_recall_of_a_set_against_itself_is_1_and_hand_built_values():
+  rng = np.random.default_rng(0)
+  points = rng.normal(size=(40, 5))
+  assert realism.precision_recall(points, points) == {"precision": 1.0, "recall": 1.0}
+  # Real points 0, 1, 2, 3 (k = 1 radii all 1); generated 0.5, 0.7, 10, 10.2 (radii all 0.2):
+  # two generated points fall within 1 of a real point, no real point within 0.2 of a generated one.
+  real = np.array([[0.0], [1.0], [2.0], [3.0]])
+  generated = np.array([[0.5], [0.7], [10.0], [10.2]])
+  assert realism.precision_recall(real, generated, k=1) == {"precision": 0.5, "recall": 0.0}
+  # Mode dropping: a generator that draws one of two real clusters keeps precision and loses recall.
+  real = np.concatenate([rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + 20.0])
+  one_mode = rng.normal(size=(100, 2))
+  pr = realism.precision_recall(real, one_mode)
+  assert pr["precision"] > 0.9 and 0.4 < pr["recall"] <= 0.5
+
+
+def test_precision_recall_and_nearest_neighbour_share_refuse_bad_input():
+  points = np.zeros((5, 3))
+  for call, message in ((lambda: realism.precision_recall(points, points[:3]), "3 points; need at least 4"),
+                        (lambda: realism.precision_recall(points, np.zeros((5, 2))), "same D"),
+                        (lambda: realism.precision_recall(points, points, k=0), "positive integer"),
+                        (lambda: realism.precision_recall(np.full((5, 3), np.nan), points), "NaN or inf"),
+                        (lambda: realism.nearest_neighbour_share(points, points[:0]), "0 points"),
+                        (lambda: realism.nearest_neighbour_share(points[:1], points), "1 points; need at least 2"),
+                        (lambda: realism.nearest_neighbour_share(points, np.zeros((2, 4))), "same D")):
+    with pytest.raises(data.DataError, match=message):
+      call()
+
+
+def test_nearest_neighbour_share_copies_far_sets_and_one_distribution():
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(60, 4))
+  assert realism.nearest_neighbour_share(real, real) == 1.0                 # every real point has a copy
+  assert realism.nearest_neighbour_share(real, real + 100.0) == 0.0
+  # Hand-built: real 0, 10, 11; generated 1 is nearer 0 (1 < 10), not nearer 10 or 11 (9, 10 > 1).
+  assert realism.nearest_neighbour_share([[0.0], [10.0], [11.0]], [[1.0]]) == pytest.approx(1 / 3)
+  shares = [realism.nearest_neighbour_share(rng.normal(size=(200, 4)), rng.normal(size=(200, 4))) for _ in range(3)]
+  assert all(0.35 < s < 0.65 for s in shares) and 0.44 < np.mean(shares) < 0.56, shares   # about 200 / 399
+
+
+def test_diversity_report_of_identical_generated_images_is_0(real_images):
+  space = realism.PcaFrechet(jittered(real_images, 48, seed=3, size=64))
+  real_a, real_b = jittered(real_images, 12, seed=6, size=64), jittered(real_images, 12, seed=7, size=64)
+  collapsed = np.repeat(real_images[:1], 12, axis=0)
+  groups = {"18_24m": collapsed[:6], "18_24f": real_a[:6], "38_44m": real_a[:1]}
+  r = realism.diversity_report(space, collapsed, real_a, real_b, generated_groups=groups,
+                               real_groups={"18_24m": real_b, "18_24f": real_a[:6]})
+  assert r["overall"]["generated"] == 0.0 and r["overall"]["ratio"] == 0.0
+  assert r["overall"]["real_a"] > 0 and 0.7 < r["overall"]["real_vs_real_ratio"] < 1.4
+  assert r["groups"]["18_24m"]["generated"] == 0.0 and r["groups"]["18_24m"]["ratio"] == 0.0
+  assert r["groups"]["18_24f"]["ratio"] == 1.0                              # the same images on both sides
+  assert r["groups"]["38_44m"] == {"n_generated": 1, "n_real": 0, "generated": None, "real": None, "ratio": None}
+  assert r["mean_group_ratio"] == 0.5
+  # all 12 collapsed images sit on one point: at most one real point falls within its zero radius
+  assert r["precision_recall"]["generated_vs_real"]["recall"] == 0.0
+  assert r["nearest_neighbour_share"]["generated_vs_real"] < 0.2
+  with pytest.raises(data.DataError, match="equal counts"):
+    realism.diversity_report(space, collapsed[:10], real_a, real_b)
+  with pytest.raises(data.DataError, match="needs real_groups"):
+    realism.diversity_report(space, collapsed, real_a, real_b, generated_groups=groups)

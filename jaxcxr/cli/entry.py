@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
   train_up.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
                                        f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
   train_up.add_argument("--preset", default="upsampler_x4_noiseless_cpu",
-                        help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_cpu, upsampler_tiny")
+                        help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_generated_cpu, "
+                             "upsampler_x4_cpu, upsampler_tiny")
+  train_up.add_argument("--base-gan", help="GAN or cascade folder whose images make part of each batch "
+                                          "(presets with generated inputs, e.g. upsampler_x4_generated_cpu)")
+  train_up.add_argument("--init-from", help="a trained stage (`train upsampler`'s OUT/upsampler) or a cascade "
+                                           "folder whose upsampler starts the run")
   _add_run_args(train_up)
   train_up.set_defaults(run="train:upsampler")
 
@@ -300,7 +305,8 @@ def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
                            "the generator has a shipped cascade pre-filter, else 'z'. --latents and --prefilter-dir "
                            "are latent (z) pre-filters")
   sample.add_argument("--pool-size", type=int, default=None,
-                      help="latents drawn per compiled round (default: accept size x ceil(2 / the pre-filter's acceptance), at most 32x)")
+                      help="latents drawn per compiled round (default: accept size x ceil(2 / the pre-filter's "
+                           "acceptance), at most 32x)")
   sample.add_argument("--accept-size", type=int, default=None,
                       help="accepted latents generated and scored per round (default the batch size)")
 

@@ -18,8 +18,8 @@ from jaxcxr.cli.common import GAN_DATA, UsageError, log
 # The library's errors for input the user can fix: `entry.main` reports each as one `jaxcxr: error:` line, exit 2.
 LIBRARY_ERRORS = (data.DataError, checkpoints.CheckpointError, FileExistsError, FileNotFoundError)
 
-__all__ = ["LIBRARY_ERRORS", "checkpoint", "data_path", "data_paths", "development_images", "drop_unused", "generator_checkpoint",
-           "load_scorer", "work_dir"]
+__all__ = ["LIBRARY_ERRORS", "checkpoint", "data_path", "data_paths", "development_images", "drop_unused",
+           "generator_checkpoint", "load_scorer", "work_dir"]
 
 
 def data_path(arg: str | None, default_name: str) -> pathlib.Path:

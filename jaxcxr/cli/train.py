@@ -16,7 +16,7 @@ from jaxcxr.cli import inputs
 from jaxcxr.cli.common import UsageError
 from jaxcxr.models import discriminator as discriminator_lib
 from jaxcxr.models import generator as generator_lib
-from jaxcxr.models.upsampler import Upsampler
+from jaxcxr.models.upsampler import Upsampler, load_upsampler
 from jaxcxr.train import gan as gan_trainer
 from jaxcxr.train import upsampler as upsampler_trainer
 
@@ -46,12 +46,24 @@ def run_gan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_upsampler(args: argparse.Namespace) -> dict[str, Any]:
-  """`train upsampler`: the super-resolution stage of a cascade generator."""
+  """`train upsampler`: the super-resolution stage of a cascade generator (optionally on its base GAN's images)."""
   config = _train_preset(args.preset, args.steps, config_lib.UpsamplerTrainConfig, "an upsampler")
+  if config.generated_fraction and not args.base_gan:
+    raise UsageError(f"--preset {args.preset} trains on the base GAN's own images: give --base-gan")
+  base = init = None
+  if args.base_gan:
+    base = generator_lib.load_generator(checkpoints.model_folder(args.base_gan, "generator"))
+  if args.init_from:
+    path = pathlib.Path(args.init_from)
+    init = (generator_lib.load_generator(path / "generator").upsampler if (path / "generator").is_dir()
+            else load_upsampler(path))
+    if init is None:
+      raise UsageError(f"--init-from {path}: its generator has no upsampler (not a cascade)")
   train = inputs.development_images(args.data, args.split)
   validation = inputs.development_images(args.data, "train", "val") if args.split == "train" else None
   summary = upsampler_trainer.train_upsampler(train, config, args.out, validation=validation, resume=args.resume,
-                                              seed=args.seed, progress=sys.stderr.isatty() or args.progress)
+                                              seed=args.seed, progress=sys.stderr.isatty() or args.progress,
+                                              base=base, init_from=init)
   return {"preset": args.preset, "split": args.split, **summary}
 
 
@@ -73,7 +85,7 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
     stage = Upsampler(config_lib.UpsamplerConfig(scale=args.scale), rngs=nnx.Rngs(0))   # zero detail: bilinear
     up_meta = {"upsampler": f"bilinear x{args.scale} (untrained stage)"}
   else:
-    stage = upsampler_trainer.load_upsampler(args.upsampler)
+    stage = load_upsampler(args.upsampler)
     up_meta = {"upsampler": str(args.upsampler), "upsampler_metadata": checkpoints.read_metadata(args.upsampler)}
   cascade = generator_lib.make_cascade(base, stage)
   # The cascade's discriminator is its base GAN's (it average-pools the output to its resolution); read

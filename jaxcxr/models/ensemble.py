@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcxr.config import ClassifierEnsembleConfig
-from jaxcxr.models.classifier import Classifier
+from jaxcxr.models.resnet import Classifier
 
 __all__ = ["ClassifierEnsemble", "PixelLogit", "block_means", "set_pixel_weights"]
 

@@ -28,6 +28,8 @@ from flax import nnx
 from jaxcxr.config import UpsamplerConfig
 from jaxcxr.models.layers import Conv, upsample2
 
+__all__ = ["Upsampler", "load_upsampler"]
+
 _NEGATIVE_SLOPE = 0.2
 
 
@@ -124,3 +126,15 @@ class Upsampler(nnx.Module):
       h = stage(h, n)
       base = upsample2(base)
     return jnp.clip(base + self.out(h).astype(jnp.float32), -1.0, 1.0)
+
+
+def load_upsampler(directory) -> Upsampler:
+  """Loads an upsampler saved by `jaxcxr.train.upsampler.train_upsampler` (or `checkpoints.save_model`).
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
+  """
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+  model, _, _ = checkpoints.load_model(directory, lambda c: Upsampler(c, rngs=nnx.Rngs(0)), UpsamplerConfig)
+  return model

@@ -23,6 +23,7 @@ from flax import nnx
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from jaxcxr.config import LATENT_PRESETS, LatentClassifierConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.latent import LatentClassifier
 from jaxcxr.prefilter.thresholds import _check_labels
 from jaxcxr.train.classifier import focal_loss, weighted_bce
@@ -77,11 +78,6 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((rows - x.shape[0], *x.shape[1:]), x.dtype)]) if rows > x.shape[0] else x
 
 
-@functools.lru_cache(maxsize=16)
-def _graphdef(config: LatentClassifierConfig):
-  return nnx.graphdef(nnx.eval_shape(lambda: LatentClassifier(config, rngs=nnx.Rngs(0))))
-
-
 def _sgd_with_weight_decay(learning_rate, weight_decay) -> optax.GradientTransformation:
   decay_mask = lambda params: jax.tree_util.tree_map_with_path(
       lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
@@ -107,7 +103,7 @@ def _optimizer() -> optax.GradientTransformation:
 @functools.lru_cache(maxsize=32)
 def _make_fit_step(config: LatentClassifierConfig, imbalance: str, batch_size: int, steps_per_call: int):
   """Jitted `steps_per_call` optimisation steps in one `lax.scan`, train state donated (cached)."""
-  graphdef = _graphdef(config)
+  graphdef = abstract_graphdef(LatentClassifier, config)
   tx = _optimizer()
 
   def step(state, data):

@@ -51,9 +51,10 @@ from flax import nnx
 from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.batching import map_batches
-from jaxcxr.config import ClassifierConfig, ClassifierTrainConfig
+from jaxcxr.config import ClassifierTrainConfig
 from jaxcxr.data import resize_uint8
 from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
                                without_loop_fields)
@@ -184,11 +185,6 @@ def _optimizer(config: ClassifierTrainConfig) -> optax.GradientTransformation:
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-@functools.lru_cache(maxsize=16)
-def _graphdef(config: ClassifierConfig):
-  return nnx.graphdef(nnx.eval_shape(lambda: Classifier(config, rngs=nnx.Rngs(0))))
-
-
 def _params(model: Classifier) -> dict:
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -261,7 +257,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: Classifier
   Returns:
     (new state, metrics): scalars "loss" (batch mean) and "accuracy" (at logit 0).
   """
-  graphdef = _graphdef(config.model)
+  graphdef = abstract_graphdef(Classifier, config.model)
   tx = _optimizer(config)
   b = config.batch_size
   step = state["step"]
@@ -498,7 +494,7 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   val_images = prepare_images(dataset.images[indices["val"]], config.resolution)
   y_val = y_all[indices["val"]]
   out_dir = pathlib.Path(out_dir)
-  graphdef = _graphdef(config.model)
+  graphdef = abstract_graphdef(Classifier, config.model)
   state = init_train_state(config, seed)
   # Model selection: the best parameters so far, their validation AUC and step, checkpointed with the train state.
   state["best"] = {"params": host_copy(state["params"]), "auc": np.asarray(-1.0, np.float32),

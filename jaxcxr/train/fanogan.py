@@ -47,6 +47,7 @@ from jaxcxr.config import AugmentConfig, DiscriminatorConfig, FanoganTrainConfig
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.encoder import Encoder
 from jaxcxr.models.generator import Generator, load_generator
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
 
@@ -74,13 +75,11 @@ def _init(root: jax.Array, config: FanoganTrainConfig) -> TrainState:
           "e": params, "e_opt": _optimizer(config).init(params)}
 
 
-@functools.lru_cache(maxsize=16)
 def _graphdefs(config: FanoganTrainConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig):
   """Graph definitions of E, G and D at the training compute dtype; D in inference mode."""
-  dtype = config.compute_dtype
-  build = lambda cls, cfg: nnx.eval_shape(lambda: cls(dataclasses.replace(cfg, dtype=dtype), rngs=nnx.Rngs(0)))
-  return (nnx.graphdef(build(Encoder, config.encoder)), nnx.graphdef(build(Generator, g_config)),
-          nnx.graphdef(nnx.view(build(Discriminator, d_config), use_running_average=True)))
+  at_dtype = functools.partial(dataclasses.replace, dtype=config.compute_dtype)
+  return (abstract_graphdef(Encoder, at_dtype(config.encoder)), abstract_graphdef(Generator, at_dtype(g_config)),
+          abstract_graphdef(Discriminator, at_dtype(d_config), use_running_average=True))
 
 
 def training_batch(key: jax.Array, data: Mapping[str, jax.Array], batch_size: int,

@@ -24,7 +24,6 @@ metrics.jsonl) is `loop.run_training_loop`, shared by all trainers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from jaxcxr.config import GanTrainConfig
 from jaxcxr.models.condition import make_condition
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.generator import Generator, load_generator, sample_images
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
@@ -160,15 +160,11 @@ def _init(root: jax.Array, config: GanTrainConfig) -> TrainState:
   }
 
 
-@functools.lru_cache(maxsize=16)
 def _graphdefs(config: GanTrainConfig):
+  """Graph definitions of G, D in training mode and D in inference mode, at the training compute dtype."""
   g_cfg, d_cfg = _train_model_configs(config)
-  generator = nnx.eval_shape(lambda: Generator(g_cfg, rngs=nnx.Rngs(0)))
-  discriminator = nnx.eval_shape(lambda: Discriminator(d_cfg, rngs=nnx.Rngs(0)))
-  g_graphdef = nnx.graphdef(generator)
-  d_train = nnx.graphdef(discriminator)
-  d_eval = nnx.graphdef(nnx.view(discriminator, use_running_average=True))
-  return g_graphdef, d_train, d_eval
+  return (abstract_graphdef(Generator, g_cfg), abstract_graphdef(Discriminator, d_cfg),
+          abstract_graphdef(Discriminator, d_cfg, use_running_average=True))
 
 
 # ----------------------------------------------------------------------------- step
@@ -326,16 +322,11 @@ def prepare_data(dataset: data_lib.CXRDataset, config: GanTrainConfig) -> tuple[
 
 
 def _sample_grid(config: GanTrainConfig, g_ema, key: jax.Array) -> tuple[np.ndarray, list[str]]:
-  generator = nnx.merge(_inference_graphdef(config), g_ema)
+  generator = nnx.merge(abstract_graphdef(Generator, config.generator), g_ema)
   n = config.samples_per_group
   images = [sample_images(generator, key, n, group, label=0, batch_size=n) for group in data_lib.GROUPS]
   labels = [group if i == 0 else "" for group in data_lib.GROUPS for i in range(n)]
   return np.concatenate(images), labels
-
-
-@functools.lru_cache(maxsize=8)
-def _inference_graphdef(config: GanTrainConfig):
-  return nnx.graphdef(nnx.eval_shape(lambda: Generator(config.generator, rngs=nnx.Rngs(0))))
 
 
 def warm_start(state: TrainState, directory: str | os.PathLike) -> TrainState:
@@ -443,9 +434,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
       **data_metadata(dataset),
       "provenance": provenance(dataset.source, {"seed": seed}),
   }
-  g_ema = nnx.merge(_inference_graphdef(config), state["g_ema"])
-  d_abstract = nnx.eval_shape(lambda: Discriminator(config.discriminator, rngs=nnx.Rngs(0)))
-  discriminator = nnx.merge(nnx.graphdef(d_abstract), state["d"], state["d_stats"])
+  g_ema = nnx.merge(abstract_graphdef(Generator, config.generator), state["g_ema"])
+  discriminator = nnx.merge(abstract_graphdef(Discriminator, config.discriminator), state["d"], state["d_stats"])
   g_path = checkpoints.save_model(out_dir / "generator", g_ema, config.generator,
                                   metadata={**metadata, "weights": "ema"}, overwrite=True)
   d_path = checkpoints.save_model(out_dir / "discriminator", discriminator, config.discriminator,

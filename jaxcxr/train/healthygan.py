@@ -64,6 +64,7 @@ from flax import nnx
 from jaxcxr import data as data_lib
 from jaxcxr import provenance as provenance_lib
 from jaxcxr.config import HealthyganTrainConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.translator import Critic, Translator, blend
 from jaxcxr.train.fanogan import training_batch
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
@@ -96,13 +97,11 @@ def _init(root: jax.Array, config: HealthyganTrainConfig) -> TrainState:
           "t": t_params, "c": c_params, "t_opt": t_tx.init(t_params), "c_opt": c_tx.init(c_params)}
 
 
-@functools.lru_cache(maxsize=16)
 def _graphdefs(config: HealthyganTrainConfig):
   """Graph definitions of G and D (at `dtype`)."""
   dtype = config.compute_dtype
-  t = nnx.eval_shape(lambda: Translator(dataclasses.replace(config.translator, dtype=dtype), rngs=nnx.Rngs(0)))
-  c = nnx.eval_shape(lambda: Critic(dataclasses.replace(config.critic, dtype=dtype), rngs=nnx.Rngs(0)))
-  return nnx.graphdef(t), nnx.graphdef(c)
+  return (abstract_graphdef(Translator, dataclasses.replace(config.translator, dtype=dtype)),
+          abstract_graphdef(Critic, dataclasses.replace(config.critic, dtype=dtype)))
 
 
 def mask_regularizer(mask: jax.Array, small_weight, binary_weight) -> jax.Array:

@@ -41,7 +41,8 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
-from jaxcxr.config import SegTrainConfig, UNetConfig
+from jaxcxr.config import SegTrainConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.unet import UNet, count_params, load_unet, predict_masks, resize_images
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
@@ -109,11 +110,6 @@ def _optimizer(config: SegTrainConfig) -> optax.GradientTransformation:
   return adamw
 
 
-@functools.lru_cache(maxsize=16)
-def _graphdef(config: UNetConfig):
-  return nnx.graphdef(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
-
-
 def init_train_state(config: SegTrainConfig, seed: int = 0) -> TrainState:
   """Fresh training state: a plain dict of arrays (checkpointable, donatable).
 
@@ -147,7 +143,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: SegTrainCo
   Returns:
     (new state, metrics): float32 scalars "loss", "ce", "dice_loss".
   """
-  graphdef = _graphdef(config.unet)
+  graphdef = abstract_graphdef(UNet, config.unet)
   tx = _optimizer(config)
   step = state["step"]
   key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
@@ -370,7 +366,7 @@ def evaluate_segmentation(model: UNet, dataset: data_lib.CXRDataset, *, batch_si
 
 
 def _model(config: SegTrainConfig, params) -> UNet:
-  return nnx.merge(_graphdef(config.unet), params)
+  return nnx.merge(abstract_graphdef(UNet, config.unet), params)
 
 
 def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: str | os.PathLike, *,

@@ -24,6 +24,7 @@ weights as the inference checkpoint `upsampler/`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pathlib
 from typing import Any
@@ -36,9 +37,12 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr.batching import map_batches
-from jaxcxr.config import UpsamplerConfig, UpsamplerTrainConfig
+from jaxcxr.config import UpsamplerTrainConfig
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.layers import SpectralConv, avg_pool2, upsample2
-from jaxcxr.models.upsampler import Upsampler
+from jaxcxr.models import condition as condition_lib
+from jaxcxr.models.generator import Generator
+from jaxcxr.models.upsampler import Upsampler, load_upsampler  # load_upsampler re-exported for its old callers
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)
@@ -126,48 +130,82 @@ def _init(root: jax.Array, config: UpsamplerTrainConfig) -> TrainState:
           "d": d, "d_stats": nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)), "d_opt": d_tx.init(d)}
 
 
-@functools.lru_cache(maxsize=8)
 def _graphdefs(config: UpsamplerTrainConfig):
-  upsampler = nnx.eval_shape(lambda: Upsampler(config.upsampler, rngs=nnx.Rngs(0)))
-  disc = nnx.eval_shape(lambda: PatchDiscriminator(config.disc_channels, rngs=nnx.Rngs(0)))
-  return nnx.graphdef(upsampler), nnx.graphdef(disc), nnx.graphdef(nnx.view(disc, use_running_average=True))
+  """Graph definitions of the stage, D in training mode and D in inference mode."""
+  return (abstract_graphdef(Upsampler, config.upsampler), abstract_graphdef(PatchDiscriminator, config.disc_channels),
+          abstract_graphdef(PatchDiscriminator, config.disc_channels, use_running_average=True))
 
 
 # ----------------------------------------------------------------------------- step
 
 
+def _generated_crops(key: jax.Array, base: dict[str, Any], conds: jax.Array, batch: int, side: int,
+                     base_def) -> jax.Array:
+  """`batch` random crops (B, side, side, 1) of the base GAN's images, conditioned on random rows of `conds`."""
+  k_idx, k_z, k_y, k_x = jax.random.split(key, 4)
+  generator = nnx.merge(base_def, base)
+  cond = conds[jax.random.randint(k_idx, (batch,), 0, conds.shape[0])]
+  z = jax.random.normal(k_z, (batch, generator.config.latent_dim))
+  images = jax.lax.stop_gradient(generator.base_image(z, cond))   # (B, R, R, 1)
+  cells = images.shape[1] - side + 1
+  ys = jax.random.randint(k_y, (batch,), 0, cells)
+  xs = jax.random.randint(k_x, (batch,), 0, cells)
+  take = lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (side, side, 1))
+  return jax.vmap(take)(images, ys, xs)
+
+
 def train_step(state: TrainState, images: jax.Array, config: UpsamplerTrainConfig
                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One D update and one stage update on real crops only (pure; `generated_step` with no base)."""
+  return generated_step(state, images, None, None, config, None)
+
+
+def generated_step(state: TrainState, images: jax.Array, base: dict[str, Any] | None, conds: jax.Array | None,
+                   config: UpsamplerTrainConfig, base_def) -> tuple[TrainState, dict[str, jax.Array]]:
   """One D update and one stage update (pure).
 
   Args:
     state: from `init_train_state`.
     images: uint8 (N, 256, 256) full-size training images, on device.
+    base, conds: with `config.generated_fraction` > 0, the base GAN's parameters (pure
+      dict) and the condition vectors to draw from (M, n_conditions): that share of each
+      batch takes crops of the base GAN's own images as inputs, with no target; its loss is
+      `consistency_weight` x L1 between the output's down-sampling and the input, next to
+      the adversarial loss. Otherwise None.
     config: static.
+    base_def: the base generator's graphdef (static), or None.
 
   Returns:
     (new state, metrics): "d_loss", "g_adv", "l1" (to the real crop), "l1_bilinear" (the
-    bilinear up-sampling's L1, the floor the stage must beat), "d_real", "d_fake" (mean logits).
+    bilinear up-sampling's L1, the floor the stage must beat), "d_real", "d_fake" (mean
+    logits), and with generated inputs "consistency" (L1 of the down-sampled output to them).
   """
   g_def, d_train, d_eval = _graphdefs(config)
   g_tx, d_tx = _optimizers(config)
   scale = config.upsampler.scale
   key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=KEY_IMPL), state["step"])
   k_crop, k_degrade, k_noise = jax.random.split(key, 3)
-  real = _crops(k_crop, images, config.batch_size, config.crop, scale)         # (B, C, C, 1)
-  low = degrade(k_degrade, downsample(real, scale), config)
-  context = low
-  for _ in range(int(np.log2(scale))):
-    context = upsample2(context)
+  b = config.batch_size
+  n_gen = int(round(b * config.generated_fraction))
+  n_pair = b - n_gen
+  real = _crops(k_crop, images, b, config.crop, scale)                          # (B, C, C, 1)
+  low_real = degrade(k_degrade, downsample(real, scale), config)
+  upsample = lambda x: functools.reduce(lambda h, _: upsample2(h), range(int(np.log2(scale))), x)
+  real_context = upsample(low_real)
+  if n_gen:
+    low_gen = _generated_crops(jax.random.fold_in(key, 7), base, conds, n_gen, config.crop // scale, base_def)
+    low = jnp.concatenate([low_real[:n_pair], low_gen])
+    context = jnp.concatenate([real_context[:n_pair], upsample(low_gen)])
+  else:
+    low, context = low_real, real_context
   fake = nnx.merge(g_def, state["g"])(low, k_noise)
 
-  detail = lambda x: (x - context) * config.disc_detail_gain   # what D judges, next to the context
+  detail = lambda x, c: (x - c) * config.disc_detail_gain   # what D judges, next to the context
 
   def d_loss_fn(d_params):
     disc = nnx.merge(d_train, d_params, state["d_stats"])
-    logits = disc(jnp.concatenate([detail(real), detail(jax.lax.stop_gradient(fake))]),
-                  jnp.concatenate([context, context]))
-    b = config.batch_size
+    logits = disc(jnp.concatenate([detail(real, real_context), detail(jax.lax.stop_gradient(fake), context)]),
+                  jnp.concatenate([real_context, context]))
     loss = jax.nn.softplus(-logits[:b]).mean() + jax.nn.softplus(logits[b:]).mean()
     return loss, (nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)), logits[:b].mean(), logits[b:].mean())
 
@@ -179,11 +217,16 @@ def train_step(state: TrainState, images: jax.Array, config: UpsamplerTrainConfi
 
   def g_loss_fn(g_params):
     out = nnx.merge(g_def, g_params)(low, k_noise)
-    l1 = jnp.abs(out - real).mean()
-    adv = jax.nn.softplus(-disc(detail(out), context)).mean()
-    return config.l1_weight * l1 + config.adversarial_weight * adv, (l1, adv)
+    l1 = jnp.abs(out[:n_pair] - real[:n_pair]).mean()
+    adv = jax.nn.softplus(-disc(detail(out, context), context)).mean()
+    loss = config.l1_weight * l1 + config.adversarial_weight * adv
+    consistency = jnp.zeros(())
+    if n_gen:
+      consistency = jnp.abs(downsample(out[n_pair:], scale) - low[n_pair:]).mean()
+      loss = loss + config.consistency_weight * consistency
+    return loss, (l1, adv, consistency)
 
-  (_, (l1, g_adv)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+  (_, (l1, g_adv, consistency)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
   with jax.numpy_dtype_promotion("standard"):
     g_updates, g_opt = g_tx.update(g_grads, state["g_opt"], state["g"])
   g_params = optax.apply_updates(state["g"], g_updates)
@@ -192,13 +235,24 @@ def train_step(state: TrainState, images: jax.Array, config: UpsamplerTrainConfi
   g_ema = jax.tree.map(lambda e, p: beta * e + (1.0 - beta) * p, state["g_ema"], g_params)
   new_state = {**state, "step": state["step"] + 1, "g": g_params, "g_ema": g_ema, "g_opt": g_opt,
                "d": d_params, "d_stats": d_stats, "d_opt": d_opt}
-  metrics = {"d_loss": d_loss, "g_adv": g_adv, "l1": l1, "l1_bilinear": jnp.abs(context - real).mean(),
+  metrics = {"d_loss": d_loss, "g_adv": g_adv, "l1": l1,
+             "l1_bilinear": jnp.abs(real_context[:n_pair] - real[:n_pair]).mean(),
              "d_real": d_real, "d_fake": d_fake}
+  if n_gen:
+    metrics["consistency"] = consistency
   return new_state, metrics
 
 
-def make_train_step(config: UpsamplerTrainConfig):
-  """Jitted `steps_per_call` steps in one `lax.scan` (state donated), cached per config."""
+def make_train_step(config: UpsamplerTrainConfig, base_def=None):
+  """Jitted `steps_per_call` steps in one `lax.scan` (state donated), cached per config.
+
+  Without generated inputs the call is `fn(state, images)`; with them (`base_def`, the base
+  generator's graphdef) `fn(state, images, base_params, conds)`.
+  """
+  if config.generated_fraction:
+    if base_def is None:
+      raise ValueError("UpsamplerTrainConfig.generated_fraction > 0 needs the base GAN's graphdef")
+    return compile_steps(generated_step, config.steps_per_call, static=(without_loop_fields(config), base_def))
   return compile_steps(train_step, config.steps_per_call, static=(without_loop_fields(config),))
 
 
@@ -219,26 +273,53 @@ def upsample_images(upsampler: Upsampler, images_uint8: np.ndarray, *, seed: int
   return map_batches(lambda x: _upsample_uint8(graphdef, state, x, key), np.asarray(images_uint8), batch_size)
 
 
+def _params_digest(params) -> str:
+  """sha256 of a parameter tree's leaves (in tree order): what a resumed run checks it was given again."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()
+
+
 def _bilinear(images_uint8: np.ndarray, side: int) -> np.ndarray:
   """The reference the stage must beat: bilinear up-sampling of uint8 (N, h, w) to side x side, float32."""
   x = jnp.asarray(images_uint8, jnp.float32)
   return np.asarray(jax.image.resize(x, (x.shape[0], side, side), "linear"))
 
 
-def load_upsampler(directory) -> Upsampler:
-  """Loads an upsampler saved by `train_upsampler` (`checkpoints.save_model`)."""
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
-  model, _, _ = checkpoints.load_model(directory, lambda c: Upsampler(c, rngs=nnx.Rngs(0)), UpsamplerConfig)
-  return model
-
-
 # ----------------------------------------------------------------------------- loop
+
+
+def warm_start(state: TrainState, upsampler: Upsampler) -> TrainState:
+  """`state` with a trained stage's weights as its stage and EMA (optimisers, D and step stay fresh).
+
+  Raises:
+    ValueError: the stage's weights do not have the shapes of the config's stage.
+  """
+  saved = nnx.to_pure_dict(nnx.state(upsampler, nnx.Param))
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  if shapes(saved) != shapes(state["g"]):
+    raise ValueError("warm start: the given upsampler does not match the preset's stage (other widths or noise)")
+  copy = lambda: jax.tree.map(lambda a, f: jnp.array(a, f.dtype, copy=True), saved, state["g"])
+  return {**state, "g": copy(), "g_ema": copy()}
+
+
+def _base_conditions(dataset: data_lib.CXRDataset, base: Generator) -> np.ndarray:
+  """Condition vectors of the training images with known metadata, for the base GAN's generated inputs."""
+  conditions = base.config.conditions
+  known = np.isin(dataset.sex, ["M", "F"]) & (dataset.age >= 0)
+  if "label" in conditions:
+    known &= np.isin(dataset.label, [0, 1])
+  if not known.any():
+    raise data_lib.DataError(f"{dataset.source}: no training image with sex and age to condition the base GAN on")
+  return condition_lib.make_condition(dataset.sex[known], dataset.age[known], dataset.label[known],
+                                      conditions=conditions)
 
 
 def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, out_dir: str | os.PathLike, *,
                     validation: data_lib.CXRDataset | None = None, resume: bool = False, seed: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, base: Generator | None = None,
+                    init_from: Upsampler | None = None) -> dict[str, Any]:
   """Trains the super-resolution stage on full-size real radiographs.
 
   Writes under `out_dir`: `checkpoints/STEP/` (resumable training state), `metrics.jsonl`,
@@ -255,6 +336,11 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
     resume: continue from the latest checkpoint in `out_dir`.
     seed: seed of the initial weights and of the training randomness.
     progress: tqdm bar on stderr.
+    base: the low-resolution GAN whose images make `config.generated_fraction` of each batch
+      (needed then; its blocks are used, a cascade's own upsampler is ignored). The sample
+      grids then also show its images finished by the stage (`samples/generated_STEP.png`).
+    init_from: a trained stage whose weights start the run (a resumed run continues from
+      its own checkpoint instead).
 
   Returns:
     {"steps", "seconds", "seconds_per_step", "final", "validation_l1", "validation_l1_bilinear",
@@ -262,6 +348,8 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
 
   Raises:
     jaxcxr.data.DataError: no images, or images not 256x256.
+    ValueError: `config.generated_fraction` > 0 without a `base`, or a base whose resolution
+      is not 256 / scale.
   """
   from jaxcxr import checkpoints, plots  # pylint: disable=g-import-not-at-top
 
@@ -273,7 +361,28 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
   scale = config.upsampler.scale
   shown = (validation if validation is not None and len(validation) else dataset).images[:4]
   shown_low = data_lib.resize_uint8(shown, shown.shape[1] // scale)
-  inference_def = nnx.graphdef(nnx.eval_shape(lambda: Upsampler(config.upsampler, rngs=nnx.Rngs(0))))
+  inference_def = abstract_graphdef(Upsampler, config.upsampler)
+  args: tuple = (jax.device_put(dataset.images),)
+  base_def = base_params = None
+  if config.generated_fraction:
+    if base is None:
+      raise ValueError(f"generated_fraction={config.generated_fraction} needs the base GAN (`base`)")
+    if base.config.base_resolution * scale != dataset.images.shape[1]:
+      raise ValueError(f"the base GAN makes {base.config.base_resolution}x{base.config.base_resolution} images; "
+                       f"a x{scale} stage needs {dataset.images.shape[1] // scale}")
+    base_config = base.config.base
+    base_def = abstract_graphdef(Generator, base_config)
+    base_params = nnx.to_pure_dict(nnx.state(base))
+    base_params.pop("upsampler", None)
+    args = args + (jax.device_put(base_params), jax.device_put(_base_conditions(dataset, base)))
+    shown_cond = condition_lib.make_condition(["M", "F", "M", "F"], [20, 40, 60, 40], 0,
+                                              conditions=base_config.conditions)
+    shown_base = nnx.merge(base_def, base_params).base_image(
+        jax.random.normal(jax.random.key(0), (4, base_config.latent_dim)), jnp.asarray(shown_cond))
+    shown_generated = data_lib.signed_to_uint8(shown_base[..., 0])
+  state = init_train_state(config, seed)
+  if init_from is not None:
+    state = warm_start(state, init_from)
 
   def write_samples(step: int, state: TrainState):
     if config.sample_every and step % config.sample_every == 0 or step == config.steps:
@@ -283,12 +392,22 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
       rows = np.concatenate([np.stack([b, o, r]) for b, o, r in zip(bilinear, out, shown)])
       plots.save_image_grid(rows, out_dir / "samples" / f"step_{step:06d}.png", nrow=3,
                             labels=["bilinear", "stage", "real"] + [""] * (len(rows) - 3))
+      if base_def is not None:
+        low = np.asarray(shown_generated)
+        out = upsample_images(up, low)
+        bilinear = np.round(np.clip(_bilinear(low, out.shape[1]), 0, 255)).astype(np.uint8)
+        rows = np.concatenate([np.stack([b, o]) for b, o in zip(bilinear, out)])
+        plots.save_image_grid(rows, out_dir / "samples" / f"generated_{step:06d}.png", nrow=2,
+                              labels=["bilinear (GAN)", "stage"] + [""] * (len(rows) - 2))
 
   loop = run_training_loop(
-      name="upsampler", config=config, state=init_train_state(config, seed), train_call=make_train_step(config),
-      args=(jax.device_put(dataset.images),), out_dir=out_dir, resume=resume, progress=progress,
+      name="upsampler", config=config, state=state, train_call=make_train_step(config, base_def),
+      args=args, out_dir=out_dir, resume=resume, progress=progress,
       run_metadata={"n_images": len(dataset), "seed": seed,
-                    "data_sha256": data_metadata(dataset).get("data_sha256")},
+                    "data_sha256": data_metadata(dataset).get("data_sha256"),
+                    **({"base_sha256": _params_digest(base_params)} if base_params is not None else {}),
+                    **({"init_from_sha256": _params_digest(nnx.to_pure_dict(nnx.state(init_from)))}
+                       if init_from is not None else {})},
       on_call=write_samples,
       postfix=lambda m, _: {"l1": f"{m['l1'][-1]:.4f}", "bil": f"{m['l1_bilinear'][-1]:.4f}",
                             "d": f"{m['d_loss'][-1]:.3f}"})

@@ -1,0 +1,108 @@
+"""Validation curve of a GAN training run: realism figures of its checkpoints, against steps and hours.
+
+For each training checkpoint of `--run` (a `jaxcxr train gan` folder) at a multiple of
+`--every` steps, the EMA generator is joined to the upsampler of `--upsampler` (a cascade
+generator folder, e.g. `checkpoints/gan_256`), so the figures are those of the 256x256
+images a user gets. It generates one normal image per normal validation image with sex and
+age (standard patient split of both NIH archives), conditioned on that image's sex and age,
+and computes `realism.realism_report` against the validation normals (set A), with as
+many training normals as the real-vs-real reference (set B) and the remaining training
+normals as the PCA space. Validation patients only: the test patients stay unseen.
+
+One JSON line per checkpoint goes to `RUN/curve.jsonl` (step, training hours, figures);
+`--watch` keeps polling for new checkpoints (for a run that is still training).
+
+    python scripts/gan_curve.py --run runs/gan_v3_base --upsampler checkpoints/gan_256 --every 2000 --watch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxcxr import checkpoints, config as config_lib, data, io as io_lib, quality
+from jaxcxr import realism
+from jaxcxr.models import condition as condition_lib
+from jaxcxr.models.generator import Generator, load_generator, make_cascade
+from jaxcxr.train import gan
+
+
+def _real_sets(paths: str):
+  dataset = data.load(paths)
+  split = data.standard_split(dataset)
+  usable = lambda d: d.subset((d.label == 0) & np.isin(d.sex, ["M", "F"]) & (d.age >= 0))
+  val = usable(dataset.subset(split["val"]))
+  train = usable(dataset.subset(split["train"]))
+  return val, train
+
+
+def _figures(report: dict) -> dict:
+  return {"pixels_auc": report["two_sample_auc_pixels"]["generated_vs_real"],
+          "hog_auc": report["two_sample_auc_hog"]["generated_vs_real"],
+          "detail_auc": report["two_sample_auc_detail"]["generated_vs_real"],
+          "pca_frechet_ratio": report["pca_frechet"]["ratio"],
+          "high_frequency_ratio": report["high_frequency_share"]["ratio"],
+          "real_vs_real": {"pixels_auc": report["two_sample_auc_pixels"]["real_vs_real"],
+                           "hog_auc": report["two_sample_auc_hog"]["real_vs_real"],
+                           "detail_auc": report["two_sample_auc_detail"]["real_vs_real"],
+                           "high_frequency_ratio": report["high_frequency_share"]["real_vs_real_ratio"]},
+          "n_per_set": report["n_per_set"]}
+
+
+def evaluate_step(run: pathlib.Path, step: int, config, upsampler, val, train, *, seed: int = 0) -> dict:
+  manager = checkpoints.TrainCheckpointer(run / "checkpoints")
+  abstract = jax.eval_shape(lambda: gan.init_train_state(config, seed))
+  state = manager.restore(abstract, step)
+  seconds = manager.read_metadata(step).get("train_seconds")
+  base = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: Generator(config.generator, rngs=nnx.Rngs(0)))),
+                   state["g_ema"])
+  generator = make_cascade(base, upsampler) if upsampler is not None else base
+  cond = condition_lib.make_condition(val.sex, val.age, val.label, conditions=generator.config.conditions)
+  generated = quality.generate_from_conditions(generator, jax.random.key(seed), cond)
+  n = len(val)
+  real_a = data.resize_uint8(val.images, generator.config.resolution)
+  real_b = data.resize_uint8(train.images[:n], generator.config.resolution)
+  report = realism.realism_report(generated, real_a, real_b, train.images[n:], seed=seed)
+  return {"step": step, "train_hours": None if seconds is None else seconds / 3600, **_figures(report)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--run", required=True, help="a `jaxcxr train gan` run folder")
+  parser.add_argument("--preset", default="gan_64_resize_cpu", help="the run's preset")
+  parser.add_argument("--upsampler", help="a cascade generator folder whose upsampler finishes the images")
+  parser.add_argument("--data", default=",".join(str(pathlib.Path(os.environ.get("JAXCXR_DATA", "data")) / f)
+                                                  for f in ("nih_cxr14_subset_256.npz", "nih_cxr14_extra_256.npz")))
+  parser.add_argument("--every", type=int, default=2000, help="evaluate checkpoints at multiples of this step")
+  parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
+  args = parser.parse_args()
+  run = pathlib.Path(args.run)
+  config = config_lib.PRESETS[args.preset]()
+  upsampler = None
+  if args.upsampler:
+    cascade = load_generator(pathlib.Path(args.upsampler) / "generator")
+    upsampler = cascade.upsampler
+  val, train = _real_sets(args.data)
+  curve_path = run / "curve.jsonl"
+  while True:
+    done = {r["step"] for r in io_lib.read_json_lines(curve_path)} if curve_path.exists() else set()
+    steps = checkpoints.TrainCheckpointer(run / "checkpoints").all_steps()
+    todo = [s for s in steps if s % args.every == 0 and s not in done]
+    for step in todo:
+      record = evaluate_step(run, step, config, upsampler, val, train)
+      io_lib.append_json_line(curve_path, record)
+      print(json.dumps(record), flush=True)
+    if not args.watch:
+      break
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+  main()
