@@ -222,6 +222,8 @@ def _write_normal_archive(source, path, n, *, seed):
         # config.PRESETS holds every family's presets; `train gan` takes only the GAN ones.
         (["train", "gan", "--data", "{tmp}/x.npz", "--preset", "unet_tiny", "--out", "{tmp}/r"],
          "unknown preset 'unet_tiny' for a GAN"),
+        (["train", "upsampler", "--data", "{tmp}/x.npz", "--preset", "upsampler_x4_generated_cpu", "--out", "{tmp}/r"],
+         "trains on the base GAN's own images: give --base-gan"),
     ],
 )
 def test_gan_commands_bad_input(capsys, tmp_path, argv, message):
