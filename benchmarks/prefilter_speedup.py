@@ -9,7 +9,7 @@
 For each group: the group's pre-filter is fitted on the latent dataset (`prefilter.fit_prefilter`:
 classifier on its train part, threshold by --strategy on its validation part, precision and
 TPR/FPR on its test part), then K valid images are sampled by each variant through
-`prefilter.sample_valid` (one compiled round: pool of latents -> classifier -> static-shape
+`prefilter.sample_valid_latent` (one compiled round: pool of latents -> classifier -> static-shape
 selection -> generate and post-score only the selected ones; the host loop of
 `jaxcxr.sampling.run_rounds`):
 
@@ -291,9 +291,9 @@ def bench_group(group: str, scorer, generator, records, real, cas, args, context
                                                          max_generated=limit)
     elif v["kind"] == "latent":
       options = {"pool_size": pool, "accept_size": accept_size, "nudge": v["nudge"]}
-      warm_up = lambda k, v=v, o=options: prefilter.warm_up_sampler(scorer, generator, v["pf"], k, group, **o)
-      sample = lambda k, n, limit, v=v, o=options: prefilter.sample_valid(scorer, generator, v["pf"], k, n, group,
-                                                                          max_generated=limit, **o)
+      warm_up = lambda k, v=v, o=options: prefilter.warm_up_latent(scorer, generator, v["pf"], k, group, **o)
+      sample = lambda k, n, limit, v=v, o=options: prefilter.sample_valid_latent(
+          scorer, generator, v["pf"], k, n, group, max_generated=limit, **o)
     else:
       options = {"strategy": v["strategy"], "pool_size": pool, "accept_size": accept_size}
       warm_up = lambda k, o=options: cascade.warm_up_cascade(scorer, generator, cas, k, group, **o)

@@ -1,6 +1,6 @@
 """One entry point for every benchmark: jaxcxr against its PyTorch twins, in one process.
 
-    python -m benchmarks.run [--suite NAME ...] [--quick] [--json] [--out [PATH]]
+    python -m benchmarks.run [--suite NAME [--suite NAME ...]] [--quick] [--json] [--out [PATH]]
         [--torch-compile] [--torch-bf16] [--steps N] [--repeats N] [--time-budget S] [--update-readme]
 
 Each measurement is one JSON record (`benchmarks.measure.record`): name, device, library

@@ -7,6 +7,8 @@ The main functions are reachable from here; they are imported on first use (PEP 
 so `import jaxcxr` stays fast and imports neither jax nor any model code:
 
 * `load_pretrained` (`jaxcxr.pretrained`): the shipped models as a `Pretrained`, each loaded on first use.
+* `resolve_sampler` (`jaxcxr.prefilter.choice`): which sampler runs (no pre-filter, a latent one
+  or the cascade one; shipped or given), as a `Sampler` that compiles, samples and judges.
 * `sample_valid` (`jaxcxr.sampling`): exactly k post-filter-valid images, no pre-filter.
 * `sample_valid_cascade` (`jaxcxr.prefilter.cascade`): the same with the cascade pre-filter,
   which judges each latent by the generator's cheap 64x64 base image first.
@@ -37,6 +39,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Pretrained": "jaxcxr.pretrained",
     "load_pretrained": "jaxcxr.pretrained",
+    "resolve_sampler": "jaxcxr.prefilter.choice",
     "sample_valid": "jaxcxr.sampling",
     "sample_valid_cascade": "jaxcxr.prefilter.cascade",
     "select_threshold": "jaxcxr.prefilter",

@@ -750,6 +750,28 @@ def shipped_checkpoint(*names: str) -> pathlib.Path:
                         "JAXCXR_CHECKPOINTS")
 
 
+def model_folder(directory: str | os.PathLike[str], kind: str) -> pathlib.Path:
+  """The model checkpoint a folder names: the folder itself, or its `kind/` sub-folder when only that is one.
+
+  A shipped model is named by its folder (`checkpoints/gan_256_normal`), which holds the
+  inference weights in a sub-folder named after their kind (`generator/`, beside
+  `discriminator/`, cards and figures). Every command that takes a generator (or encoder,
+  translator, ...) checkpoint accepts either path.
+
+  Args:
+    directory: a model checkpoint, or a folder holding one as `kind/`.
+    kind: the sub-folder name, e.g. "generator".
+
+  Returns:
+    `directory/kind` when `directory` is not a model checkpoint and `directory/kind` is one;
+    else `directory` (a missing or corrupt one is reported by the loader that reads it).
+  """
+  path = pathlib.Path(directory)
+  if not _is_model_checkpoint(path) and _is_model_checkpoint(path / kind):
+    return path / kind
+  return path
+
+
 def model_id(directory: str | os.PathLike[str]) -> str:
   """A short id of a model checkpoint's weights: the first 16 hex digits of its manifest's SHA-256.
 

@@ -3,8 +3,9 @@
 * `run_rounds`: the host loop of every sampler. It runs a compiled round (one call per
   round, same shapes every round) from a running latent index until `k` valid images are
   collected or a limit is hit, keeps the valid images in index order and assembles the
-  result (counters, rates, progress lines). The pre-filtered sampler
-  (`jaxcxr.prefilter.sample_valid`) runs its rounds through it too.
+  result (counters, rates, progress lines). The pre-filtered samplers
+  (`jaxcxr.prefilter.sample_valid_latent`, `jaxcxr.prefilter.cascade.sample_valid_cascade`) run
+  their rounds through it too; `jaxcxr.prefilter.choice.resolve_sampler` picks one of the three.
 * `SampleJournal`: a run's progress in its output folder (the kept images as PNGs, the
   counters), so that `run_rounds` killed at any moment resumes where it was and returns
   what an uninterrupted run returns (`jaxcxr sample` uses it).
@@ -12,6 +13,8 @@
   (`UnfilteredRound`) generates and post-scores the next `batch_size` consecutive latent
   indices in one compiled call (`scoring.generate_and_score_batch`, every slot used), and
   `warm_up_sampler`.
+* The default limits of a run for k valid images: `default_max_generated` (images generated
+  before giving up) and `default_max_rounds` (compiled rounds, for pre-filters that accept few).
 
 Latent i is `models.generator.latents(key, i)` (`scoring.latents_at`), so the images do
 not depend on the batch size: unfiltered sampling returns the first `k` valid indices.
@@ -42,6 +45,8 @@ __all__ = [
     "UnfilteredRound",
     "check_label",
     "check_limits",
+    "default_max_generated",
+    "default_max_rounds",
     "pool_size_for",
     "round_inputs",
     "run_rounds",
@@ -49,6 +54,11 @@ __all__ = [
     "select_accepted",
     "warm_up_sampler",
 ]
+
+# The default give-up point of a run for k valid images: max(MIN_MAX_GENERATED, MAX_GENERATED_PER_VALID * k)
+# generated images (200 per valid one allows a valid rate down to 0.5%).
+MIN_MAX_GENERATED = 1000
+MAX_GENERATED_PER_VALID = 200
 
 # Number of traces (compilations) of `_generate_and_score_round`, for the no-recompile checks.
 TRACE_COUNTS: dict[str, int] = {"generate_and_score_round": 0}
@@ -67,6 +77,33 @@ def check_limits(k: int, max_rounds: int, max_generated: int | None = None) -> N
     raise ValueError(f"sample_valid: max_rounds must be an integer >= 1, got {max_rounds!r}")
   if max_generated is not None and (not _is_int(max_generated) or max_generated < 0):
     raise ValueError(f"sample_valid: max_generated must be None or an integer >= 0, got {max_generated!r}")
+
+
+def default_max_generated(k: int) -> int:
+  """The default limit of a run for `k` valid images: max(1000, 200 k) generated images.
+
+  Raises:
+    ValueError: k is not an integer >= 0.
+  """
+  if not _is_int(k) or k < 0:
+    raise ValueError(f"default_max_generated: k must be an integer >= 0, got {k!r}")
+  return max(MIN_MAX_GENERATED, MAX_GENERATED_PER_VALID * int(k))
+
+
+def default_max_rounds(max_generated: int, accept_size: int) -> int:
+  """Rounds allowed for `max_generated` images when each round computes `accept_size` slots: ceil(ratio).
+
+  A pre-filtered round computes `accept_size` images, padding slots included, so bounding the
+  rounds like the generated images stops a run whose pre-filter accepts (almost) nothing.
+
+  Raises:
+    ValueError: max_generated < 0 or accept_size < 1 (or not integers).
+  """
+  if not _is_int(max_generated) or max_generated < 0:
+    raise ValueError(f"default_max_rounds: max_generated must be an integer >= 0, got {max_generated!r}")
+  if not _is_int(accept_size) or accept_size < 1:
+    raise ValueError(f"default_max_rounds: accept_size must be an integer >= 1, got {accept_size!r}")
+  return max(1, -(-int(max_generated) // int(accept_size)))
 
 
 def check_label(generator, label: int) -> None:
@@ -348,7 +385,7 @@ def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label
   (`models.generator.latents(key, i)`, indices from a running counter so no z repeats).
   The returned images are the first `k` valid indices, whatever the batch size; the host
   only collects valid images and stops at `k`. The same images come from
-  `jaxcxr.prefilter.sample_valid` with a pre-filter that accepts every latent.
+  `jaxcxr.prefilter.sample_valid_latent` with a pre-filter that accepts every latent.
 
   Args:
     scorer: a `jaxcxr.scoring.Scorer` (post-filter).

@@ -61,6 +61,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 from jaxcxr.batching import default_chunk, in_chunks, map_batches
 from jaxcxr.config import DTYPES
@@ -85,6 +86,7 @@ __all__ = [
     "Scorer",
     "ScoringConfig",
     "calibrate",
+    "calibrate_strict_level",
     "strictness_for_valid_rate",
     "fit_symmetry_postfilter",
     "load_scorer",
@@ -432,7 +434,7 @@ def generate_and_score_batch(models, states, calibration, z, cond, config: Scori
   """Generation plus post-filter scoring of one batch of latents inside a traced function.
 
   The core of every compiled sampling path (`Scorer.generate_and_score`, the unfiltered rounds
-  of `jaxcxr.sampling.sample_valid` and the pre-filtered rounds of `jaxcxr.prefilter.sample_valid`).
+  of `jaxcxr.sampling.sample_valid` and the pre-filtered rounds of `jaxcxr.prefilter.sample_valid_latent`).
 
   Args:
     models: (U-Net graphdef, classifier graphdef, generator graphdef, ...), static.
@@ -561,7 +563,7 @@ class Scorer:
     u_def, u_state = split_with_dtype(unet, config.dtype)
     c_def, c_state = split_with_dtype(classifier, config.dtype)
     # What the jitted functions take (public for pipelines that fuse more work into the same call,
-    # e.g. `sampling.sample_valid`, `prefilter.sample_valid`): static graphdefs, device-resident states and
+    # e.g. `sampling.sample_valid`, `prefilter.sample_valid_latent`): static graphdefs, device-resident states and
     # calibration.
     self.graphdefs = (u_def, c_def)
     self.mesh = _device_mesh()
@@ -842,6 +844,50 @@ def strictness_for_valid_rate(scorer: Scorer, measures: dict[str, Any], valid_ra
     mid = 0.5 * (lo + hi)
     lo, hi = (mid, hi) if rate(mid) > valid_rate else (lo, mid)
   return hi
+
+
+def calibrate_strict_level(scorer: Scorer, generator: Generator, valid_rate: float, *, n_per_group: int = 128,
+                           seed: int = 0, name: str = "strict", provenance: dict[str, Any] | None = None,
+                           progress: bool = False) -> tuple[Scorer, dict[str, Any]]:
+  """Adds the level `name` at which `generator` keeps a fraction `valid_rate` of its images.
+
+  Group i of `jaxcxr.data.GROUPS` gives samples 0 .. n_per_group-1 of `jax.random.key(seed + i)`
+  (`Scorer.generate_and_score`); their pooled measures set the level's strictness q
+  (`strictness_for_valid_rate`). The level is recorded in the scorer's provenance under
+  `name` (n_samples, seed, target_valid_rate, and `provenance`, e.g. the generator's folder
+  and model id), so that `Scorer.save` keeps how it was set.
+
+  Args:
+    scorer: a calibrated scorer with reference measures (`calibrate`).
+    generator: the generator whose valid rate the level fixes.
+    valid_rate: the fraction of generated images that stays valid at the level, in (0, 1).
+    n_per_group: samples per age-sex group (> 0).
+    seed: group i uses `jax.random.key(seed + i)`.
+    name: the level's name (not "standard").
+    provenance: more about the level to record (JSON-ready), e.g. {"generator": ..., "generator_id": ...}.
+    progress: tqdm bars.
+
+  Returns:
+    (the scorer with the level added, {"strictness": q, "n_samples": pooled samples,
+    "generated_valid_rate": {level: fraction of the samples valid at each level of the new scorer}}).
+
+  Raises:
+    ValueError: valid_rate outside (0, 1), n_per_group < 1, a scorer without reference measures, a bad name.
+  """
+  if not isinstance(n_per_group, (int, np.integer)) or isinstance(n_per_group, bool) or n_per_group < 1:
+    raise ValueError(f"calibrate_strict_level: n_per_group must be an integer >= 1, got {n_per_group!r}")
+  if not 0.0 < valid_rate < 1.0:
+    raise ValueError(f"calibrate_strict_level: valid_rate must be in (0, 1), got {valid_rate}")
+  parts = [scorer.generate_and_score(generator, jax.random.key(seed + i), n_per_group, group, keep_images=False,
+                                     progress=progress).result.measures for i, group in enumerate(data_lib.GROUPS)]
+  measures = {k: np.concatenate([m[k] for m in parts]) for k in parts[0]}
+  q = strictness_for_valid_rate(scorer, measures, valid_rate)
+  leveled = scorer.with_level(name, q)
+  n = int(len(measures["shape"]))
+  leveled.provenance = {**leveled.provenance, name: {**(provenance or {}), "n_samples": n, "seed": seed,
+                                                     "target_valid_rate": valid_rate}}
+  rates = {level: float(leveled.valid_at(measures, level).mean()) for level in leveled.levels}
+  return leveled, {"strictness": q, "n_samples": n, "generated_valid_rate": rates}
 
 
 def shipped_scoring() -> pathlib.Path:

@@ -500,3 +500,16 @@ def test_cli_refuses_to_resume_a_checkpoint_of_another_run(tmp_path, capsys):
   assert code == 2 and "Traceback" not in captured.err and len(errors) == 1, captured.err
   assert errors[0].startswith(f"jaxcxr: error: {tmp_path / 'run' / 'checkpoints'}: cannot resume")
   assert "'n_images': (5, 24)" in errors[0] and "expected the run's own inputs" in errors[0]
+
+
+def test_model_folder_names_its_kind_subfolder(tmp_path):
+  from jaxcxr.config import gan_tiny  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models.generator import Generator  # pylint: disable=g-import-not-at-top
+
+  generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(0))
+  inner = checkpoints.save_model(tmp_path / "gan" / "generator", generator, generator.config)
+  assert checkpoints.model_folder(tmp_path / "gan", "generator") == inner
+  assert checkpoints.model_folder(inner, "generator") == inner                  # a checkpoint names itself
+  assert checkpoints.model_folder(tmp_path / "gan", "encoder") == tmp_path / "gan"   # no such kind: as given
+  assert checkpoints.model_folder(tmp_path / "missing", "generator") == tmp_path / "missing"
+

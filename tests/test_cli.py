@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxcxr import anomaly, cli, data
+from jaxcxr.cli import evaluate as evaluate_cli
 
 SHARED_NIH = pathlib.Path(__file__).parents[2] / "shared" / "data" / "nih_cxr14_subset_256.npz"
 
@@ -114,6 +115,15 @@ def test_evaluate_gan_default_data_is_both_nih_archives(capsys, monkeypatch, nih
   assert code == 2 and out == "" and f"{tmp_path}/nih_cxr14_extra_256.npz: no such file" in err
 
 
+def test_help_and_usage_errors_import_no_jax():
+  # The parser and `--help` stay fast: a command's module (and the library, jax) is imported only once it parses.
+  code = ("import sys; from jaxcxr import cli; cli.build_parser().format_help(); "
+          "code = cli.main(['data', 'frobnicate']); print(code, sorted(m for m in ('jax', 'flax', 'numpy', 'orbax.checkpoint', 'matplotlib', 'jaxcxr.data') "
+          "if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path):
   # The installed entry point, as a user runs it: argparse errors and data errors both exit 2.
   env = {**os.environ, "JAXCXR_DATA": ""}
@@ -153,9 +163,11 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
                            str(tmp_path / "cascade"), "--json")
   assert code == 0, err
   assert json.loads(out)["resolution"] == 64 and json.loads(out)["base_resolution"] == 32
+  # --checkpoint takes the model folder (as the README names the shipped ones) for its generator/.
   code, out, err = run_cli(capsys, "sample", "--group", "38_44f", "--n", "2", "--out", str(tmp_path / "s2"),
-                           "--checkpoint", str(tmp_path / "cascade" / "generator"), "--unfiltered", "--json")
+                           "--checkpoint", str(tmp_path / "cascade"), "--unfiltered", "--json")
   assert code == 0, err
+  assert json.loads(out)["checkpoint"] == str(tmp_path / "cascade" / "generator")
   assert np.asarray(Image.open(json.loads(out)["files"][0])).shape == (64, 64)
   code, _, err = run_cli(capsys, "cascade", "--gan", str(tmp_path / "cascade"), "--upsampler", "bilinear", "--out",
                          str(tmp_path / "cascade2"))
@@ -181,7 +193,7 @@ def test_train_sample_and_evaluate_gan_end_to_end(capsys, nih_path, tmp_path):
   for name in ("pixels", "hog", "detail"):
     assert set(realism[f"two_sample_auc_{name}"]) == {"generated_vs_real", "real_vs_real"}
   assert realism["pca_frechet"]["ratio"] > 1 and np.isfinite(realism["high_frequency_share"]["ratio"])
-  table = cli._human_evaluate_gan(quality)
+  table = evaluate_cli.human_gan(quality)
   assert "two-sample AUC, HOG" in table and "PCA Frechet" in table and "high-frequency ratio" in table
 
 
@@ -210,6 +222,8 @@ def _write_normal_archive(source, path, n, *, seed):
         # config.PRESETS holds every family's presets; `train gan` takes only the GAN ones.
         (["train", "gan", "--data", "{tmp}/x.npz", "--preset", "unet_tiny", "--out", "{tmp}/r"],
          "unknown preset 'unet_tiny' for a GAN"),
+        (["train", "upsampler", "--data", "{tmp}/x.npz", "--preset", "upsampler_x4_generated_cpu", "--out", "{tmp}/r"],
+         "trains on the base GAN's own images: give --base-gan"),
     ],
 )
 def test_gan_commands_bad_input(capsys, tmp_path, argv, message):
@@ -334,7 +348,7 @@ def test_report_scoring_writes_figures_and_tables(capsys, nih_path, tmp_path):
 def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_path):
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
                            "all", "--steps", "3", "--batch-size", "8", "--base-image", "--restarts", "2", "--out",
-                           str(tmp_path), "--json")
+                           str(tmp_path), "--whole-image", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
@@ -349,9 +363,10 @@ def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_p
   assert pathlib.Path(result["overlays"]).stat().st_size > 0
 
 
-def test_evaluate_anomaly_inside_the_lungs(capsys, nih_path):
+def test_evaluate_anomaly_inside_the_lungs_by_default(capsys, nih_path):
+  # The default (every shipped anomaly card chose the lungs on validation); `--lung-mask` says the same explicitly.
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
-                           "all", "--steps", "3", "--batch-size", "8", "--base-image", "--lung-mask", "--json")
+                           "all", "--steps", "3", "--batch-size", "8", "--base-image", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["lung_mask"] and result["method"] == "anogan_lungs"
@@ -360,9 +375,10 @@ def test_evaluate_anomaly_inside_the_lungs(capsys, nih_path):
 
 def test_evaluate_anomaly_saves_scores_and_reports_the_threshold_data(capsys, nih_path, tmp_path):
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "fanogan", "--data", str(nih_path), "--split",
-                           "test", "--scores", str(tmp_path / "s.npz"), "--json")
+                           "test", "--scores", str(tmp_path / "s.npz"), "--whole-image", "--json")
   assert code == 0, err
   result = json.loads(out)
+  assert not result["lung_mask"] and result["method"] == "fanogan"
   saved = np.load(tmp_path / "s.npz")
   assert len(saved["scores"]) == result["n"] and len(saved["threshold_scores"]) == result["threshold_data"]["n"]
   assert saved["residual"].shape[0] == result["n"] and saved["residual"].ndim == 3
@@ -431,6 +447,7 @@ def test_evaluate_anomaly_cv_command(capsys, nih_path, tmp_path, monkeypatch):
     (["evaluate", "anomaly", "--method", "anogan", "--restarts", "0"], "--restarts must be >= 1"),
     (["evaluate", "anomaly", "--method", "anogan", "--steps", "0"],
      "--steps must be positive"),
+    (["evaluate", "anomaly", "--method", "fanogan", "--lung-mask", "--whole-image"], "not allowed with argument"),
 ])
 def test_evaluate_anomaly_bad_input(capsys, nih_path, argv, message):
   code, out, err = run_cli(capsys, *argv, "--data", str(nih_path))

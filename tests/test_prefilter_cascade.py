@@ -220,3 +220,48 @@ def test_cli_sample_prefilter_input_base_needs_a_shipped_cascade_prefilter(tmp_p
                    str(tmp_path / "generator"), "--prefilter", "youden", "--prefilter-input", "base",
                    "--prefilter-dir", str(tmp_path)])
   assert code == 2 and "latent (z) pre-filters" in capsys.readouterr().err
+
+
+def test_judge_latents_cascade_is_a_round_without_selection(fitted_cascade, scorer, tiny_cascade):
+  key = jax.random.key(13)
+  out = cascade.judge_latents_cascade(scorer, tiny_cascade, fitted_cascade, key, 6, SAMPLING_GROUP, batch_size=4)
+  index = np.arange(6, dtype=np.int32)
+  z = scoring.latents_at(key, jnp.asarray(index), 128)
+  cond = jnp.asarray(group_condition_batch(SAMPLING_GROUP, 6, 0, conditions=tiny_cascade.config.conditions))
+  base = tiny_cascade.base_image(z, cond)
+  log_p = cascade.log_valid_probability(fitted_cascade.predictor, cascade._quantize(base), scorer.device_calibration)
+  np.testing.assert_allclose(out["log_p"], np.asarray(log_p), rtol=1e-5, atol=1e-4)
+  images = np.asarray(jnp.round(jnp.clip((tiny_cascade.upsample(base, z)[..., 0] + 1) * 127.5, 0, 255)), np.uint8)
+  assert np.abs(out["images"].astype(int) - images.astype(int)).max() <= 1
+  np.testing.assert_array_equal(out["index"], index)
+  with pytest.raises(ValueError, match="not a cascade"):
+    cascade.judge_latents_cascade(scorer, Generator(config.gan_tiny(64).generator, rngs=nnx.Rngs(0)),
+                                  fitted_cascade, key, 2, SAMPLING_GROUP)
+
+
+def test_resolve_sampler_with_a_cascade_prefilter(fitted_cascade, scorer, tiny_cascade, tmp_path):
+  from jaxcxr.prefilter import choice  # pylint: disable=g-import-not-at-top
+
+  level = scorer.strictness_name
+  sampler = choice.resolve_sampler(scorer, tiny_cascade, SAMPLING_GROUP, prefilter=fitted_cascade, pool_size=16,
+                                   accept_size=4)
+  assert (sampler.kind, sampler.strategy, sampler.source) == ("cascade", "youden", "given")
+  assert sampler.threshold == fitted_cascade.threshold(level, "youden")
+  assert sampler.summary() == {"input": "base", "checkpoint": None, "strategy": "youden",
+                               "threshold": fitted_cascade.threshold(level, "youden"),
+                               "test_roc_auc": fitted_cascade.report["levels"][level]["roc_auc_test"]}
+  key = jax.random.key(14)
+  found = sampler.sample(key, 3)
+  direct = cascade.sample_valid_cascade(scorer, tiny_cascade, fitted_cascade, key, 3, SAMPLING_GROUP, pool_size=16,
+                                        accept_size=4)
+  np.testing.assert_array_equal(found["index"], direct["index"])
+  judged = sampler.judge(key, 5, batch_size=4)
+  np.testing.assert_array_equal(judged["accepted"], judged["score"] >= sampler.threshold)
+  with pytest.raises(ValueError, match="judges base images"):
+    choice.resolve_sampler(scorer, tiny_cascade, SAMPLING_GROUP, prefilter=fitted_cascade, prefilter_input="z")
+  with pytest.raises(ValueError, match="strategy"):
+    choice.resolve_sampler(scorer, tiny_cascade, SAMPLING_GROUP, strategy="best", prefilter=fitted_cascade)
+  plain = Generator(config.gan_tiny(32).generator, rngs=nnx.Rngs(0))
+  directory = checkpoints.save_model(tmp_path / "generator", plain, plain.config)
+  with pytest.raises(ValueError, match="learned the base images of generator tiny-cascade"):
+    choice.resolve_sampler(scorer, tiny_cascade, SAMPLING_GROUP, prefilter=fitted_cascade, generator_dir=directory)

@@ -1,4 +1,4 @@
-"""Tests of filtered sampling on device and the sample CLI with a pre-filter (`jaxcxr.prefilter.sampler`).
+"""Tests of latent-filtered sampling on device and the sample CLI with a pre-filter (`jaxcxr.prefilter.sampler`).
 
 The tiny models, the scorer and the fitted pre-filter are conftest's fixtures: acceptance has nothing
 to do with validity there, so these tests check the mechanics (which latents are generated, which
@@ -35,7 +35,7 @@ def _brute_force(scorer, generator, pf, key, n_drawn):
 
 def test_sample_valid_returns_exactly_k_valid_accepted_images(scorer, tiny, fitted, getkey):
   key, k = getkey(), 5
-  found = prefilter.sample_valid(scorer, tiny[2], fitted, key, k, GROUP, pool_size=16, accept_size=4)
+  found = prefilter.sample_valid_latent(scorer, tiny[2], fitted, key, k, GROUP, pool_size=16, accept_size=4)
   assert found["n_valid"] == k and found["complete"]
   assert found["images"].shape == (k, 32, 32) and found["images"].dtype == np.uint8
   for name, values in found["scores"].items():
@@ -57,8 +57,8 @@ def test_sample_valid_returns_exactly_k_valid_accepted_images(scorer, tiny, fitt
 
 def test_same_images_whatever_the_pool_and_accept_sizes(scorer, tiny, fitted, getkey):
   key = getkey()
-  a = prefilter.sample_valid(scorer, tiny[2], fitted, key, 4, GROUP, pool_size=16, accept_size=4)
-  b = prefilter.sample_valid(scorer, tiny[2], fitted, key, 4, GROUP, pool_size=4, accept_size=2)
+  a = prefilter.sample_valid_latent(scorer, tiny[2], fitted, key, 4, GROUP, pool_size=16, accept_size=4)
+  b = prefilter.sample_valid_latent(scorer, tiny[2], fitted, key, 4, GROUP, pool_size=4, accept_size=2)
   assert list(a["index"]) == list(b["index"])
   np.testing.assert_allclose(a["scores"]["score_abnormal"], b["scores"]["score_abnormal"], atol=1e-5)
 
@@ -66,11 +66,11 @@ def test_same_images_whatever_the_pool_and_accept_sizes(scorer, tiny, fitted, ge
 def test_rounds_and_calls_do_not_recompile(scorer, tiny, fitted, getkey):
   # A pool size used by no other test, so the first call below compiles exactly once.
   before = prefilter.TRACE_COUNTS["filter_generate_and_score"]
-  first = prefilter.sample_valid(scorer, tiny[2], fitted, getkey(), 6, GROUP, pool_size=12, accept_size=4)
+  first = prefilter.sample_valid_latent(scorer, tiny[2], fitted, getkey(), 6, GROUP, pool_size=12, accept_size=4)
   assert first["n_rounds"] >= 2
   other_group = dataclasses.replace(fitted, group="18_24m", threshold=fitted.threshold - 0.5)
-  second = prefilter.sample_valid(scorer, tiny[2], other_group, getkey(), 3, "18_24m", pool_size=12,
-                                  accept_size=4)
+  second = prefilter.sample_valid_latent(scorer, tiny[2], other_group, getkey(), 3, "18_24m", pool_size=12,
+                                         accept_size=4)
   assert second["n_valid"] == 3
   assert prefilter.TRACE_COUNTS["filter_generate_and_score"] - before == 1
 
@@ -78,13 +78,13 @@ def test_rounds_and_calls_do_not_recompile(scorer, tiny, fitted, getkey):
 def test_baseline_and_accept_all_fallback_match_plain_post_filtering(scorer, tiny, getkey,
                                                                     synthetic_records):
   key = getkey()
-  plain = prefilter.sample_valid(scorer, tiny[2], None, key, 3, GROUP, accept_size=4)
+  plain = prefilter.sample_valid_latent(scorer, tiny[2], None, key, 3, GROUP, accept_size=4)
   assert plain["acceptance_rate"] == 1.0 and plain["n_generated"] == plain["n_latents_drawn"]
   _, valid = _brute_force(scorer, tiny[2], None, key, plain["n_latents_drawn"])
   assert list(plain["index"]) == list(np.flatnonzero(valid)[:3])
   empty = synthetic_records(n=60, valid_rule=lambda z: np.zeros(z.shape[0], bool))
   fallback = prefilter.fit_prefilter(empty, GROUP, on_empty="accept_all")
-  same = prefilter.sample_valid(scorer, tiny[2], fallback, key, 3, GROUP, pool_size=16, accept_size=4)
+  same = prefilter.sample_valid_latent(scorer, tiny[2], fallback, key, 3, GROUP, pool_size=16, accept_size=4)
   assert list(same["index"]) == list(plain["index"]) and same["acceptance_rate"] == 1.0
 
 
@@ -92,22 +92,22 @@ def test_sample_valid_bad_arguments(scorer, tiny, fitted, getkey):
   small = prefilter.Prefilter(LatentClassifier(LatentClassifierConfig(latent_dim=64), rngs=nnx.Rngs(0)), 0.0,
                               "youden", GROUP, "logreg")
   with pytest.raises(ValueError, match="latents of size 64"):
-    prefilter.sample_valid(scorer, tiny[2], small, getkey(), 1, GROUP)
+    prefilter.sample_valid_latent(scorer, tiny[2], small, getkey(), 1, GROUP)
   with pytest.raises(ValueError, match="fitted for group '38_44f'"):
-    prefilter.sample_valid(scorer, tiny[2], fitted, getkey(), 1, "18_24m")
+    prefilter.sample_valid_latent(scorer, tiny[2], fitted, getkey(), 1, "18_24m")
   with pytest.raises(ValueError, match="accept_size <= pool_size"):
-    prefilter.sample_valid(scorer, tiny[2], fitted, getkey(), 1, GROUP, pool_size=2, accept_size=4)
+    prefilter.sample_valid_latent(scorer, tiny[2], fitted, getkey(), 1, GROUP, pool_size=2, accept_size=4)
   with pytest.raises(ValueError, match="nudging needs"):
-    prefilter.sample_valid(scorer, tiny[2], None, getkey(), 1, GROUP, nudge=prefilter.NudgeConfig())
+    prefilter.sample_valid_latent(scorer, tiny[2], None, getkey(), 1, GROUP, nudge=prefilter.NudgeConfig())
   with pytest.raises(ValueError, match="k must be"):
-    prefilter.sample_valid(scorer, tiny[2], fitted, getkey(), -1, GROUP)
+    prefilter.sample_valid_latent(scorer, tiny[2], fitted, getkey(), -1, GROUP)
   with pytest.raises(data.DataError):
-    prefilter.sample_valid(scorer, tiny[2], dataclasses.replace(fitted, group="99_99x"), getkey(), 1, "99_99x")
+    prefilter.sample_valid_latent(scorer, tiny[2], dataclasses.replace(fitted, group="99_99x"), getkey(), 1, "99_99x")
 
 
 def test_max_rounds_stops_a_filter_that_accepts_nothing(scorer, tiny, fitted, getkey):
   never = dataclasses.replace(fitted, threshold=1e9)
-  found = prefilter.sample_valid(scorer, tiny[2], never, getkey(), 2, GROUP, pool_size=16, accept_size=4,
+  found = prefilter.sample_valid_latent(scorer, tiny[2], never, getkey(), 2, GROUP, pool_size=16, accept_size=4,
                                  max_rounds=3)
   assert found["n_valid"] == 0 and not found["complete"] and found["n_generated"] == 0
   assert found["n_latents_drawn"] == 48 and found["n_slots"] == 12 and found["images"].shape == (0, 32, 32)
@@ -116,13 +116,14 @@ def test_max_rounds_stops_a_filter_that_accepts_nothing(scorer, tiny, fitted, ge
 def test_nudging_keeps_norms_and_raises_logits(scorer, tiny, fitted, getkey):
   key = getkey()
   nudge = prefilter.NudgeConfig(steps=2, step_size=1.0)
-  found = prefilter.sample_valid(scorer, tiny[2], fitted, key, 3, GROUP, pool_size=16, accept_size=4, nudge=nudge)
+  found = prefilter.sample_valid_latent(scorer, tiny[2], fitted, key, 3, GROUP, pool_size=16, accept_size=4,
+                                        nudge=nudge)
   assert found["n_valid"] == 3
   original = np.asarray(jax.vmap(lambda i: latents(key, i, 1, 128)[0])(jnp.asarray(found["index"])))
   np.testing.assert_allclose(np.linalg.norm(found["z"], axis=1), np.linalg.norm(original, axis=1), rtol=1e-5)
   assert (fitted.logits(found["z"]) > fitted.logits(original)).all()
   assert fitted.accept(found["z"]).all()
-  plain = prefilter.sample_valid(scorer, tiny[2], fitted, key, 3, GROUP, pool_size=16, accept_size=4)
+  plain = prefilter.sample_valid_latent(scorer, tiny[2], fitted, key, 3, GROUP, pool_size=16, accept_size=4)
   assert found["acceptance_rate"] >= plain["acceptance_rate"]
   with pytest.raises(ValueError, match="steps"):
     prefilter.NudgeConfig(steps=0)

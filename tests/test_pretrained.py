@@ -30,6 +30,7 @@ needs_shipped = pytest.mark.skipif(not HAS_SHIPPED, reason=f"the shipped 256x256
 TOP_LEVEL = {
     "load_pretrained": ("jaxcxr.pretrained", "load_pretrained"),
     "Pretrained": ("jaxcxr.pretrained", "Pretrained"),
+    "resolve_sampler": ("jaxcxr.prefilter.choice", "resolve_sampler"),
     "sample_valid": ("jaxcxr.sampling", "sample_valid"),
     "sample_valid_cascade": ("jaxcxr.prefilter.cascade", "sample_valid_cascade"),
     "select_threshold": ("jaxcxr.prefilter", "select_threshold"),
@@ -185,6 +186,26 @@ def test_another_root_is_used_for_every_model_and_missing_ones_raise_on_use(tmp_
       getattr(pre, name)
     assert str(root) in str(e.value)
   assert not loaders["load_translator"] and pre.loaded == ("scorer",)
+
+
+@pytest.mark.skipif(not (SHIPPED / "healthygan_64" / "translator").exists() or not (SHIPPED / "unet_256").exists(),
+                    reason="the shipped healthygan_64 and unet_256 are not there")
+def test_anomaly_scorer_scores_inside_the_lungs_unless_asked_not_to():
+  from jaxcxr import anomaly, pretrained  # pylint: disable=g-import-not-at-top
+
+  assert pretrained.ANOMALY_LUNG_MASK is True
+  lines = []
+  scorer, folder = pretrained.anomaly_scorer("healthygan", SHIPPED / "healthygan_64", batch_size=8, log=lines.append)
+  assert folder == SHIPPED / "healthygan_64" / "translator"          # the model folder names its translator/
+  assert isinstance(scorer, anomaly.LungMaskedScorer) and scorer.name == "healthygan_lungs"
+  assert isinstance(scorer.inner, anomaly.HealthyganScorer) and scorer.inner.batch_size == 8
+  assert lines[-1] == f"scoring the residual inside the lungs of {SHIPPED / 'unet_256' / 'unet'}"
+  whole, _ = pretrained.anomaly_scorer("healthygan", folder, lung_mask=False)
+  assert isinstance(whole, anomaly.HealthyganScorer) and whole.name == "healthygan"
+  with pytest.raises(ValueError, match="unknown anomaly method 'vae'"):
+    pretrained.anomaly_scorer("vae")
+  with pytest.raises(ValueError, match="AnoGAN"):
+    pretrained.anomaly_scorer("healthygan", folder, search=anomaly.LatentSearchConfig())
 
 
 @needs_shipped

@@ -707,7 +707,7 @@ def test_samplers_refuse_bad_k(flat_scorer, tiny, k, sampler):
   key = jax.random.key(0)
   call = {"sampling": lambda: sampling.sample_valid(flat_scorer, tiny[2], key, k, GROUP),
           "jaxcxr": lambda: jaxcxr.sample_valid(flat_scorer, tiny[2], key, k, GROUP),
-          "prefilter": lambda: prefilter.sample_valid(flat_scorer, tiny[2], None, key, k, GROUP)}[sampler]
+          "prefilter": lambda: prefilter.sample_valid_latent(flat_scorer, tiny[2], None, key, k, GROUP)}[sampler]
   refused(call)
 
 
@@ -723,11 +723,12 @@ def test_sample_valid_of_zero_images_and_other_samplers_refuse_bad_groups(flat_s
   found = sampling.sample_valid(flat_scorer, tiny[2], key, 0, GROUP)
   assert found["images"].shape == (0, 32, 32) and found["images"].dtype == np.uint8 and found["n_valid"] == 0
   refused(lambda: sampling.warm_up_sampler(flat_scorer, tiny[2], key, "40_50m"), data.DataError)
-  refused(lambda: prefilter.warm_up_sampler(flat_scorer, tiny[2], None, key, "40_50m"), data.DataError)
-  refused(lambda: prefilter.sample_valid(flat_scorer, tiny[2], None, key, 1, GROUP, pool_size=2, accept_size=4))
-  refused(lambda: prefilter.sample_valid(flat_scorer, tiny[2], None, key, 1, GROUP, accept_size=0))
+  refused(lambda: prefilter.warm_up_latent(flat_scorer, tiny[2], None, key, "40_50m"), data.DataError)
+  refused(lambda: prefilter.sample_valid_latent(flat_scorer, tiny[2], None, key, 1, GROUP, pool_size=2,
+                                                accept_size=4))
+  refused(lambda: prefilter.sample_valid_latent(flat_scorer, tiny[2], None, key, 1, GROUP, accept_size=0))
   refused(lambda: jaxcxr.sample_valid_cascade(flat_scorer, tiny[2], None, key, -1, GROUP))
-  refused(lambda: prefilter.sample_valid(flat_scorer, tiny[2], fitted, key, 1, "18_24m"))
+  refused(lambda: prefilter.sample_valid_latent(flat_scorer, tiny[2], fitted, key, 1, "18_24m"))
 
 
 @pytest.mark.parametrize("args", [(0, 0.5), (4, -0.1), (4, 1.5), (4, math.nan), (2.5, 0.5)], ids=str)

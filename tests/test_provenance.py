@@ -65,7 +65,7 @@ def test_every_trainer_records_provenance():
     source = ast.unparse(body)
     assert "'provenance': metadata['provenance']" in source or "provenance=metadata['provenance']" in source, module
   # The score predictor's provenance is the cascade pre-filter's (written by `jaxcxr latents cascade`).
-  assert "provenance.provenance(args.data" in (REPO / "jaxcxr" / "cli.py").read_text()
+  assert "provenance.provenance(args.data" in (REPO / "jaxcxr" / "cli" / "latents.py").read_text()
 
 
 def test_shipped_model_cards_carry_a_provenance_section():

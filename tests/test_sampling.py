@@ -15,8 +15,8 @@ def test_unfiltered_sampling_is_the_baseline_and_the_first_valid_consecutive_lat
   found = sampling.sample_valid(scorer, generator, key, k, GROUP, batch_size=4)
   assert sampling.TRACE_COUNTS["generate_and_score_round"] - traces <= 1   # warm-up compiled, sampling reused it
   assert found["n_valid"] == k and found["complete"] and found["images"].shape == (k, 32, 32)
-  # `prefilter.sample_valid` without a pre-filter is this sampler: same keys, indices, images and counts.
-  baseline = prefilter.sample_valid(scorer, generator, None, key, k, GROUP, accept_size=4)
+  # `prefilter.sample_valid_latent` without a pre-filter is this sampler: same keys, indices, images and counts.
+  baseline = prefilter.sample_valid_latent(scorer, generator, None, key, k, GROUP, accept_size=4)
   assert set(baseline) == set(found)
   assert list(baseline["index"]) == list(found["index"])
   np.testing.assert_array_equal(baseline["images"], found["images"])
@@ -26,7 +26,8 @@ def test_unfiltered_sampling_is_the_baseline_and_the_first_valid_consecutive_lat
   # ... and gives what the pre-filtered round gives with a pre-filter that accepts every latent.
   empty = synthetic_records(n=60, valid_rule=lambda z: np.zeros(z.shape[0], bool))
   accept_all = prefilter.fit_prefilter(empty, GROUP, on_empty="accept_all")
-  filtered = prefilter.sample_valid(scorer, generator, accept_all, key, k, GROUP, pool_size=4, accept_size=4)
+  filtered = prefilter.sample_valid_latent(scorer, generator, accept_all, key, k, GROUP, pool_size=4,
+                                           accept_size=4)
   assert list(filtered["index"]) == list(found["index"])
   np.testing.assert_array_equal(filtered["images"], found["images"])
   # Every drawn latent was generated, and the images are the first k valid ones of consecutive latents.

@@ -324,6 +324,28 @@ def test_strictness_for_valid_rate_finds_the_target(synthetic):
     scoring.strictness_for_valid_rate(scorer, measures, 1.5)
 
 
+def test_calibrate_strict_level_pools_every_group_and_records_how(scorer, tiny):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  generator = tiny[2]
+  leveled, report = scoring.calibrate_strict_level(scorer, generator, 0.4, n_per_group=4, seed=7,
+                                                   provenance={"generator": "tiny"})
+  # The same samples scored here: group i of data.GROUPS gives samples 0..3 of key(seed + i).
+  parts = [scorer.generate_and_score(generator, jax.random.key(7 + i), 4, g, keep_images=False).result.measures
+           for i, g in enumerate(data.GROUPS)]
+  measures = {k: np.concatenate([m[k] for m in parts]) for k in parts[0]}
+  q = scoring.strictness_for_valid_rate(scorer, measures, 0.4)
+  assert report["strictness"] == q and leveled.levels == {**scorer.levels, "strict": q}
+  assert report["n_samples"] == 24
+  assert report["generated_valid_rate"] == {name: float(leveled.valid_at(measures, name).mean())
+                                            for name in leveled.levels}
+  assert leveled.provenance["strict"] == {"generator": "tiny", "n_samples": 24, "seed": 7, "target_valid_rate": 0.4}
+  assert "strict" not in scorer.provenance                 # the scorer given is left as it was
+  for kwargs in (dict(valid_rate=0.0), dict(valid_rate=1.0), dict(valid_rate=0.4, n_per_group=0)):
+    with pytest.raises(ValueError):
+      scoring.calibrate_strict_level(scorer, generator, **kwargs)
+
+
 def test_levels_survive_save_and_load(scorer, tmp_path, tiny):
   unet_dir, cls_dir, provenance = _saved_models(tmp_path, tiny)
   saved = scoring.Scorer(tiny[0], tiny[1], scorer.calibration, CONFIG, provenance=provenance,

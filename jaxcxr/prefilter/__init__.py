@@ -23,10 +23,10 @@ Submodules (every public name is re-exported here, e.g. `prefilter.fit_prefilter
 * `prefilters`: fitted pre-filters: `Prefilter` (classifier + logit threshold + strategy +
   group), `fit_prefilter` (train / validation / test protocol), `load_prefilter`,
   `save_prefilter_set`, `shipped_prefilter`, `check_prefilter_scorer`.
-* `sampler`: filtered sampling on device: `sample_valid` (one compiled call per round: draw
-  a pool of latents, classify, select with static shapes, generate and post-score only the
-  accepted ones), `warm_up_sampler`, and `NudgeConfig` (latent nudging up the classifier's
-  logit on the latent's own norm shell). Unfiltered sampling is `jaxcxr.sampling`.
+* `sampler`: latent-filtered sampling on device: `sample_valid_latent` (one compiled call per
+  round: draw a pool of latents, classify, select with static shapes, generate and post-score
+  only the accepted ones), `warm_up_latent`, and `NudgeConfig` (latent nudging up the
+  classifier's logit on the latent's own norm shell). Unfiltered sampling is `jaxcxr.sampling`.
 * `cascade` (not re-exported; `from jaxcxr.prefilter import cascade`): the cascade
   pre-filter, which judges a latent by its cascade generator's cheap base image instead of
   by z: `CascadePrefilter`, `fit_cascade_prefilter`, `sample_valid_cascade`.
@@ -54,7 +54,8 @@ from jaxcxr.prefilter.dataset import (FEATURE_DIM, LATENT_DIM, MEASURE_NAMES, bu
                                       validate_latent_records)
 from jaxcxr.prefilter.prefilters import (ON_EMPTY, Prefilter, check_prefilter_scorer, fit_prefilter, load_prefilter,
                                          save_prefilter_set, shipped_prefilter)
-from jaxcxr.prefilter.sampler import TRACE_COUNTS, NudgeConfig, default_round_sizes, sample_valid, warm_up_sampler
+from jaxcxr.prefilter.sampler import (TRACE_COUNTS, NudgeConfig, default_round_sizes, sample_valid_latent,
+                                     warm_up_latent)
 from jaxcxr.prefilter.thresholds import MAX_PRECISION_MIN_TPR, STRATEGIES, select_threshold, threshold_report
 from jaxcxr.scoring import SCORE_NAMES  # the five post-filter scores, each > 0 meaning good
 
@@ -95,7 +96,7 @@ __all__ = [
     "load_prefilter",
     "predict_latent",
     "results_table",
-    "sample_valid",
+    "sample_valid_latent",
     "save_confusion_matrix",
     "save_correlation_heatmap",
     "save_extremes_scatter",
@@ -105,6 +106,6 @@ __all__ = [
     "select_threshold",
     "threshold_report",
     "validate_latent_records",
-    "warm_up_sampler",
+    "warm_up_latent",
     "write_latent_report",
 ]

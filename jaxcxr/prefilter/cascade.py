@@ -16,7 +16,9 @@ Every accepted image is still post-scored: the cascade pre-filter only decides w
 finishing, never what is valid. `CascadePrefilter` is the predictor with one threshold per
 (strictness level, strategy), chosen on validation latents; `fit_cascade_prefilter` builds it
 from a latent dataset, `load_cascade_prefilter` / `shipped_cascade_prefilter` read it, and
-`sample_valid_cascade` samples with it through `jaxcxr.sampling.run_rounds`.
+`sample_valid_cascade` samples with it through `jaxcxr.sampling.run_rounds`;
+`judge_latents_cascade` finishes every latent of a key and returns each one's log P(valid)
+beside its image (what the pre-filter's ROC curve is measured on).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "CascadePrefilter",
     "TRACE_COUNTS",
     "fit_cascade_prefilter",
+    "judge_latents_cascade",
     "load_cascade_prefilter",
     "log_valid_probability",
     "log_valid_probabilities",
@@ -245,6 +248,12 @@ def _log_p_uint8(graphdef, state, images, calibration):
 # ----------------------------------------------------------------------------- sampling
 
 
+def _base_and_log_p(generator, predictor: ScorePredictor, z: jax.Array, cond: jax.Array, calibration):
+  """Base images (B, r, r, 1) in [-1, 1] of latents z (B, D) and their log P(valid) (B,), read from the uint8 levels."""
+  base = generator.base_image(z, cond)
+  return base, log_valid_probability(predictor, _quantize(base), calibration)
+
+
 @functools.partial(jax.jit, static_argnames=("models", "config", "pool_size", "accept_size", "batch_sharding"))
 def _cascade_round(models, states, calibration, key, start, pool_cond, threshold, *, config, pool_size,
                    accept_size, batch_sharding):
@@ -260,8 +269,7 @@ def _cascade_round(models, states, calibration, key, start, pool_cond, threshold
   predictor = nnx.merge(models[3], states[3])
   index = start + jnp.arange(pool_size, dtype=jnp.int32)                                 # (P,)
   z = scoring.latents_at(key, index, generator.config.latent_dim)                         # (P, D)
-  base = generator.base_image(z, pool_cond)                                              # (P, r, r, 1)
-  log_p = log_valid_probability(predictor, _quantize(base), calibration)                 # (P,)
+  base, log_p = _base_and_log_p(generator, predictor, z, pool_cond, calibration)         # (P, r, r, 1), (P,)
   accepted = log_p >= threshold
   chosen, slot_used, consumed = sampling.select_accepted(accepted, accept_size)
   z_chosen, base_chosen = z[chosen], base[chosen]
@@ -275,18 +283,24 @@ def _cascade_round(models, states, calibration, key, start, pool_cond, threshold
           "slot_used": slot_used, "consumed": consumed}
 
 
+def _check_cascade(generator, prefilter: CascadePrefilter, label: int, caller: str) -> None:
+  """Raises ValueError unless the generator is a cascade whose base images the predictor reads, conditioned on label."""
+  sampling.check_label(generator, label)
+  cfg = generator.config
+  if cfg.upsampler is None:
+    raise ValueError(f"{caller}: the generator is not a cascade (no upsampler)")
+  if prefilter.predictor.config.resolution != cfg.base_resolution:
+    raise ValueError(f"{caller}: the predictor reads {prefilter.predictor.config.resolution}px base images, the "
+                     f"generator makes {cfg.base_resolution}px ones")
+
+
 class _CascadeRound:
   """Everything constant across rounds of `sample_valid_cascade`, split once; `__call__(start)` runs one round."""
 
   def __init__(self, scorer, generator, prefilter: CascadePrefilter, key, group: str, label: int, strategy: str,
                pool_size: int, accept_size: int):
-    sampling.check_label(generator, label)
+    _check_cascade(generator, prefilter, label, "sample_valid_cascade")
     cfg = generator.config
-    if cfg.upsampler is None:
-      raise ValueError("sample_valid_cascade: the generator is not a cascade (no upsampler)")
-    if prefilter.predictor.config.resolution != cfg.base_resolution:
-      raise ValueError(f"sample_valid_cascade: the predictor reads {prefilter.predictor.config.resolution}px base "
-                       f"images, the generator makes {cfg.base_resolution}px ones")
     if not 1 <= accept_size <= pool_size:
       raise ValueError(f"sample_valid_cascade: need 1 <= accept_size <= pool_size, got {accept_size} and "
                        f"{pool_size}")
@@ -335,7 +349,7 @@ def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: ja
                          journal: sampling.SampleJournal | None = None) -> dict[str, Any]:
   """Cascade-filtered sampling: exactly `k` post-filter-valid images; unpromising base images never finished.
 
-  As `jaxcxr.prefilter.sample_valid`, but each round judges its pool of latents by their
+  As `jaxcxr.prefilter.sample_valid_latent`, but each round judges its pool of latents by their
   base images (`log_valid_probability` at the level `scorer` runs at, against the
   pre-filter's `strategy` threshold for that level) instead of by z. "n_generated" counts
   finished (upsampled and post-scored) images; every pooled latent also cost a base image
@@ -368,3 +382,56 @@ def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: ja
   return sampling.run_rounds(caller, k, group, resolution=generator.config.resolution,
                              latent_dim=generator.config.latent_dim, pool_size=pool_size, accept_size=accept_size,
                              max_rounds=max_rounds, max_generated=max_generated, progress=progress, journal=journal)
+
+
+@functools.partial(jax.jit, static_argnames=("models",))
+def _finish_and_judge(models, states, calibration, z, cond):
+  """Every latent of a batch finished (uint8 (B, G, G)) beside its log P(valid) (B,): a round without selection."""
+  generator, predictor = nnx.merge(models[0], states[0]), nnx.merge(models[1], states[1])
+  base, log_p = _base_and_log_p(generator, predictor, z, cond, calibration)
+  return {"images": data_lib.signed_to_uint8(generator.upsample(base, z))[..., 0], "log_p": log_p}
+
+
+def judge_latents_cascade(scorer, generator, prefilter: CascadePrefilter, key: jax.Array, n: int, group: str, *,
+                          label: int = 0, batch_size: int | None = None) -> dict[str, np.ndarray]:
+  """Latents 0..n-1 of `key`, every one finished, with the pre-filter's log P(valid) of each.
+
+  What a round of `sample_valid_cascade` computes before it selects, for all n latents (latent i
+  is `models.generator.latents(key, i)`, as in every sampler): the pre-filter's ROC curve is
+  measured on these, with the post-filter's verdict on the images as the truth.
+
+  Args:
+    scorer: the `jaxcxr.scoring.Scorer` whose level (`strictness_name`) log P(valid) is computed at,
+      and whose dtype the generator computes in.
+    generator: the cascade `Generator` whose base images the pre-filter learned.
+    prefilter: a `CascadePrefilter`.
+    key: PRNG key of the latents.
+    n: latents (>= 1).
+    group: age-sex group.
+    label: 0 normal / 1 abnormal condition.
+    batch_size: latents per compiled call (default the scorer's batch size; every call has this shape).
+
+  Returns:
+    {"images": uint8 (n, G, G), "log_p": float32 (n,), "index": int32 (n,) latent indices}; a
+    latent is accepted at a level and strategy when log_p >= `prefilter.threshold(level, strategy)`.
+
+  Raises:
+    ValueError: n < 1, batch_size < 1, a generator that is not a cascade or does not fit the
+      predictor, a label the generator lacks.
+    jaxcxr.data.DataError: unknown group.
+  """
+  batch_size = batch_size if batch_size is not None else scorer.config.batch_size
+  if not isinstance(n, int) or n < 1 or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"judge_latents_cascade: need n >= 1 and batch_size >= 1, got {n!r} and {batch_size!r}")
+  _check_cascade(generator, prefilter, label, "judge_latents_cascade")
+  cfg = generator.config
+  g_def, g_state = scoring.split_with_dtype(generator, scorer.config.dtype)
+  p_def, p_state = nnx.split(prefilter.predictor)
+  calibration = scorer.device_calibration
+  index = np.arange(n, dtype=np.int32)
+  z = np.asarray(scoring.latents_at(key, jnp.asarray(index), cfg.latent_dim))
+  cond = group_condition_batch(group, n, label, conditions=cfg.conditions)
+  states = (scorer.replicate(g_state), scorer.replicate(p_state))
+  out = map_batches(lambda b: _finish_and_judge((g_def, p_def), states, calibration, b["z"], b["cond"]),
+                    {"z": z, "cond": cond}, batch_size, fixed_shape=True)
+  return {"images": out["images"], "log_p": np.asarray(out["log_p"], np.float32), "index": index}

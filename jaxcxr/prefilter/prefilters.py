@@ -87,6 +87,12 @@ class Prefilter:
     """bool (B,): which latents z (B, latent_dim) the pre-filter accepts."""
     return self.logits(z) >= np.float32(self.threshold)
 
+  def summary(self) -> dict[str, Any]:
+    """JSON-ready description: what it judges ("input": "z"), group, strategy, model, threshold, generator, record."""
+    return {"input": "z", "group": self.group, "strategy": self.strategy, "model": self.model_preset,
+            "accepts_all": self.accepts_all, "threshold": None if self.accepts_all else self.threshold,
+            "generator_id": self.generator_id, "report": io_lib.to_json_safe(dict(self.report))}
+
   def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
     """Writes the classifier with `checkpoints.save_model`; threshold and record go in its metadata.
 

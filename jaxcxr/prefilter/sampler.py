@@ -1,10 +1,11 @@
-"""Filtered sampling on device: pre-filter latents, then generate and post-score only the accepted ones.
+"""Latent-filtered sampling on device: judge each latent z, then generate and post-score only the accepted ones.
 
-`sample_valid` (one compiled call per round: draw a pool of latents, classify, select with
-static shapes, generate and post-score only the accepted ones; the host loop is
-`jaxcxr.sampling.run_rounds`), `warm_up_sampler`, `default_round_sizes`, and `NudgeConfig`
+`sample_valid_latent` (one compiled call per round: draw a pool of latents, classify, select
+with static shapes, generate and post-score only the accepted ones; the host loop is
+`jaxcxr.sampling.run_rounds`), `warm_up_latent`, `default_round_sizes`, and `NudgeConfig`
 (latent nudging up the classifier's logit on the latent's own norm shell). Without a
-pre-filter both delegate to the unfiltered sampler of `jaxcxr.sampling`.
+pre-filter both delegate to the unfiltered sampler of `jaxcxr.sampling` (`sample_valid`,
+`warm_up_sampler`); the names say which sampler is which.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ __all__ = [
     "NudgeConfig",
     "TRACE_COUNTS",
     "default_round_sizes",
-    "sample_valid",
-    "warm_up_sampler",
+    "sample_valid_latent",
+    "warm_up_latent",
 ]
 
 
@@ -103,23 +104,23 @@ def _filter_generate_and_score(models, states, calibration, key, start, cond, th
 
 def _check_round(generator, prefilter: Prefilter | None, group: str, label: int, pool_size: int, accept_size: int,
                  nudge: NudgeConfig | None) -> None:
-  """The argument checks of `sample_valid` and `warm_up_sampler`, with or without a pre-filter (ValueError)."""
+  """The argument checks of `sample_valid_latent` and `warm_up_latent`, with or without a pre-filter (ValueError)."""
   g_cfg = generator.config
   sampling.check_label(generator, label)
   if prefilter is not None:
     if prefilter.latent_dim != g_cfg.latent_dim:
-      raise ValueError(f"sample_valid: the pre-filter takes latents of size {prefilter.latent_dim}, the "
+      raise ValueError(f"sample_valid_latent: the pre-filter takes latents of size {prefilter.latent_dim}, the "
                        f"generator draws {g_cfg.latent_dim}")
     if prefilter.group != group:
-      raise ValueError(f"sample_valid: the pre-filter was fitted for group {prefilter.group!r}, not {group!r}")
+      raise ValueError(f"sample_valid_latent: the pre-filter was fitted for group {prefilter.group!r}, not {group!r}")
   if nudge is not None and (prefilter is None or prefilter.accepts_all):
-    raise ValueError("sample_valid: nudging needs a trained pre-filter (its logit is what is climbed)")
+    raise ValueError("sample_valid_latent: nudging needs a trained pre-filter (its logit is what is climbed)")
   if not 1 <= accept_size <= pool_size:
-    raise ValueError(f"sample_valid: need 1 <= accept_size <= pool_size, got {accept_size} and {pool_size}")
+    raise ValueError(f"sample_valid_latent: need 1 <= accept_size <= pool_size, got {accept_size} and {pool_size}")
 
 
 class _RoundCaller:
-  """Everything constant across rounds of `sample_valid`, split once; `__call__(start)` runs one round."""
+  """Everything constant across rounds of `sample_valid_latent`, split once; `__call__(start)` runs one round."""
 
   def __init__(self, scorer, generator, prefilter: Prefilter, key, group: str, label: int, pool_size: int,
                accept_size: int, nudge: NudgeConfig | None):
@@ -162,10 +163,10 @@ def default_round_sizes(scorer, prefilter, pool_size, accept_size) -> tuple[int,
   return pool_size, accept_size
 
 
-def warm_up_sampler(scorer, generator, prefilter: Prefilter | None, key: jax.Array, group: str, *, label: int = 0,
-                    pool_size: int | None = None, accept_size: int | None = None,
-                    nudge: NudgeConfig | None = None) -> float:
-  """Compiles `sample_valid`'s round (one call, result discarded); returns its seconds (compile + one round).
+def warm_up_latent(scorer, generator, prefilter: Prefilter | None, key: jax.Array, group: str, *, label: int = 0,
+                   pool_size: int | None = None, accept_size: int | None = None,
+                   nudge: NudgeConfig | None = None) -> float:
+  """Compiles `sample_valid_latent`'s round (one call, result discarded); returns its seconds (compile + one round).
 
   Without a pre-filter it compiles the unfiltered round (`jaxcxr.sampling.warm_up_sampler`).
   """
@@ -179,11 +180,12 @@ def warm_up_sampler(scorer, generator, prefilter: Prefilter | None, key: jax.Arr
   return time.perf_counter() - t0
 
 
-def sample_valid(scorer, generator, prefilter: Prefilter | None, key: jax.Array, k: int, group: str, *,
-                 label: int = 0, pool_size: int | None = None, accept_size: int | None = None,
-                 max_rounds: int = 10_000, max_generated: int | None = None, nudge: NudgeConfig | None = None,
-                 progress: bool = False, journal: sampling.SampleJournal | None = None) -> dict[str, Any]:
-  """Pre-filtered sampling: exactly `k` post-filter-valid images, rejected latents never generated.
+def sample_valid_latent(scorer, generator, prefilter: Prefilter | None, key: jax.Array, k: int, group: str, *,
+                        label: int = 0, pool_size: int | None = None, accept_size: int | None = None,
+                        max_rounds: int = 10_000, max_generated: int | None = None,
+                        nudge: NudgeConfig | None = None, progress: bool = False,
+                        journal: sampling.SampleJournal | None = None) -> dict[str, Any]:
+  """Latent-pre-filtered sampling: exactly `k` post-filter-valid images, rejected latents never generated.
 
   Each round is ONE compiled call (`_filter_generate_and_score`, same shapes every
   round, so it compiles once per configuration): draw the z of the next `pool_size`

@@ -42,7 +42,7 @@ from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.models.layers import SpectralConv, avg_pool2, upsample2
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models.generator import Generator
-from jaxcxr.models.upsampler import Upsampler, load_upsampler  # load_upsampler re-exported: jaxcxr.cli imports it here
+from jaxcxr.models.upsampler import Upsampler, load_upsampler  # load_upsampler re-exported for its old callers
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
                                run_training_loop, without_loop_fields)

@@ -1,0 +1,410 @@
+"""The `jaxcxr` command: synthetic chest X-rays, their pre- and post-filters, and anomaly scores.
+
+This module builds the parser of every command and runs one (`main`). Every command prints
+human-readable progress to stderr; with `--json` it prints one JSON object on stdout. Bad
+input (missing files, wrong shapes, unknown names) ends with one line `jaxcxr: error: ...` on
+stderr and exit status 2, never a traceback. The handlers live by command group (`data`,
+`train`, `generate`, `postfilter`, `evaluate`, `latents`); each parses its options, calls the
+library and formats the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+import jaxcxr
+from jaxcxr.cli.common import EXIT_USAGE, GAN_DATA, Parser, UsageError, emit, log
+from jaxcxr.compilation_cache import enable_compilation_cache
+
+__all__ = ["build_parser", "main"]
+
+# `jaxcxr.imaging`'s hash functions (`{name}_hash`) for `data dedup`.
+HASH_NAMES = ("average", "difference", "perceptual", "wavelet")
+# What `sample`'s shipped pre-filter judges (`jaxcxr.prefilter.choice.PREFILTER_INPUTS`).
+PREFILTER_INPUTS = ("auto", "z", "base")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The parser of every command. Each command sets `run` to "GROUP:NAME": `jaxcxr.cli.GROUP.HANDLERS[NAME]`."""
+  parser = Parser(prog="jaxcxr", description=__doc__.splitlines()[0])
+  parser.add_argument("--version", action="version", version=_version())
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  data_parser = commands.add_parser("data", help="dataset tools")
+  data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+  stats = data_commands.add_parser("stats", help="counts per group and label; mean/std images per class")
+  _add_data_arg(stats)
+  stats.add_argument("--out", help="folder for mean/std PNG images per class (not written if omitted)")
+  stats.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  _add_json_arg(stats)
+  stats.set_defaults(run="data:stats")
+
+  dedup = data_commands.add_parser("dedup", help="near-duplicate pairs by perceptual hash")
+  _add_data_arg(dedup)
+  dedup.add_argument("--hash", choices=HASH_NAMES, default="perceptual", help="hash function (default perceptual)")
+  dedup.add_argument("--max-distance", type=int, default=5, help="largest Hamming distance of a pair (default 5)")
+  _add_json_arg(dedup)
+  dedup.set_defaults(run="data:dedup")
+
+  train_parser = commands.add_parser("train", help="train a model")
+  train_commands = train_parser.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+  train_gan = train_commands.add_parser("gan", help="the conditional chest X-ray GAN")
+  train_gan.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
+                                        f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
+  train_gan.add_argument("--preset", required=True,
+                         help="gan_64_resize_cpu, gan_64_resize_normal_cpu (the bases of the 256x256 cascades), "
+                              "gan_64_cpu, gan_64_normal_cpu, gan_64_wide_cpu, gan_256_single_cpu, gan_128, gan_256, "
+                              "gan_tiny")
+  train_gan.add_argument("--init-from", help="a trained GAN folder (generator/, discriminator/; a cascade's "
+                                            "upsampler is left out) whose weights start the run")
+  _add_run_args(train_gan)
+  train_gan.set_defaults(run="train:gan")
+
+  train_up = train_commands.add_parser("upsampler", help="the super-resolution stage of a cascade generator")
+  train_up.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
+                                       f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
+  train_up.add_argument("--preset", default="upsampler_x4_noiseless_cpu",
+                        help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_generated_cpu, "
+                             "upsampler_x4_cpu, upsampler_tiny")
+  train_up.add_argument("--base-gan", help="GAN or cascade folder whose images make part of each batch "
+                                          "(presets with generated inputs, e.g. upsampler_x4_generated_cpu)")
+  train_up.add_argument("--init-from", help="a trained stage (`train upsampler`'s OUT/upsampler) or a cascade "
+                                           "folder whose upsampler starts the run")
+  _add_run_args(train_up)
+  train_up.set_defaults(run="train:upsampler")
+
+  cascade = commands.add_parser("cascade", help="join a low-resolution GAN and an upsampler into one generator")
+  cascade.add_argument("--gan", required=True, help="GAN folder with generator/ and discriminator/")
+  cascade.add_argument("--upsampler", required=True,
+                       help="upsampler checkpoint (`train upsampler`'s OUT/upsampler), or 'bilinear'")
+  cascade.add_argument("--scale", type=int, default=4, choices=(2, 4), help="scale of 'bilinear' (default 4)")
+  cascade.add_argument("--out", required=True, help="folder to write generator/ and discriminator/ into")
+  cascade.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  _add_json_arg(cascade)
+  cascade.set_defaults(run="train:cascade")
+
+  evaluate_parser = commands.add_parser("evaluate", help="quality figures of a trained model")
+  evaluate_commands = evaluate_parser.add_subparsers(dest="evaluate_command", required=True, metavar="MODEL")
+  evaluate_gan = evaluate_commands.add_parser("gan", help="realism figures vs real normals, FD, conditioning probes")
+  evaluate_gan.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
+                                           f"{',$JAXCXR_DATA/'.join(GAN_DATA)}); the realism figures use the "
+                                           "normal images of the standard split's test and train patients")
+  evaluate_gan.add_argument("--checkpoint", help="folder with generator/ and discriminator/ (default: the shipped GAN)")
+  evaluate_gan.add_argument("--seed", type=int, default=0)
+  evaluate_gan.add_argument("--n-per-group", type=int, default=64, help="generated images per group for the probes")
+  evaluate_gan.add_argument("--sex-classifier", help="sex classifier for the conditioning check (default: shipped)")
+  evaluate_gan.add_argument("--feature-classifier",
+                            help="classifier whose features give a GAN-independent FD (default: shipped abnormal)")
+  evaluate_gan.add_argument("--no-classifiers", action="store_true", help="D features and pixel probes only")
+  _add_json_arg(evaluate_gan)
+  evaluate_gan.set_defaults(run="evaluate:gan")
+
+  anomaly_ensemble = evaluate_commands.add_parser(
+      "anomaly-ensemble", help="rank-average ensemble of anomaly scores saved by `evaluate anomaly --scores`")
+  anomaly_ensemble.add_argument("scores", nargs="+", help="score files (npz) of the same split, one per method")
+  _add_json_arg(anomaly_ensemble)
+  anomaly_ensemble.set_defaults(run="evaluate:anomaly-ensemble")
+
+  anomaly_cv = evaluate_commands.add_parser(
+      "anomaly-cv", help="repeated patient-level cross-validation of f-AnoGAN or HealthyGAN (retrained per fold)")
+  anomaly_cv.add_argument("--method", choices=("fanogan", "healthygan"), required=True)
+  _add_data_arg(anomaly_cv)
+  anomaly_cv.add_argument("--out", required=True, help="folder for each fold's model and scores (a rerun resumes)")
+  anomaly_cv.add_argument("--folds", type=int, default=5)
+  anomaly_cv.add_argument("--repeats", type=int, default=2)
+  anomaly_cv.add_argument("--steps", type=int, help="training steps per fold (default: the CPU preset's)")
+  anomaly_cv.add_argument("--gan", help="normal-only GAN folder for f-AnoGAN (default: the shipped one)")
+  anomaly_cv.add_argument("--lung-mask", action="store_true", help="also score the residual inside the lungs")
+  anomaly_cv.add_argument("--batch-size", type=int, default=64)
+  anomaly_cv.add_argument("--seed", type=int, default=0)
+  _add_json_arg(anomaly_cv)
+  anomaly_cv.set_defaults(run="evaluate:anomaly-cv")
+
+  evaluate_segmentation = evaluate_commands.add_parser("segmentation", help="lung Dice / IoU of the U-Net")
+  _add_data_arg(evaluate_segmentation)
+  evaluate_segmentation.add_argument("--checkpoint", help="U-Net checkpoint folder (default: the shipped one)")
+  evaluate_segmentation.add_argument("--out", help="folder for worst_overlays.png (the 8 images of lowest Dice)")
+  _add_split_arg(evaluate_segmentation)
+  _add_json_arg(evaluate_segmentation)
+  evaluate_segmentation.set_defaults(run="evaluate:segmentation")
+
+  evaluate_anomaly = evaluate_commands.add_parser("anomaly", help="normal vs abnormal by an anomaly score")
+  evaluate_anomaly.add_argument("--method", choices=("anogan", "fanogan", "healthygan"), required=True)
+  _add_data_arg(evaluate_anomaly)
+  evaluate_anomaly.add_argument("--steps", type=int, help="AnoGAN search steps (default 500)")
+  evaluate_anomaly.add_argument("--checkpoint", help="normal GAN folder (anogan), encoder (fanogan) or translator "
+                                "(healthygan) checkpoint; default: the shipped one")
+  evaluate_anomaly.add_argument("--batch-size", type=int, default=64)
+  evaluate_anomaly.add_argument("--seed", type=int, default=0, help="AnoGAN random starts")
+  evaluate_anomaly.add_argument("--restarts", type=int, default=1, help="AnoGAN random starts per image (best kept)")
+  where = evaluate_anomaly.add_mutually_exclusive_group()
+  where.add_argument("--lung-mask", dest="lung_mask", action="store_true", default=True,
+                     help="score the residual inside the lungs only (the shipped U-Net's mask): image frames and "
+                          "borders then count for nothing. The default, as every shipped anomaly card chose on "
+                          "validation patients")
+  where.add_argument("--whole-image", dest="lung_mask", action="store_false",
+                     help="score the residual over the whole image instead of inside the lungs")
+  evaluate_anomaly.add_argument("--base-image", action="store_true",
+                                help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal) instead of "
+                                     "its output")
+  evaluate_anomaly.add_argument("--abnormal", choices=("pneumonia", "covid"), default="pneumonia",
+                                help="abnormal images: NIH pneumonias (default), or the COVID-19 archive against NIH "
+                                     "normals (a second task; source alone separates those archives)")
+  evaluate_anomaly.add_argument("--covid-data", help="COVID-19 archive for --abnormal covid "
+                                                     "(default covid_v7lungs_256.npz in the data folder)")
+  evaluate_anomaly.add_argument("--scores", help="npz file for the per-image scores and residual maps (and the "
+                                                 "threshold data's scores), e.g. for `evaluate anomaly-ensemble`")
+  evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
+  _add_split_arg(evaluate_anomaly)
+  evaluate_anomaly.set_defaults(split="test")
+  _add_json_arg(evaluate_anomaly)
+  evaluate_anomaly.set_defaults(run="evaluate:anomaly")
+
+  evaluate_classifier = evaluate_commands.add_parser("classifier", help="ROC AUC / accuracy of a classifier")
+  evaluate_classifier.add_argument("--task", choices=("abnormal", "sex"), required=True)
+  _add_data_arg(evaluate_classifier)
+  evaluate_classifier.add_argument("--checkpoint", help="classifier checkpoint folder (default: the shipped one)")
+  evaluate_classifier.add_argument("--baseline", action="store_true",
+                                   help="also fit the pixel logistic-regression baseline on the classifier's training "
+                                        "patients and compare the two AUCs (DeLong's paired test)")
+  evaluate_classifier.add_argument("--out", help="folder for gradcam_overlays.png (8 positive images)")
+  _add_split_arg(evaluate_classifier)
+  _add_json_arg(evaluate_classifier)
+  evaluate_classifier.set_defaults(run="evaluate:classifier")
+
+  sample = commands.add_parser("sample", help="generate valid radiographs of one age-sex group (post-filtered)")
+  sample.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
+  sample.add_argument("--n", type=int, required=True, help="number of valid images to keep")
+  sample.add_argument("--out", required=True, help="output folder for the PNGs")
+  sample.add_argument("--label", type=int, choices=(0, 1), default=0, help="0 normal (default), 1 abnormal")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--checkpoint", help="generator checkpoint, or the model folder holding it as generator/ "
+                                           "(default: the shipped one)")
+  sample.add_argument("--unfiltered", action="store_true", help="keep every generated image (no post-filter)")
+  sample.add_argument("--max-generated", type=int, default=None,
+                      help="give up after this many generated images (default max(1000, 200 n))")
+  _add_scorer_args(sample)
+  _add_prefilter_args(sample)
+  sample.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  _add_json_arg(sample)
+  sample.set_defaults(run="generate:sample")
+
+  demo = commands.add_parser("demo", help="the whole pipeline on the shipped models, as one self-contained HTML "
+                                          "report (a few minutes on a CPU)")
+  demo.add_argument("--group", default="38_44f", help="age-sex group (default 38_44f): one of 18_24m 18_24f 38_44m "
+                                                      "38_44f 58_64m 58_64f")
+  demo.add_argument("--n", type=int, default=8,
+                    help="valid images to keep, with and without the pre-filter (default 8)")
+  demo.add_argument("--out", default="jaxcxr_demo", help="folder for report.html (default jaxcxr_demo)")
+  demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--strictness", choices=("strict", "standard"), default="strict",
+                    help="post-filter level (default strict: few images pass and the pre-filter pays off; at "
+                         "standard most pass, so no pre-filter can save much, and the report says why)")
+  demo.add_argument("--overwrite", action="store_true", help="replace an existing report.html in --out")
+  _add_json_arg(demo)
+  demo.set_defaults(run="generate:demo")
+
+  score = commands.add_parser("score", help="post-filter scores and validity of every image of a data file")
+  _add_data_arg(score)
+  _add_scorer_args(score)
+  _add_json_arg(score)
+  score.set_defaults(run="postfilter:score")
+
+  report_parser = commands.add_parser("report", help="figures and tables of a component")
+  report_commands = report_parser.add_subparsers(dest="report_command", required=True, metavar="COMPONENT")
+  report_scoring = report_commands.add_parser("scoring", help="post-filter: valid rates, score histograms, examples")
+  _add_data_arg(report_scoring)
+  report_scoring.add_argument("--out", required=True, help="report folder (report.md, report.json, PNGs)")
+  report_scoring.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
+  report_scoring.add_argument("--n-per-group", type=int, default=64, help="generated samples per group")
+  report_scoring.add_argument("--seed", type=int, default=0)
+  _add_split_arg(report_scoring)
+  report_scoring.set_defaults(split="test")
+  report_scoring.add_argument("--covid", help="COVID-19 archive whose first image of --split joins the "
+                              "non-radiograph check (default: $JAXCXR_DATA/covid_v7lungs_256.npz when present)")
+  _add_scorer_args(report_scoring)
+  _add_json_arg(report_scoring)
+  report_scoring.set_defaults(run="postfilter:scoring")
+
+  calibrate = commands.add_parser("calibrate", help="calibrate the post-filter scores on real normal images")
+  _add_data_arg(calibrate)
+  calibrate.add_argument("--out", required=True,
+                         help="folder for calibration.json, atlas.npz and reference_measures.npz")
+  calibrate.add_argument("--unet", help="U-Net checkpoint folder (default: the shipped one)")
+  calibrate.add_argument("--classifier", help="abnormal classifier checkpoint folder (default: the shipped one)")
+  calibrate.add_argument("--batch-size", type=int, default=32)
+  calibrate.add_argument("--generator", help="generator whose valid rate sets the strict level (default: shipped)")
+  calibrate.add_argument("--strict-valid-rate", type=float, default=0.05,
+                         help="the strict level is where the generator keeps this fraction (default 0.05; 0: no "
+                              "strict level)")
+  calibrate.add_argument("--strict-n-per-group", type=int, default=128,
+                         help="samples per age-sex group that set the strict level (default 128)")
+  calibrate.add_argument("--seed", type=int, default=0, help="seed of the strict level's samples")
+  _add_json_arg(calibrate)
+  calibrate.set_defaults(run="postfilter:calibrate")
+
+  _add_latents_parsers(commands)
+  return parser
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+  """The options `train gan` and `train upsampler` share: steps, run folder, resume, split, seed, progress, json."""
+  parser.add_argument("--steps", type=int, help="override the preset's number of steps")
+  parser.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
+  parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+  parser.add_argument("--split", choices=("train", "all"), default="train",
+                      help="images to train on: the standard split's train patients (default) or all")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+  _add_json_arg(parser)
+
+
+def _add_data_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--data", help="npz archive or folder of PNG/DICOM (default: $JAXCXR_DATA/<standard file>)")
+
+
+def _add_split_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                      help="images to evaluate: all (default) or a part of the standard patient split")
+
+
+def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--scoring", help="calibration folder (default: the shipped checkpoints/scoring_256)")
+  parser.add_argument("--strictness", default="standard",
+                      help="post-filter level: standard (about 5%% of real normals fail each score), strict (the "
+                           "shipped generator keeps about 5%%, as in the original study), or a fraction Q in "
+                           "[0.01, 0.9] of real normals failing each score (default standard)")
+  parser.add_argument("--batch-size", type=int, default=None, help="images per compiled call (default 32)")
+  parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and scores stay fp32)")
+
+
+def _add_json_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_prefilter_args(sample: argparse.ArgumentParser) -> None:
+  """`sample`'s pre-filter options: --prefilter STRATEGY with --latents F.npz, or --prefilter-dir DIR."""
+  sample.add_argument("--prefilter", metavar="STRATEGY", default=None,
+                      help="pre-filter latents before generating; threshold strategy (youden, 2tpr-fpr, tpr-2fpr, "
+                           "tpr@0.95, max_precision); with --latents F.npz it is fitted now for --group, otherwise "
+                           "the shipped pre-filter of the generator at --strictness is used")
+  sample.add_argument("--latents", metavar="F.npz", default=None,
+                      help="latent dataset (`jaxcxr latents build`) to fit the --prefilter on (train/validation/"
+                           "test split of the group's latents)")
+  sample.add_argument("--prefilter-model", default="logreg",
+                      help="latent classifier preset when fitting: logreg (default), mlp1..mlp4, deep")
+  sample.add_argument("--prefilter-dir", default=None,
+                      help="a pre-filter saved by `jaxcxr latents fit` (instead of --latents)")
+  sample.add_argument("--prefilter-input", choices=("auto", "z", "base"), default="auto",
+                      help="what the shipped pre-filter judges: 'base' = the cascade generator's cheap base image "
+                           "(`jaxcxr.prefilter.cascade`), 'z' = the latent alone; 'auto' (default) takes 'base' when "
+                           "the generator has a shipped cascade pre-filter, else 'z'. --latents and --prefilter-dir "
+                           "are latent (z) pre-filters")
+  sample.add_argument("--pool-size", type=int, default=None,
+                      help="latents drawn per compiled round (default: accept size x ceil(2 / the pre-filter's "
+                           "acceptance), at most 32x)")
+  sample.add_argument("--accept-size", type=int, default=None,
+                      help="accepted latents generated and scored per round (default the batch size)")
+
+
+def _add_latents_parsers(commands) -> None:
+  latents_parser = commands.add_parser("latents", help="latent pre-filter: datasets, model table, fitted filters")
+  latents_commands = latents_parser.add_subparsers(dest="latents_command", required=True, metavar="SUBCOMMAND")
+
+  build = latents_commands.add_parser("build", help="generate and post-score latents per group (a latent dataset)")
+  build.add_argument("--n-per-group", type=int, required=True, help="latents per age-sex group")
+  build.add_argument("--out", required=True, help="the npz file to write")
+  build.add_argument("--checkpoint", help="generator checkpoint folder (default: the shipped one)")
+  build.add_argument("--groups", default="all", help="'all' (default) or comma-separated group names")
+  build.add_argument("--seed", type=int, default=0, help="group g uses fold_in(key(seed), g)")
+  build.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+  _add_scorer_args(build)
+  _add_json_arg(build)
+  build.set_defaults(run="latents:build")
+
+  table = latents_commands.add_parser("table", help="cross-validated latent classifiers per group, with figures")
+  table.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
+  table.add_argument("--out", required=True, help="report folder (table.md, rows.json, PNGs)")
+  table.add_argument("--models", default=None,
+                     help="comma-separated model names of the zoo, 'families' (one per family, 11), or 'all' "
+                          "(default: logreg_C1, logreg_l1, knn_10, tree_d5, forest, flax_logreg, flax_mlp2)")
+  table.add_argument("--targets", default="valid", help="comma-separated: valid, score names, valid_by_scores")
+  table.add_argument("--strategy", default="youden",
+                     help="threshold strategy of the precision column; comma-separated or 'all' for one table "
+                          "each, from the same fits (curves use the first)")
+  table.add_argument("--folds", type=int, default=3)
+  table.add_argument("--extremes-k", type=int, default=100, help="latents per side in the best/worst PCA views")
+  table.add_argument("--seed", type=int, default=0)
+  table.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  table.add_argument("--strictness", default=None,
+                     help="rescore the records at this post-filter level (standard, strict or a fraction Q) from "
+                          "their stored measures; default: as built")
+  table.add_argument("--scoring", help="calibration folder of --strictness (default: the shipped one)")
+  _add_json_arg(table)
+  table.set_defaults(run="latents:table")
+
+  fit = latents_commands.add_parser("fit", help="fit and save one group's pre-filter (threshold on validation)")
+  fit.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
+  fit.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
+  fit.add_argument("--strategy", default="youden",
+                   help="threshold strategy (default youden), or 'all': one classifier with every strategy's "
+                        "threshold, saved as one pre-filter set")
+  fit.add_argument("--model", default="logreg", help="latent classifier preset: logreg, mlp1..mlp4, deep")
+  fit.add_argument("--out", required=True, help="pre-filter checkpoint folder")
+  fit.add_argument("--seed", type=int, default=0)
+  fit.add_argument("--accept-all-if-empty", action="store_true",
+                   help="save an accept-everything pre-filter for a group with < 2 valid latents instead of failing")
+  fit.add_argument("--overwrite", action="store_true", help="replace an existing pre-filter folder")
+  fit.add_argument("--strictness", default=None,
+                   help="learn validity at this post-filter level (standard, strict or Q), rescored from the "
+                        "records' measures; default: as built")
+  fit.add_argument("--scoring", help="calibration folder of --strictness (default: the shipped one)")
+  _add_json_arg(fit)
+  fit.set_defaults(run="latents:fit")
+
+  cas = latents_commands.add_parser(
+      "cascade", help="fit a cascade pre-filter: post-filter measures predicted from the generator's base images")
+  cas.add_argument("--data", required=True, help="latent dataset npz of the cascade generator, with measures")
+  cas.add_argument("--out", required=True, help="cascade pre-filter checkpoint folder")
+  cas.add_argument("--checkpoint", help="cascade generator folder (default: the shipped one)")
+  cas.add_argument("--levels", default="standard,strict", help="strictness levels to choose thresholds for")
+  cas.add_argument("--steps", type=int, default=3000, help="AdamW steps of the score predictor (multiple of 250)")
+  cas.add_argument("--seed", type=int, default=0)
+  cas.add_argument("--scoring", help="calibration folder that measured the records (default: the shipped one)")
+  cas.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+  cas.set_defaults(strictness="standard")
+  _add_json_arg(cas)
+  cas.set_defaults(run="latents:cascade")
+
+
+def _version() -> str:
+  return f"jaxcxr {jaxcxr.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs the command `argv` (default `sys.argv[1:]`); returns its exit status (0, or `EXIT_USAGE` for bad input)."""
+  parser = build_parser()
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as e:       # --help, --version, or a usage error already reported in one line
+    return e.code if isinstance(e.code, int) else EXIT_USAGE
+  # The one deferred import: a command's module imports the library, and with it jax, flax and orbax: 3.8-4.1 s of
+  # CPU time for `import jaxcxr.cli.evaluate` (or .generate, .data) on the 2-core machine, against 0.02 s for this
+  # module. It is imported once the arguments parse, so that `--help` and usage errors stay fast.
+  group, name = args.run.split(":")
+  run, human = importlib.import_module(f"jaxcxr.cli.{group}").HANDLERS[name]
+  inputs = importlib.import_module("jaxcxr.cli.inputs")
+  enable_compilation_cache()     # $JAXCXR_COMPILATION_CACHE: a folder, or "off"
+  start = time.perf_counter()
+  try:
+    result = run(args)
+  except (UsageError, *inputs.LIBRARY_ERRORS) as e:
+    print(f"jaxcxr: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
+  log(f"done in {time.perf_counter() - start:.1f} s")
+  emit(result, args.json, human)
+  return 0

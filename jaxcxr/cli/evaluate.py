@@ -1,0 +1,373 @@
+"""`jaxcxr evaluate gan|anomaly|anomaly-cv|anomaly-ensemble|segmentation|classifier`: quality figures of a model.
+
+Which images each evaluation runs on comes from `jaxcxr.evaluation_sets` (a model's own patient
+split, the standard split, the pneumonia and COVID-19 anomaly tasks); the anomaly scorer of a
+method from `jaxcxr.pretrained.anomaly_scorer` (inside the lungs by default, as every shipped
+anomaly card chose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from jaxcxr import anomaly, checkpoints, data, evaluation_sets, explain, io, metrics, pretrained, quality, reports
+from jaxcxr.cli import inputs
+from jaxcxr.cli.common import COVID_DATA, GAN_DATA, UsageError, log
+from jaxcxr.models import discriminator as discriminator_lib
+from jaxcxr.models import generator as generator_lib
+from jaxcxr.models.classifier import load_classifier, predict_proba
+from jaxcxr.models.unet import load_unet, predict_masks
+from jaxcxr.train.anomaly_cv import cross_validate_anomaly
+from jaxcxr.train.classifier import evaluate_classifier, fit_pixel_logreg, task_labels
+from jaxcxr.train.segmentation import evaluate_segmentation
+
+__all__ = ["HANDLERS"]
+
+
+def _ci_text(ci) -> str:
+  return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+# ----------------------------------------------------------------------------- gan
+
+
+def run_gan(args: argparse.Namespace) -> dict[str, Any]:
+  """`evaluate gan`: realism figures against real normal test images, FD, conditioning probes."""
+  if args.n_per_group <= 0:
+    raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
+  root = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
+      *checkpoints.SHIPPED_GENERATORS).parent
+  path = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {root}/generator, {root}/discriminator and {path}")
+  dataset = data.load(path)
+  split = data.standard_split(dataset)
+  normals = {part: dataset.subset(split[part]).select(label=0) for part in ("train", "test")}
+  log(f"realism figures against {len(normals['test'])} normal test images, PCA space of "
+      f"{len(normals['train'])} normal training images (standard patient split)")
+  generator = generator_lib.load_generator(root / "generator")
+  discriminator = discriminator_lib.load_discriminator(root / "discriminator")
+  classifiers = {}
+  shipped = checkpoints.SHIPPED_CLASSIFIERS
+  for role, arg, names in (("sex_classifier", args.sex_classifier, shipped["sex"]),
+                           ("feature_classifier", args.feature_classifier, shipped["abnormal"])):
+    if args.no_classifiers:
+      continue
+    try:
+      directory = inputs.checkpoint(arg, names, "classifier")
+    except checkpoints.CheckpointError:
+      log(f"no shipped {role.replace('_', ' ')}: its figures are left out")
+      continue
+    log(f"loading {role.replace('_', ' ')} {directory}")
+    classifiers[role] = load_classifier(directory)
+  result = quality.evaluate_gan(generator, discriminator, dataset, seed=args.seed, n_per_group=args.n_per_group,
+                                test_normals=normals["test"], train_normals=normals["train"], **classifiers)
+  return {"checkpoint": str(root), "data": str(path), **result}
+
+
+def human_gan(r: dict[str, Any]) -> str:
+  """`evaluate gan`'s figures: FD, Sinkhorn, sex agreement, per-group probes and the realism table."""
+  lines = [f"FD generated vs real {r['fd_generated_vs_real']:.4g}, real vs real {r['fd_real_vs_real']:.4g} "
+           f"(ratio {r['fd_ratio']:.2f}); Sinkhorn {r['sinkhorn_generated_vs_real']:.4g} vs "
+           f"{r['sinkhorn_real_vs_real']:.4g}; sex agreement {r['sex_agreement_generated']:.2f}"]
+  if "fd_classifier_ratio" in r:
+    lines.append(f"FD in classifier features: {r['fd_classifier_generated_vs_real']:.4g} vs real-real "
+                 f"{r['fd_classifier_real_vs_real']:.4g} (ratio {r['fd_classifier_ratio']:.2f})")
+  if "sex_classifier_agreement_generated" in r:
+    lines.append(f"sex classifier agreement: generated {r['sex_classifier_agreement_generated']:.2f}, "
+                 f"real {r['sex_classifier_accuracy_real']:.2f}")
+  for name, g in r["groups"].items():
+    lines.append(f"  {name}: female fraction {g['female_fraction']:.2f}, predicted age {g['mean_predicted_age']:.1f}")
+  if "realism" in r:
+    lines.extend(_realism_table(r["realism"]))
+  return "\n".join(lines)
+
+
+def _realism_table(realism: dict[str, Any]) -> list[str]:
+  """Rows of `evaluate gan`'s realism figures: figure, generated vs real, real vs real."""
+  rows = [(f"two-sample AUC, {label}", f"{realism[f'two_sample_auc_{key}']['generated_vs_real']:.3f}",
+           f"{realism[f'two_sample_auc_{key}']['real_vs_real']:.3f}", "")
+          for key, label in (("pixels", "pixels"), ("hog", "HOG"), ("detail", "detail"))]
+  fd = realism["pca_frechet"]
+  rows.append(("PCA Frechet", f"{fd['generated_vs_real']:.4g}", f"{fd['real_vs_real']:.4g}",
+               f"ratio {fd['ratio']:.2f}"))
+  hf = realism["high_frequency_share"]
+  rows.append(("high-frequency ratio", f"{hf['ratio']:.3f}", f"{hf['real_vs_real_ratio']:.3f}",
+               f"real share {hf['real_a']:.4f}"))
+  lines = [f"realism figures ({realism['n_per_set']} images per set; AUC 0.5 = indistinguishable, ratios 1 = real):",
+           f"  {'figure':<22}{'generated vs real':>19}{'real vs real':>14}"]
+  lines += [f"  {name:<22}{gen:>19}{ref:>14}  {note}".rstrip() for name, gen, ref, note in rows]
+  return lines
+
+
+# ----------------------------------------------------------------------------- anomaly
+
+
+def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
+  """`evaluate anomaly`: normal vs abnormal by a method's anomaly score (`anomaly.evaluate_anomaly`)."""
+  if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image):
+    raise UsageError("--steps, --restarts and --base-image set the AnoGAN search; f-AnoGAN and HealthyGAN score in "
+                     "one pass")
+  if args.restarts < 1:
+    raise UsageError(f"--restarts must be >= 1, got {args.restarts}")
+  if args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+  search = None
+  if args.method == "anogan":
+    search = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image)
+    if args.steps is not None:
+      if args.steps <= 0:
+        raise UsageError(f"--steps must be positive, got {args.steps}")
+      search = dataclasses.replace(search, steps=args.steps)
+  scorer, source = pretrained.anomaly_scorer(args.method, args.checkpoint, lung_mask=args.lung_mask,
+                                             batch_size=args.batch_size, search=search, seed=args.seed, log=log)
+  path = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {path}")
+  nih = data.load(path)
+  covid = None
+  if args.abnormal == "covid":
+    # Second task: NIH normals against the COVID-19 archive's images (each archive split by its own patients).
+    covid_path = inputs.data_path(args.covid_data, COVID_DATA)
+    log(f"loading {covid_path}")
+    covid = data.load(covid_path)
+    path = f"{path},{covid_path}"
+  task = evaluation_sets.anomaly_task(nih, covid)
+  test, threshold_data = task.part(args.split), task.threshold_part(args.split)
+  try:
+    result = anomaly.evaluate_anomaly(scorer, test, threshold_data=threshold_data, progress=True)
+  except ValueError as e:
+    raise UsageError(f"{path}: {e}") from e
+  scores, residual, labels = result.pop("scores"), result.pop("residual"), result.pop("labels")
+  component_scores, threshold_scores = result.pop("component_scores"), result.pop("threshold_scores", None)
+  if args.scores:
+    arrays = {"scores": scores, "labels": labels, "patient_id": test.patient_id.astype(str),
+              "residual": np.asarray(residual, np.float16),          # for figures without a new search
+              **{f"component_{k}": v for k, v in component_scores.items()}}
+    views = data.views(test)
+    if views is not None:
+      arrays["view"] = views
+    if threshold_scores is not None:
+      arrays.update({"threshold_scores": threshold_scores["scores"], "threshold_labels": threshold_scores["labels"],
+                     "threshold_patient_id": threshold_data.patient_id.astype(str),
+                     **{f"threshold_component_{k}": v for k, v in threshold_scores["component_scores"].items()}})
+    result["scores_file"] = str(io.save_npz(args.scores, arrays))
+  if args.out:
+    overlay = reports.save_residual_overlays(test.images, residual, labels, scores,
+                                             pathlib.Path(args.out) / f"residuals_{args.method}.png",
+                                             title=f"{args.method}: ROC AUC {result['roc_auc']:.3f}")
+    result["overlays"] = str(overlay)
+  if task.covid is not None:
+    result["covid_dropped_unknown_sex_or_age"] = task.dropped
+    if args.split in ("val", "test"):
+      # The figure's reference: what the archives' look alone gives (trained on the training patients).
+      result["source_only_baseline"] = anomaly.source_only_baseline(task.part("train"), test)
+  result.update(split=args.split, checkpoint=str(source), data=str(path), lung_mask=args.lung_mask,
+                abnormal=args.abnormal)
+  if args.method == "anogan":
+    result.update(steps=search.steps, restarts=search.restarts, base_image=search.base_image)
+  return result
+
+
+def human_anomaly(r: dict[str, Any]) -> str:
+  """`evaluate anomaly`'s figures: ROC AUC and operating point, each component, the baseline, each view."""
+  lines = [f"{r['method']} on {r['n']} images ({r['split']}: {r['n_normal']} normal, {r['n_abnormal']} abnormal): "
+           f"ROC AUC {r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}, precision {r['precision']:.3f}, "
+           f"recall {r['recall']:.3f}, specificity {r['specificity']:.3f}, F1 {r['f1']:.3f} "
+           f"(threshold from {r['threshold_from']}); "
+           f"{r['seconds_per_image'] * 1e3:.1f} ms per image"]
+  for name, c in (r.get("components") or {}).items():
+    auc = "n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
+    lines.append(f"  {name} alone: ROC AUC {auc}{_ci_text(c.get('roc_auc_ci95'))}")
+  if "source_only_baseline" in r:
+    b = r["source_only_baseline"]
+    lines.append(f"  source-only baseline ({b['method']}): ROC AUC {b['roc_auc']:.4f}{_ci_text(b['roc_auc_ci95'])}")
+  for view, c in (r.get("by_view") or {}).items():
+    auc = "n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
+    lines.append(f"  {view} view ({c['n']} images, {c['n_abnormal']} abnormal): ROC AUC {auc}"
+                 f"{_ci_text(c.get('roc_auc_ci95'))}")
+  return "\n".join(lines)
+
+
+def run_anomaly_cv(args: argparse.Namespace) -> dict[str, Any]:
+  """`evaluate anomaly-cv`: repeated patient-level cross-validation of f-AnoGAN or HealthyGAN, retrained per fold."""
+  if args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+  root = checkpoints.checkpoints_root()
+  gan = None
+  if args.method == "fanogan":
+    gan = pathlib.Path(args.gan) if args.gan else next(iter(checkpoints.shipped_normal_gans()), None)
+    if gan is None:
+      raise UsageError(f"no shipped normal-only GAN under {root}; pass --gan DIR (generator/, discriminator/)")
+  path = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {path}")
+  ds = data.keep_abnormal_finding(data.load(path))
+  split = data.standard_split(ds)
+  dev = ds.subset(np.sort(np.concatenate([split["train"], split["val"]])))   # never the test patients
+  unet = load_unet(checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_UNETS)) if args.lung_mask else None
+  log(f"{args.folds} folds x {args.repeats} repeats over {len(dev)} development images; progress one line per fold")
+  try:
+    return cross_validate_anomaly(args.method, dev, args.out, folds=args.folds, repeats=args.repeats,
+                                  steps=args.steps, gan_dir=gan, unet=unet, seed=args.seed, batch_size=args.batch_size)
+  except (ValueError, data.DataError) as e:
+    raise UsageError(str(e)) from e
+
+
+def human_anomaly_cv(r: dict[str, Any]) -> str:
+  """`evaluate anomaly-cv`'s summary: each score's mean ROC AUC over the folds."""
+  lines = [f"{r['method']}: {r['folds']}-fold x {r['repeats']} patient-level CV over {r['n']} development images "
+           f"({r['n_abnormal']} abnormal), {r['steps']} training steps per fold"]
+  for name, s in r["summary"].items():
+    if s["mean"] is not None:
+      lines.append(f"  {name}: ROC AUC mean {s['mean']:.3f} (SD {s['sd']:.3f}, {s['min']:.3f}-{s['max']:.3f}, "
+                   f"{s['n_folds']} folds)")
+  return "\n".join(lines)
+
+
+def run_anomaly_ensemble(args: argparse.Namespace) -> dict[str, Any]:
+  """`evaluate anomaly-ensemble`: the rank-average ensemble of score files of the same images."""
+  if len(args.scores) < 2:
+    raise UsageError("give at least two score files (from `evaluate anomaly --scores FILE`)")
+  loaded = []
+  for path in args.scores:
+    try:
+      with open(path, "rb") as file:      # ours to close: np.load leaks its own handle on a corrupt zip
+        f = np.load(file, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+          raise ValueError("a single array, not an npz archive")
+        with f:
+          loaded.append({k: f[k] for k in f.files})
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise UsageError(f"{path}: not a readable score file ({e}); write it with `evaluate anomaly --scores FILE`"
+                       ) from None
+    if "scores" not in loaded[-1] or "labels" not in loaded[-1]:
+      raise UsageError(f"{path}: no `scores`/`labels` arrays; write it with `evaluate anomaly --scores FILE`")
+  result: dict[str, Any] = {"files": list(args.scores)}
+  for part, prefix in (("test", ""), ("threshold_data", "threshold_")):
+    if not all(f"{prefix}scores" in f for f in loaded):
+      continue
+    first = loaded[0]
+    for path, f in zip(args.scores[1:], loaded[1:]):
+      same = all(np.array_equal(f[f"{prefix}{k}"], first[f"{prefix}{k}"]) for k in ("labels", "patient_id")
+                 if f"{prefix}{k}" in f and f"{prefix}{k}" in first)
+      if not same or len(f[f"{prefix}scores"]) != len(first[f"{prefix}scores"]):
+        raise UsageError(f"{path}: its images differ from {args.scores[0]}'s (labels or patients); score the same "
+                         "split of the same data")
+    y = first[f"{prefix}labels"]
+    ensemble = anomaly.rank_average([f[f"{prefix}scores"] for f in loaded])
+    result[part] = {"n": int(len(y)), "n_abnormal": int(y.sum()), **anomaly.auc_with_interval(ensemble, y),
+                    "members": {path: anomaly.auc_with_interval(f[f"{prefix}scores"], y)
+                                for path, f in zip(args.scores, loaded)}}
+  return result
+
+
+def human_anomaly_ensemble(r: dict[str, Any]) -> str:
+  """`evaluate anomaly-ensemble`'s ROC AUCs: the ensemble's and each member's, per part."""
+  lines = []
+  for part in ("threshold_data", "test"):
+    if part in r:
+      p = r[part]
+      lines.append(f"rank-average ensemble on {part} ({p['n']} images, {p['n_abnormal']} abnormal): ROC AUC "
+                   f"{p['roc_auc']:.4f}{_ci_text(p['roc_auc_ci95'])}")
+      lines += [f"  {name}: {m['roc_auc']:.4f}{_ci_text(m['roc_auc_ci95'])}" for name, m in p["members"].items()]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- segmentation, classifier
+
+
+def run_segmentation(args: argparse.Namespace) -> dict[str, Any]:
+  """`evaluate segmentation`: lung Dice and IoU of a U-Net on its own (or the standard) split's patients."""
+  directory = inputs.checkpoint(args.checkpoint, checkpoints.SHIPPED_UNETS, "unet")
+  path = inputs.data_path(args.data, COVID_DATA)
+  log(f"loading {path} and {directory}")
+  chosen = evaluation_sets.model_split(data.load(path), checkpoints.read_metadata(directory), args.split)
+  ds = chosen.dataset
+  model = load_unet(directory)
+  result = evaluate_segmentation(model, ds, per_image=True)
+  per_image = result.pop("dice_per_image", None)
+  if args.out and per_image is not None:
+    predicted = predict_masks(model, ds.images)
+    name = directory.name if directory.name != "unet" else directory.parent.name
+    result["worst_overlays"] = str(reports.save_segmentation_overlays(
+        ds.images, predicted, ds.lung_masks, np.asarray(per_image), pathlib.Path(args.out) / "worst_overlays.png",
+        title=f"{name}: the 8 {args.split} images of lowest Dice", names=ds.patient_id))
+  return {**result, "split": args.split, "split_from": chosen.split_from, "checkpoint": str(directory)}
+
+
+def human_segmentation(r: dict[str, Any]) -> str:
+  """`evaluate segmentation`'s Dice and IoU."""
+  ci = lambda k: f" [{r[k][0]:.4f}, {r[k][1]:.4f}]" if k in r else ""
+  return (f"{r['n']} images ({r['split']}, {r['split_from']}): Dice mean {r['dice_mean']:.4f}{ci('dice_mean_ci95')} "
+          f"(right {r['dice_right']:.4f}{ci('dice_right_ci95')}, left {r['dice_left']:.4f}{ci('dice_left_ci95')}), "
+          f"IoU {r['iou_mean']:.4f}")
+
+
+def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
+  """`evaluate classifier`: ROC AUC and accuracy on the classifier's own (or the standard) split's patients."""
+  directory = inputs.checkpoint(args.checkpoint, checkpoints.SHIPPED_CLASSIFIERS[args.task], "classifier")
+  metadata = checkpoints.read_metadata(directory)
+  if metadata.get("task") not in (None, args.task):
+    raise UsageError(f"{directory}: a {metadata['task']} classifier, not {args.task}")
+  paths = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {paths} and {directory}")
+  chosen = evaluation_sets.classifier_split(data.load(paths), metadata, args.split, args.task)
+  ds = chosen.dataset
+  threshold = float(metadata.get("threshold", 0.5))
+  model = load_classifier(directory)
+  result = evaluate_classifier(model, ds, args.task, threshold=threshold)
+  result.update(task=args.task, split=args.split, split_from=chosen.split_from, checkpoint=str(directory))
+  keep, y = task_labels(ds, args.task)
+  ds, y = ds.subset(keep), y[keep]
+  if args.baseline:
+    if chosen.train is None:
+      raise UsageError("--baseline needs --split val or test and the data the classifier was trained on (its own "
+                       "patient split names the training patients of the baseline)")
+    train_keep, train_y = task_labels(chosen.train, args.task)
+    log(f"pixel logistic-regression baseline on the same {int(train_keep.sum())} training images")
+    baseline = fit_pixel_logreg(chosen.train.subset(train_keep), train_y[train_keep])
+    prob_b = baseline.predict_proba(ds.images)
+    prob_a = predict_proba(model, ds.images)
+    result["baseline"] = {"model": "pixel logistic regression (32x32 block means, C by grouped CV)",
+                          "C": baseline.C, "roc_auc": metrics.compute_roc_auc(prob_b, y),
+                          "roc_auc_ci95": metrics.roc_auc_interval(prob_b, y),
+                          "paired_delong": metrics.compare_roc_auc(prob_a, prob_b, y)}
+  if args.out:
+    positives = np.flatnonzero(y == 1)
+    if positives.size:
+      prob = predict_proba(model, ds.images[positives])
+      # 8 positives spread evenly over the classifier's ranking (not its 8 most confident).
+      ranks = np.argsort(prob)[np.unique(np.linspace(0, positives.size - 1, 8).round().astype(int))]
+      picks = positives[ranks]
+      cam = explain.grad_cam(model, ds.images[picks])
+      what = "pneumonia" if args.task == "abnormal" else "female"
+      result["gradcam_overlays"] = str(reports.save_gradcam_overlays(
+          ds.images[picks], cam.heatmap, prob[ranks],
+          pathlib.Path(args.out) / "gradcam_overlays.png", names=ds.patient_id[picks],
+          title=f"Grad-CAM ({what}) on 8 {args.split} {what} images, spread over the classifier's ranking"))
+  return result
+
+
+def human_classifier(r: dict[str, Any]) -> str:
+  """`evaluate classifier`'s figures: ROC AUC, accuracy, the baseline's comparison, each view."""
+  auc = "n/a (one class)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}"
+  line = (f"{r['task']} classifier on {r['n']} images ({r['split']}, {r.get('split_from', 'data.standard_split')}): "
+          f"ROC AUC {auc}, accuracy {r['accuracy']:.4f}")
+  if "baseline" in r:
+    b, test = r["baseline"], r["baseline"]["paired_delong"]
+    line += (f"\n  baseline {b['model']}: ROC AUC {b['roc_auc']:.4f}{_ci_text(b['roc_auc_ci95'])}; "
+             f"difference {test['difference']:+.4f}, DeLong paired p = {test['p_value']:.3g}")
+  for view, value in (r.get("roc_auc_by_view") or {}).items():
+    line += f"\n  {view}: ROC AUC {'n/a' if value is None else f'{value:.4f}'} (n={r['n_by_view'][view]})"
+  return line
+
+
+# Subcommand name: (handler, human formatter).
+HANDLERS = {"gan": (run_gan, human_gan), "anomaly": (run_anomaly, human_anomaly),
+            "anomaly-cv": (run_anomaly_cv, human_anomaly_cv),
+            "anomaly-ensemble": (run_anomaly_ensemble, human_anomaly_ensemble),
+            "segmentation": (run_segmentation, human_segmentation), "classifier": (run_classifier, human_classifier)}

@@ -1,0 +1,158 @@
+"""Which labelled images an evaluation runs on: a part of a patient split, a model's own split, the anomaly tasks.
+
+* `standard_subset`: "all" images, or the "train", "val" or "test" patients of
+  `jaxcxr.data.standard_split`.
+* `model_split`: a trained model's evaluation images. Its trainer saved its own patient split
+  in the checkpoint's metadata (the classifiers as indices into their data, the U-Net as
+  patient ids); when the data is the data it was trained on (same digest), that split is
+  used, so that its test patients were never used for a choice. Otherwise the standard
+  split. `classifier_split` applies it to a classifier task (abnormal means pneumonia).
+* `AnomalyTask` (`anomaly_task`): normal against abnormal images for the anomaly scorers:
+  the NIH pneumonia task, or NIH normals against a COVID-19 archive's images (each archive
+  split by its own patients; only images of known sex and age, which the normal GAN behind
+  AnoGAN and f-AnoGAN is conditioned on, so that every method scores the same images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxcxr import data as data_lib
+from jaxcxr.data import CXRDataset
+from jaxcxr.train.loop import data_metadata
+
+__all__ = ["ANOMALY_TASKS", "OWN_SPLIT", "SPLITS", "STANDARD_SPLIT", "AnomalyTask", "EvaluationImages",
+           "anomaly_task", "classifier_split", "model_split", "standard_subset"]
+
+# The parts an evaluation may run on: every image, or one part of a patient split.
+SPLITS: tuple[str, ...] = ("all", "train", "val", "test")
+# Where `model_split` took the images from (the commands' "split_from").
+OWN_SPLIT = "the checkpoint's own patient split"
+STANDARD_SPLIT = "data.standard_split"
+# The anomaly tasks: abnormal = NIH pneumonias, or the COVID-19 archive's images.
+ANOMALY_TASKS: tuple[str, ...] = ("pneumonia", "covid")
+
+
+def _check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
+def standard_subset(ds: CXRDataset, split: str) -> CXRDataset:
+  """`ds` for "all", else the images of the `split` patients of `data.standard_split(ds)`.
+
+  Raises:
+    ValueError: an unknown split.
+  """
+  _check_split(split)
+  return ds if split == "all" else ds.subset(data_lib.standard_split(ds)[split])
+
+
+class EvaluationImages(NamedTuple):
+  """The images a model is evaluated on.
+
+  Attributes:
+    dataset: the images of the split asked for.
+    split_from: `OWN_SPLIT` or `STANDARD_SPLIT`.
+    train: the model's own training images (with `OWN_SPLIT`, when its metadata names them), else None.
+  """
+
+  dataset: CXRDataset
+  split_from: str
+  train: CXRDataset | None
+
+
+def _saved_part(ds: CXRDataset, saved: Mapping[str, Any], part: str) -> CXRDataset | None:
+  """The images of one part of a saved split: indices under `part`, or patient ids under `part_patients`."""
+  if part in saved:
+    return ds.subset(np.asarray(saved[part], np.int64))
+  if f"{part}_patients" in saved:
+    return ds.subset(np.isin(ds.patient_id, np.asarray(saved[f"{part}_patients"])))
+  return None
+
+
+def model_split(ds: CXRDataset, metadata: Mapping[str, Any], split: str) -> EvaluationImages:
+  """The `split` images of a model: its own saved patient split on its own data, else the standard split.
+
+  Args:
+    ds: the evaluation data (as loaded: the digest of its files is compared with the one saved).
+    metadata: the model checkpoint's metadata (`jaxcxr.checkpoints.read_metadata`): "split"
+      holds the trainer's parts, as indices into the data ("train", "val", "test") or patient
+      ids ("val_patients", ...), and "data_sha256" the digest of the data it was trained on.
+    split: one of `SPLITS`.
+
+  Returns:
+    `EvaluationImages`.
+
+  Raises:
+    ValueError: an unknown split.
+  """
+  _check_split(split)
+  saved = metadata.get("split") or {}
+  if split != "all" and metadata.get("data_sha256") and metadata["data_sha256"] == data_metadata(ds).get(
+      "data_sha256"):
+    own = _saved_part(ds, saved, split)
+    if own is not None:
+      return EvaluationImages(own, OWN_SPLIT, _saved_part(ds, saved, "train"))
+  return EvaluationImages(standard_subset(ds, split), STANDARD_SPLIT, None)
+
+
+def classifier_split(ds: CXRDataset, metadata: Mapping[str, Any], split: str, task: str) -> EvaluationImages:
+  """`model_split` of a classifier of `task` ("abnormal" or "sex").
+
+  The abnormal classifiers learned pneumonia against normal images, so other abnormal images are
+  left out first (`data.keep_abnormal_finding`), as their trainer did; the sex classifier's own
+  split is stratified by sex, not by label.
+  """
+  if task == "abnormal":
+    ds = data_lib.keep_abnormal_finding(ds)
+  return model_split(ds, metadata, split)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnomalyTask:
+  """Normal (label 0) against abnormal (label 1) images, split by patient.
+
+  Attributes:
+    name: "pneumonia" or "covid" (`ANOMALY_TASKS`).
+    nih: the NIH images, abnormal meaning pneumonia (`data.keep_abnormal_finding`).
+    covid: the COVID-19 archive's images of known sex and age (the covid task), else None.
+    dropped: COVID-19 images left out for unknown sex or age.
+  """
+
+  name: str
+  nih: CXRDataset
+  covid: CXRDataset | None = None
+  dropped: int = 0
+
+  def part(self, split: str) -> CXRDataset:
+    """The task's images of one part of the standard split (each archive split by its own patients)."""
+    if self.covid is None:
+      return standard_subset(self.nih, split)
+    return data_lib.concatenate([standard_subset(self.nih, split).select(label=0),
+                                 standard_subset(self.covid, split).select(label=1)])
+
+  def threshold_part(self, split: str) -> CXRDataset | None:
+    """Where the decision threshold of a `split` evaluation is chosen: the validation patients for "test", else none."""
+    return self.part("val") if split == "test" else None
+
+
+def anomaly_task(nih: CXRDataset, covid: CXRDataset | None = None) -> AnomalyTask:
+  """The pneumonia task of the NIH images, or with `covid` the COVID-19 task (NIH normals against its images).
+
+  Args:
+    nih: NIH images (abnormal images other than pneumonia are left out here).
+    covid: a COVID-19 archive (its abnormal images are the task's abnormal ones), or None.
+
+  Returns:
+    `AnomalyTask`.
+  """
+  nih = data_lib.keep_abnormal_finding(nih)
+  if covid is None:
+    return AnomalyTask("pneumonia", nih)
+  known = np.isin(covid.sex, ["M", "F"]) & (covid.age >= 0)
+  return AnomalyTask("covid", nih, covid.subset(known), int((~known).sum()))
