@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # The anomaly methods, each a module of `jaxcxr.anomaly` of that name.
-METHODS = ("anogan", "fanogan", "healthygan")
+METHODS = ("anogan", "fanogan", "healthygan", "patchcore")
 
 
 class AbstractAnomalyScorer:
