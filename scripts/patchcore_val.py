@@ -3,7 +3,7 @@
     JAXCXR_DATA=... python scripts/patchcore_val.py [CORESET_FRACTION] [OUT_JSON] [lungs,whole_image]
 """
 """PatchCore on the NIH subset: bank from the standard split's training normals, scores on validation patients."""
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 import jaxcxr
 from jaxcxr import baselines, data
@@ -14,7 +14,7 @@ from jaxcxr.models.unet import load_unet, predict_masks
 fraction = float(sys.argv[1]) if len(sys.argv) > 1 else 0.01
 path = sys.argv[2] if len(sys.argv) > 2 else "runs/patchcore_val.json"
 only = sys.argv[3].split(",") if len(sys.argv) > 3 else ["lungs", "whole_image"]
-ds = data.load("/work/shared/data/nih_cxr14_subset_256.npz")
+ds = data.load(os.path.join(os.environ["JAXCXR_DATA"], "nih_cxr14_subset_256.npz"))
 split = data.standard_split(ds)
 train, val = ds.subset(split["train"]), ds.subset(split["val"])
 normals = train.select(label=0)
