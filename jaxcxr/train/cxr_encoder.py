@@ -1,0 +1,877 @@
+"""Self-supervised training of the CXR encoder (`jaxcxr.models.cxr_encoder`) on every development radiograph.
+
+Data (`development_data`): every image of the four development archives (both NIH archives,
+the COVID-19 archive, the OpenI normals) except the patients any shipped model or evaluation
+holds out for testing (`held_out_patients`); no labels. Two linear-probe tasks on the NIH
+archives, pneumonia (no finding vs pneumonia) and sex, use the classifiers' own patient splits:
+fitted on the training patients, scored on the validation patients.
+
+Methods (`CXREncoderTrainConfig.method`), each on two augmented views of every image of the
+batch, through the encoder and an MLP projector:
+
+* "simclr": NT-Xent (Chen et al. 2020), the 2B-way softmax over cosine similarities / temperature;
+* "vicreg": invariance (MSE between the views) + variance (hinge on each dimension's standard
+  deviation) + covariance (squared off-diagonal covariances) (Bardes et al. 2022);
+* "byol": a predictor on the online branch regresses the other view's projection by an EMA
+  target network, 2 - 2 cos (Grill et al. 2020; constant EMA decay).
+
+Augmentation (`augment_views`, in the jitted step, per image): a random resized crop of
+modest scale (area 0.6-1, aspect 0.8-1.25) with a small rotation and translation (bilinear,
+black fill), gamma, contrast and brightness jitter, a random Gaussian blur and Gaussian noise.
+Never a horizontal flip: a radiograph's left and right are not interchangeable.
+
+Step: the training images (uint8, resized once on the host to the encoder's resolution) live on
+the device; step t draws its images (without replacement) and views from
+`jax.random.fold_in(key, t)` inside the jitted function, so the trajectory is a pure function
+of (config, data, seed, step) and a killed run resumes exactly (`loop.run_training_loop`). The
+learning rate warms up linearly and is then constant: it never depends on `steps`, so a run can
+be extended session after session.
+
+Outputs (`train_cxr_encoder`): `checkpoints/STEP/`, `metrics.jsonl`, `probes.jsonl` (linear-probe
+validation AUCs every `eval_every` steps) and `encoder/`, the inference checkpoint, rewritten at
+each probe and at the end. Command line: `python -m jaxcxr.train.cxr_encoder --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcxr import data as data_lib
+from jaxcxr import io as io_lib
+from jaxcxr import metrics as metrics_lib
+from jaxcxr.config import check_loop_fields
+from jaxcxr.models.cxr_encoder import CXREncoder, CXREncoderConfig, embed_images, prepare_images
+from jaxcxr.provenance import provenance
+from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, host_copy, jit_init,
+                               loop_summary, run_training_loop, without_loop_fields)
+
+__all__ = [
+    "CXRAugmentConfig",
+    "CXREncoderTrainConfig",
+    "DevelopmentData",
+    "METHODS",
+    "PRESETS",
+    "ProbeTask",
+    "Projector",
+    "augment_views",
+    "byol_loss",
+    "cxr_encoder_cpu",
+    "cxr_encoder_tiny",
+    "archives_in",
+    "development_data",
+    "encoder_of",
+    "held_out_patients",
+    "init_train_state",
+    "linear_probe",
+    "main",
+    "make_train_step",
+    "nt_xent_loss",
+    "probe_encoder",
+    "train_cxr_encoder",
+    "train_step",
+    "vicreg_loss",
+]
+
+TrainState = dict[str, Any]
+
+# =============================================================================
+# Configs and presets of the CXR encoder's training.
+# (Kept here while `jaxcxr.config` becomes a package; they move there with `CXREncoderConfig`.)
+# =============================================================================
+
+METHODS: tuple[str, ...] = ("simclr", "vicreg", "byol")
+
+
+@dataclasses.dataclass(frozen=True)
+class CXRAugmentConfig:
+  """Random views of a radiograph (`augment_views`); no horizontal flip, by design."""
+
+  # Area of the random resized crop as a fraction of the image, uniform in [low, high].
+  crop_area: tuple[float, float] = (0.6, 1.0)
+  # Aspect ratio (width / height) of the crop, log-uniform in [low, high].
+  crop_aspect: tuple[float, float] = (0.8, 1.25)
+  # Max rotation in degrees (uniform in [-d, d]) about the crop's centre.
+  rotation_deg: float = 8.0
+  # Max shift of the crop's centre as a fraction of the side, on top of its random position (black fill).
+  translation: float = 0.04
+  # Gamma x ** g with log g uniform in [-log(gamma), log(gamma)], on [0, 1] pixels.
+  gamma: float = 1.4
+  # Max relative contrast change about the view's mean (factor uniform in [1-c, 1+c]).
+  contrast: float = 0.25
+  # Max brightness shift in units of the [0, 1] range.
+  brightness: float = 0.08
+  # Probability of a Gaussian blur, and its sigma range in pixels (at the encoder's resolution).
+  blur_prob: float = 0.5
+  blur_sigma: tuple[float, float] = (0.2, 1.2)
+  # Max standard deviation of additive Gaussian noise ([0, 1] units), uniform in [0, this].
+  noise: float = 0.03
+
+  def __post_init__(self):
+    for name in ("crop_area", "crop_aspect", "blur_sigma"):
+      low, high = getattr(self, name)
+      if not 0 < low <= high:
+        raise ValueError(f"CXRAugmentConfig.{name}={getattr(self, name)}: expected 0 < low <= high")
+    if self.crop_area[1] > 1:
+      raise ValueError(f"CXRAugmentConfig.crop_area={self.crop_area}: the crop cannot exceed the image (<= 1)")
+    if self.gamma < 1:
+      raise ValueError(f"CXRAugmentConfig.gamma={self.gamma}: expected >= 1 (1 disables the gamma jitter)")
+    for name in ("rotation_deg", "translation", "contrast", "brightness", "noise"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"CXRAugmentConfig.{name}: expected >= 0, got {getattr(self, name)}")
+    if not 0 <= self.blur_prob <= 1:
+      raise ValueError(f"CXRAugmentConfig.blur_prob={self.blur_prob}: expected a probability")
+
+
+@dataclasses.dataclass(frozen=True)
+class CXREncoderTrainConfig:
+  """Self-supervised training of the CXR encoder (`jaxcxr.train.cxr_encoder`)."""
+
+  # The encoder.
+  encoder: CXREncoderConfig = CXREncoderConfig()
+  # "simclr", "vicreg" or "byol".
+  method: str = "vicreg"
+  # Views of each image.
+  augment: CXRAugmentConfig = CXRAugmentConfig()
+  # Widths of the projector MLP after the embedding: hidden layers (Linear, LayerNorm, ReLU), then the output.
+  projector: tuple[int, ...] = (1024, 1024)
+  # BYOL's predictor: hidden width (its output has the projector's width).
+  predictor_hidden: int = 512
+  # NT-Xent temperature (simclr).
+  temperature: float = 0.2
+  # VICReg weights of the invariance, variance and covariance terms.
+  vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)
+  # BYOL's EMA decay of the target network (constant).
+  target_decay: float = 0.99
+  # Images per step (two views each).
+  batch_size: int = 32
+  # AdamW: peak learning rate (linear warm-up over warmup_steps, then constant), weight decay on kernels.
+  learning_rate: float = 1e-3
+  warmup_steps: int = 100
+  weight_decay: float = 1e-4
+  # Global-norm gradient clipping (0: off).
+  grad_clip: float = 3.0
+  # Total steps.
+  steps: int = 1000
+  # Steps per jitted call (fully unrolled on a CPU).
+  steps_per_call: int = 2
+  # Linear probes on the validation patients (and an `encoder/` checkpoint) every this many steps; 0: at the end only.
+  eval_every: int = 0
+  # Images per call of the probes' embedding.
+  eval_batch_size: int = 64
+  # Save a training checkpoint every this many steps (and at the end).
+  checkpoint_every: int = 50
+  # Training checkpoints kept.
+  max_to_keep: int = 2
+
+  def __post_init__(self):
+    check_loop_fields(self, "CXREncoderTrainConfig")
+    if self.method not in METHODS:
+      raise ValueError(f"CXREncoderTrainConfig.method: expected one of {METHODS}, got {self.method!r}")
+    if not self.projector or min(self.projector) <= 0 or self.predictor_hidden <= 0:
+      raise ValueError(f"CXREncoderTrainConfig: projector {self.projector} and predictor_hidden "
+                       f"{self.predictor_hidden} need positive widths")
+    if self.method == "simclr" and self.batch_size < 2:
+      raise ValueError("CXREncoderTrainConfig.batch_size: NT-Xent needs at least 2 images per step")
+    if self.method == "vicreg" and self.batch_size < 2:
+      raise ValueError("CXREncoderTrainConfig.batch_size: VICReg's variance needs at least 2 images per step")
+    if self.temperature <= 0 or not 0 <= self.target_decay < 1:
+      raise ValueError(f"CXREncoderTrainConfig: temperature {self.temperature} must be > 0 and target_decay "
+                       f"{self.target_decay} in [0, 1)")
+    if len(self.vicreg_weights) != 3 or min(self.vicreg_weights) < 0:
+      raise ValueError(f"CXREncoderTrainConfig.vicreg_weights={self.vicreg_weights}: expected three weights >= 0")
+    if self.learning_rate <= 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+      raise ValueError("CXREncoderTrainConfig: expected learning_rate > 0 and warmup_steps, weight_decay, "
+                       "grad_clip >= 0")
+    if self.eval_batch_size <= 0:
+      raise ValueError(f"CXREncoderTrainConfig.eval_batch_size: expected > 0, got {self.eval_batch_size}")
+
+
+# Projector widths per method (the methods' papers' shapes, scaled to a CPU): VICReg's wide expander,
+# SimCLR's and BYOL's narrow output.
+_PROJECTORS = {"simclr": (512, 128), "vicreg": (1024, 1024), "byol": (512, 128)}
+
+
+def cxr_encoder_tiny(method: str = "vicreg") -> CXREncoderTrainConfig:
+  """A 32x32 encoder with a few channels for unit tests; learns nothing useful."""
+  return CXREncoderTrainConfig(
+      encoder=CXREncoderConfig(resolution=32, patch=4, channels=(8, 16), blocks=(1, 1), norm_groups=4),
+      method=method, projector=(32, 16), predictor_hidden=16, batch_size=4, steps=4, steps_per_call=2,
+      warmup_steps=2, checkpoint_every=2, max_to_keep=2, eval_batch_size=8)
+
+
+def cxr_encoder_cpu(method: str = "vicreg") -> CXREncoderTrainConfig:
+  """The CXR encoder on 2 CPU cores: 128x128 input, stages of 32-64-128-256 channels, about 3.3M parameters.
+
+      python -m jaxcxr.train.cxr_encoder --preset cxr_encoder_cpu --method vicreg \
+        --data $JAXCXR_DATA --out runs/encoder_cxr --steps 200000
+
+  Batch 32 images (64 views), AdamW 1e-3 after 100 warm-up steps, then constant; a
+  training checkpoint every 50 steps (1-4 minutes on a shared 2-core CPU) and linear
+  probes every 300 steps.
+  """
+  return CXREncoderTrainConfig(
+      encoder=CXREncoderConfig(resolution=128, patch=4, channels=(32, 64, 128, 256), blocks=(0, 2, 2, 2)),
+      method=method, projector=_PROJECTORS[method], steps=200_000, steps_per_call=2, checkpoint_every=50,
+      eval_every=300)
+
+
+PRESETS = {"cxr_encoder_tiny": cxr_encoder_tiny, "cxr_encoder_cpu": cxr_encoder_cpu}
+
+
+# =============================================================================
+# Data
+# =============================================================================
+
+NIH_ARCHIVES = ("nih_cxr14_subset_256.npz", "nih_cxr14_extra_256.npz")
+COVID_ARCHIVE = "covid_v7lungs_256.npz"
+OPENI_ARCHIVE = "openist_normal_lungs_256.npz"
+# The OpenI archive has no patient ids (its `patient_id` is the file stem): split by image with this seed.
+OPENI_SPLIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeTask:
+  """A labelled task of the linear probes: training and validation patients' images and 0/1 targets."""
+
+  name: str
+  train_images: np.ndarray
+  train_y: np.ndarray
+  train_patients: np.ndarray
+  val_images: np.ndarray
+  val_y: np.ndarray
+  val_patients: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class DevelopmentData:
+  """What `development_data` returns: the pretraining images, the probe tasks and a JSON description."""
+
+  pretrain: data_lib.CXRDataset
+  probes: tuple[ProbeTask, ...]
+  description: dict[str, Any]
+
+
+def _task_split(dataset: data_lib.CXRDataset, task: str) -> dict[str, np.ndarray]:
+  """The classifier trainer's patient split for `task` (image indices into `dataset`).
+
+  As `jaxcxr.train.classifier` splits: images with a target, `split_by_patient` stratified by the
+  target, the standard fractions and seed.
+  """
+  from jaxcxr.train.classifier import task_labels  # pylint: disable=g-import-not-at-top
+
+  keep, y = task_labels(dataset, task)
+  kept = np.flatnonzero(keep)
+  parts = data_lib.split_by_patient(dataset.patient_id[kept], data_lib.STANDARD_SPLIT, stratify=y[kept],
+                                    seed=data_lib.STANDARD_SPLIT_SEED)
+  return {name: kept[idx] for name, idx in parts.items()}
+
+
+def held_out_patients(dataset: data_lib.CXRDataset, family: str) -> np.ndarray:
+  """Every patient of `dataset` that some shipped model or evaluation holds out as a test patient.
+
+  The project splits by patient in several ways, all with the standard fractions (0.7, 0.15,
+  0.15) and seed 0; the union of their test parts is held out, so no image of a test patient
+  of any of them is pretrained on:
+
+  * "nih" (`dataset` = both NIH archives, `data.load` of subset then extra):
+    `data.standard_split` of both archives, of both with abnormal meaning pneumonia
+    (`data.keep_abnormal_finding`), of the subset archive alone and of the subset with
+    abnormal meaning pneumonia (generators, f-AnoGAN, HealthyGAN, `evaluate classifier` and
+    `evaluate anomaly`), and the classifier trainer's task splits (abnormal, stratified by label;
+    sex, stratified by sex) of the same four sets (the shipped classifiers);
+  * "covid": `data.standard_split` of the archive (the U-Net's split) and of its images with
+    known sex and age (`evaluate anomaly --abnormal covid`);
+  * "openi": no patient ids; the 15% test part of `split_by_patient` over the image ids
+    (`OPENI_SPLIT_SEED`).
+
+  Returns:
+    sorted unique patient ids (str).
+
+  Raises:
+    ValueError: an unknown family.
+  """
+  test = lambda ds, idx: ds.patient_id[idx]
+  held: list[np.ndarray] = []
+  if family == "nih":
+    archive = np.asarray(dataset.extra.get("archive", np.zeros(len(dataset), np.int16)))
+    subset_only = dataset.subset(archive == 0)
+    for ds in (dataset, data_lib.keep_abnormal_finding(dataset), subset_only,
+               data_lib.keep_abnormal_finding(subset_only)):
+      held.append(test(ds, data_lib.standard_split(ds)["test"]))
+      for task in ("abnormal", "sex"):
+        held.append(test(ds, _task_split(ds, task)["test"]))
+  elif family == "covid":
+    known = dataset.subset(np.isin(dataset.sex, ["M", "F"]) & (dataset.age >= 0))
+    for ds in (dataset, known):
+      held.append(test(ds, data_lib.standard_split(ds)["test"]))
+  elif family == "openi":
+    held.append(test(dataset, data_lib.split_by_patient(dataset.patient_id, data_lib.STANDARD_SPLIT,
+                                                        seed=OPENI_SPLIT_SEED)["test"]))
+  else:
+    raise ValueError(f"held_out_patients: family must be 'nih', 'covid' or 'openi', got {family!r}")
+  return np.unique(np.concatenate(held).astype(str)) if held else np.zeros(0, str)
+
+
+def _probe_task(name: str, dataset: data_lib.CXRDataset, task: str) -> ProbeTask:
+  from jaxcxr.train.classifier import task_labels  # pylint: disable=g-import-not-at-top
+
+  _, y = task_labels(dataset, task)
+  parts = _task_split(dataset, task)
+  train, val = parts["train"], parts["val"]
+  return ProbeTask(name=name, train_images=dataset.images[train], train_y=y[train],
+                   train_patients=dataset.patient_id[train], val_images=dataset.images[val], val_y=y[val],
+                   val_patients=dataset.patient_id[val])
+
+
+def development_data(nih: Sequence[str | os.PathLike], covid: str | os.PathLike | None = None,
+                     openi: str | os.PathLike | None = None) -> DevelopmentData:
+  """The pretraining images of every archive given (test patients held out) and the NIH probe tasks.
+
+  Args:
+    nih: the NIH archives in the shared npz format, subset first (e.g. `NIH_ARCHIVES` in the data folder).
+    covid: the COVID-19 archive, or None.
+    openi: the OpenI normal archive, or None.
+
+  Returns:
+    `DevelopmentData`: `pretrain` (every image of every given archive whose patient is not in
+    `held_out_patients`; no labels used), `probes` ("pneumonia": NIH no finding vs pneumonia,
+    the abnormal classifiers' split with abnormal meaning pneumonia; "sex": female vs male, the
+    sex classifiers' split), and `description` (per archive: images, patients, held-out
+    patients and images, the rule).
+
+  Raises:
+    jaxcxr.data.DataError: unreadable archives, or no NIH archive.
+  """
+  nih = [nih] if isinstance(nih, (str, os.PathLike)) else list(nih)
+  if not nih:
+    raise data_lib.DataError("development_data: no NIH archive given (the probes need its labels)")
+  families = [("nih", data_lib.load(nih))]
+  if covid is not None:
+    families.append(("covid", data_lib.load(covid)))
+  if openi is not None:
+    families.append(("openi", data_lib.load(openi)))
+  kept, description = [], {"rule": "every image except the test patients of every split the project uses "
+                                   "(held_out_patients)", "archives": {}}
+  for family, ds in families:
+    held = held_out_patients(ds, family)
+    keep = ~np.isin(ds.patient_id.astype(str), held)
+    kept.append(ds.subset(keep))
+    description["archives"][family] = {
+        "source": ds.source, "images": len(ds), "patients": int(len(np.unique(ds.patient_id))),
+        "held_out_patients": int(len(held)), "held_out_images": int((~keep).sum()),
+        "pretrain_images": int(keep.sum())}
+  pretrain = data_lib.concatenate(kept) if len(kept) > 1 else kept[0]
+  description["pretrain_images"] = len(pretrain)
+  nih_ds = families[0][1]
+  probes = (_probe_task("pneumonia", data_lib.keep_abnormal_finding(nih_ds), "abnormal"),
+            _probe_task("sex", nih_ds, "sex"))
+  description["probes"] = {p.name: {"n_train": int(len(p.train_y)), "n_val": int(len(p.val_y)),
+                                    "val_positives": int(p.val_y.sum())} for p in probes}
+  return DevelopmentData(pretrain=pretrain, probes=probes, description=description)
+
+
+def archives_in(folder: str | os.PathLike) -> dict[str, Any]:
+  """{"nih": [paths], "covid": path or None, "openi": path or None}: the development archives in `folder`.
+
+  Raises:
+    jaxcxr.data.DataError: the folder lacks the NIH subset archive.
+  """
+  folder = pathlib.Path(folder)
+  nih = [folder / name for name in NIH_ARCHIVES if (folder / name).is_file()]
+  if not nih or nih[0].name != NIH_ARCHIVES[0]:
+    raise data_lib.DataError(f"{folder}: no {NIH_ARCHIVES[0]} (expected the shared data folder)")
+  optional = lambda name: folder / name if (folder / name).is_file() else None
+  return {"nih": nih, "covid": optional(COVID_ARCHIVE), "openi": optional(OPENI_ARCHIVE)}
+
+
+# =============================================================================
+# Augmentation
+# =============================================================================
+
+
+def _blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
+  """Separable Gaussian blur of (H, W) with a traced sigma, edges replicated (shifted sums, no convolve)."""
+  t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  kernel = jnp.exp(-0.5 * jnp.square(t / jnp.maximum(sigma, 1e-3)))
+  kernel = kernel / kernel.sum()
+  h, w = image.shape
+  padded = jnp.pad(image, radius, mode="edge")
+  rows = sum(kernel[i] * padded[i: i + h, :] for i in range(2 * radius + 1))
+  return sum(kernel[i] * rows[:, i: i + w] for i in range(2 * radius + 1))
+
+
+def _view(key: jax.Array, image: jax.Array, config: CXRAugmentConfig) -> jax.Array:
+  """One random view of one uint8 (R, R) image: float32 (R, R) in [0, 1]."""
+  r = image.shape[0]
+  k = jax.random.split(key, 12)
+  area = jax.random.uniform(k[0], minval=config.crop_area[0], maxval=config.crop_area[1])
+  log_aspect = jax.random.uniform(k[1], minval=math.log(config.crop_aspect[0]), maxval=math.log(config.crop_aspect[1]))
+  crop_w = jnp.minimum(jnp.sqrt(area * jnp.exp(log_aspect)), 1.0)      # fractions of the side
+  crop_h = jnp.minimum(jnp.sqrt(area / jnp.exp(log_aspect)), 1.0)
+  centre = (jnp.stack([crop_h, crop_w]) / 2 + jax.random.uniform(k[2], (2,)) * (1 - jnp.stack([crop_h, crop_w]))
+            + config.translation * jax.random.uniform(k[3], (2,), minval=-1.0, maxval=1.0))
+  angle = math.radians(config.rotation_deg) * jax.random.uniform(k[4], minval=-1.0, maxval=1.0)
+  # Output pixel (i, j) -> its offset from the view's centre in output fractions, scaled to the crop, rotated.
+  u = (jnp.arange(r, dtype=jnp.float32) + 0.5) / r - 0.5
+  oy, ox = jnp.meshgrid(u * crop_h, u * crop_w, indexing="ij")
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  src_y = (centre[0] + cos * oy - sin * ox) * r - 0.5
+  src_x = (centre[1] + sin * oy + cos * ox) * r - 0.5
+  x = jax.scipy.ndimage.map_coordinates(image.astype(jnp.float32) / 255.0, [src_y, src_x], order=1,
+                                        mode="constant", cval=0.0)
+  log_gamma = math.log(config.gamma) * jax.random.uniform(k[5], minval=-1.0, maxval=1.0)
+  x = jnp.power(jnp.clip(x, 0.0, 1.0), jnp.exp(log_gamma))
+  contrast = 1.0 + config.contrast * jax.random.uniform(k[6], minval=-1.0, maxval=1.0)
+  brightness = config.brightness * jax.random.uniform(k[7], minval=-1.0, maxval=1.0)
+  mean = x.mean()
+  x = (x - mean) * contrast + mean + brightness
+  if config.blur_prob > 0:
+    sigma = jax.random.uniform(k[8], minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
+    radius = max(1, math.ceil(2 * config.blur_sigma[1]))
+    x = jnp.where(jax.random.uniform(k[9]) < config.blur_prob, _blur(x, sigma, radius), x)
+  if config.noise > 0:
+    x = x + config.noise * jax.random.uniform(k[10]) * jax.random.normal(k[11], x.shape)
+  return jnp.clip(x, 0.0, 1.0)
+
+
+def augment_views(key: jax.Array, images: jax.Array, config: CXRAugmentConfig = CXRAugmentConfig()) -> jax.Array:
+  """One random view per image, jit-able: uint8 (B, R, R) -> float32 (B, R, R, 1) in [-1, 1] (encoder space).
+
+  Per image: random resized crop (area, aspect) placed at random inside the image, shifted by
+  up to `translation`, rotated about its centre, resampled bilinearly to R x R (black outside
+  the image); then gamma, contrast about the view's mean, brightness, with probability
+  `blur_prob` a Gaussian blur, and noise; clipped to [0, 1]. No flip.
+
+  Args:
+    key: PRNG key of the batch (one split per image).
+    images: uint8 (B, R, R).
+    config: ranges (static).
+
+  Raises:
+    ValueError: images that are not (B, R, R).
+  """
+  if not hasattr(images, "ndim") or images.ndim != 3 or images.shape[1] != images.shape[2]:
+    raise ValueError(f"augment_views: expected square images (B, R, R), got {getattr(images, 'shape', images)}")
+  keys = jax.random.split(key, images.shape[0])
+  views = jax.vmap(lambda k, x: _view(k, x, config))(keys, images)
+  return (views * 2.0 - 1.0)[..., None]
+
+
+# =============================================================================
+# Losses and heads
+# =============================================================================
+
+
+def _normalize(z: jax.Array) -> jax.Array:
+  return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
+
+
+def nt_xent_loss(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
+  """SimCLR's NT-Xent loss of two views' projections, averaged over the 2B anchors.
+
+  For anchor i of the 2B projections (cosine similarity s, temperature t) and its other view p(i):
+  -log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t)).
+
+  Args:
+    z1, z2: float (B, d), the projections of the two views of the same B images (row i with row i).
+    temperature: t > 0.
+
+  Returns:
+    float32 scalar. For identical views of B orthonormal projections, log(1 + (2B - 2) exp(-1 / t)).
+  """
+  b = z1.shape[0]
+  z = _normalize(jnp.concatenate([z1, z2]).astype(jnp.float32))
+  sim = (z @ z.T) / temperature
+  sim = jnp.where(jnp.eye(2 * b, dtype=bool), -jnp.inf, sim)
+  positive = jnp.concatenate([jnp.arange(b) + b, jnp.arange(b)])
+  return jnp.mean(jax.nn.logsumexp(sim, axis=1) - sim[jnp.arange(2 * b), positive])
+
+
+def vicreg_loss(z1: jax.Array, z2: jax.Array, weights: tuple[float, float, float] = (25.0, 25.0, 1.0)
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """VICReg's loss of two views' projections: lambda * invariance + mu * variance + nu * covariance.
+
+  invariance = mean squared difference of z1 and z2; variance = the mean over the two views of
+  mean_j relu(1 - sqrt(var_j + 1e-4)) (var over the batch, ddof 1); covariance = sum over the two
+  views of the squared off-diagonal entries of the covariance matrix (ddof 1) divided by d.
+
+  Args:
+    z1, z2: float (B, d), B >= 2.
+    weights: (lambda, mu, nu).
+
+  Returns:
+    (float32 loss, {"invariance", "variance", "covariance"}).
+  """
+  z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
+  n, d = z1.shape
+
+  def variance(z):
+    return jnp.mean(jax.nn.relu(1.0 - jnp.sqrt(jnp.var(z, axis=0, ddof=1) + 1e-4)))
+
+  def covariance(z):
+    zc = z - z.mean(axis=0, keepdims=True)
+    cov = zc.T @ zc / (n - 1)
+    return (jnp.sum(jnp.square(cov)) - jnp.sum(jnp.square(jnp.diagonal(cov)))) / d
+
+  parts = {"invariance": jnp.mean(jnp.square(z1 - z2)), "variance": (variance(z1) + variance(z2)) / 2,
+           "covariance": covariance(z1) + covariance(z2)}
+  lam, mu, nu = weights
+  return lam * parts["invariance"] + mu * parts["variance"] + nu * parts["covariance"], parts
+
+
+def byol_loss(p: jax.Array, target: jax.Array) -> jax.Array:
+  """BYOL's regression loss, mean over rows of 2 - 2 cos(p, target) (target not differentiated)."""
+  target = jax.lax.stop_gradient(target)
+  return jnp.mean(2.0 - 2.0 * jnp.sum(_normalize(p.astype(jnp.float32)) * _normalize(target.astype(jnp.float32)),
+                                      axis=-1))
+
+
+class Projector(nnx.Module):
+  """MLP head of the training objective: (Linear, LayerNorm, ReLU) per hidden width, then a Linear output."""
+
+  def __init__(self, d_in: int, widths: tuple[int, ...], *, rngs: nnx.Rngs):
+    dims = (d_in,) + tuple(widths)
+    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-2], dims[1:-1])])
+    self.norms = nnx.List([nnx.LayerNorm(b, rngs=rngs) for b in dims[1:-1]])
+    self.out = nnx.Linear(dims[-2], dims[-1], rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for linear, norm in zip(self.hidden, self.norms):
+      x = jax.nn.relu(norm(linear(x)))
+    return self.out(x)
+
+
+# =============================================================================
+# State and step
+# =============================================================================
+
+
+def _heads(config: CXREncoderTrainConfig, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
+  heads = {"projector": Projector(config.encoder.embedding_dim, config.projector, rngs=rngs)}
+  if config.method == "byol":
+    heads["predictor"] = Projector(config.projector[-1], (config.predictor_hidden, config.projector[-1]), rngs=rngs)
+  return heads
+
+
+@functools.lru_cache(maxsize=8)
+def _graphdefs(config: CXREncoderTrainConfig) -> dict[str, Any]:
+  models = nnx.eval_shape(lambda: {"encoder": CXREncoder(config.encoder, rngs=nnx.Rngs(0)),
+                                   **_heads(config, nnx.Rngs(0))})
+  return {name: nnx.graphdef(m) for name, m in models.items()}
+
+
+def _optimizer(config: CXREncoderTrainConfig) -> optax.GradientTransformation:
+  # Linear warm-up, then constant: the schedule never depends on `steps` (runs are extended).
+  schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
+  parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
+  parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)
+
+
+def init_train_state(config: CXREncoderTrainConfig, seed: int = 0) -> TrainState:
+  """Fresh state {"step", "key", "params": {"encoder", "projector"[, "predictor"]}, "opt"[, "target"]}."""
+  return jit_init(_init, without_loop_fields(config), seed)
+
+
+def _init(root: jax.Array, config: CXREncoderTrainConfig) -> TrainState:
+  encoder = CXREncoder(config.encoder, rngs=nnx.Rngs(jax.random.fold_in(root, 1)))
+  heads = _heads(config, nnx.Rngs(jax.random.fold_in(root, 2)))
+  params = {"encoder": nnx.to_pure_dict(nnx.state(encoder, nnx.Param)),
+            **{name: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for name, m in heads.items()}}
+  state = {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.fold_in(root, 3)),
+           "params": params, "opt": _optimizer(config).init(params)}
+  if config.method == "byol":
+    state["target"] = jax.tree.map(jnp.copy, {k: params[k] for k in ("encoder", "projector")})
+  return state
+
+
+def _embed_and_project(defs, params, x):
+  h = nnx.merge(defs["encoder"], params["encoder"])(x)
+  return h, nnx.merge(defs["projector"], params["projector"])(h)
+
+
+def train_step(state: TrainState, images: jax.Array, config: CXREncoderTrainConfig
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the encoder and its heads on two views of `batch_size` images (pure).
+
+  Args:
+    state: from `init_train_state`.
+    images: uint8 (N, R, R) training images at the encoder's resolution, on device.
+    config: static.
+
+  Returns:
+    (new state, metrics): "loss"; "invariance", "variance", "covariance" (vicreg); and
+    "embedding_std", the standard deviation over the batch of the L2-normalised embeddings,
+    averaged over dimensions (about 1 / sqrt(D) when spread out, 0 at collapse).
+  """
+  defs = _graphdefs(config)
+  tx = _optimizer(config)
+  b = config.batch_size
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=KEY_IMPL), state["step"])
+  k_idx, k_a, k_b = jax.random.split(key, 3)
+  idx = jax.random.permutation(k_idx, images.shape[0])[:b]
+  batch = images[idx]
+  views = jnp.concatenate([augment_views(k_a, batch, config.augment), augment_views(k_b, batch, config.augment)])
+
+  def loss_fn(params):
+    h, z = _embed_and_project(defs, params, views)
+    extra = {}
+    if config.method == "simclr":
+      loss = nt_xent_loss(z[:b], z[b:], config.temperature)
+    elif config.method == "vicreg":
+      loss, extra = vicreg_loss(z[:b], z[b:], config.vicreg_weights)
+    else:
+      p = nnx.merge(defs["predictor"], params["predictor"])(z)
+      _, t = _embed_and_project(defs, state["target"], views)
+      loss = byol_loss(p[:b], t[b:]) + byol_loss(p[b:], t[:b])
+    spread = jnp.mean(jnp.std(_normalize(jax.lax.stop_gradient(h)), axis=0))
+    return loss, {**extra, "embedding_std": spread}
+
+  (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  with jax.numpy_dtype_promotion("standard"):
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = {**state, "step": state["step"] + 1, "params": params, "opt": opt}
+  if config.method == "byol":
+    tau = config.target_decay
+    new_state["target"] = jax.tree.map(lambda t, p: tau * t + (1.0 - tau) * p, state["target"],
+                                       {k: params[k] for k in ("encoder", "projector")})
+  return new_state, {"loss": loss, **extra}
+
+
+def make_train_step(config: CXREncoderTrainConfig):
+  """Jitted `steps_per_call` steps in one `lax.scan` (state donated, fully unrolled), cached per config."""
+  return compile_steps(train_step, config.steps_per_call, unroll=config.steps_per_call,
+                       static=(without_loop_fields(config),))
+
+
+def encoder_of(state: TrainState, config: CXREncoderTrainConfig) -> CXREncoder:
+  """The encoder of a train state (host copies of its parameters)."""
+  return nnx.merge(_graphdefs(config)["encoder"], host_copy(state["params"]["encoder"]))
+
+
+# =============================================================================
+# Linear probes
+# =============================================================================
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray, val_x: np.ndarray,
+                 val_y: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+  """Logistic regression on frozen features, fitted on training patients, scored on validation patients.
+
+  Standardised features, L2 logistic regression (lbfgs, deterministic); the strength C from
+  1e-4..10 by 5-fold cross-validated ROC AUC on the training images, folds grouped by patient
+  and stratified (`StratifiedGroupKFold`), then refitted on all of them.
+
+  Args:
+    train_x, val_x: float (N, D) features.
+    train_y, val_y: 0/1 targets.
+    train_groups: patient id of each training image.
+
+  Returns:
+    ({"roc_auc", "ci95": [low, high] (DeLong), "C", "n_train", "n_val"}, validation probabilities).
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 2 images of a class in the training or validation part.
+  """
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  train_y, val_y = np.asarray(train_y).astype(np.int64), np.asarray(val_y).astype(np.int64)
+  folds = int(min(5, np.bincount(train_y, minlength=2).min()))
+  if folds < 2 or np.bincount(val_y, minlength=2).min() < 2:
+    raise data_lib.DataError("linear_probe needs at least 2 training and 2 validation images of each class")
+  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+                        {"logisticregression__C": np.logspace(-4, 1, 11)}, cv=StratifiedGroupKFold(folds),
+                        scoring="roc_auc")
+  search.fit(np.asarray(train_x, np.float64), train_y, groups=np.asarray(train_groups).astype(str))
+  prob = search.predict_proba(np.asarray(val_x, np.float64))[:, 1]
+  ci = metrics_lib.compute_roc_auc_ci(prob, val_y)
+  return {"roc_auc": ci["roc_auc"], "ci95": [ci["low"], ci["high"]],
+          "C": float(search.best_params_["logisticregression__C"]), "n_train": int(len(train_y)),
+          "n_val": int(len(val_y))}, prob
+
+
+def probe_encoder(encoder: CXREncoder, tasks: Sequence[ProbeTask], *, batch_size: int = 64) -> dict[str, Any]:
+  """`linear_probe` of the encoder's global embedding for each task: {task name: result}."""
+  out = {}
+  for task in tasks:
+    train_x = embed_images(encoder, task.train_images, batch_size=batch_size)
+    val_x = embed_images(encoder, task.val_images, batch_size=batch_size)
+    out[task.name], _ = linear_probe(train_x, task.train_y, task.train_patients, val_x, task.val_y)
+  return out
+
+
+# =============================================================================
+# Loop
+# =============================================================================
+
+
+def _save_encoder(out_dir: pathlib.Path, encoder: CXREncoder, config: CXREncoderTrainConfig, step: int,
+                  metadata: dict[str, Any]) -> pathlib.Path:
+  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
+
+  return checkpoints.save_model(out_dir / "encoder", encoder, config.encoder,
+                                metadata={**metadata, "steps": step, "method": config.method,
+                                          "train_config": json.loads(json.dumps(dataclasses.asdict(config)))},
+                                overwrite=True)
+
+
+def train_cxr_encoder(dataset: data_lib.CXRDataset, config: CXREncoderTrainConfig, out_dir: str | os.PathLike, *,
+                      probes: Sequence[ProbeTask] = (), description: dict[str, Any] | None = None,
+                      resume: bool = False, seed: int = 0, progress: bool = True,
+                      stop_at: int | None = None) -> dict[str, Any]:
+  """Trains the CXR encoder without labels; linear probes on validation patients follow its progress.
+
+  Writes under `out_dir`: `checkpoints/STEP/` (the whole train state, every `checkpoint_every`
+  steps and at the end), `metrics.jsonl` (losses per call), `probes.jsonl` (one line per probe:
+  step, training seconds so far, each task's validation AUC and DeLong interval) and `encoder/`
+  (`checkpoints.save_model`: the encoder's inference weights, its probe and the data's
+  provenance in its metadata), written at each probe and when the run ends or stops between
+  probes (then "probe" is None and "last_probe" the latest). A run killed at any moment
+  continues from its last checkpoint with `resume=True` and ends as an uninterrupted one.
+
+  Args:
+    dataset: the pretraining images (uint8 256x256 or any square size; labels unused), e.g.
+      `development_data(...).pretrain`.
+    config: e.g. `cxr_encoder_cpu("vicreg")`.
+    out_dir: output folder.
+    probes: labelled tasks for the linear probes (`development_data(...).probes`); none: no probes.
+    description: JSON facts about the data saved with the encoder (`development_data(...).description`).
+    resume: continue from the latest checkpoint in `out_dir`.
+    seed: seed of the initial weights and of the training randomness.
+    progress: tqdm bar on stderr.
+    stop_at: stop after this step (a multiple of steps_per_call) with a checkpoint; None runs to `config.steps`.
+
+  Returns:
+    {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step", "images_per_second",
+    "final", "probes" (the latest), "encoder" (path), "out_dir", "provenance"}.
+
+  Raises:
+    jaxcxr.data.DataError: fewer images than one batch, or images that are not square uint8.
+    FileExistsError: `out_dir` holds checkpoints and `resume` is False.
+  """
+  if len(dataset) < config.batch_size:
+    raise data_lib.DataError(f"{dataset.source or 'dataset'}: {len(dataset)} image(s), fewer than one batch of "
+                             f"{config.batch_size}")
+  images = prepare_images(dataset.images, config.encoder.resolution)
+  out_dir = pathlib.Path(out_dir)
+  probes = tuple(probes)
+  history: list[dict[str, Any]] = []
+  wall_start = time.perf_counter()
+  previous = {"train_seconds": 0.0}
+  metadata = {"seed": seed, "n_images": len(dataset), "device": device_name(), **data_metadata(dataset),
+              "data": description or {}, "provenance": provenance(dataset.source, {"seed": seed})}
+
+  def probe(step: int, state: TrainState) -> None:
+    due = config.eval_every and step % config.eval_every == 0
+    if not (due or step == config.steps):
+      return None
+    encoder = encoder_of(state, config)
+    record = {"step": step, "train_seconds": previous["train_seconds"] + time.perf_counter() - wall_start}
+    if probes:
+      record.update(probe_encoder(encoder, probes, batch_size=config.eval_batch_size))
+    history.append(record)
+    io_lib.save_json_lines(out_dir / "probes.jsonl", history)
+    _save_encoder(out_dir, encoder, config, step, {**metadata, "probe": record})
+    return None
+
+  def on_resume(saved: dict[str, Any]) -> None:
+    previous["train_seconds"] = float(saved.get("train_seconds", 0.0))
+    history[:] = [r for r in saved.get("probes", []) if isinstance(r, dict)]
+    io_lib.save_json_lines(out_dir / "probes.jsonl", history)   # drops a killed run's later lines
+
+  def postfix(m, _):
+    post = {"loss": f"{float(np.mean(m['loss'])):.3f}", "std": f"{float(np.mean(m['embedding_std'])):.3f}"}
+    for task in probes:
+      if history and task.name in history[-1]:
+        post[task.name] = f"{history[-1][task.name]['roc_auc']:.3f}"
+    return post
+
+  loop = run_training_loop(
+      name=f"encoder:{config.method}", config=config, state=init_train_state(config, seed),
+      train_call=make_train_step(config), args=(jax.device_put(images),), out_dir=out_dir, resume=resume,
+      progress=progress, stop_at=stop_at,
+      run_metadata={"seed": seed, "n_images": len(dataset), "data_sha256": data_metadata(dataset).get("data_sha256")},
+      checkpoint_metadata=lambda _: {"probes": list(history)}, on_resume=on_resume, on_call=probe, postfix=postfix)
+  if loop.step == config.steps and (not history or history[-1]["step"] != loop.step):
+    probe(loop.step, loop.state)    # a run resumed at its end, written before the final probe
+  path = out_dir / "encoder"
+  if not history or history[-1]["step"] != loop.step:   # stopped between probes: the encoder of this step
+    path = _save_encoder(out_dir, encoder_of(loop.state, config), config, loop.step,
+                         {**metadata, "probe": None, "last_probe": history[-1] if history else None})
+  return {**loop_summary(loop, config), "probes": history[-1] if history else None, "encoder": str(path.absolute()),
+          "out_dir": str(out_dir), "provenance": metadata["provenance"]}
+
+
+# =============================================================================
+# Command line
+# =============================================================================
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m jaxcxr.train.cxr_encoder",
+                              description="Self-supervised training of the CXR encoder on every development "
+                                          "radiograph (test patients of every archive held out).")
+  p.add_argument("--data", default=os.environ.get("JAXCXR_DATA"),
+                 help="folder holding the development archives (default $JAXCXR_DATA)")
+  p.add_argument("--preset", default="cxr_encoder_cpu", choices=sorted(PRESETS), help="training preset")
+  p.add_argument("--method", default="vicreg", choices=METHODS, help="self-supervised objective")
+  p.add_argument("--steps", type=int, default=None, help="total steps (default: the preset's)")
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no terminal")
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Command line: trains an encoder (`train_cxr_encoder`) and prints its summary as JSON."""
+  from jaxcxr.compilation_cache import enable_compilation_cache  # pylint: disable=g-import-not-at-top
+
+  args = _parser().parse_args(argv)
+  enable_compilation_cache()     # $JAXCXR_COMPILATION_CACHE: a folder, or "off"
+  if not args.data:
+    print("error: no --data folder and JAXCXR_DATA is unset", file=sys.stderr)
+    return 2
+  config = PRESETS[args.preset](args.method)
+  if args.steps is not None:
+    try:
+      config = dataclasses.replace(config, steps=args.steps)
+    except ValueError as e:
+      print(f"error: --steps {args.steps}: {e}", file=sys.stderr)
+      return 2
+  try:
+    dev = development_data(**archives_in(args.data))
+  except data_lib.DataError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(dev.description), file=sys.stderr)
+  summary = train_cxr_encoder(dev.pretrain, config, args.out, probes=dev.probes, description=dev.description,
+                              resume=args.resume, seed=args.seed, progress=sys.stderr.isatty() or args.progress)
+  print(json.dumps(io_lib.to_json_safe(summary), indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
