@@ -219,7 +219,7 @@ def test_every_trainer_runs_on_the_shared_loop():
   kill test covers them; their own files test in-process kill-and-resume exactness."""
   trainers = {"gan": "train_gan", "upsampler": "train_upsampler", "segmentation": "train_unet",
               "classifier": "train_classifier", "fanogan": "train_fanogan", "healthygan": "train_healthygan",
-              "score_predictor": "fit_score_predictor"}
+              "score_predictor": "fit_score_predictor", "cxr_encoder": "train_cxr_encoder"}
   for module, function in trainers.items():
     tree = ast.parse((REPO / "jaxcxr" / "train" / f"{module}.py").read_text())
     body = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == function)
