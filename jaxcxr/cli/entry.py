@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_gan.add_argument("--checkpoint", help="folder with generator/ and discriminator/ (default: the shipped GAN)")
   evaluate_gan.add_argument("--seed", type=int, default=0)
   evaluate_gan.add_argument("--n-per-group", type=int, default=64, help="generated images per group for the probes")
+  evaluate_gan.add_argument("--pairs", help="PNG path for the memorisation audit's 8 closest generated/training pairs")
   evaluate_gan.add_argument("--sex-classifier", help="sex classifier for the conditioning check (default: shipped)")
   evaluate_gan.add_argument("--feature-classifier",
                             help="classifier whose features give a GAN-independent FD (default: shipped abnormal)")

@@ -65,44 +65,17 @@ def run_gan(args: argparse.Namespace) -> dict[str, Any]:
       continue
     log(f"loading {role.replace('_', ' ')} {directory}")
     classifiers[role] = load_classifier(directory)
+  # The memorisation audit searches every image a shipped generator trained on (both labels).
+  training_set = data.keep_abnormal_finding(dataset.subset(split["train"]))
   result = quality.evaluate_gan(generator, discriminator, dataset, seed=args.seed, n_per_group=args.n_per_group,
-                                test_normals=normals["test"], train_normals=normals["train"], **classifiers)
+                                test_normals=normals["test"], train_normals=normals["train"],
+                                training_set=training_set, closest_pairs_path=args.pairs, **classifiers)
   return {"checkpoint": str(root), "data": str(path), **result}
 
 
 def human_gan(r: dict[str, Any]) -> str:
-  """`evaluate gan`'s figures: FD, Sinkhorn, sex agreement, per-group probes and the realism table."""
-  lines = [f"FD generated vs real {r['fd_generated_vs_real']:.4g}, real vs real {r['fd_real_vs_real']:.4g} "
-           f"(ratio {r['fd_ratio']:.2f}); Sinkhorn {r['sinkhorn_generated_vs_real']:.4g} vs "
-           f"{r['sinkhorn_real_vs_real']:.4g}; sex agreement {r['sex_agreement_generated']:.2f}"]
-  if "fd_classifier_ratio" in r:
-    lines.append(f"FD in classifier features: {r['fd_classifier_generated_vs_real']:.4g} vs real-real "
-                 f"{r['fd_classifier_real_vs_real']:.4g} (ratio {r['fd_classifier_ratio']:.2f})")
-  if "sex_classifier_agreement_generated" in r:
-    lines.append(f"sex classifier agreement: generated {r['sex_classifier_agreement_generated']:.2f}, "
-                 f"real {r['sex_classifier_accuracy_real']:.2f}")
-  for name, g in r["groups"].items():
-    lines.append(f"  {name}: female fraction {g['female_fraction']:.2f}, predicted age {g['mean_predicted_age']:.1f}")
-  if "realism" in r:
-    lines.extend(_realism_table(r["realism"]))
-  return "\n".join(lines)
-
-
-def _realism_table(realism: dict[str, Any]) -> list[str]:
-  """Rows of `evaluate gan`'s realism figures: figure, generated vs real, real vs real."""
-  rows = [(f"two-sample AUC, {label}", f"{realism[f'two_sample_auc_{key}']['generated_vs_real']:.3f}",
-           f"{realism[f'two_sample_auc_{key}']['real_vs_real']:.3f}", "")
-          for key, label in (("pixels", "pixels"), ("hog", "HOG"), ("detail", "detail"))]
-  fd = realism["pca_frechet"]
-  rows.append(("PCA Frechet", f"{fd['generated_vs_real']:.4g}", f"{fd['real_vs_real']:.4g}",
-               f"ratio {fd['ratio']:.2f}"))
-  hf = realism["high_frequency_share"]
-  rows.append(("high-frequency ratio", f"{hf['ratio']:.3f}", f"{hf['real_vs_real_ratio']:.3f}",
-               f"real share {hf['real_a']:.4f}"))
-  lines = [f"realism figures ({realism['n_per_set']} images per set; AUC 0.5 = indistinguishable, ratios 1 = real):",
-           f"  {'figure':<22}{'generated vs real':>19}{'real vs real':>14}"]
-  lines += [f"  {name:<22}{gen:>19}{ref:>14}  {note}".rstrip() for name, gen, ref, note in rows]
-  return lines
+  """`evaluate gan`'s figures (`quality.format_gan_report`): FD, probes, realism, diversity, memorisation."""
+  return quality.format_gan_report(r)
 
 
 # ----------------------------------------------------------------------------- anomaly
