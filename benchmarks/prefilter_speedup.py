@@ -1,4 +1,4 @@
-"""Measured speed-up of the latent pre-filter (DESIGN.md section 6), with and without it, in one run on one device.
+"""Measured speed-up of the latent pre-filter (docs/scores.md), with and without it, in one run on one device.
 
     python benchmarks/prefilter_speedup.py --latents F.npz --k 64 --groups all --strategy youden --model logreg
         [--checkpoint GEN] [--scoring DIR] [--strictness standard|strict|Q] [--batch-size 32] [--pool-size 1024] [--nudge 3:0.5,3:1.0]

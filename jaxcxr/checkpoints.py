@@ -1,6 +1,6 @@
 """Checkpoints: inference weights with their config, and resumable training state.
 
-This is the only module of jaxcxr that imports orbax (STYLE.md section 8), so a
+This is the only module of jaxcxr that imports orbax (docs/conventions.md), so a
 move to the orbax v1 API touches this file and `tests/test_checkpoints.py` only.
 
 Two formats:
@@ -12,7 +12,7 @@ Two formats:
   hyperparameters" and the FX checkpointing guide: restore reads the config,
   builds the abstract model with `nnx.eval_shape`, restores into its abstract
   state and merges. Nothing is unpickled and no code is read from disk
-  (DESIGN.md section 11). Layout, as written by orbax's composite handler::
+  (docs/conventions.md). Layout, as written by orbax's composite handler::
 
     directory/
       _CHECKPOINT_METADATA

@@ -21,7 +21,7 @@ a blank image) stays zero: no NaN.
 Gradients are taken per image by differentiating the *sum* of the batch's scores:
 the classifier uses GroupNorm, so every image's score depends on its own features
 only, and d(sum)/dA_b = dy_b/dA_b. Everything runs in one jitted function of the
-split model state (DESIGN §10), in fixed-size padded batches.
+split model state (docs/conventions.md), in fixed-size padded batches.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Atomic file output: write to a temporary sibling, then rename into place.
 
-A crash or kill never leaves a half-written PNG or JSON behind (DESIGN.md section 11).
+A crash or kill never leaves a half-written PNG or JSON behind (docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def save_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:
 
 
 def save_json_lines(path: str | os.PathLike, lines: list[Any]) -> pathlib.Path:
-  """Writes one JSON object per line (benchmark results, DESIGN.md section 9), atomically; returns the path."""
+  """Writes one JSON object per line (benchmark results, docs/benchmarks.md), atomically; returns the path."""
   text = "".join(json.dumps(to_json_safe(line)) + "\n" for line in lines)
   return write_bytes_atomic(path, text.encode())
 

@@ -1,7 +1,7 @@
 """Figures: image grids, the one way matplotlib figures are written, and the pre-filter study's figures.
 
 Every writer goes through a temporary file and `os.replace`, so a kill never
-leaves a half-written figure (DESIGN.md section 11).
+leaves a half-written figure (docs/conventions.md).
 
 Pre-filter study figures (`jaxcxr.prefilter.write_latent_report`): `save_roc_pr_curves`,
 `save_confusion_matrix`, `save_correlation_heatmap`, `save_extremes_scatter`.

@@ -249,7 +249,7 @@ def test_resume_equals_straight_run_and_metadata(nih, tmp_path):
   assert not (split["train"] & split["val"]) and not (split["train"] & split["test"])
   assert {"AP", "PA"} >= set(meta["test"]["roc_auc_by_view"])
 
-  # evaluate_classifier (DESIGN §8 keys) on the whole fixture, both tasks.
+  # evaluate_classifier (docs/cli.md keys) on the whole fixture, both tasks.
   for task in ("abnormal", "sex"):
     report = tc.evaluate_classifier(a, nih, task, batch_size=cfg.eval_batch_size, threshold=meta["threshold"])
     assert report["n"] == len(nih) and report["n_positive"] == 12

@@ -1,6 +1,6 @@
 """Property tests (hypothesis) of the `jaxcxr` command on bad input: exit 2, one error line, no traceback.
 
-DESIGN.md section 8 and the README: bad input ends with exactly one `jaxcxr: error: ...` line
+docs/cli.md and the README: bad input ends with exactly one `jaxcxr: error: ...` line
 on stderr and exit status 2, nothing on stdout, never a traceback. Every command and
 subcommand of `build_parser` is run in-process (`cli.main`) with:
 

@@ -19,7 +19,7 @@ Keras `dense_i` -> `hidden[i]`, the last `dense` -> `head`, the k-th
 
 BatchNorm layers use batch statistics and update their running averages in the
 default (training) mode; switch to inference once with
-`nnx.view(model, use_running_average=True)` (STYLE.md section 2), which makes each
+`nnx.view(model, use_running_average=True)` (docs/conventions.md), which makes each
 latent's output independent of the rest of the batch. No dropout: the original
 networks regularised with BatchNorm only, and a stochastic layer would need a key
 threaded through `__call__`; use weight decay in the fit instead.

@@ -13,14 +13,13 @@ The architecture is the U-Net of Ronneberger et al. (2015) with GroupNorm:
 
 Up-sampling is sub-pixel: a 1x1 convolution to 4c channels followed by
 depth-to-space, which is exactly the kernel-2 stride-2 transposed convolution of
-the original U-Net, but without XLA's slow transposed convolution (DESIGN.md
-section 10).
+the original U-Net, but without XLA's slow transposed convolution
+(docs/conventions.md).
 
 Why GroupNorm rather than BatchNorm: each image is normalised with its own
 statistics, so a prediction never depends on the rest of its batch and training
 and inference compute the same function (no running averages, no train/eval
-switch, no mismatch after training on small CPU batches of 8). DESIGN.md section
-10 measured GroupNorm U-Nets fast enough on a GPU. As the model has no
+switch, no mismatch after training on small CPU batches of 8). As the model has no
 mode-dependent layer, `nnx.view(model, use_running_average=True)` is not needed.
 
 Parameter names: `encoder[i]` and `decoder[i]` (`ConvBlock`: `conv1`, `norm1`,

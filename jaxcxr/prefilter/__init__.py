@@ -11,11 +11,11 @@ Submodules (every public name is re-exported here, e.g. `prefilter.fit_prefilter
   npz, validated, written atomically), `latent_targets`, `build_latent_dataset` (through
   the post-filter's `Scorer.generate_and_score`), `latent_dataset_summary`, rescoring at
   another strictness (`records_at_strictness`, `records_at_scorer_level`).
-* `thresholds`: `select_threshold` (the DESIGN.md section 5 contract names in
+* `thresholds`: `select_threshold` (the docs/scores.md contract names in
   `STRATEGIES`), `threshold_report`.
 * `classifiers`: Flax latent classifiers (`jaxcxr.models.latent`): `fit_latent_classifier`
   (one jitted `lax.scan` of optax steps per call, train state donated), `predict_latent`
-  (`jax.jit` over the `nnx.split` state, DESIGN.md section 10), and `FlaxLatentEstimator`,
+  (`jax.jit` over the `nnx.split` state, docs/conventions.md), and `FlaxLatentEstimator`,
   their scikit-learn face; the model zoo `latent_model_zoo` and `select_models`.
 * `crossval`: cross-validation and report: `cross_validate_latent`, `results_table`, the
   exploratory views `latent_score_correlations` and `embed_extremes`, and

@@ -2,7 +2,7 @@
 
 * Flax latent classifiers (`jaxcxr.models.latent`): `fit_latent_classifier` (one jitted
   `lax.scan` of optax steps per call, train state donated), `predict_latent` (`jax.jit`
-  over the `nnx.split` state, DESIGN.md section 10), and `FlaxLatentEstimator`, their
+  over the `nnx.split` state, docs/conventions.md), and `FlaxLatentEstimator`, their
   scikit-learn face.
 * Model zoo: `latent_model_zoo` (the original study's grid), `DEFAULT_REPORT_MODELS`,
   `FAMILY_MODELS` and `select_models` (estimators by name).
@@ -226,7 +226,7 @@ def predict_latent(model: LatentClassifier, z: Any) -> np.ndarray:
   """Probability that each latent's image is valid: sigmoid(logit), BatchNorm in inference mode.
 
   Runs `jax.jit` over the state from `nnx.split` of
-  `nnx.view(model, use_running_average=True)` (DESIGN.md section 10: ~10x less
+  `nnx.view(model, use_running_average=True)` (docs/conventions.md: ~10x less
   per-call overhead than `nnx.jit` at small batches); rows are padded to a power
   of two (at least 128, at most 8192 per call), so a new batch size rarely compiles. Each
   latent's output depends on that latent only.

@@ -40,7 +40,7 @@ __all__ = [
 
 # Width of the generator latent z.
 LATENT_DIM = 128
-# Number of symmetry features per record (DESIGN.md section 3).
+# Number of symmetry features per record (docs/scores.md).
 FEATURE_DIM = 6
 # Raw post-filter measures a latent dataset may store (`jaxcxr.scoring.ScoreResult.measures`).
 MEASURE_NAMES = ("shape", "symmetry", "log_ratio", "abnormal_logit", "maxheat", "area_right", "area_left")
@@ -282,7 +282,7 @@ def latent_targets(records: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def build_latent_dataset(scorer: Any, generator: Any, key: jax.Array, n_per_group: int, *, generator_id: str,
                          groups: Sequence[str] = GROUPS, label: int = 0, progress: bool = False,
                          parts_dir: str | os.PathLike | None = None, chunk_size: int | None = None) -> dict[str, Any]:
-  """Generates and post-scores `n_per_group` latents per age-sex group: a latent dataset (DESIGN.md section 4).
+  """Generates and post-scores `n_per_group` latents per age-sex group: a latent dataset (docs/scores.md).
 
   Group `g` (its index in `jaxcxr.data.GROUPS`) uses the key `jax.random.fold_in(key, g)`,
   and its record j holds z = `models.generator.latents(fold_in(key, g), j)`, so a

@@ -245,7 +245,7 @@ def fit_prefilter(records: Mapping[str, Any], group: str, strategy: str = "youde
                   learning_rate: float = 0.05, weight_decay: float = 1e-3) -> Prefilter:
   """Fits a group's pre-filter: classifier on a training part, threshold on a validation part, report on a test part.
 
-  Protocol (DESIGN.md section 5: chosen on validation, reported on test): the
+  Protocol (docs/scores.md: chosen on validation, reported on test): the
   group's records are split, stratified by `valid`, into train / validation / test
   (`fractions`, seeded). A Flax `LatentClassifier` (`model_preset`) is fitted on the
   training part (`fit_latent_classifier`); `strategy` picks the logit threshold on the
@@ -254,7 +254,7 @@ def fit_prefilter(records: Mapping[str, Any], group: str, strategy: str = "youde
   not refitted on train + validation, so the threshold belongs to the weights it
   was chosen for.
 
-  Predicted speed-up (DESIGN.md section 6): precision_filtered / precision_unfiltered,
+  Predicted speed-up (docs/scores.md): precision_filtered / precision_unfiltered,
   both on the test part (precision_unfiltered = the test part's valid rate);
   `physical_limit` = 1 / (the group's valid rate): the speed-up of a perfect filter.
 

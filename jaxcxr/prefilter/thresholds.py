@@ -1,6 +1,6 @@
 """Threshold strategies: turn a latent classifier's scores into an accept/reject rule.
 
-`select_threshold` (the DESIGN.md section 5 contract names in `STRATEGIES`) and
+`select_threshold` (the docs/scores.md contract names in `STRATEGIES`) and
 `threshold_report` (what a threshold does on labelled data). A sample is accepted when its
 score >= threshold; labels are 1 = valid.
 """
@@ -22,7 +22,7 @@ __all__ = [
     "threshold_report",
 ]
 
-# Threshold strategies (DESIGN.md section 5 contract names).
+# Threshold strategies (docs/scores.md contract names).
 STRATEGIES: tuple[str, ...] = ("youden", "2tpr-fpr", "tpr-2fpr", "tpr@0.95", "max_precision")
 # Smallest TPR (fraction of positives kept) a `max_precision` threshold may have.
 MAX_PRECISION_MIN_TPR = 0.1
@@ -89,10 +89,8 @@ def select_threshold(y: Any, scores: Any, strategy: str, *, min_tpr: float = MAX
   * "tpr-2fpr": argmax TPR - 2 FPR (favours rejecting negatives);
   * "tpr@0.95": the LARGEST threshold with TPR >= 0.95, i.e. the most selective
     rule that still keeps 95% of the valid latents (the ROC point where TPR first
-    reaches 0.95, with the smallest FPR). DESIGN.md section 5 words it "smallest
-    threshold with TPR >= 0.95"; read literally that is the minimum score, which
-    accepts everything (TPR = FPR = 1) and filters nothing, so the intended
-    operating point can only be this one;
+    reaches 0.95, with the smallest FPR; the smallest such threshold would accept
+    everything and filter nothing);
   * "max_precision": argmax precision TP / (TP + FP) over the thresholds keeping
     TP >= max(1, ceil(min_tpr * P)) positives. Without that floor the top score
     alone (one accepted sample, precision 0 or 1) would usually win: a precision
@@ -103,7 +101,7 @@ def select_threshold(y: Any, scores: Any, strategy: str, *, min_tpr: float = MAX
   The three argmax objectives are compared exactly in integer arithmetic (e.g.
   Youden as TP Q - FP P). Ties go to the smallest tied threshold (the largest
   TPR): at an equal objective the filter keeps more valid latents, hence more
-  diverse samples (DESIGN.md section 6 reports diversity next to the speed-up).
+  diverse samples (docs/scores.md reports diversity next to the speed-up).
 
   Args:
     y: binary labels (N,) in {0, 1} or bool, both classes present.

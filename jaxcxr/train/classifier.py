@@ -377,7 +377,7 @@ def _report(prob: np.ndarray, y: np.ndarray, threshold: float, views: np.ndarray
 
 def evaluate_classifier(model: Classifier, dataset: data_lib.CXRDataset, task: str, *, batch_size: int = 32,
                         threshold: float = 0.5) -> dict[str, Any]:
-  """ROC AUC and accuracy of a classifier on a dataset (DESIGN §8 `evaluate classifier`).
+  """ROC AUC and accuracy of a classifier on a dataset (docs/cli.md `evaluate classifier`).
 
   Images without a target for `task` are skipped. Accuracy, sensitivity and
   specificity predict class 1 where p >= `threshold` (use the validation threshold
