@@ -306,3 +306,24 @@ def test_configs_round_trip_and_validate():
     dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, conditions=("sex", "age")))
   with pytest.raises(ValueError, match="multiple of steps_per_call"):
     dataclasses.replace(TINY, checkpoint_every=3)
+
+
+def test_warm_start_takes_a_saved_gan_and_refuses_another_shape(tmp_path):
+  cfg = config.gan_tiny()
+  generator = Generator(cfg.generator, rngs=nnx.Rngs(7))
+  discriminator = Discriminator(cfg.discriminator, rngs=nnx.Rngs(8))
+  checkpoints.save_model(tmp_path / "gan" / "generator", generator, cfg.generator)
+  checkpoints.save_model(tmp_path / "gan" / "discriminator", discriminator, cfg.discriminator)
+  fresh = gan.init_train_state(cfg)
+  state = gan.warm_start(fresh, tmp_path / "gan")
+  expected = {"g": nnx.to_pure_dict(nnx.state(generator, nnx.Param)),
+              "g_ema": nnx.to_pure_dict(nnx.state(generator, nnx.Param)),
+              "d": nnx.to_pure_dict(nnx.state(discriminator, nnx.Param)),
+              "d_stats": nnx.to_pure_dict(nnx.state(discriminator, nnx.BatchStat))}
+  for part, tree in expected.items():
+    for x, y in zip(jax.tree.leaves(state[part]), jax.tree.leaves(tree)):
+      np.testing.assert_array_equal(x, y)
+  assert int(state["step"]) == 0   # optimisers and step stay fresh
+  wider = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, max_channels=2 * cfg.generator.max_channels))
+  with pytest.raises(ValueError, match="saved generator does not match"):
+    gan.warm_start(gan.init_train_state(wider), tmp_path / "gan")

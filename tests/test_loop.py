@@ -6,6 +6,7 @@ checkpointed and resumed, JSON metadata taken back on resume, stop_at, and the e
 """
 
 import dataclasses
+import hashlib
 import json
 
 import jax
@@ -177,3 +178,20 @@ def test_stop_at_and_non_finite_metrics(tmp_path):
   assert Trainer().run(tmp_path / "c", resume=True).step == 6
   with pytest.raises(FloatingPointError, match="toy training diverged at step 2"):
     Trainer(data=np.array([np.nan, 1.0], np.float32)).run(tmp_path / "d")
+
+
+def test_copy_weights_makes_fresh_buffers_of_the_fresh_dtypes_and_checks_shapes():
+  saved = {"w": np.arange(6, dtype=np.float64).reshape(2, 3), "b": np.ones(3, np.float32)}
+  fresh = {"w": jnp.zeros((2, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+  a, b = loop.copy_weights(saved, fresh, "x"), loop.copy_weights(saved, fresh, "x")
+  np.testing.assert_array_equal(a["w"], saved["w"])
+  assert a["w"].dtype == jnp.float32 and a["w"].unsafe_buffer_pointer() != b["w"].unsafe_buffer_pointer()
+  with pytest.raises(ValueError, match="the thing does not match"):
+    loop.copy_weights({"w": saved["w"].T, "b": saved["b"]}, fresh, "the thing")
+
+
+def test_arrays_sha256_is_the_digest_of_the_concatenated_bytes():
+  arrays = [np.arange(5, dtype=np.int32), np.ones((2, 2), np.float32)]
+  expected = hashlib.sha256(arrays[0].tobytes() + arrays[1].tobytes()).hexdigest()
+  assert loop.arrays_sha256(arrays) == expected
+  assert loop.arrays_sha256(arrays[::-1]) != expected

@@ -44,8 +44,8 @@ from jaxcxr.models.generator import Generator, load_generator, sample_images
 from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.program import Program
 from jaxcxr.provenance import provenance
-from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
-                               run_training_loop, without_loop_fields)
+from jaxcxr.train.loop import (KEY_IMPL, compile_steps, copy_weights, data_metadata, device_name, jit_init,
+                               loop_summary, run_training_loop, without_loop_fields)
 
 __all__ = [
     "diff_augment",
@@ -367,14 +367,10 @@ def warm_start(state: TrainState, directory: str | os.PathLike) -> TrainState:
   d_model = load_discriminator(directory / "discriminator")
   d = nnx.to_pure_dict(nnx.state(d_model, nnx.Param))
   d_stats = nnx.to_pure_dict(nnx.state(d_model, nnx.BatchStat))
-  for name, saved, fresh in (("generator", g, state["g"]), ("discriminator", d, state["d"]),
-                             ("discriminator statistics", d_stats, state["d_stats"])):
-    shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
-    if shapes(saved) != shapes(fresh):
-      raise ValueError(f"{directory}: the saved {name} does not match the preset's model (other widths or layers)")
-  as_fresh = lambda saved, fresh: jax.tree.map(lambda s, f: jnp.array(s, f.dtype, copy=True), saved, fresh)
-  return {**state, "g": as_fresh(g, state["g"]), "g_ema": as_fresh(g, state["g_ema"]),
-          "d": as_fresh(d, state["d"]), "d_stats": as_fresh(d_stats, state["d_stats"])}
+  return {**state, "g": copy_weights(g, state["g"], f"{directory}: the saved generator"),
+          "g_ema": copy_weights(g, state["g_ema"], f"{directory}: the saved generator"),
+          "d": copy_weights(d, state["d"], f"{directory}: the saved discriminator"),
+          "d_stats": copy_weights(d_stats, state["d_stats"], f"{directory}: the saved discriminator statistics")}
 
 
 def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str | os.PathLike, *,

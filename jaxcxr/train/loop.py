@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import pathlib
 import sys
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcxr import data as data_lib
@@ -38,7 +40,9 @@ __all__ = [
     "KEY_IMPL",
     "LoopResult",
     "append_metrics",
+    "arrays_sha256",
     "compile_steps",
+    "copy_weights",
     "data_metadata",
     "device_name",
     "host_copy",
@@ -93,6 +97,29 @@ def _trim_metrics(path: pathlib.Path, step: int) -> None:
     kept = [r for r in lines if isinstance(r, dict) and r.get("step", 0) <= step]
     if len(kept) != len(lines) or path.read_bytes()[-1:] not in (b"", b"\n"):
       io_lib.save_json_lines(path, kept)
+
+
+def arrays_sha256(arrays) -> str:
+  """sha256 hex digest of a pytree's (or a sequence's) arrays, in order: an input a resumed run must be given again."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(arrays):
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()
+
+
+def copy_weights(saved, fresh, what: str):
+  """`saved` (a parameter tree) as fresh device copies with `fresh`'s dtypes, for a warm start.
+
+  Each call makes new buffers, so one saved tree can start two entries of a donated state
+  (weights and their EMA).
+
+  Raises:
+    ValueError: `saved` does not have `fresh`'s tree structure and shapes (`what` names it).
+  """
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  if shapes(saved) != shapes(fresh):
+    raise ValueError(f"{what} does not match the preset's model (other widths or layers)")
+  return jax.tree.map(lambda s, f: jnp.array(s, f.dtype, copy=True), saved, fresh)
 
 
 def data_metadata(dataset: data_lib.CXRDataset) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import pathlib
 import sys
@@ -33,7 +32,7 @@ from jaxcxr.data import GROUPS
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.models.generator import Generator
 from jaxcxr.models.score_predictor import ScorePredictor
-from jaxcxr.train.loop import host_copy, run_training_loop
+from jaxcxr.train.loop import arrays_sha256, host_copy, run_training_loop
 
 __all__ = ["base_images", "fit_score_predictor", "split_indices"]
 
@@ -229,9 +228,7 @@ def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScoreP
   def resumed(meta):
     history.update({k: list(meta["history"][k]) for k in ("step", "train_loss", "val_loss")})
 
-  digest = hashlib.sha256()
-  for array in (images, targets, np.asarray(train), np.asarray(validation)):
-    digest.update(np.ascontiguousarray(array).tobytes())
+  digest = arrays_sha256([images, targets, np.asarray(train), np.asarray(validation)])
   loop_config = FitLoopConfig(steps=steps, steps_per_call=eval_every, checkpoint_every=eval_every,
                               batch_size=batch_size)
   with tempfile.TemporaryDirectory(prefix="jaxcxr-score-predictor-") as scratch:
@@ -240,7 +237,7 @@ def fit_score_predictor(images: Any, measures: Mapping[str, Any], config: ScoreP
         args=(train_images, train_targets), out_dir=pathlib.Path(out_dir if out_dir is not None else scratch),
         resume=resume, progress=False, postfix=lambda m, _: {"loss": f"{float(np.mean(m['loss'])):.4f}"},
         run_metadata={"predictor": type(config).__name__, "predictor_config": dataclasses.asdict(config), "seed": seed,
-                      "learning_rate": learning_rate, "weight_decay": weight_decay, "data_sha256": digest.hexdigest()},
+                      "learning_rate": learning_rate, "weight_decay": weight_decay, "data_sha256": digest},
         checkpoint_metadata=lambda _: {"history": history}, on_resume=resumed, on_call=validate,
         host_entries=("best",))
   best_params, best_step, best_loss = loop.state["best"], 0, np.inf

@@ -24,7 +24,6 @@ weights as the inference checkpoint `upsampler/`.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import pathlib
 from typing import Any
@@ -44,8 +43,8 @@ from jaxcxr.models import condition as condition_lib
 from jaxcxr.models.generator import Generator
 from jaxcxr.models.upsampler import Upsampler, load_upsampler  # load_upsampler re-exported for its old callers
 from jaxcxr.provenance import provenance
-from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, jit_init, loop_summary,
-                               run_training_loop, without_loop_fields)
+from jaxcxr.train.loop import (KEY_IMPL, arrays_sha256, compile_steps, copy_weights, data_metadata, device_name,
+                               jit_init, loop_summary, run_training_loop, without_loop_fields)
 
 __all__ = ["PatchDiscriminator", "degrade", "downsample", "init_train_state", "load_upsampler", "train_step",
            "train_upsampler", "upsample_images"]
@@ -273,14 +272,6 @@ def upsample_images(upsampler: Upsampler, images_uint8: np.ndarray, *, seed: int
   return map_batches(lambda x: _upsample_uint8(graphdef, state, x, key), np.asarray(images_uint8), batch_size)
 
 
-def _params_digest(params) -> str:
-  """sha256 of a parameter tree's leaves (in tree order): what a resumed run checks it was given again."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(params):
-    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-  return digest.hexdigest()
-
-
 def _bilinear(images_uint8: np.ndarray, side: int) -> np.ndarray:
   """The reference the stage must beat: bilinear up-sampling of uint8 (N, h, w) to side x side, float32."""
   x = jnp.asarray(images_uint8, jnp.float32)
@@ -297,11 +288,8 @@ def warm_start(state: TrainState, upsampler: Upsampler) -> TrainState:
     ValueError: the stage's weights do not have the shapes of the config's stage.
   """
   saved = nnx.to_pure_dict(nnx.state(upsampler, nnx.Param))
-  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
-  if shapes(saved) != shapes(state["g"]):
-    raise ValueError("warm start: the given upsampler does not match the preset's stage (other widths or noise)")
-  copy = lambda: jax.tree.map(lambda a, f: jnp.array(a, f.dtype, copy=True), saved, state["g"])
-  return {**state, "g": copy(), "g_ema": copy()}
+  what = "warm start: the given upsampler"
+  return {**state, "g": copy_weights(saved, state["g"], what), "g_ema": copy_weights(saved, state["g_ema"], what)}
 
 
 def _base_conditions(dataset: data_lib.CXRDataset, base: Generator) -> np.ndarray:
@@ -405,8 +393,8 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
       args=args, out_dir=out_dir, resume=resume, progress=progress,
       run_metadata={"n_images": len(dataset), "seed": seed,
                     "data_sha256": data_metadata(dataset).get("data_sha256"),
-                    **({"base_sha256": _params_digest(base_params)} if base_params is not None else {}),
-                    **({"init_from_sha256": _params_digest(nnx.to_pure_dict(nnx.state(init_from)))}
+                    **({"base_sha256": arrays_sha256(base_params)} if base_params is not None else {}),
+                    **({"init_from_sha256": arrays_sha256(nnx.to_pure_dict(nnx.state(init_from)))}
                        if init_from is not None else {})},
       on_call=write_samples,
       postfix=lambda m, _: {"l1": f"{m['l1'][-1]:.4f}", "bil": f"{m['l1_bilinear'][-1]:.4f}",
