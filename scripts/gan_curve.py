@@ -64,13 +64,18 @@ def evaluate_step(run: pathlib.Path, step: int, config, upsampler, val, train, *
   base = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: Generator(config.generator, rngs=nnx.Rngs(0)))),
                    state["g_ema"])
   generator = make_cascade(base, upsampler) if upsampler is not None else base
+  return {"step": step, "train_hours": None if seconds is None else seconds / 3600,
+          **generator_figures(generator, val, train, seed=seed)}
+
+
+def generator_figures(generator, val, train, *, seed: int = 0) -> dict:
+  """The curve's figures of one generator: one sample per validation normal, against them."""
   cond = condition_lib.make_condition(val.sex, val.age, val.label, conditions=generator.config.conditions)
   generated = quality.generate_from_conditions(generator, jax.random.key(seed), cond)
   n = len(val)
   real_a = data.resize_uint8(val.images, generator.config.resolution)
   real_b = data.resize_uint8(train.images[:n], generator.config.resolution)
-  report = realism.realism_report(generated, real_a, real_b, train.images[n:], seed=seed)
-  return {"step": step, "train_hours": None if seconds is None else seconds / 3600, **_figures(report)}
+  return _figures(realism.realism_report(generated, real_a, real_b, train.images[n:], seed=seed))
 
 
 def main() -> None:

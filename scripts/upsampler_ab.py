@@ -12,15 +12,16 @@ import jax
 from flax import nnx
 sys.path.insert(0, os.path.dirname(__file__))
 import gan_curve
-from jaxcxr import checkpoints, config as config_lib, data, quality, realism
-from jaxcxr.models import condition as condition_lib
+from jaxcxr import checkpoints, config as config_lib
 from jaxcxr.models.generator import load_generator, make_cascade, Generator
 from jaxcxr.models.upsampler import Upsampler
 from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.train import upsampler as up_train
-val, train = gan_curve._real_sets(",".join(os.path.join(os.environ["JAXCXR_DATA"], f) for f in ("nih_cxr14_subset_256.npz", "nih_cxr14_extra_256.npz")))
+archives = ("nih_cxr14_subset_256.npz", "nih_cxr14_extra_256.npz")
+val, train = gan_curve._real_sets(",".join(os.path.join(os.environ["JAXCXR_DATA"], f) for f in archives))
 shipped = load_generator("checkpoints/gan_256/generator")
-base = nnx.merge(abstract_graphdef(Generator, shipped.config.base), {k: v for k, v in nnx.to_pure_dict(nnx.state(shipped)).items() if k != "upsampler"})
+base_params = {k: v for k, v in nnx.to_pure_dict(nnx.state(shipped)).items() if k != "upsampler"}
+base = nnx.merge(abstract_graphdef(Generator, shipped.config.base), base_params)
 cfg = config_lib.upsampler_x4_generated_cpu()
 step = int(sys.argv[1])
 run = sys.argv[2] if len(sys.argv) > 2 else "runs/upsampler_v3_generated"
@@ -29,11 +30,6 @@ state = mgr.restore(jax.eval_shape(lambda: up_train.init_train_state(cfg)), step
 new_up = nnx.merge(abstract_graphdef(Upsampler, cfg.upsampler), state["g_ema"])
 out = {}
 for name, up in (("shipped_upsampler", shipped.upsampler), (f"generated_inputs_step_{step}", new_up)):
-  g = make_cascade(base, up)
-  cond = condition_lib.make_condition(val.sex, val.age, val.label, conditions=g.config.conditions)
-  gen = quality.generate_from_conditions(g, jax.random.key(0), cond)
-  n = len(val)
-  rep = realism.realism_report(gen, val.images, train.images[:n], train.images[n:], seed=0)
-  out[name] = gan_curve._figures(rep)
+  out[name] = gan_curve.generator_figures(make_cascade(base, up), val, train)
   print(name, json.dumps(out[name]), flush=True)
 json.dump(out, open(f"runs/upsampler_ab_{step}.json", "w"), indent=1)
