@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks import measure
 
-_SKIP = "torch not installed (pip install 'torch==2.13.0+cpu' on a CPU machine)"
+SKIP_REASON = "torch not installed (pip install 'torch==2.13.0+cpu' on a CPU machine)"
 
 
 def available() -> bool:
@@ -26,7 +26,7 @@ def available() -> bool:
 def _skip(bench, suite: str, name: str, batch: int) -> bool:
   if available():
     return False
-  bench.emit(measure.skipped(bench.ctx, suite=suite, name=name, peer="torch_eager", reason=_SKIP, batch=batch))
+  bench.emit(measure.skipped(bench.ctx, suite=suite, name=name, peer="torch_eager", reason=SKIP_REASON, batch=batch))
   return True
 
 

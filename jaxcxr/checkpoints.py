@@ -51,6 +51,7 @@ contain keys: RNG state is rebuilt by the model factory on load.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -720,11 +721,55 @@ SHIPPED_HEALTHYGAN_TRANSLATORS = ("healthygan_256/translator", "healthygan_64/tr
 # Cascade pre-filters (base-image score predictors with thresholds; each names its generator's id).
 SHIPPED_CASCADE_PREFILTERS = ("cascade_prefilter_gan_256",)
 
+# The package a non-editable install (`pip install .`, a wheel) carries the default models in: the source
+# folder `checkpoints/` under this name (setup.py), holding only the folders below (pyproject.toml's package
+# data, figures left out). They are what `load_pretrained()` and `jaxcxr demo` use: the generator, the
+# post-filter (its calibration, U-Net and abnormal classifier), the cascade pre-filter, the normal-only GAN,
+# f-AnoGAN and HealthyGAN. The older models come with the source checkout only.
+MODELS_PACKAGE = "jaxcxr_models"
+INSTALLED_MODELS = ("gan_256", "scoring_256", "unet_256", "classifier_abnormal_ensemble_96",
+                    "cascade_prefilter_gan_256", "gan_256_normal", "fanogan_256", "healthygan_256")
+
+
+def source_checkpoints() -> pathlib.Path:
+  """The `checkpoints/` folder of the source checkout jaxcxr runs from (absent in a non-editable install)."""
+  return pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def installed_models() -> pathlib.Path | None:
+  """The folder of the installed `jaxcxr_models` package (the default models), or None where it is not installed."""
+  spec = importlib.util.find_spec(MODELS_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return pathlib.Path(next(iter(spec.submodule_search_locations))).resolve()
+
 
 def checkpoints_root() -> pathlib.Path:
-  """`$JAXCXR_CHECKPOINTS`, else the `checkpoints/` folder of the source checkout."""
+  """`$JAXCXR_CHECKPOINTS`, else the source checkout's `checkpoints/`, else the installed `jaxcxr_models`.
+
+  An editable install and a source checkout find every shipped model; a non-editable
+  install finds the default models of `INSTALLED_MODELS`. Where none is there, the source
+  checkout's folder is returned (the errors of the callers name it).
+  """
   env = os.environ.get("JAXCXR_CHECKPOINTS")
-  return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
+  if env:
+    return pathlib.Path(env)
+  source = source_checkpoints()
+  if source.is_dir():
+    return source
+  installed = installed_models()
+  return installed if installed is not None else source
+
+
+def missing_reason(root: str | os.PathLike[str]) -> str:
+  """Why a shipped model may be missing under `root`: a sentence naming what to do, for error messages."""
+  root = pathlib.Path(root)
+  installed = installed_models()
+  if installed is not None and root.resolve() == installed:
+    return (f"the installed package {MODELS_PACKAGE} holds the default models only ({', '.join(INSTALLED_MODELS)}); "
+            "the older ones come with the source checkout (install it with pip install -e, or set "
+            "JAXCXR_CHECKPOINTS to its checkpoints folder)")
+  return "pass --checkpoint DIR or set JAXCXR_CHECKPOINTS"
 
 
 def shipped_normal_gans() -> list[pathlib.Path]:
@@ -746,8 +791,7 @@ def shipped_checkpoint(*names: str) -> pathlib.Path:
   for name in names:
     if _is_model_checkpoint(root / name):
       return root / name
-  raise CheckpointError(f"{root}: no shipped checkpoint among {', '.join(names)}; pass --checkpoint DIR or set "
-                        "JAXCXR_CHECKPOINTS")
+  raise CheckpointError(f"{root}: no shipped checkpoint among {', '.join(names)}; {missing_reason(root)}")
 
 
 def model_folder(directory: str | os.PathLike[str], kind: str) -> pathlib.Path:

@@ -2,9 +2,11 @@
 
 `load_pretrained()` finds the shipped model folders under the checkpoints root
 (`jaxcxr.checkpoints.checkpoints_root()`: `$JAXCXR_CHECKPOINTS`, else the `checkpoints/`
-folder of the source checkout) and returns a `Pretrained`. Nothing is loaded until a
-model is first used: each attribute loads its model with the same library function
-the command line uses, once, and keeps it.
+folder of the source checkout, else the package `jaxcxr_models` that a non-editable
+install carries) and returns a `Pretrained`. Nothing is loaded until a model is first
+used: each attribute loads its model with the same library function the command line
+uses, once, and keeps it. The installed package holds the models below only (their
+best folders); the older ones (e.g. `gan_64`) come with the source checkout.
 
 =====================  ===========================================================
 attribute              model (loader)
@@ -115,6 +117,12 @@ def _checkpoints_root(root: pathlib.Path):
       os.environ[_ROOT_ENV] = old
 
 
+def _why(root: pathlib.Path) -> str:
+  """"; " and why models are missing under the installed models package, else ""."""
+  installed = checkpoints.installed_models()
+  return f"; {checkpoints.missing_reason(root)}" if installed is not None and root.resolve() == installed else ""
+
+
 def _find_folders(root: pathlib.Path) -> dict[str, pathlib.Path | None]:
   """The folder of each model of `_MODELS` under `root` (None where it is missing), loading nothing.
 
@@ -203,7 +211,7 @@ class Pretrained:
     if folder is None:
       what, names = _MODELS[name]
       raise checkpoints.CheckpointError(f"{self.root}: no {what} here (looked for {', '.join(names)}); pass "
-                                        "load_pretrained(root=...) a checkpoints folder that has one")
+                                        f"load_pretrained(root=...) a checkpoints folder that has one{_why(self.root)}")
     return folder
 
   @functools.cached_property
@@ -258,7 +266,7 @@ class Pretrained:
     width = max(map(len, MODEL_NAMES))
     for name, folder in self.folders.items():
       if folder is None:
-        where = f"missing (looked for {', '.join(_MODELS[name][1])})"
+        where = f"missing (looked for {', '.join(_MODELS[name][1])}{_why(self.root)})"
       else:
         shown = folder.relative_to(self.root).as_posix() if folder.is_relative_to(self.root) else str(folder)
         where = f"{shown}  ({'loaded' if name in self.__dict__ else 'not loaded'})"
@@ -275,7 +283,8 @@ def load_pretrained(root: str | os.PathLike | None = None, *, strictness: str | 
 
   Args:
     root: the checkpoints folder; default `jaxcxr.checkpoints.checkpoints_root()`
-      (`$JAXCXR_CHECKPOINTS`, else `checkpoints/` of the source checkout).
+      (`$JAXCXR_CHECKPOINTS`, else `checkpoints/` of the source checkout, else the
+      installed package `jaxcxr_models` of a non-editable install).
     strictness: the post-filter level of `scorer`: "standard", "strict" or a fraction q.
     batch_size: the post-filter's images per compiled call (default the calibration's, 32);
       small values (4, 8) make the first call compile and run much sooner on a CPU.
@@ -312,7 +321,8 @@ def load_pretrained(root: str | os.PathLike | None = None, *, strictness: str | 
   searched = "; ".join(f"{what}: {' or '.join(names)}" for what, names in _MODELS.values())
   if not root.exists():
     raise checkpoints.CheckpointError(f"{root}: checkpoints folder does not exist; missing every shipped model "
-                                      f"({searched}). Pass root=DIR or set {_ROOT_ENV}")
+                                      f"({searched}). Pass root=DIR or set {_ROOT_ENV}, or install jaxcxr with its "
+                                      f"models package {checkpoints.MODELS_PACKAGE} (pip install .)")
   if not root.is_dir():
     raise checkpoints.CheckpointError(f"{root}: expected the checkpoints folder, found a file")
   folders = _find_folders(root)

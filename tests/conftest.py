@@ -19,12 +19,28 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # One persistent compilation cache for the session and the processes it starts (CLI runs, the
 # notebook kernel): identical programs compile once; the user's own cache folder stays untouched.
-os.environ.setdefault(compilation_cache.ENV, tempfile.mkdtemp(prefix="jaxcxr-test-xla-"))
+# pytest-xdist's workers inherit the folder of the main process, so they share it too.
+if compilation_cache.ENV not in os.environ:
+  os.environ[compilation_cache.ENV] = tempfile.mkdtemp(prefix="jaxcxr-test-xla-")
 compilation_cache.enable_compilation_cache()
 
 DATA = pathlib.Path(__file__).parent / "data"
 NIH_FIXTURE = DATA / "nih_fixture.npz"
 COVID_FIXTURE = DATA / "covid_fixture.npz"
+
+
+# The test files that take longest (about a minute or more of CPU each), longest first, then test_wheel.py,
+# whose `jaxcxr demo` reuses test_demo.py's compiled programs from the shared cache. They are collected
+# first: pytest-xdist with `--dist loadfile` hands whole files to the workers in collection order, so the
+# long ones start first and the short ones even out the end. Without xdist only the order changes.
+LONG_FILES = ("test_cli.py", "test_cascade.py", "test_twins.py", "test_prefilter_cascade.py", "test_scoring.py",
+              "test_classifier.py", "test_kill_resume.py", "test_demo.py", "test_benchmarks.py", "test_pretrained.py",
+              "test_unet.py", "test_prefilter_sampler.py", "test_ensemble.py", "test_wheel.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))   # stable: a file's tests keep their order
 
 
 @pytest.fixture

@@ -114,6 +114,7 @@ def test_cascade_config_validation():
 
 def test_discriminator_pools_larger_images_and_anogan_runs_on_a_cascade(getkey):
   cascade = make_cascade(_tiny_generator("resize"), Upsampler(TINY_UP, rngs=nnx.Rngs(1)))
+  base_gan = _tiny_generator("resize")                       # the same weights as the cascade's base
   disc = Discriminator(config.DiscriminatorConfig(resolution=32, base_channels=4, max_channels=8),
                        rngs=nnx.Rngs(2))
   disc = nnx.view(disc, use_running_average=True)
@@ -123,13 +124,29 @@ def test_discriminator_pools_larger_images_and_anogan_runs_on_a_cascade(getkey):
   with pytest.raises(ValueError, match="power-of-2 multiple"):
     disc.features(jnp.zeros((2, 48, 48, 1)))
   images = np.asarray(sample_images(cascade, getkey(), 2, "58_64m"))
-  result = search_latents(cascade, disc, images, np.zeros((2, 3), np.float32), getkey(),
-                          LatentSearchConfig(steps=3, restarts=1))
+  cond = np.zeros((2, 3), np.float32)
+  search = LatentSearchConfig(steps=3, restarts=1)
+  result = search_latents(cascade, disc, images, cond, getkey(), search)
   assert result.residual.shape[:3] == (2, 64, 64) and np.all(np.isfinite(np.asarray(result.score)))
-  # The base-image search compares 32x32 queries with the base GAN's images, D unchanged.
-  base = search_latents(cascade, disc, data.resize_uint8(images, 32), np.zeros((2, 3), np.float32), getkey(),
-                        LatentSearchConfig(steps=3, restarts=1, base_image=True))
+  # Known answer: the score and residual are the loss of the whole cascade's image at z*, recomputed here.
+  x = data.to_signed(images)[..., None]
+  g = cascade(result.z, cond)
+  residual = jnp.abs(x - g)
+  feature_score = jnp.abs(disc.features(x) - disc.features(g)).mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(result.residual, residual, atol=1e-4)
+  np.testing.assert_allclose(result.residual_score, residual.mean(axis=(1, 2, 3)), rtol=1e-4)
+  np.testing.assert_allclose(result.feature_score, feature_score, rtol=1e-4)
+  w = search.feature_weight
+  np.testing.assert_allclose(result.score, (1 - w) * result.residual_score + w * result.feature_score, rtol=1e-5)
+  # The base-image search compares 32x32 queries with the base GAN's images, D unchanged: known answer, the
+  # search of the base GAN alone from the same starts.
+  key = getkey()
+  small = data.resize_uint8(images, 32)
+  base = search_latents(cascade, disc, small, cond, key, LatentSearchConfig(steps=3, restarts=1, base_image=True))
   assert base.residual.shape[:3] == (2, 32, 32) and np.all(np.isfinite(np.asarray(base.score)))
+  alone = search_latents(base_gan, disc, small, cond, key, search)
+  for name in ("z", "score", "residual", "loss_trace"):
+    np.testing.assert_allclose(getattr(base, name), getattr(alone, name), rtol=1e-4, atol=1e-5, err_msg=name)
   with pytest.raises(ValueError, match="32, 32"):
     search_latents(cascade, disc, images, np.zeros((2, 3), np.float32), getkey(),
                    LatentSearchConfig(steps=3, base_image=True))
@@ -141,11 +158,23 @@ def test_fanogan_at_a_cascades_base_resolution(getkey):
                                 rngs=nnx.Rngs(2)), use_running_average=True)
   images = np.asarray(sample_images(cascade, getkey(), 3, "58_64m"))
   cond = np.zeros((3, 3), np.float32)
+
+  def izi_f(enc, gen, d, x):
+    """Known answer: the paper's izi_f score, from the models; a base-resolution encoder uses the base image."""
+    z = enc(x)
+    rec = gen.base_image(z, cond) if enc.config.resolution == gen.config.base_resolution else gen(z, cond)
+    return z, rec, jnp.square(x - rec).mean(axis=(1, 2, 3)) + jnp.square(d.features(x) - d.features(rec)).mean(
+        axis=(1, 2, 3))
+
   for resolution in (32, 64):            # the base image's and the output's
     enc = Encoder(config.EncoderConfig(resolution=resolution, base_channels=4, max_channels=8, norm_groups=2),
                   rngs=nnx.Rngs(3))
     out = fanogan_scores(enc, cascade, disc, images, cond, batch_size=2, progress=False)
     assert out.residual.shape == (3, resolution, resolution) and np.all(np.isfinite(out.score))
+    z, rec, score = izi_f(enc, cascade, disc, data.to_signed(data.resize_uint8(images, resolution))[..., None])
+    np.testing.assert_allclose(out.z, z, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.score, score, rtol=1e-4)
+    np.testing.assert_allclose(out.reconstruction, rec[..., 0], atol=2e-3)                  # float16
   enc = Encoder(config.EncoderConfig(resolution=128, base_channels=4, max_channels=8, norm_groups=2),
                 rngs=nnx.Rngs(3))
   with pytest.raises(ValueError, match="does not match"):

@@ -40,6 +40,9 @@ SETTINGS = settings(max_examples=20, deadline=None, database=None, derandomize=T
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FEW = settings(max_examples=4, deadline=None, database=None, derandomize=True,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# Tests over commands are parametrized by the command (each is met on every run), a few examples each.
+PER_COMMAND = settings(max_examples=4, deadline=None, database=None, derandomize=True,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 ROOT = checkpoints.checkpoints_root()
 
 
@@ -144,9 +147,9 @@ def test_sample_refuses_a_bad_latent_dataset(capsys, files):
                             "--prefilter", "youden", "--latents", files["truncated"]], contains="truncated.npz")
 
 
-@SETTINGS
-@given(fraction=st.floats(0.0, 0.99), garbage=st.binary(max_size=48),
-       command=st.sampled_from(sorted(DATA_COMMANDS) + sorted(LATENT_COMMANDS)))
+@pytest.mark.parametrize("command", sorted(DATA_COMMANDS) + sorted(LATENT_COMMANDS))   # each command, every run
+@PER_COMMAND
+@given(fraction=st.floats(0.0, 0.99), garbage=st.binary(max_size=48))
 def test_any_cut_or_garbled_file_is_one_error(capsys, files, fraction, garbage, command):
   raw = files["nih"].read_bytes() if command in DATA_COMMANDS else files["latents"].read_bytes()
   bad = files["tmp"] / "cut.npz"
@@ -212,9 +215,9 @@ GAN_COMMANDS = {
 
 
 @pytest.mark.skipif(not GAN.is_dir(), reason="needs the shipped gan_64 checkpoint")
-@SETTINGS
-@given(damage=st.sampled_from(_gan_damages()), seed=st.integers(0, 2**16),
-       command=st.sampled_from(["sample", "evaluate gan", "cascade", "evaluate anomaly", "latents build"]))
+@pytest.mark.parametrize("command", ["sample", "evaluate gan", "cascade", "evaluate anomaly", "latents build"])
+@PER_COMMAND
+@given(damage=st.sampled_from(_gan_damages()), seed=st.integers(0, 2**16))
 def test_any_damaged_generator_file_is_one_error(capsys, tmp_path_factory, nih_path, damage, seed, command):
   name, how = damage
   tmp = tmp_path_factory.mktemp("damaged")
@@ -355,9 +358,19 @@ def test_missing_or_corrupt_prefilter_is_one_error(capsys, tmp_path, fitted):
 
 
 @pytest.mark.parametrize("command", ["sample", "demo", "latents build", "latents fit"])
+@pytest.mark.parametrize("named", ["40_50m", "38_44F", "38-44f", "all", "18_24"])   # each near miss, every run
+def test_near_miss_groups_are_one_error(capsys, files, named, command):
+  _assert_unknown_group_is_one_error(capsys, files, named, command)
+
+
+@pytest.mark.parametrize("command", ["sample", "demo", "latents build", "latents fit"])
 @FEW
 @given(group=st.one_of(st.text(max_size=10), st.sampled_from(["40_50m", "38_44F", "38-44f", "all", "18_24"])))
 def test_unknown_groups_are_one_error(capsys, files, group, command):
+  _assert_unknown_group_is_one_error(capsys, files, group, command)
+
+
+def _assert_unknown_group_is_one_error(capsys, files, group, command):
   names = [g.strip() for g in group.split(",") if g.strip()]
   if group in GROUPS or "\x00" in group or (command == "latents build" and (
       group.strip() == "all" or (names and all(g in GROUPS for g in names)))):

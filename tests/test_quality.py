@@ -50,6 +50,39 @@ def test_evaluate_gan_with_classifier_feature_space_and_sex_classifier(nih_path)
   np.testing.assert_allclose(features[4], alone[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("female_level, agreement", [(200, 1.0), (50, 0.0)])
+def test_sex_classifier_agreement_known_answer(nih_path, monkeypatch, female_level, agreement):
+  """A generator that draws the asked sex (female: uniform `female_level`, male: 255 - it) and a classifier that
+  reads it (logit > 0 where bright): the agreement is 1, or 0 when the generator draws the other sex."""
+  from jaxcxr.config import ClassifierConfig
+  from jaxcxr.models.classifier import Classifier
+
+  cfg = config.gan_tiny(resolution=32)
+  generator = Generator(cfg.generator, rngs=nnx.Rngs(0))
+  discriminator = nnx.view(Discriminator(cfg.discriminator, rngs=nnx.Rngs(1)), use_running_average=True)
+  classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2),
+                          rngs=nnx.Rngs(2))
+  drawn = []
+
+  def sample_images(gen, key, n, group):
+    assert gen is generator
+    drawn.append(group)
+    level = female_level if group.endswith("f") else 255 - female_level
+    return np.full((n, 32, 32), level, np.uint8)
+
+  def predict_logits(model, images, **_):
+    assert model is classifier
+    return np.asarray(images, np.float32).mean(axis=(1, 2)) / 255.0 - 0.5
+
+  monkeypatch.setattr(quality.generator_lib, "sample_images", sample_images)
+  monkeypatch.setattr(quality, "predict_logits", predict_logits)
+  result = quality.evaluate_gan(generator, discriminator, data.load(nih_path), n_per_group=4, sex_classifier=classifier)
+  assert drawn == list(data.GROUPS)
+  assert result["sex_classifier_agreement_generated"] == agreement
+  female = {g: row["classifier_female_fraction"] for g, row in result["groups"].items()}
+  assert female == {g: float(g.endswith("f") == (agreement == 1.0)) for g in data.GROUPS}
+
+
 def _normals_with_distinct_patients(real, n, *, seed, prefix):
   """n distinct normal images (the fixture's normals, shifted and with pixel noise), one patient each."""
   normals = real.select(label=0)
