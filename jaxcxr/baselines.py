@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.stats
 
-from jaxcxr import metrics
+from jaxcxr import data, metrics
 from jaxcxr.data import DataError
 from jaxcxr.exposure import histogram_quantiles, masked_histograms
 
@@ -59,6 +59,7 @@ __all__ = [
     "centre_box",
     "compare_scores",
     "compare_to_baselines",
+    "compare_with_training_patients",
     "evaluate_baselines",
     "fit_baselines",
     "format_comparison",
@@ -297,7 +298,6 @@ def fit_baselines(images: Any, labels: Any, *, masks: Any | None = None, patient
 
 def _fit_pixel(images: np.ndarray, y: np.ndarray, patients: Any | None, size: int):
   """`train.classifier.fit_pixel_logreg` on bare arrays (the dataset it takes carries the patient ids)."""
-  from jaxcxr import data  # pylint: disable=g-import-not-at-top
   from jaxcxr.train.classifier import fit_pixel_logreg  # pylint: disable=g-import-not-at-top
 
   if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
@@ -511,6 +511,45 @@ def compare_to_baselines(scores: Any, labels: Any, images: Any, train_images: An
   result["fitted"] = evaluated["fitted"]
   for view, entry in result.get("by_view", {}).items():
     entry["statistics"] = evaluated["by_view"][view]["statistics"]
+  return result
+
+
+def compare_with_training_patients(scores: Any, labels: Any, evaluated: Any, train: Any, train_labels: Any, *,
+                                   lung_masks: Callable[[np.ndarray], np.ndarray] | None = None,
+                                   method: str = "method", pixel_size: int | None = 32,
+                                   level: float = 0.95) -> dict[str, Any]:
+  """`compare_to_baselines` on datasets: the evaluations' one call (views, patients and masks from the data).
+
+  Args:
+    scores: (N,) the method's scores of `evaluated`' images, higher = more positive.
+    labels: (N,) 0/1 labels of `evaluated`' images.
+    evaluated: the evaluated `jaxcxr.data.CXRDataset` (validation or test patients).
+    train: a `CXRDataset` of other patients (the method's training patients), to fit the baselines on;
+      its patient ids group the pixel baseline's cross-validation folds.
+    train_labels: (M,) 0/1 labels of `train`' images.
+    lung_masks: a function from uint8 (N, H, W) images to lung label maps (e.g. a U-Net's
+      `predict_masks`), for the lung statistics; None for whole-image and centre statistics only.
+    method, pixel_size, level: as `compare_to_baselines`.
+
+  Returns:
+    `compare_to_baselines`' report, per view by `jaxcxr.data.views(evaluated)` when the data has views,
+    plus "lung_statistics" (whether the statistics include the lungs).
+
+  Raises:
+    ValueError, jaxcxr.data.DataError: as `compare_to_baselines`, or training patients that are also evaluated.
+  """
+  overlap = set(np.asarray(evaluated.patient_id).astype(str)) & set(np.asarray(train.patient_id).astype(str))
+  if overlap:
+    raise DataError(f"compare_with_training_patients: {len(overlap)} patient(s) are both evaluated and used to fit "
+                    f"the baselines (e.g. {sorted(overlap)[:3]}); fit them on other patients")
+  images, train_images = _check_images(evaluated.images, "evaluated images"), _check_images(train.images, "train")
+  masks = train_masks = None
+  if lung_masks is not None:
+    masks, train_masks = np.asarray(lung_masks(images)), np.asarray(lung_masks(train_images))
+  result = compare_to_baselines(scores, labels, images, train_images, train_labels, views=data.views(evaluated),
+                                masks=masks, train_masks=train_masks, train_patients=train.patient_id,
+                                pixel_size=pixel_size, method=method, level=level)
+  result["lung_statistics"] = lung_masks is not None
   return result
 
 

@@ -58,7 +58,10 @@ class EvaluationImages(NamedTuple):
   Attributes:
     dataset: the images of the split asked for.
     split_from: `OWN_SPLIT` or `STANDARD_SPLIT`.
-    train: the model's own training images (with `OWN_SPLIT`, when its metadata names them), else None.
+    train: the training patients' images of the split used, which the evaluation's trivial baselines
+      are fitted on (`jaxcxr.baselines`): the model's own training images with `OWN_SPLIT` (None when
+      its metadata does not name them), the standard split's "train" part with `STANDARD_SPLIT`;
+      None for the splits "train" and "all", whose images include them.
   """
 
   dataset: CXRDataset
@@ -97,8 +100,9 @@ def model_split(ds: CXRDataset, metadata: Mapping[str, Any], split: str) -> Eval
       "data_sha256"):
     own = _saved_part(ds, saved, split)
     if own is not None:
-      return EvaluationImages(own, OWN_SPLIT, _saved_part(ds, saved, "train"))
-  return EvaluationImages(standard_subset(ds, split), STANDARD_SPLIT, None)
+      return EvaluationImages(own, OWN_SPLIT, _saved_part(ds, saved, "train") if split != "train" else None)
+  train = standard_subset(ds, "train") if split in ("val", "test") else None
+  return EvaluationImages(standard_subset(ds, split), STANDARD_SPLIT, train)
 
 
 def classifier_split(ds: CXRDataset, metadata: Mapping[str, Any], split: str, task: str) -> EvaluationImages:

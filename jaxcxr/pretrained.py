@@ -50,14 +50,16 @@ import pathlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from jaxcxr import anomaly, checkpoints, models, scoring
 from jaxcxr.models import healthygan, load_discriminator, load_generator
 from jaxcxr.models.healthygan import load_translator
-from jaxcxr.models.unet import load_unet
+from jaxcxr.models.unet import load_unet, predict_masks
 from jaxcxr.prefilter import cascade
 
 __all__ = ["ANOMALY_LUNG_MASK", "ANOMALY_METHODS", "MODEL_NAMES", "Fanogan", "NormalGan", "Pretrained",
-           "anomaly_scorer", "load_pretrained"]
+           "anomaly_scorer", "load_pretrained", "lung_masker"]
 
 # The anomaly methods `anomaly_scorer` builds: AnoGAN latent search, f-AnoGAN, HealthyGAN.
 ANOMALY_METHODS: tuple[str, ...] = ("anogan", "fanogan", "healthygan")
@@ -387,6 +389,17 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
     log(f"scoring the residual inside the lungs of {unet_dir}")
     scorer = anomaly.LungMaskedScorer(scorer, load_unet(unet_dir))
   return scorer, directory
+
+
+def lung_masker(unet: str | os.PathLike | None = None, *, log: Callable[[str], None] = lambda _: None
+                ) -> Callable[[Any], np.ndarray]:
+  """A function from radiographs to lung label maps: `predict_masks` of the given (default: shipped) U-Net.
+
+  The evaluations pass it to `jaxcxr.baselines.compare_with_training_patients` for the lung statistics.
+  """
+  unet_dir = _given_or_shipped(unet, "unet", checkpoints.SHIPPED_UNETS)
+  log(f"lung masks of the baselines' statistics from {unet_dir}")
+  return functools.partial(predict_masks, load_unet(unet_dir))
 
 
 def _given_or_shipped(directory: str | os.PathLike | None, kind: str, shipped: tuple[str, ...]) -> pathlib.Path:

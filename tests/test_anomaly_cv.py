@@ -29,6 +29,11 @@ def test_healthygan_cv_scores_every_image_once_per_repeat_and_resumes(nih, tmp_p
   aucs = [p["roc_auc"]["score"] for p in report["per_fold"]]
   assert report["summary"]["score"]["mean"] == pytest.approx(np.mean(aucs))
   assert json.loads((tmp_path / "cv_report.json").read_text())["summary"] == report["summary"]
+  # The trivial baselines, fitted on each fold's training folds, pooled per repeat against the method's scores.
+  assert set(report["baselines_summary"]) == {"statistic", "statistics_logreg", "pixel_logreg"}
+  comparison = report["baselines"][0]
+  assert comparison["method"]["roc_auc"] == pytest.approx(report["pooled"]["score"][0]["roc_auc"])
+  assert comparison["strongest"] in comparison["baselines"] and comparison["n"] == 24
   # A rerun after a crash recomputes only what is missing: fold 1's scores, from its saved model.
   (tmp_path / "repeat0_fold1" / "held_out_scores.npz").unlink()
   again = anomaly_cv.cross_validate_anomaly("healthygan", nih, tmp_path, folds=2, repeats=1, config=TINY,

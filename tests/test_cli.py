@@ -305,24 +305,36 @@ def test_evaluate_classifier_uses_the_checkpoints_own_split_on_its_own_data(caps
   result = json.loads(out)
   assert result["split_from"] == "the checkpoint's own patient split" and result["n"] == len(own_test)
   assert result["roc_auc"] == pytest.approx(trained["test"]["roc_auc"])
-  # The pixel baseline on the same training patients, compared on the same test images.
+  # The trivial baselines, fitted on the same training patients, compared on the same test images.
+  base = result["baselines"]
+  assert base["method"]["roc_auc"] == pytest.approx(result["roc_auc"]) and base["n"] == result["n"]
+  assert base["lung_statistics"] and set(base["baselines"]) == {"statistic", "statistics_logreg", "pixel_logreg"}
+  strongest = base["baselines"][base["strongest"]]["roc_auc"]
+  assert strongest == max(b["roc_auc"] for b in base["baselines"].values())
+  assert 0 <= base["paired_delong"]["p_value"] <= 1
+  assert base["paired_delong"]["difference"] == pytest.approx(result["roc_auc"] - strongest)
+  assert base["fitted"]["n_train"] == len(checkpoints.read_metadata(trained["classifier"])["split"]["train"])
+  assert set(base["by_view"]) == set(data.views(data.load(nih_path)))
   code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--checkpoint", trained["classifier"],
-                           "--data", str(nih_path), "--split", "test", "--baseline", "--out", str(tmp_path / "cam"),
-                           "--json")
+                           "--data", str(nih_path), "--split", "test", "--no-baselines", "--out", str(tmp_path / "cam"))
   assert code == 0, err
-  result = json.loads(out)
-  paired = result["baseline"]["paired_delong"]
-  assert paired["roc_auc_a"] == pytest.approx(result["roc_auc"]) and 0 <= paired["p_value"] <= 1
-  assert paired["roc_auc_b"] == pytest.approx(result["baseline"]["roc_auc"])
+  assert "trivial baselines" not in out and "trivial baselines" in (
+      run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--checkpoint", trained["classifier"], "--data",
+              str(nih_path), "--split", "test")[1])
   assert (tmp_path / "cam" / "gradcam_overlays.png").stat().st_size > 0
   # The shipped classifier was trained on another file: the standard split of this one.
   code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--data", str(nih_path), "--split",
                            "test", "--json")
   assert code == 0, err
-  assert json.loads(out)["split_from"] == "data.standard_split"
+  result = json.loads(out)
+  assert result["split_from"] == "data.standard_split"
+  assert result["baselines"] is None and "fewer than 2 images of a class" in err   # 1 male among 4 test images
   code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--data", str(nih_path), "--split",
-                           "test", "--baseline")
-  assert code == 2 and "--baseline" in err and "Traceback" not in err
+                           "train", "--baselines")
+  assert code == 2 and "--baselines" in err and "Traceback" not in err
+  code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "sex", "--data", str(nih_path), "--split",
+                           "train", "--json")
+  assert code == 0 and json.loads(out)["baselines"] is None and "no trivial baselines" in err
 
 
 def test_calibrate_refuses_too_few_normal_images(capsys, nih_path, tmp_path):
@@ -388,6 +400,12 @@ def test_evaluate_anomaly_saves_scores_and_reports_the_threshold_data(capsys, ni
       anomaly.auc_with_interval(saved["threshold_scores"], saved["threshold_labels"])["roc_auc"])
   assert set(val["components"]) == {"image_loss", "feature_loss"} and "by_view" in val
   assert not set(saved["patient_id"]) & set(saved["threshold_patient_id"])   # test and validation patients differ
+  # The trivial baselines on the same test images, fitted on the task's training patients.
+  base = result["baselines"]
+  assert base["method"]["roc_auc"] == pytest.approx(result["roc_auc"]) and base["n"] == result["n"]
+  assert base["strongest"] in base["baselines"] and base["paired_delong"]["baseline"] == base["strongest"]
+  assert "vs trivial baselines" in run_cli(capsys, "evaluate", "anomaly", "--method", "fanogan", "--data",
+                                           str(nih_path), "--split", "test", "--whole-image")[1]
 
 
 def test_evaluate_anomaly_covid_task_against_nih_normals(capsys, nih_path, covid_path, tmp_path):
@@ -404,6 +422,7 @@ def test_evaluate_anomaly_covid_task_against_nih_normals(capsys, nih_path, covid
   assert result["abnormal"] == "covid" and result["n_normal"] == 12 and result["n_abnormal"] == known
   assert result["covid_dropped_unknown_sex_or_age"] == len(covid) - known
   assert "source_only_baseline" not in result                    # --split all: no separate training patients
+  assert result["baselines"] is None
 
 
 def test_evaluate_anomaly_ensemble_of_saved_scores(capsys, nih_path, tmp_path):

@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "normals (a second task; source alone separates those archives)")
   evaluate_anomaly.add_argument("--covid-data", help="COVID-19 archive for --abnormal covid "
                                                      "(default covid_v7lungs_256.npz in the data folder)")
+  _add_baselines_arg(evaluate_anomaly, "the task's training patients")
   evaluate_anomaly.add_argument("--scores", help="npz file for the per-image scores and residual maps (and the "
                                                  "threshold data's scores), e.g. for `evaluate anomaly-ensemble`")
   evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
@@ -169,9 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_classifier.add_argument("--task", choices=("abnormal", "sex"), required=True)
   _add_data_arg(evaluate_classifier)
   evaluate_classifier.add_argument("--checkpoint", help="classifier checkpoint folder (default: the shipped one)")
-  evaluate_classifier.add_argument("--baseline", action="store_true",
-                                   help="also fit the pixel logistic-regression baseline on the classifier's training "
-                                        "patients and compare the two AUCs (DeLong's paired test)")
+  _add_baselines_arg(evaluate_classifier, "the classifier's training patients")
   evaluate_classifier.add_argument("--out", help="folder for gradcam_overlays.png (8 positive images)")
   _add_split_arg(evaluate_classifier)
   _add_json_arg(evaluate_classifier)
@@ -281,6 +280,13 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
                            "[0.01, 0.9] of real normals failing each score (default standard)")
   parser.add_argument("--batch-size", type=int, default=None, help="images per compiled call (default 32)")
   parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and scores stay fp32)")
+
+
+def _add_baselines_arg(parser: argparse.ArgumentParser, where: str) -> None:
+  parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                      help=f"the trivial baselines (image statistics, pixel logistic regression; jaxcxr.baselines) "
+                           f"fitted on {where} and compared on the same images with DeLong's paired test, per view. "
+                           "Default: whenever --split is val or test; --baselines insists, --no-baselines skips")
 
 
 def _add_json_arg(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcxr import anomaly, checkpoints, data, evaluation_sets, explain, io, metrics, pretrained, quality, reports
+from jaxcxr import anomaly, baselines, checkpoints, data, evaluation_sets, explain, io, pretrained, quality, reports
 from jaxcxr.cli import inputs
 from jaxcxr.cli.common import COVID_DATA, GAN_DATA, UsageError, log
 from jaxcxr.models import discriminator as discriminator_lib
@@ -24,7 +24,7 @@ from jaxcxr.models import generator as generator_lib
 from jaxcxr.models.classifier import load_classifier, predict_proba
 from jaxcxr.models.unet import load_unet, predict_masks
 from jaxcxr.train.anomaly_cv import cross_validate_anomaly
-from jaxcxr.train.classifier import evaluate_classifier, fit_pixel_logreg, task_labels
+from jaxcxr.train.classifier import evaluate_classifier, task_labels
 from jaxcxr.train.segmentation import evaluate_segmentation
 
 __all__ = ["HANDLERS"]
@@ -35,6 +35,44 @@ def _ci_text(ci) -> str:
 
 
 # ----------------------------------------------------------------------------- gan
+
+
+def _baselines(wanted: bool | None, split: str, train: tuple[data.CXRDataset, np.ndarray] | None,
+               evaluated: data.CXRDataset, labels: np.ndarray, scores: np.ndarray, *, method: str,
+               lung_masks=None) -> dict[str, Any] | None:
+  """The trivial baselines beside a judge (`baselines.compare_with_training_patients`), or None when not asked.
+
+  `wanted` None (the default) compares whenever the split has training patients to fit the baselines
+  on (val and test) and both parts have 2 images of each class, and says why not otherwise; True
+  insists (a usage error without them); False skips.
+  """
+  if wanted is False:
+    return None
+  if train is None:
+    if wanted:
+      raise UsageError(f"--baselines needs --split val or test (the baselines are fitted on the training patients); "
+                       f"got --split {split}")
+    log(f"no trivial baselines: --split {split} has no training patients apart from the evaluated ones")
+    return None
+  counts = [np.bincount(np.asarray(y, np.int64), minlength=2) for y in (train[1], labels)]
+  if min(c.min() for c in counts) < 2 and not wanted:
+    log(f"no trivial baselines: fewer than 2 images of a class (training {counts[0].tolist()}, evaluated "
+        f"{counts[1].tolist()} negative/positive)")
+    return None
+  log(f"trivial baselines fitted on {len(train[0])} training images, compared on the same {len(evaluated)} images")
+  try:
+    return baselines.compare_with_training_patients(scores, labels, evaluated, train[0], train[1],
+                                                    lung_masks=lung_masks, method=method)
+  except (ValueError, data.DataError) as e:
+    raise UsageError(f"the trivial baselines: {e}") from e
+
+
+def _baselines_text(report: dict[str, Any] | None) -> list[str]:
+  """The baselines' lines of a human report: the comparison and one line per view."""
+  if report is None:
+    return []
+  return ["  " + line for line in ("vs trivial baselines: " + baselines.format_comparison(report, by_view=True)
+                                   ).splitlines()]
 
 
 def run_gan(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,6 +177,10 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     if args.split in ("val", "test"):
       # The figure's reference: what the archives' look alone gives (trained on the training patients).
       result["source_only_baseline"] = anomaly.source_only_baseline(task.part("train"), test)
+  train = task.part("train") if args.split in ("val", "test") else None
+  result["baselines"] = _baselines(args.baselines, args.split, None if train is None else (train, train.label),
+                                   test, labels, scores, method=scorer.name,
+                                   lung_masks=pretrained.lung_masker(log=log))
   result.update(split=args.split, checkpoint=str(source), data=str(path), lung_mask=args.lung_mask,
                 abnormal=args.abnormal)
   if args.method == "anogan":
@@ -159,6 +201,7 @@ def human_anomaly(r: dict[str, Any]) -> str:
   if "source_only_baseline" in r:
     b = r["source_only_baseline"]
     lines.append(f"  source-only baseline ({b['method']}): ROC AUC {b['roc_auc']:.4f}{_ci_text(b['roc_auc_ci95'])}")
+  lines += _baselines_text(r.get("baselines"))
   for view, c in (r.get("by_view") or {}).items():
     auc = "n/a" if c["roc_auc"] is None else f"{c['roc_auc']:.4f}"
     lines.append(f"  {view} view ({c['n']} images, {c['n_abnormal']} abnormal): ROC AUC {auc}"
@@ -198,6 +241,11 @@ def human_anomaly_cv(r: dict[str, Any]) -> str:
     if s["mean"] is not None:
       lines.append(f"  {name}: ROC AUC mean {s['mean']:.3f} (SD {s['sd']:.3f}, {s['min']:.3f}-{s['max']:.3f}, "
                    f"{s['n_folds']} folds)")
+  for name, s in r.get("baselines_summary", {}).items():
+    if s["mean"] is not None:
+      lines.append(f"  baseline {name}: ROC AUC mean {s['mean']:.3f} (SD {s['sd']:.3f}, {s['n_folds']} folds)")
+  for repeat, comparison in enumerate(r.get("baselines", [])):
+    lines.append(f"  repeat {repeat}, pooled vs trivial baselines: " + baselines.format_comparison(comparison))
   return "\n".join(lines)
 
 
@@ -296,19 +344,12 @@ def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
   result.update(task=args.task, split=args.split, split_from=chosen.split_from, checkpoint=str(directory))
   keep, y = task_labels(ds, args.task)
   ds, y = ds.subset(keep), y[keep]
-  if args.baseline:
-    if chosen.train is None:
-      raise UsageError("--baseline needs --split val or test and the data the classifier was trained on (its own "
-                       "patient split names the training patients of the baseline)")
+  train = None
+  if chosen.train is not None:
     train_keep, train_y = task_labels(chosen.train, args.task)
-    log(f"pixel logistic-regression baseline on the same {int(train_keep.sum())} training images")
-    baseline = fit_pixel_logreg(chosen.train.subset(train_keep), train_y[train_keep])
-    prob_b = baseline.predict_proba(ds.images)
-    prob_a = predict_proba(model, ds.images)
-    result["baseline"] = {"model": "pixel logistic regression (32x32 block means, C by grouped CV)",
-                          "C": baseline.C, "roc_auc": metrics.compute_roc_auc(prob_b, y),
-                          "roc_auc_ci95": metrics.roc_auc_interval(prob_b, y),
-                          "paired_delong": metrics.compare_roc_auc(prob_a, prob_b, y)}
+    train = (chosen.train.subset(train_keep), train_y[train_keep])
+  result["baselines"] = _baselines(args.baselines, args.split, train, ds, y, predict_proba(model, ds.images),
+                                   method=f"{args.task} classifier", lung_masks=pretrained.lung_masker(log=log))
   if args.out:
     positives = np.flatnonzero(y == 1)
     if positives.size:
@@ -330,10 +371,8 @@ def human_classifier(r: dict[str, Any]) -> str:
   auc = "n/a (one class)" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}{_ci_text(r.get('roc_auc_ci95'))}"
   line = (f"{r['task']} classifier on {r['n']} images ({r['split']}, {r.get('split_from', 'data.standard_split')}): "
           f"ROC AUC {auc}, accuracy {r['accuracy']:.4f}")
-  if "baseline" in r:
-    b, test = r["baseline"], r["baseline"]["paired_delong"]
-    line += (f"\n  baseline {b['model']}: ROC AUC {b['roc_auc']:.4f}{_ci_text(b['roc_auc_ci95'])}; "
-             f"difference {test['difference']:+.4f}, DeLong paired p = {test['p_value']:.3g}")
+  for text in _baselines_text(r.get("baselines")):
+    line += "\n" + text
   for view, value in (r.get("roc_auc_by_view") or {}).items():
     line += f"\n  {view}: ROC AUC {'n/a' if value is None else f'{value:.4f}'} (n={r['n_by_view'][view]})"
   return line

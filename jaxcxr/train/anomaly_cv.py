@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcxr import anomaly, io
+from jaxcxr import anomaly, baselines, io
 from jaxcxr import config as config_lib
 from jaxcxr import data as data_lib
 from jaxcxr.models.healthygan import load_translator
@@ -96,8 +96,14 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
     {"method", "folds", "repeats", "steps", "n", "n_abnormal", "per_fold" [{"repeat", "fold",
     "n", "n_abnormal", "seconds", "roc_auc" {score name: AUC}}], "summary" {score name:
     {"mean", "sd", "min", "max", "n_folds"}} over all folds, "pooled" {score name: [per repeat
-    {"roc_auc", "roc_auc_ci95"} of the held-out scores pooled over that repeat's folds]}}.
-    Score names: "score", "lungs" (with a U-Net) and the method's components.
+    {"roc_auc", "roc_auc_ci95"} of the held-out scores pooled over that repeat's folds]},
+    "baselines_summary" (the trivial baselines' fold AUCs, as "summary"; each fold's are its
+    "baselines_roc_auc"), "baselines" [per repeat: `jaxcxr.baselines.compare_scores` of the
+    pooled held-out "lungs" (with a U-Net) or "score" against the baselines' pooled held-out
+    scores, with DeLong's paired test and per view]}.
+    Score names: "score", "lungs" (with a U-Net) and the method's components. The trivial
+    baselines (`jaxcxr.baselines.fit_baselines`: image statistics, with the lungs when a U-Net
+    is given, and pixel logistic regression) are fitted on each fold's training folds.
 
   Raises:
     ValueError: an unknown method, a missing `gan_dir` for f-AnoGAN, or bad fold settings.
@@ -121,11 +127,13 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
   masks = None
   if unet is not None:
     masks = predict_masks(unet, dataset.images)
-  per_fold, pooled_scores = [], {}
+  per_fold, pooled_scores, comparisons = [], {}, []
   for r in range(repeats):
     fold_of = data_lib.patient_folds(dataset.patient_id, folds, stratify=strata, seed=seed + r)
     repeat_scores: dict[str, np.ndarray] = {}
+    repeat_baselines: dict[str, np.ndarray] = {}
     for f in range(folds):
+      baseline_aucs: dict[str, float | None] = {}
       fold_dir = out / f"repeat{r}_fold{f}"
       scores_file = fold_dir / "held_out_scores.npz"
       held = np.flatnonzero(fold_of == f)
@@ -144,9 +152,16 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
           fold_scores["lungs"] = anomaly.lung_residual_scores(residual, masks[held])
         seconds = time.perf_counter() - start
         io.save_npz(scores_file, {**fold_scores, "index": held, "seconds": np.float64(seconds)})
+      # The trivial baselines, fitted on the training folds (cheap and deterministic: refitted on resume).
+      fitted = baselines.fit_baselines(dataset.images[fold_of != f], y[fold_of != f],
+                                       masks=None if masks is None else masks[fold_of != f],
+                                       patients=dataset.patient_id[fold_of != f])
+      for name, v in fitted.scores(dataset.images[held], None if masks is None else masks[held]).items():
+        repeat_baselines.setdefault(name, np.zeros(len(y), np.float64))[held] = v
+        baseline_aucs[name] = anomaly.auc_with_interval(v, y[held])["roc_auc"]
       aucs = {name: anomaly.auc_with_interval(v, y[held])["roc_auc"] for name, v in fold_scores.items()}
       per_fold.append({"repeat": r, "fold": f, "n": int(len(held)), "n_abnormal": int(y[held].sum()),
-                       "seconds": seconds, "roc_auc": aucs})
+                       "seconds": seconds, "roc_auc": aucs, "baselines_roc_auc": dict(baseline_aucs)})
       for name, v in fold_scores.items():
         repeat_scores.setdefault(name, np.zeros(len(y), np.float64))[held] = v
       if progress:
@@ -155,6 +170,9 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
               file=sys.stderr, flush=True)
     for name, v in repeat_scores.items():
       pooled_scores.setdefault(name, []).append(anomaly.auc_with_interval(v, y))
+    main = "lungs" if "lungs" in repeat_scores else "score"
+    comparisons.append(baselines.compare_scores(repeat_scores[main], y, repeat_baselines, views=data_lib.views(dataset),
+                                                method=f"{method} ({main})"))
   names = per_fold[0]["roc_auc"].keys()
   report = {"method": method, "folds": folds, "repeats": repeats, "steps": config.steps, "seed": seed,
             "n": int(len(y)), "n_abnormal": int(y.sum()), "data": dataset.source,
@@ -163,6 +181,9 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
                      "which are held out here") if method == "fanogan" else None,
             "per_fold": per_fold,
             "summary": {name: _summary([p["roc_auc"][name] for p in per_fold]) for name in names},
-            "pooled": pooled_scores}
+            "pooled": pooled_scores,
+            "baselines_summary": {name: _summary([p["baselines_roc_auc"][name] for p in per_fold])
+                                  for name in per_fold[0]["baselines_roc_auc"]},
+            "baselines": comparisons}
   io.save_json(out / "cv_report.json", io.to_json_safe(report))
   return report
