@@ -8,6 +8,7 @@ samples with their lung masks and Grad-CAM maps. `jaxcxr report scoring` runs it
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcxr import baselines
 from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 from jaxcxr import scoring
+from jaxcxr.models.unet import predict_masks
 from jaxcxr.plots import save_figure
 
 __all__ = ["save_gradcam_overlays", "save_residual_overlays", "save_segmentation_overlays", "scoring_report"]
@@ -208,6 +211,7 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
     by_level[level] = {"q": q, "real_normal": float(real_valid[real.label == 0].mean()),
                        "real_abnormal": float(real_valid[real.label == 1].mean()),
                        "generated": float(scorer.valid_at(merged.measures, q).mean())}
+  judges = _judges_vs_baselines(scorer, dataset, real, real_result, split)
   normals = np.flatnonzero(real.label == 0)
   sanity = non_radiograph_check(scorer, real.images[normals[0] if normals.size else 0], covid_image,
                                 out / "non_radiographs.png", seed=seed)
@@ -224,6 +228,7 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
       "strictness_q": scorer.strictness,
       "thresholds": {n: float(getattr(scorer.calibration, n)) for n in scoring.THRESHOLD_NAMES},
       "valid_rate_by_level": by_level,
+      "judges_vs_baselines": judges,
       "non_radiographs": sanity,
       "symmetry_postfilter": postfilter,
       "provenance": scorer.provenance,
@@ -232,6 +237,35 @@ def scoring_report(scorer: scoring.Scorer, generator, dataset: data_lib.CXRDatas
   io_lib.save_json(out / "report.json", report)
   io_lib.write_bytes_atomic(out / "report.md", _markdown(report).encode())
   return report
+
+
+def _judges_vs_baselines(scorer: scoring.Scorer, dataset: data_lib.CXRDataset, real: data_lib.CXRDataset,
+                         real_result: scoring.ScoreResult, split: str) -> dict[str, Any] | None:
+  """Each score as a detector of abnormal real images (lower score = more abnormal) beside the trivial baselines.
+
+  The baselines (`jaxcxr.baselines`, with the lungs of the scorer's U-Net) are fitted on the
+  standard split's training patients and compared on the report's images by DeLong's paired
+  test. None for the splits "train" and "all" (no separate training patients) or when a part
+  has fewer than 2 images of a class.
+  """
+  if split not in ("val", "test"):
+    return None
+  train = dataset.subset(data_lib.standard_split(dataset)["train"])
+  keep_train, keep = np.isin(train.label, (0, 1)), np.isin(real.label, (0, 1))
+  train, evaluated = train.subset(keep_train), real.subset(keep)
+  if min(np.bincount(train.label.astype(np.int64), minlength=2).min(),
+         np.bincount(evaluated.label.astype(np.int64), minlength=2).min()) < 2:
+    return None
+  masks = functools.partial(predict_masks, scorer.unet)
+  fitted = baselines.fit_baselines(train.images, train.label.astype(np.int64), masks=masks(train.images),
+                                   patients=train.patient_id)
+  base = fitted.scores(evaluated.images, masks(evaluated.images))
+  descriptions = {"statistic": fitted.statistic, "statistics_logreg": "statistics logreg",
+                  "pixel_logreg": f"pixel logreg {fitted.pixel_logreg.size}x{fitted.pixel_logreg.size}"}
+  views = data_lib.views(evaluated)
+  return {name: baselines.compare_scores(-real_result.scores[name][keep], evaluated.label.astype(np.int64), base,
+                                         views=views, descriptions=descriptions, method=name)
+          for name in scoring.SCORE_NAMES}
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -255,6 +289,13 @@ def _markdown(r: dict[str, Any]) -> str:
   for level, v in r["valid_rate_by_level"].items():
     lines.append(f"| {level} | {v['q']:.4g} | {v['real_normal']:.3f} | {v['real_abnormal']:.3f} | "
                  f"{v['generated']:.3f} |")
+  if r.get("judges_vs_baselines"):
+    lines += ["", "## Each score as a detector of abnormal real images, beside the trivial baselines", "",
+              "A lower score reads as more abnormal. The baselines (image statistics with the U-Net's lungs, "
+              "logistic regression on them and on 32x32 pixels) are fitted on the standard split's training "
+              "patients; the strongest on these images is compared by DeLong's paired test.", ""]
+    lines += [f"- {name.removeprefix('score_')}: {baselines.format_comparison(c)}"
+              for name, c in r["judges_vs_baselines"].items()]
   lines += ["", "## Images that are not a usable normal radiograph", "",
             "| image | " + " | ".join(next(iter(r["non_radiographs"].values()))["valid_by_level"]) + " | fails |",
             "|---|" + "---|" * (len(next(iter(r["non_radiographs"].values()))["valid_by_level"]) + 1)]

@@ -344,17 +344,23 @@ def test_calibrate_refuses_too_few_normal_images(capsys, nih_path, tmp_path):
 
 def test_report_scoring_writes_figures_and_tables(capsys, nih_path, tmp_path):
   out_dir = tmp_path / "report"
-  code, out, err = run_cli(capsys, "report", "scoring", "--data", str(nih_path), "--split", "all", "--out",
+  code, out, err = run_cli(capsys, "report", "scoring", "--data", str(nih_path), "--split", "test", "--out",
                            str(out_dir), "--n-per-group", "4", "--batch-size", "8", "--json")
   assert code == 0, err
   report = json.loads(out)
-  assert report["real"]["n"] == 24 and set(report["generated"]["groups"]) == {
+  test = data.load(nih_path).subset(data.standard_split(data.load(nih_path))["test"])
+  assert report["real"]["n"] == len(test) and set(report["generated"]["groups"]) == {
       "18_24m", "18_24f", "38_44m", "38_44f", "58_64m", "58_64f"}
   assert all(0 <= g["valid_rate"] <= 1 for g in report["generated"]["groups"].values())
   for name in ("report.md", "report.json", "histograms.png", "examples_kept.png", "examples_rejected.png"):
     assert (out_dir / name).stat().st_size > 0, name
   assert len(report["symmetry_postfilter"]) == 3
   assert "Post-filter report" in (out_dir / "report.md").read_text()
+  # Each score as a detector of abnormal test images, beside the baselines fitted on the training patients.
+  judges = report["judges_vs_baselines"]
+  assert set(judges) == {"score_shape", "score_abnormal", "score_maxheat", "score_symmetry", "score_left2right"}
+  assert all(j["n"] == len(test) and j["strongest"] in j["baselines"] for j in judges.values())
+  assert "beside the trivial baselines" in (out_dir / "report.md").read_text()
 
 
 def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_path):
