@@ -2,15 +2,20 @@
 
 Each command runs in-process through `cli.main` (compiled programs are shared with the rest of
 the session) with its family's tiny preset; the test loads what the run wrote with the family's
-own loader and checks the JSON summary. Runs that later commands build on (a GAN for f-AnoGAN,
-a cascade for its pre-filter, classifiers for an ensemble) are module fixtures, made once.
-Bad combinations end with exit 2 and one `jaxcxr: error:` line naming the fault.
+own loader and checks the JSON summary. Runs that later commands build on (the GAN of a cascade
+and its pre-filter, the classifiers of an ensemble) are module fixtures, made once. Where another
+test file trains the same tiny model on the same fixture images (tests/test_cli.py's GAN and
+upsampler, tests/test_fanogan.py's and tests/test_healthygan.py's runs), the command here uses
+the same arguments, so that the session compiles each program once. Bad combinations end with
+exit 2 and one `jaxcxr: error:` line naming the fault.
 """
 
 import contextlib
 import io
 import json
 import pathlib
+import runpy
+import sys
 
 import jax
 import numpy as np
@@ -67,11 +72,11 @@ def normal_gan(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifiers(tmp_path_factory):
-  """Two `classifier_tiny` abnormal runs of seeds 0 and 1 on the NIH fixture: [(folder, JSON result)]."""
+  """Two `classifier_tiny` sex classifiers (not the presets' default task), seeds 0 and 1: [(folder, JSON result)]."""
   runs = []
   for seed in (0, 1):
     out = tmp_path_factory.mktemp("classifier") / f"seed{seed}"
-    code, result, err = train("classifier", "--task", "abnormal", "--data", NIH, "--preset", "classifier_tiny",
+    code, result, err = train("classifier", "--task", "sex", "--data", NIH, "--preset", "classifier_tiny",
                               "--seed", seed, "--out", out)
     assert code == 0, err
     runs.append((out, result))
@@ -172,11 +177,11 @@ def test_unet_trains_and_resumes_to_more_steps(tmp_path):
 
 def test_classifiers_and_their_ensemble(classifiers, tmp_path):
   for run, result in classifiers:
-    assert result["task"] == "abnormal" and result["steps"] == 4 and result["test"] is None
+    assert result["task"] == "sex" and result["steps"] == 4 and result["test"] is None    # no --report-test
     assert load_classifier(run / "classifier").config == config.classifier_tiny().model
-    assert checkpoints.read_metadata(run / "classifier")["task"] == "abnormal"
+    assert checkpoints.read_metadata(run / "classifier")["task"] == "sex"
   members = [run for run, _ in classifiers]
-  code, result, err = train("ensemble", "--members", *members, "--task", "abnormal", "--data", NIH,
+  code, result, err = train("ensemble", "--members", *members, "--task", "sex", "--data", NIH,
                             "--pixel-size", "8", "--out", tmp_path / "ensemble")
   assert code == 0, err
   ensemble = load_classifier(result["classifier"])
@@ -187,15 +192,15 @@ def test_classifiers_and_their_ensemble(classifiers, tmp_path):
     for a, b in zip(jax.tree.leaves(nnx.state(slot)), jax.tree.leaves(nnx.state(member)), strict=True):
       np.testing.assert_array_equal(a, b)
   assert set(result["val_voters"]) == {"member 0", "member 1", "pixel"}
-  assert_error(["ensemble", "--members", *members, "--task", "abnormal", "--data", NIH, "--pixel-size", "8",
+  assert_error(["ensemble", "--members", *members, "--task", "sex", "--data", NIH, "--pixel-size", "8",
                 "--out", tmp_path / "ensemble"], "pass --overwrite")
-  assert_error(["ensemble", "--members", *members, "--task", "sex", "--data", NIH, "--out", tmp_path / "e2"],
-               "is a abnormal classifier, not sex")
-  assert_error(["ensemble", "--members", members[0], "--task", "abnormal", "--data", NIH, "--out", tmp_path / "e2"],
+  assert_error(["ensemble", "--members", *members, "--task", "abnormal", "--data", NIH, "--out", tmp_path / "e2"],
+               "is a sex classifier, not abnormal")
+  assert_error(["ensemble", "--members", members[0], "--task", "sex", "--data", NIH, "--out", tmp_path / "e2"],
                "at least two classifiers")
-  assert_error(["ensemble", "--members", *members, "--task", "abnormal", "--data", NIH, "--pixel-size", "5",
+  assert_error(["ensemble", "--members", *members, "--task", "sex", "--data", NIH, "--pixel-size", "5",
                 "--out", tmp_path / "e2"], "pixel_size=5")
-  assert_error(["ensemble", "--members", *members, "--task", "abnormal", "--data", NIH, "--out", tmp_path / "e2",
+  assert_error(["ensemble", "--members", *members, "--task", "sex", "--data", NIH, "--out", tmp_path / "e2",
                 "--resume"], "keeps no training checkpoints")
 
 
@@ -220,6 +225,15 @@ def test_prefilter_is_latents_fit(synthetic_records, tmp_path):
   np.testing.assert_array_equal(prefilter.load_prefilter(tmp_path / "pf2").threshold, loaded.threshold)
   assert_error([*argv, "--out", tmp_path / "pf3", "--resume"], "keeps no training checkpoints")
   assert_error([*argv, "--out", tmp_path / "pf3", "--preset", "logreg2"], "unknown latent model preset")
+
+
+def test_python_m_cxr_encoder_runs_train_encoder(monkeypatch, capsys):
+  # The command the committed training state was started with stays the same command.
+  monkeypatch.delitem(sys.modules, "jaxcxr.train.cxr_encoder")     # run as a script, as `python -m` does
+  monkeypatch.setattr(sys, "argv", ["cxr_encoder", "--help"])
+  with pytest.raises(SystemExit) as exit_status:
+    runpy.run_module("jaxcxr.train.cxr_encoder", run_name="__main__")
+  assert exit_status.value.code == 0 and capsys.readouterr().out.startswith("usage: jaxcxr train encoder")
 
 
 def test_encoder_on_a_folder_of_development_archives(tmp_path):
