@@ -276,7 +276,7 @@ def _add_train_parsers(commands) -> None:
   unet = add("unet")
   unet.add_argument("--data", help=f"npz archive(s) with lung masks, comma-separated (default: "
                                    f"$JAXCXR_DATA/{COVID_DATA}); the trainer splits the patients itself "
-                                   "(70/15/15, the preset's split seed)")
+                                   "(the preset's split fractions and seed)")
   _add_preset_arg(unet, "unet", None)
   _add_run_args(unet, split=False)
 
