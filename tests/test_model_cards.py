@@ -203,6 +203,10 @@ def command_problems(parser: argparse.ArgumentParser, line: str, outputs: list[s
   if "preset" in given and given["preset"] and given["preset"][0] not in {**config.PRESETS, **config.LATENT_PRESETS}:
     problems.append(f"unknown preset {given['preset'][0]!r}: {line}")
 
+  for target in redirects:   # the shell opens the file before the command runs: its folder must exist already
+    folder = str(pathlib.PurePosixPath(target).parent)
+    if target.startswith("runs/") and not _under(folder, outputs):
+      problems.append(f"redirects into {folder}, which no earlier command of the section creates: {line}")
   written = redirects + [v for option in OUTPUT_OPTIONS for v in given.get(option.lstrip("-").replace("-", "_"), [])]
   for target in written:
     if not target.startswith("runs/"):
@@ -241,7 +245,9 @@ GOOD = """\
 ## Reproduce
 ```bash
 jaxcxr evaluate segmentation --checkpoint checkpoints/unet_256/unet --data "$JAXCXR_DATA/covid_v7lungs_256.npz" \\
-  --split test --out runs/unet_256 --json > runs/unet_256/evaluation_test.json   # a comment
+  --split val --out runs/unet_256   # a comment
+jaxcxr evaluate segmentation --checkpoint checkpoints/unet_256/unet \\
+  --data "$JAXCXR_DATA/covid_v7lungs_256.npz" --split test --json > runs/unet_256/evaluation_test.json
 ```
 """
 
@@ -271,6 +277,8 @@ def test_a_good_section_passes():
      "--data \"$JAXCXR_DATA/c.npz\" --out checkpoints/unet_256\n```\n", "writes under runs/ only"),
     ("## Reproduce\n```bash\njaxcxr evaluate segmentation --checkpoint checkpoints/unet_256/unet "
      "--data \"$JAXCXR_DATA/c.npz\" --json > checkpoints/unet_256/evaluation.json\n```\n", "writes under runs/ only"),
+    ("## Reproduce\n```bash\njaxcxr evaluate segmentation --checkpoint checkpoints/unet_256/unet "
+     "--data \"$JAXCXR_DATA/c.npz\" --out runs/u --json > runs/u/evaluation.json\n```\n", "no earlier command"),
     ("## Reproduce\n```bash\njaxcxr evaluate segmentation --checkpont checkpoints/unet_256/unet\n```\n",
      "the parser refuses"),
     ("## Reproduce\n```bash\njaxcxr evaluate segmentation --check checkpoints/unet_256/unet "
