@@ -1,4 +1,4 @@
-"""Which labelled images an evaluation runs on: a part of a patient split, a model's own split, the anomaly tasks.
+"""Which labelled images a model is trained and evaluated on: a patient split's part, a model's own split, the tasks.
 
 * `standard_subset`: "all" images, or the "train", "val" or "test" patients of
   `jaxcxr.data.standard_split`.
@@ -6,7 +6,8 @@
   in the checkpoint's metadata (the classifiers as indices into their data, the U-Net as
   patient ids); when the data is the data it was trained on (same digest), that split is
   used, so that its test patients were never used for a choice. Otherwise the standard
-  split. `classifier_split` applies it to a classifier task (abnormal means pneumonia).
+  split. `classifier_images`: the images a classifier of a task learns from and is evaluated
+  on (abnormal means pneumonia); `classifier_split` applies `model_split` to them.
 * `AnomalyTask` (`anomaly_task`): normal against abnormal images for the anomaly scorers:
   the NIH pneumonia task, or NIH normals against a COVID-19 archive's images (each archive
   split by its own patients; only images of known sex and age, which the normal GAN behind
@@ -22,11 +23,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxcxr import data as data_lib
+from jaxcxr.config import TASKS
 from jaxcxr.data import CXRDataset
 from jaxcxr.train.loop import data_metadata
 
 __all__ = ["ANOMALY_TASKS", "OWN_SPLIT", "SPLITS", "STANDARD_SPLIT", "AnomalyTask", "EvaluationImages",
-           "anomaly_task", "classifier_split", "model_split", "standard_subset"]
+           "anomaly_task", "classifier_images", "classifier_split", "model_split", "standard_subset"]
 
 # The parts an evaluation may run on: every image, or one part of a patient split.
 SPLITS: tuple[str, ...] = ("all", "train", "val", "test")
@@ -101,16 +103,28 @@ def model_split(ds: CXRDataset, metadata: Mapping[str, Any], split: str) -> Eval
   return EvaluationImages(standard_subset(ds, split), STANDARD_SPLIT, None)
 
 
-def classifier_split(ds: CXRDataset, metadata: Mapping[str, Any], split: str, task: str) -> EvaluationImages:
-  """`model_split` of a classifier of `task` ("abnormal" or "sex").
+def classifier_images(ds: CXRDataset, task: str) -> CXRDataset:
+  """The images a classifier of `task` ("abnormal" or "sex") is trained and evaluated on.
 
-  The abnormal classifiers learned pneumonia against normal images, so other abnormal images are
-  left out first (`data.keep_abnormal_finding`), as their trainer did; the sex classifier's own
-  split is stratified by sex, not by label.
+  The abnormal classifiers learn pneumonia against normal images, so other abnormal images are
+  left out (`data.keep_abnormal_finding`); the sex classifiers take every image (the trainer
+  drops those of unknown sex). `jaxcxr train classifier` and `evaluate classifier` both start
+  from these, so that a classifier's saved split indexes the same images.
+
+  Raises:
+    ValueError: an unknown task.
   """
-  if task == "abnormal":
-    ds = data_lib.keep_abnormal_finding(ds)
-  return model_split(ds, metadata, split)
+  if task not in TASKS:
+    raise ValueError(f"unknown classifier task {task!r}; expected one of {', '.join(TASKS)}")
+  return data_lib.keep_abnormal_finding(ds) if task == "abnormal" else ds
+
+
+def classifier_split(ds: CXRDataset, metadata: Mapping[str, Any], split: str, task: str) -> EvaluationImages:
+  """`model_split` of a classifier of `task` ("abnormal" or "sex"), on `classifier_images(ds, task)`.
+
+  The sex classifier's own split is stratified by sex, not by label.
+  """
+  return model_split(classifier_images(ds, task), metadata, split)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,9 +33,11 @@ COVID_FIXTURE = DATA / "covid_fixture.npz"
 # whose `jaxcxr demo` reuses test_demo.py's compiled programs from the shared cache. They are collected
 # first: pytest-xdist with `--dist loadfile` hands whole files to the workers in collection order, so the
 # long ones start first and the short ones even out the end. Without xdist only the order changes.
+# test_cli_train.py comes well after test_cli.py, whose `train gan` and `train upsampler` programs it
+# compiles again: by then they are in the shared cache.
 LONG_FILES = ("test_cli.py", "test_cascade.py", "test_twins.py", "test_prefilter_cascade.py", "test_scoring.py",
-              "test_classifier.py", "test_kill_resume.py", "test_demo.py", "test_benchmarks.py", "test_pretrained.py",
-              "test_unet.py", "test_prefilter_sampler.py", "test_ensemble.py", "test_wheel.py")
+              "test_classifier.py", "test_kill_resume.py", "test_cli_train.py", "test_demo.py", "test_benchmarks.py",
+              "test_pretrained.py", "test_unet.py", "test_prefilter_sampler.py", "test_ensemble.py", "test_wheel.py")
 
 
 def pytest_collection_modifyitems(items):

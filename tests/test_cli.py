@@ -221,7 +221,7 @@ def _write_normal_archive(source, path, n, *, seed):
         (["train", "gan", "--data", "{tmp}/x.npz", "--preset", "gan_999", "--out", "{tmp}/r"], "unknown preset"),
         # config.PRESETS holds every family's presets; `train gan` takes only the GAN ones.
         (["train", "gan", "--data", "{tmp}/x.npz", "--preset", "unet_tiny", "--out", "{tmp}/r"],
-         "unknown preset 'unet_tiny' for a GAN"),
+         "unknown preset 'unet_tiny' for the conditional chest X-ray GAN"),
         (["train", "upsampler", "--data", "{tmp}/x.npz", "--preset", "upsampler_x4_generated_cpu", "--out", "{tmp}/r"],
          "trains on the base GAN's own images: give --base-gan"),
     ],

@@ -13,7 +13,8 @@ from jaxcxr import config
 # Prefix of each family's preset names -> the train config class its presets build.
 FAMILIES = {"gan_": config.GanTrainConfig, "unet_": config.SegTrainConfig, "classifier_": config.ClassifierTrainConfig,
             "fanogan_": config.FanoganTrainConfig, "healthygan_": config.HealthyganTrainConfig,
-            "upsampler_": config.UpsamplerTrainConfig}
+            "upsampler_": config.UpsamplerTrainConfig, "cascade_prefilter_": config.CascadePrefilterTrainConfig,
+            "cxr_encoder_": config.CXREncoderTrainConfig}
 
 
 @pytest.mark.parametrize("name", sorted(config.PRESETS))

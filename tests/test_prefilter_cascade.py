@@ -205,7 +205,7 @@ def test_cli_cascade_needs_a_cascade_generator(tmp_path, synthetic_records, caps
   assert code == 2 and "not a cascade generator" in capsys.readouterr().err
   code = cli.main(["latents", "cascade", "--data", str(tmp_path / "latents.npz"), "--out", str(tmp_path / "out"),
                    "--steps", "100"])
-  assert code == 2 and "multiple of 250" in capsys.readouterr().err
+  assert code == 2 and "multiple of steps_per_call=250" in capsys.readouterr().err
 
 
 def test_cli_sample_prefilter_input_base_needs_a_shipped_cascade_prefilter(tmp_path, capsys):

@@ -102,6 +102,13 @@ DATA_COMMANDS = {
     "train gan": ["train", "gan", "--data", "{data}", "--preset", "gan_tiny", "--out", "{tmp}/run_gan"],
     "train upsampler": ["train", "upsampler", "--data", "{data}", "--preset", "upsampler_tiny", "--out",
                         "{tmp}/run_up"],
+    "train unet": ["train", "unet", "--data", "{data}", "--preset", "unet_tiny", "--out", "{tmp}/run_unet"],
+    "train classifier": ["train", "classifier", "--task", "abnormal", "--data", "{data}", "--preset",
+                         "classifier_tiny", "--out", "{tmp}/run_classifier"],
+    "train fanogan": ["train", "fanogan", "--data", "{data}", "--preset", "fanogan_64_cpu", "--out",
+                      "{tmp}/run_fanogan"],
+    "train healthygan": ["train", "healthygan", "--data", "{data}", "--preset", "healthygan_tiny", "--out",
+                         "{tmp}/run_healthygan"],
     "evaluate gan": ["evaluate", "gan", "--data", "{data}", "--no-classifiers"],
     "evaluate anomaly-cv": ["evaluate", "anomaly-cv", "--method", "healthygan", "--data", "{data}", "--out",
                             "{tmp}/cv"],
@@ -118,6 +125,8 @@ LATENT_COMMANDS = {
     "latents table": ["latents", "table", "--data", "{data}", "--out", "{tmp}/table"],
     "latents fit": ["latents", "fit", "--data", "{data}", "--group", GROUP, "--out", "{tmp}/fit"],
     "latents cascade": ["latents", "cascade", "--data", "{data}", "--out", "{tmp}/cascade_pf"],
+    "train prefilter": ["train", "prefilter", "--data", "{data}", "--group", GROUP, "--out", "{tmp}/fit"],
+    "train cascade-prefilter": ["train", "cascade-prefilter", "--data", "{data}", "--out", "{tmp}/cascade_pf"],
     "evaluate anomaly-ensemble": ["evaluate", "anomaly-ensemble", "{data}", "{data}"],
 }
 
@@ -391,7 +400,9 @@ def _assert_unknown_group_is_one_error(capsys, files, group, command):
     ("evaluate anomaly", "--steps"), ("calibrate", "--batch-size"), ("calibrate", "--strict-n-per-group"),
     ("evaluate anomaly-cv", "--folds"), ("evaluate anomaly-cv", "--repeats"), ("evaluate anomaly-cv", "--steps"),
     ("evaluate anomaly-cv", "--batch-size"), ("train gan", "--steps"), ("train upsampler", "--steps"),
-    ("latents cascade", "--steps")], ids=" ".join)
+    ("train unet", "--steps"), ("train classifier", "--steps"), ("train fanogan", "--steps"),
+    ("train healthygan", "--steps"), ("latents cascade", "--steps"), ("train cascade-prefilter", "--steps"),
+    ("train prefilter", "--steps"), ("train encoder", "--steps")], ids=" ".join)
 @FEW
 @given(n=st.integers(-10**6, 0))
 def test_zero_or_negative_counts_are_one_error(capsys, files, n, option):
@@ -400,9 +411,12 @@ def test_zero_or_negative_counts_are_one_error(capsys, files, n, option):
           "demo": ["demo", "--out", "{tmp}/demo"],
           "latents build": ["latents", "build", "--n-per-group", "1", "--out", "{tmp}/n.npz"],
           "latents cascade": ["latents", "cascade", "--data", "{data}", "--out", "{tmp}/n"],
+          "train cascade-prefilter": ["train", "cascade-prefilter", "--data", "{data}", "--out", "{tmp}/n"],
+          "train prefilter": ["train", "prefilter", "--data", "{data}", "--group", GROUP, "--out", "{tmp}/n"],
+          "train encoder": ["train", "encoder", "--data", "{tmp}", "--out", "{tmp}/n"],
           "evaluate anomaly": ["evaluate", "anomaly", "--method", "anogan", "--data", "{data}"],
           }.get(command) or DATA_COMMANDS[command]
-  data = files["latents"] if command == "latents cascade" else files["nih"]
+  data = files["latents"] if command in LATENT_COMMANDS else files["nih"]
   argv = _argv(base, files, data)
   if flag in argv:                        # an option the base command line sets: drop it and its value
     del argv[argv.index(flag): argv.index(flag) + 2]
@@ -423,6 +437,14 @@ def test_zero_or_negative_counts_are_one_error(capsys, files, n, option):
     (["latents", "table", "--data", "{latents}", "--out", "{tmp}/x", "--strictness", "strict"], "measures"),
     (["train", "gan", "--data", "{nih}", "--preset", "nope", "--out", "{tmp}/x"], "unknown preset"),
     (["train", "upsampler", "--data", "{nih}", "--preset", "gan_tiny", "--out", "{tmp}/x"], "unknown preset"),
+    (["train", "classifier", "--task", "sex", "--data", "{nih}", "--preset", "unet_tiny", "--out", "{tmp}/x"],
+     "unknown preset"),
+    (["train", "encoder", "--data", "{tmp}", "--preset", "cxr_encoder_tiny", "--method", "mae", "--out", "{tmp}/x"],
+     "invalid choice"),
+    (["train", "ensemble", "--members", "{tmp}/a", "--task", "sex", "--data", "{nih}", "--out", "{tmp}/x"],
+     "at least two"),
+    (["train", "prefilter", "--data", "{latents}", "--group", GROUP, "--preset", "nope", "--out", "{tmp}/x"],
+     "unknown latent model preset"),
     (["cascade", "--gan", "{tmp}/missing", "--upsampler", "bilinear", "--out", "{tmp}/x"], "missing"),
     (["report", "scoring", "--data", "{nih}", "--out", "{tmp}/x", "--covid", "{tmp}/missing.npz"], "missing.npz"),
     (["demo", "--out", "{nih}"], "not a folder"),
@@ -440,6 +462,25 @@ def test_unknown_names_and_bad_values_are_one_error(capsys, files, argv, message
                    contains=message)
 
 
+@pytest.mark.parametrize("kind", ["missing", "nih", "no_pngs", "truncated_archive"])
+def test_train_encoder_refuses_a_bad_data_folder(capsys, files, kind):
+  # `train encoder --data` is a folder of the development archives, the NIH subset archive among them.
+  folder = {"missing": files["tmp"] / "no_folder", "nih": files["nih"], "no_pngs": files["no_pngs"]}.get(kind)
+  if kind == "truncated_archive":
+    folder = files["tmp"] / "encoder_data"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(files["truncated"], folder / "nih_cxr14_subset_256.npz")
+  line = assert_one_error(capsys, ["train", "encoder", "--data", folder, "--preset", "cxr_encoder_tiny", "--out",
+                                   files["tmp"] / "enc"])
+  assert str(folder) in line
+
+
+def test_train_ensemble_refuses_missing_members(capsys, files):
+  line = assert_one_error(capsys, ["train", "ensemble", "--members", files["tmp"] / "m0", files["tmp"] / "m1",
+                                   "--task", "abnormal", "--data", files["nih"], "--out", files["tmp"] / "e"])
+  assert str(files["tmp"] / "m0") in line
+
+
 def test_every_command_is_covered():
   def leaves(parser, prefix=()):
     for action in parser._actions:                            # pylint: disable=protected-access
@@ -449,7 +490,7 @@ def test_every_command_is_covered():
         return
     yield " ".join(prefix)
 
-  covered = set(DATA_COMMANDS) | set(LATENT_COMMANDS) | set(GAN_COMMANDS) | {"demo"}
+  covered = set(DATA_COMMANDS) | set(LATENT_COMMANDS) | set(GAN_COMMANDS) | {"demo", "train encoder", "train ensemble"}
   assert set(leaves(cli.build_parser())) <= covered, set(leaves(cli.build_parser())) - covered
 
 

@@ -7,9 +7,11 @@ module             what it holds
 `common`           the contract every command shares: `UsageError`, progress on stderr,
                    the JSON or human output, the run record; no jax
 `inputs`           what several commands read: `--data` defaults, given or shipped
-                   checkpoints, the post-filter, run folders
+                   checkpoints, the post-filter, run folders, training presets
 `data`             `data stats`, `data dedup`
-`train`            `train gan`, `train upsampler`, `cascade`
+`train`            `train MODEL` for every shipped model (gan, upsampler, unet, classifier,
+                   ensemble, fanogan, healthygan, encoder; prefilter and cascade-prefilter
+                   run `latents`' handlers), `cascade`
 `generate`         `sample` and `demo`: the whole sample path
 `postfilter`       `score`, `calibrate`, `report scoring`
 `evaluate`         `evaluate gan|anomaly|anomaly-cv|anomaly-ensemble|segmentation|classifier`

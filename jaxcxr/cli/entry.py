@@ -16,7 +16,8 @@ import sys
 import time
 
 import jaxcxr
-from jaxcxr.cli.common import EXIT_USAGE, GAN_DATA, Parser, UsageError, emit, log
+from jaxcxr import config as config_lib
+from jaxcxr.cli.common import COVID_DATA, EXIT_USAGE, GAN_DATA, Parser, UsageError, emit, log
 from jaxcxr.compilation_cache import enable_compilation_cache
 
 __all__ = ["build_parser", "main"]
@@ -25,6 +26,17 @@ __all__ = ["build_parser", "main"]
 HASH_NAMES = ("average", "difference", "perceptual", "wavelet")
 # What `sample`'s shipped pre-filter judges (`jaxcxr.prefilter.choice.PREFILTER_INPUTS`).
 PREFILTER_INPUTS = ("auto", "z", "base")
+# `jaxcxr train` subcommands -> the family of `jaxcxr.config.FAMILIES` whose presets and help line they take;
+# None where the trainer takes no train config (its help line is in `UNCONFIGURED_HELP`).
+TRAIN_COMMANDS = {"gan": "gan", "upsampler": "upsampler", "unet": "unet", "classifier": "classifier",
+                  "ensemble": None, "fanogan": "fanogan", "healthygan": "healthygan", "prefilter": None,
+                  "cascade-prefilter": "cascade_prefilter", "encoder": "cxr_encoder"}
+UNCONFIGURED_HELP = {
+    "ensemble": "join trained classifiers of one task into a soft-vote ensemble with a pixel voter (no preset: "
+                "it trains no network)",
+    "prefilter": "a latent pre-filter of one age-sex group, a classifier of z and its threshold (the command "
+                 "`latents fit`; --preset names the classifier)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,32 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_json_arg(dedup)
   dedup.set_defaults(run="data:dedup")
 
-  train_parser = commands.add_parser("train", help="train a model")
-  train_commands = train_parser.add_subparsers(dest="train_command", required=True, metavar="MODEL")
-  train_gan = train_commands.add_parser("gan", help="the conditional chest X-ray GAN")
-  train_gan.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
-                                        f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
-  train_gan.add_argument("--preset", required=True,
-                         help="gan_64_resize_cpu, gan_64_resize_normal_cpu (the bases of the 256x256 cascades), "
-                              "gan_64_cpu, gan_64_normal_cpu, gan_64_wide_cpu, gan_256_single_cpu, gan_128, gan_256, "
-                              "gan_tiny")
-  train_gan.add_argument("--init-from", help="a trained GAN folder (generator/, discriminator/; a cascade's "
-                                            "upsampler is left out) whose weights start the run")
-  _add_run_args(train_gan)
-  train_gan.set_defaults(run="train:gan")
-
-  train_up = train_commands.add_parser("upsampler", help="the super-resolution stage of a cascade generator")
-  train_up.add_argument("--data", help="npz archive(s), comma-separated (default: $JAXCXR_DATA/"
-                                       f"{',$JAXCXR_DATA/'.join(GAN_DATA)})")
-  train_up.add_argument("--preset", default="upsampler_x4_noiseless_cpu",
-                        help="upsampler_x4_noiseless_cpu (default; gan_256's), upsampler_x4_generated_cpu, "
-                             "upsampler_x4_cpu, upsampler_tiny")
-  train_up.add_argument("--base-gan", help="GAN or cascade folder whose images make part of each batch "
-                                          "(presets with generated inputs, e.g. upsampler_x4_generated_cpu)")
-  train_up.add_argument("--init-from", help="a trained stage (`train upsampler`'s OUT/upsampler) or a cascade "
-                                           "folder whose upsampler starts the run")
-  _add_run_args(train_up)
-  train_up.set_defaults(run="train:upsampler")
+  _add_train_parsers(commands)
 
   cascade = commands.add_parser("cascade", help="join a low-resolution GAN and an upsampler into one generator")
   cascade.add_argument("--gan", required=True, help="GAN folder with generator/ and discriminator/")
@@ -252,14 +239,137 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _add_run_args(parser: argparse.ArgumentParser) -> None:
-  """The options `train gan` and `train upsampler` share: steps, run folder, resume, split, seed, progress, json."""
-  parser.add_argument("--steps", type=int, help="override the preset's number of steps")
-  parser.add_argument("--out", required=True, help="run folder (checkpoints, sample grids, final weights)")
+def _add_train_parsers(commands) -> None:
+  """`jaxcxr train MODEL`: one subcommand per model the project ships (`TRAIN_COMMANDS`)."""
+  train_parser = commands.add_parser(
+      "train", help="train a model: every model the project ships (see `jaxcxr train --help`)",
+      description="Train a model. Each MODEL's presets and help come from jaxcxr.config.FAMILIES; "
+                  "`jaxcxr train MODEL --help` lists its presets. Every command writes its run folder --out "
+                  "and prints a summary (--json: one JSON object).")
+  train_commands = train_parser.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+
+  def add(name: str, **kwargs) -> argparse.ArgumentParser:
+    family = TRAIN_COMMANDS[name]
+    help_line = config_lib.FAMILIES[family].help if family else UNCONFIGURED_HELP[name]
+    sub = train_commands.add_parser(name, help=help_line, description=f"jaxcxr train {name}: {help_line}.",
+                                    epilog=_presets_epilog(family) if family else None,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    sub.set_defaults(run=f"train:{name}")
+    return sub
+
+  gan = add("gan")
+  _add_gan_data_arg(gan)
+  _add_preset_arg(gan, "gan", None)
+  gan.add_argument("--init-from", help="a trained GAN folder (generator/, discriminator/; a cascade's "
+                                      "upsampler is left out) whose weights start the run")
+  _add_run_args(gan, split=True)
+
+  up = add("upsampler")
+  _add_gan_data_arg(up)
+  _add_preset_arg(up, "upsampler", "upsampler_x4_noiseless_cpu")
+  up.add_argument("--base-gan", help="GAN or cascade folder whose images make part of each batch "
+                                     "(presets with generated inputs, e.g. upsampler_x4_generated_cpu)")
+  up.add_argument("--init-from", help="a trained stage (`train upsampler`'s OUT/upsampler) or a cascade "
+                                      "folder whose upsampler starts the run")
+  _add_run_args(up, split=True)
+
+  unet = add("unet")
+  unet.add_argument("--data", help=f"npz archive(s) with lung masks, comma-separated (default: "
+                                   f"$JAXCXR_DATA/{COVID_DATA}); the trainer splits the patients itself "
+                                   "(70/15/15, the preset's split seed)")
+  _add_preset_arg(unet, "unet", None)
+  _add_run_args(unet, split=False)
+
+  classifier = add("classifier")
+  classifier.add_argument("--task", choices=config_lib.TASKS, required=True,
+                          help="abnormal (pneumonia vs normal: other abnormal images are left out) or sex")
+  _add_gan_data_arg(classifier, "; the trainer splits the patients itself, stratified by the task")
+  _add_preset_arg(classifier, "classifier", None)
+  classifier.add_argument("--report-test", action="store_true",
+                          help="also evaluate the selected model on its test patients at the end (by default "
+                               "they stay untouched: `jaxcxr evaluate classifier --split test` reports them once)")
+  _add_run_args(classifier, split=False)
+
+  ensemble = add("ensemble")
+  ensemble.add_argument("--members", nargs="+", required=True, metavar="DIR",
+                        help="two or more classifiers of --task trained on the same data and split (`train "
+                             "classifier`'s OUT or OUT/classifier), e.g. one per seed")
+  ensemble.add_argument("--task", choices=config_lib.TASKS, required=True, help="the members' task")
+  _add_gan_data_arg(ensemble, "; the members' own data: their patient split indexes it")
+  ensemble.add_argument("--pixel-size", type=int, default=32,
+                        help="side of the pixel voter's block-mean image, dividing the members' input side "
+                             "(default 32); 0: no pixel voter")
+  ensemble.add_argument("--out", required=True, help="folder to write the ensemble into, as OUT/classifier")
+  ensemble.add_argument("--overwrite", action="store_true", help="replace an existing OUT/classifier")
+  ensemble.add_argument("--resume", action="store_true",
+                        help="refused: assembly keeps no training checkpoints (it fits the pixel voter in seconds)")
+  _add_json_arg(ensemble)
+
+  fanogan = add("fanogan")
+  fanogan.add_argument("--gan", help="the normal-only GAN folder (generator/, discriminator/) the encoder inverts "
+                                     "(default: the first shipped: checkpoints/gan_256_normal, else gan_64_normal)")
+  _add_gan_data_arg(fanogan, "; the encoder trains on their normal images with known sex and age")
+  _add_preset_arg(fanogan, "fanogan", None)
+  _add_run_args(fanogan, split=True)
+
+  healthygan = add("healthygan")
+  _add_gan_data_arg(healthygan, "; pneumonia is the abnormal class, the standard split taken after that "
+                                "(the patients `evaluate anomaly` holds out)")
+  _add_preset_arg(healthygan, "healthygan", None)
+  _add_run_args(healthygan, split=True)
+
+  prefilter = add("prefilter")
+  _add_prefilter_fit_args(prefilter, ("--preset", "--model"))
+  prefilter.add_argument("--resume", action="store_true",
+                         help="refused: a latent pre-filter fits in seconds and keeps no training checkpoints")
+
+  cascade_prefilter = add("cascade-prefilter")
+  _add_cascade_prefilter_args(cascade_prefilter)
+  cascade_prefilter.add_argument("--resume", action="store_true",
+                                 help="refused: the fit resumes by itself when the same command runs again")
+
+  encoder = add("encoder")
+  encoder.add_argument("--data", help="folder holding the development archives: nih_cxr14_subset_256.npz "
+                                      "(required), nih_cxr14_extra_256.npz, covid_v7lungs_256.npz, "
+                                      "openist_normal_lungs_256.npz; every test patient of every split the "
+                                      "project uses is held out (default: $JAXCXR_DATA)")
+  _add_preset_arg(encoder, "cxr_encoder", "cxr_encoder_cpu")
+  encoder.add_argument("--method", choices=config_lib.METHODS, default="vicreg",
+                       help="self-supervised objective (default vicreg)")
+  _add_run_args(encoder, split=False)
+
+
+def _presets_epilog(family: str) -> str:
+  """The family's presets, one line each: its name and the first line of its docstring."""
+  presets = config_lib.FAMILIES[family].presets
+  width = max(len(name) for name in presets)
+  first_line = lambda make: ((make.__doc__ or "").strip().splitlines() or [""])[0]
+  lines = [f"  {name:{width}s}  {first_line(make)}" for name, make in presets.items()]
+  return f"presets (jaxcxr.config.FAMILIES[{family!r}]):\n" + "\n".join(lines)
+
+
+def _add_preset_arg(parser: argparse.ArgumentParser, family: str, default: str | None) -> None:
+  names = ", ".join(config_lib.FAMILIES[family].presets)
+  parser.add_argument("--preset", required=default is None, default=default,
+                      help=f"training preset: {names}" + (f" (default {default})" if default else "")
+                           + "; listed below")
+
+
+def _add_gan_data_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
+  parser.add_argument("--data", help="npz archive(s), comma-separated, each archive's patients split alone "
+                                     f"(default: $JAXCXR_DATA/{',$JAXCXR_DATA/'.join(GAN_DATA)}){note}")
+
+
+def _add_run_args(parser: argparse.ArgumentParser, *, split: bool) -> None:
+  """The options of every trainer that keeps training checkpoints: steps, run folder, resume, seed, progress, json."""
+  parser.add_argument("--steps", type=int, help="override the preset's number of steps (a multiple of its "
+                                                "steps_per_call)")
+  parser.add_argument("--out", required=True, help="run folder (training checkpoints, metrics, the final weights)")
   parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-  parser.add_argument("--split", choices=("train", "all"), default="train",
-                      help="images to train on: the standard split's train patients (default) or all")
-  parser.add_argument("--seed", type=int, default=0)
+  if split:
+    parser.add_argument("--split", choices=("train", "all"), default="train",
+                        help="images to train on: the standard split's train patients (default) or all")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the training randomness")
   parser.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
   _add_json_arg(parser)
 
@@ -348,38 +458,59 @@ def _add_latents_parsers(commands) -> None:
   _add_json_arg(table)
   table.set_defaults(run="latents:table")
 
-  fit = latents_commands.add_parser("fit", help="fit and save one group's pre-filter (threshold on validation)")
-  fit.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
-  fit.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
-  fit.add_argument("--strategy", default="youden",
-                   help="threshold strategy (default youden), or 'all': one classifier with every strategy's "
-                        "threshold, saved as one pre-filter set")
-  fit.add_argument("--model", default="logreg", help="latent classifier preset: logreg, mlp1..mlp4, deep")
-  fit.add_argument("--out", required=True, help="pre-filter checkpoint folder")
-  fit.add_argument("--seed", type=int, default=0)
-  fit.add_argument("--accept-all-if-empty", action="store_true",
-                   help="save an accept-everything pre-filter for a group with < 2 valid latents instead of failing")
-  fit.add_argument("--overwrite", action="store_true", help="replace an existing pre-filter folder")
-  fit.add_argument("--strictness", default=None,
-                   help="learn validity at this post-filter level (standard, strict or Q), rescored from the "
-                        "records' measures; default: as built")
-  fit.add_argument("--scoring", help="calibration folder of --strictness (default: the shipped one)")
-  _add_json_arg(fit)
+  fit = latents_commands.add_parser("fit", help="fit and save one group's pre-filter (threshold on validation); "
+                                               "also `jaxcxr train prefilter`")
+  _add_prefilter_fit_args(fit, ("--model", "--preset"))
   fit.set_defaults(run="latents:fit")
 
   cas = latents_commands.add_parser(
-      "cascade", help="fit a cascade pre-filter: post-filter measures predicted from the generator's base images")
-  cas.add_argument("--data", required=True, help="latent dataset npz of the cascade generator, with measures")
-  cas.add_argument("--out", required=True, help="cascade pre-filter checkpoint folder")
-  cas.add_argument("--checkpoint", help="cascade generator folder (default: the shipped one)")
-  cas.add_argument("--levels", default="standard,strict", help="strictness levels to choose thresholds for")
-  cas.add_argument("--steps", type=int, default=3000, help="AdamW steps of the score predictor (multiple of 250)")
-  cas.add_argument("--seed", type=int, default=0)
-  cas.add_argument("--scoring", help="calibration folder that measured the records (default: the shipped one)")
-  cas.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-  cas.set_defaults(strictness="standard")
-  _add_json_arg(cas)
+      "cascade", help="fit a cascade pre-filter: post-filter measures predicted from the generator's base images; "
+                      "also `jaxcxr train cascade-prefilter`")
+  _add_cascade_prefilter_args(cas)
   cas.set_defaults(run="latents:cascade")
+
+
+def _add_prefilter_fit_args(parser: argparse.ArgumentParser, model_flags: tuple[str, str]) -> None:
+  """`latents fit` and `train prefilter` (one command, two names): sets `run` to its handler."""
+  parser.add_argument("--data", required=True, help="latent dataset npz (`jaxcxr latents build`)")
+  parser.add_argument("--group", required=True, help="one of 18_24m 18_24f 38_44m 38_44f 58_64m 58_64f")
+  parser.add_argument("--strategy", default="youden",
+                      help="threshold strategy (default youden), or 'all': one classifier with every strategy's "
+                           "threshold, saved as one pre-filter set")
+  parser.add_argument(*model_flags, dest="model", default="logreg",
+                      help="latent classifier (jaxcxr.config.LATENT_PRESETS): "
+                           f"{', '.join(config_lib.LATENT_PRESETS)} (default logreg)")
+  parser.add_argument("--steps", type=int, default=None, help="AdamW steps of the latent classifier (default 1000)")
+  parser.add_argument("--out", required=True, help="pre-filter checkpoint folder")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--accept-all-if-empty", action="store_true",
+                      help="save an accept-everything pre-filter for a group with < 2 valid latents instead of "
+                           "failing")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing pre-filter folder")
+  parser.add_argument("--strictness", default=None,
+                      help="learn validity at this post-filter level (standard, strict or Q), rescored from the "
+                           "records' measures; default: as built")
+  parser.add_argument("--scoring", help="calibration folder of --strictness (default: the shipped one)")
+  _add_json_arg(parser)
+  parser.set_defaults(run="latents:fit")
+
+
+def _add_cascade_prefilter_args(parser: argparse.ArgumentParser) -> None:
+  """`latents cascade` and `train cascade-prefilter` (one command, two names): sets `run` to its handler."""
+  parser.add_argument("--data", required=True, help="latent dataset npz of the cascade generator, with measures")
+  parser.add_argument("--out", required=True, help="cascade pre-filter checkpoint folder")
+  parser.add_argument("--checkpoint", help="cascade generator, or its model folder (default: the shipped one)")
+  _add_preset_arg(parser, "cascade_prefilter", "cascade_prefilter_64")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="AdamW steps of the score predictor (default: the preset's; a multiple of its "
+                           "steps_per_call, the steps between validation passes)")
+  parser.add_argument("--levels", default="standard,strict", help="strictness levels to choose thresholds for")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--scoring", help="calibration folder that measured the records (default: the shipped one)")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+  parser.set_defaults(strictness="standard")
+  _add_json_arg(parser)
+  parser.set_defaults(run="latents:cascade")
 
 
 def _version() -> str:

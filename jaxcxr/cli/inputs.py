@@ -1,4 +1,5 @@
-"""What several commands read: `--data` and its defaults, given or shipped checkpoints, the post-filter, run folders.
+"""What several commands read: `--data` and its defaults, given or shipped checkpoints, the post-filter, run folders,
+training presets.
 
 Each helper turns options into library objects (paths, datasets, a `Scorer`) and bad values
 into `UsageError`; the library does the work.
@@ -8,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import pathlib
 from collections.abc import Iterator
 from typing import Any
 
 from jaxcxr import checkpoints, data, io, scoring
+from jaxcxr import config as config_lib
 from jaxcxr.cli.common import GAN_DATA, UsageError, log
 
 # The library's errors for input the user can fix: `entry.main` reports each as one `jaxcxr: error:` line, exit 2.
 LIBRARY_ERRORS = (data.DataError, checkpoints.CheckpointError, FileExistsError, FileNotFoundError)
 
 __all__ = ["LIBRARY_ERRORS", "checkpoint", "data_path", "data_paths", "development_images", "drop_unused",
-           "generator_checkpoint", "load_scorer", "work_dir"]
+           "generator_checkpoint", "load_scorer", "train_preset", "work_dir"]
 
 
 def data_path(arg: str | None, default_name: str) -> pathlib.Path:
@@ -42,6 +45,29 @@ def checkpoint(arg: str | None, shipped: tuple[str, ...], kind: str | None = Non
 def generator_checkpoint(arg: str | None) -> pathlib.Path:
   """`--checkpoint` of a generator: a generator checkpoint or a model folder with `generator/`; default the shipped."""
   return checkpoint(arg, checkpoints.SHIPPED_GENERATORS, "generator")
+
+
+def train_preset(family: str, name: str, steps: int | None, *preset_args: Any):
+  """The preset `name` of `jaxcxr.config.FAMILIES[family]`, called with `preset_args`, with `--steps` applied.
+
+  Raises:
+    UsageError: `name` is not one of the family's presets, or `steps` is not a positive multiple
+      of the preset's `steps_per_call`.
+  """
+  presets = config_lib.FAMILIES[family].presets
+  if name not in presets:
+    raise UsageError(f"unknown preset {name!r} for {config_lib.FAMILIES[family].help}; expected one of "
+                     f"{', '.join(presets)}")
+  config = presets[name](*preset_args)
+  if steps is not None:
+    if steps <= 0 or steps % config.steps_per_call:
+      raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call} (preset "
+                       f"{name}), got {steps}")
+    try:
+      config = dataclasses.replace(config, steps=steps)
+    except ValueError as e:
+      raise UsageError(f"--steps {steps}: {e}") from e
+  return config
 
 
 def load_scorer(args: argparse.Namespace) -> scoring.Scorer:

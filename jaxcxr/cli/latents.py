@@ -4,6 +4,10 @@
 classifiers on it, `latents fit` saves one group's pre-filter, `latents cascade` fits the cascade
 pre-filter, and `sample --prefilter` uses one (`jaxcxr.prefilter.choice.resolve_sampler`).
 Latent datasets are built for normal images (label 0), so pre-filters exist for label 0 only.
+
+`jaxcxr train prefilter` and `jaxcxr train cascade-prefilter` are `latents fit` and `latents
+cascade` under the name of the training commands: the same options and these same handlers
+(the `train` names also take `--resume`, which they refuse, saying why).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcxr import checkpoints, config, data, io, prefilter, provenance
+from jaxcxr import checkpoints, data, io, prefilter, provenance
 from jaxcxr.cli import inputs
 from jaxcxr.cli.common import UsageError, log, run_record
 from jaxcxr.models import generator as generator_lib
@@ -128,28 +132,41 @@ def human_table(r: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _fit_prefilter_or_usage(records, group: str, strategy: str, model: str, seed: int, on_empty: str):
+def _fit_prefilter_or_usage(records, group: str, strategy: str, model: str, seed: int, on_empty: str,
+                            steps: int | None):
   """`prefilter.fit_prefilter`, its ValueError a UsageError."""
   log(f"fitting the {model} pre-filter of {group} (threshold: {strategy} on the validation part)")
   try:
-    return prefilter.fit_prefilter(records, group, strategy, model, seed=seed, on_empty=on_empty)
+    return prefilter.fit_prefilter(records, group, strategy, model, seed=seed, on_empty=on_empty,
+                                   **({} if steps is None else {"steps": steps}))
   except ValueError as e:
     raise UsageError(str(e)) from e
 
 
+def _refuse_resume(args: argparse.Namespace, why: str) -> None:
+  """`train prefilter|cascade-prefilter --resume`: refused with the reason (the `latents` names have no --resume)."""
+  if getattr(args, "resume", False):
+    raise UsageError(f"--resume: {why}")
+
+
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
-  """`latents fit`: fit and save one group's pre-filter (threshold on validation), or a set of every strategy."""
+  """`latents fit` (`train prefilter`): fit and save one group's pre-filter (threshold on validation), or a set of
+  every strategy."""
+  _refuse_resume(args, "a latent pre-filter fits in seconds and keeps no training checkpoints; run the command "
+                       "again without it (--overwrite replaces --out)")
+  if args.steps is not None and args.steps <= 0:
+    raise UsageError(f"--steps must be positive, got {args.steps}")
   data.parse_group(args.group)
   records = prefilter.load_latent_dataset(args.data)
   records = _records_at_strictness_arg(args, records)
   on_empty = "accept_all" if args.accept_all_if_empty else "error"
   if args.strategy == "all":   # one classifier, every threshold strategy: a pre-filter set
-    fitted = [_fit_prefilter_or_usage(records, args.group, strategy, args.model, args.seed, on_empty)
+    fitted = [_fit_prefilter_or_usage(records, args.group, strategy, args.model, args.seed, on_empty, args.steps)
               for strategy in prefilter.STRATEGIES]
     out = prefilter.save_prefilter_set(args.out, fitted, overwrite=args.overwrite)
     return {"out": str(out), "data": str(args.data),
             "strategies": {pf.strategy: pf.summary() for pf in fitted}}
-  pf = _fit_prefilter_or_usage(records, args.group, args.strategy, args.model, args.seed, on_empty)
+  pf = _fit_prefilter_or_usage(records, args.group, args.strategy, args.model, args.seed, on_empty, args.steps)
   out = pf.save(args.out, overwrite=args.overwrite)
   return {"out": str(out), "data": str(args.data), **pf.summary()}
 
@@ -169,15 +186,20 @@ def human_fit(r: dict[str, Any]) -> str:
 
 
 def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
-  """`latents cascade`: fit a cascade pre-filter (post-filter measures predicted from the base images)."""
-  if args.steps <= 0 or args.steps % 250:
-    raise UsageError(f"--steps must be a positive multiple of 250, got {args.steps}")
+  """`latents cascade` (`train cascade-prefilter`): fit a cascade pre-filter (post-filter measures predicted from
+  the base images), a preset of `jaxcxr.config.CascadePrefilterTrainConfig`."""
+  _refuse_resume(args, "the cascade pre-filter's fit resumes by itself: run the same command again without it")
+  fit = inputs.train_preset("cascade_prefilter", args.preset, args.steps)
   records = prefilter.load_latent_dataset(args.data)
   directory = inputs.generator_checkpoint(args.checkpoint)
   generator = generator_lib.load_generator(directory)
   generator_id = checkpoints.model_id(directory)
   if generator.config.upsampler is None:
     raise UsageError(f"{directory} is not a cascade generator (no upsampler): it has no cheap base image")
+  side = generator.config.base_resolution
+  if fit.predictor.resolution != side:
+    raise UsageError(f"--preset {args.preset} predicts from {fit.predictor.resolution}x{fit.predictor.resolution} "
+                     f"base images, but {directory} makes {side}x{side} ones")
   if records["generator_id"] != generator_id:
     raise UsageError(f"{args.data} was built with generator {records['generator_id']}, but {directory} is "
                      f"{generator_id}; rebuild it with `jaxcxr latents build`")
@@ -189,17 +211,22 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
   except ValueError as e:
     raise UsageError(f"--levels: {e}") from e
   # The predictor's training checkpoints live in a hidden sibling of --out: the same command run
-  # again after a kill resumes the fit and ends with the uninterrupted run's pre-filter.
+  # again after a kill resumes the fit and ends with the uninterrupted run's pre-filter. The run's
+  # record leaves out the command's name (and `train`'s refused --resume), so that under either name
+  # the same arguments continue the same fit.
   out = pathlib.Path(args.out)
-  work = inputs.work_dir(out, run_record(args, generator_id=generator_id, data_sha256=data.file_sha256(args.data)),
+  named = argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                if k not in ("command", "latents_command", "train_command", "resume")})
+  work = inputs.work_dir(out, run_record(named, generator_id=generator_id, data_sha256=data.file_sha256(args.data)),
                          args.overwrite, "train")
   log(f"making {len(records['z'])} base images with {directory}")
   base = score_predictor.base_images(generator, records["z"], records["group"])
   try:
     with inputs.drop_unused(work):
-      fitted = cascade.fit_cascade_prefilter(records, base, scorer, config.score_predictor_64(), levels=levels,
-                                             steps=args.steps, seed=args.seed, log=log, out_dir=work / "fit",
-                                             resume=True)
+      fitted = cascade.fit_cascade_prefilter(records, base, scorer, fit.predictor, levels=levels, steps=fit.steps,
+                                             eval_every=fit.steps_per_call, batch_size=fit.batch_size,
+                                             learning_rate=fit.learning_rate, weight_decay=fit.weight_decay,
+                                             seed=args.seed, log=log, out_dir=work / "fit", resume=True)
   except ValueError as e:
     raise UsageError(str(e)) from e
   fitted.report["provenance"] = provenance.provenance(args.data, {"seed": args.seed,
@@ -208,7 +235,8 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
   shutil.rmtree(work, ignore_errors=True)
   levels_report = {level: {k: v for k, v in r.items() if k != "strategies"}
                    for level, r in fitted.report["levels"].items()}
-  return {"out": str(out), "data": str(args.data), "generator": str(directory), "levels": levels_report,
+  return {"out": str(out), "data": str(args.data), "generator": str(directory), "preset": args.preset,
+          "steps": fit.steps, "levels": levels_report,
           "thresholds": fitted.thresholds, "val_r2": fitted.report["history"]["val_r2"],
           "provenance": fitted.report["provenance"]}
 

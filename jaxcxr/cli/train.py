@@ -1,4 +1,12 @@
-"""`jaxcxr train gan`, `jaxcxr train upsampler` and `jaxcxr cascade`: train the generators and assemble a cascade."""
+"""`jaxcxr train MODEL` for every model the project ships, and `jaxcxr cascade`.
+
+One handler per model: each parses its options, takes the data the model's card names (the
+default `--data` of docs/cli.md), calls its trainer once and formats the summary. Presets come
+from `jaxcxr.config.FAMILIES`. `train prefilter` and `train cascade-prefilter` are the
+commands `latents fit` and `latents cascade` under a second name (their handlers live in
+`jaxcxr.cli.latents`). `--resume` continues a run folder's last training checkpoint where the
+trainer keeps them; the others refuse it and say why.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +18,48 @@ from typing import Any
 
 from flax import nnx
 
-from jaxcxr import checkpoints, io
+from jaxcxr import checkpoints, data, evaluation_sets, io
 from jaxcxr import config as config_lib
 from jaxcxr.cli import inputs
-from jaxcxr.cli.common import UsageError
+from jaxcxr.cli.common import COVID_DATA, GAN_DATA, NIH_DATA, UsageError, log
 from jaxcxr.models import discriminator as discriminator_lib
 from jaxcxr.models import generator as generator_lib
 from jaxcxr.models.upsampler import Upsampler, load_upsampler
+from jaxcxr.train import classifier as classifier_trainer
+from jaxcxr.train import cxr_encoder as encoder_trainer
+from jaxcxr.train import fanogan as fanogan_trainer
 from jaxcxr.train import gan as gan_trainer
+from jaxcxr.train import healthygan as healthygan_trainer
+from jaxcxr.train import segmentation as unet_trainer
 from jaxcxr.train import upsampler as upsampler_trainer
 
 __all__ = ["HANDLERS"]
 
 
-def _train_preset(name: str, steps: int | None, config_type: type, what: str):
-  """The preset `name` of one family (PRESETS holds every family's), with `--steps` applied."""
-  presets = {n: make for n, make in config_lib.PRESETS.items() if isinstance(make(), config_type)}
-  if name not in presets:
-    raise UsageError(f"unknown preset {name!r} for {what}; expected one of {', '.join(presets)}")
-  config = presets[name]()
-  if steps is not None:
-    if steps <= 0 or steps % config.steps_per_call:
-      raise UsageError(f"--steps must be a positive multiple of steps_per_call={config.steps_per_call}, got {steps}")
-    config = dataclasses.replace(config, steps=steps)
-  return config
+def _progress(args: argparse.Namespace) -> bool:
+  return sys.stderr.isatty() or args.progress
+
+
+def _result(args: argparse.Namespace, summary: dict[str, Any], **extra: Any) -> dict[str, Any]:
+  """The command's JSON result: the preset, `extra`, then the trainer's summary (numpy values as builtins)."""
+  return io.to_json_safe({"preset": args.preset, **extra, **summary})
+
+
+# ----------------------------------------------------------------------------- generators
 
 
 def run_gan(args: argparse.Namespace) -> dict[str, Any]:
   """`train gan`: a preset of the conditional GAN on the development images."""
-  config = _train_preset(args.preset, args.steps, config_lib.GanTrainConfig, "a GAN")
+  config = inputs.train_preset("gan", args.preset, args.steps)
   ds = inputs.development_images(args.data, args.split)
   summary = gan_trainer.train_gan(ds, config, args.out, resume=args.resume, seed=args.seed,
-                                  progress=sys.stderr.isatty() or args.progress, init_from=args.init_from)
+                                  progress=_progress(args), init_from=args.init_from)
   return {"preset": args.preset, "split": args.split, **summary}
 
 
 def run_upsampler(args: argparse.Namespace) -> dict[str, Any]:
   """`train upsampler`: the super-resolution stage of a cascade generator (optionally on its base GAN's images)."""
-  config = _train_preset(args.preset, args.steps, config_lib.UpsamplerTrainConfig, "an upsampler")
+  config = inputs.train_preset("upsampler", args.preset, args.steps)
   if config.generated_fraction and not args.base_gan:
     raise UsageError(f"--preset {args.preset} trains on the base GAN's own images: give --base-gan")
   base = init = None
@@ -62,9 +74,14 @@ def run_upsampler(args: argparse.Namespace) -> dict[str, Any]:
   train = inputs.development_images(args.data, args.split)
   validation = inputs.development_images(args.data, "train", "val") if args.split == "train" else None
   summary = upsampler_trainer.train_upsampler(train, config, args.out, validation=validation, resume=args.resume,
-                                              seed=args.seed, progress=sys.stderr.isatty() or args.progress,
-                                              base=base, init_from=init)
+                                              seed=args.seed, progress=_progress(args), base=base, init_from=init)
   return {"preset": args.preset, "split": args.split, **summary}
+
+
+def human_gan(r: dict[str, Any]) -> str:
+  """`train gan`'s result in a line."""
+  return (f"trained {r['preset']} to step {r['steps']} in {r['seconds']:.0f} s "
+          f"({r['images_per_second']:.1f} img/s); generator: {r['generator']}")
 
 
 def human_upsampler(r: dict[str, Any]) -> str:
@@ -103,17 +120,159 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
           "base_resolution": cascade.config.base_resolution}
 
 
-def human_gan(r: dict[str, Any]) -> str:
-  """`train gan`'s result in a line."""
-  return (f"trained {r['preset']} to step {r['steps']} in {r['seconds']:.0f} s "
-          f"({r['images_per_second']:.1f} img/s); generator: {r['generator']}")
-
-
 def human_cascade(r: dict[str, Any]) -> str:
   """`cascade`'s result in a line."""
   return f"cascade {r['base_resolution']} -> {r['resolution']}: {r['generator']}"
 
 
-# Subcommand name: (handler, human formatter).
+# ----------------------------------------------------------------------------- post-filter models
+
+
+def run_unet(args: argparse.Namespace) -> dict[str, Any]:
+  """`train unet`: the lung U-Net on an archive with lung masks (its own patient split, `SegTrainConfig`)."""
+  config = inputs.train_preset("unet", args.preset, args.steps)
+  path = inputs.data_paths(args.data, COVID_DATA)
+  log(f"loading {path}")
+  summary = unet_trainer.train_unet(data.load(path), config, args.out, resume=args.resume, seed=args.seed,
+                                    progress=_progress(args))
+  return _result(args, summary)
+
+
+def human_unet(r: dict[str, Any]) -> str:
+  """`train unet`'s result in a line."""
+  val = f"validation Dice {r['val']['dice_mean']:.4f} (step {r['selected_step']})" if r.get("val") else "no validation"
+  return f"trained {r['preset']} to step {r['steps']} in {r['seconds']:.0f} s; {val}; U-Net: {r['unet']}"
+
+
+def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
+  """`train classifier`: the abnormal or sex classifier, model selection on its own validation patients."""
+  config = dataclasses.replace(inputs.train_preset("classifier", args.preset, args.steps), task=args.task)
+  paths = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {paths}")
+  ds = evaluation_sets.classifier_images(data.load(paths), args.task)
+  summary = classifier_trainer.train_classifier(ds, config, args.out, resume=args.resume, seed=args.seed,
+                                                progress=_progress(args), report_test=args.report_test)
+  return _result(args, summary, task=args.task)
+
+
+def human_classifier(r: dict[str, Any]) -> str:
+  """`train classifier`'s result in a line."""
+  return (f"trained the {r['task']} classifier ({r['preset']}) to step {r['steps']} in {r['seconds']:.0f} s; best "
+          f"validation ROC AUC {r['best_val_auc']:.4f} at step {r['best_step']}; classifier: {r['classifier']}")
+
+
+def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
+  """`train ensemble`: join trained classifiers of one task and split into a soft-vote ensemble (no preset)."""
+  if args.resume:
+    raise UsageError("train ensemble keeps no training checkpoints (it fits only the pixel voter, in seconds): "
+                     "run it again without --resume (--overwrite replaces OUT/classifier)")
+  if len(args.members) < 2:
+    raise UsageError(f"--members: an ensemble needs at least two classifiers, got {len(args.members)}")
+  if args.pixel_size < 0:
+    raise UsageError(f"--pixel-size must be 0 (no pixel voter) or positive, got {args.pixel_size}")
+  members = [checkpoints.model_folder(m, "classifier") for m in args.members]
+  for member in members:
+    task = checkpoints.read_metadata(member).get("task")
+    if task != args.task:
+      raise UsageError(f"--members: {member} is a {task} classifier, not {args.task}")
+  out = pathlib.Path(args.out)
+  if (out / "classifier").exists() and not args.overwrite:
+    raise FileExistsError(f"{out / 'classifier'}: exists; pass --overwrite to replace it")
+  paths = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {paths}")
+  ds = evaluation_sets.classifier_images(data.load(paths), args.task)
+  try:
+    summary = classifier_trainer.assemble_ensemble(members, ds, out, pixel_size=args.pixel_size)
+  except ValueError as e:   # members of other tasks, architectures, splits or data; a pixel size they do not take
+    raise UsageError(str(e)) from e
+  return io.to_json_safe({"task": args.task, "members": [str(m) for m in members], **summary})
+
+
+def human_ensemble(r: dict[str, Any]) -> str:
+  """`train ensemble`'s result in a line."""
+  return (f"{len(r['members'])}-member {r['task']} ensemble: validation ROC AUC {r['val']['roc_auc']:.4f}; "
+          f"classifier: {r['classifier']}")
+
+
+# ----------------------------------------------------------------------------- anomaly models
+
+
+def run_fanogan(args: argparse.Namespace) -> dict[str, Any]:
+  """`train fanogan`: the f-AnoGAN encoder against a frozen normal-only GAN, on its GAN's training normals."""
+  config = inputs.train_preset("fanogan", args.preset, args.steps)
+  gan = pathlib.Path(args.gan) if args.gan else next(iter(checkpoints.shipped_normal_gans()), None)
+  if gan is None:
+    raise UsageError(f"no shipped normal-only GAN under {checkpoints.checkpoints_root()}; pass --gan DIR "
+                     "(a folder with generator/ and discriminator/)")
+  if not (gan / "generator").is_dir() or not (gan / "discriminator").is_dir():
+    raise UsageError(f"--gan {gan}: expected a normal-only GAN folder with generator/ and discriminator/ "
+                     "(`jaxcxr train gan`'s OUT, or checkpoints/gan_256_normal)")
+  g_meta, d_meta = (checkpoints.read_metadata(gan / kind) for kind in ("generator", "discriminator"))
+  try:
+    fanogan_trainer.check_gan(config, config_lib.from_dict(config_lib.GeneratorConfig, g_meta["config"]),
+                              config_lib.from_dict(config_lib.DiscriminatorConfig, d_meta["config"]), f"--gan {gan}")
+  except ValueError as e:
+    raise UsageError(f"{e} (--preset {args.preset})") from e
+  ds = inputs.development_images(args.data, args.split)
+  summary = fanogan_trainer.train_fanogan(ds, gan, config, args.out, resume=args.resume, seed=args.seed,
+                                          progress=_progress(args))
+  return _result(args, summary, split=args.split, gan=str(gan))
+
+
+def human_fanogan(r: dict[str, Any]) -> str:
+  """`train fanogan`'s result in a line."""
+  return (f"trained {r['preset']} against {r['gan']} to step {r['steps']} in {r['seconds']:.0f} s on "
+          f"{r['n_images']} normal images; encoder: {r['encoder']}")
+
+
+def run_healthygan(args: argparse.Namespace) -> dict[str, Any]:
+  """`train healthygan`: HealthyGAN on the pneumonia task's training patients (those `evaluate anomaly` holds out)."""
+  config = inputs.train_preset("healthygan", args.preset, args.steps)
+  paths = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {paths}")
+  ds = evaluation_sets.anomaly_task(data.load(paths)).part(args.split)
+  which = "all patients" if args.split == "all" else "the standard split's train patients"
+  log(f"{which} of the pneumonia task: {len(ds)} images ({int((ds.label == 0).sum())} normal)")
+  summary = healthygan_trainer.train_healthygan(ds, config, args.out, resume=args.resume, seed=args.seed,
+                                                progress=_progress(args))
+  return _result(args, summary, split=args.split)
+
+
+def human_healthygan(r: dict[str, Any]) -> str:
+  """`train healthygan`'s result in a line."""
+  return (f"trained {r['preset']} to step {r['steps']} in {r['seconds']:.0f} s on {r['n_mixed']} images "
+          f"({r['n_normal']} normal); translator: {r['translator']}")
+
+
+# ----------------------------------------------------------------------------- self-supervised encoder
+
+
+def run_encoder(args: argparse.Namespace) -> dict[str, Any]:
+  """`train encoder`: the self-supervised CXR encoder on every development archive of a folder (test patients out)."""
+  config = inputs.train_preset("cxr_encoder", args.preset, args.steps, args.method)
+  folder = pathlib.Path(args.data) if args.data else data.default_data_path(NIH_DATA).parent
+  dev = encoder_trainer.development_data(**encoder_trainer.archives_in(folder))
+  log(f"pretraining on {dev.description['pretrain_images']} images of {', '.join(dev.description['archives'])} "
+      "(every test patient held out)")
+  summary = encoder_trainer.train_cxr_encoder(dev.pretrain, config, args.out, probes=dev.probes,
+                                              description=dev.description, resume=args.resume, seed=args.seed,
+                                              progress=_progress(args))
+  return _result(args, summary, method=args.method)
+
+
+def human_encoder(r: dict[str, Any]) -> str:
+  """`train encoder`'s result in a line or two."""
+  line = (f"trained {r['preset']} ({r['method']}) to step {r['steps']} in {r['seconds']:.0f} s; "
+          f"encoder: {r['encoder']}")
+  probes = r.get("probes") or {}
+  aucs = [f"{name} {p['roc_auc']:.3f}" for name, p in probes.items() if isinstance(p, dict) and "roc_auc" in p]
+  return line + (f"\nlinear probes at step {probes['step']}: validation ROC AUC {', '.join(aucs)}" if aucs else "")
+
+
+# Subcommand name: (handler, human formatter). `train prefilter` and `train cascade-prefilter` run
+# `jaxcxr.cli.latents.HANDLERS["fit"]` and `["cascade"]`.
 HANDLERS = {"gan": (run_gan, human_gan), "upsampler": (run_upsampler, human_upsampler),
+            "unet": (run_unet, human_unet), "classifier": (run_classifier, human_classifier),
+            "ensemble": (run_ensemble, human_ensemble), "fanogan": (run_fanogan, human_fanogan),
+            "healthygan": (run_healthygan, human_healthygan), "encoder": (run_encoder, human_encoder),
             "cascade": (run_cascade, human_cascade)}

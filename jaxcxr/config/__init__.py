@@ -20,7 +20,10 @@ works for all of them:
 * `fanogan`: `EncoderConfig`, `FanoganTrainConfig`.
 * `healthygan`: `TranslatorConfig`, `CriticConfig`, `HealthyganTrainConfig`.
 * `prefilter`: `LatentClassifierConfig` and `LATENT_PRESETS`; `PREDICTED_MEASURES`,
-  `ScorePredictorConfig` and `score_predictor_64`.
+  `ScorePredictorConfig` and `score_predictor_64`; `CascadePrefilterTrainConfig` (the cascade
+  pre-filter's fit).
+* `cxr_encoder`: `CXREncoderConfig`, `CXRAugmentConfig`, `METHODS`, `CXREncoderTrainConfig` (the
+  self-supervised chest X-ray encoder).
 * `registry`: `FAMILIES` (family name -> `Family(config_type, presets, help)`), `PRESETS` (every
   training preset by name, joined from the families' own `PRESETS`) and `presets_for(config_type)`.
 
@@ -45,14 +48,17 @@ from jaxcxr.config.classifier import (IMBALANCE, INPUT_MODES, TASKS, ClassifierC
                                       classifier_256, classifier_tiny)
 from jaxcxr.config.common import (AGE_CENTER, AGE_SCALE, DTYPES, KNOWN_CONDITIONS, LIGHT_AUGMENT, RESOLUTIONS,
                                   AugmentConfig, Family, check_loop_fields, stage_channels)
+from jaxcxr.config.cxr_encoder import (METHODS, CXRAugmentConfig, CXREncoderConfig, CXREncoderTrainConfig,
+                                       cxr_encoder_cpu, cxr_encoder_tiny)
 from jaxcxr.config.fanogan import EncoderConfig, FanoganTrainConfig, fanogan_64_cpu, fanogan_tiny
 from jaxcxr.config.gan import (UPSAMPLINGS, DiscriminatorConfig, GanTrainConfig, GeneratorConfig, gan_64_cpu,
                                gan_64_normal_cpu, gan_64_resize_cpu, gan_64_resize_normal_cpu, gan_64_wide_cpu,
                                gan_128, gan_256, gan_256_single_cpu, gan_tiny)
 from jaxcxr.config.healthygan import (CriticConfig, HealthyganTrainConfig, TranslatorConfig, healthygan_64_cpu,
                                       healthygan_tiny)
-from jaxcxr.config.prefilter import (LATENT_PRESETS, PREDICTED_MEASURES, LatentClassifierConfig, ScorePredictorConfig,
-                                     latent_deep, latent_logreg, latent_mlp, score_predictor_64)
+from jaxcxr.config.prefilter import (LATENT_PRESETS, PREDICTED_MEASURES, CascadePrefilterTrainConfig,
+                                     LatentClassifierConfig, ScorePredictorConfig, cascade_prefilter_64,
+                                     cascade_prefilter_tiny, latent_deep, latent_logreg, latent_mlp, score_predictor_64)
 from jaxcxr.config.registry import FAMILIES, PRESETS, presets_for
 from jaxcxr.config.serialization import from_dict, to_dict
 from jaxcxr.config.unet import (NUM_CLASSES, SEG_AUGMENT, SegTrainConfig, UNetConfig, unet_128_cpu, unet_256,
@@ -85,5 +91,8 @@ __all__ = [
     "TranslatorConfig", "CriticConfig", "HealthyganTrainConfig", "healthygan_tiny", "healthygan_64_cpu",
     # pre-filter models
     "LatentClassifierConfig", "latent_logreg", "latent_mlp", "latent_deep", "LATENT_PRESETS", "PREDICTED_MEASURES",
-    "ScorePredictorConfig", "score_predictor_64",
+    "ScorePredictorConfig", "score_predictor_64", "CascadePrefilterTrainConfig", "cascade_prefilter_tiny",
+    "cascade_prefilter_64",
+    # self-supervised CXR encoder
+    "METHODS", "CXREncoderConfig", "CXRAugmentConfig", "CXREncoderTrainConfig", "cxr_encoder_tiny", "cxr_encoder_cpu",
 ]

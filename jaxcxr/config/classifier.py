@@ -222,9 +222,8 @@ def classifier_tiny(resolution: int = 16, *, input_mode: str = "full", imbalance
 def classifier_128_cpu(task: str = "abnormal") -> ClassifierTrainConfig:
   """ResNet-18-shaped classifier (channels 16..128, 0.70M params) at 128x128 for 2 CPU cores, ~10 minutes.
 
-      python -c "from jaxcxr import config, data; \\
-        from jaxcxr.train.classifier import train_classifier; \\
-        print(train_classifier(data.load('nih_cxr14_subset_256.npz'), config.classifier_128_cpu(), 'runs/cls128'))"
+      jaxcxr train classifier --task abnormal --preset classifier_128_cpu \\
+        --data $JAXCXR_DATA/nih_cxr14_subset_256.npz --report-test --out runs/cls128
 
   Expected: 500 steps of batch 32 with augmentation, about 1 s/step on 2 CPU cores
   (measured 0.93-1.19 s/step on a shared 2-core machine) after about a minute of
@@ -244,9 +243,8 @@ def classifier_128_cpu(task: str = "abnormal") -> ClassifierTrainConfig:
 def classifier_64_cpu(task: str = "abnormal") -> ClassifierTrainConfig:
   """The `classifier_128_cpu` network at 64x64 for 2,000 steps: 2 CPU cores, ~5 (abnormal) to ~11 (sex) minutes.
 
-      python -c "from jaxcxr import config, data; \\
-        from jaxcxr.train.classifier import train_classifier; \\
-        print(train_classifier(data.load('nih_cxr14_subset_256.npz'), config.classifier_64_cpu('sex'), 'runs/cls64'))"
+      jaxcxr train classifier --task sex --preset classifier_64_cpu --data $JAXCXR_DATA/nih_cxr14_subset_256.npz \\
+        --report-test --out runs/cls64
 
   Expected: 0.12-0.30 s/step on a shared 2-core machine (64x64 is 8x cheaper per step than
   128x128 here, more than the 4x in pixels). Measured validation AUC: sex 0.829 (best at step
@@ -262,10 +260,7 @@ def classifier_64_cpu(task: str = "abnormal") -> ClassifierTrainConfig:
 def classifier_96_cpu(task: str = "abnormal") -> ClassifierTrainConfig:
   """The `classifier_128_cpu` network at 96x96 for 1,200 steps: about 4 minutes on one CPU core.
 
-      python -c "from jaxcxr import config, data; \\
-        from jaxcxr.train.classifier import train_classifier; \\
-        ds = data.keep_abnormal_finding(data.load('nih_cxr14_subset_256.npz,nih_cxr14_extra_256.npz')); \\
-        print(train_classifier(ds, config.classifier_96_cpu(), 'runs/cls96', report_test=False))"
+      jaxcxr train classifier --task abnormal --preset classifier_96_cpu --out runs/cls96   # data: both NIH archives
 
   Expected: about 200 images/s on one core of the project's 2-core machine (1,200 steps in
   206-244 s). The members of the shipped `classifier_abnormal_ensemble_96`; measured
@@ -280,9 +275,8 @@ def classifier_96_cpu(task: str = "abnormal") -> ClassifierTrainConfig:
 def classifier_256(task: str = "abnormal") -> ClassifierTrainConfig:
   """ResNet-18 (channels 64..512) at 256x256 for a GPU.
 
-      python -c "from jaxcxr import config, data; \\
-        from jaxcxr.train.classifier import train_classifier; \\
-        print(train_classifier(data.load('nih_cxr14_subset_256.npz'), config.classifier_256(), 'runs/cls256'))"
+      jaxcxr train classifier --task abnormal --preset classifier_256 --data $JAXCXR_DATA/nih_cxr14_subset_256.npz \\
+        --report-test --out runs/cls256
 
   Expected: 3,000 steps of batch 64 in bfloat16 within a few minutes on one H100;
   abnormal test AUC above the 128x128 CPU model's.

@@ -112,9 +112,8 @@ def fanogan_tiny(resolution: int = 32) -> FanoganTrainConfig:
 def fanogan_64_cpu() -> FanoganTrainConfig:
   """64x64 encoder for the CPU-trained normal-only GAN (`gan_64_normal_cpu`).
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train import fanogan; \\
-        ds = data.load('nih_cxr14_subset_256.npz'); ds = ds.subset(data.standard_split(ds)['train']); \\
-        fanogan.train_fanogan(ds, 'checkpoints/gan_64_normal', config.fanogan_64_cpu(), 'runs/fanogan_64')"
+      jaxcxr train fanogan --preset fanogan_64_cpu --gan checkpoints/gan_64_normal \\
+        --data $JAXCXR_DATA/nih_cxr14_subset_256.npz --out runs/fanogan_64
 
   Encoder channels (8, 16, 32, 64, 128) from 64x64 to 4x4, as the GAN's discriminator
   (0.42M parameters, 0.26M of them in the linear layer to z). Measured against the

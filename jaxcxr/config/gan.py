@@ -240,8 +240,7 @@ def gan_tiny(resolution: int = 32, *, conditions: tuple[str, ...] = KNOWN_CONDIT
 def gan_64_cpu() -> GanTrainConfig:
   """64x64 conditional GAN sized for 2 CPU cores and about 25 minutes.
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train.gan import train_gan; \\
-        train_gan(data.load('nih_cxr14_subset_256.npz'), config.gan_64_cpu(), 'runs/gan64')"
+      jaxcxr train gan --preset gan_64_cpu --data $JAXCXR_DATA/nih_cxr14_subset_256.npz --split all --out runs/gan64
 
   G channels (128, 64, 32, 16, 8) from 4x4 to 64x64, 0.93M parameters; D (8, 16,
   32, 64, 128), 0.16M. Measured on this project's 2-core CPU worker (jax 0.10.2,
@@ -260,8 +259,7 @@ def gan_64_cpu() -> GanTrainConfig:
 def gan_128() -> GanTrainConfig:
   """128x128 conditional GAN for a GPU.
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train.gan import train_gan; \\
-        train_gan(data.load('nih_cxr14_subset_256.npz'), config.gan_128(), 'runs/gan128')"
+      jaxcxr train gan --preset gan_128 --data $JAXCXR_DATA/nih_cxr14_subset_256.npz --split all --out runs/gan128
 
   G channels (512, 512, 256, 128, 64, 32), 22.7M parameters; D 7.5M; about 2.8
   TFLOP per step of batch 64 (80% of `gan_256`'s), bfloat16 compute. Not timed
@@ -277,8 +275,7 @@ def gan_128() -> GanTrainConfig:
 def gan_256() -> GanTrainConfig:
   """256x256 conditional GAN for a GPU: about 20,000 steps of batch 64 in a 30-minute H100 slot.
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train.gan import train_gan; \\
-        train_gan(data.load('nih_cxr14_subset_256.npz'), config.gan_256(), 'runs/gan256')"
+      jaxcxr train gan --preset gan_256 --data $JAXCXR_DATA/nih_cxr14_subset_256.npz --split all --out runs/gan256
 
   G channels (512, 512, 256, 128, 64, 32, 16), 22.8M parameters; D 7.5M; about
   3.4 TFLOP per step of batch 64, bfloat16 compute. Not timed here (no GPU in the
@@ -341,8 +338,8 @@ def gan_256_single_cpu() -> GanTrainConfig:
 def gan_64_normal_cpu() -> GanTrainConfig:
   """`gan_64_cpu` trained on normal images only, conditioned on sex and age (for AnoGAN scoring).
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train.gan import train_gan; \\
-        train_gan(data.load('nih_cxr14_subset_256.npz'), config.gan_64_normal_cpu(), 'runs/gan64n')"
+      jaxcxr train gan --preset gan_64_normal_cpu --data $JAXCXR_DATA/nih_cxr14_subset_256.npz --split all \\
+        --out runs/gan64n
 
   Expected: as `gan_64_cpu` (half the images, so more repeats of each).
   """

@@ -183,9 +183,8 @@ def healthygan_tiny(resolution: int = 32) -> HealthyganTrainConfig:
 def healthygan_64_cpu() -> HealthyganTrainConfig:
   """64x64 HealthyGAN sized for 2 CPU cores.
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train import healthygan; \\
-        ds = data.load('nih_cxr14_subset_256.npz'); ds = ds.subset(data.standard_split(ds)['train']); \\
-        healthygan.train_healthygan(ds, config.healthygan_64_cpu(), 'runs/healthygan_64')"
+      jaxcxr train healthygan --preset healthygan_64_cpu --data $JAXCXR_DATA/nih_cxr14_subset_256.npz \\
+        --out runs/healthygan_64
 
   Translator channels (8, 16, 32, 64): three down-samplings to 8x8 and 4 residual blocks
   there, 7x7 outer kernels (the original: 64 channels, two down-samplings, 6 blocks, at

@@ -6,16 +6,25 @@
   `latent_logreg`, `latent_mlp` and `latent_deep`.
 * `PREDICTED_MEASURES`, `ScorePredictorConfig` (`jaxcxr.models.score_predictor`, the cascade
   pre-filter's) and `score_predictor_64`.
+* `CascadePrefilterTrainConfig`, the fit of a cascade pre-filter (its score predictor and the
+  AdamW run of `jaxcxr.train.score_predictor.fit_score_predictor`), and its training presets
+  (`PRESETS`: `cascade_prefilter_tiny`, `cascade_prefilter_64`), the family
+  "cascade_prefilter" of `jaxcxr.config.FAMILIES` (`jaxcxr train cascade-prefilter`).
 
-These are model configs, not training runs: none of them is in `jaxcxr.config.PRESETS`.
+The latent classifiers' presets and `score_predictor_64` build model configs, not training
+runs: they are not in `jaxcxr.config.PRESETS`. A latent pre-filter's fit (`jaxcxr train
+prefilter`, `jaxcxr.prefilter.fit_prefilter`) takes the name of a `LATENT_PRESETS` model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["LATENT_PRESETS", "PREDICTED_MEASURES", "LatentClassifierConfig", "ScorePredictorConfig", "latent_deep",
-           "latent_logreg", "latent_mlp", "score_predictor_64"]
+from jaxcxr.config.common import Family, check_loop_fields
+
+__all__ = ["FAMILY", "LATENT_PRESETS", "PREDICTED_MEASURES", "PRESETS", "CascadePrefilterTrainConfig",
+           "LatentClassifierConfig", "ScorePredictorConfig", "cascade_prefilter_64", "cascade_prefilter_tiny",
+           "latent_deep", "latent_logreg", "latent_mlp", "score_predictor_64"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,3 +143,66 @@ def score_predictor_64() -> ScorePredictorConfig:
       python -c "from jaxcxr import config; print(config.score_predictor_64())"
   """
   return ScorePredictorConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadePrefilterTrainConfig:
+  """The fit of a cascade pre-filter: its score predictor and the AdamW run that fits it.
+
+  `jaxcxr.prefilter.cascade.fit_cascade_prefilter` passes these to
+  `jaxcxr.train.score_predictor.fit_score_predictor`: one call of the training loop runs
+  `steps_per_call` steps, then a validation pass and a training checkpoint; the step of the
+  lowest validation error is kept.
+  """
+
+  # The base-image score predictor.
+  predictor: ScorePredictorConfig = ScorePredictorConfig()
+  # AdamW steps in all.
+  steps: int = 3000
+  # Steps between validation passes (each followed by a training checkpoint).
+  steps_per_call: int = 250
+  # Base images per step.
+  batch_size: int = 64
+  # Peak learning rate of the cosine decay to 0 at `steps`.
+  learning_rate: float = 2e-3
+  # AdamW weight decay.
+  weight_decay: float = 1e-4
+
+  def __post_init__(self):
+    check_loop_fields(self, "CascadePrefilterTrainConfig")
+    if self.learning_rate <= 0 or self.weight_decay < 0:
+      raise ValueError(f"CascadePrefilterTrainConfig: expected learning_rate > 0 and weight_decay >= 0, got "
+                       f"{self.learning_rate} and {self.weight_decay}")
+
+
+def cascade_prefilter_tiny() -> CascadePrefilterTrainConfig:
+  """A 2-level predictor of 32x32 base images (a tiny cascade's) for unit tests; learns nothing useful.
+
+      jaxcxr train cascade-prefilter --preset cascade_prefilter_tiny --data L.npz --checkpoint CASCADE \
+        --out runs/cascade_prefilter_tiny
+  """
+  return CascadePrefilterTrainConfig(predictor=ScorePredictorConfig(resolution=32, channels=(4, 8), norm_groups=2),
+                                     steps=20, steps_per_call=10, batch_size=16)
+
+
+def cascade_prefilter_64() -> CascadePrefilterTrainConfig:
+  """The shipped cascade pre-filter's fit: `score_predictor_64` (64x64 base images), 3,000 steps of batch 64.
+
+      jaxcxr train cascade-prefilter --preset cascade_prefilter_64 --data L.npz --checkpoint checkpoints/gan_256 \
+        --out runs/cascade_prefilter_gan_256
+
+  `L.npz` is a latent dataset of the cascade generator with its measures (`jaxcxr latents
+  build`). A validation pass every 250 steps; thresholds per strictness level and strategy
+  on the validation latents (`checkpoints/cascade_prefilter_gan_256/MODEL_CARD.md`).
+  """
+  return CascadePrefilterTrainConfig(predictor=score_predictor_64())
+
+
+# The cascade pre-filter training presets by name, each callable without arguments.
+PRESETS = {
+    "cascade_prefilter_tiny": cascade_prefilter_tiny,
+    "cascade_prefilter_64": cascade_prefilter_64,
+}
+
+FAMILY = Family(CascadePrefilterTrainConfig, PRESETS,
+                "the cascade pre-filter: post-filter measures predicted from a cascade generator's base images")

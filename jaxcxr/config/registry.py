@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from jaxcxr.config import classifier, fanogan, gan, healthygan, unet, upsampler
+from jaxcxr.config import classifier, cxr_encoder, fanogan, gan, healthygan, prefilter, unet, upsampler
 from jaxcxr.config.common import Family
 
 __all__ = ["FAMILIES", "PRESETS", "presets_for"]
 
-# Family name (the prefix of its preset names) -> its train config type, presets and help line.
+# Family name (the prefix of its preset names) -> its train config type, presets and help line. `jaxcxr train`
+# takes their presets and help from here (its command names: docs/cli.md).
 FAMILIES: dict[str, Family] = {
     "gan": gan.FAMILY,
     "upsampler": upsampler.FAMILY,
@@ -22,6 +23,8 @@ FAMILIES: dict[str, Family] = {
     "classifier": classifier.FAMILY,
     "fanogan": fanogan.FAMILY,
     "healthygan": healthygan.FAMILY,
+    "cascade_prefilter": prefilter.FAMILY,
+    "cxr_encoder": cxr_encoder.FAMILY,
 }
 
 

@@ -147,8 +147,7 @@ def unet_tiny(resolution: int = 64) -> SegTrainConfig:
 def unet_128_cpu() -> SegTrainConfig:
   """128x128 lung U-Net (8..128 channels, 0.49M parameters) sized to train on 2 CPU cores in ~15 minutes.
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train import segmentation as s; \
-        print(s.train_unet(data.load('covid_v7lungs_256.npz'), config.unet_128_cpu(), 'runs/unet128'))"
+      jaxcxr train unet --preset unet_128_cpu --out runs/unet128   # data: $JAXCXR_DATA/covid_v7lungs_256.npz
 
   Expected: 800 steps of batch 8 on the 70% training patients of covid_v7lungs (240
   images of 144 patients): measured 0.93-0.97 s/step on 2 cores shared with other jobs
@@ -166,8 +165,7 @@ def unet_128_cpu() -> SegTrainConfig:
 def unet_256_cpu() -> SegTrainConfig:
   """256x256 lung U-Net (8..256 channels over six levels, 1.9M parameters) sized for one CPU core.
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train import segmentation as s; \
-        print(s.train_unet(data.load('covid_v7lungs_256.npz'), config.unet_256_cpu(), 'runs/unet256'))"
+      jaxcxr train unet --preset unet_256_cpu --out runs/unet256   # data: $JAXCXR_DATA/covid_v7lungs_256.npz
 
   Expected: 1,500 steps of batch 8 on the 70% training patients of covid_v7lungs (240
   images): measured 1.53 s/step on one core of the project's 2-core machine, 10 s
@@ -184,8 +182,7 @@ def unet_256_cpu() -> SegTrainConfig:
 def unet_256() -> SegTrainConfig:
   """256x256 lung U-Net (32..512 channels, 7.8M parameters, bfloat16 compute) for a GPU.
 
-      python -c "from jaxcxr import config, data; from jaxcxr.train import segmentation as s; \
-        print(s.train_unet(data.load('covid_v7lungs_256.npz'), config.unet_256(), 'runs/unet256'))"
+      jaxcxr train unet --preset unet_256 --out runs/unet256   # data: $JAXCXR_DATA/covid_v7lungs_256.npz
 
   Expected: 6,000 steps of batch 32 in under 10 minutes on one H100 (an estimate from
   ~13 U-Net training steps/s at batch 64 in fp32; not yet measured here);

@@ -20,13 +20,14 @@ features: with the defaults, R = 128, p = 4, they are 32x32x32, 16x16x64, 8x8x12
 of the 256x256 archive image). `features` returns them all; a PatchCore memory bank
 takes "stage2" and "stage3".
 
+The config, `CXREncoderConfig`, is `jaxcxr.config.cxr_encoder`'s (re-exported here).
+
 Parameter names: `stem`, `stages[s]` (`merge_norm`, `merge` for s > 0; `blocks[j]` with
 `norm1`, `conv1`, `norm2`, `conv2`), `out_norm`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 
@@ -37,64 +38,11 @@ from flax import nnx
 
 from jaxcxr import data as data_lib
 from jaxcxr.batching import map_batches
+from jaxcxr.config.cxr_encoder import CXREncoderConfig
 from jaxcxr.models.layers import Conv, GroupNorm
 
 __all__ = ["CXREncoder", "CXREncoderConfig", "embed_images", "image_features", "load_cxr_encoder",
            "prepare_images", "space_to_depth"]
-
-
-# The model's config lives beside the model (models never import training code); the trainer's configs
-# and presets are in `jaxcxr.train.cxr_encoder`.
-@dataclasses.dataclass(frozen=True)
-class CXREncoderConfig:
-  """The CXR encoder: (resolution, resolution, 1) radiograph in [-1, 1] -> (channels[-1],) embedding."""
-
-  # Input side in pixels; archive images (256x256) are resized to it with LANCZOS (`prepare_images`).
-  resolution: int = 128
-  # Side of the space-to-depth patch of the stem.
-  patch: int = 4
-  # Channels per stage; each stage after the first halves the side. The embedding has channels[-1] values.
-  channels: tuple[int, ...] = (32, 64, 128, 256)
-  # Residual blocks per stage (0 allowed: the stage is its patch merging only).
-  blocks: tuple[int, ...] = (1, 2, 2, 1)
-  # Groups of the GroupNorm layers (capped by the channel count).
-  norm_groups: int = 8
-  # Compute dtype of the convolutions ("float32" or "bfloat16"); parameters and outputs stay float32.
-  dtype: str = "float32"
-
-  def __post_init__(self):
-    if not self.channels or len(self.channels) != len(self.blocks):
-      raise ValueError(f"CXREncoderConfig: channels {self.channels} and blocks {self.blocks} need one entry per "
-                       "stage (at least one stage)")
-    if min(self.channels) <= 0 or min(self.blocks) < 0:
-      raise ValueError(f"CXREncoderConfig: expected positive channels and non-negative blocks, got "
-                       f"{self.channels} and {self.blocks}")
-    if self.patch <= 0 or self.norm_groups <= 0:
-      raise ValueError(f"CXREncoderConfig: patch and norm_groups must be positive, got {self.patch} and "
-                       f"{self.norm_groups}")
-    grid = self.patch * 2 ** (len(self.channels) - 1)
-    if self.resolution <= 0 or self.resolution % grid:
-      raise ValueError(f"CXREncoderConfig.resolution={self.resolution}: expected a positive multiple of "
-                       f"patch * 2**(stages - 1) = {grid}")
-    for c in self.channels:
-      if c % min(self.norm_groups, c):
-        raise ValueError(f"CXREncoderConfig: {c} channels are not divisible into {self.norm_groups} groups")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"CXREncoderConfig.dtype: expected 'float32' or 'bfloat16', got {self.dtype!r}")
-
-  @property
-  def embedding_dim(self) -> int:
-    """Size of the global embedding (the last stage's channels)."""
-    return self.channels[-1]
-
-  def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
-    """{"stage1": (h, w, C1), ...}: the shape of each stage's patch features for one image."""
-    side = self.resolution // self.patch
-    shapes = {}
-    for s, c in enumerate(self.channels):
-      shapes[f"stage{s + 1}"] = (side, side, c)
-      side //= 2
-    return shapes
 
 
 def space_to_depth(x: jax.Array, block: int) -> jax.Array:

@@ -29,12 +29,13 @@ be extended session after session.
 
 Outputs (`train_cxr_encoder`): `checkpoints/STEP/`, `metrics.jsonl`, `probes.jsonl` (linear-probe
 validation AUCs every `eval_every` steps) and `encoder/`, the inference checkpoint, rewritten at
-each probe and at the end. Command line: `python -m jaxcxr.train.cxr_encoder --help`.
+each probe and at the end. Command line: `jaxcxr train encoder --help` (`python -m
+jaxcxr.train.cxr_encoder ARGS` runs the same command). The configs, `METHODS` and the presets are
+`jaxcxr.config.cxr_encoder`'s, re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -55,8 +56,9 @@ from flax import nnx
 from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 from jaxcxr import metrics as metrics_lib
-from jaxcxr.config import check_loop_fields
-from jaxcxr.models.cxr_encoder import CXREncoder, CXREncoderConfig, embed_images, prepare_images
+from jaxcxr.config.cxr_encoder import (METHODS, PRESETS, CXRAugmentConfig, CXREncoderTrainConfig, cxr_encoder_cpu,
+                                      cxr_encoder_tiny)
+from jaxcxr.models.cxr_encoder import CXREncoder, embed_images, prepare_images
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, host_copy, jit_init,
                                loop_summary, run_training_loop, without_loop_fields)
@@ -79,7 +81,6 @@ __all__ = [
     "held_out_patients",
     "init_train_state",
     "linear_probe",
-    "main",
     "make_train_step",
     "nt_xent_loss",
     "probe_encoder",
@@ -89,150 +90,6 @@ __all__ = [
 ]
 
 TrainState = dict[str, Any]
-
-# =============================================================================
-# Configs and presets of the CXR encoder's training.
-# (Kept here while `jaxcxr.config` becomes a package; they move there with `CXREncoderConfig`.)
-# =============================================================================
-
-METHODS: tuple[str, ...] = ("simclr", "vicreg", "byol")
-
-
-@dataclasses.dataclass(frozen=True)
-class CXRAugmentConfig:
-  """Random views of a radiograph (`augment_views`); no horizontal flip, by design."""
-
-  # Area of the random resized crop as a fraction of the image, uniform in [low, high].
-  crop_area: tuple[float, float] = (0.6, 1.0)
-  # Aspect ratio (width / height) of the crop, log-uniform in [low, high].
-  crop_aspect: tuple[float, float] = (0.8, 1.25)
-  # Max rotation in degrees (uniform in [-d, d]) about the crop's centre.
-  rotation_deg: float = 8.0
-  # Max shift of the crop's centre as a fraction of the side, on top of its random position (black fill).
-  translation: float = 0.04
-  # Gamma x ** g with log g uniform in [-log(gamma), log(gamma)], on [0, 1] pixels.
-  gamma: float = 1.4
-  # Max relative contrast change about the view's mean (factor uniform in [1-c, 1+c]).
-  contrast: float = 0.25
-  # Max brightness shift in units of the [0, 1] range.
-  brightness: float = 0.08
-  # Probability of a Gaussian blur, and its sigma range in pixels (at the encoder's resolution).
-  blur_prob: float = 0.5
-  blur_sigma: tuple[float, float] = (0.2, 1.2)
-  # Max standard deviation of additive Gaussian noise ([0, 1] units), uniform in [0, this].
-  noise: float = 0.03
-
-  def __post_init__(self):
-    for name in ("crop_area", "crop_aspect", "blur_sigma"):
-      low, high = getattr(self, name)
-      if not 0 < low <= high:
-        raise ValueError(f"CXRAugmentConfig.{name}={getattr(self, name)}: expected 0 < low <= high")
-    if self.crop_area[1] > 1:
-      raise ValueError(f"CXRAugmentConfig.crop_area={self.crop_area}: the crop cannot exceed the image (<= 1)")
-    if self.gamma < 1:
-      raise ValueError(f"CXRAugmentConfig.gamma={self.gamma}: expected >= 1 (1 disables the gamma jitter)")
-    for name in ("rotation_deg", "translation", "contrast", "brightness", "noise"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"CXRAugmentConfig.{name}: expected >= 0, got {getattr(self, name)}")
-    if not 0 <= self.blur_prob <= 1:
-      raise ValueError(f"CXRAugmentConfig.blur_prob={self.blur_prob}: expected a probability")
-
-
-@dataclasses.dataclass(frozen=True)
-class CXREncoderTrainConfig:
-  """Self-supervised training of the CXR encoder (`jaxcxr.train.cxr_encoder`)."""
-
-  # The encoder.
-  encoder: CXREncoderConfig = CXREncoderConfig()
-  # "simclr", "vicreg" or "byol".
-  method: str = "vicreg"
-  # Views of each image.
-  augment: CXRAugmentConfig = CXRAugmentConfig()
-  # Widths of the projector MLP after the embedding: hidden layers (Linear, LayerNorm, ReLU), then the output.
-  projector: tuple[int, ...] = (1024, 1024)
-  # BYOL's predictor: hidden width (its output has the projector's width).
-  predictor_hidden: int = 512
-  # NT-Xent temperature (simclr).
-  temperature: float = 0.2
-  # VICReg weights of the invariance, variance and covariance terms.
-  vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)
-  # BYOL's EMA decay of the target network (constant).
-  target_decay: float = 0.99
-  # Images per step (two views each).
-  batch_size: int = 32
-  # AdamW: peak learning rate (linear warm-up over warmup_steps, then constant), weight decay on kernels.
-  learning_rate: float = 1e-3
-  warmup_steps: int = 100
-  weight_decay: float = 1e-4
-  # Global-norm gradient clipping (0: off).
-  grad_clip: float = 3.0
-  # Total steps.
-  steps: int = 1000
-  # Steps per jitted call (fully unrolled on a CPU).
-  steps_per_call: int = 2
-  # Linear probes on the validation patients (and an `encoder/` checkpoint) every this many steps; 0: at the end only.
-  eval_every: int = 0
-  # Images per call of the probes' embedding.
-  eval_batch_size: int = 64
-  # Save a training checkpoint every this many steps (and at the end).
-  checkpoint_every: int = 50
-  # Training checkpoints kept.
-  max_to_keep: int = 2
-
-  def __post_init__(self):
-    check_loop_fields(self, "CXREncoderTrainConfig")
-    if self.method not in METHODS:
-      raise ValueError(f"CXREncoderTrainConfig.method: expected one of {METHODS}, got {self.method!r}")
-    if not self.projector or min(self.projector) <= 0 or self.predictor_hidden <= 0:
-      raise ValueError(f"CXREncoderTrainConfig: projector {self.projector} and predictor_hidden "
-                       f"{self.predictor_hidden} need positive widths")
-    if self.method == "simclr" and self.batch_size < 2:
-      raise ValueError("CXREncoderTrainConfig.batch_size: NT-Xent needs at least 2 images per step")
-    if self.method == "vicreg" and self.batch_size < 2:
-      raise ValueError("CXREncoderTrainConfig.batch_size: VICReg's variance needs at least 2 images per step")
-    if self.temperature <= 0 or not 0 <= self.target_decay < 1:
-      raise ValueError(f"CXREncoderTrainConfig: temperature {self.temperature} must be > 0 and target_decay "
-                       f"{self.target_decay} in [0, 1)")
-    if len(self.vicreg_weights) != 3 or min(self.vicreg_weights) < 0:
-      raise ValueError(f"CXREncoderTrainConfig.vicreg_weights={self.vicreg_weights}: expected three weights >= 0")
-    if self.learning_rate <= 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-      raise ValueError("CXREncoderTrainConfig: expected learning_rate > 0 and warmup_steps, weight_decay, "
-                       "grad_clip >= 0")
-    if self.eval_batch_size <= 0:
-      raise ValueError(f"CXREncoderTrainConfig.eval_batch_size: expected > 0, got {self.eval_batch_size}")
-
-
-# Projector widths per method (the methods' papers' shapes, scaled to a CPU): VICReg's wide expander,
-# SimCLR's and BYOL's narrow output.
-_PROJECTORS = {"simclr": (512, 128), "vicreg": (1024, 1024), "byol": (512, 128)}
-
-
-def cxr_encoder_tiny(method: str = "vicreg") -> CXREncoderTrainConfig:
-  """A 32x32 encoder with a few channels for unit tests; learns nothing useful."""
-  return CXREncoderTrainConfig(
-      encoder=CXREncoderConfig(resolution=32, patch=4, channels=(8, 16), blocks=(1, 1), norm_groups=4),
-      method=method, projector=(32, 16), predictor_hidden=16, batch_size=4, steps=4, steps_per_call=2,
-      warmup_steps=2, checkpoint_every=2, max_to_keep=2, eval_batch_size=8)
-
-
-def cxr_encoder_cpu(method: str = "vicreg") -> CXREncoderTrainConfig:
-  """The CXR encoder on 2 CPU cores: 128x128 input, stages of 32-64-128-256 channels, about 3.3M parameters.
-
-      python -m jaxcxr.train.cxr_encoder --preset cxr_encoder_cpu --method vicreg \
-        --data $JAXCXR_DATA --out runs/encoder_cxr --steps 200000
-
-  Batch 32 images (64 views), AdamW 1e-3 after 100 warm-up steps, then constant; a
-  training checkpoint every 50 steps (1-4 minutes on a shared 2-core CPU) and linear
-  probes every 300 steps.
-  """
-  return CXREncoderTrainConfig(
-      encoder=CXREncoderConfig(resolution=128, patch=4, channels=(32, 64, 128, 256), blocks=(0, 2, 2, 2)),
-      method=method, projector=_PROJECTORS[method], steps=200_000, steps_per_call=2, checkpoint_every=50,
-      eval_every=300)
-
-
-PRESETS = {"cxr_encoder_tiny": cxr_encoder_tiny, "cxr_encoder_cpu": cxr_encoder_cpu}
-
 
 # =============================================================================
 # Data
@@ -824,54 +681,9 @@ def train_cxr_encoder(dataset: data_lib.CXRDataset, config: CXREncoderTrainConfi
           "out_dir": str(out_dir), "provenance": metadata["provenance"]}
 
 
-# =============================================================================
-# Command line
-# =============================================================================
-
-
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m jaxcxr.train.cxr_encoder",
-                              description="Self-supervised training of the CXR encoder on every development "
-                                          "radiograph (test patients of every archive held out).")
-  p.add_argument("--data", default=os.environ.get("JAXCXR_DATA"),
-                 help="folder holding the development archives (default $JAXCXR_DATA)")
-  p.add_argument("--preset", default="cxr_encoder_cpu", choices=sorted(PRESETS), help="training preset")
-  p.add_argument("--method", default="vicreg", choices=METHODS, help="self-supervised objective")
-  p.add_argument("--steps", type=int, default=None, help="total steps (default: the preset's)")
-  p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no terminal")
-  return p
-
-
-def main(argv: list[str] | None = None) -> int:
-  """Command line: trains an encoder (`train_cxr_encoder`) and prints its summary as JSON."""
-  from jaxcxr.compilation_cache import enable_compilation_cache  # pylint: disable=g-import-not-at-top
-
-  args = _parser().parse_args(argv)
-  enable_compilation_cache()     # $JAXCXR_COMPILATION_CACHE: a folder, or "off"
-  if not args.data:
-    print("error: no --data folder and JAXCXR_DATA is unset", file=sys.stderr)
-    return 2
-  config = PRESETS[args.preset](args.method)
-  if args.steps is not None:
-    try:
-      config = dataclasses.replace(config, steps=args.steps)
-    except ValueError as e:
-      print(f"error: --steps {args.steps}: {e}", file=sys.stderr)
-      return 2
-  try:
-    dev = development_data(**archives_in(args.data))
-  except data_lib.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(json.dumps(dev.description), file=sys.stderr)
-  summary = train_cxr_encoder(dev.pretrain, config, args.out, probes=dev.probes, description=dev.description,
-                              resume=args.resume, seed=args.seed, progress=sys.stderr.isatty() or args.progress)
-  print(json.dumps(io_lib.to_json_safe(summary), indent=2))
-  return 0
-
-
 if __name__ == "__main__":
-  sys.exit(main())
+  # `python -m jaxcxr.train.cxr_encoder ARGS` is `jaxcxr train encoder ARGS` (docs/cli.md), kept for the runs
+  # started with it. The command line sits above the trainers, so it is imported only when run as a script.
+  from jaxcxr.cli import main  # pylint: disable=g-import-not-at-top
+
+  sys.exit(main(["train", "encoder", *sys.argv[1:]]))
