@@ -85,9 +85,10 @@ def _cpu_chunk(value: str) -> int | None:
 # On a CPU, the items of a batch run fastest a few at a time: one chunk's activations stay in
 # the caches through a whole network, where a large batch streams every layer's activations
 # through memory. Measured with `python -m benchmarks.cpu_paths` on the project's 2-core Xeon
-# (benchmarks/README.md): the shipped generate-and-score call at batch 32 1.37x faster on one
-# core and 1.18x on two. Not used by the AnoGAN search, whose 64x64 chunks were 1.12x faster
-# on one core but 1.4x slower on two. Accelerators want the whole batch at once.
+# (benchmarks/README.md, benchmarks/results/cpu_paths_2026-11-29_cpu.jsonl): the shipped
+# generate-and-score call at batch 32 1.37x faster on one core. Not used by the AnoGAN search,
+# whose 64x64 chunks were 1.12x faster on one core but slower on two (that two-core run is not
+# recorded). Accelerators want the whole batch at once.
 # $JAXCXR_CPU_CHUNK overrides it (read at import).
 CPU_CHUNK = _cpu_chunk(os.environ.get("JAXCXR_CPU_CHUNK", "2"))
 
