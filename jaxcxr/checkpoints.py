@@ -713,6 +713,8 @@ SHIPPED_CLASSIFIERS = {
 }
 # U-Nets, best first.
 SHIPPED_UNETS = ("unet_256/unet", "unet_128/unet")
+# The self-supervised CXR encoder (`jaxcxr.models.cxr_encoder`).
+SHIPPED_ENCODERS = ("encoder_cxr/encoder",)
 # Post-filter calibrations (folders with calibration.json, naming their U-Net and classifier), best first.
 SHIPPED_SCORING = ("scoring_256", "scoring_128")
 # f-AnoGAN encoders and HealthyGAN translators, best first.

@@ -23,7 +23,8 @@ from jaxcxr import scoring
 from jaxcxr.models.unet import predict_masks
 from jaxcxr.plots import save_figure
 
-__all__ = ["save_gradcam_overlays", "save_residual_overlays", "save_segmentation_overlays", "scoring_report"]
+__all__ = ["save_gradcam_overlays", "save_probe_figure", "save_residual_overlays", "save_segmentation_overlays",
+           "scoring_report"]
 
 _LUNG_COLOURS = np.array([[0, 0, 0], [230, 80, 60], [60, 140, 230]], np.float32) / 255.0  # bg, right, left
 
@@ -447,3 +448,36 @@ def save_gradcam_overlays(images_uint8: np.ndarray, heatmaps: np.ndarray, probab
     label = f"{names[i]}, " if names is not None else ""
     ax.set_title(f"{label}p = {float(probabilities[i]):.2f}", fontsize=7)
   return _save_grid(fig, axes, path, title, title_space=0.12 / rows)
+
+
+def save_probe_figure(tasks: dict[str, Any], path: str | os.PathLike, *, title: str = "") -> pathlib.Path:
+  """Each task's linear probes beside its trivial baselines: validation ROC AUC with 95% intervals.
+
+  Args:
+    tasks: `jaxcxr.encoder_probes.evaluate_encoder`'s result.
+    path: output PNG.
+    title: figure title.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.4), squeeze=False)
+  for ax, (name, entry) in zip(axes[0], tasks.items()):
+    rows = [(f"{k} probe", p["roc_auc"], p["ci95"], "tab:blue") for k, p in entry["probes"].items()]
+    rows += [(b["description"], b["roc_auc"], b["roc_auc_ci95"], "tab:gray") for b in entry["baselines"].values()]
+    y = np.arange(len(rows))[::-1]
+    for yi, (label, auc, ci, colour) in zip(y, rows):
+      ax.errorbar(auc, yi, xerr=[[auc - ci[0]], [ci[1] - auc]], fmt="o", color=colour, capsize=3)
+      ax.text(ci[1] + 0.01, yi, f"{auc:.3f}", va="center", fontsize=7)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=7)
+    ax.axvline(0.5, color="k", lw=0.5, ls=":")
+    ax.set_xlim(0.4, 1.05)
+    ax.set_xlabel("validation ROC AUC (95% DeLong interval)", fontsize=8)
+    ax.set_title(f"{name}: {entry['n_val']} images, {entry['val_positives']} positive", fontsize=9)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  out = save_figure(fig, path, dpi=110)
+  plt.close(fig)
+  return out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcxr import checkpoints, data, io
+from jaxcxr import checkpoints, data, encoder_probes, io
 from jaxcxr.models.cxr_encoder import (CXREncoder, CXREncoderConfig, embed_images, image_features, load_cxr_encoder,
                                        space_to_depth)
 from jaxcxr.models.layers import depth_to_space
@@ -288,3 +288,36 @@ def test_no_test_patient_of_a_shipped_model_is_pretrained_on():
   assert covid_pre.isdisjoint(map(str, unet["split"]["test_patients"]))
   assert nih_pre.isdisjoint(full.patient_id[data.standard_split(full)["test"]])
   assert dev.description["pretrain_images"] == len(pre) > 1000
+
+
+def _probe_task(nih):
+  """A probe task on the fixture: sex, first 16 images for training, last 8 for validation (other patients)."""
+  y = (nih.sex == "F").astype(np.int64)
+  return ce.ProbeTask(name="sex", train_images=nih.images[:16], train_y=y[:16], train_patients=nih.patient_id[:16],
+                      val_images=nih.images[16:], val_y=y[16:], val_patients=nih.patient_id[16:])
+
+
+def test_pooled_stage_features_are_means_then_maxima_of_the_stages(nih):
+  cfg = CXREncoderConfig(resolution=32, patch=4, channels=(8, 16, 16), blocks=(1, 1, 1), norm_groups=4)
+  encoder = CXREncoder(cfg, rngs=nnx.Rngs(0))
+  pooled = encoder_probes.pooled_stage_features(encoder, nih.images[:3])
+  maps = image_features(encoder, nih.images[:3], ("stage2", "stage3"))
+  expected = np.concatenate([maps["stage2"].mean((1, 2)), maps["stage2"].max((1, 2)), maps["stage3"].mean((1, 2)),
+                             maps["stage3"].max((1, 2))], axis=1)
+  np.testing.assert_allclose(pooled, expected, rtol=1e-6)
+
+
+def test_evaluate_encoder_reports_each_probe_beside_the_baselines(nih):
+  task = _probe_task(nih)
+  assert min(np.bincount(task.val_y, minlength=2)) >= 2 and min(np.bincount(task.train_y, minlength=2)) >= 2
+  cfg = CXREncoderConfig(resolution=32, patch=4, channels=(8, 16, 16), blocks=(1, 1, 1), norm_groups=4)
+  result = encoder_probes.evaluate_encoder(CXREncoder(cfg, rngs=nnx.Rngs(0)), [task])["sex"]
+  assert result["n_val"] == 8 and set(result["probes"]) == {"embedding", "pooled_stages"}
+  assert result["probes"]["embedding"]["dimensions"] == 16 and result["probes"]["pooled_stages"]["dimensions"] == 64
+  for probe in result["probes"].values():
+    comparison = probe["vs_baselines"]
+    assert comparison["method"]["roc_auc"] == pytest.approx(probe["roc_auc"])
+    assert comparison["strongest"] == result["strongest_baseline"]
+  assert set(result["baselines"]) == {"statistic", "statistics_logreg", "pixel_logreg"}
+  with pytest.raises(ValueError, match="unknown feature set"):
+    encoder_probes.evaluate_encoder(CXREncoder(cfg, rngs=nnx.Rngs(0)), [task], feature_sets=("pixels",))

@@ -153,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
   _add_json_arg(evaluate_anomaly)
   evaluate_anomaly.set_defaults(run="evaluate:anomaly")
 
+  evaluate_encoder = evaluate_commands.add_parser(
+      "encoder", help="linear probes (pneumonia, sex) of a CXR encoder's features beside the trivial baselines")
+  evaluate_encoder.add_argument("--checkpoint", help="CXR encoder folder (default: the shipped encoder_cxr)")
+  evaluate_encoder.add_argument("--data", help="folder of the development archives (default: $JAXCXR_DATA); the "
+                                               "probes use the NIH archives' classifier splits, validation patients")
+  evaluate_encoder.add_argument("--out", help="folder for probes.png (each probe beside the baselines)")
+  evaluate_encoder.add_argument("--unet", help="lung U-Net of the baselines' lung statistics (default: shipped)")
+  _add_json_arg(evaluate_encoder)
+  evaluate_encoder.set_defaults(run="evaluate:encoder")
+
   evaluate_classifier = evaluate_commands.add_parser("classifier", help="ROC AUC / accuracy of a classifier")
   evaluate_classifier.add_argument("--task", choices=("abnormal", "sex"), required=True)
   _add_data_arg(evaluate_classifier)

@@ -16,13 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from jaxcxr import anomaly, baselines, checkpoints, data, evaluation_sets, explain, io, pretrained, quality, reports
+from jaxcxr import (anomaly, baselines, checkpoints, data, encoder_probes, evaluation_sets, explain, io, pretrained,
+                    quality, reports)
 from jaxcxr.cli import inputs
 from jaxcxr.cli.common import COVID_DATA, GAN_DATA, UsageError, log
 from jaxcxr.models import discriminator as discriminator_lib
 from jaxcxr.models import generator as generator_lib
 from jaxcxr.models.classifier import load_classifier, predict_proba
+from jaxcxr.models.cxr_encoder import load_cxr_encoder
 from jaxcxr.models.unet import load_unet, predict_masks
+from jaxcxr.train import cxr_encoder
 from jaxcxr.train.anomaly_cv import cross_validate_anomaly
 from jaxcxr.train.classifier import evaluate_classifier, task_labels
 from jaxcxr.train.segmentation import evaluate_segmentation
@@ -378,8 +381,35 @@ def human_classifier(r: dict[str, Any]) -> str:
   return line
 
 
+def run_encoder(args: argparse.Namespace) -> dict[str, Any]:
+  """`evaluate encoder`: linear probes of a CXR encoder on validation patients beside the trivial baselines."""
+  directory = inputs.checkpoint(args.checkpoint, checkpoints.SHIPPED_ENCODERS, "encoder")
+  folder = pathlib.Path(args.data) if args.data else data.default_data_path(GAN_DATA[0]).parent
+  dev = cxr_encoder.development_data(**cxr_encoder.archives_in(folder))
+  log(f"loading {directory}")
+  result = encoder_probes.evaluate_encoder(load_cxr_encoder(directory), dev.probes,
+                                           lung_masks=pretrained.lung_masker(args.unet, log=log), progress=log)
+  out = {"checkpoint": str(directory), "data": str(folder), "split": "val (the classifier trainer's task splits)",
+         "tasks": result}
+  if args.out:
+    out["figure"] = str(reports.save_probe_figure(result, pathlib.Path(args.out) / "probes.png",
+                                                  title=f"{directory.name}: linear probes on validation patients"))
+  return out
+
+
+def human_encoder(r: dict[str, Any]) -> str:
+  """`evaluate encoder`'s probes, one line per task and feature set."""
+  lines = [f"{r['checkpoint']}: linear probes on validation patients"]
+  for task, entry in r["tasks"].items():
+    for kind, probe in entry["probes"].items():
+      lines.append(f"  {task}, {kind} ({probe['dimensions']} features): "
+                   + baselines.format_comparison(probe["vs_baselines"]))
+  return "\n".join(lines)
+
+
 # Subcommand name: (handler, human formatter).
 HANDLERS = {"gan": (run_gan, human_gan), "anomaly": (run_anomaly, human_anomaly),
             "anomaly-cv": (run_anomaly_cv, human_anomaly_cv),
             "anomaly-ensemble": (run_anomaly_ensemble, human_anomaly_ensemble),
-            "segmentation": (run_segmentation, human_segmentation), "classifier": (run_classifier, human_classifier)}
+            "segmentation": (run_segmentation, human_segmentation), "classifier": (run_classifier, human_classifier),
+            "encoder": (run_encoder, human_encoder)}
