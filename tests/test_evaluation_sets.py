@@ -40,10 +40,15 @@ def test_model_split_uses_the_checkpoints_own_split_on_its_own_data(nih):
   for metadata, split in (({"split": indices, "data_sha256": "0" * 64}, "test"), ({"split": indices}, "test"),
                           ({"split": patients, "data_sha256": digest}, "val")):
     other = evaluation_sets.model_split(nih, metadata, split)
-    assert other.split_from == evaluation_sets.STANDARD_SPLIT and other.train is None
+    assert other.split_from == evaluation_sets.STANDARD_SPLIT
+    # The training part is the standard split's (where the evaluation's trivial baselines are fitted).
+    np.testing.assert_array_equal(other.train.patient_id, nih.subset(data.standard_split(nih)["train"]).patient_id)
     if split == "test":
       np.testing.assert_array_equal(other.dataset.patient_id, standard)
   assert evaluation_sets.model_split(nih, {"split": indices, "data_sha256": digest}, "all").dataset is nih
+  for split in ("train", "all"):                           # no training patients apart from the evaluated ones
+    assert evaluation_sets.model_split(nih, {}, split).train is None
+    assert evaluation_sets.model_split(nih, {"split": indices, "data_sha256": digest}, split).train is None
 
 
 def test_classifier_split_of_the_abnormal_task_keeps_pneumonia_only(nih):
