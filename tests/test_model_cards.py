@@ -129,6 +129,8 @@ def _data_problem(value: str, outputs: list[str]) -> str | None:
   for part in value.split(","):
     if part.startswith(DATA_PREFIXES) or pathlib.PurePosixPath(part).is_absolute():
       continue
+    if part in ("$JAXCXR_DATA", "${JAXCXR_DATA}"):        # the data folder itself (`train encoder --data FOLDER`)
+      continue
     if part.startswith("runs/"):
       if not _under(part, outputs):
         return f"{part} is not written by an earlier command of the section"

@@ -109,6 +109,7 @@ LATENT = f"{C}/prefilters_gan_256/strict/*/metadata/metadata"
 TABLE = "benchmarks/results/latents_table_gan256_{}/rows.json"
 LEVELS = f"{C}/scoring_256/report_standard/report.json"
 FANOGAN, HEALTHYGAN = f"{C}/fanogan_256", f"{C}/healthygan_256"
+ENCODER = f"{C}/encoder_cxr/evaluation_val.json"
 
 
 def _realism(path: str) -> list[Figure]:
@@ -141,6 +142,12 @@ FIGURES: dict[str, list[Figure]] = {
                                                                         "dice_mean_ci95.1")],
     "classifier_abnormal_ensemble_96": _classifier(f"{C}/classifier_abnormal_ensemble_96/evaluation_test.json"),
     "classifier_sex_ensemble_64": _classifier(f"{C}/classifier_sex_ensemble_64/evaluation_test.json"),
+    "encoder_cxr": [at(ENCODER, f"tasks.pneumonia.probes.pooled_stages.{k}") for k in ("roc_auc", "ci95.0", "ci95.1")]
+                   + [at(ENCODER, "tasks.pneumonia.baselines.pixel_logreg.roc_auc"),
+                      at(ENCODER, "tasks.pneumonia.probes.pooled_stages.vs_baselines.paired_delong.p_value"),
+                      at(ENCODER, "tasks.sex.probes.pooled_stages.roc_auc"),
+                      at(ENCODER, "tasks.sex.baselines.pixel_logreg.roc_auc"),
+                      at(ENCODER, "tasks.sex.probes.pooled_stages.vs_baselines.paired_delong.p_value")],
     "cascade_prefilter_gan_256": [
         at(CASCADE, "report.levels.strict.roc_auc_test"), at(CASCADE, "report.levels.strict.roc_auc_test_ci95.0"),
         at(CASCADE, "report.levels.strict.roc_auc_test_ci95.1"), Figure(SPEEDUP, lambda lines: lines[0]["k"]),

@@ -392,8 +392,9 @@ def run_encoder(args: argparse.Namespace) -> dict[str, Any]:
   out = {"checkpoint": str(directory), "data": str(folder), "split": "val (the classifier trainer's task splits)",
          "tasks": result}
   if args.out:
+    name = directory.parent.name if directory.name == "encoder" else directory.name
     out["figure"] = str(reports.save_probe_figure(result, pathlib.Path(args.out) / "probes.png",
-                                                  title=f"{directory.name}: linear probes on validation patients"))
+                                                  title=f"{name}: linear probes on validation patients"))
   return out
 
 
