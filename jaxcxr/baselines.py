@@ -20,8 +20,8 @@ radiographic view:
   fixed C = 1 (14 or 21 features against hundreds of images need little regularisation).
 * "pixel_logreg": logistic regression on `pixel_size` x `pixel_size` block means of the
   image (32x32 by default), standardised, with C chosen by 5-fold cross-validated AUC on
-  the training images, folds grouped by patient: `jaxcxr.train.classifier.fit_pixel_logreg`,
-  reused here.
+  the training images, folds grouped by patient (`fit_pixel_logreg`; `compare_to_pixel_baseline`
+  sets it beside a classifier).
 
 `fit_baselines` fits them on training images; `evaluate_baselines` reports each one's AUC
 (and every single statistic's) on other images; `compare_to_baselines` does both and tests
@@ -45,8 +45,13 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from jaxcxr import metrics
+from jaxcxr import data, metrics
 from jaxcxr.data import DataError
 from jaxcxr.exposure import histogram_quantiles, masked_histograms
 
@@ -56,12 +61,16 @@ __all__ = [
     "STATISTICS",
     "STATISTIC_PERCENTILES",
     "Baselines",
+    "PixelLogreg",
     "centre_box",
     "compare_scores",
     "compare_to_baselines",
+    "compare_to_pixel_baseline",
     "evaluate_baselines",
     "fit_baselines",
+    "fit_pixel_logreg",
     "format_comparison",
+    "grouped_logreg",
     "image_statistics",
     "statistic_names",
 ]
@@ -159,6 +168,97 @@ def image_statistics(images: Any, masks: Any | None = None) -> np.ndarray:
   return np.concatenate(parts, axis=1)
 
 
+# ----------------------------------------------------------------------------- pixel logistic regression
+
+
+def _pixel_features(images: np.ndarray, size: int = 32) -> np.ndarray:
+  """uint8 (N, H, W) -> float32 (N, size*size): area averages over size x size blocks, in [0, 1]."""
+  images = np.asarray(images)
+  n, h, w = images.shape
+  if h % size == 0 and w % size == 0:
+    pooled = images.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4), dtype=np.float64)
+  else:
+    pooled = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BOX), np.float64) for im in images])
+  return (pooled / 255.0).reshape(n, -1).astype(np.float32)
+
+
+class PixelLogreg:
+  """A fitted pixel logistic regression (`fit_pixel_logreg`): `predict_proba(images)` -> (N,) p(class 1)."""
+
+  def __init__(self, search, size: int):
+    self._search = search
+    self.size = size
+    self.C = float(search.best_params_["logisticregression__C"])
+
+  def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) radiographs -> float (N,) probabilities of class 1."""
+    return self._search.predict_proba(_pixel_features(images, self.size))[:, 1]
+
+
+def fit_pixel_logreg(train_ds: data.CXRDataset, y: np.ndarray, size: int = 32) -> PixelLogreg:
+  """Logistic regression on size x size pixel block means, L2 strength C by grouped 5-fold CV.
+
+  Features: block means of the image (size * size values), standardised.
+  L2-penalised logistic regression (liblinear, fast when features outnumber
+  images; it penalises the intercept too, harmless on standardised features). The
+  L2 strength C is chosen from 1e-4..10 by 5-fold cross-validated AUC on the
+  training images, folds grouped by patient and stratified (scikit-learn
+  `StratifiedGroupKFold`).
+
+  Args:
+    train_ds: training images with patient ids.
+    y: (N,) binary targets of `train_ds`.
+    size: side of the pooled image.
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 2 images of a class.
+  """
+  return PixelLogreg(grouped_logreg(_pixel_features(train_ds.images, size), y, train_ds.patient_id,
+                                    "the pixel baseline"), size)
+
+
+def grouped_logreg(x: np.ndarray, y: Any, groups: np.ndarray, what: str):
+  """Standardise + L2 logistic regression (liblinear), C from 1e-4..10 by grouped stratified 5-fold CV AUC.
+
+  Returns the fitted `GridSearchCV` (its best pipeline refitted on all of x).
+  """
+  y = np.asarray(y)
+  folds = int(min(5, np.bincount(y, minlength=2).min()))
+  if folds < 2:
+    raise DataError(f"{what} needs at least 2 training images of each class")
+  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
+                        {"logisticregression__C": np.logspace(-4, 1, 11)},
+                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
+  return search.fit(x, y, groups=groups)
+
+
+def compare_to_pixel_baseline(scores: Any, images: Any, labels: Any, train: data.CXRDataset, train_labels: Any, *,
+                              size: int = 32) -> dict[str, Any]:
+  """A classifier's scores beside the pixel logistic regression fitted on its training images, with DeLong's test.
+
+  Args:
+    scores: (N,) the classifier's probabilities (or any score, higher = class 1) of `images`.
+    images: uint8 (N, H, W) the evaluated images.
+    labels: (N,) their 0/1 targets.
+    train: the classifier's training images (with patient ids, for the grouped CV of C).
+    train_labels: (len(train),) their 0/1 targets.
+    size: side of the baseline's block-mean image.
+
+  Returns:
+    {"model", "C", "roc_auc", "roc_auc_ci95" (the baseline's), "paired_delong" (`metrics.compare_roc_auc`
+    of the scores against the baseline's: "difference" = scores' AUC - baseline's, "p_value", ...)}.
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 2 training images of a class.
+  """
+  baseline = fit_pixel_logreg(train, np.asarray(train_labels), size=size)
+  prob = baseline.predict_proba(images)
+  y = np.asarray(labels)
+  return {"model": f"pixel logistic regression ({size}x{size} block means, C by grouped CV)",
+          "C": baseline.C, "roc_auc": metrics.compute_roc_auc(prob, y),
+          "roc_auc_ci95": metrics.roc_auc_interval(prob, y), "paired_delong": metrics.compare_roc_auc(scores, prob, y)}
+
+
 # ----------------------------------------------------------------------------- fitting
 
 
@@ -202,7 +302,7 @@ class Baselines:
     best: index of the statistic with the highest training AUC (the "statistic" baseline).
     lungs: whether the statistics include the lungs (masks needed to score).
     statistics_logreg: the fitted scikit-learn pipeline on all statistics.
-    pixel_logreg: the fitted `jaxcxr.train.classifier.PixelLogreg`, or None.
+    pixel_logreg: the fitted `PixelLogreg`, or None.
     n_train, n_train_positive: the training images.
   """
 
@@ -274,10 +374,6 @@ def fit_baselines(images: Any, labels: Any, *, masks: Any | None = None, patient
     jaxcxr.data.DataError: bad images or masks, or a class with too few images for the pixel CV.
     ValueError: labels of another length, not 0/1, or with fewer than 2 of a class.
   """
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
-
   images = _check_images(images, "fit_baselines: images")
   y = _check_labels(labels, images.shape[0], "fit_baselines")
   features = image_statistics(images, masks)
@@ -296,10 +392,7 @@ def fit_baselines(images: Any, labels: Any, *, masks: Any | None = None, patient
 
 
 def _fit_pixel(images: np.ndarray, y: np.ndarray, patients: Any | None, size: int):
-  """`train.classifier.fit_pixel_logreg` on bare arrays (the dataset it takes carries the patient ids)."""
-  from jaxcxr import data  # pylint: disable=g-import-not-at-top
-  from jaxcxr.train.classifier import fit_pixel_logreg  # pylint: disable=g-import-not-at-top
-
+  """`fit_pixel_logreg` on bare arrays (the dataset it takes carries the patient ids)."""
   if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
     raise DataError(f"pixel_size must be a positive integer or None, got {size!r}")
   n = images.shape[0]
