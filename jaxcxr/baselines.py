@@ -20,12 +20,13 @@ radiographic view:
   fixed C = 1 (14 or 21 features against hundreds of images need little regularisation).
 * "pixel_logreg": logistic regression on `pixel_size` x `pixel_size` block means of the
   image (32x32 by default), standardised, with C chosen by 5-fold cross-validated AUC on
-  the training images, folds grouped by patient: `jaxcxr.train.classifier.fit_pixel_logreg`,
-  reused here.
+  the training images, folds grouped by patient (`fit_pixel_logreg`).
 
 `fit_baselines` fits them on training images; `evaluate_baselines` reports each one's AUC
 (and every single statistic's) on other images; `compare_to_baselines` does both and tests
-a method's scores against the strongest baseline (`compare_scores`). Everything runs on the
+a method's scores against the strongest baseline (`compare_scores`);
+`compare_with_training_patients` is the evaluations' call on datasets (views, patients and lung
+masks from the data). Everything runs on the
 host (numpy, scikit-learn), and every report is plain JSON-serialisable data;
 `format_comparison` gives the line a CLI prints.
 
@@ -45,6 +46,11 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from jaxcxr import data, metrics
 from jaxcxr.data import DataError
@@ -56,13 +62,16 @@ __all__ = [
     "STATISTICS",
     "STATISTIC_PERCENTILES",
     "Baselines",
+    "PixelLogreg",
     "centre_box",
     "compare_scores",
     "compare_to_baselines",
     "compare_with_training_patients",
     "evaluate_baselines",
     "fit_baselines",
+    "fit_pixel_logreg",
     "format_comparison",
+    "grouped_logreg",
     "image_statistics",
     "statistic_names",
 ]
@@ -160,6 +169,70 @@ def image_statistics(images: Any, masks: Any | None = None) -> np.ndarray:
   return np.concatenate(parts, axis=1)
 
 
+# ----------------------------------------------------------------------------- pixel logistic regression
+
+
+def _pixel_features(images: np.ndarray, size: int = 32) -> np.ndarray:
+  """uint8 (N, H, W) -> float32 (N, size*size): area averages over size x size blocks, in [0, 1]."""
+  images = np.asarray(images)
+  n, h, w = images.shape
+  if h % size == 0 and w % size == 0:
+    pooled = images.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4), dtype=np.float64)
+  else:
+    pooled = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BOX), np.float64) for im in images])
+  return (pooled / 255.0).reshape(n, -1).astype(np.float32)
+
+
+class PixelLogreg:
+  """A fitted pixel logistic regression (`fit_pixel_logreg`): `predict_proba(images)` -> (N,) p(class 1)."""
+
+  def __init__(self, search, size: int):
+    self._search = search
+    self.size = size
+    self.C = float(search.best_params_["logisticregression__C"])
+
+  def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) radiographs -> float (N,) probabilities of class 1."""
+    return self._search.predict_proba(_pixel_features(images, self.size))[:, 1]
+
+
+def fit_pixel_logreg(train_ds: data.CXRDataset, y: np.ndarray, size: int = 32) -> PixelLogreg:
+  """Logistic regression on size x size pixel block means, L2 strength C by grouped 5-fold CV.
+
+  Features: block means of the image (size * size values), standardised.
+  L2-penalised logistic regression (liblinear, fast when features outnumber
+  images; it penalises the intercept too, harmless on standardised features). The
+  L2 strength C is chosen from 1e-4..10 by 5-fold cross-validated AUC on the
+  training images, folds grouped by patient and stratified (scikit-learn
+  `StratifiedGroupKFold`).
+
+  Args:
+    train_ds: training images with patient ids.
+    y: (N,) binary targets of `train_ds`.
+    size: side of the pooled image.
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 2 images of a class.
+  """
+  return PixelLogreg(grouped_logreg(_pixel_features(train_ds.images, size), y, train_ds.patient_id,
+                                    "the pixel baseline"), size)
+
+
+def grouped_logreg(x: np.ndarray, y: Any, groups: np.ndarray, what: str):
+  """Standardise + L2 logistic regression (liblinear), C from 1e-4..10 by grouped stratified 5-fold CV AUC.
+
+  Returns the fitted `GridSearchCV` (its best pipeline refitted on all of x).
+  """
+  y = np.asarray(y)
+  folds = int(min(5, np.bincount(y, minlength=2).min()))
+  if folds < 2:
+    raise DataError(f"{what} needs at least 2 training images of each class")
+  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
+                        {"logisticregression__C": np.logspace(-4, 1, 11)},
+                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
+  return search.fit(x, y, groups=groups)
+
+
 # ----------------------------------------------------------------------------- fitting
 
 
@@ -203,7 +276,7 @@ class Baselines:
     best: index of the statistic with the highest training AUC (the "statistic" baseline).
     lungs: whether the statistics include the lungs (masks needed to score).
     statistics_logreg: the fitted scikit-learn pipeline on all statistics.
-    pixel_logreg: the fitted `jaxcxr.train.classifier.PixelLogreg`, or None.
+    pixel_logreg: the fitted `PixelLogreg`, or None.
     n_train, n_train_positive: the training images.
   """
 
@@ -275,10 +348,6 @@ def fit_baselines(images: Any, labels: Any, *, masks: Any | None = None, patient
     jaxcxr.data.DataError: bad images or masks, or a class with too few images for the pixel CV.
     ValueError: labels of another length, not 0/1, or with fewer than 2 of a class.
   """
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
-
   images = _check_images(images, "fit_baselines: images")
   y = _check_labels(labels, images.shape[0], "fit_baselines")
   features = image_statistics(images, masks)
@@ -297,9 +366,7 @@ def fit_baselines(images: Any, labels: Any, *, masks: Any | None = None, patient
 
 
 def _fit_pixel(images: np.ndarray, y: np.ndarray, patients: Any | None, size: int):
-  """`train.classifier.fit_pixel_logreg` on bare arrays (the dataset it takes carries the patient ids)."""
-  from jaxcxr.train.classifier import fit_pixel_logreg  # pylint: disable=g-import-not-at-top
-
+  """`fit_pixel_logreg` on bare arrays (the dataset it takes carries the patient ids)."""
   if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
     raise DataError(f"pixel_size must be a positive integer or None, got {size!r}")
   n = images.shape[0]

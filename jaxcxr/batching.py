@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 
 def map_batches(fn: Callable[[Any], Any], arrays: Any, batch_size: int, *, fixed_shape: bool = False,
@@ -59,8 +60,6 @@ def map_batches(fn: Callable[[Any], Any], arrays: Any, batch_size: int, *, fixed
     return jax.tree.map(lambda s: np.zeros((0,) + s.shape[1:], s.dtype), jax.eval_shape(fn, spec))
   starts = range(0, n, batch_size)
   if progress:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
     starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, leave=False)
   parts = []
   for start in starts:

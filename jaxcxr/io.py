@@ -5,6 +5,7 @@ A crash or kill never leaves a half-written PNG or JSON behind (docs/conventions
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 
 def _umask() -> int:
@@ -47,10 +49,6 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> pathlib.Path:
 
 def save_png(path: str | os.PathLike, image: Any) -> pathlib.Path:
   """Saves a uint8 (H, W) grayscale or (H, W, 3|4) colour image, or a PIL image, as PNG, atomically."""
-  import io  # pylint: disable=g-import-not-at-top
-
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   if not isinstance(image, Image.Image):
     image = np.asarray(image)
     if image.dtype != np.uint8:
@@ -65,8 +63,6 @@ def save_png(path: str | os.PathLike, image: Any) -> pathlib.Path:
 
 def save_figure(path: str | os.PathLike, fig: Any, *, dpi: float | None = None) -> pathlib.Path:
   """Writes a matplotlib figure as PNG, atomically (`dpi` None keeps the figure's own)."""
-  import io  # pylint: disable=g-import-not-at-top
-
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=dpi)
   return write_bytes_atomic(path, buffer.getvalue())
@@ -74,8 +70,6 @@ def save_figure(path: str | os.PathLike, fig: Any, *, dpi: float | None = None) 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, compressed: bool = False) -> pathlib.Path:
   """Saves arrays as an npz archive (no pickled objects; zip-deflated when `compressed`), atomically."""
-  import io  # pylint: disable=g-import-not-at-top
-
   buffer = io.BytesIO()
   (np.savez_compressed if compressed else np.savez)(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
   return write_bytes_atomic(path, buffer.getvalue())

@@ -18,6 +18,9 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from jaxcxr import __version__
+from jaxcxr.data import file_sha256
+
 __all__ = ["data_digests", "git_revision", "markdown_section", "provenance"]
 
 # The folder holding the `jaxcxr` package; its git revision is recorded when it is a git checkout.
@@ -51,8 +54,6 @@ def git_revision(root: str | os.PathLike | None = None) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:   # keyed by size and time: a changed file is hashed again
-  from jaxcxr.data import file_sha256  # pylint: disable=g-import-not-at-top
-
   return file_sha256(path)
 
 
@@ -90,8 +91,6 @@ def provenance(data_paths: str | os.PathLike | Iterable[str | os.PathLike] | Non
     A JSON-ready dict: "data" is `data_digests(data_paths)`; "git_revision" and "git_dirty" are
     `git_revision()` (None outside a git checkout).
   """
-  from jaxcxr import __version__  # pylint: disable=g-import-not-at-top
-
   return {"jaxcxr_version": __version__, **git_revision(), "seeds": {str(k): v for k, v in seeds.items()},
           "data": data_digests(data_paths)}
 

@@ -26,6 +26,7 @@ import functools
 import math
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from PIL import Image
 
+from jaxcxr import io as io_lib
 from jaxcxr import scoring
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.scoring import SCORE_NAMES
@@ -168,8 +171,6 @@ class SampleJournal:
 
   def restore(self) -> dict[str, Any] | None:
     """{"counters": {...}, "kept": {"images", "z", "index", "scores"}} saved by `record`, or None."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-
     path = self.folder / self.PROGRESS_FILE
     if not path.is_file():
       return None
@@ -183,8 +184,6 @@ class SampleJournal:
 
   def record(self, counters: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Writes the round's newly kept images (from rank counters["n_kept"] - len(new images)), then the progress."""
-    from jaxcxr import io as io_lib  # pylint: disable=g-import-not-at-top
-
     first = int(counters["n_kept"]) - len(new["images"])
     for i, image in enumerate(new["images"]):
       io_lib.save_png(self.image_path(first + i), image)
@@ -247,8 +246,6 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
     if n_kept:
       kept.append(saved["kept"])
     if progress:
-      import sys  # pylint: disable=g-import-not-at-top
-
       print(f"sample {group}: resumed at round {rounds}, {n_kept}/{k} valid", file=sys.stderr, flush=True)
   while n_kept < k and rounds < max_rounds and (max_generated is None or n_generated < max_generated):
     out = jax.device_get(round_fn(n_drawn))
@@ -265,8 +262,6 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
       counters = dict(zip(_COUNTERS, (n_kept, n_drawn, n_generated, n_valid_seen, rounds)))
       journal.record({**counters, "seconds": previous_seconds + time.perf_counter() - t0}, kept[-1])
     if progress:
-      import sys  # pylint: disable=g-import-not-at-top
-
       print(f"sample {group}: round {rounds}, {n_kept}/{k} valid, {n_generated} generated of {n_drawn} latents "
             f"drawn", file=sys.stderr, flush=True)
   seconds = previous_seconds + time.perf_counter() - t0

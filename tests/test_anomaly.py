@@ -400,6 +400,33 @@ def test_rank_average_counts_each_method_equally():
     anomaly.rank_average([np.array([0.0, np.nan])])
 
 
+
+def test_score_files_round_trip_and_ensemble(tmp_path):
+  rng = np.random.default_rng(0)
+  y = np.array([0, 0, 1, 1, 0, 1])
+  test = data.CXRDataset(images=np.zeros((6, 8, 8), np.uint8), label=y.astype(np.int8), sex=np.full(6, "M"),
+                         age=np.full(6, 60, np.int16), patient_id=np.asarray([f"p{i}" for i in range(6)]))
+  files = []
+  for name in ("a", "b"):
+    scores = rng.normal(size=6) + y
+    evaluation = {"scores": scores, "labels": y, "residual": np.zeros((6, 4, 4)), "component_scores": {"r": scores}}
+    files.append(anomaly.save_score_file(tmp_path / f"{name}.npz", evaluation, test))
+  saved = anomaly.read_score_file(files[0])
+  assert set(saved) == {"scores", "labels", "patient_id", "residual", "component_r"}
+  assert saved["residual"].dtype == np.float16
+  result = anomaly.ensemble_score_files(files)
+  expected = anomaly.rank_average([anomaly.read_score_file(f)["scores"] for f in files])
+  assert result["test"]["roc_auc"] == anomaly.auc_with_interval(expected, y)["roc_auc"]
+  assert set(result["test"]["members"]) == {str(f) for f in files} and "threshold_data" not in result
+  with pytest.raises(ValueError, match="at least two"):
+    anomaly.ensemble_score_files(files[:1])
+  np.savez(tmp_path / "other.npz", scores=np.zeros(3), labels=np.array([0, 1, 1]))
+  with pytest.raises(data.DataError, match="differ"):
+    anomaly.ensemble_score_files([files[0], tmp_path / "other.npz"])
+  (tmp_path / "bad.npz").write_bytes(b"not a zip")
+  with pytest.raises(data.DataError, match="not a readable score file"):
+    anomaly.read_score_file(tmp_path / "bad.npz")
+
 def test_source_only_baseline_sees_what_separates_the_archives(nih_path, covid_path):
   nih, covid = data.load(nih_path).select(label=0), data.load(covid_path)
   both = data.concatenate([nih, covid])

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcxr import anomaly, cli, data
+from jaxcxr import anomaly, cli, data, dataset_audit
+from jaxcxr.cli import entry
 from jaxcxr.cli import evaluate as evaluate_cli
 
 SHARED_NIH = pathlib.Path(__file__).parents[2] / "shared" / "data" / "nih_cxr14_subset_256.npz"
@@ -77,6 +78,13 @@ def test_dedup_finds_planted_duplicate_only(capsys, nih_path, tmp_path):
 
   code, out, _ = run_cli(capsys, "data", "dedup", "--data", str(nih_path), "--json")
   assert code == 0 and json.loads(out)["n_pairs"] == 0
+
+
+def test_dedup_hashes_are_the_librarys(nih_path):
+  # The parser lists the hashes without importing the library (`--help` stays fast); they must be the library's.
+  assert entry.HASH_NAMES == dataset_audit.HASHES
+  with pytest.raises(ValueError, match="unknown hash"):
+    dataset_audit.near_duplicates(data.load(nih_path), hash_name="md5")
 
 
 @pytest.mark.parametrize(

@@ -75,3 +75,24 @@ def test_anomaly_tasks(nih, covid_path, tmp_path):
   everything = task.part("all")
   assert (int((everything.label == 0).sum()), int((everything.label == 1).sum())) == (12, 6)
   np.testing.assert_array_equal(everything.patient_id[everything.label == 0], nih.patient_id[nih.label == 0])
+
+
+def test_calibration_normals_are_the_standard_splits_normal_training_images(nih):
+  train = data.standard_split(nih)["train"]
+  expected = train[nih.label[train] == 0]
+  np.testing.assert_array_equal(evaluation_sets.calibration_normals(nih), nih.images[expected])
+  with pytest.raises(data.DataError, match="normal/abnormal labels"):
+    evaluation_sets.calibration_normals(dataclasses.replace(nih, label=None))
+
+
+def test_gan_images_are_the_standard_splits_parts(nih):
+  finding = np.where(nih.label == 1, np.where(np.arange(len(nih)) % 2 == 0, "Pneumonia", "Effusion"), "No Finding")
+  tagged = dataclasses.replace(nih, extra={**nih.extra, "finding": finding})
+  images = evaluation_sets.gan_images(tagged)
+  split = data.standard_split(tagged)
+  for part, got in (("test", images.test_normals), ("train", images.train_normals)):
+    np.testing.assert_array_equal(got.patient_id, nih.patient_id[split[part]][nih.label[split[part]] == 0])
+  train = split["train"]
+  kept = train[(nih.label[train] == 0) | (finding[train] == "Pneumonia")]
+  np.testing.assert_array_equal(images.training_set.patient_id, nih.patient_id[kept])
+  assert (images.training_set.label == 1).any() and (images.test_normals.label == 0).all()

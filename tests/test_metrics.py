@@ -180,11 +180,11 @@ def test_sinkhorn_compiles_once_per_shape():
   rng = np.random.default_rng(8)
   x, y = rng.normal(size=(64, 3)), rng.normal(size=(48, 3))
   metrics.sinkhorn_distance(x, y, epsilon=0.1)
-  size = metrics._sinkhorn_divergence._cache_size()
+  size = metrics.distances._sinkhorn_divergence._cache_size()
   # epsilon, tol and the label weight are traced, not static; one-label sets reuse it too.
   metrics.sinkhorn_distance(x + 1.0, y, epsilon=0.2, tol=1e-6)
   metrics.sinkhorn_distance(x, y, labels_a=np.ones(64), labels_b=np.ones(48))
-  assert metrics._sinkhorn_divergence._cache_size() == size
+  assert metrics.distances._sinkhorn_divergence._cache_size() == size
 
 
 def test_sinkhorn_warns_when_not_converged():

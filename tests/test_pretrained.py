@@ -45,9 +45,9 @@ TOP_LEVEL = {
 # Modules whose docstring examples must run (each holds an example of a main function), and those whose
 # examples are all marked +SKIP (too slow for the test suite; still parsed).
 DOCTEST_MODULES = ("jaxcxr", "jaxcxr.pretrained", "jaxcxr.sampling", "jaxcxr.prefilter.thresholds", "jaxcxr.explain",
-                   "jaxcxr.anomaly.anogan", "jaxcxr.train.segmentation", "jaxcxr.train.classifier", "jaxcxr.scoring",
-                   "jaxcxr.quality")
-SKIPPED_ONLY = ("jaxcxr.scoring", "jaxcxr.quality")
+                   "jaxcxr.anomaly.anogan", "jaxcxr.train.segmentation", "jaxcxr.train.classifier",
+                   "jaxcxr.scoring.scorer", "jaxcxr.quality")
+SKIPPED_ONLY = ("jaxcxr.scoring.scorer", "jaxcxr.quality")
 
 
 # ----------------------------------------------------------------------------- top-level names

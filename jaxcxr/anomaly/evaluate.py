@@ -4,6 +4,9 @@
   decision threshold chosen on separate data.
 * `auc_with_interval`, `by_view`: ROC AUC with its DeLong interval, overall and per view.
 * `rank_average`: the ensemble score of several methods.
+* `save_score_file`, `read_score_file`, `ensemble_score_files`: an evaluation's per-image scores
+  on disk (`jaxcxr evaluate anomaly --scores FILE`), and the rank-average ensemble of such files
+  of the same images (`jaxcxr evaluate anomaly-ensemble`).
 * `source_only_baseline`: what the images' source alone gives away on a two-archive task.
 
 This module imports scikit-learn and scipy (through `jaxcxr.metrics`), which `jaxcxr.anomaly`
@@ -12,7 +15,12 @@ loads on first use of these names, not on import.
 
 from __future__ import annotations
 
+import os
+import pathlib
 import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -21,14 +29,17 @@ from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from jaxcxr import data, metrics
+from jaxcxr import data, io, metrics
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer
 
 __all__ = [
     "auc_with_interval",
     "by_view",
+    "ensemble_score_files",
     "evaluate_anomaly",
     "rank_average",
+    "read_score_file",
+    "save_score_file",
     "source_only_baseline",
 ]
 
@@ -173,3 +184,97 @@ def by_view(scores, y, views) -> dict:
                      f"{y.shape} and {views.shape}")
   return {v: {"n": int((views == v).sum()), "n_abnormal": int(y[views == v].sum()),
               **auc_with_interval(scores[views == v], y[views == v])} for v in np.unique(views)}
+
+
+# ----------------------------------------------------------------------------- score files
+
+
+def save_score_file(path: str | os.PathLike, evaluation: Mapping[str, Any], test: data.CXRDataset,
+                    threshold_data: data.CXRDataset | None = None) -> pathlib.Path:
+  """Writes the per-image scores of an `evaluate_anomaly` result as an npz archive (atomically).
+
+  The archive holds "scores", "labels", "patient_id", "residual" (float16, for figures without
+  a new search), "component_<name>" per component, "view" when the data have views, and with
+  threshold data "threshold_scores", "threshold_labels", "threshold_patient_id" and
+  "threshold_component_<name>": what `ensemble_score_files` reads.
+
+  Args:
+    path: the npz file to write.
+    evaluation: the result of `evaluate_anomaly(scorer, test, threshold_data=...)`.
+    test, threshold_data: the image sets it scored.
+
+  Returns:
+    The path written.
+  """
+  arrays = {"scores": evaluation["scores"], "labels": evaluation["labels"], "patient_id": test.patient_id.astype(str),
+            "residual": np.asarray(evaluation["residual"], np.float16),
+            **{f"component_{k}": v for k, v in evaluation["component_scores"].items()}}
+  views = data.views(test)
+  if views is not None:
+    arrays["view"] = views
+  threshold_scores = evaluation.get("threshold_scores")
+  if threshold_scores is not None:
+    arrays.update({"threshold_scores": threshold_scores["scores"], "threshold_labels": threshold_scores["labels"],
+                   "threshold_patient_id": threshold_data.patient_id.astype(str),
+                   **{f"threshold_component_{k}": v for k, v in threshold_scores["component_scores"].items()}})
+  return io.save_npz(path, arrays)
+
+
+def read_score_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The arrays of a score file (`save_score_file`, `jaxcxr evaluate anomaly --scores FILE`).
+
+  Raises:
+    jaxcxr.data.DataError: an unreadable file, not an npz archive, or one without `scores` and `labels`.
+  """
+  try:
+    with open(path, "rb") as file:      # ours to close: np.load leaks its own handle on a corrupt zip
+      f = np.load(file, allow_pickle=False)
+      if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError("a single array, not an npz archive")
+      with f:
+        arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise data.DataError(f"{path}: not a readable score file ({e}); write it with `evaluate anomaly --scores FILE`"
+                         ) from None
+  if "scores" not in arrays or "labels" not in arrays:
+    raise data.DataError(f"{path}: no `scores`/`labels` arrays; write it with `evaluate anomaly --scores FILE`")
+  return arrays
+
+
+def ensemble_score_files(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
+  """The rank-average ensemble (`rank_average`) of score files of the same images, beside each member's figure.
+
+  Each part the files hold (the test images and, when every file has them, the threshold data)
+  gets the ensemble's ROC AUC with its DeLong interval and each member's.
+
+  Args:
+    paths: two or more score files (`read_score_file`) of the same split of the same data.
+
+  Returns:
+    {"files": [path, ...], "test": {"n", "n_abnormal", "roc_auc", "roc_auc_ci95", "members":
+    {path: {"roc_auc", "roc_auc_ci95"}}}, and "threshold_data" alike when every file has it}.
+
+  Raises:
+    ValueError: fewer than two files.
+    jaxcxr.data.DataError: an unreadable file, or files whose images differ (labels, patients or counts).
+  """
+  if len(paths) < 2:
+    raise ValueError("give at least two score files (from `evaluate anomaly --scores FILE`)")
+  names = [str(p) for p in paths]
+  loaded = [read_score_file(p) for p in paths]
+  result: dict[str, Any] = {"files": names}
+  for part, prefix in (("test", ""), ("threshold_data", "threshold_")):
+    if not all(f"{prefix}scores" in f for f in loaded):
+      continue
+    first = loaded[0]
+    for name, f in zip(names[1:], loaded[1:]):
+      same = all(np.array_equal(f[f"{prefix}{k}"], first[f"{prefix}{k}"]) for k in ("labels", "patient_id")
+                 if f"{prefix}{k}" in f and f"{prefix}{k}" in first)
+      if not same or len(f[f"{prefix}scores"]) != len(first[f"{prefix}scores"]):
+        raise data.DataError(f"{name}: its images differ from {names[0]}'s (labels or patients); score the same "
+                             "split of the same data")
+    y = first[f"{prefix}labels"]
+    ensemble = rank_average([f[f"{prefix}scores"] for f in loaded])
+    result[part] = {"n": int(len(y)), "n_abnormal": int(y.sum()), **auc_with_interval(ensemble, y),
+                    "members": {name: auc_with_interval(f[f"{prefix}scores"], y) for name, f in zip(names, loaded)}}
+  return result

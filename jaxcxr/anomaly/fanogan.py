@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import data
 from jaxcxr.anomaly.anogan import check_pair
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer, check_batch_size, query_images
@@ -278,9 +279,6 @@ def load_fanogan(encoder_dir: str | os.PathLike,
     jaxcxr.checkpoints.CheckpointError: missing checkpoints, or a GAN whose weights are not the
       ones the encoder was trained against (compared by `checkpoints.model_id`).
   """
-  # jaxcxr.checkpoints imports orbax: about 0.8 s more on `import jaxcxr.anomaly` (`python -X importtime`).
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   meta = checkpoints.read_metadata(encoder_dir)
   if gan_dir is None:
     # The shipped normal GAN whose generator the encoder learned (its recorded folder is where it was

@@ -45,6 +45,8 @@ from flax import nnx
 from jaxcxr import data, io
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer
 from jaxcxr.batching import map_batches
+from jaxcxr.models.cxr_encoder import image_features
+from jaxcxr.models.unet import predict_masks
 
 __all__ = [
     "PatchCore",
@@ -425,8 +427,6 @@ def cxr_encoder_features(encoder, names: tuple[str, ...] = ("stage2", "stage3"),
   Returns:
     uint8 (N, H, W) -> float32 (N, h, w, C).
   """
-  from jaxcxr.models.cxr_encoder import image_features  # pylint: disable=g-import-not-at-top
-
   names = tuple(names)
   if not names or "embedding" in names:
     raise ValueError(f"cxr_encoder_features: expected stage names, got {names}")
@@ -504,8 +504,6 @@ class PatchcoreScorer(AbstractAnomalyScorer):
   def __call__(self, dataset, *, progress):
     masks = None
     if self.unet is not None:
-      from jaxcxr.models.unet import predict_masks  # pylint: disable=g-import-not-at-top
-
       masks = predict_masks(self.unet, dataset.images, batch_size=self.batch_size)
     score, maps = self.patchcore.score(dataset.images, masks, batch_size=self.batch_size, progress=progress)
     return score, maps.astype(np.float16), {}

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
-import zipfile
 from typing import Any
 
 import numpy as np
 
-from jaxcxr import (anomaly, baselines, checkpoints, data, encoder_probes, evaluation_sets, explain, io, pretrained,
+from jaxcxr import (anomaly, baselines, checkpoints, data, encoder_probes, evaluation_sets, explain, pretrained,
                     quality, reports)
 from jaxcxr.cli import inputs
 from jaxcxr.cli.common import COVID_DATA, GAN_DATA, UsageError, log
@@ -87,10 +86,9 @@ def run_gan(args: argparse.Namespace) -> dict[str, Any]:
   path = inputs.data_paths(args.data, *GAN_DATA)
   log(f"loading {root}/generator, {root}/discriminator and {path}")
   dataset = data.load(path)
-  split = data.standard_split(dataset)
-  normals = {part: dataset.subset(split[part]).select(label=0) for part in ("train", "test")}
-  log(f"realism figures against {len(normals['test'])} normal test images, PCA space of "
-      f"{len(normals['train'])} normal training images (standard patient split)")
+  images = evaluation_sets.gan_images(dataset)
+  log(f"realism figures against {len(images.test_normals)} normal test images, PCA space of "
+      f"{len(images.train_normals)} normal training images (standard patient split)")
   generator = generator_lib.load_generator(root / "generator")
   discriminator = discriminator_lib.load_discriminator(root / "discriminator")
   classifiers = {}
@@ -106,11 +104,9 @@ def run_gan(args: argparse.Namespace) -> dict[str, Any]:
       continue
     log(f"loading {role.replace('_', ' ')} {directory}")
     classifiers[role] = load_classifier(directory)
-  # The memorisation audit searches every image a shipped generator trained on (both labels).
-  training_set = data.keep_abnormal_finding(dataset.subset(split["train"]))
   result = quality.evaluate_gan(generator, discriminator, dataset, seed=args.seed, n_per_group=args.n_per_group,
-                                test_normals=normals["test"], train_normals=normals["train"],
-                                training_set=training_set, closest_pairs_path=args.pairs, **classifiers)
+                                test_normals=images.test_normals, train_normals=images.train_normals,
+                                training_set=images.training_set, closest_pairs_path=args.pairs, **classifiers)
   return {"checkpoint": str(root), "data": str(path), **result}
 
 
@@ -156,20 +152,12 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     result = anomaly.evaluate_anomaly(scorer, test, threshold_data=threshold_data, progress=True)
   except ValueError as e:
     raise UsageError(f"{path}: {e}") from e
+  scores_file = anomaly.save_score_file(args.scores, result, test, threshold_data) if args.scores else None
   scores, residual, labels = result.pop("scores"), result.pop("residual"), result.pop("labels")
-  component_scores, threshold_scores = result.pop("component_scores"), result.pop("threshold_scores", None)
-  if args.scores:
-    arrays = {"scores": scores, "labels": labels, "patient_id": test.patient_id.astype(str),
-              "residual": np.asarray(residual, np.float16),          # for figures without a new search
-              **{f"component_{k}": v for k, v in component_scores.items()}}
-    views = data.views(test)
-    if views is not None:
-      arrays["view"] = views
-    if threshold_scores is not None:
-      arrays.update({"threshold_scores": threshold_scores["scores"], "threshold_labels": threshold_scores["labels"],
-                     "threshold_patient_id": threshold_data.patient_id.astype(str),
-                     **{f"threshold_component_{k}": v for k, v in threshold_scores["component_scores"].items()}})
-    result["scores_file"] = str(io.save_npz(args.scores, arrays))
+  del result["component_scores"]
+  result.pop("threshold_scores", None)
+  if scores_file is not None:
+    result["scores_file"] = str(scores_file)
   if args.out:
     overlay = reports.save_residual_overlays(test.images, residual, labels, scores,
                                              pathlib.Path(args.out) / f"residuals_{args.method}.png",
@@ -256,37 +244,7 @@ def run_anomaly_ensemble(args: argparse.Namespace) -> dict[str, Any]:
   """`evaluate anomaly-ensemble`: the rank-average ensemble of score files of the same images."""
   if len(args.scores) < 2:
     raise UsageError("give at least two score files (from `evaluate anomaly --scores FILE`)")
-  loaded = []
-  for path in args.scores:
-    try:
-      with open(path, "rb") as file:      # ours to close: np.load leaks its own handle on a corrupt zip
-        f = np.load(file, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-          raise ValueError("a single array, not an npz archive")
-        with f:
-          loaded.append({k: f[k] for k in f.files})
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-      raise UsageError(f"{path}: not a readable score file ({e}); write it with `evaluate anomaly --scores FILE`"
-                       ) from None
-    if "scores" not in loaded[-1] or "labels" not in loaded[-1]:
-      raise UsageError(f"{path}: no `scores`/`labels` arrays; write it with `evaluate anomaly --scores FILE`")
-  result: dict[str, Any] = {"files": list(args.scores)}
-  for part, prefix in (("test", ""), ("threshold_data", "threshold_")):
-    if not all(f"{prefix}scores" in f for f in loaded):
-      continue
-    first = loaded[0]
-    for path, f in zip(args.scores[1:], loaded[1:]):
-      same = all(np.array_equal(f[f"{prefix}{k}"], first[f"{prefix}{k}"]) for k in ("labels", "patient_id")
-                 if f"{prefix}{k}" in f and f"{prefix}{k}" in first)
-      if not same or len(f[f"{prefix}scores"]) != len(first[f"{prefix}scores"]):
-        raise UsageError(f"{path}: its images differ from {args.scores[0]}'s (labels or patients); score the same "
-                         "split of the same data")
-    y = first[f"{prefix}labels"]
-    ensemble = anomaly.rank_average([f[f"{prefix}scores"] for f in loaded])
-    result[part] = {"n": int(len(y)), "n_abnormal": int(y.sum()), **anomaly.auc_with_interval(ensemble, y),
-                    "members": {path: anomaly.auc_with_interval(f[f"{prefix}scores"], y)
-                                for path, f in zip(args.scores, loaded)}}
-  return result
+  return anomaly.ensemble_score_files(args.scores)
 
 
 def human_anomaly_ensemble(r: dict[str, Any]) -> str:

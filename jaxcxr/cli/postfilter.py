@@ -72,10 +72,7 @@ def run_calibrate(args: argparse.Namespace) -> dict[str, Any]:
   paths = inputs.data_paths(args.data, *GAN_DATA)
   log(f"loading {paths}, {unet_dir}, {classifier_dir}")
   ds = data.load(paths)
-  if ds.label is None:
-    raise UsageError(f"{paths}: calibration needs normal/abnormal labels")
-  train = ds.subset(data.standard_split(ds)["train"])
-  normals = train.images[train.label == 0]
+  normals = evaluation_sets.calibration_normals(ds)
   log(f"calibrating on {len(normals)} normal images of the standard split's train patients")
 
   def named(p: pathlib.Path) -> str:

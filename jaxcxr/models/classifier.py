@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.batching import map_batches
 from jaxcxr.config import ClassifierConfig, ClassifierEnsembleConfig
 from jaxcxr.data import resize_uint8
@@ -123,8 +124,6 @@ def load_classifier(directory) -> Classifier:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   if checkpoints.read_metadata(directory).get("config_type") == ClassifierEnsembleConfig.__name__:
     model, _, _ = checkpoints.load_model(directory, lambda c: ClassifierEnsemble(c, rngs=nnx.Rngs(0)),
                                          ClassifierEnsembleConfig)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
 from jaxcxr.batching import map_batches
 from jaxcxr.config.cxr_encoder import CXREncoderConfig
@@ -210,7 +211,5 @@ def load_cxr_encoder(directory: str | os.PathLike) -> CXREncoder:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   model, _, _ = checkpoints.load_model(directory, lambda c: CXREncoder(c, rngs=nnx.Rngs(0)), CXREncoderConfig)
   return model

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.config import DiscriminatorConfig
 from jaxcxr.models.layers import SpectralConv, avg_pool2
 
@@ -126,8 +127,6 @@ def load_discriminator(directory) -> Discriminator:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   model, _, _ = checkpoints.load_model(directory, lambda c: Discriminator(c, rngs=nnx.Rngs(0)),
                                        DiscriminatorConfig)
   return nnx.view(model, use_running_average=True)

@@ -21,6 +21,8 @@ members' maps plus the pixel model's own map of regional evidence, and `raw_max`
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,8 +81,6 @@ class ClassifierEnsemble(nnx.Module):
   """
 
   def __init__(self, config: ClassifierEnsembleConfig, *, rngs: nnx.Rngs):
-    import dataclasses  # pylint: disable=g-import-not-at-top
-
     self.config = config
     member = dataclasses.replace(config.member, dtype=config.dtype)
     if member.input_mode != "full":

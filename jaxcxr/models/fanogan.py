@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.config import EncoderConfig
 from jaxcxr.models.layers import Conv, GroupNorm, avg_pool2
 
@@ -97,8 +98,5 @@ def load_encoder(directory) -> Encoder:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`) that a model never needs otherwise.
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   model, _, _ = checkpoints.load_model(directory, lambda c: Encoder(c, rngs=nnx.Rngs(0)), EncoderConfig)
   return model

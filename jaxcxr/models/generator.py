@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.batching import map_batches
 from jaxcxr.config import GeneratorConfig
 from jaxcxr.data import signed_to_uint8
@@ -259,8 +260,6 @@ def load_generator(directory) -> Generator:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   model, _, _ = checkpoints.load_model(directory, lambda c: Generator(c, rngs=nnx.Rngs(0)), GeneratorConfig)
   return model
 

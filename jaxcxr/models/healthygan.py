@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.config import CriticConfig, TranslatorConfig
 from jaxcxr.models.generator import _icnr  # pylint: disable=protected-access  (the generator's ICNR init)
 from jaxcxr.models.layers import Conv, GroupNorm, avg_pool2, depth_to_space
@@ -185,8 +186,5 @@ def load_translator(directory) -> Translator:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`) that a model never needs otherwise.
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   model, _, _ = checkpoints.load_model(directory, lambda c: Translator(c, rngs=nnx.Rngs(0)), TranslatorConfig)
   return model

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.config import ScorePredictorConfig
 from jaxcxr.models.layers import Conv, GroupNorm, avg_pool2
 
@@ -71,8 +72,6 @@ class ScorePredictor(nnx.Module):
 
 def load_score_predictor(directory) -> ScorePredictor:
   """A `ScorePredictor` saved by `jaxcxr.checkpoints.save_model`."""
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   model, _, _ = checkpoints.load_model(directory, lambda c: ScorePredictor(c, rngs=nnx.Rngs(0)),
                                        ScorePredictorConfig)
   return model

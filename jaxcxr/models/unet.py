@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.batching import map_batches
 from jaxcxr.config import UNetConfig
 from jaxcxr.models.layers import GroupNorm, depth_to_space
@@ -289,7 +290,5 @@ def load_unet(directory: str | os.PathLike) -> UNet:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   model, _, _ = checkpoints.load_model(directory, lambda c: UNet(c, rngs=nnx.Rngs(0)), UNetConfig)
   return model

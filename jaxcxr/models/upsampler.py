@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr.config import UpsamplerConfig
 from jaxcxr.models.layers import Conv, upsample2
 
@@ -134,7 +135,5 @@ def load_upsampler(directory) -> Upsampler:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   model, _, _ = checkpoints.load_model(directory, lambda c: Upsampler(c, rngs=nnx.Rngs(0)), UpsamplerConfig)
   return model

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import io as io_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import sampling, scoring
@@ -45,7 +46,9 @@ from jaxcxr.data import DataError
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.config import ScorePredictorConfig
 from jaxcxr.models.score_predictor import ScorePredictor
+from jaxcxr.prefilter.dataset import scorer_id as scorer_id_of
 from jaxcxr.prefilter.thresholds import STRATEGIES, select_threshold, threshold_report
+from jaxcxr.train import score_predictor as trainer
 
 __all__ = [
     "CASCADE_SCORES",
@@ -132,8 +135,6 @@ class CascadePrefilter:
 
   def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
     """Writes the predictor (`checkpoints.save_model`) with the thresholds and report in its metadata."""
-    from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
     meta = {"cascade_prefilter_format": _FORMAT, "thresholds": {k: dict(v) for k, v in self.thresholds.items()},
             "generator_id": self.generator_id, "scorer_id": self.scorer_id,
             "report": io_lib.to_json_safe(dict(self.report))}
@@ -148,8 +149,6 @@ def load_cascade_prefilter(directory: str | os.PathLike) -> CascadePrefilter:
     jaxcxr.checkpoints.CheckpointError: missing or unreadable checkpoint, or one that is not a
       cascade pre-filter.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   predictor, _, meta = checkpoints.load_model(directory, lambda c: ScorePredictor(c, rngs=nnx.Rngs(0)),
                                               ScorePredictorConfig)
   if meta.get("cascade_prefilter_format") != _FORMAT:
@@ -161,8 +160,6 @@ def load_cascade_prefilter(directory: str | os.PathLike) -> CascadePrefilter:
 
 def shipped_cascade_prefilter(generator_id: str) -> pathlib.Path | None:
   """The shipped cascade pre-filter of a generator (by `checkpoints.model_id`), or None."""
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   root = checkpoints.checkpoints_root()
   for name in checkpoints.SHIPPED_CASCADE_PREFILTERS:
     path = root / name
@@ -191,9 +188,6 @@ def fit_cascade_prefilter(records: Mapping[str, Any], base: np.ndarray, scorer, 
   Raises:
     jaxcxr.data.DataError: records without measures, or measured by other models than the scorer's.
   """
-  from jaxcxr.prefilter.dataset import scorer_id as scorer_id_of  # pylint: disable=g-import-not-at-top
-  from jaxcxr.train import score_predictor as trainer  # pylint: disable=g-import-not-at-top
-
   log = log or (lambda message: None)
   if "measures" not in records:
     raise DataError("the latent dataset holds no raw measures; rebuild it with `jaxcxr latents build`")

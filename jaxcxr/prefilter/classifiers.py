@@ -21,6 +21,13 @@ import optax
 import scipy.special
 from flax import nnx
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from sklearn.tree import DecisionTreeClassifier
 
 from jaxcxr.config import LATENT_PRESETS, LatentClassifierConfig
 from jaxcxr.models.graph import abstract_graphdef
@@ -322,13 +329,6 @@ def latent_model_zoo(*, seed: int = 0, flax: bool = True, flax_steps: int = 1000
   """
   if flax and (not isinstance(flax_steps, (int, np.integer)) or flax_steps < 1):
     raise ValueError(f"latent_model_zoo: flax_steps must be an integer >= 1, got {flax_steps!r}")
-  from sklearn.ensemble import RandomForestClassifier  # pylint: disable=g-import-not-at-top
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=g-import-not-at-top
-  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
-  from sklearn.svm import SVC, LinearSVC  # pylint: disable=g-import-not-at-top
-  from sklearn.tree import DecisionTreeClassifier  # pylint: disable=g-import-not-at-top
 
   scaled = lambda estimator: make_pipeline(StandardScaler(), estimator)
   zoo: dict[str, Any] = {}

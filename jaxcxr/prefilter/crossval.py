@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.decomposition import PCA
+from sklearn.model_selection import StratifiedKFold
 
+from jaxcxr import io as io_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.data import GROUPS
 from jaxcxr.io import write_bytes_atomic
@@ -94,8 +97,6 @@ def _min_class_count(n_folds: int) -> int:
 
 def _out_of_fold_scores(estimator, z: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
   """Each latent's score from a clone fitted without it (inner stratified k folds). float64 (N,)."""
-  from sklearn.model_selection import StratifiedKFold  # pylint: disable=g-import-not-at-top
-
   scores = np.empty(y.shape[0], np.float64)
   for train, test in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(z, y):
     scores[test] = _model_scores(clone(estimator).fit(z[train], y[train]), z[test])
@@ -215,8 +216,6 @@ def cross_validate_latent(z: Any, y: Any, groups: Any, models: Mapping[str, Any]
       requested group absent from `groups` or with too few positives or negatives
       for a target.
   """
-  from sklearn.model_selection import StratifiedKFold  # pylint: disable=g-import-not-at-top
-
   z = np.asarray(z)
   if z.ndim != 2:
     raise ValueError(f"z: expected latents of shape (N, D), got {z.shape}")
@@ -395,8 +394,6 @@ def embed_extremes(z: Any, score: Any, k: int, *, seed: int = 0) -> dict[str, np
   Raises:
     ValueError: bad shapes, k out of range, or non-finite values.
   """
-  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
-
   z, score = np.asarray(z, np.float64), np.asarray(score, np.float64)
   if z.ndim != 2 or z.shape[1] < 2 or score.shape != (z.shape[0],):
     raise ValueError(f"embed_extremes: expected z (N, D >= 2) and score (N,), got {z.shape} and {score.shape}")
@@ -423,8 +420,6 @@ def _cross_validated_decisions(estimator, z: np.ndarray, y: np.ndarray, strategy
   fitted on the other folds, and accepted when its score >= the threshold chosen by
   `strategy` on inner out-of-fold scores of those folds.
   """
-  from sklearn.model_selection import StratifiedKFold  # pylint: disable=g-import-not-at-top
-
   scores = np.empty(y.shape[0], np.float64)
   accepted = np.zeros(y.shape[0], bool)
   for train, test in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(z, y):
@@ -475,8 +470,6 @@ def write_latent_report(records: Mapping[str, Any], out_dir: str | os.PathLike, 
   Raises:
     ValueError / jaxcxr.data.DataError: bad records, unknown targets, strategy or models.
   """
-  from jaxcxr import io as io_lib  # pylint: disable=g-import-not-at-top
-
   log = log or (lambda message: None)
   records = validate_latent_records(records, latent_dim=np.asarray(records["z"]).shape[-1])
   strategies = _check_strategies(strategy)

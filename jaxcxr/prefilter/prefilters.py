@@ -20,6 +20,7 @@ import numpy as np
 import scipy.special
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import io as io_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.config import LATENT_PRESETS, LatentClassifierConfig
@@ -99,8 +100,6 @@ class Prefilter:
     Raises:
       jaxcxr.checkpoints.CheckpointError: `directory` exists and `overwrite` is False.
     """
-    from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
     meta = {"prefilter_format": _PREFILTER_FORMAT,
             "threshold": None if self.accepts_all else float(self.threshold),
             "threshold_probability": None if self.accepts_all else float(scipy.special.expit(self.threshold)),
@@ -123,8 +122,6 @@ def save_prefilter_set(directory: str | os.PathLike, prefilters: Sequence[Prefil
   Raises:
     ValueError: no pre-filters, or pre-filters of different groups, generators or weights.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   if not prefilters:
     raise ValueError("save_prefilter_set: no pre-filters")
   first = prefilters[0]
@@ -151,8 +148,6 @@ def shipped_prefilter(generator_id: str, strictness: str, group: str) -> pathlib
   threshold strategy (`save_prefilter_set`); the set whose metadata names `generator_id`
   is returned.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   for candidate in sorted(checkpoints.checkpoints_root().glob(f"prefilters_*/{strictness}/{group}")):
     try:
       if checkpoints.read_metadata(candidate).get("generator_id") == generator_id:
@@ -188,8 +183,6 @@ def load_prefilter(directory: str | os.PathLike, strategy: str | None = None) ->
     jaxcxr.checkpoints.CheckpointError: missing or corrupt checkpoint, a model checkpoint
       that is not a pre-filter, or a strategy it does not hold (names the folder).
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   classifier, _, meta = checkpoints.load_model(directory, lambda c: LatentClassifier(c, rngs=nnx.Rngs(0)),
                                                LatentClassifierConfig)
   if meta.get("prefilter_format") == _PREFILTER_SET_FORMAT:

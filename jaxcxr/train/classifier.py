@@ -48,12 +48,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
+from jaxcxr.baselines import fit_pixel_logreg, grouped_logreg
 from jaxcxr.batching import map_batches
-from jaxcxr.config import ClassifierTrainConfig
+from jaxcxr.config import ClassifierEnsembleConfig, ClassifierTrainConfig
 from jaxcxr.data import resize_uint8
 from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
+from jaxcxr.models.ensemble import ClassifierEnsemble, block_means, set_pixel_weights
 from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_copy, loop_summary, run_training_loop,
@@ -199,8 +202,6 @@ def load_pretrained_backbone(directory: str | os.PathLike, params: dict) -> dict
     jaxcxr.checkpoints.CheckpointError: unreadable checkpoint, or a backbone leaf
       whose shape differs (named).
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   source = _params(load_classifier(directory))
 
   def take(path, leaf):
@@ -484,8 +485,6 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
     ValueError: `stop_at` is not a multiple of `steps_per_call`.
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   end = config.steps if stop_at is None else min(int(stop_at), config.steps)
   if end % config.steps_per_call:
     raise ValueError(f"stop_at={stop_at}: expected a multiple of steps_per_call={config.steps_per_call}")
@@ -588,10 +587,8 @@ def fit_pixel_voter(images: np.ndarray, y: np.ndarray, patients: np.ndarray, res
   Returns:
     (weight float32 (size, size), bias, C).
   """
-  from jaxcxr.models.ensemble import block_means  # pylint: disable=g-import-not-at-top
-
   x = np.asarray(block_means(jnp.asarray(prepare_images(images, resolution)), size)).reshape(len(images), -1)
-  search = _grouped_logreg(x, y, patients, "the pixel voter")
+  search = grouped_logreg(x, y, patients, "the pixel voter")
   scaler, logreg = search.best_estimator_[0], search.best_estimator_[1]
   scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
   weight = logreg.coef_[0] / scale
@@ -620,10 +617,6 @@ def assemble_ensemble(member_dirs: list[str | os.PathLike], dataset: data_lib.CX
   Raises:
     ValueError: members of different tasks, architectures, splits or data.
   """
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-  from jaxcxr.config import ClassifierEnsembleConfig  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models.ensemble import ClassifierEnsemble, set_pixel_weights  # pylint: disable=g-import-not-at-top
-
   metas = [checkpoints.read_metadata(d) for d in member_dirs]
   first = metas[0]
   for d, m in zip(member_dirs, metas):
@@ -684,74 +677,6 @@ def _voter_logits(graphdef, state, x):
 
 
 # ----------------------------------------------------------------------------- baseline
-
-
-def _pixel_features(images: np.ndarray, size: int = 32) -> np.ndarray:
-  """uint8 (N, H, W) -> float32 (N, size*size): area averages over size x size blocks, in [0, 1]."""
-  images = np.asarray(images)
-  n, h, w = images.shape
-  if h % size == 0 and w % size == 0:
-    pooled = images.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4), dtype=np.float64)
-  else:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-
-    pooled = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BOX), np.float64) for im in images])
-  return (pooled / 255.0).reshape(n, -1).astype(np.float32)
-
-
-class PixelLogreg:
-  """A fitted pixel logistic regression (`fit_pixel_logreg`): `predict_proba(images)` -> (N,) p(class 1)."""
-
-  def __init__(self, search, size: int):
-    self._search = search
-    self.size = size
-    self.C = float(search.best_params_["logisticregression__C"])
-
-  def predict_proba(self, images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W) radiographs -> float (N,) probabilities of class 1."""
-    return self._search.predict_proba(_pixel_features(images, self.size))[:, 1]
-
-
-def fit_pixel_logreg(train_ds: data_lib.CXRDataset, y: np.ndarray, size: int = 32) -> PixelLogreg:
-  """Logistic regression on size x size pixel block means, L2 strength C by grouped 5-fold CV.
-
-  Features: block means of the image (size * size values), standardised.
-  L2-penalised logistic regression (liblinear, fast when features outnumber
-  images; it penalises the intercept too, harmless on standardised features). The
-  L2 strength C is chosen from 1e-4..10 by 5-fold cross-validated AUC on the
-  training images, folds grouped by patient and stratified (scikit-learn
-  `StratifiedGroupKFold`).
-
-  Args:
-    train_ds: training images with patient ids.
-    y: (N,) binary targets of `train_ds`.
-    size: side of the pooled image.
-
-  Raises:
-    jaxcxr.data.DataError: fewer than 2 images of a class.
-  """
-  return PixelLogreg(_grouped_logreg(_pixel_features(train_ds.images, size), y, train_ds.patient_id,
-                                     "the pixel baseline"), size)
-
-
-def _grouped_logreg(x: np.ndarray, y: Any, groups: np.ndarray, what: str):
-  """Standardise + L2 logistic regression (liblinear), C from 1e-4..10 by grouped stratified 5-fold CV AUC.
-
-  Returns the fitted `GridSearchCV` (its best pipeline refitted on all of x).
-  """
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
-  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
-
-  y = np.asarray(y)
-  folds = int(min(5, np.bincount(y, minlength=2).min()))
-  if folds < 2:
-    raise data_lib.DataError(f"{what} needs at least 2 training images of each class")
-  search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000)),
-                        {"logisticregression__C": np.logspace(-4, 1, 11)},
-                        cv=StratifiedGroupKFold(folds), scoring="roc_auc")
-  return search.fit(x, y, groups=groups)
 
 
 def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDataset, task: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
 from jaxcxr import plots
 from jaxcxr import provenance as provenance_lib
@@ -251,9 +252,6 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
     jaxcxr.data.DataError: unusable data (before any compilation).
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
   """
-  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`), needed only once training runs.
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   gan_dir = pathlib.Path(gan_dir)
   generator = load_generator(gan_dir / "generator")
   discriminator = load_discriminator(gan_dir / "discriminator")

@@ -61,6 +61,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
 from jaxcxr import plots
 from jaxcxr import provenance as provenance_lib
@@ -288,9 +289,6 @@ def train_healthygan(dataset: data_lib.CXRDataset, config: HealthyganTrainConfig
     jaxcxr.data.DataError: unusable data (before any compilation).
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
   """
-  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`), needed only once training runs.
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)
   provenance = {**data_metadata(dataset), **info}

@@ -32,7 +32,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from jaxcxr import checkpoints
+from jaxcxr import config as config_lib
 from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 
@@ -286,10 +289,6 @@ def run_training_loop(*, name: str, config, state: dict[str, Any], train_call: C
     jaxcxr.checkpoints.CheckpointError: a checkpoint that cannot be read (named by path).
     FloatingPointError: non-finite metrics.
   """
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top  (orbax is heavy)
-
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   ckpt_dir = out_dir / "checkpoints"
@@ -395,8 +394,6 @@ def _config_changes(saved: Any, config) -> dict[str, tuple[Any, Any]]:
   optimizer, batch size, data handling) must be as saved, or the resumed run would continue
   another run's state under other settings.
   """
-  from jaxcxr import config as config_lib  # pylint: disable=g-import-not-at-top
-
   if not isinstance(saved, dict):
     return {}
   now = json.loads(json.dumps(config_lib.to_dict(config)))

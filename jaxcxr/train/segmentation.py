@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
 from jaxcxr import io
 from jaxcxr import metrics as metrics_lib
@@ -429,9 +430,6 @@ def train_unet(dataset: data_lib.CXRDataset, config: SegTrainConfig, out_dir: st
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
     ValueError: resuming with another split or other data than the checkpoint's.
   """
-  # jaxcxr.checkpoints imports orbax: about 0.8 s (`python -X importtime`), needed only once training runs.
-  from jaxcxr import checkpoints  # pylint: disable=g-import-not-at-top
-
   prepared = prepare_data(dataset, config)
   split, val_ds, test_ds = prepared["split"], prepared["val"], prepared["test"]
   data_sha = data_metadata(dataset).get("data_sha256")

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxcxr import checkpoints, plots
 from jaxcxr import data as data_lib
 from jaxcxr.batching import map_batches
 from jaxcxr.config import UpsamplerTrainConfig
@@ -339,8 +340,6 @@ def train_upsampler(dataset: data_lib.CXRDataset, config: UpsamplerTrainConfig, 
     ValueError: `config.generated_fraction` > 0 without a `base`, or a base whose resolution
       is not 256 / scale.
   """
-  from jaxcxr import checkpoints, plots  # pylint: disable=g-import-not-at-top
-
   if len(dataset) == 0:
     raise data_lib.DataError(f"{dataset.source or 'dataset'}: no images to train the upsampler on")
   if dataset.images.shape[1:] != (data_lib.IMAGE_SIZE, data_lib.IMAGE_SIZE):
