@@ -14,8 +14,6 @@ import contextlib
 import io
 import json
 import pathlib
-import runpy
-import sys
 
 import jax
 import numpy as np
@@ -225,15 +223,6 @@ def test_prefilter_is_latents_fit(synthetic_records, tmp_path):
   np.testing.assert_array_equal(prefilter.load_prefilter(tmp_path / "pf2").threshold, loaded.threshold)
   assert_error([*argv, "--out", tmp_path / "pf3", "--resume"], "keeps no training checkpoints")
   assert_error([*argv, "--out", tmp_path / "pf3", "--preset", "logreg2"], "unknown latent model preset")
-
-
-def test_python_m_cxr_encoder_runs_train_encoder(monkeypatch, capsys):
-  # The command the committed training state was started with stays the same command.
-  monkeypatch.delitem(sys.modules, "jaxcxr.train.cxr_encoder")     # run as a script, as `python -m` does
-  monkeypatch.setattr(sys, "argv", ["cxr_encoder", "--help"])
-  with pytest.raises(SystemExit) as exit_status:
-    runpy.run_module("jaxcxr.train.cxr_encoder", run_name="__main__")
-  assert exit_status.value.code == 0 and capsys.readouterr().out.startswith("usage: jaxcxr train encoder")
 
 
 def test_encoder_on_a_folder_of_development_archives(tmp_path):

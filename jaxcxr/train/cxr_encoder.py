@@ -42,7 +42,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -680,10 +679,3 @@ def train_cxr_encoder(dataset: data_lib.CXRDataset, config: CXREncoderTrainConfi
   return {**loop_summary(loop, config), "probes": history[-1] if history else None, "encoder": str(path.absolute()),
           "out_dir": str(out_dir), "provenance": metadata["provenance"]}
 
-
-if __name__ == "__main__":
-  # `python -m jaxcxr.train.cxr_encoder ARGS` is `jaxcxr train encoder ARGS` (docs/cli.md), kept for the runs
-  # started with it. The command line sits above the trainers, so it is imported only when run as a script.
-  from jaxcxr.cli import main  # pylint: disable=g-import-not-at-top
-
-  sys.exit(main(["train", "encoder", *sys.argv[1:]]))
