@@ -33,7 +33,8 @@ DEFERRED_IMPORTS = {
 # Reworked on another branch (issue 23, deliverable 2): its deferred imports are that branch's to move.
 NOT_CHECKED_FOR_DEFERRED_IMPORTS = {"jaxcxr/train/cxr_encoder.py"}
 # The top layer: the command line, the demo, the notebook loader. Nothing below it imports them.
-TOP_LAYER = ("jaxcxr.cli", "jaxcxr.demo", "jaxcxr.pretrained")
+# `jaxcxr.__main__` (`python -m jaxcxr`) is the command line too: it only runs `jaxcxr.cli`.
+TOP_LAYER = ("jaxcxr.cli", "jaxcxr.demo", "jaxcxr.pretrained", "jaxcxr.__main__")
 
 
 def _modules() -> dict[str, pathlib.Path]:
