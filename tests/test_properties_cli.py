@@ -462,17 +462,26 @@ def test_unknown_names_and_bad_values_are_one_error(capsys, files, argv, message
                    contains=message)
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
 @pytest.mark.parametrize("kind", ["missing", "nih", "no_pngs", "truncated_archive"])
-def test_train_encoder_refuses_a_bad_data_folder(capsys, files, kind):
-  # `train encoder --data` is a folder of the development archives, the NIH subset archive among them.
+def test_encoder_commands_refuse_a_bad_data_folder(capsys, files, kind, command):
+  # `train encoder --data` and `evaluate encoder --data` are a folder of the development archives, the NIH subset
+  # archive among them.
   folder = {"missing": files["tmp"] / "no_folder", "nih": files["nih"], "no_pngs": files["no_pngs"]}.get(kind)
   if kind == "truncated_archive":
     folder = files["tmp"] / "encoder_data"
     folder.mkdir(exist_ok=True)
     shutil.copy(files["truncated"], folder / "nih_cxr14_subset_256.npz")
-  line = assert_one_error(capsys, ["train", "encoder", "--data", folder, "--preset", "cxr_encoder_tiny", "--out",
-                                   files["tmp"] / "enc"])
+  rest = (["--preset", "cxr_encoder_tiny", "--out", files["tmp"] / "enc"] if command == "train"
+          else ["--checkpoint", ROOT / "encoder_cxr" / "encoder", "--unet", ROOT / "unet_256" / "unet"])
+  line = assert_one_error(capsys, [command, "encoder", "--data", folder, *rest])
   assert str(folder) in line
+
+
+def test_evaluate_encoder_refuses_a_missing_checkpoint(capsys, files):
+  line = assert_one_error(capsys, ["evaluate", "encoder", "--checkpoint", files["tmp"] / "no_encoder", "--data",
+                                   files["tmp"]])
+  assert "no_encoder" in line
 
 
 def test_train_ensemble_refuses_missing_members(capsys, files):
@@ -490,7 +499,8 @@ def test_every_command_is_covered():
         return
     yield " ".join(prefix)
 
-  covered = set(DATA_COMMANDS) | set(LATENT_COMMANDS) | set(GAN_COMMANDS) | {"demo", "train encoder", "train ensemble"}
+  covered = set(DATA_COMMANDS) | set(LATENT_COMMANDS) | set(GAN_COMMANDS) | {"demo", "train encoder", "evaluate encoder",
+                                                                                 "train ensemble"}
   assert set(leaves(cli.build_parser())) <= covered, set(leaves(cli.build_parser())) - covered
 
 

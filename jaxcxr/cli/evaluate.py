@@ -342,10 +342,11 @@ def human_classifier(r: dict[str, Any]) -> str:
 def run_encoder(args: argparse.Namespace) -> dict[str, Any]:
   """`evaluate encoder`: linear probes of a CXR encoder on validation patients beside the trivial baselines."""
   directory = inputs.checkpoint(args.checkpoint, checkpoints.SHIPPED_ENCODERS, "encoder")
+  log(f"loading {directory}")
+  encoder = load_cxr_encoder(directory)                    # a bad checkpoint fails before the archives load
   folder = pathlib.Path(args.data) if args.data else data.default_data_path(GAN_DATA[0]).parent
   dev = cxr_encoder.development_data(**cxr_encoder.archives_in(folder))
-  log(f"loading {directory}")
-  result = encoder_probes.evaluate_encoder(load_cxr_encoder(directory), dev.probes,
+  result = encoder_probes.evaluate_encoder(encoder, dev.probes,
                                            lung_masks=pretrained.lung_masker(args.unet, log=log), progress=log)
   out = {"checkpoint": str(directory), "data": str(folder), "split": "val (the classifier trainer's task splits)",
          "tasks": result}
