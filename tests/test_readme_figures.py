@@ -125,6 +125,12 @@ def _auc(path: str) -> list[Figure]:
   return [at(path, "roc_auc"), at(path, "roc_auc_ci95.0"), at(path, "roc_auc_ci95.1")]
 
 
+def _strongest_baseline(path: str) -> list[Figure]:
+  """The strongest trivial baseline's AUC and the paired p-value of an evaluation's "baselines" report."""
+  strongest = lambda doc: doc["baselines"]["baselines"][doc["baselines"]["strongest"]]["roc_auc"]
+  return [Figure(path, strongest), at(path, "baselines.paired_delong.p_value")]
+
+
 # Row (the first checkpoint named in it) -> where each number of its figure column comes from, in order.
 FIGURES: dict[str, list[Figure]] = {
     "gan_256": [count(GAN_SEEDS, "seeds"), *_realism(GAN_SEEDS),
@@ -168,12 +174,14 @@ FIGURES: dict[str, list[Figure]] = {
                  at(f"{C}/classifier_sex_64/evaluation_test.json", "roc_auc")],
     "fanogan_256": [*_auc(f"{FANOGAN}/evaluation_lungs_test.json"), at(f"{FANOGAN}/cv_report.json", "folds"),
                     at(f"{FANOGAN}/cv_report.json", "repeats"), at(f"{FANOGAN}/cv_report.json", "summary.lungs.mean"),
-                    at(f"{FANOGAN}/cv_report.json", "summary.lungs.sd"), at(f"{FANOGAN}/evaluation_test.json", "roc_auc")],
+                    at(f"{FANOGAN}/cv_report.json", "summary.lungs.sd"), at(f"{FANOGAN}/evaluation_test.json", "roc_auc"),
+                    *_strongest_baseline("evaluations/baselines_test_fanogan_256_lungs.json")],
     "fanogan_64": _auc(f"{C}/fanogan_64/evaluation.json"),
     "healthygan_256": [*_auc(f"{HEALTHYGAN}/evaluation_lungs_test.json"), at(f"{HEALTHYGAN}/cv_report.json", "folds"),
                        at(f"{HEALTHYGAN}/cv_report.json", "repeats"),
                        at(f"{HEALTHYGAN}/cv_report.json", "summary.lungs.mean"),
-                       at(f"{HEALTHYGAN}/cv_report.json", "summary.lungs.sd")],
+                       at(f"{HEALTHYGAN}/cv_report.json", "summary.lungs.sd"),
+                       *_strongest_baseline("evaluations/baselines_test_healthygan_256_lungs.json")],
     "healthygan_64": [*_auc(f"{C}/healthygan_64/evaluation.json"),
                       at(f"{C}/healthygan_64/evaluation.json", "seconds_per_image", 1000)],
 }
