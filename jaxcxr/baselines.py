@@ -315,6 +315,14 @@ class Baselines:
       out["pixel_logreg"] = self.pixel_logreg.predict_proba(_check_images(images, "images"))
     return out
 
+  def descriptions(self) -> dict[str, str]:
+    """Each baseline's short name for reports, keyed as `scores`: "-p25 (image)", "statistics logreg",
+    "pixel logreg 32x32"."""
+    out = {"statistic": self.statistic, "statistics_logreg": "statistics logreg"}
+    if self.pixel_logreg is not None:
+      out["pixel_logreg"] = f"pixel logreg {self.pixel_logreg.size}x{self.pixel_logreg.size}"
+    return out
+
   def describe(self) -> dict[str, Any]:
     """What was fitted, as JSON-serialisable data (for a report or a model card)."""
     order = np.argsort(-self.train_roc_auc, kind="stable")
@@ -439,7 +447,7 @@ def _evaluate(baselines: Baselines, images: Any, labels: Any, views: Any | None,
     out = {"n": int(keep.sum()), "n_positive": int(yk.sum()), "baselines": {}, "statistics": {}}
     for name, s in base.items():
       entry = _auc_entry(s[keep], yk, level) if ok else {"roc_auc": None, "roc_auc_ci95": None}
-      out["baselines"][name] = {**entry, "description": _describe(name, baselines)}
+      out["baselines"][name] = {**entry, "description": baselines.descriptions()[name]}
     for i in order:
       out["statistics"][baselines.names[i]] = {
           "roc_auc": metrics.compute_roc_auc(stats[keep, i], yk) if ok else None, "sign": int(baselines.signs[i])}
@@ -450,15 +458,6 @@ def _evaluate(baselines: Baselines, images: Any, labels: Any, views: Any | None,
   if v is not None:
     result["by_view"] = {view: report(v == view) for view in np.unique(v)}
   return result, base
-
-
-def _describe(name: str, baselines: Baselines) -> str:
-  """A baseline's short name for reports: "mean (centre)", "statistics logreg", "pixel logreg 32x32"."""
-  if name == "statistic":
-    return baselines.statistic
-  if name == "pixel_logreg" and baselines.pixel_logreg is not None:
-    return f"pixel logreg {baselines.pixel_logreg.size}x{baselines.pixel_logreg.size}"
-  return {"statistics_logreg": "statistics logreg"}.get(name, name)
 
 
 def compare_scores(scores: Any, labels: Any, baseline_scores: Mapping[str, Any], *, views: Any | None = None,
@@ -573,7 +572,7 @@ def compare_to_baselines(scores: Any, labels: Any, images: Any, train_images: An
                             pixel_size=pixel_size)
   evaluated, base = _evaluate(baselines, images, y, views, masks, level)
   result = compare_scores(scores, y, base, views=views, method=method, level=level,
-                          descriptions={n: _describe(n, baselines) for n in base})
+                          descriptions=baselines.descriptions())
   result["statistics"] = evaluated["statistics"]
   result["fitted"] = evaluated["fitted"]
   for view, entry in result.get("by_view", {}).items():

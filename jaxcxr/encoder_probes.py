@@ -96,21 +96,20 @@ def evaluate_encoder(encoder: CXREncoder, tasks: Sequence[ProbeTask], *,
       train_masks, val_masks = lung_masks(task.train_images), lung_masks(task.val_images)
     fitted = baselines.fit_baselines(task.train_images, task.train_y, masks=train_masks,
                                      patients=task.train_patients)
-    evaluated = baselines.evaluate_baselines(fitted, task.val_images, task.val_y, masks=val_masks)
     base_scores = fitted.scores(task.val_images, val_masks)
-    descriptions = {n: b["description"] for n, b in evaluated["baselines"].items()}
     entry: dict[str, Any] = {"n_train": int(len(task.train_y)), "n_val": int(len(task.val_y)),
                              "val_positives": int(np.sum(task.val_y)), "probes": {}}
     for kind in feature_sets:
       train_x = _features(encoder, task.train_images, kind, batch_size)
       val_x = _features(encoder, task.val_images, kind, batch_size)
       probe, prob = linear_probe(train_x, task.train_y, task.train_patients, val_x, task.val_y)
-      comparison = baselines.compare_scores(prob, task.val_y, base_scores, descriptions=descriptions,
+      comparison = baselines.compare_scores(prob, task.val_y, base_scores, descriptions=fitted.descriptions(),
                                             method=f"{kind} probe")
       entry["probes"][kind] = {**probe, "dimensions": int(train_x.shape[1]), "vs_baselines": comparison}
       progress(f"  {kind} probe: " + baselines.format_comparison(comparison))
-    entry["baselines"] = evaluated["baselines"]
-    entry["strongest_baseline"] = max(evaluated["baselines"], key=lambda n: evaluated["baselines"][n]["roc_auc"])
-    entry["fitted"] = evaluated["fitted"]
+    # The baselines' validation AUCs are the same in every probe's comparison (the same scores, images and labels).
+    entry["baselines"] = comparison["baselines"]
+    entry["strongest_baseline"] = comparison["strongest"]
+    entry["fitted"] = fitted.describe()
     out[task.name] = entry
   return out

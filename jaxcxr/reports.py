@@ -263,11 +263,9 @@ def _judges_vs_baselines(scorer: scoring.Scorer, dataset: data_lib.CXRDataset, r
   fitted = baselines.fit_baselines(train.images, train.label.astype(np.int64), masks=masks(train.images),
                                    patients=train.patient_id)
   base = fitted.scores(evaluated.images, masks(evaluated.images))
-  descriptions = {"statistic": fitted.statistic, "statistics_logreg": "statistics logreg",
-                  "pixel_logreg": f"pixel logreg {fitted.pixel_logreg.size}x{fitted.pixel_logreg.size}"}
   views = data_lib.views(evaluated)
   return {name: baselines.compare_scores(-real_result.scores[name][keep], evaluated.label.astype(np.int64), base,
-                                         views=views, descriptions=descriptions, method=name)
+                                         views=views, descriptions=fitted.descriptions(), method=name)
           for name in scoring.SCORE_NAMES}
 
 

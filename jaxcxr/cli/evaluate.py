@@ -40,9 +40,11 @@ def _ci_text(ci) -> str:
 
 
 def _baselines(wanted: bool | None, split: str, train: tuple[data.CXRDataset, np.ndarray] | None,
-               evaluated: data.CXRDataset, labels: np.ndarray, scores: np.ndarray, *, method: str,
-               lung_masks=None) -> dict[str, Any] | None:
+               evaluated: data.CXRDataset, labels: np.ndarray, scores: np.ndarray, *,
+               method: str) -> dict[str, Any] | None:
   """The trivial baselines beside a judge (`baselines.compare_with_training_patients`), or None when not asked.
+
+  The lung statistics use the shipped U-Net, loaded only when the baselines are computed.
 
   `wanted` None (the default) compares whenever the split has training patients to fit the baselines
   on (val and test) and both parts have 2 images of each class, and says why not otherwise; True
@@ -64,7 +66,7 @@ def _baselines(wanted: bool | None, split: str, train: tuple[data.CXRDataset, np
   log(f"trivial baselines fitted on {len(train[0])} training images, compared on the same {len(evaluated)} images")
   try:
     return baselines.compare_with_training_patients(scores, labels, evaluated, train[0], train[1],
-                                                    lung_masks=lung_masks, method=method)
+                                                    lung_masks=pretrained.lung_masker(log=log), method=method)
   except (ValueError, data.DataError) as e:
     raise UsageError(f"the trivial baselines: {e}") from e
 
@@ -170,8 +172,7 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
       result["source_only_baseline"] = anomaly.source_only_baseline(task.part("train"), test)
   train = task.part("train") if args.split in ("val", "test") else None
   result["baselines"] = _baselines(args.baselines, args.split, None if train is None else (train, train.label),
-                                   test, labels, scores, method=scorer.name,
-                                   lung_masks=pretrained.lung_masker(log=log))
+                                   test, labels, scores, method=scorer.name)
   result.update(split=args.split, checkpoint=str(source), data=str(path), lung_mask=args.lung_mask,
                 abnormal=args.abnormal)
   if args.method == "anogan":
@@ -310,7 +311,7 @@ def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
     train_keep, train_y = task_labels(chosen.train, args.task)
     train = (chosen.train.subset(train_keep), train_y[train_keep])
   result["baselines"] = _baselines(args.baselines, args.split, train, ds, y, predict_proba(model, ds.images),
-                                   method=f"{args.task} classifier", lung_masks=pretrained.lung_masker(log=log))
+                                   method=f"{args.task} classifier")
   if args.out:
     positives = np.flatnonzero(y == 1)
     if positives.size:
