@@ -18,12 +18,14 @@ for choosing, and a classifier built on the encoder reports its own test figures
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from jaxcxr import baselines
+from jaxcxr import baselines, exposure
+from jaxcxr.data import DataError
 from jaxcxr.models.cxr_encoder import CXREncoder, image_features
 from jaxcxr.train.cxr_encoder import ProbeTask, linear_probe
 
@@ -61,7 +63,7 @@ def _features(encoder: CXREncoder, images: np.ndarray, kind: str, batch_size: in
 
 def evaluate_encoder(encoder: CXREncoder, tasks: Sequence[ProbeTask], *,
                      lung_masks: Callable[[np.ndarray], np.ndarray] | None = None,
-                     feature_sets: Sequence[str] = FEATURE_SETS, batch_size: int = 64,
+                     feature_sets: Sequence[str] = FEATURE_SETS, batch_size: int = 64, exposure_region: str = "none",
                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
   """Linear probes of the encoder's features for each task, beside the trivial baselines on the same patients.
 
@@ -72,6 +74,10 @@ def evaluate_encoder(encoder: CXREncoder, tasks: Sequence[ProbeTask], *,
       baselines' lung statistics; None for whole-image and centre statistics only.
     feature_sets: some of `FEATURE_SETS`.
     batch_size: images per jitted call.
+    exposure_region: "none", or the region ("body", "lungs", "image") in which every image's histogram is
+      matched to the reference of the task's training images (`jaxcxr.exposure`) before the features and
+      the baselines see it ("lungs" needs `lung_masks`). The probes and baselines are fitted on the
+      normalised training images, so this measures a judge trained with the normalisation.
     progress: called with a line per task.
 
   Returns:
@@ -82,18 +88,30 @@ def evaluate_encoder(encoder: CXREncoder, tasks: Sequence[ProbeTask], *,
 
   Raises:
     ValueError: an unknown feature set.
-    jaxcxr.data.DataError: a task with fewer than 2 images of a class in a part.
+    jaxcxr.data.DataError: a task with fewer than 2 images of a class in a part; an unknown exposure
+      region, or "lungs" without `lung_masks`.
   """
   unknown = [f for f in feature_sets if f not in FEATURE_SETS]
   if unknown or not feature_sets:
     raise ValueError(f"evaluate_encoder: unknown feature set(s) {unknown or list(feature_sets)}; expected some of "
                      f"{FEATURE_SETS}")
+  if exposure_region not in ("none", *exposure.REGIONS):
+    raise DataError(f"evaluate_encoder: unknown exposure region {exposure_region!r}; expected none or one of "
+                    f"{', '.join(exposure.REGIONS)}")
+  if exposure_region == "lungs" and lung_masks is None:
+    raise DataError("evaluate_encoder: exposure normalisation inside the lungs needs lung_masks")
   out: dict[str, Any] = {}
   for task in tasks:
     progress(f"{task.name}: {len(task.train_y)} training and {len(task.val_y)} validation images")
     train_masks = val_masks = None
     if lung_masks is not None:
       train_masks, val_masks = lung_masks(task.train_images), lung_masks(task.val_images)
+    if exposure_region != "none":
+      region_masks = (train_masks, val_masks) if exposure_region == "lungs" else (None, None)
+      reference = exposure.fit_reference(task.train_images, region_masks[0], region=exposure_region)
+      task = dataclasses.replace(task, train_images=exposure.normalise(task.train_images, reference, region_masks[0]),
+                                 val_images=exposure.normalise(task.val_images, reference, region_masks[1]))
+      progress(f"  exposure: the {exposure_region} histograms matched to the {reference.n_images} training images'")
     fitted = baselines.fit_baselines(task.train_images, task.train_y, masks=train_masks,
                                      patients=task.train_patients)
     base_scores = fitted.scores(task.val_images, val_masks)

@@ -41,7 +41,7 @@ from jaxcxr import io as io_lib
 from jaxcxr.batching import map_batches
 from jaxcxr.models.classifier import prepare_images
 
-__all__ = ["GradCam", "grad_cam", "grad_cam_pure", "max_heat", "overlay_heatmap"]
+__all__ = ["GradCam", "grad_cam", "grad_cam_pure", "lung_evidence", "lung_share", "max_heat", "overlay_heatmap"]
 
 
 class GradCam(NamedTuple):
@@ -165,6 +165,72 @@ def max_heat(heatmaps: Any) -> np.ndarray:
   if not np.isfinite(heatmaps).all():
     raise ValueError("heatmaps contain NaN or inf")
   return heatmaps.max(axis=(1, 2)) if heatmaps.size else np.zeros((heatmaps.shape[0],), np.float32)
+
+
+def lung_share(heatmaps: Any, lung_masks: Any) -> np.ndarray:
+  """The share of each heatmap's mass that falls inside the lungs: sum(h * lungs) / sum(h).
+
+  Masks at another resolution than the maps are resized (bilinear, as area fractions), so a
+  96x96 Grad-CAM map and a 256x256 U-Net mask compare pixel for pixel. The same formula with a
+  constant map gives the lungs' share of the image: the figure a map that ignores the lungs
+  would reach by chance.
+
+  Args:
+    heatmaps: non-negative real maps (B, H, W).
+    lung_masks: (B, h, w) labels (any value > 0 is lung) or bool.
+
+  Returns:
+    float64 (B,) in [0, 1]; NaN for an all-zero map.
+
+  Raises:
+    ValueError: shapes that do not pair up, negative or non-finite maps.
+  """
+  heatmaps = np.asarray(heatmaps, np.float64)
+  masks = np.asarray(lung_masks)
+  if heatmaps.ndim != 3 or masks.ndim != 3 or len(heatmaps) != len(masks):
+    raise ValueError(f"lung_share: expected maps (B, H, W) and masks (B, h, w) of one batch, got {heatmaps.shape} "
+                     f"and {masks.shape}")
+  if not np.isfinite(heatmaps).all() or (heatmaps < 0).any():
+    raise ValueError("lung_share: heatmaps must be finite and non-negative")
+  lungs = (masks > 0).astype(np.float32)
+  if lungs.shape[1:] != heatmaps.shape[1:]:
+    lungs = np.asarray(jax.image.resize(lungs, (len(lungs), *heatmaps.shape[1:]), "linear"), np.float64)
+  total = heatmaps.sum(axis=(1, 2))
+  inside = (heatmaps * np.clip(lungs, 0.0, 1.0)).sum(axis=(1, 2))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
+
+
+def lung_evidence(model: nnx.Module, images: Any, lung_masks: Any, *, target: int = 1, seed: int = 0,
+                  bootstrap: int = 2000) -> dict[str, Any]:
+  """How much of a classifier's Grad-CAM evidence lies over the lungs, beside the lungs' share of the image.
+
+  Args:
+    model: a classifier (or ensemble) `grad_cam` accepts.
+    images: the radiographs (e.g. the true positives of a pneumonia classifier), uint8 (N, H, W).
+    lung_masks: their lung masks (N, H, W), e.g. the lung U-Net's predictions.
+    target: the class whose evidence is mapped.
+    seed, bootstrap: the percentile bootstrap over images of the mean share's 95% interval.
+
+  Returns:
+    {"n", "mean", "ci95", "median" (of `lung_share` over images with a non-empty map), "chance"
+    (the mean lungs' share of the map's area: what a map blind to the lungs reaches), "n_empty_maps"}.
+
+  Raises:
+    ValueError: no images, or as `lung_share`.
+  """
+  if len(images) == 0:
+    raise ValueError("lung_evidence: no images")
+  heat = grad_cam(model, images, target=target).heatmap
+  share = lung_share(heat, lung_masks)
+  chance = lung_share(np.ones_like(heat), lung_masks)
+  kept = share[np.isfinite(share)]
+  rng = np.random.default_rng(seed)
+  means = kept[rng.integers(0, len(kept), (bootstrap, len(kept)))].mean(axis=1) if len(kept) else np.array([np.nan])
+  return {"n": int(len(share)), "mean": float(np.mean(kept)) if len(kept) else None,
+          "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))] if len(kept) else None,
+          "median": float(np.median(kept)) if len(kept) else None, "chance": float(np.nanmean(chance)),
+          "n_empty_maps": int(len(share) - len(kept))}
 
 
 def overlay_heatmap(image_uint8: np.ndarray, heatmap: np.ndarray, path: str | os.PathLike, *,

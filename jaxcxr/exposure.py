@@ -42,12 +42,12 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from jaxcxr.data import DataError
+from jaxcxr.data import CXRDataset, DataError
 
 __all__ = [
     "BODY_FRACTION",
@@ -61,6 +61,7 @@ __all__ = [
     "lookup_tables",
     "masked_histograms",
     "normalise",
+    "normalise_like_training",
     "region_histograms",
     "transfer",
 ]
@@ -415,3 +416,38 @@ def normalise(images: Any, reference: ExposureReference, masks: Any | None = Non
   tables = np.clip(np.round(lookup_tables(images, reference, masks)), 0, 255).astype(np.uint8)
   out = np.take_along_axis(tables, images.reshape(len(images), -1).astype(np.intp), axis=1)
   return out.reshape(shape)
+
+
+def normalise_like_training(train: CXRDataset, datasets: Sequence[CXRDataset], *, region: str,
+                            lung_masks: Callable[[np.ndarray], np.ndarray] | None = None
+                            ) -> tuple[ExposureReference, list[CXRDataset]]:
+  """Every image of `datasets` (and `train`) mapped onto the reference of `train`'s normal images.
+
+  How an evaluation measures what exposure does to a judge: the reference is fitted on the
+  training patients' normals (label 0; all of `train` if it has none labelled), so no evaluated
+  image shapes it, and the same mapping is applied to the training patients (for the trivial
+  baselines fitted there) and to every evaluated set.
+
+  Args:
+    train: the training patients' images.
+    datasets: the sets to normalise with the same reference (e.g. the evaluated part, the threshold part).
+    region: "body", "lungs" or "image" (see the module docstring).
+    lung_masks: images -> lung label maps (e.g. `jaxcxr.pretrained.lung_masker()`); needed for "lungs".
+
+  Returns:
+    (reference, [normalised train] + [each normalised dataset]); lung masks, labels and metadata unchanged.
+
+  Raises:
+    jaxcxr.data.DataError: an unknown region, "lungs" without `lung_masks`, or images as `normalise` refuses.
+  """
+  if region not in REGIONS:
+    raise DataError(f"unknown exposure region {region!r}; expected one of {', '.join(REGIONS)}")
+  if region == "lungs" and lung_masks is None:
+    raise DataError("exposure normalisation inside the lungs needs a lung masker (e.g. the lung U-Net)")
+  masks_of = (lambda images: np.asarray(lung_masks(images))) if region == "lungs" else (lambda images: None)
+  normals = np.asarray(train.label) == 0
+  reference_images = train.images[normals] if normals.any() else train.images
+  reference = fit_reference(reference_images, masks_of(reference_images), region=region)
+  out = [dataclasses.replace(ds, images=normalise(ds.images, reference, masks_of(ds.images)))
+         for ds in (train, *datasets)]
+  return reference, out

@@ -170,3 +170,37 @@ def test_overlay_heatmap(tmp_path, nih):
   assert not list(tmp_path.glob("sub/.*"))   # no temporary file left behind
   with pytest.raises(ValueError, match="NaN"):
     explain.overlay_heatmap(image, np.full((4, 4), np.nan, np.float32), tmp_path / "bad.png")
+
+
+def test_lung_share_known_answers():
+  maps = np.zeros((3, 8, 8))
+  maps[0, 2:4, 2:4] = 1.0                     # all mass inside the lungs
+  maps[1, 6:8, 6:8] = 2.0                     # all mass outside
+  maps[2] = 1.0                               # uniform: the lungs' share of the area
+  masks = np.zeros((3, 8, 8), np.uint8)
+  masks[:, 1:5, 1:5] = 1
+  masks[:, 1:5, 5:7] = 2                      # any label > 0 is lung
+  np.testing.assert_allclose(explain.lung_share(maps, masks), [1.0, 0.0, 24 / 64])
+  # Masks at twice the maps' size are resized to them (each map pixel a 2x2 block of the mask).
+  np.testing.assert_allclose(explain.lung_share(maps[2:], np.kron(masks[2:], np.ones((2, 2), np.uint8))),
+                             [24 / 64], atol=0.02)
+  assert np.isnan(explain.lung_share(np.zeros((1, 8, 8)), masks[:1])[0])
+  with pytest.raises(ValueError, match="one batch"):
+    explain.lung_share(maps, masks[:2])
+  with pytest.raises(ValueError, match="non-negative"):
+    explain.lung_share(-maps, masks)
+
+
+def test_lung_evidence_of_the_pool_model():
+  x = np.zeros((2, 16, 16), np.uint8)
+  x[0, 4:8, 8:12] = 255          # the evidence of image 0 sits in feature cell (1, 2)
+  x[1, 12:16, 0:4] = 255         # that of image 1 in cell (3, 0)
+  masks = np.zeros((2, 16, 16), np.uint8)
+  masks[:, 0:12, 4:16] = 1       # lungs over image 0's square and its neighbourhood, not image 1's
+  got = explain.lung_evidence(PoolModel(2.0), x, masks, bootstrap=200)
+  share = explain.lung_share(explain.grad_cam(PoolModel(2.0), x).heatmap, masks)
+  assert share[0] > 0.9 and share[1] < 0.1
+  assert got["n"] == 2 and got["mean"] == pytest.approx(share.mean()) and got["n_empty_maps"] == 0
+  assert got["chance"] == pytest.approx(144 / 256) and got["ci95"][0] <= got["mean"] <= got["ci95"][1]
+  with pytest.raises(ValueError, match="no images"):
+    explain.lung_evidence(PoolModel(2.0), x[:0], masks[:0])

@@ -158,3 +158,40 @@ def test_bad_inputs_raise():
     exposure.normalise(images, reference.to_dict())
   with pytest.raises(ValueError, match="without any pixel"):
     exposure.histogram_quantiles(np.zeros((1, 256)), [0.5])
+
+
+def test_normalise_like_training_uses_the_training_normals_only(nih_path):
+  ds = data.load(nih_path)
+  train, evaluated = ds.subset(np.arange(12)), ds.subset(np.arange(12, 24))
+  reference, (train_out, evaluated_out) = exposure.normalise_like_training(train, [evaluated], region="body")
+  normals = train.images[train.label == 0]
+  assert 0 < len(normals) < len(train) and reference.n_images == len(normals)
+  assert reference == exposure.fit_reference(normals, region="body")
+  assert np.array_equal(evaluated_out.images, exposure.normalise(evaluated.images, reference))
+  assert np.array_equal(train_out.images, exposure.normalise(train.images, reference))
+  assert not np.array_equal(evaluated_out.images, evaluated.images)
+  assert np.array_equal(evaluated_out.label, evaluated.label) and np.array_equal(evaluated_out.patient_id,
+                                                                                evaluated.patient_id)
+  # Inside the lungs, the masker's masks decide the landmarks of every image.
+  box = np.zeros(ds.images.shape[1:], np.uint8)
+  box[64:192, 40:216] = 1
+  masker = lambda images: np.broadcast_to(box, images.shape)
+  reference, (_, lungs_out) = exposure.normalise_like_training(train, [evaluated], region="lungs", lung_masks=masker)
+  assert reference.region == "lungs"
+  assert np.array_equal(lungs_out.images, exposure.normalise(evaluated.images, reference, masker(evaluated.images)))
+  with pytest.raises(DataError, match="lung masker"):
+    exposure.normalise_like_training(train, [evaluated], region="lungs")
+  with pytest.raises(DataError, match="unknown exposure region"):
+    exposure.normalise_like_training(train, [evaluated], region="centre")
+
+
+def test_cli_exposure_needs_training_patients_and_records_the_reference(capsys, nih_path):
+  from jaxcxr import cli  # pylint: disable=g-import-not-at-top
+
+  argv = ["evaluate", "classifier", "--task", "sex", "--data", str(nih_path), "--exposure", "body"]
+  assert cli.main(argv + ["--split", "train"]) == 2
+  assert "--exposure body needs --split val or test" in capsys.readouterr().err
+  assert cli.main(argv + ["--split", "test", "--no-baselines", "--json"]) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result["exposure"] == "body" and result["exposure_reference"]["region"] == "body"
+  assert result["exposure_reference"]["n_images"] > 0

@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_anomaly.add_argument("--covid-data", help="COVID-19 archive for --abnormal covid "
                                                      "(default covid_v7lungs_256.npz in the data folder)")
   _add_baselines_arg(evaluate_anomaly, "the task's training patients")
+  _add_exposure_arg(evaluate_anomaly)
   evaluate_anomaly.add_argument("--scores", help="npz file for the per-image scores and residual maps (and the "
                                                  "threshold data's scores), e.g. for `evaluate anomaly-ensemble`")
   evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "probes use the NIH archives' classifier splits, validation patients")
   evaluate_encoder.add_argument("--out", help="folder for probes.png (each probe beside the baselines)")
   evaluate_encoder.add_argument("--unet", help="lung U-Net of the baselines' lung statistics (default: shipped)")
+  evaluate_encoder.add_argument("--exposure", choices=("none", "body", "lungs"), default="none",
+                                help="match every image's body or lung histogram to the task's training images' "
+                                     "(jaxcxr.exposure) before the probes and the baselines are fitted and scored")
   _add_json_arg(evaluate_encoder)
   evaluate_encoder.set_defaults(run="evaluate:encoder")
 
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_data_arg(evaluate_classifier)
   evaluate_classifier.add_argument("--checkpoint", help="classifier checkpoint folder (default: the shipped one)")
   _add_baselines_arg(evaluate_classifier, "the classifier's training patients")
+  _add_exposure_arg(evaluate_classifier)
   evaluate_classifier.add_argument("--out", help="folder for gradcam_overlays.png (8 positive images)")
   _add_split_arg(evaluate_classifier)
   _add_json_arg(evaluate_classifier)
@@ -407,6 +412,14 @@ def _add_baselines_arg(parser: argparse.ArgumentParser, where: str) -> None:
                       help=f"the trivial baselines (image statistics, pixel logistic regression; jaxcxr.baselines) "
                            f"fitted on {where} and compared on the same images with DeLong's paired test, per view. "
                            "Default: whenever --split is val or test; --baselines insists, --no-baselines skips")
+
+
+def _add_exposure_arg(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--exposure", choices=("none", "body", "lungs"), default="none",
+                      help="exposure normalisation before judging (jaxcxr.exposure): each image's grey levels in the "
+                           "body, or inside the shipped U-Net's lungs, matched to the training normals' reference; "
+                           "the baselines see the same images. Needs --split val or test. Default none, as every "
+                           "shipped judge chose on validation patients (evaluations/exposure_val.md)")
 
 
 def _add_json_arg(parser: argparse.ArgumentParser) -> None:

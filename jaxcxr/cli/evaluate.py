@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxcxr import (anomaly, baselines, checkpoints, data, encoder_probes, evaluation_sets, explain, pretrained,
-                    quality, reports)
+from jaxcxr import (anomaly, baselines, checkpoints, data, encoder_probes, evaluation_sets, explain, exposure,
+                    pretrained, quality, reports)
 from jaxcxr.cli import inputs
 from jaxcxr.cli.common import COVID_DATA, GAN_DATA, UsageError, log
 from jaxcxr.models import discriminator as discriminator_lib
@@ -69,6 +69,30 @@ def _baselines(wanted: bool | None, split: str, train: tuple[data.CXRDataset, np
                                                     lung_masks=pretrained.lung_masker(log=log), method=method)
   except (ValueError, data.DataError) as e:
     raise UsageError(f"the trivial baselines: {e}") from e
+
+
+def _normalise_exposure(region: str, split: str, train: data.CXRDataset | None, *datasets: data.CXRDataset
+                        ) -> tuple[dict[str, Any] | None, data.CXRDataset | None, list[data.CXRDataset]]:
+  """`--exposure REGION`: the training patients and `datasets` mapped onto the training normals' reference.
+
+  Returns (the reference's record or None, train, datasets), unchanged for "none"; a None dataset stays None.
+  """
+  if region == "none":
+    return None, train, list(datasets)
+  if train is None:
+    raise UsageError(f"--exposure {region} needs --split val or test (the reference is fitted on the training "
+                     f"patients' normals); got --split {split}")
+  masker = pretrained.lung_masker(log=log) if region == "lungs" else None
+  given = [ds for ds in datasets if ds is not None]
+  try:
+    reference, (train, *normalised) = exposure.normalise_like_training(train, given, region=region,
+                                                                       lung_masks=masker)
+  except data.DataError as e:
+    raise UsageError(f"--exposure {region}: {e}") from e
+  normalised = iter(normalised)
+  datasets = [None if ds is None else next(normalised) for ds in datasets]
+  log(f"exposure: every image's {region} histogram mapped onto the {reference.n_images} training normals' reference")
+  return reference.to_dict(), train, datasets
 
 
 def _baselines_text(report: dict[str, Any] | None) -> list[str]:
@@ -150,6 +174,9 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     path = f"{path},{covid_path}"
   task = evaluation_sets.anomaly_task(nih, covid)
   test, threshold_data = task.part(args.split), task.threshold_part(args.split)
+  train = task.part("train") if args.split in ("val", "test") else None
+  reference, train, (test, threshold_data) = _normalise_exposure(args.exposure, args.split, train, test,
+                                                                 threshold_data)
   try:
     result = anomaly.evaluate_anomaly(scorer, test, threshold_data=threshold_data, progress=True)
   except ValueError as e:
@@ -170,11 +197,10 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     if args.split in ("val", "test"):
       # The figure's reference: what the archives' look alone gives (trained on the training patients).
       result["source_only_baseline"] = anomaly.source_only_baseline(task.part("train"), test)
-  train = task.part("train") if args.split in ("val", "test") else None
   result["baselines"] = _baselines(args.baselines, args.split, None if train is None else (train, train.label),
                                    test, labels, scores, method=scorer.name)
   result.update(split=args.split, checkpoint=str(source), data=str(path), lung_mask=args.lung_mask,
-                abnormal=args.abnormal)
+                abnormal=args.abnormal, exposure=args.exposure, exposure_reference=reference)
   if args.method == "anogan":
     result.update(steps=search.steps, restarts=search.restarts, base_image=search.base_image)
   return result
@@ -299,23 +325,29 @@ def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
   paths = inputs.data_paths(args.data, *GAN_DATA)
   log(f"loading {paths} and {directory}")
   chosen = evaluation_sets.classifier_split(data.load(paths), metadata, args.split, args.task)
-  ds = chosen.dataset
+  reference, chosen_train, (ds,) = _normalise_exposure(args.exposure, args.split, chosen.train, chosen.dataset)
   threshold = float(metadata.get("threshold", 0.5))
   model = load_classifier(directory)
   result = evaluate_classifier(model, ds, args.task, threshold=threshold)
-  result.update(task=args.task, split=args.split, split_from=chosen.split_from, checkpoint=str(directory))
+  result.update(task=args.task, split=args.split, split_from=chosen.split_from, checkpoint=str(directory),
+                exposure=args.exposure, exposure_reference=reference)
   keep, y = task_labels(ds, args.task)
   ds, y = ds.subset(keep), y[keep]
   train = None
-  if chosen.train is not None:
-    train_keep, train_y = task_labels(chosen.train, args.task)
-    train = (chosen.train.subset(train_keep), train_y[train_keep])
-  result["baselines"] = _baselines(args.baselines, args.split, train, ds, y, predict_proba(model, ds.images),
-                                   method=f"{args.task} classifier")
+  if chosen_train is not None:
+    train_keep, train_y = task_labels(chosen_train, args.task)
+    train = (chosen_train.subset(train_keep), train_y[train_keep])
+  prob = predict_proba(model, ds.images)
+  result["baselines"] = _baselines(args.baselines, args.split, train, ds, y, prob, method=f"{args.task} classifier")
+  true_positives = np.flatnonzero((y == 1) & (prob >= threshold))
+  if args.task == "abnormal" and true_positives.size:
+    # Where the pneumonia evidence lies: the Grad-CAM mass over the shipped U-Net's lungs, true positives only.
+    images = ds.images[true_positives]
+    result["gradcam_lung_share"] = explain.lung_evidence(model, images, pretrained.lung_masker(log=log)(images))
   if args.out:
     positives = np.flatnonzero(y == 1)
     if positives.size:
-      prob = predict_proba(model, ds.images[positives])
+      prob = prob[positives]
       # 8 positives spread evenly over the classifier's ranking (not its 8 most confident).
       ranks = np.argsort(prob)[np.unique(np.linspace(0, positives.size - 1, 8).round().astype(int))]
       picks = positives[ranks]
@@ -335,6 +367,10 @@ def human_classifier(r: dict[str, Any]) -> str:
           f"ROC AUC {auc}, accuracy {r['accuracy']:.4f}")
   for text in _baselines_text(r.get("baselines")):
     line += "\n" + text
+  if r.get("gradcam_lung_share"):
+    g = r["gradcam_lung_share"]
+    line += (f"\n  Grad-CAM mass inside the lungs, {g['n']} true positives: {g['mean']:.3f} "
+             f"(95% CI {g['ci95'][0]:.3f}-{g['ci95'][1]:.3f}); the lungs' share of the image {g['chance']:.3f}")
   for view, value in (r.get("roc_auc_by_view") or {}).items():
     line += f"\n  {view}: ROC AUC {'n/a' if value is None else f'{value:.4f}'} (n={r['n_by_view'][view]})"
   return line
@@ -347,10 +383,13 @@ def run_encoder(args: argparse.Namespace) -> dict[str, Any]:
   encoder = load_cxr_encoder(directory)                    # a bad checkpoint fails before the archives load
   folder = pathlib.Path(args.data) if args.data else data.default_data_path(GAN_DATA[0]).parent
   dev = cxr_encoder.development_data(**cxr_encoder.archives_in(folder))
-  result = encoder_probes.evaluate_encoder(encoder, dev.probes,
-                                           lung_masks=pretrained.lung_masker(args.unet, log=log), progress=log)
+  try:
+    result = encoder_probes.evaluate_encoder(encoder, dev.probes, exposure_region=args.exposure,
+                                             lung_masks=pretrained.lung_masker(args.unet, log=log), progress=log)
+  except data.DataError as e:
+    raise UsageError(str(e)) from e
   out = {"checkpoint": str(directory), "data": str(folder), "split": "val (the classifier trainer's task splits)",
-         "tasks": result}
+         "exposure": args.exposure, "tasks": result}
   if args.out:
     name = directory.parent.name if directory.name == "encoder" else directory.name
     out["figure"] = str(reports.save_probe_figure(result, pathlib.Path(args.out) / "probes.png",
