@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_gan.add_argument("--sex-classifier", help="sex classifier for the conditioning check (default: shipped)")
   evaluate_gan.add_argument("--feature-classifier",
                             help="classifier whose features give a GAN-independent FD (default: shipped abnormal)")
-  evaluate_gan.add_argument("--no-classifiers", action="store_true", help="D features and pixel probes only")
+  evaluate_gan.add_argument("--encoder", help="CXR encoder whose embedding gives the memorisation audit's second "
+                                             "space (default: the shipped encoder_cxr)")
+  evaluate_gan.add_argument("--no-classifiers", action="store_true",
+                            help="D features and pixel probes only (no classifier, no encoder space in the audit)")
   _add_json_arg(evaluate_gan)
   evaluate_gan.set_defaults(run="evaluate:gan")
 

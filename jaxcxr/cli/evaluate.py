@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import pathlib
 from typing import Any
 
@@ -22,7 +23,7 @@ from jaxcxr.cli.common import COVID_DATA, GAN_DATA, UsageError, log
 from jaxcxr.models import discriminator as discriminator_lib
 from jaxcxr.models import generator as generator_lib
 from jaxcxr.models.classifier import load_classifier, predict_proba
-from jaxcxr.models.cxr_encoder import load_cxr_encoder
+from jaxcxr.models.cxr_encoder import embed_images, load_cxr_encoder
 from jaxcxr.models.unet import load_unet, predict_masks
 from jaxcxr.train import cxr_encoder
 from jaxcxr.train.anomaly_cv import cross_validate_anomaly
@@ -107,6 +108,8 @@ def run_gan(args: argparse.Namespace) -> dict[str, Any]:
   """`evaluate gan`: realism figures against real normal test images, FD, conditioning probes."""
   if args.n_per_group <= 0:
     raise UsageError(f"--n-per-group must be positive, got {args.n_per_group}")
+  if args.encoder and args.no_classifiers:
+    raise UsageError("--encoder and --no-classifiers: the latter leaves out every learned judge, the encoder too")
   root = pathlib.Path(args.checkpoint) if args.checkpoint else checkpoints.shipped_checkpoint(
       *checkpoints.SHIPPED_GENERATORS).parent
   path = inputs.data_paths(args.data, *GAN_DATA)
@@ -130,10 +133,27 @@ def run_gan(args: argparse.Namespace) -> dict[str, Any]:
       continue
     log(f"loading {role.replace('_', ' ')} {directory}")
     classifiers[role] = load_classifier(directory)
+  features, encoder_dir = None, None
+  if not args.no_classifiers:
+    try:
+      encoder_dir = inputs.checkpoint(args.encoder, checkpoints.SHIPPED_ENCODERS, "encoder")
+    except checkpoints.CheckpointError:
+      log("no shipped CXR encoder: the memorisation audit is in pixels only")
+  if encoder_dir is not None:
+    log(f"memorisation audit also in the embedding of {encoder_dir}")
+    features = functools.partial(_unit_embeddings, load_cxr_encoder(encoder_dir))
   result = quality.evaluate_gan(generator, discriminator, dataset, seed=args.seed, n_per_group=args.n_per_group,
                                 test_normals=images.test_normals, train_normals=images.train_normals,
-                                training_set=images.training_set, closest_pairs_path=args.pairs, **classifiers)
-  return {"checkpoint": str(root), "data": str(path), **result}
+                                training_set=images.training_set, closest_pairs_path=args.pairs,
+                                memorisation_features=features, **classifiers)
+  return {"checkpoint": str(root), "data": str(path), "memorisation_encoder": None if encoder_dir is None
+          else str(encoder_dir), **result}
+
+
+def _unit_embeddings(encoder, images: np.ndarray) -> np.ndarray:
+  """The encoder's embeddings scaled to unit length: the audit's feature distance is then a chord of cosines."""
+  x = embed_images(encoder, images)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def human_gan(r: dict[str, Any]) -> str:
