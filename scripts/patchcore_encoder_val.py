@@ -3,9 +3,10 @@
     JAXCXR_DATA=... python scripts/patchcore_encoder_val.py OUT_JSON [PHASE]
 
 PHASE "stages" (default): every stage set x {lungs, whole image} x {raw, exposure-normalised}
-at coreset fraction 0.1; PHASE "coreset": fractions 0.01, 0.03, 0.1, 0.25, 1.0 at the stage set,
-region and exposure named by the environment variables STAGES (comma-separated), LUNGS (1/0),
-EXPOSURE (1/0). Bank from the standard split's training normals (NIH subset + extra, pneumonia
+at coreset fraction 0.1 (no whole-image run of the 32x32 stage1 grid: its coreset takes too long
+here); PHASE "coreset": fractions 0.01, 0.03, 0.1, 0.25, 1.0 (or the comma-separated FRACTIONS)
+at the stage set, region and exposure named by the environment variables STAGES
+(comma-separated), LUNGS (1/0), EXPOSURE (1/0); SEED sets the coreset's seed (default 0). Bank from the standard split's training normals (NIH subset + extra, pneumonia
 task); scores on its validation patients, each beside the trivial baselines fitted on the training
 patients (lung statistics from unet_256), as `jaxcxr evaluate anomaly --split val` does.
 """
@@ -53,6 +54,7 @@ normal_masks = train_masks[train.label == 0]
 reference = exposure.fit_reference(normals.images)
 encoder = load_cxr_encoder(checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_ENCODERS))
 STAGES = ("stage1", "stage2", "stage3", "stage4")
+SEED = int(os.environ.get("SEED", "0"))      # the coreset's seed
 
 
 def features(images):
@@ -77,7 +79,7 @@ def concat(stage_feats, names):
 def run(names, lungs, exp, fraction):
   f_train, f_val = concat(feats[exp]["train"], names), concat(feats[exp]["val"], names)
   t = time.perf_counter()
-  model = fit_patchcore(lambda x: f_train, normals.images, coreset_fraction=fraction,
+  model = fit_patchcore(lambda x: f_train, normals.images, coreset_fraction=fraction, seed=SEED,
                         masks=normal_masks if lungs else None)
   fit_s = time.perf_counter() - t
   model.features_fn = lambda x: f_val
@@ -87,7 +89,7 @@ def run(names, lungs, exp, fraction):
   cmp = baselines.compare_scores(scores, val.label, base, views=data.views(val), descriptions=descriptions,
                                  method="patchcore")
   d = cmp["paired_delong"]
-  return {"stages": list(names), "lungs": lungs, "exposure": exp, "coreset_fraction": fraction,
+  return {"stages": list(names), "lungs": lungs, "exposure": exp, "coreset_fraction": fraction, "seed": SEED,
           "grid": list(model.grid), "bank": list(model.memory_bank.shape),
           "bank_mb": model.memory_bank.nbytes / 2**20, "fit_seconds": fit_s, "score_seconds": score_s,
           **auc_with_interval(scores, val.label.astype(int)),
@@ -104,17 +106,19 @@ if phase == "stages":
 else:
   names = tuple(os.environ["STAGES"].split(","))
   lungs, exp = os.environ["LUNGS"] == "1", os.environ["EXPOSURE"] == "1"
-  grid = [(names, lungs, exp, f) for f in (0.01, 0.03, 0.1, 0.25, 1.0)]
+  fractions = os.environ.get("FRACTIONS", "0.01,0.03,0.1,0.25,1.0")
+  grid = [(names, lungs, exp, float(f)) for f in fractions.split(",")]
 
 results = json.load(open(out_path))["runs"] if os.path.exists(out_path) else []
-done = {(tuple(r["stages"]), r["lungs"], r["exposure"], r["coreset_fraction"]) for r in results}
+done = {(tuple(r["stages"]), r["lungs"], r["exposure"], r["coreset_fraction"], r.get("seed", 0)) for r in results}
 for setting in grid:
-  if setting in done:
+  if (*setting, SEED) in done:
     continue
   if "stage1" in setting[0] and not setting[1]:
     continue          # 32x32 over the whole image: 4x the patches of 16x16, the coreset alone takes many minutes
   r = run(*setting)
-  print(f"{'+'.join(r['stages']):>14} lungs={int(r['lungs'])} exp={int(r['exposure'])} f={r['coreset_fraction']}: "
+  print(f"{'+'.join(r['stages']):>14} lungs={int(r['lungs'])} exp={int(r['exposure'])} f={r['coreset_fraction']} "
+        f"seed={SEED}: "
         f"AUC {r['roc_auc']:.3f} [{r['roc_auc_ci95'][0]:.2f}, {r['roc_auc_ci95'][1]:.2f}] "
         f"AP {r['by_view'].get('AP', float('nan')):.3f} PA {r['by_view'].get('PA', float('nan')):.3f} vs "
         f"{r['strongest']} {r['strongest_auc']:.3f} p={r['p_value']:.3g}; bank {r['bank']} "

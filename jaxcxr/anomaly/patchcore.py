@@ -376,8 +376,8 @@ def fit_patchcore(features_fn: FeaturesFn, normal_images, *, coreset_fraction: f
 
 
 def fit_encoder_patchcore(directory: str | os.PathLike, encoder_dir: str | os.PathLike, normal_images, *,
-                          stages: tuple[str, ...] = ("stage2", "stage3"), normalise_exposure: bool = False,
-                          masks=None, coreset_fraction: float = 0.1, seed: int = 0,
+                          stages: tuple[str, ...] = ("stage1",), normalise_exposure: bool = False,
+                          masks=None, coreset_fraction: float = 0.01, seed: int = 0,
                           metadata: dict | None = None) -> PatchCore:
   """PatchCore on the CXR encoder's patch features of training normals, written to `directory`.
 
@@ -391,6 +391,10 @@ def fit_encoder_patchcore(directory: str | os.PathLike, encoder_dir: str | os.Pa
       on these images (`jaxcxr.exposure.fit_reference`, region "body") before the encoder.
     masks: optional lung label maps of the images: only lung patches enter the bank.
     coreset_fraction, seed: as `fit_patchcore`.
+
+    The defaults (stage1, coreset fraction 0.01, no exposure normalisation; with lung masks) are
+    the setting chosen on the pneumonia task's validation patients with the shipped encoder
+    (`checkpoints/patchcore_encoder_cxr/MODEL_CARD.md`).
     metadata: JSON-serialisable entries stored beside the extractor's record (e.g. the data).
 
   Returns:

@@ -342,11 +342,12 @@ def _add_train_parsers(commands) -> None:
                                "patients `evaluate anomaly` holds out are never in it)")
   patchcore.add_argument("--encoder", help="the CXR encoder checkpoint whose patch features fill the bank (default: "
                                            "the shipped checkpoints/encoder_cxr/encoder)")
-  patchcore.add_argument("--stages", default="stage2,stage3",
-                         help="encoder stages, comma-separated, concatenated on the finest grid (default "
-                              "stage2,stage3: 16x16x192 at the shipped encoder)")
-  patchcore.add_argument("--coreset-fraction", type=float, default=0.1,
-                         help="share of the patches kept by the greedy k-center coreset, in (0, 1] (default 0.1)")
+  patchcore.add_argument("--stages", default="stage1",
+                         help="encoder stages, comma-separated, concatenated on the finest grid (default stage1: "
+                              "32x32x32 at the shipped encoder, chosen on validation patients)")
+  patchcore.add_argument("--coreset-fraction", type=float, default=0.01,
+                         help="share of the patches kept by the greedy k-center coreset, in (0, 1] (default 0.01, "
+                              "chosen on validation patients)")
   patchcore.add_argument("--lung-mask", action=argparse.BooleanOptionalAction, default=True,
                          help="only lung patches enter the bank (default; `evaluate anomaly` scores inside the lungs "
                               "too); --no-lung-mask keeps every patch")

@@ -268,8 +268,9 @@ def run_patchcore(args: argparse.Namespace) -> dict[str, Any]:
     unet_dir = inputs.checkpoint(args.unet, checkpoints.SHIPPED_UNETS, "unet")
     log(f"lung patches only: masks from {unet_dir}")
     masks = predict_masks(load_unet(unet_dir), normals.images)
-  metadata = {"data": paths, "split": args.split, "task": "pneumonia", "n_normal_images": len(normals),
-              "unet": None if unet_dir is None else str(unet_dir)}
+  metadata = {"data": [pathlib.Path(p).name for p in paths.split(",")], "split": args.split, "task": "pneumonia",
+              "n_normal_images": len(normals),
+              "unet_model_id": None if unet_dir is None else checkpoints.model_id(unet_dir)}
   try:
     model = patchcore.fit_encoder_patchcore(out, encoder_dir, normals.images, stages=stages,
                                             normalise_exposure=args.exposure, masks=masks,
