@@ -6,7 +6,8 @@ PHASE "stages" (default): every stage set x {lungs, whole image} x {raw, exposur
 at coreset fraction 0.1 (no whole-image run of the 32x32 stage1 grid: its coreset takes too long
 here); PHASE "coreset": fractions 0.01, 0.03, 0.1, 0.25, 1.0 (or the comma-separated FRACTIONS)
 at the stage set, region and exposure named by the environment variables STAGES
-(comma-separated), LUNGS (1/0), EXPOSURE (1/0); SEED sets the coreset's seed (default 0). Bank from the standard split's training normals (NIH subset + extra, pneumonia
+(comma-separated), LUNGS (1/0), EXPOSURE (1/0); SEED sets the coreset's seed (default 0).
+Bank from the standard split's training normals (NIH subset + extra, pneumonia
 task); scores on its validation patients, each beside the trivial baselines fitted on the training
 patients (lung statistics from unet_256), as `jaxcxr evaluate anomaly --split val` does.
 """
