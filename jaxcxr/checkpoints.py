@@ -736,6 +736,8 @@ SHIPPED_FANOGAN_ENCODERS = ("fanogan_256/encoder", "fanogan_64/encoder")
 SHIPPED_HEALTHYGAN_TRANSLATORS = ("healthygan_256/translator", "healthygan_64/translator")
 # Cascade pre-filters (base-image score predictors with thresholds; each names its generator's id).
 SHIPPED_CASCADE_PREFILTERS = ("cascade_prefilter_gan_256",)
+# PatchCore memory banks (`jaxcxr.anomaly.patchcore`): folders with patchcore.json, not model checkpoints.
+SHIPPED_PATCHCORE = ("patchcore_encoder_cxr",)
 
 # The package a non-editable install (`pip install .`, a wheel) carries the default models in: the source
 # folder `checkpoints/` under this name (setup.py), holding only the folders below (pyproject.toml's package

@@ -61,8 +61,8 @@ from jaxcxr.prefilter import cascade
 __all__ = ["ANOMALY_LUNG_MASK", "ANOMALY_METHODS", "MODEL_NAMES", "Fanogan", "NormalGan", "Pretrained",
            "anomaly_scorer", "load_pretrained", "lung_masker"]
 
-# The anomaly methods `anomaly_scorer` builds: AnoGAN latent search, f-AnoGAN, HealthyGAN.
-ANOMALY_METHODS: tuple[str, ...] = ("anogan", "fanogan", "healthygan")
+# The anomaly methods `anomaly_scorer` builds: AnoGAN latent search, f-AnoGAN, HealthyGAN, PatchCore.
+ANOMALY_METHODS: tuple[str, ...] = ("anogan", "fanogan", "healthygan", "patchcore")
 # Score the residual inside the lungs: the setting every shipped anomaly model's card chose on validation patients
 # (whole image vs lungs on independent patients: 0.557 vs 0.703 for f-AnoGAN, 0.681 vs 0.789 for HealthyGAN).
 ANOMALY_LUNG_MASK = True
@@ -345,9 +345,12 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
     checkpoint: "anogan": a normal-only GAN folder (`generator/`, `discriminator/`);
       "fanogan": an encoder checkpoint (its GAN is found by model id, `anomaly.load_fanogan`);
       "healthygan": a translator checkpoint. The encoder's and translator's model folders are
-      accepted too (`checkpoints.model_folder`). Default: the shipped one, best first.
-    lung_mask: score the residual inside the lungs (`anomaly.LungMaskedScorer`), the setting
-      every shipped anomaly card chose on validation (default); False scores the whole image.
+      accepted too (`checkpoints.model_folder`); "patchcore": a memory-bank folder
+      (`jaxcxr train patchcore`'s OUT; its encoder is read from its record). Default: the
+      shipped one, best first.
+    lung_mask: score the residual inside the lungs (`anomaly.LungMaskedScorer`; PatchCore: its
+      largest lung-patch distance), the setting every shipped anomaly card chose on validation
+      (default); False scores the whole image.
     unet: the lung U-Net checkpoint of the mask (default the shipped one).
     batch_size: images per compiled call.
     search: AnoGAN's `anomaly.LatentSearchConfig` (default `LatentSearchConfig()`); AnoGAN only.
@@ -380,10 +383,23 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
     directory = _given_or_shipped(checkpoint, "encoder", checkpoints.SHIPPED_FANOGAN_ENCODERS)
     log(f"loading f-AnoGAN encoder {directory} and its GAN")
     scorer = anomaly.FanoganScorer(*anomaly.load_fanogan(directory), batch_size=batch_size)
-  else:
+  elif method == "healthygan":
     directory = _given_or_shipped(checkpoint, "translator", checkpoints.SHIPPED_HEALTHYGAN_TRANSLATORS)
     log(f"loading HealthyGAN translator {directory}")
     scorer = anomaly.HealthyganScorer(load_translator(directory), batch_size=batch_size)
+  else:
+    directory = _patchcore_folder(checkpoint)
+    log(f"loading PatchCore memory bank {directory} and its encoder")
+    try:
+      model = anomaly.load_patchcore(directory)
+    except ValueError as e:
+      raise checkpoints.CheckpointError(str(e)) from e
+    unet_model = None
+    if lung_mask:
+      unet_dir = _given_or_shipped(unet, "unet", checkpoints.SHIPPED_UNETS)
+      log(f"scoring the lung patches of {unet_dir}'s masks")
+      unet_model = load_unet(unet_dir)
+    return anomaly.PatchcoreScorer(model, unet_model, batch_size=batch_size), directory
   if lung_mask:
     unet_dir = _given_or_shipped(unet, "unet", checkpoints.SHIPPED_UNETS)
     log(f"scoring the residual inside the lungs of {unet_dir}")
@@ -400,6 +416,19 @@ def lung_masker(unet: str | os.PathLike | None = None, *, log: Callable[[str], N
   unet_dir = _given_or_shipped(unet, "unet", checkpoints.SHIPPED_UNETS)
   log(f"lung masks of the baselines' statistics from {unet_dir}")
   return functools.partial(predict_masks, load_unet(unet_dir))
+
+
+def _patchcore_folder(directory: str | os.PathLike | None) -> pathlib.Path:
+  """A given PatchCore folder, else the first shipped one (`checkpoints.SHIPPED_PATCHCORE`) with a patchcore.json."""
+  if directory:
+    return pathlib.Path(directory)
+  root = checkpoints.checkpoints_root()
+  for name in checkpoints.SHIPPED_PATCHCORE:
+    if (root / name / "patchcore.json").is_file():
+      return root / name
+  raise checkpoints.CheckpointError(f"{root}: no shipped PatchCore memory bank among "
+                                    f"{', '.join(checkpoints.SHIPPED_PATCHCORE)}; pass --checkpoint DIR "
+                                    "(`jaxcxr train patchcore`'s OUT)")
 
 
 def _given_or_shipped(directory: str | os.PathLike | None, kind: str, shipped: tuple[str, ...]) -> pathlib.Path:

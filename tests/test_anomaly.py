@@ -188,6 +188,8 @@ def test_result_shapes_and_ranges(batch_result):
   assert np.isfinite(r.score).all()
   np.testing.assert_array_equal(r.score, r.restart_scores[:, 0])
   np.testing.assert_array_equal(r.steps_run, SEARCH.steps)   # early stopping off: every step runs
+  np.testing.assert_array_equal(r.scale, 1.0)                # no intensity affine: a = 1, b = 0 exactly
+  np.testing.assert_array_equal(r.offset, 0.0)
 
 
 def test_score_is_the_weighted_residual_and_feature_scores(batch_result):
@@ -228,6 +230,28 @@ def test_alone_equals_in_batch_and_restarts_never_worsen(models, queries, batch_
   reconstruction = np.asarray(generate(models[0], z_all[best:best + 1], cond[i:i + 1]))[0]
   residual = np.abs(images[i, :, :, None] / 127.5 - 1.0 - reconstruction)
   np.testing.assert_allclose(result.residual[0], residual, atol=1e-5)
+
+
+def test_intensity_affine_explains_exposure_and_contrast(models, queries, batch_result):
+  del batch_result                                          # compiled the batch-8 search (the flag is traced)
+  images, cond = queries
+  # The generated queries dimmed and flattened: x' = 0.7 x - 0.2 in signed space, stored as uint8.
+  signed = images.astype(np.float32) / 127.5 - 1.0
+  changed = images.copy()
+  changed[:N_GENERATED] = data.to_uint8(0.7 * signed[:N_GENERATED] - 0.2, signed=True)
+  plain = to_numpy(anomaly.search_latents(*models, changed, cond, search_key(), SEARCH))
+  affine = to_numpy(anomaly.search_latents(*models, changed, cond, search_key(),
+                                           dataclasses.replace(SEARCH, intensity_affine=True)))
+  generated = slice(0, N_GENERATED)
+  # The plain search pays for the exposure change; the affine search recovers it and scores low again.
+  assert (affine.score[generated] < 0.5 * plain.score[generated]).all(), (affine.score, plain.score)
+  np.testing.assert_allclose(affine.scale[generated], 0.7, atol=0.15)
+  np.testing.assert_allclose(affine.offset[generated], -0.2, atol=0.15)
+  # Its residual is |x - (a G(z*) + b)|.
+  fake = np.asarray(generate(models[0], affine.z, cond))
+  expected = np.abs(changed[..., None] / 127.5 - 1.0 - (affine.scale[:, None, None, None] * fake
+                                                        + affine.offset[:, None, None, None]))
+  np.testing.assert_allclose(affine.residual, expected, atol=1e-4)
 
 
 def test_early_stopping_freezes_converged_problems(models, queries, batch_result):

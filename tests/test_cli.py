@@ -374,11 +374,12 @@ def test_report_scoring_writes_figures_and_tables(capsys, nih_path, tmp_path):
 def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_path):
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
                            "all", "--steps", "3", "--batch-size", "8", "--base-image", "--restarts", "2", "--out",
-                           str(tmp_path), "--whole-image", "--json")
+                           str(tmp_path), "--whole-image", "--intensity-affine", "--early-stop-tol", "0.001", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
   assert result["base_image"] and result["restarts"] == 2 and not result["lung_mask"]
+  assert result["intensity_affine"] and result["early_stop_tol"] == 0.001
   assert set(result["components"]) == {"residual_score", "feature_score"}
   assert all(0 <= c["roc_auc"] <= 1 for c in result["components"].values())
   assert 0 <= result["roc_auc"] <= 1 and result["seconds_per_image"] > 0
@@ -477,6 +478,8 @@ def test_evaluate_anomaly_cv_command(capsys, nih_path, tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "anomaly", "--method", "fanogan", "--steps", "3"], "set the AnoGAN search"),
     (["evaluate", "anomaly", "--method", "healthygan", "--base-image"], "set the AnoGAN search"),
+    (["evaluate", "anomaly", "--method", "patchcore", "--intensity-affine"], "set the AnoGAN search"),
+    (["evaluate", "anomaly", "--method", "anogan", "--early-stop-tol", "-1"], "--early-stop-tol must be >= 0"),
     (["evaluate", "anomaly", "--method", "anogan", "--restarts", "0"], "--restarts must be >= 1"),
     (["evaluate", "anomaly", "--method", "anogan", "--steps", "0"],
      "--steps must be positive"),

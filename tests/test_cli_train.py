@@ -33,6 +33,7 @@ from jaxcxr.prefilter.cascade import load_cascade_prefilter
 
 from conftest import COVID_FIXTURE, NIH_FIXTURE, SAMPLING_GROUP
 from test_fanogan import random_gan, save_gan
+from test_patchcore import save_tiny_encoder
 
 NIH = str(NIH_FIXTURE)
 SCORING = checkpoints.checkpoints_root() / "scoring_256"
@@ -209,6 +210,28 @@ def test_healthygan(tmp_path):
   assert code == 0, err
   assert result["steps"] == 4 and (result["n_mixed"], result["n_normal"]) == (24, 12)
   assert load_translator(result["translator"]).config == config.healthygan_tiny().translator
+
+
+def test_patchcore_bank_is_fitted_then_evaluated_from_its_folder(tmp_path):
+  encoder = save_tiny_encoder(tmp_path / "encoder")
+  argv = ["patchcore", "--data", NIH, "--encoder", encoder, "--stages", "stage2", "--no-lung-mask", "--split", "all",
+          "--coreset-fraction", "0.5"]
+  code, result, err = train(*argv, "--out", tmp_path / "pc")
+  assert code == 0, err
+  # The fixture's 12 normal images, 4x4 patches of 16 channels each, half of them kept.
+  assert result["n_images"] == 12 and result["grid"] == [4, 4] and result["memory_bank"] == [96, 16]
+  assert not result["masked"] and not result["exposure"]
+  assert_error([*argv, "--out", tmp_path / "pc"], "pass --overwrite")
+  assert_error([*argv, "--out", tmp_path / "pc2", "--resume"], "keeps no training checkpoints")
+  assert_error([*argv, "--out", tmp_path / "pc2", "--stages", "stage9"], "stages")
+  assert_error([*argv, "--out", tmp_path / "pc2", "--coreset-fraction", "0"], "--coreset-fraction")
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = cli.main(["evaluate", "anomaly", "--method", "patchcore", "--checkpoint", str(tmp_path / "pc"), "--data",
+                     NIH, "--split", "all", "--whole-image", "--json"])
+  assert code == 0, err.getvalue()
+  report = json.loads(out.getvalue())
+  assert report["method"] == "patchcore" and report["n"] == 24 and 0.0 <= report["roc_auc"] <= 1.0
 
 
 def test_prefilter_is_latents_fit(synthetic_records, tmp_path):

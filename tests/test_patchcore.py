@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcxr import data
+from jaxcxr import checkpoints, data
 from jaxcxr.anomaly import evaluate_anomaly
-from jaxcxr.anomaly.patchcore import (PatchcoreScorer, coreset_indices, cxr_encoder_features, fit_patchcore,
-                                      load_patchcore, save_patchcore, unet_encoder_features)
+from jaxcxr.anomaly.patchcore import (PatchcoreScorer, coreset_indices, cxr_encoder_features, encoder_extractor,
+                                      fit_encoder_patchcore, fit_patchcore, load_patchcore, save_patchcore,
+                                      unet_encoder_features)
+from jaxcxr.models.cxr_encoder import CXREncoder, CXREncoderConfig
+
+TINY_ENCODER = CXREncoderConfig(resolution=32, patch=4, channels=(8, 16, 32), blocks=(1, 1, 1), norm_groups=4)
 
 P = 4   # pixels per patch side of the test extractor
 
@@ -26,6 +32,12 @@ def normals(n=6, side=32, seed=0) -> np.ndarray:
   """Mid-grey images with a little noise."""
   rng = np.random.default_rng(seed)
   return np.clip(120 + rng.normal(0, 4, (n, side, side)), 0, 255).astype(np.uint8)
+
+
+def save_tiny_encoder(directory, seed=0, overwrite=False):
+  """A randomly initialised 32 px CXR encoder saved as a checkpoint (stage2: 4x4x16, stage3: 2x2x32)."""
+  return checkpoints.save_model(directory, CXREncoder(TINY_ENCODER, rngs=nnx.Rngs(seed)), TINY_ENCODER,
+                                overwrite=overwrite)
 
 
 def covering_radius(points: np.ndarray, chosen: np.ndarray) -> float:
@@ -152,7 +164,6 @@ def test_scorer_in_evaluate_anomaly():
 
 def test_feature_extractors_give_patch_grids():
   from jaxcxr.config import UNetConfig
-  from jaxcxr.models.cxr_encoder import CXREncoder, CXREncoderConfig
   from jaxcxr.models.unet import UNet
 
   images = normals(3, side=64)
@@ -168,3 +179,40 @@ def test_feature_extractors_give_patch_grids():
   assert maps.shape == (3, 64, 64) and (scores >= 0).all()
   with pytest.raises(ValueError, match="levels"):
     unet_encoder_features(unet, (3,))
+
+
+def test_encoder_bank_reloads_its_extractor_from_the_folder(tmp_path):
+  encoder_dir = save_tiny_encoder(tmp_path / "encoder")
+  train, plain = normals(6, side=64), normals(3, side=64, seed=9)
+  query = plain.copy()
+  query[0, 20:40, 20:40] = 250
+  loaded = {}
+  for normalise in (False, True):
+    out = tmp_path / f"bank{int(normalise)}"
+    model = fit_encoder_patchcore(out, encoder_dir, train, stages=("stage2", "stage3"), normalise_exposure=normalise,
+                                  coreset_fraction=0.5, metadata={"data": "fixture"})
+    loaded[normalise] = load_patchcore(out)                 # no features_fn: rebuilt from the folder's record
+    assert loaded[normalise].grid == (4, 4) and loaded[normalise].memory_bank.shape == (48, 48)
+    for a, b in zip(model.score(query), loaded[normalise].score(query)):
+      np.testing.assert_array_equal(a, b)
+    record = json.loads((out / "patchcore.json").read_text())["metadata"]
+    assert record["data"] == "fixture" and (record["extractor"]["exposure"] is not None) == normalise
+  # Exposure normalisation is applied to the queries: a brighter copy of an image scores nearly as the image itself.
+  brighter = (plain + 40).astype(np.uint8)                 # mid-grey noise: no clipping
+  shift = lambda bank: np.abs(bank.score(brighter)[0] - bank.score(plain)[0]).max()
+  assert shift(loaded[True]) < 0.05 * shift(loaded[False])
+
+
+def test_encoder_bank_refuses_another_encoder_and_bad_stages(tmp_path):
+  encoder_dir = save_tiny_encoder(tmp_path / "encoder")
+  fit_encoder_patchcore(tmp_path / "bank", encoder_dir, normals(4, side=32), stages=("stage3",), coreset_fraction=1.0)
+  save_tiny_encoder(tmp_path / "encoder", seed=1, overwrite=True)     # other weights at the recorded path
+  with pytest.raises(checkpoints.CheckpointError, match="rebuild the bank"):
+    load_patchcore(tmp_path / "bank")
+  with pytest.raises(ValueError, match="stages"):
+    fit_encoder_patchcore(tmp_path / "b2", encoder_dir, normals(4, side=32), stages=("stage7",))
+  with pytest.raises(ValueError, match="stage names"):
+    encoder_extractor(encoder_dir, ("embedding",))
+  save_patchcore(tmp_path / "plain", fit_patchcore(pixel_patches, normals()))
+  with pytest.raises(ValueError, match="records no feature extractor"):
+    load_patchcore(tmp_path / "plain")

@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import jaxcxr
@@ -206,6 +207,20 @@ def test_anomaly_scorer_scores_inside_the_lungs_unless_asked_not_to():
     pretrained.anomaly_scorer("vae")
   with pytest.raises(ValueError, match="AnoGAN"):
     pretrained.anomaly_scorer("healthygan", folder, search=anomaly.LatentSearchConfig())
+
+
+@pytest.mark.skipif(not (SHIPPED / "patchcore_encoder_cxr" / "patchcore.json").exists(),
+                    reason="the shipped patchcore_encoder_cxr is not there")
+def test_anomaly_scorer_loads_the_shipped_patchcore_bank_with_its_encoder():
+  from jaxcxr import anomaly, pretrained  # pylint: disable=g-import-not-at-top
+
+  scorer, folder = pretrained.anomaly_scorer("patchcore", lung_mask=False, batch_size=4)
+  assert folder == SHIPPED / "patchcore_encoder_cxr"
+  assert isinstance(scorer, anomaly.PatchcoreScorer) and scorer.unet is None
+  assert scorer.patchcore.grid == (32, 32) and scorer.patchcore.settings["masked"]
+  images = np.full((2, 256, 256), 120, np.uint8)
+  scores, maps = scorer.patchcore.score(images)
+  assert scores.shape == (2,) and maps.shape == (2, 256, 256) and np.isfinite(scores).all()
 
 
 @needs_shipped

@@ -109,6 +109,7 @@ DATA_COMMANDS = {
                       "{tmp}/run_fanogan"],
     "train healthygan": ["train", "healthygan", "--data", "{data}", "--preset", "healthygan_tiny", "--out",
                          "{tmp}/run_healthygan"],
+    "train patchcore": ["train", "patchcore", "--data", "{data}", "--out", "{tmp}/run_patchcore"],
     "evaluate gan": ["evaluate", "gan", "--data", "{data}", "--no-classifiers"],
     "evaluate anomaly-cv": ["evaluate", "anomaly-cv", "--method", "healthygan", "--data", "{data}", "--out",
                             "{tmp}/cv"],

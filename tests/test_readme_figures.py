@@ -110,6 +110,7 @@ TABLE = "benchmarks/results/latents_table_gan256_{}/rows.json"
 LEVELS = f"{C}/scoring_256/report_standard/report.json"
 FANOGAN, HEALTHYGAN = f"{C}/fanogan_256", f"{C}/healthygan_256"
 ENCODER = f"{C}/encoder_cxr/evaluation_val.json"
+PATCHCORE = f"{C}/patchcore_encoder_cxr"
 
 
 def _realism(path: str) -> list[Figure]:
@@ -184,6 +185,9 @@ FIGURES: dict[str, list[Figure]] = {
                        *_strongest_baseline("evaluations/baselines_test_healthygan_256_lungs.json")],
     "healthygan_64": [*_auc(f"{C}/healthygan_64/evaluation.json"),
                       at(f"{C}/healthygan_64/evaluation.json", "seconds_per_image", 1000)],
+    "patchcore_encoder_cxr": [at(f"{PATCHCORE}/evaluation_val.json", "roc_auc"),
+                              *_auc(f"{PATCHCORE}/evaluation_test.json"),
+                              *_strongest_baseline(f"{PATCHCORE}/evaluation_test.json")],
 }
 
 

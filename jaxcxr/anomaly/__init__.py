@@ -8,7 +8,8 @@ Each method is a module of its name, holding its scoring, its loader and its sco
 * `fanogan`: f-AnoGAN, an encoder inverting the GAN (`fanogan_scores`; `load_fanogan`).
 * `healthygan`: HealthyGAN, translation to a healthy image (`healthygan_scores`; `load_translator`).
 * `patchcore`: PatchCore, a memory bank of normal patch features scored by nearest-neighbour
-  distance (`fit_patchcore`, `PatchCore.score`; `load_patchcore`).
+  distance (`fit_patchcore`, `PatchCore.score`; `load_patchcore`; on the CXR encoder,
+  `fit_encoder_patchcore`, the shipped `checkpoints/patchcore_encoder_cxr`).
 * `scorer`: the scorer interface and lung-masked residual scores, shared by the three.
 * `evaluate`: ROC AUCs, thresholds and ensembles on labelled radiographs, and score files.
 
@@ -30,8 +31,9 @@ from jaxcxr.anomaly.anogan import (AnoganScorer, AnomalyScores, LatentSearchConf
 from jaxcxr.anomaly.fanogan import (FanoganScorer, FanoganScores, fanogan_loss, fanogan_scores, load_fanogan,
                                     normal_condition)
 from jaxcxr.anomaly.healthygan import HealthyganScorer, HealthyganScores, healthygan_scores, load_translator
-from jaxcxr.anomaly.patchcore import (PatchCore, PatchcoreScorer, coreset_indices, cxr_encoder_features, fit_patchcore,
-                                      load_patchcore, save_patchcore, unet_encoder_features)
+from jaxcxr.anomaly.patchcore import (PatchCore, PatchcoreScorer, coreset_indices, cxr_encoder_features,
+                                      fit_encoder_patchcore, fit_patchcore, load_patchcore, save_patchcore,
+                                      unet_encoder_features)
 from jaxcxr.anomaly.scorer import METHODS, AbstractAnomalyScorer, LungMaskedScorer, lung_residual_scores
 
 # Public name of `evaluate`: imported on first access by `__getattr__`.
@@ -57,6 +59,7 @@ __all__ = [
     "cxr_encoder_features",
     "fanogan_loss",
     "fanogan_scores",
+    "fit_encoder_patchcore",
     "fit_patchcore",
     "healthygan_scores",
     "initial_latents",

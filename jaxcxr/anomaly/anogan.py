@@ -8,7 +8,10 @@ minimises over the latent z
 
 with Adam, where f is `Discriminator.features` (the final 4x4 feature map, an
 intermediate discriminator layer as in the original) and l = 0.1. The final loss
-is the anomaly score and |x - G(z*, c)| the residual map.
+is the anomaly score and |x - G(z*, c)| the residual map. With
+`LatentSearchConfig.intensity_affine`, G(z, c) stands for a * G(z, c) + b, a per-image
+intensity affine fitted jointly with z in the same steps (the query's exposure and
+contrast are then not counted as anomaly).
 
 Mirrors the reference AnoGAN procedure (500 Adam steps per image from a random z)
 but runs it as one jitted `lax.scan` over the steps, with every (image, restart)
@@ -71,8 +74,8 @@ __all__ = [
 class LatentSearchConfig:
   """AnoGAN latent search: loss, optimiser, restarts and early stopping (defaults from Schlegl et al. 2017).
 
-  Only `steps`, `restarts`, `early_stop_window` and `dtype` shape the compiled search; the
-  other settings are traced scalars, so changing them does not recompile.
+  Only `steps`, `restarts`, `early_stop_window`, `dtype` and `base_image` shape the compiled
+  search; the other settings are traced scalars, so changing them does not recompile.
   """
 
   # Adam steps per problem (the original: 500).
@@ -106,6 +109,12 @@ class LatentSearchConfig:
   # step skips the upsampler: on the shipped gan_256_normal about 20x cheaper on a CPU.
   # Static (one compile per value). For a single-stage generator both are the same.
   base_image: bool = False
+  # Fit a per-image intensity affine (a, b) jointly with z, by the same Adam steps from a = 1,
+  # b = 0: the loss and the residual compare x with a * G(z) + b, so a query's exposure and
+  # contrast (which the normal GAN reproduces only as far as its training images vary) are not
+  # counted as anomaly. Traced: switching it does not recompile (off, the updates of a and b
+  # are zero and the search is the plain one).
+  intensity_affine: bool = False
 
   def __post_init__(self):
     if self.steps <= 0 or self.restarts <= 0 or self.early_stop_window <= 0:
@@ -141,6 +150,8 @@ class LatentSearchResult(NamedTuple):
     residual_score: float32 (B,), mean|x - G(z*)|: the AnoGAN paper's residual score R(x).
     feature_score: float32 (B,), mean|f(x) - f(G(z*))|: its discrimination score D(x).
       `score` = (1 - l) * residual_score + l * feature_score.
+    scale, offset: float32 (B,), the best restart's intensity affine (a, b): G(z*) above
+      stands for a * G(z*) + b (1 and 0 unless `LatentSearchConfig.intensity_affine`).
   """
 
   z: jax.Array
@@ -151,6 +162,8 @@ class LatentSearchResult(NamedTuple):
   restart_scores: jax.Array
   residual_score: jax.Array
   feature_score: jax.Array
+  scale: jax.Array
+  offset: jax.Array
 
 
 class AnomalyScores(NamedTuple):
@@ -275,15 +288,23 @@ def _hyperparameters(config: LatentSearchConfig) -> dict[str, jax.Array]:
   clip = np.inf if config.clip_latent is None else config.clip_latent
   return {name: jnp.float32(value) for name, value in (
       ("feature_weight", config.feature_weight), ("learning_rate", config.learning_rate),
-      ("early_stop_tol", tol), ("clip_latent", clip))}
+      ("early_stop_tol", tol), ("clip_latent", clip), ("intensity_affine", float(config.intensity_affine)))}
 
 
-def _problem_losses(render, discriminator: Discriminator, x, fx, c, z, lam) -> jax.Array:
+def _affine(fake: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
+  """a * G + b per problem: fake (N, H, W, 1), scale and offset (N,)."""
+  return scale[:, None, None, None] * fake + offset[:, None, None, None]
+
+
+def _problem_losses(render, discriminator: Discriminator, x, fx, c, z, lam, scale=None, offset=None) -> jax.Array:
   """Per problem, L(z) = (1 - l) * mean|x - G(z, c)| + l * mean|f(x) - f(G(z, c))|: (N, D) -> (N,).
 
-  `render` is G (or its base image), `fx` the precomputed features f(x), `lam` l.
+  `render` is G (or its base image), `fx` the precomputed features f(x), `lam` l; with `scale`
+  and `offset` (N,), G stands for a * G + b (the intensity affine).
   """
   fake = render(z, c)                                                # (N, H, W, 1) float32
+  if scale is not None:
+    fake = _affine(fake, scale, offset)
   pixel = jnp.abs(x - fake).mean(axis=(1, 2, 3))
   feature = jnp.abs(fx - discriminator.features(fake)).mean(axis=(1, 2, 3))
   return (1.0 - lam) * pixel + lam * feature
@@ -321,18 +342,21 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
   lam = hyper["feature_weight"]
   render = generator.base_image if base else generator
 
-  def total_loss(z):                                                 # (N, D) -> scalar, (N,)
-    losses = _problem_losses(render, discriminator, x, fx, c, z, lam)
+  def total_loss(params):                                            # (z (N, D), a (N,), b (N,)) -> scalar, (N,)
+    z, scale, offset = params
+    losses = _problem_losses(render, discriminator, x, fx, c, z, lam, scale, offset)
     # The sum, not the mean: each problem's gradient is its own, whatever N is.
     return losses.sum(), losses
 
   tx = optax.adam(hyper["learning_rate"])
 
   def step(carry, t):
-    z, opt_state, stopped, history, steps_run = carry
+    params, opt_state, stopped, history, steps_run = carry
     # All problems at once: chunking them (`batching.in_chunks`) was 1.12x faster on one CPU core but
     # 1.4x slower on two (benchmarks/README.md), small 64x64 chunks leave the second core idle.
-    (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(z)
+    (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
+    # Without the intensity affine its gradients are zero: Adam then leaves a = 1 and b = 0 exactly.
+    grads = (grads[0], grads[1] * hyper["intensity_affine"], grads[2] * hyper["intensity_affine"])
     # Early stopping: history[t % W] holds the loss of W steps ago (inf before step W, and a
     # tolerance of -inf disables it: neither ever stops a problem).
     stopped = stopped | (history[t % window] - losses < hyper["early_stop_tol"])
@@ -340,21 +364,23 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
     # optax's Adam mixes a Python float with an int32 count: fine under standard promotion, an
     # error under strict promotion (a trace-time setting).
     with jax.numpy_dtype_promotion("standard"):
-      updates, new_opt_state = tx.update(grads, opt_state, z)
-    new_z = jnp.clip(optax.apply_updates(z, updates), -hyper["clip_latent"], hyper["clip_latent"])
-    # A stopped problem keeps its z and its Adam moments; shapes stay static. The extra last
+      updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    new_params = (jnp.clip(new_params[0], -hyper["clip_latent"], hyper["clip_latent"]), *new_params[1:])
+    # A stopped problem keeps its z, a, b and its Adam moments; shapes stay static. The extra last
     # iteration (t == steps) only evaluates the final loss.
     active = ~stopped & (t < steps)
-    z = jnp.where(active[:, None], new_z, z)
+    params = _mask_tree(active, new_params, params)
     opt_state = _mask_tree(active, new_opt_state, opt_state)
-    return (z, opt_state, stopped, history, steps_run + active.astype(jnp.int32)), losses
+    return (params, opt_state, stopped, history, steps_run + active.astype(jnp.int32)), losses
 
-  z = z0.reshape(n, d)
+  params = (z0.reshape(n, d), jnp.ones((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
   history = jnp.full((window, n), jnp.inf, jnp.float32)
-  carry = (z, tx.init(z), jnp.zeros((n,), bool), history, jnp.zeros((n,), jnp.int32))
+  carry = (params, tx.init(params), jnp.zeros((n,), bool), history, jnp.zeros((n,), jnp.int32))
   # steps + 1 iterations: the last one's loss is L(z_final), so the final loss needs no second
   # copy of the G + D graph to compile (one wasted gradient in steps + 1).
-  (z, _, _, _, steps_run), trace = jax.lax.scan(step, carry, jnp.arange(steps + 1, dtype=jnp.int32))
+  ((z, scale, offset), _, _, _, steps_run), trace = jax.lax.scan(step, carry,
+                                                                 jnp.arange(steps + 1, dtype=jnp.int32))
   final = trace[steps].reshape(b, r)                                 # (B, R)
   best = jnp.argmin(final, axis=1)                                   # (B,); ties -> lowest restart
 
@@ -365,7 +391,8 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
 
   z3 = z.reshape(b, r, d)
   z_best = pick(z3)
-  best_fake = render(z_best, cond)
+  scale_best, offset_best = pick(scale.reshape(b, r)), pick(offset.reshape(b, r))
+  best_fake = _affine(render(z_best, cond), scale_best, offset_best)
   result = LatentSearchResult(
       z=z_best,
       score=pick(final),
@@ -374,7 +401,8 @@ def _search(g_graphdef, d_graphdef, g_state, d_state, images, cond, z0, hyper, *
       steps_run=pick(steps_run.reshape(b, r)),
       restart_scores=final,
       residual_score=jnp.abs(images - best_fake).mean(axis=(1, 2, 3)),
-      feature_score=jnp.abs(discriminator.features(images) - discriminator.features(best_fake)).mean(axis=(1, 2, 3)))
+      feature_score=jnp.abs(discriminator.features(images) - discriminator.features(best_fake)).mean(axis=(1, 2, 3)),
+      scale=scale_best, offset=offset_best)
   return z3, trace[:steps].reshape(steps, b, r), result
 
 

@@ -9,11 +9,17 @@ lung masks are given); the per-pixel map is the patch scores upsampled bilinearl
 image and blurred with a Gaussian (sigma 4 pixels, as the paper).
 
 * `fit_patchcore`: the memory bank of training normals (`PatchCore`).
+* `fit_encoder_patchcore`: the same on the CXR encoder's features, written to a folder that
+  `load_patchcore` reads with no further argument (`jaxcxr train patchcore`).
 * `PatchCore.score`: (image scores (N,), maps (N, H, W)); jitted per batch over `map_batches`.
 * `coreset_indices`: the greedy k-center coreset in JAX.
-* `save_patchcore` / `load_patchcore`: the bank as a folder (`memory_bank.npz`, `patchcore.json`).
+* `save_patchcore` / `load_patchcore`: the bank as a folder (`memory_bank.npz`, `patchcore.json`);
+  a bank built on the CXR encoder records its extractor (`encoder_extractor`), so `load_patchcore`
+  rebuilds the `features_fn` itself.
 * `cxr_encoder_features`, `unet_encoder_features`: `features_fn`s from the self-supervised CXR
   encoder (`jaxcxr.models.cxr_encoder`) and from the lung U-Net's encoder.
+* `encoder_extractor`, `extractor_features`: the CXR encoder's `features_fn` as JSON-serialisable
+  data (encoder checkpoint and model id, stages, optional exposure reference) and back.
 * `PatchcoreScorer`: the method for `jaxcxr.anomaly.evaluate_anomaly`.
 
 The image score is the plain maximum over patches. The paper reweights it by the softmax of
@@ -42,10 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcxr import data, io
+from jaxcxr import checkpoints, data, exposure, io
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer
 from jaxcxr.batching import map_batches
-from jaxcxr.models.cxr_encoder import image_features
+from jaxcxr.models.cxr_encoder import image_features, load_cxr_encoder
 from jaxcxr.models.unet import predict_masks
 
 __all__ = [
@@ -54,6 +60,9 @@ __all__ = [
     "aggregate_patches",
     "coreset_indices",
     "cxr_encoder_features",
+    "encoder_extractor",
+    "extractor_features",
+    "fit_encoder_patchcore",
     "fit_patchcore",
     "load_patchcore",
     "nearest_distances",
@@ -366,6 +375,43 @@ def fit_patchcore(features_fn: FeaturesFn, normal_images, *, coreset_fraction: f
   return PatchCore(features_fn, np.ascontiguousarray(patches, np.float32), grid, settings)
 
 
+def fit_encoder_patchcore(directory: str | os.PathLike, encoder_dir: str | os.PathLike, normal_images, *,
+                          stages: tuple[str, ...] = ("stage1",), normalise_exposure: bool = False,
+                          masks=None, coreset_fraction: float = 0.01, seed: int = 0,
+                          metadata: dict | None = None) -> PatchCore:
+  """PatchCore on the CXR encoder's patch features of training normals, written to `directory`.
+
+  Args:
+    directory: the folder to write (`save_patchcore`); `load_patchcore(directory)` rebuilds the
+      extractor from its record.
+    encoder_dir: the CXR encoder checkpoint (e.g. `checkpoints/encoder_cxr/encoder`).
+    normal_images: uint8 (N, H, W) normal training radiographs (or a `data.CXRDataset` of them).
+    stages: the encoder stages concatenated on the finest grid (`cxr_encoder_features`).
+    normalise_exposure: map every image (these and the queries) to an exposure reference fitted
+      on these images (`jaxcxr.exposure.fit_reference`, region "body") before the encoder.
+    masks: optional lung label maps of the images: only lung patches enter the bank.
+    coreset_fraction, seed: as `fit_patchcore`.
+
+    The defaults (stage1, coreset fraction 0.01, no exposure normalisation; with lung masks) are
+    the setting chosen on the pneumonia task's validation patients with the shipped encoder
+    (`checkpoints/patchcore_encoder_cxr/MODEL_CARD.md`).
+    metadata: JSON-serialisable entries stored beside the extractor's record (e.g. the data).
+
+  Returns:
+    The fitted `PatchCore`.
+
+  Raises:
+    ValueError: as `fit_patchcore` and `extractor_features`.
+    jaxcxr.checkpoints.CheckpointError: encoder_dir is not a model checkpoint.
+  """
+  images = _check_images(normal_images, "fit_encoder_patchcore")
+  reference = exposure.fit_reference(images) if normalise_exposure and len(images) else None
+  record = encoder_extractor(encoder_dir, stages, reference)
+  model = fit_patchcore(extractor_features(record), images, coreset_fraction=coreset_fraction, seed=seed, masks=masks)
+  save_patchcore(directory, model, metadata={**(metadata or {}), "extractor": record})
+  return model
+
+
 def save_patchcore(directory: str | os.PathLike, model: PatchCore, *, metadata: dict | None = None) -> pathlib.Path:
   """Writes the memory bank (`memory_bank.npz`) and its settings (`patchcore.json`) to a folder, each atomically.
 
@@ -384,11 +430,18 @@ def save_patchcore(directory: str | os.PathLike, model: PatchCore, *, metadata: 
   return directory
 
 
-def load_patchcore(directory: str | os.PathLike, features_fn: FeaturesFn) -> PatchCore:
-  """Reads a folder written by `save_patchcore`; `features_fn` must be the extractor the bank was built with.
+def load_patchcore(directory: str | os.PathLike, features_fn: FeaturesFn | None = None) -> PatchCore:
+  """Reads a folder written by `save_patchcore`.
+
+  Args:
+    directory: the folder.
+    features_fn: the extractor the bank was built with; None rebuilds it from the folder's
+      record (`metadata["extractor"]`, written for banks on the CXR encoder: `encoder_extractor`).
 
   Raises:
-    ValueError: a missing or unreadable folder, another format, or a bank that is not (M > 0, C).
+    ValueError: a missing or unreadable folder, another format, a bank that is not (M > 0, C),
+      or no features_fn for a folder that records no extractor.
+    jaxcxr.checkpoints.CheckpointError: a recorded encoder that is missing or has other weights.
   """
   directory = pathlib.Path(directory)
   try:
@@ -400,6 +453,12 @@ def load_patchcore(directory: str | os.PathLike, features_fn: FeaturesFn) -> Pat
   if info.get("format") != _FORMAT or bank.ndim != 2 or len(bank) == 0:
     raise ValueError(f"load_patchcore: {directory}: format {info.get('format')!r}, bank shape {bank.shape}; "
                      f"expected {_FORMAT!r} and a non-empty (M, C) bank")
+  if features_fn is None:
+    record = (info.get("metadata") or {}).get("extractor")
+    if record is None:
+      raise ValueError(f"load_patchcore: {directory} records no feature extractor; pass the features_fn the bank "
+                       "was built with")
+    features_fn = extractor_features(record)
   return PatchCore(features_fn, bank, tuple(info["grid"]), dict(info["settings"]))
 
 
@@ -436,6 +495,64 @@ def cxr_encoder_features(encoder, names: tuple[str, ...] = ("stage2", "stage3"),
     return _concat_on_grid([out[n] for n in names])
 
   return features_fn
+
+
+def encoder_extractor(encoder_dir: str | os.PathLike, stages: tuple[str, ...] = ("stage2", "stage3"),
+                      reference: exposure.ExposureReference | None = None) -> dict:
+  """The CXR encoder's `features_fn` as a JSON record (for `save_patchcore`'s metadata "extractor").
+
+  Args:
+    encoder_dir: the encoder checkpoint (e.g. `checkpoints/encoder_cxr/encoder`); stored relative to
+      the checkpoints root when it lies under it, so the record survives a move of the checkout.
+    stages: the encoder's stage outputs, concatenated on the finest grid (`cxr_encoder_features`).
+    reference: an exposure reference (`jaxcxr.exposure.fit_reference`) the images are normalised
+      to before the encoder, or None for the raw images.
+
+  Returns:
+    {"kind": "cxr_encoder", "checkpoint", "model_id", "stages", "exposure" (the reference's
+    `to_dict`, or None)}.
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: encoder_dir is not a model checkpoint.
+    ValueError: no stage, or "embedding" among them.
+  """
+  stages = tuple(stages)
+  if not stages or "embedding" in stages:
+    raise ValueError(f"encoder_extractor: expected stage names, got {stages}")
+  directory = pathlib.Path(encoder_dir).resolve()
+  model_id = checkpoints.model_id(directory)
+  root = checkpoints.checkpoints_root().resolve()
+  where = directory.relative_to(root).as_posix() if directory.is_relative_to(root) else str(directory)
+  return {"kind": "cxr_encoder", "checkpoint": where, "model_id": model_id, "stages": list(stages),
+          "exposure": None if reference is None else reference.to_dict()}
+
+
+def extractor_features(record: dict, *, batch_size: int = 64) -> FeaturesFn:
+  """The `features_fn` an `encoder_extractor` record describes: encoder loaded and checked by model id.
+
+  Raises:
+    ValueError: a record of another kind, or stages the encoder does not have.
+    jaxcxr.checkpoints.CheckpointError: the encoder is missing, or its weights are not the recorded ones.
+    jaxcxr.data.DataError: an invalid exposure reference.
+  """
+  if not isinstance(record, dict) or record.get("kind") != "cxr_encoder":
+    raise ValueError(f"extractor_features: expected a record of encoder_extractor, got {record!r:.200}")
+  path = pathlib.Path(record["checkpoint"])
+  directory = path if path.is_absolute() else checkpoints.checkpoints_root() / path
+  found = checkpoints.model_id(directory)
+  if found != record["model_id"]:
+    raise checkpoints.CheckpointError(f"{directory}: encoder weights {found}, but the memory bank was built on "
+                                      f"{record['model_id']}; rebuild the bank (`jaxcxr train patchcore`)")
+  encoder = load_cxr_encoder(directory)
+  stages = tuple(record["stages"])
+  known = tuple(encoder.config.feature_shapes())
+  if not stages or not set(stages) <= set(known):
+    raise ValueError(f"extractor_features: stages {stages}; the encoder has {known}")
+  features_fn = cxr_encoder_features(encoder, stages, batch_size=batch_size)
+  if record.get("exposure") is None:
+    return features_fn
+  reference = exposure.ExposureReference.from_dict(record["exposure"])
+  return lambda images: features_fn(exposure.normalise(images, reference))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "levels"))

@@ -29,11 +29,14 @@ PREFILTER_INPUTS = ("auto", "z", "base")
 # `jaxcxr train` subcommands -> the family of `jaxcxr.config.FAMILIES` whose presets and help line they take;
 # None where the trainer takes no train config (its help line is in `UNCONFIGURED_HELP`).
 TRAIN_COMMANDS = {"gan": "gan", "upsampler": "upsampler", "unet": "unet", "classifier": "classifier",
-                  "ensemble": None, "fanogan": "fanogan", "healthygan": "healthygan", "prefilter": None,
+                  "ensemble": None, "fanogan": "fanogan", "healthygan": "healthygan", "patchcore": None,
+                  "prefilter": None,
                   "cascade-prefilter": "cascade_prefilter", "encoder": "cxr_encoder"}
 UNCONFIGURED_HELP = {
     "ensemble": "join trained classifiers of one task into a soft-vote ensemble with a pixel voter (no preset: "
                 "it trains no network)",
+    "patchcore": "a PatchCore memory bank of the CXR encoder's patch features of the pneumonia task's training "
+                 "normals (no preset: it trains no network)",
     "prefilter": "a latent pre-filter of one age-sex group, a classifier of z and its threshold (the command "
                  "`latents fit`; --preset names the classifier)",
 }
@@ -124,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_segmentation.set_defaults(run="evaluate:segmentation")
 
   evaluate_anomaly = evaluate_commands.add_parser("anomaly", help="normal vs abnormal by an anomaly score")
-  evaluate_anomaly.add_argument("--method", choices=("anogan", "fanogan", "healthygan"), required=True)
+  evaluate_anomaly.add_argument("--method", choices=("anogan", "fanogan", "healthygan", "patchcore"), required=True)
   _add_data_arg(evaluate_anomaly)
   evaluate_anomaly.add_argument("--steps", type=int, help="AnoGAN search steps (default 500)")
   evaluate_anomaly.add_argument("--checkpoint", help="normal GAN folder (anogan), encoder (fanogan) or translator "
-                                "(healthygan) checkpoint; default: the shipped one")
+                                "(healthygan) checkpoint, or memory-bank folder (patchcore, `train patchcore`'s OUT); "
+                                "default: the shipped one")
   evaluate_anomaly.add_argument("--batch-size", type=int, default=64)
   evaluate_anomaly.add_argument("--seed", type=int, default=0, help="AnoGAN random starts")
   evaluate_anomaly.add_argument("--restarts", type=int, default=1, help="AnoGAN random starts per image (best kept)")
@@ -142,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_anomaly.add_argument("--base-image", action="store_true",
                                 help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal) instead of "
                                      "its output")
+  evaluate_anomaly.add_argument("--intensity-affine", action="store_true",
+                                help="AnoGAN: fit a per-image intensity affine a * G(z) + b jointly with z, so the "
+                                     "residual leaves out what exposure and contrast explain")
+  evaluate_anomaly.add_argument("--early-stop-tol", type=float,
+                                help="AnoGAN: stop an image's search once its loss fell by less than TOL over the "
+                                     "last 20 steps (default: every step runs)")
   evaluate_anomaly.add_argument("--abnormal", choices=("pneumonia", "covid"), default="pneumonia",
                                 help="abnormal images: NIH pneumonias (default), or the COVID-19 archive against NIH "
                                      "normals (a second task; source alone separates those archives)")
@@ -334,6 +344,33 @@ def _add_train_parsers(commands) -> None:
                                 "(the patients `evaluate anomaly` holds out)")
   _add_preset_arg(healthygan, "healthygan", None)
   _add_run_args(healthygan, split=True)
+
+  patchcore = add("patchcore")
+  _add_gan_data_arg(patchcore, "; the bank holds the normal images of the pneumonia task's standard split (the "
+                               "patients `evaluate anomaly` holds out are never in it)")
+  patchcore.add_argument("--encoder", help="the CXR encoder checkpoint whose patch features fill the bank (default: "
+                                           "the shipped checkpoints/encoder_cxr/encoder)")
+  patchcore.add_argument("--stages", default="stage1",
+                         help="encoder stages, comma-separated, concatenated on the finest grid (default stage1: "
+                              "32x32x32 at the shipped encoder, chosen on validation patients)")
+  patchcore.add_argument("--coreset-fraction", type=float, default=0.01,
+                         help="share of the patches kept by the greedy k-center coreset, in (0, 1] (default 0.01, "
+                              "chosen on validation patients)")
+  patchcore.add_argument("--lung-mask", action=argparse.BooleanOptionalAction, default=True,
+                         help="only lung patches enter the bank (default; `evaluate anomaly` scores inside the lungs "
+                              "too); --no-lung-mask keeps every patch")
+  patchcore.add_argument("--unet", help="lung U-Net of the masks (default: the shipped unet_256)")
+  patchcore.add_argument("--exposure", action=argparse.BooleanOptionalAction, default=False,
+                         help="histogram-standardise every image to a reference fitted on the bank's normals before "
+                              "the encoder (jaxcxr.exposure; default off, chosen on validation patients)")
+  patchcore.add_argument("--split", choices=("train", "all"), default="train",
+                         help="normal images of the standard split's train patients (default) or of all patients")
+  patchcore.add_argument("--seed", type=int, default=0, help="seed of the coreset's first patch and projection")
+  patchcore.add_argument("--out", required=True, help="folder for the bank (memory_bank.npz, patchcore.json)")
+  patchcore.add_argument("--overwrite", action="store_true", help="replace an existing bank in OUT")
+  patchcore.add_argument("--resume", action="store_true",
+                         help="refused: the bank is built in one pass and keeps no training checkpoints")
+  _add_json_arg(patchcore)
 
   prefilter = add("prefilter")
   _add_prefilter_fit_args(prefilter, ("--preset", "--model"))

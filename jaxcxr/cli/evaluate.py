@@ -166,16 +166,20 @@ def human_gan(r: dict[str, Any]) -> str:
 
 def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   """`evaluate anomaly`: normal vs abnormal by a method's anomaly score (`anomaly.evaluate_anomaly`)."""
-  if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image):
-    raise UsageError("--steps, --restarts and --base-image set the AnoGAN search; f-AnoGAN and HealthyGAN score in "
-                     "one pass")
+  if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image
+                                  or args.intensity_affine or args.early_stop_tol is not None):
+    raise UsageError("--steps, --restarts, --base-image, --intensity-affine and --early-stop-tol set the AnoGAN "
+                     "search; the other methods score in one pass")
+  if args.early_stop_tol is not None and not args.early_stop_tol >= 0:
+    raise UsageError(f"--early-stop-tol must be >= 0, got {args.early_stop_tol}")
   if args.restarts < 1:
     raise UsageError(f"--restarts must be >= 1, got {args.restarts}")
   if args.batch_size <= 0:
     raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   search = None
   if args.method == "anogan":
-    search = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image)
+    search = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image,
+                                        intensity_affine=args.intensity_affine, early_stop_tol=args.early_stop_tol)
     if args.steps is not None:
       if args.steps <= 0:
         raise UsageError(f"--steps must be positive, got {args.steps}")
@@ -222,7 +226,8 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   result.update(split=args.split, checkpoint=str(source), data=str(path), lung_mask=args.lung_mask,
                 abnormal=args.abnormal, exposure=args.exposure, exposure_reference=reference)
   if args.method == "anogan":
-    result.update(steps=search.steps, restarts=search.restarts, base_image=search.base_image)
+    result.update(steps=search.steps, restarts=search.restarts, base_image=search.base_image,
+                  intensity_affine=search.intensity_affine, early_stop_tol=search.early_stop_tol)
   return result
 
 

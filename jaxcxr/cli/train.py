@@ -20,10 +20,12 @@ from flax import nnx
 
 from jaxcxr import checkpoints, data, evaluation_sets, io
 from jaxcxr import config as config_lib
+from jaxcxr.anomaly import patchcore
 from jaxcxr.cli import inputs
 from jaxcxr.cli.common import COVID_DATA, GAN_DATA, NIH_DATA, UsageError, log
 from jaxcxr.models import discriminator as discriminator_lib
 from jaxcxr.models import generator as generator_lib
+from jaxcxr.models.unet import load_unet, predict_masks
 from jaxcxr.models.upsampler import Upsampler, load_upsampler
 from jaxcxr.train import classifier as classifier_trainer
 from jaxcxr.train import cxr_encoder as encoder_trainer
@@ -244,6 +246,50 @@ def human_healthygan(r: dict[str, Any]) -> str:
           f"({r['n_normal']} normal); translator: {r['translator']}")
 
 
+def run_patchcore(args: argparse.Namespace) -> dict[str, Any]:
+  """`train patchcore`: a PatchCore memory bank of the CXR encoder's patch features of the pneumonia task's normals."""
+  if args.resume:
+    raise UsageError("train patchcore keeps no training checkpoints (it builds the memory bank in one pass): run it "
+                     "again without --resume (--overwrite replaces OUT)")
+  if not 0.0 < args.coreset_fraction <= 1.0:
+    raise UsageError(f"--coreset-fraction must be in (0, 1], got {args.coreset_fraction}")
+  stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+  out = pathlib.Path(args.out)
+  if (out / "patchcore.json").exists() and not args.overwrite:
+    raise FileExistsError(f"{out / 'patchcore.json'}: exists; pass --overwrite to replace it")
+  encoder_dir = inputs.checkpoint(args.encoder, checkpoints.SHIPPED_ENCODERS, "encoder")
+  paths = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {paths}")
+  normals = evaluation_sets.anomaly_task(data.load(paths)).part(args.split).select(label=0)
+  which = "all patients" if args.split == "all" else "the standard split's train patients"
+  log(f"memory bank of {len(normals)} normal images ({which} of the pneumonia task), encoder {encoder_dir}")
+  masks, unet_dir = None, None
+  if args.lung_mask:
+    unet_dir = inputs.checkpoint(args.unet, checkpoints.SHIPPED_UNETS, "unet")
+    log(f"lung patches only: masks from {unet_dir}")
+    masks = predict_masks(load_unet(unet_dir), normals.images)
+  metadata = {"data": [pathlib.Path(p).name for p in paths.split(",")], "split": args.split, "task": "pneumonia",
+              "n_normal_images": len(normals),
+              "unet_model_id": None if unet_dir is None else checkpoints.model_id(unet_dir)}
+  try:
+    model = patchcore.fit_encoder_patchcore(out, encoder_dir, normals.images, stages=stages,
+                                            normalise_exposure=args.exposure, masks=masks,
+                                            coreset_fraction=args.coreset_fraction, seed=args.seed, metadata=metadata)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  return io.to_json_safe({"patchcore": str(out), "encoder": str(encoder_dir), "stages": list(stages),
+                          "exposure": args.exposure, "lung_mask": args.lung_mask, "grid": list(model.grid),
+                          "memory_bank": list(model.memory_bank.shape), **model.settings})
+
+
+def human_patchcore(r: dict[str, Any]) -> str:
+  """`train patchcore`'s result in a line."""
+  where = "lung patches" if r["lung_mask"] else "all patches"
+  return (f"PatchCore memory bank {r['memory_bank'][0]} x {r['memory_bank'][1]} ({r['coreset_fraction']:g} of the "
+          f"{where} of {r['n_images']} normal images, {'+'.join(r['stages'])} on a {r['grid'][0]}x{r['grid'][1]} "
+          f"grid{', exposure-normalised' if r['exposure'] else ''}): {r['patchcore']}")
+
+
 # ----------------------------------------------------------------------------- self-supervised encoder
 
 
@@ -274,5 +320,6 @@ def human_encoder(r: dict[str, Any]) -> str:
 HANDLERS = {"gan": (run_gan, human_gan), "upsampler": (run_upsampler, human_upsampler),
             "unet": (run_unet, human_unet), "classifier": (run_classifier, human_classifier),
             "ensemble": (run_ensemble, human_ensemble), "fanogan": (run_fanogan, human_fanogan),
-            "healthygan": (run_healthygan, human_healthygan), "encoder": (run_encoder, human_encoder),
+            "healthygan": (run_healthygan, human_healthygan), "patchcore": (run_patchcore, human_patchcore),
+            "encoder": (run_encoder, human_encoder),
             "cascade": (run_cascade, human_cascade)}
