@@ -143,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "validation patients")
   where.add_argument("--whole-image", dest="lung_mask", action="store_false",
                      help="score the residual over the whole image instead of inside the lungs")
-  evaluate_anomaly.add_argument("--base-image", action="store_true",
-                                help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal) instead of "
-                                     "its output")
+  searched = evaluate_anomaly.add_mutually_exclusive_group()
+  searched.add_argument("--base-image", dest="base_image", action="store_const", const=True, default=None,
+                        help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal), about 20x cheaper "
+                             "than its 256x256 output. The default, as gan_256_normal's card chose")
+  searched.add_argument("--full-image", dest="base_image", action="store_const", const=False,
+                        help="AnoGAN: search the cascade's full-size output instead of its base image")
   evaluate_anomaly.add_argument("--intensity-affine", action="store_true",
                                 help="AnoGAN: fit a per-image intensity affine a * G(z) + b jointly with z, so the "
                                      "residual leaves out what exposure and contrast explain")

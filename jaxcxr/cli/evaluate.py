@@ -166,10 +166,10 @@ def human_gan(r: dict[str, Any]) -> str:
 
 def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   """`evaluate anomaly`: normal vs abnormal by a method's anomaly score (`anomaly.evaluate_anomaly`)."""
-  if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image
+  if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image is not None
                                   or args.intensity_affine or args.early_stop_tol is not None):
-    raise UsageError("--steps, --restarts, --base-image, --intensity-affine and --early-stop-tol set the AnoGAN "
-                     "search; the other methods score in one pass")
+    raise UsageError("--steps, --restarts, --base-image/--full-image, --intensity-affine and --early-stop-tol set "
+                     "the AnoGAN search; the other methods score in one pass")
   if args.early_stop_tol is not None and not args.early_stop_tol >= 0:
     raise UsageError(f"--early-stop-tol must be >= 0, got {args.early_stop_tol}")
   if args.restarts < 1:
@@ -178,7 +178,7 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   search = None
   if args.method == "anogan":
-    search = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image,
+    search = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image is not False,
                                         intensity_affine=args.intensity_affine, early_stop_tol=args.early_stop_tol)
     if args.steps is not None:
       if args.steps <= 0:
