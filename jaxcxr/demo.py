@@ -344,6 +344,12 @@ def _fanogan_panel(models, real: data_lib.CXRDataset, group: str, encoder_dir: p
     except (OSError, ValueError):
       continue
     stored[name] = {k: entry.get(k) for k in ("n", "roc_auc", "roc_auc_ci95")}
+    comparison = entry.get("baselines") or {}
+    if comparison.get("strongest") in comparison.get("baselines", {}):
+      strongest = comparison["baselines"][comparison["strongest"]]
+      stored[name]["baseline"] = {"name": strongest.get("description", comparison["strongest"]),
+                                  "roc_auc": strongest["roc_auc"],
+                                  "p_value": comparison.get("paired_delong", {}).get("p_value")}
   return {"method": "fanogan", "resolution": r, "stored_test": stored, "scores": [float(s) for s in np.asarray(score)],
           "labels": [int(v) for v in subset.label], "groups": groups,
           "figure_inputs": {"inputs": np.asarray(data_lib.to_signed(data_lib.resize_uint8(subset.images, r))),
@@ -618,7 +624,10 @@ def _stored_auc_text(stored: dict[str, Any]) -> str:
   if not stored:
     return "Measure it on labelled data with <code>jaxcxr evaluate anomaly --method fanogan</code>."
   parts = [f"{name} {_fmt(v['roc_auc'], '.3f')} [{_fmt((v['roc_auc_ci95'] or [None])[0], '.3f')}, "
-           f"{_fmt((v['roc_auc_ci95'] or [None, None])[1], '.3f')}] (n={v['n']})" for name, v in stored.items()]
+           f"{_fmt((v['roc_auc_ci95'] or [None, None])[1], '.3f')}] (n={v['n']})"
+           + (f", beside its strongest trivial baseline on the same images, {v['baseline']['name']}: "
+              f"{_fmt(v['baseline']['roc_auc'], '.3f')} (paired DeLong p = {_fmt(v['baseline']['p_value'], '.2g')})"
+              if v.get("baseline") else "") for name, v in stored.items()]
   return ("Stored with the checkpoint, normal vs pneumonia on held-out NIH patients, test ROC AUC: "
           + "; ".join(parts) + " (<code>jaxcxr evaluate anomaly --method fanogan [--lung-mask]</code>).")
 

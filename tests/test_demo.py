@@ -117,6 +117,7 @@ def test_demo_writes_one_self_contained_report(demo_run):
   assert len(sources) >= 2 + 8 + 2 + 4 and all(s.startswith("data:image/png;base64,") for s in sources)
   assert all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', page))
   assert "<script" not in page and "<link" not in page and "url(" not in page and "http://" not in page
+  assert "beside its strongest trivial baseline on the same images" in page    # the anomaly panel's control
   for uri in sources[:3] + sources[-3:]:
     image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert image.format == "PNG" and min(image.size) >= 64
@@ -151,6 +152,12 @@ def test_demo_json_has_timings_counts_and_both_samplers(demo_run):
   assert roc["roc_auc"] is None or 0.0 <= roc["roc_auc"] <= 1.0
   anomaly = result["anomaly"]
   assert anomaly["labels"] == [0, 0, 1, 1] and len(anomaly["scores"]) == 4 and all(s > 0 for s in anomaly["scores"])
+  # The shipped f-AnoGAN's stored test figure stands beside its strongest trivial baseline (issue 26).
+  lungs = anomaly["stored_test"]["inside the lungs"]
+  stored_lungs = json.loads((checkpoints.checkpoints_root() / "fanogan_256" / "evaluation_lungs_test.json").read_text())
+  assert lungs["baseline"]["roc_auc"] == pytest.approx(
+      stored_lungs["baselines"]["baselines"][stored_lungs["baselines"]["strongest"]]["roc_auc"])
+  assert 0 <= lungs["baseline"]["p_value"] <= 1
   assert {"jaxcxr", "jax", "flax", "python", "device"} <= set(result["versions"])
 
 
