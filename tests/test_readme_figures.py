@@ -132,6 +132,13 @@ def _strongest_baseline(path: str) -> list[Figure]:
   return [Figure(path, strongest), at(path, "baselines.paired_delong.p_value")]
 
 
+def _strongest_baseline_below(path: str, bound: float = 0.001) -> list[Figure]:
+  """As `_strongest_baseline` for a README that writes "p < bound": the bound, as long as the p-value is below it."""
+  strongest = lambda doc: doc["baselines"]["baselines"][doc["baselines"]["strongest"]]["roc_auc"]
+  p_value = lambda doc: doc["baselines"]["paired_delong"]["p_value"]
+  return [Figure(path, strongest), Figure(path, lambda doc: bound if p_value(doc) < bound else p_value(doc))]
+
+
 # Row (the first checkpoint named in it) -> where each number of its figure column comes from, in order.
 FIGURES: dict[str, list[Figure]] = {
     "gan_256": [count(GAN_SEEDS, "seeds"), *_realism(GAN_SEEDS),
@@ -139,7 +146,8 @@ FIGURES: dict[str, list[Figure]] = {
                 mean(GAN_SEEDS, "figures.sex_agreement.generated")],
     "gan_256_normal": [*_realism(NORMAL_SEEDS), mean(NORMAL_SEEDS, "figures.sex_agreement.generated"),
                        count(NORMAL_SEEDS, "seeds"), at(ANOGAN, "steps"), at(ANOGAN, "restarts"), *_auc(ANOGAN),
-                       at(ANOGAN, "seconds_per_image")],
+                       at(ANOGAN, "seconds_per_image"),
+                       *_strongest_baseline_below("evaluations/baselines_test_anogan_gan_256_normal_lungs.json")],
     "gan_64": [at(f"{C}/gan_64/quality.json", "fd_classifier_ratio"),
                at(f"{C}/gan_64/quality.json", "sex_classifier_agreement_generated")],
     "gan_64_normal": [at(f"{C}/gan_64_normal/quality.json", "fd_classifier_ratio"),
