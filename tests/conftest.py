@@ -11,7 +11,8 @@ import tempfile
 
 # XLA:CPU compiles take most of the suite's time, and the tests' tiny models spend little time running. XLA's
 # classic loop emitters (in place of the MLIR fusion emitters, the default) compile faster: the `gan_tiny` train step
-# in 42 s instead of 52 s, the `upsampler_tiny` one in 12 s instead of 19 s (2-core machine). The programs compute the
+# in 42 s instead of 52 s, the `upsampler_tiny` one in 12 s instead of 19 s; test_cascade.py used 20% and the CLI tests
+# 13% less CPU time (2-core machine, back to back; test_twins.py, mostly torch, within noise). The programs compute the
 # same functions, float rounding aside. (LLVM at -O0 halves the compiles again but is no option: it gave NaN gradients
 # in tests/test_twins.py::test_unet_train_step.) The setting holds for this session and the processes it starts (they
 # inherit the environment); a flag already in $XLA_FLAGS is left as given, so
