@@ -9,11 +9,24 @@ import os
 import pathlib
 import tempfile
 
-import jax
+# XLA:CPU compiles take most of the suite's time, and the tests' tiny models spend little time running. XLA's
+# classic loop emitters (in place of the MLIR fusion emitters, the default) compile faster: the `gan_tiny` train step
+# in 42 s instead of 52 s, the `upsampler_tiny` one in 12 s instead of 19 s; test_cascade.py used 20% and the CLI tests
+# 13% less CPU time (2-core machine, back to back; test_twins.py, mostly torch, within noise). The programs compute the
+# same functions, float rounding aside. (LLVM at -O0 halves the compiles again but is no option: it gave NaN gradients
+# in tests/test_twins.py::test_unet_train_step.) The setting holds for this session and the processes it starts (they
+# inherit the environment); a flag already in $XLA_FLAGS is left as given, so
+# XLA_FLAGS=--xla_cpu_use_fusion_emitters=true runs the suite with the emitters that users get.
+TEST_XLA_FLAGS = {"--xla_cpu_use_fusion_emitters": "false"}
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", "")] + [f"{name}={value}" for name, value in TEST_XLA_FLAGS.items()
+                                         if name not in os.environ.get("XLA_FLAGS", "")]).strip()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position  (after $XLA_FLAGS: the backend reads it)
 import numpy as np
 import pytest
 
-from jaxcxr import compilation_cache
+from jaxcxr import cli, compilation_cache
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -33,16 +46,25 @@ COVID_FIXTURE = DATA / "covid_fixture.npz"
 # whose `jaxcxr demo` reuses test_demo.py's compiled programs from the shared cache. They are collected
 # first: pytest-xdist with `--dist loadfile` hands whole files to the workers in collection order, so the
 # long ones start first and the short ones even out the end. Without xdist only the order changes.
-# test_cli_train.py comes well after test_cli.py, whose `train gan` and `train upsampler` programs it
+# test_cli_train.py comes well after test_cli_generate.py, whose `train gan` and `train upsampler` programs it
 # compiles again: by then they are in the shared cache.
-LONG_FILES = ("test_cli.py", "test_cascade.py", "test_twins.py", "test_prefilter_cascade.py", "test_scoring.py",
-              "test_classifier.py", "test_kill_resume.py", "test_cli_train.py", "test_demo.py", "test_benchmarks.py",
-              "test_pretrained.py", "test_unet.py", "test_prefilter_sampler.py", "test_ensemble.py", "test_wheel.py")
+LONG_FILES = ("test_twins.py", "test_cascade.py", "test_cli_anomaly.py", "test_cli_generate.py", "test_cxr_encoder.py",
+              "test_prefilter_cascade.py", "test_scoring.py", "test_anomaly.py", "test_classifier.py",
+              "test_kill_resume.py", "test_cli_train.py", "test_pretrained.py", "test_cli_postfilter.py",
+              "test_demo.py", "test_benchmarks.py", "test_cli_evaluate.py", "test_unet.py", "test_prefilter_sampler.py",
+              "test_ensemble.py", "test_wheel.py")
 
 
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONG_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))   # stable: a file's tests keep their order
+
+
+def run_cli(capsys, *argv):
+  """Runs `jaxcxr ARGV` in this process (compiled programs shared with the session): (exit status, stdout, stderr)."""
+  code = cli.main(list(argv))
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
 
 
 @pytest.fixture

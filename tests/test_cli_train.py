@@ -4,7 +4,7 @@ Each command runs in-process through `cli.main` (compiled programs are shared wi
 the session) with its family's tiny preset; the test loads what the run wrote with the family's
 own loader and checks the JSON summary. Runs that later commands build on (the GAN of a cascade
 and its pre-filter, the classifiers of an ensemble) are module fixtures, made once. Where another
-test file trains the same tiny model on the same fixture images (tests/test_cli.py's GAN and
+test file trains the same tiny model on the same fixture images (tests/test_cli_generate.py's GAN and
 upsampler, tests/test_fanogan.py's and tests/test_healthygan.py's runs), the command here uses
 the same arguments, so that the session compiles each program once. Bad combinations end with
 exit 2 and one `jaxcxr: error:` line naming the fault.
@@ -56,7 +56,7 @@ def assert_error(argv, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def gan(tmp_path_factory):
-  """A `gan_tiny` run on every image of the NIH fixture (as tests/test_cli.py's: one compiled step): (folder, JSON)."""
+  """A `gan_tiny` run on all NIH fixture images (as in test_cli_generate.py: one compiled step): (folder, JSON)."""
   out = tmp_path_factory.mktemp("gan") / "run"
   code, result, err = train("gan", "--data", NIH, "--preset", "gan_tiny", "--split", "all", "--out", out)
   assert code == 0, err

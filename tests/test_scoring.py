@@ -406,45 +406,58 @@ def test_shipped_scorer_keeps_most_real_normal_images(shipped_scorer, nih):
 # ----------------------------------------------------------------------------- sharding
 
 
+# Both results come from one process with 4 host devices (XLA_FLAGS must be set before jax is imported): the
+# sharded run first, then the same pipeline, calibration included, as a one-device process computes it: every
+# Scorer without a mesh (its arrays on the default device) and the batches in CPU chunks (what
+# `batching.default_chunk` gives on one device), traced anew. One process imports jax, builds the models and
+# loads the data once, where a process per device count did it twice.
 SHARDED_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from flax import nnx
 sys.path.insert(0, sys.argv[1])
-from jaxcxr import data, scoring
+from jaxcxr import batching, data, scoring
 from jaxcxr.config import ClassifierConfig, UNetConfig, gan_tiny
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.generator import Generator
 from jaxcxr.models.unet import UNet
+from jaxcxr.scoring import pipeline, scorer as scorer_module
 assert len(jax.devices()) == 4, jax.devices()
 config = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=8)
 unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
 classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2), rngs=nnx.Rngs(1))
 generator = Generator(gan_tiny(32).generator, rngs=nnx.Rngs(2))
 images = data.load(sys.argv[2]).images[:8]
-scorer = scoring.calibrate(unet, classifier, np.concatenate([images] * 3), config)
-out = scorer.generate_and_score(generator, jax.random.key(3), 8, "38_44m")
-real = scorer.score(images)
-print(json.dumps({"n_shards": len(scorer._shard(np.zeros((8, 1), np.float32)).sharding.device_set),
-                  "gen": {k: v.tolist() for k, v in out.result.scores.items()},
-                  "real": {k: v.tolist() for k, v in real.scores.items()},
-                  "features": real.features.tolist()}))
+
+def run():
+  scorer = scoring.calibrate(unet, classifier, np.concatenate([images] * 3), config)
+  out = scorer.generate_and_score(generator, jax.random.key(3), 8, "38_44m")
+  real = scorer.score(images)
+  return {"n_shards": len(scorer._shard(np.zeros((8, 1), np.float32)).sharding.device_set),
+          "gen": {k: v.tolist() for k, v in out.result.scores.items()},
+          "real": {k: v.tolist() for k, v in real.scores.items()},
+          "features": real.features.tolist()}
+
+sharded = run()
+chunked = []
+scorer_module._device_mesh = lambda: None
+pipeline.default_chunk = lambda: chunked.append(batching.CPU_CHUNK) or batching.CPU_CHUNK
+jax.clear_caches()                        # traced again: the sharded run's traces have no chunks
+single = run()
+assert chunked, "the one-device run was not traced again"
+print(json.dumps({"sharded": sharded, "single": single}))
 """
 
 
-def _run_script(devices: int, nih_path) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-  root = pathlib.Path(__file__).resolve().parents[1]
-  script = SHARDED_SCRIPT.replace("assert len(jax.devices()) == 4", f"assert len(jax.devices()) == {devices}")
-  proc = subprocess.run([sys.executable, "-c", script, str(root), str(nih_path)], env=env, capture_output=True,
-                        text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def test_sharded_equals_single_device(nih_path):
-  single = _run_script(1, nih_path)
-  sharded = _run_script(4, nih_path)
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(root), str(nih_path)], env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  single, sharded = results["single"], results["sharded"]
   assert single["n_shards"] == 1 and sharded["n_shards"] == 4
   for part in ("gen", "real"):
     for name in scoring.SCORE_NAMES:
