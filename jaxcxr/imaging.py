@@ -619,7 +619,9 @@ def _equalize_histogram(images, *, num_bins: int) -> jax.Array:
     weight = jnp.clip(position - 0.5 - left.astype(jnp.float32), 0.0, 1.0)
     return cdf[left] + weight * (cdf[left + 1] - cdf[left])
 
-  return jax.vmap(equalize_one)(x).reshape(shape)
+  # One image at a time (`lax.map`, not `vmap`): every batch size runs the same per-image program, so an image's
+  # result does not depend on its batch to the last bit, whatever vectorisation the compiler picks for a shape.
+  return jax.lax.map(equalize_one, x).reshape(shape)
 
 
 def _unit_float_images(images, name: str) -> np.ndarray:
