@@ -414,7 +414,7 @@ def lung_masker(unet: str | os.PathLike | None = None, *, log: Callable[[str], N
   The evaluations pass it to `jaxcxr.baselines.compare_with_training_patients` for the lung statistics.
   """
   unet_dir = _given_or_shipped(unet, "unet", checkpoints.SHIPPED_UNETS)
-  log(f"lung masks of the baselines' statistics from {unet_dir}")
+  log(f"lung masks (baseline statistics, exposure, Grad-CAM share) from {unet_dir}")
   return functools.partial(predict_masks, load_unet(unet_dir))
 
 

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import functools
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,22 @@ def _ci_text(ci) -> str:
 # ----------------------------------------------------------------------------- gan
 
 
+def _shipped_lung_masker() -> Callable[[], Callable[[np.ndarray], np.ndarray]]:
+  """A getter of the shipped U-Net's lung masker that loads the U-Net on its first call only.
+
+  One per command: the baselines' lung statistics, `--exposure lungs` and the Grad-CAM lung share
+  then share one loaded U-Net, and a command that needs none of them loads nothing.
+  """
+  return functools.cache(lambda: pretrained.lung_masker(log=log))
+
+
 def _baselines(wanted: bool | None, split: str, train: tuple[data.CXRDataset, np.ndarray] | None,
                evaluated: data.CXRDataset, labels: np.ndarray, scores: np.ndarray, *,
-               method: str) -> dict[str, Any] | None:
+               method: str, lung_masker: Callable[[], Callable[[np.ndarray], np.ndarray]]) -> dict[str, Any] | None:
   """The trivial baselines beside a judge (`baselines.compare_with_training_patients`), or None when not asked.
 
-  The lung statistics use the shipped U-Net, loaded only when the baselines are computed.
+  The lung statistics use the shipped U-Net (`lung_masker`, a `_shipped_lung_masker`), loaded only when the
+  baselines are computed.
 
   `wanted` None (the default) compares whenever the split has training patients to fit the baselines
   on (val and test) and both parts have 2 images of each class, and says why not otherwise; True
@@ -67,14 +78,17 @@ def _baselines(wanted: bool | None, split: str, train: tuple[data.CXRDataset, np
   log(f"trivial baselines fitted on {len(train[0])} training images, compared on the same {len(evaluated)} images")
   try:
     return baselines.compare_with_training_patients(scores, labels, evaluated, train[0], train[1],
-                                                    lung_masks=pretrained.lung_masker(log=log), method=method)
+                                                    lung_masks=lung_masker(), method=method)
   except (ValueError, data.DataError) as e:
     raise UsageError(f"the trivial baselines: {e}") from e
 
 
-def _normalise_exposure(region: str, split: str, train: data.CXRDataset | None, *datasets: data.CXRDataset
+def _normalise_exposure(region: str, split: str, train: data.CXRDataset | None, *datasets: data.CXRDataset,
+                        lung_masker: Callable[[], Callable[[np.ndarray], np.ndarray]]
                         ) -> tuple[dict[str, Any] | None, data.CXRDataset | None, list[data.CXRDataset]]:
   """`--exposure REGION`: the training patients and `datasets` mapped onto the training normals' reference.
+
+  `lung_masker` (a `_shipped_lung_masker`) gives the lungs of region "lungs".
 
   Returns (the reference's record or None, train, datasets), unchanged for "none"; a None dataset stays None.
   """
@@ -83,7 +97,7 @@ def _normalise_exposure(region: str, split: str, train: data.CXRDataset | None, 
   if train is None:
     raise UsageError(f"--exposure {region} needs --split val or test (the reference is fitted on the training "
                      f"patients' normals); got --split {split}")
-  masker = pretrained.lung_masker(log=log) if region == "lungs" else None
+  masker = lung_masker() if region == "lungs" else None
   given = [ds for ds in datasets if ds is not None]
   try:
     reference, (train, *normalised) = exposure.normalise_like_training(train, given, region=region,
@@ -199,8 +213,9 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   task = evaluation_sets.anomaly_task(nih, covid)
   test, threshold_data = task.part(args.split), task.threshold_part(args.split)
   train = task.part("train") if args.split in ("val", "test") else None
+  lung_masker = _shipped_lung_masker()
   reference, train, (test, threshold_data) = _normalise_exposure(args.exposure, args.split, train, test,
-                                                                 threshold_data)
+                                                                 threshold_data, lung_masker=lung_masker)
   try:
     result = anomaly.evaluate_anomaly(scorer, test, threshold_data=threshold_data, progress=True)
   except ValueError as e:
@@ -222,7 +237,7 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
       # The figure's reference: what the archives' look alone gives (trained on the training patients).
       result["source_only_baseline"] = anomaly.source_only_baseline(task.part("train"), test)
   result["baselines"] = _baselines(args.baselines, args.split, None if train is None else (train, train.label),
-                                   test, labels, scores, method=scorer.name)
+                                   test, labels, scores, method=scorer.name, lung_masker=lung_masker)
   result.update(split=args.split, checkpoint=str(source), data=str(path), lung_mask=args.lung_mask,
                 abnormal=args.abnormal, exposure=args.exposure, exposure_reference=reference)
   if args.method == "anogan":
@@ -350,7 +365,9 @@ def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
   paths = inputs.data_paths(args.data, *GAN_DATA)
   log(f"loading {paths} and {directory}")
   chosen = evaluation_sets.classifier_split(data.load(paths), metadata, args.split, args.task)
-  reference, chosen_train, (ds,) = _normalise_exposure(args.exposure, args.split, chosen.train, chosen.dataset)
+  lung_masker = _shipped_lung_masker()
+  reference, chosen_train, (ds,) = _normalise_exposure(args.exposure, args.split, chosen.train, chosen.dataset,
+                                                       lung_masker=lung_masker)
   threshold = float(metadata.get("threshold", 0.5))
   model = load_classifier(directory)
   result = evaluate_classifier(model, ds, args.task, threshold=threshold)
@@ -363,12 +380,13 @@ def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
     train_keep, train_y = task_labels(chosen_train, args.task)
     train = (chosen_train.subset(train_keep), train_y[train_keep])
   prob = predict_proba(model, ds.images)
-  result["baselines"] = _baselines(args.baselines, args.split, train, ds, y, prob, method=f"{args.task} classifier")
+  result["baselines"] = _baselines(args.baselines, args.split, train, ds, y, prob, method=f"{args.task} classifier",
+                                   lung_masker=lung_masker)
   true_positives = np.flatnonzero((y == 1) & (prob >= threshold))
   if args.task == "abnormal" and true_positives.size:
     # Where the pneumonia evidence lies: the Grad-CAM mass over the shipped U-Net's lungs, true positives only.
     images = ds.images[true_positives]
-    result["gradcam_lung_share"] = explain.lung_evidence(model, images, pretrained.lung_masker(log=log)(images))
+    result["gradcam_lung_share"] = explain.lung_evidence(model, images, lung_masker()(images))
   if args.out:
     positives = np.flatnonzero(y == 1)
     if positives.size:
