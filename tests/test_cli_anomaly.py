@@ -1,5 +1,6 @@
 """`jaxcxr evaluate anomaly|anomaly-ensemble|anomaly-cv`: AnoGAN, f-AnoGAN and HealthyGAN scores of the shipped
-models, inside the lungs or on the whole image, saved scores and their ensemble, cross-validation; bad input."""
+models, inside the lungs or on the whole image, saved scores and their ensemble, cross-validation (PatchCore's
+too); bad input."""
 
 import json
 import pathlib
@@ -7,7 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxcxr import anomaly, data
+from jaxcxr import anomaly, checkpoints, data
+from jaxcxr.cli.evaluate import human_anomaly_cv
 
 from conftest import run_cli
 
@@ -113,7 +115,32 @@ def test_evaluate_anomaly_cv_command(capsys, nih_path, tmp_path, monkeypatch):
   dev = data.load(nih_path)
   split = data.standard_split(dev)
   assert report["n"] == len(split["train"]) + len(split["val"])            # never the test patients
-  assert anomaly_cv.METHODS == ("fanogan", "healthygan")
+  assert "patchcore" in anomaly_cv.METHODS and "healthygan: 2-fold x 1" in human_anomaly_cv(report)
+
+
+def test_evaluate_anomaly_cv_patchcore_command(capsys, nih_path, tmp_path, monkeypatch):
+  from jaxcxr.cli import evaluate  # pylint: disable=g-import-not-at-top
+
+  # The handler's part only (its library call is tests/test_anomaly_cv.py's): which encoder, U-Net and images it
+  # passes, and its summary of a PatchCore report.
+  calls = []
+  def cross_validate(method, dev, out, **kwargs):
+    calls.append(kwargs)
+    return {"method": method, "folds": kwargs["folds"], "repeats": kwargs["repeats"], "steps": None, "n": len(dev),
+            "n_abnormal": int(dev.label.sum()), "summary": {"score": {"mean": 0.5, "sd": 0.1, "min": 0.4, "max": 0.6,
+                                                                        "n_folds": 2}}}
+  monkeypatch.setattr(evaluate, "cross_validate_anomaly", cross_validate)
+  shipped = checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_ENCODERS)
+  argv = ["evaluate", "anomaly-cv", "--method", "patchcore", "--data", str(nih_path), "--folds", "2", "--repeats", "1",
+          "--out", str(tmp_path / "cv")]
+  code, out, err = run_cli(capsys, *argv, "--encoder", str(shipped.parent))     # the model folder names it too
+  assert code == 0, err
+  assert "memory bank refitted per fold" in out and "score: ROC AUC mean 0.500" in out
+  assert calls[0]["encoder_dir"] == shipped and calls[0]["gan_dir"] is None and calls[0]["unet"] is None
+  assert calls[0]["steps"] is None and calls[0]["folds"] == 2 and calls[0]["repeats"] == 1
+  code, out, err = run_cli(capsys, *argv)                                        # default: the shipped encoder
+  assert code == 0, err
+  assert calls[1]["encoder_dir"] == shipped
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -127,6 +154,9 @@ def test_evaluate_anomaly_cv_command(capsys, nih_path, tmp_path, monkeypatch):
     (["evaluate", "anomaly", "--method", "anogan", "--steps", "0"],
      "--steps must be positive"),
     (["evaluate", "anomaly", "--method", "fanogan", "--lung-mask", "--whole-image"], "not allowed with argument"),
+    (["evaluate", "anomaly-cv", "--method", "healthygan", "--gan", "g", "--out", "cv"], "--gan is f-AnoGAN's"),
+    (["evaluate", "anomaly-cv", "--method", "fanogan", "--encoder", "e", "--out", "cv"], "--encoder is PatchCore's"),
+    (["evaluate", "anomaly-cv", "--method", "patchcore", "--steps", "2", "--out", "cv"], "PatchCore builds its"),
 ])
 def test_evaluate_anomaly_bad_input(capsys, nih_path, argv, message):
   code, out, err = run_cli(capsys, *argv, "--data", str(nih_path))

@@ -48,6 +48,7 @@ DATA_PREFIXES = ("$JAXCXR_DATA/", "${JAXCXR_DATA}/")
 # (command path, destination) -> when the option is used.
 USED_WHEN = {
     ("evaluate anomaly-cv", "gan"): lambda args: args.method == "fanogan",
+    ("evaluate anomaly-cv", "encoder"): lambda args: args.method == "patchcore",
     ("evaluate anomaly", "covid_data"): lambda args: args.abnormal == "covid",
     ("calibrate", "generator"): lambda args: args.strict_valid_rate > 0,
 }

@@ -10,11 +10,12 @@ module             what it holds
                    checkpoints, the post-filter, run folders, training presets
 `data`             `data stats`, `data dedup`
 `train`            `train MODEL` for every shipped model (gan, upsampler, unet, classifier,
-                   ensemble, fanogan, healthygan, encoder; prefilter and cascade-prefilter
-                   run `latents`' handlers), `cascade`
+                   ensemble, fanogan, healthygan, patchcore, encoder; prefilter and
+                   cascade-prefilter run `latents`' handlers), `cascade`
 `generate`         `sample` and `demo`: the whole sample path
 `postfilter`       `score`, `calibrate`, `report scoring`
 `evaluate`         `evaluate gan|anomaly|anomaly-cv|anomaly-ensemble|segmentation|classifier`
+                   (`anomaly-cv`: f-AnoGAN, HealthyGAN or PatchCore refitted per fold)
 `latents`          `latents build|table|fit|cascade`
 =================  ==========================================================================
 

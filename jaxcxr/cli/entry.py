@@ -104,15 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
   anomaly_ensemble.set_defaults(run="evaluate:anomaly-ensemble")
 
   anomaly_cv = evaluate_commands.add_parser(
-      "anomaly-cv", help="repeated patient-level cross-validation of f-AnoGAN or HealthyGAN (retrained per fold)")
-  anomaly_cv.add_argument("--method", choices=("fanogan", "healthygan"), required=True)
+      "anomaly-cv", help="repeated patient-level cross-validation of f-AnoGAN, HealthyGAN (retrained per fold) or "
+                         "PatchCore (memory bank refitted per fold)")
+  anomaly_cv.add_argument("--method", choices=("fanogan", "healthygan", "patchcore"), required=True)
   _add_data_arg(anomaly_cv)
   anomaly_cv.add_argument("--out", required=True, help="folder for each fold's model and scores (a rerun resumes)")
   anomaly_cv.add_argument("--folds", type=int, default=5)
   anomaly_cv.add_argument("--repeats", type=int, default=2)
-  anomaly_cv.add_argument("--steps", type=int, help="training steps per fold (default: the CPU preset's)")
+  anomaly_cv.add_argument("--steps", type=int,
+                          help="training steps per fold (default: the CPU preset's); f-AnoGAN and HealthyGAN only")
   anomaly_cv.add_argument("--gan", help="normal-only GAN folder for f-AnoGAN (default: the shipped one)")
-  anomaly_cv.add_argument("--lung-mask", action="store_true", help="also score the residual inside the lungs")
+  anomaly_cv.add_argument("--encoder", help="CXR encoder checkpoint of PatchCore's patch features (default: the "
+                                            "shipped checkpoints/encoder_cxr/encoder); each fold's bank follows the "
+                                            "shipped bank's recipe otherwise (stage1, coreset 0.01, raw images)")
+  anomaly_cv.add_argument("--lung-mask", action="store_true",
+                          help="also score the residual inside the lungs (the shipped U-Net's mask); PatchCore: "
+                               "build the banks from lung patches and score the largest lung-patch distance, as "
+                               "the shipped bank")
   anomaly_cv.add_argument("--batch-size", type=int, default=64)
   anomaly_cv.add_argument("--seed", type=int, default=0)
   _add_json_arg(anomaly_cv)

@@ -268,15 +268,23 @@ def human_anomaly(r: dict[str, Any]) -> str:
 
 
 def run_anomaly_cv(args: argparse.Namespace) -> dict[str, Any]:
-  """`evaluate anomaly-cv`: repeated patient-level cross-validation of f-AnoGAN or HealthyGAN, retrained per fold."""
+  """`evaluate anomaly-cv`: repeated patient-level CV of f-AnoGAN, HealthyGAN or PatchCore, refitted per fold."""
   if args.batch_size <= 0:
     raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+  if args.gan is not None and args.method != "fanogan":
+    raise UsageError(f"--gan is f-AnoGAN's normal GAN; --method {args.method} does not use one")
+  if args.encoder is not None and args.method != "patchcore":
+    raise UsageError(f"--encoder is PatchCore's CXR encoder; --method {args.method} does not use one")
+  if args.steps is not None and args.method == "patchcore":
+    raise UsageError("--steps sets f-AnoGAN's and HealthyGAN's training; PatchCore builds its memory bank in one pass")
   root = checkpoints.checkpoints_root()
-  gan = None
+  gan = encoder = None
   if args.method == "fanogan":
     gan = pathlib.Path(args.gan) if args.gan else next(iter(checkpoints.shipped_normal_gans()), None)
     if gan is None:
       raise UsageError(f"no shipped normal-only GAN under {root}; pass --gan DIR (generator/, discriminator/)")
+  if args.method == "patchcore":
+    encoder = inputs.checkpoint(args.encoder, checkpoints.SHIPPED_ENCODERS, "encoder")
   path = inputs.data_paths(args.data, *GAN_DATA)
   log(f"loading {path}")
   ds = data.keep_abnormal_finding(data.load(path))
@@ -286,15 +294,18 @@ def run_anomaly_cv(args: argparse.Namespace) -> dict[str, Any]:
   log(f"{args.folds} folds x {args.repeats} repeats over {len(dev)} development images; progress one line per fold")
   try:
     return cross_validate_anomaly(args.method, dev, args.out, folds=args.folds, repeats=args.repeats,
-                                  steps=args.steps, gan_dir=gan, unet=unet, seed=args.seed, batch_size=args.batch_size)
+                                  steps=args.steps, gan_dir=gan, encoder_dir=encoder, unet=unet, seed=args.seed,
+                                  batch_size=args.batch_size)
   except (ValueError, data.DataError) as e:
     raise UsageError(str(e)) from e
 
 
 def human_anomaly_cv(r: dict[str, Any]) -> str:
   """`evaluate anomaly-cv`'s summary: each score's mean ROC AUC over the folds."""
+  fitted = (f"{r['steps']} training steps per fold" if r["steps"] is not None else
+            "memory bank refitted per fold")
   lines = [f"{r['method']}: {r['folds']}-fold x {r['repeats']} patient-level CV over {r['n']} development images "
-           f"({r['n_abnormal']} abnormal), {r['steps']} training steps per fold"]
+           f"({r['n_abnormal']} abnormal), {fitted}"]
   for name, s in r["summary"].items():
     if s["mean"] is not None:
       lines.append(f"  {name}: ROC AUC mean {s['mean']:.3f} (SD {s['sd']:.3f}, {s['min']:.3f}-{s['max']:.3f}, "
