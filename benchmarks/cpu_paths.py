@@ -13,6 +13,13 @@ process, because XLA flags and the chunk size are read when a function is first 
   (oneDNN, XNNPACK graph fusion, AMX, 512-bit vectors).
 * `small_channels`: the same at the shipped base GAN's smallest widths (16 -> 8, 8 -> 8 at
   64x64, batch 64), where AnoGAN spends its time.
+* `kernel_gradient`: ms per kernel gradient of a 3x3 convolution inside a `lax.scan` at the
+  base GAN's layer shapes: `conv2d`'s VJP (a forward convolution contracting the batch), im2col
+  patches times a matmul, XLA's own transpose.
+* `group_norm`: ms of `layers.GroupNorm`'s forward and backward (statistics as contractions over
+  the pixels) against means over the grouped view's axes, at the U-Net's and GAN's shapes.
+* `one_channel`: a 3x3 convolution from one input channel (8x256x256x1 -> 8), XLA's against
+  `conv2d`'s CPU forward (shifted copies times the kernel, summed).
 * `gradients`: ms per step of the shipped AnoGAN search (a `lax.scan`, batch 8) and of the
   256x256 U-Net's unrolled training step, with `conv2d`'s custom VJP and with XLA's autodiff
   (`layers.conv_path`).
@@ -53,6 +60,7 @@ FLAG_SETS = {
     "vector_width_512": "--xla_cpu_prefer_vector_width=512",
 }
 CHUNKS = ("none", "1", "2", "8")
+PROBES = ("conv", "small_channels", "kernel_gradient", "group_norm", "one_channel", "gradients", "chunk")
 
 
 def _median_time(fn, *args, repeats: int = 5) -> float:
@@ -129,6 +137,81 @@ def probe_gradients(quick: bool, variant: str) -> dict:
   return out
 
 
+def _scan_ms(fn, *args, iters: int = 10) -> float:
+  """ms per iteration of `fn(*args)` inside a jitted `lax.scan` (as in the training steps' calls)."""
+  def body(carry, _):
+    out = fn(*carry)
+    return tuple(a + 1e-9 * out.sum().astype(a.dtype) for a in carry), None   # a dependence: no hoisting
+  scanned = jax.jit(lambda *a: jax.lax.scan(body, a, None, length=iters)[0])
+  return 1e3 * _median_time(scanned, *args, repeats=3) / iters
+
+
+def _dk_patches(x, dy):
+  """The kernel gradient as im2col patches times one matmul (what `conv2d`'s VJP did before)."""
+  c_in, c_out = x.shape[-1], dy.shape[-1]
+  return (layers.patches(x, 3).reshape(-1, 9 * c_in).T @ dy.reshape(-1, c_out)).reshape(3, 3, c_in, c_out)
+
+
+def _dk_xla(x, dy):
+  """The kernel gradient as XLA's autodiff writes it (the transpose of the convolution in its kernel)."""
+  kernel = jnp.zeros((3, 3, x.shape[-1], dy.shape[-1]), x.dtype)
+  return jax.vjp(lambda k: layers._xla_conv(x, k), kernel)[1](dy)[0]   # pylint: disable=protected-access
+
+
+def probe_kernel_gradient(quick: bool) -> dict:
+  """ms per kernel gradient of a 3x3 convolution inside a `lax.scan`, at the 64x64 base GAN's layer shapes.
+
+  `shipped`: `conv2d`'s VJP on a CPU (a forward convolution with the batch as the contracted axis);
+  `patches`: im2col patches times a matmul; `xla`: XLA's own transpose.
+  """
+  shapes = ((4, 16, 4, 4),) if quick else ((32, 64, 8, 8), (32, 64, 16, 8), (32, 32, 16, 16), (32, 32, 16, 32),
+                                           (32, 16, 32, 64), (32, 8, 64, 128))
+  out = {"probe": "kernel_gradient", "shapes": [list(s) for s in shapes]}
+  def shipped(x, dy):
+    kernel = jnp.zeros((3, 3, x.shape[-1], dy.shape[-1]))
+    return layers._cpu_conv_bwd((x, kernel), dy)[1]   # pylint: disable=protected-access
+  for name, fn in (("shipped", shipped), ("patches", _dk_patches), ("xla", _dk_xla)):
+    out[f"{name}_ms"] = [round(_scan_ms(fn, jax.random.normal(jax.random.key(0), (b, h, h, c)),
+                                        jax.random.normal(jax.random.key(1), (b, h, h, o))), 2)
+                         for b, h, c, o in shapes]
+  return out
+
+
+def _group_norm_strided(x, groups: int):
+  """GroupNorm's statistics as means over axes (1, 2, 4) of the grouped view (what `layers.GroupNorm` did before)."""
+  b, h, w, c = x.shape
+  xg = x.reshape(b, h, w, groups, c // groups)
+  mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+  var = jnp.square(xg - mean).mean(axis=(1, 2, 4), keepdims=True)
+  return ((xg - mean) * jax.lax.rsqrt(var + 1e-5)).reshape(b, h, w, c)
+
+
+def probe_group_norm(quick: bool) -> dict:
+  """ms of a GroupNorm's forward and backward: `layers.GroupNorm` (contractions) against strided reductions."""
+  shapes = ((2, 32, 8, 4),) if quick else ((8, 256, 8, 8), (8, 128, 16, 8), (8, 64, 32, 8), (16, 64, 8, 2),
+                                           (16, 32, 16, 4))
+  out = {"probe": "group_norm", "shapes": [list(s) for s in shapes]}
+  for name in ("shipped", "strided"):
+    times = []
+    for b, h, c, groups in shapes:
+      norm = layers.GroupNorm(c, groups, dtype=jnp.float32)
+      fn = (lambda x, norm=norm: norm(x)) if name == "shipped" else (lambda x, g=groups: _group_norm_strided(x, g))
+      grad = jax.jit(jax.grad(lambda x, fn=fn: jnp.sum(jnp.tanh(fn(x)))))
+      times.append(round(1e3 * _median_time(grad, jax.random.normal(jax.random.key(0), (b, h, h, c))), 2))
+    out[f"{name}_fwd_bwd_ms"] = times
+  return out
+
+
+def probe_one_channel(quick: bool) -> dict:
+  """ms of a 3x3 convolution from one input channel: XLA's and `conv2d`'s CPU forward (shifted copies, summed)."""
+  b, h = (2, 32) if quick else (8, 256)
+  x = jax.random.normal(jax.random.key(0), (b, h, h, 1))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
+  return {"probe": "one_channel", "shape": [b, h, h, 1, 8],
+          "xla_ms": round(1e3 * _median_time(jax.jit(layers._xla_conv), x, k), 2),   # pylint: disable=protected-access
+          "shipped_ms": round(1e3 * _median_time(jax.jit(layers._cpu_forward), x, k), 2)}   # pylint: disable=W0212
+
+
 def probe_chunk(quick: bool) -> dict:
   m = models_lib.tiny() if quick else models_lib.shipped()
   out = {"probe": "chunk", "chunk": batching.CPU_CHUNK, "models": m.source}
@@ -159,13 +242,14 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_paths", description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="small shapes and tiny models")
   parser.add_argument("--out", default=None, help="also write the JSON lines to this file")
-  parser.add_argument("--probe", choices=("conv", "small_channels", "gradients", "chunk"), default=None,
-                      help=argparse.SUPPRESS)
+  parser.add_argument("--probe", choices=PROBES, default=None, help="run one probe in this process (default: all)")
   parser.add_argument("--variant", choices=("custom_vjp", "plain"), default="custom_vjp", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.probe:
     probes = {"conv": probe_conv, "small_channels": probe_small_channels, "chunk": probe_chunk,
-              "gradients": lambda quick: probe_gradients(quick, args.variant)}
+              "gradients": lambda quick: probe_gradients(quick, args.variant),
+              "kernel_gradient": probe_kernel_gradient, "group_norm": probe_group_norm,
+              "one_channel": probe_one_channel}
     print(json.dumps(probes[args.probe](args.quick)))
     return 0
   lines = []
@@ -174,7 +258,8 @@ def main(argv=None) -> int:
             **_run_probe("conv", args.quick, {**os.environ, "XLA_FLAGS": flags})}
     print(json.dumps(line), flush=True)
     lines.append(line)
-  for probe, variant in (("small_channels", None), ("gradients", "custom_vjp"), ("gradients", "plain")):
+  for probe, variant in (("small_channels", None), ("kernel_gradient", None), ("group_norm", None),
+                         ("one_channel", None), ("gradients", "custom_vjp"), ("gradients", "plain")):
     line = _run_probe(probe, args.quick, dict(os.environ), variant)
     print(json.dumps(line), flush=True)
     lines.append(line)

@@ -185,7 +185,7 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
   Raises:
     jaxcxr.data.DataError: fewer than 8 usable real images; with `test_normals`, fewer than
       32 normal test images per half or at most 32 normal training images (the PCA dimension).
-    ValueError: only one of `test_normals` and `train_normals` given, or `training_set`,
+    ValueError: n_per_group below 1; only one of `test_normals` and `train_normals` given, or `training_set`,
       `memorisation_features` or `closest_pairs_path` without them.
 
   Examples:
@@ -198,6 +198,8 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
     >>> report["fd_ratio"], report["sinkhorn_generated_vs_real"]                     # doctest: +SKIP
   """
   cfg = generator.config
+  if isinstance(n_per_group, bool) or not isinstance(n_per_group, (int, np.integer)) or n_per_group < 1:
+    raise ValueError(f"evaluate_gan: n_per_group must be a positive integer, got {n_per_group!r}")
   if (test_normals is None) != (train_normals is None):
     raise ValueError("evaluate_gan: give test_normals and train_normals together (the realism figures) or neither")
   audit_options = {"training_set": training_set, "memorisation_features": memorisation_features,

@@ -22,12 +22,13 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", "")] + [f"{name}={value}" for name, value in TEST_XLA_FLAGS.items()
                                          if name not in os.environ.get("XLA_FLAGS", "")]).strip()
 
-# JAX's default threefry keys with `jax_threefry_partitionable` (the default since jax 0.5) compile slowly on XLA:CPU:
-# the first `jax.random.normal` of each new shape took 4.2 s against 0.4 s without it, and every model built eagerly in
-# a test draws its initial weights shape by shape: a tiny 64x64 generator took 11.8 s to build against 3.9 s (one core
-# of the 2-core machine, the other busy; test_cascade.py used 101 against 84 CPU-s). The tests switch it off, for this session and the processes it starts, unless
-# $JAX_THREEFRY_PARTITIONABLE says otherwise. Random draws then differ from a user's: no test depends on their
-# values, only on their properties (and on a run against itself, e.g. killed and resumed, in the same setting).
+# JAX's default threefry keys with `jax_threefry_partitionable` (default in jax 0.10.2) compile slowly on XLA:CPU:
+# the first `jax.random.normal` of each new shape took 4.2 s against 0.4 s without it, and every model built eagerly
+# in a test draws its initial weights shape by shape: a tiny 64x64 generator took 11.8 s to build against 3.9 s (one
+# core of the 2-core machine, the other busy; test_cascade.py used 101 against 84 CPU-s). The tests switch it off, for
+# this session and the processes it starts, unless $JAX_THREEFRY_PARTITIONABLE says otherwise. Random draws then
+# differ from a user's: no test depends on their values, only on their properties (and on a run against itself, e.g.
+# killed and resumed, in the same setting).
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position  (after $XLA_FLAGS: the backend reads it)

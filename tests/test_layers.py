@@ -23,6 +23,21 @@ def _jaxpr(fn, *args) -> str:
   return str(jax.make_jaxpr(fn)(*args))
 
 
+@pytest.mark.parametrize("c_in,c_out,size", [(1, 4, 3), (3, 1, 3), (2, 3, 5)])
+def test_paths_agree_on_first_and_second_derivatives(c_in, c_out, size):
+  """The CPU path's own forward (one input channel), kernel gradient and input gradient, and R1's double backward."""
+  x = jax.random.normal(jax.random.key(2), (2, 9, 7, c_in))
+  k = 0.3 * jax.random.normal(jax.random.key(3), (size, size, c_in, c_out))
+  r1 = lambda k, x: (jax.grad(lambda x: jnp.tanh(layers.conv2d(x, k)).sum())(x) ** 2).sum()
+  results = {}
+  for path in ("xla", "custom_vjp"):
+    with layers.conv_path(path):
+      results[path] = (jax.jit(layers.conv2d)(x, k), jax.jit(jax.grad(_loss, argnums=(0, 1)))(x, k),
+                       jax.jit(jax.grad(r1))(k, x))
+  for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["custom_vjp"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
 def test_paths_give_the_same_gradients_by_different_programs():
   x, k = _inputs()
   grads, jaxprs = {}, {}

@@ -141,8 +141,10 @@ def test_evaluate_gan_realism_figures_with_a_discriminator_below_the_generators_
     a = m[space]
     assert (a["n_generated"], a["n_training"], a["n_test"]) == (12, 48, 72)
     assert a["threshold"] == a["test"]["q05"] > 0
-    # an untrained generator's noise is nowhere near a radiograph: none below the test images' 5th percentile
-    assert a["share_below_threshold"] == 0.0 and a["generated"]["min"] > a["test"]["max"]
+    # an untrained generator's noise is nowhere near a radiograph: none below the test images' 5th percentile, and the
+    # closest noise image farther from the training images than 95% of the test images (the farthest test image, an
+    # outlier of the fixture, may be farther still: it was, for one draw of the initial weights)
+    assert a["share_below_threshold"] == 0.0 and a["generated"]["min"] > a["test"]["q95"]
     assert len(a["closest_pairs"]) == 8
   assert m["pixels"]["figure"] == str(tmp_path / "pairs.png")
   assert m["features"]["figure"] == str(tmp_path / "pairs_features.png")

@@ -134,8 +134,9 @@ def unet_tiny(resolution: int = 64) -> SegTrainConfig:
       python -c "from jaxcxr import config; print(config.unet_tiny())"
 
   Expected: a train step compiles in about 13 s on a busy 2-core CPU (4 s of it the
-  augmentation) and runs in 0.07 s; 30 steps on two images raise their Dice from 0.21 to
-  0.88 (overfitting, not learning). The learning rate is nearly constant (`lr_decay_steps`
+  augmentation) and runs in 0.07 s; 30 steps on two images raise the Dice of the lungs (either
+  side) from 0.05-0.49 to 0.80-0.92 over 5 seeds (overfitting, not learning); it tells the right
+  lung from the left in about half of them. The learning rate is nearly constant (`lr_decay_steps`
   1000), so runs of different `steps` share one compiled step.
   """
   return SegTrainConfig(

@@ -7,8 +7,10 @@ measured 4.4 s as a plain jit but 50 s inside a scan (64x64, batch 16, jax
 0.10.2). On a CPU backend `conv2d` therefore has a custom VJP that keeps every
 convolution in the canonical NHWC/HWIO forward form: the input gradient is a
 forward convolution with the flipped, transposed kernel (itself through the same
-rule, so R1's second derivatives stay canonical) and the kernel gradient is
-im2col patches times the output gradient, one matmul. Other backends use plain
+rule, so R1's second derivatives stay canonical) and the kernel gradient is a
+forward convolution too, of the input with the output gradient, the batch as the
+contracted axis. A convolution from one input channel is computed from shifted
+copies of the image (XLA's ran at 3 GFLOP/s). Other backends use plain
 `lax.conv_general_dilated` and its autodiff (cuDNN).
 
 `conv_path` switches between the two for the functions traced inside it (e.g. to
@@ -45,11 +47,12 @@ def conv_path(path: str) -> Iterator[None]:
   clears JAX's in-memory compilation caches (`jax.clear_caches`) when the path changes, so
   a jitted function called inside the block is traced again with the chosen path and
   never served a program traced with the other (programs compiled ahead of time keep
-  theirs). The forward convolution is the same on both paths; only the gradients differ.
+  theirs). Both paths compute the same functions, float rounding aside; the custom-VJP path
+  computes a convolution from one input channel its own way too.
 
   Args:
-    path: "custom_vjp" (every gradient a canonical forward convolution or an im2col
-      matmul; the default on a CPU backend), "xla" (`lax.conv_general_dilated` with XLA's
+    path: "custom_vjp" (every gradient a canonical forward convolution; the default on a
+      CPU backend), "xla" (`lax.conv_general_dilated` with XLA's
       own autodiff; the default elsewhere) or "auto" (the default of the backend).
 
   Raises:
@@ -102,24 +105,47 @@ def patches(x: jax.Array, k: int) -> jax.Array:
   return jnp.concatenate([padded[:, i: i + h, j: j + w, :] for i in range(k) for j in range(k)], axis=-1)
 
 
+def _cpu_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The forward convolution on a CPU: XLA's, except from one input channel.
+
+  From one channel (the first layer of the U-Net, the classifier, the discriminator) XLA:CPU's
+  convolution ran at 3 GFLOP/s; the k*k shifted copies of the image times the kernel's rows, summed
+  in one elementwise loop, took 2.0 ms against 21.9 ms (8x256x256x1 -> 8, one core;
+  `python -m benchmarks.cpu_paths --probe one_channel`). Its gradients stay those of `_cpu_conv`.
+  """
+  if kernel.shape[2] != 1:
+    return _xla_conv(x, kernel)
+  k = kernel.shape[0]
+  p = k // 2
+  _, h, w, _ = x.shape
+  padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  return sum(padded[:, i: i + h, j: j + w, :] * kernel[i, j].reshape(1, 1, 1, -1) for i in range(k) for j in range(k))
+
+
 @jax.custom_vjp
 def _cpu_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _xla_conv(x, kernel)
+  return _cpu_forward(x, kernel)
 
 
 def _cpu_conv_fwd(x, kernel):
-  return _xla_conv(x, kernel), (x, kernel)
+  return _cpu_forward(x, kernel), (x, kernel)
 
 
 def _cpu_conv_bwd(residuals, dy):
   x, kernel = residuals
-  k, _, c_in, c_out = kernel.shape
+  k = kernel.shape[0]
   # Input gradient: a forward convolution with the flipped, in/out-swapped kernel (canonical form;
   # through _cpu_conv again, so second derivatives, e.g. R1, stay canonical too).
   dx = _cpu_conv(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-  # Kernel gradient: im2col patches against dy, one matmul.
-  dk = patches(x, k).reshape(-1, k * k * c_in).T @ dy.reshape(-1, c_out)
-  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+  # Kernel gradient: also a forward convolution, with the batch as the contracted feature axis: x as (C_in, H, W, B)
+  # images, dy as a (H, W, B, C_out) kernel, a (k, k) output. Inside a lax.scan, at the base GAN's layer shapes, it
+  # took 1.9-8.9 ms against 3.2-39.7 ms for im2col patches times one matmul (whose 9x copy of x was 17% of the GAN
+  # training step; equal at 16x16 and 32x32 with 32-64 channels) and 150-870 ms for XLA's own transpose
+  # (`python -m benchmarks.cpu_paths --probe kernel_gradient`, one core).
+  p = k // 2
+  dk = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), ((p, p), (p, p)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))   # (C_in, k, k, C_out)
+  return dx, dk.transpose(1, 2, 0, 3).astype(kernel.dtype)
 
 
 _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
@@ -260,9 +286,18 @@ class GroupNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    xg = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
-    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
-    var = jnp.square(xg - mean).mean(axis=(1, 2, 4), keepdims=True)
-    y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
-    y = y * self.scale[...].reshape(1, 1, 1, c) + self.bias[...].reshape(1, 1, 1, c)
-    return y.astype(self.dtype)
+    per_group = c // self.groups
+    n = h * w * per_group
+    xf = x.astype(jnp.float32).reshape(b, h * w, c)
+    # Two passes (the mean, then the centred squares), each a contraction over the pixels: XLA:CPU runs these as
+    # matmuls, where a mean over axes (1, 2, 4) of the grouped view was a strided reduction. Forward and backward of
+    # the 256x256 U-Net's GroupNorms took 36% of its training step; with contractions forward and backward took
+    # 1.5-3.8x less time at the U-Net's and GAN's shapes (`python -m benchmarks.cpu_paths --probe group_norm`).
+    # Same statistics, float rounding aside.
+    mean = jnp.einsum("bpc,p->bc", xf, jnp.ones((h * w,), jnp.float32)).reshape(b, self.groups, per_group)
+    mean = jnp.repeat(mean.sum(-1) / n, per_group, axis=1)                     # (B, C), per group
+    centred = xf - mean[:, None, :]
+    var = jnp.einsum("bpc,bpc->bc", centred, centred).reshape(b, self.groups, per_group)
+    inv = jnp.repeat(jax.lax.rsqrt(var.sum(-1) / n + self.epsilon), per_group, axis=1)
+    y = centred * (inv * self.scale[...].reshape(1, c))[:, None, :] + self.bias[...].reshape(1, 1, c)
+    return y.reshape(b, h, w, c).astype(self.dtype)
