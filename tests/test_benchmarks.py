@@ -102,3 +102,23 @@ def test_readme_table_is_replaced_between_markers(tmp_path, quick_records):
   (tmp_path / "bare.md").write_text("no markers")
   with pytest.raises(ValueError, match="markers"):
     table.update_readme(tmp_path / "bare.md", quick_records)
+
+
+def test_profile_attributes_operations_to_their_components():
+  """benchmarks/profile.py reads the optimised HLO's stack frames: GroupNorm's and the convolutions' operations."""
+  import jax   # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp   # pylint: disable=g-import-not-at-top
+  from benchmarks import profile   # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import layers   # pylint: disable=g-import-not-at-top
+
+  norm = layers.GroupNorm(4, 2, dtype=jnp.float32)
+  loss = lambda x, k: jnp.sum(jnp.tanh(norm(layers.conv2d(x, k))))
+  x, k = jnp.ones((2, 8, 8, 3)), 0.1 * jnp.ones((3, 3, 3, 4))
+  with layers.conv_path("custom_vjp"):
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, k).compile().as_text()
+  operations, members = profile.hlo_operations(hlo)
+  labels = {profile._label(name, operations, members) for name in operations}   # pylint: disable=protected-access
+  components = {component for component, _ in labels}
+  assert {"group_norm", "conv_forward"} <= components, labels
+  assert any(kind in ("convolution", "fusion(convolution)") for _, kind in labels), labels
+  assert any(op.functions for op in operations.values())   # the stack frames were read
