@@ -46,9 +46,10 @@ import numpy as np
 
 from benchmarks import models as models_lib
 from jaxcxr.models import layers, make_condition
+from jaxcxr.anomaly import healthygan
 from jaxcxr.train import gan, segmentation
 
-PROGRAMS = ("gan_train", "unet_train")
+PROGRAMS = ("gan_train", "unet_train", "healthygan_score")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\b([a-z][\w\-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
@@ -179,6 +180,9 @@ def _program(name: str, steps_per_call: int | None):
             "cond": jnp.asarray(make_condition(rng.choice(["M", "F"], n), rng.integers(18, 80, n),
                                                rng.integers(0, 2, n), conditions=config.generator.conditions))}
     return gan.train_step_program(config, data), config.steps_per_call
+  if name == "healthygan_score":   # one call scores a batch of 64 random images (the suite's largest CPU batch)
+    r = m.translator.config.resolution
+    return healthygan.score_program(m.translator, rng.integers(0, 256, (64, r, r), dtype=np.uint8)), 1
   config = m.unet_train
   if steps_per_call:
     config = dataclasses.replace(config, steps_per_call=steps_per_call)
