@@ -2,7 +2,7 @@
 
 `UpsamplerConfig` (the stage, `jaxcxr.models.upsampler.Upsampler`; a cascade generator's
 `GeneratorConfig.upsampler`), `UpsamplerTrainConfig` (`jaxcxr.train.upsampler`) and the
-presets `upsampler_tiny`, `upsampler_x4_cpu`, `upsampler_x4_noiseless_cpu`, `upsampler_x4_generated_cpu`
+presets `upsampler_tiny`, `upsampler_x2_cpu` (for a 128x128 base), `upsampler_x4_cpu`, `upsampler_x4_noiseless_cpu`, `upsampler_x4_generated_cpu`
 (`PRESETS`).
 """
 
@@ -13,7 +13,8 @@ import math
 
 from jaxcxr.config.common import DTYPES, Family, check_choice, check_loop_fields
 
-__all__ = ["FAMILY", "PRESETS", "UpsamplerConfig", "UpsamplerTrainConfig", "upsampler_tiny", "upsampler_x4_cpu",
+__all__ = ["FAMILY", "PRESETS", "UpsamplerConfig", "UpsamplerTrainConfig", "upsampler_tiny", "upsampler_x2_cpu",
+           "upsampler_x4_cpu",
            "upsampler_x4_generated_cpu", "upsampler_x4_noiseless_cpu"]
 
 
@@ -164,10 +165,24 @@ def upsampler_x4_cpu() -> UpsamplerTrainConfig:
   return UpsamplerTrainConfig(steps=3000, steps_per_call=10, sample_every=500, checkpoint_every=200)
 
 
+def upsampler_x2_cpu() -> UpsamplerTrainConfig:
+  """2x stage (128 -> 256) for a 128x128 base GAN (`gan_128_resize_cpu`), on real radiographs, 2 CPU cores.
+
+      jaxcxr train upsampler --preset upsampler_x2_cpu --out runs/upsampler_x2   # data: both NIH archives
+
+  Input blocks at 128x128 with 24 channels, one 16-channel stage at 256x256, no noise inputs
+  (as `upsampler_x4_noiseless_cpu`: with them the stage drew grain real films do not have);
+  128x128 crops, batch 8.
+  """
+  return dataclasses.replace(upsampler_x4_cpu(), steps=6000,
+                             upsampler=UpsamplerConfig(scale=2, input_channels=24, stage_channels=(16,), noise=False))
+
+
 # The upsampler training presets by name, each callable without arguments.
 PRESETS = {
     "upsampler_tiny": upsampler_tiny,
     "upsampler_x4_cpu": upsampler_x4_cpu,
+    "upsampler_x2_cpu": upsampler_x2_cpu,
     "upsampler_x4_generated_cpu": upsampler_x4_generated_cpu,
     "upsampler_x4_noiseless_cpu": upsampler_x4_noiseless_cpu,
 }
