@@ -1,10 +1,11 @@
 """Where a compiled jaxcxr call spends its time: XLA's own per-operation trace, grouped by component.
 
-    python -m benchmarks.profile --program gan_train [--steps-per-call N] [--conv-path custom_vjp|xla]
+    python -m benchmarks.profile --program NAME [--steps-per-call N] [--conv-path custom_vjp|xla]
         [--repeats N] [--top N] [--json] [--out FILE]
 
 Programs: `gan_train` (the shipped base GAN's recipe, `gan_64_resize_cpu`), `unet_train`
-(`unet_256_cpu`), on the train-step suite's random data (`benchmarks/suites/train_step.py`).
+(`unet_256_cpu`), on the train-step suite's random data (`benchmarks/suites/train_step.py`), and
+`healthygan_score` (the shipped translator's scoring call on 64 random images).
 
 How: the call is compiled ahead of time, run once untimed, then `repeats` times under
 `jax.profiler.trace`. XLA:CPU records one trace event per executed operation (thunk), named as
@@ -41,12 +42,12 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import models as models_lib
-from jaxcxr.models import layers, make_condition
+from benchmarks.suites import train_step
 from jaxcxr.anomaly import healthygan
+from jaxcxr.models import layers
 from jaxcxr.train import gan, segmentation
 
 PROGRAMS = ("gan_train", "unet_train", "healthygan_score")
@@ -171,27 +172,14 @@ def _label(name: str, operations: dict[str, Operation], members: dict[str, list[
 def _program(name: str, steps_per_call: int | None):
   m = models_lib.shipped()
   rng = np.random.default_rng(0)
-  if name == "gan_train":
-    config = m.gan_train
-    if steps_per_call:
-      config = dataclasses.replace(config, steps_per_call=steps_per_call)
-    r, n = config.generator.resolution, 4 * config.batch_size
-    data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
-            "cond": jnp.asarray(make_condition(rng.choice(["M", "F"], n), rng.integers(18, 80, n),
-                                               rng.integers(0, 2, n), conditions=config.generator.conditions))}
-    return gan.train_step_program(config, data), config.steps_per_call
   if name == "healthygan_score":   # one call scores a batch of 64 random images (the suite's largest CPU batch)
     r = m.translator.config.resolution
     return healthygan.score_program(m.translator, rng.integers(0, 256, (64, r, r), dtype=np.uint8)), 1
-  config = m.unet_train
+  trainer, config, make_data = ((gan, m.gan_train, train_step.gan_data) if name == "gan_train"
+                                else (segmentation, m.unet_train, train_step.unet_data))
   if steps_per_call:
     config = dataclasses.replace(config, steps_per_call=steps_per_call)
-  r, n = config.unet.resolution, 4 * config.batch_size
-  masks = np.zeros((n, r, r), np.uint8)
-  masks[:, r // 4: 3 * r // 4, r // 8: 3 * r // 8] = 1
-  masks[:, r // 4: 3 * r // 4, 5 * r // 8: 7 * r // 8] = 2
-  data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)), "masks": jnp.asarray(masks)}
-  return segmentation.train_step_program(config, data), config.steps_per_call
+  return trainer.train_step_program(config, make_data(config, rng)), config.steps_per_call
 
 
 def profile(program_name: str, *, steps_per_call: int | None = None, conv_path: str = "auto",

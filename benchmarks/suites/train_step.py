@@ -38,23 +38,33 @@ def config_dtype(config, name: str) -> str:
   return config.compute_dtype if name == "gan" else config.unet.dtype
 
 
-def _gan(bench, m, rng) -> None:
-  config = m.gan_train
+def gan_data(config, rng: np.random.Generator) -> dict:
+  """Random training arrays for the GAN step: 4 batches of uint8 images and their conditions."""
   r, n = config.generator.resolution, 4 * config.batch_size
-  data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
+  return {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)),
           "cond": jnp.asarray(make_condition(rng.choice(["M", "F"], n), rng.integers(18, 80, n),
                                              rng.integers(0, 2, n), conditions=config.generator.conditions))}
+
+
+def unet_data(config, rng: np.random.Generator) -> dict:
+  """Random training arrays for the U-Net step: 4 batches of uint8 images, each with two lung-like boxes."""
+  r, n = config.unet.resolution, 4 * config.batch_size
+  masks = np.zeros((n, r, r), np.uint8)                     # two lung-like boxes
+  masks[:, r // 4: 3 * r // 4, r // 8: 3 * r // 8] = 1
+  masks[:, r // 4: 3 * r // 4, 5 * r // 8: 7 * r // 8] = 2
+  return {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)), "masks": jnp.asarray(masks)}
+
+
+def _gan(bench, m, rng) -> None:
+  config = m.gan_train
+  data = gan_data(config, rng)
   _time(bench, "gan", gan, data, config)
   torch_peer.gan_train_step(bench, m, config, data, SUITE)
 
 
 def _unet(bench, m, rng) -> None:
   config = m.unet_train
-  r, n = config.unet.resolution, 4 * config.batch_size
-  masks = np.zeros((n, r, r), np.uint8)                     # two lung-like boxes
-  masks[:, r // 4: 3 * r // 4, r // 8: 3 * r // 8] = 1
-  masks[:, r // 4: 3 * r // 4, 5 * r // 8: 7 * r // 8] = 2
-  data = {"images": jnp.asarray(rng.integers(0, 256, (n, r, r), dtype=np.uint8)), "masks": jnp.asarray(masks)}
+  data = unet_data(config, rng)
   _time(bench, "unet", segmentation, data, config)
   torch_peer.unet_train_step(bench, m, config, data, SUITE)
 

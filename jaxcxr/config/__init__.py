@@ -64,8 +64,7 @@ from jaxcxr.config.serialization import from_dict, to_dict
 from jaxcxr.config.unet import (NUM_CLASSES, SEG_AUGMENT, SegTrainConfig, UNetConfig, unet_128_cpu, unet_256,
                                 unet_256_cpu, unet_tiny)
 from jaxcxr.config.upsampler import (UpsamplerConfig, UpsamplerTrainConfig, upsampler_tiny, upsampler_x2_cpu,
-                                     upsampler_x4_cpu,
-                                     upsampler_x4_generated_cpu, upsampler_x4_noiseless_cpu)
+                                     upsampler_x4_cpu, upsampler_x4_generated_cpu, upsampler_x4_noiseless_cpu)
 
 __all__ = [
     # serialisation and shared pieces
@@ -75,8 +74,7 @@ __all__ = [
     "FAMILIES", "Family", "PRESETS", "presets_for",
     # super-resolution stage
     "UpsamplerConfig", "UpsamplerTrainConfig", "upsampler_tiny", "upsampler_x2_cpu", "upsampler_x4_cpu",
-    "upsampler_x4_generated_cpu",
-    "upsampler_x4_noiseless_cpu",
+    "upsampler_x4_generated_cpu", "upsampler_x4_noiseless_cpu",
     # GAN
     "UPSAMPLINGS", "GeneratorConfig", "DiscriminatorConfig", "GanTrainConfig", "gan_tiny", "gan_64_cpu",
     "gan_64_normal_cpu", "gan_128", "gan_256", "gan_64_resize_cpu", "gan_64_resize_normal_cpu", "gan_64_wide_cpu",

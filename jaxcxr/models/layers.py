@@ -121,7 +121,8 @@ def _cpu_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
   p = k // 2
   _, h, w, _ = x.shape
   padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  return sum(padded[:, i: i + h, j: j + w, :] * kernel[i, j].reshape(1, 1, 1, -1) for i in range(k) for j in range(k))
+  return sum(padded[:, i: i + h, j: j + w, :] * kernel[i, j].reshape(1, 1, 1, -1)
+             for i in range(k) for j in range(k))
 
 
 @jax.custom_vjp
