@@ -6,6 +6,11 @@ features, Grad-CAM, the post-filter's `Scorer`, the anomaly scorers) goes throug
 padded by repeating its last row, so padding never feeds blank images to a model
 and never triggers a second compilation), the function runs once per batch, and the
 real rows are copied back to the host and concatenated.
+
+Inside a compiled function, `in_chunks` runs a batch of independent items a few at a time
+(`default_chunk`), and `in_chunks_until` does so in order and stops early: after the first
+`limit` items, or once a count over the outputs (e.g. valid images) reaches a target, so
+that a sampling round computes only the items it needs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -115,11 +121,70 @@ def in_chunks(fn: Callable[..., Any], *args: Any, chunk: int | None) -> Any:
     chunk: items per chunk; None, or at least the batch, calls `fn` once on everything.
   """
   n = jax.tree.leaves(args)[0].shape[0]
-  if chunk is None or chunk >= n:
-    return fn(*args)
-  size = max(d for d in range(1, chunk + 1) if n % d == 0)
+  size = _chunk_size(n, chunk)
   if size == n:
     return fn(*args)
   split = jax.tree.map(lambda a: a.reshape((n // size, size) + a.shape[1:]), args)
   out = jax.lax.map(lambda a: fn(*a), split)
   return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
+
+
+def _chunk_size(n: int, chunk: int | None) -> int:
+  """The largest divisor of n not above chunk (n itself for None or chunk >= n)."""
+  if chunk is None or chunk >= n:
+    return n
+  return max(d for d in range(1, chunk + 1) if n % d == 0)
+
+
+def in_chunks_until(fn: Callable[..., Any], *args: Any, chunk: int | None, limit: jax.Array | int,
+                    target: jax.Array | int, count: Callable[[Any, jax.Array], jax.Array]) -> tuple[Any, jax.Array]:
+  """`fn` over the items of a batch `chunk` at a time, in order, stopping early (inside a trace).
+
+  As `in_chunks` (same chunks, same results for the items computed), but the chunks run in
+  a `lax.while_loop` that stops before a chunk starting at or after item `limit`, and after
+  the chunk where the running total of `count(chunk output, item positions)` reaches
+  `target`. Items not computed cost nothing and their outputs are zeros. With one chunk
+  (chunk None or >= the batch; what several devices or an accelerator get) it is one call of
+  `fn` on the whole batch, skipped when limit or target is <= 0 (a `lax.cond`, so that a
+  sharded batch stays sharded).
+
+  Args:
+    fn: the per-batch function (each item's output depends on that item only).
+    *args: its batched arguments (pytrees whose leaves share the batch as first axis, N).
+    chunk: items per chunk (the largest divisor of N not above it); None: one chunk.
+    limit: items from the start to compute at most (traced int; the last chunk may pass it).
+    target: stop once the count reaches it (traced int); <= 0 computes nothing.
+    count: (one chunk's outputs, int32 (chunk,) item positions) -> int32 scalar added to the total.
+
+  Returns:
+    (fn's outputs for all N items, zeros where not computed; int32 items computed, whole chunks:
+    a multiple of the chunk size, at most N).
+  """
+  n = jax.tree.leaves(args)[0].shape[0]
+  size = _chunk_size(n, chunk)
+  limit, target = jnp.asarray(limit, jnp.int32), jnp.asarray(target, jnp.int32)
+  if size == n:
+    run = (limit > 0) & (target > 0)
+    shapes = jax.eval_shape(fn, *args)
+    out = jax.lax.cond(run, lambda a: fn(*a), lambda a: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                       args)
+    return out, jnp.where(run, n, 0).astype(jnp.int32)
+  m = n // size
+  split = jax.tree.map(lambda a: a.reshape((m, size) + a.shape[1:]), args)
+  one = lambda i: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), split)
+  shapes = jax.eval_shape(lambda a: fn(*a), one(0))
+  buffers = jax.tree.map(lambda s: jnp.zeros((m,) + s.shape, s.dtype), shapes)
+
+  def keep_going(state):
+    i, total, _ = state
+    return (i < m) & (i * size < limit) & (total < target)
+
+  def step(state):
+    i, total, buffers = state
+    out = fn(*one(i))
+    position = i * size + jnp.arange(size, dtype=jnp.int32)
+    buffers = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, i, 0), buffers, out)
+    return i + 1, total + count(out, position).astype(jnp.int32), buffers
+
+  i, _, buffers = jax.lax.while_loop(keep_going, step, (jnp.int32(0), jnp.int32(0), buffers))
+  return jax.tree.map(lambda b: b.reshape((n,) + b.shape[2:]), buffers), i * size

@@ -1,23 +1,30 @@
 """Sampling exactly k post-filter-valid images on device: the round loop and unfiltered sampling.
 
 * `run_rounds`: the host loop of every sampler. It runs a compiled round (one call per
-  round, same shapes every round) from a running latent index until `k` valid images are
-  collected or a limit is hit, keeps the valid images in index order and assembles the
-  result (counters, rates, progress lines). The pre-filtered samplers
+  round, same shapes every round) from a running latent index, telling it how many valid
+  images are still needed, until `k` valid images are collected or a limit is hit, keeps
+  the valid images in index order and assembles the result (counters, rates, progress lines).
+* `finish_slots`: how every round finishes its slots (generates and post-scores them): in
+  index order, a few at a time on a CPU, stopping once the valid images still needed are
+  found (`jaxcxr.batching.in_chunks_until`), so that neither padding slots nor the slots
+  after the last needed valid image are computed. `select_accepted` and `consumed_latents`
+  are the static-shape selection of the pre-filtered rounds and where the next round starts. The pre-filtered samplers
   (`jaxcxr.prefilter.sample_valid_latent`, `jaxcxr.prefilter.cascade.sample_valid_cascade`) run
   their rounds through it too; `jaxcxr.prefilter.choice.resolve_sampler` picks one of the three.
 * `SampleJournal`: a run's progress in its output folder (the kept images as PNGs, the
   counters), so that `run_rounds` killed at any moment resumes where it was and returns
   what an uninterrupted run returns (`jaxcxr sample` uses it).
 * Unfiltered sampling (plain post-filtering): `sample_valid`, whose round
-  (`UnfilteredRound`) generates and post-scores the next `batch_size` consecutive latent
-  indices in one compiled call (`scoring.generate_and_score_batch`, every slot used), and
-  `warm_up_sampler`.
+  (`UnfilteredRound`) generates and post-scores up to the next `batch_size` consecutive latent
+  indices in one compiled call (`scoring.generate_and_score_batch` through `finish_slots`), and
+  `warm_up_sampler` (compiles the round: a call that needs nothing computes nothing).
 * The default limits of a run for k valid images: `default_max_generated` (images generated
   before giving up) and `default_max_rounds` (compiled rounds, for pre-filters that accept few).
 
 Latent i is `models.generator.latents(key, i)` (`scoring.latents_at`), so the images do
 not depend on the batch size: unfiltered sampling returns the first `k` valid indices.
+Where the time of a run goes, and why a round stops early, is measured in
+`benchmarks/suites/time_to_k_valid.py` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from PIL import Image
 
 from jaxcxr import io as io_lib
 from jaxcxr import scoring
+from jaxcxr.batching import default_chunk, in_chunks_until
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.scoring import SCORE_NAMES
 
@@ -48,8 +56,10 @@ __all__ = [
     "UnfilteredRound",
     "check_label",
     "check_limits",
+    "consumed_latents",
     "default_max_generated",
     "default_max_rounds",
+    "finish_slots",
     "pool_size_for",
     "round_inputs",
     "run_rounds",
@@ -94,10 +104,10 @@ def default_max_generated(k: int) -> int:
 
 
 def default_max_rounds(max_generated: int, accept_size: int) -> int:
-  """Rounds allowed for `max_generated` images when each round computes `accept_size` slots: ceil(ratio).
+  """Rounds allowed for `max_generated` images when each round has `accept_size` slots: ceil(ratio).
 
-  A pre-filtered round computes `accept_size` images, padding slots included, so bounding the
-  rounds like the generated images stops a run whose pre-filter accepts (almost) nothing.
+  A round whose pre-filter accepts nothing generates nothing but still draws and judges its
+  pool, so bounding the rounds like the generated images stops such a run.
 
   Raises:
     ValueError: max_generated < 0 or accept_size < 1 (or not integers).
@@ -175,7 +185,8 @@ class SampleJournal:
     if not path.is_file():
       return None
     with np.load(path, allow_pickle=False) as saved:
-      counters = {name: int(saved[name]) for name in _COUNTERS}
+      # n_slots and n_judged are absent from the progress files of earlier versions: 0 there.
+      counters = {name: int(saved[name]) if name in saved.files else 0 for name in _COUNTERS}
       counters["seconds"] = float(saved["seconds"])
       self._kept = {"z": saved["z"], "index": saved["index"],
                     "scores": {name: saved[f"score_{name}"] for name in SCORE_NAMES}}
@@ -199,30 +210,33 @@ class SampleJournal:
     (self.folder / self.PROGRESS_FILE).unlink(missing_ok=True)
 
 
-_COUNTERS = ("n_kept", "n_drawn", "n_generated", "n_valid_seen", "rounds")
+_COUNTERS = ("n_kept", "n_drawn", "n_generated", "n_valid_seen", "rounds", "n_slots", "n_judged")
 
 
-def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str, *, resolution: int,
+def run_rounds(round_fn: Callable[[int, int], Mapping[str, Any]], k: int, group: str, *, resolution: int,
                latent_dim: int, pool_size: int, accept_size: int, max_rounds: int = 10_000,
                max_generated: int | None = None, progress: bool = False,
                journal: SampleJournal | None = None) -> dict[str, Any]:
   """Runs compiled rounds from latent index 0 until `k` valid images are collected or a limit is hit.
 
-  Each round is `round_fn(start)`; the next round starts at `start + consumed`. The host
-  only collects valid images (in the round's slot order, the index order) and stops at `k`.
-  With a `journal`, the progress is saved after each round and a saved one is continued.
+  Each round is `round_fn(start, need)`, need = the valid images still wanted (the round may
+  stop once it has found them); the next round starts at `start + consumed`. The host only
+  collects valid images (in the round's slot order, the index order) and stops at `k`. With a
+  `journal`, the progress is saved after each round and a saved one is continued.
 
   Args:
-    round_fn: callable(start: int) -> mapping of (device) arrays for the latents from index
-      `start` on: "images" uint8 (A, G, G), "z" float32 (A, latent_dim), "index" int (A,),
-      "scores" {name: float32 (A,)}, "valid" bool (A,) (False on padding slots),
-      "slot_used" bool (A,) (False on padding slots), "consumed" int (latents considered).
+    round_fn: callable(start: int, need: int) -> mapping of (device) arrays for the latents from
+      index `start` on: "images" uint8 (A, G, G), "z" float32 (A, latent_dim), "index" int (A,),
+      "scores" {name: float32 (A,)}, "valid" bool (A,) (False on slots not generated),
+      "slot_used" bool (A,) (the slots generated), "consumed" int (latents used up: the next
+      round starts after them), "computed" int (images computed, a padding slot in the last
+      chunk included), "judged" int (latents the pre-filter judged: 0 without one).
     k: valid images wanted (>= 0).
     group: age-sex group (for the progress lines).
     resolution: G, the image side (for an empty result).
     latent_dim: width of z (for an empty result).
     pool_size: latents drawn per round (reported).
-    accept_size: A, images generated per round.
+    accept_size: A, the slots of a round.
     max_rounds: give up after this many rounds.
     max_generated: give up once this many images were generated (default no limit).
     progress: one line per round on stderr.
@@ -237,21 +251,26 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
   check_limits(k, max_rounds, max_generated)
   t0 = time.perf_counter()
   kept: list[dict] = []
-  n_kept = n_drawn = n_generated = n_valid_seen = rounds = 0
-  previous_seconds = 0.0
+  n_kept = n_drawn = n_generated = n_valid_seen = rounds = n_slots = n_judged = 0
+  previous_seconds = round_seconds = 0.0
   saved = journal.restore() if journal is not None else None
   if saved is not None:
-    n_kept, n_drawn, n_generated, n_valid_seen, rounds = (saved["counters"][name] for name in _COUNTERS)
+    n_kept, n_drawn, n_generated, n_valid_seen, rounds, n_slots, n_judged = (saved["counters"][name]
+                                                                             for name in _COUNTERS)
     previous_seconds = saved["counters"]["seconds"]
     if n_kept:
       kept.append(saved["kept"])
     if progress:
       print(f"sample {group}: resumed at round {rounds}, {n_kept}/{k} valid", file=sys.stderr, flush=True)
   while n_kept < k and rounds < max_rounds and (max_generated is None or n_generated < max_generated):
-    out = jax.device_get(round_fn(n_drawn))
+    t_round = time.perf_counter()
+    out = jax.device_get(round_fn(n_drawn, k - n_kept))
+    round_seconds += time.perf_counter() - t_round
     rounds += 1
     n_drawn += int(out["consumed"])
     n_generated += int(out["slot_used"].sum())
+    n_slots += int(out["computed"])
+    n_judged += int(out["judged"])
     valid = np.flatnonzero(out["valid"])
     n_valid_seen += valid.size
     take = valid[: k - n_kept]
@@ -259,7 +278,7 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
                  "scores": {name: v[take] for name, v in out["scores"].items()}})
     n_kept += take.size
     if journal is not None:
-      counters = dict(zip(_COUNTERS, (n_kept, n_drawn, n_generated, n_valid_seen, rounds)))
+      counters = dict(zip(_COUNTERS, (n_kept, n_drawn, n_generated, n_valid_seen, rounds, n_slots, n_judged)))
       journal.record({**counters, "seconds": previous_seconds + time.perf_counter() - t0}, kept[-1])
     if progress:
       print(f"sample {group}: round {rounds}, {n_kept}/{k} valid, {n_generated} generated of {n_drawn} latents "
@@ -271,38 +290,82 @@ def run_rounds(round_fn: Callable[[int], Mapping[str, Any]], k: int, group: str,
              "scores": {name: np.zeros((0,), np.float32) for name in SCORE_NAMES}})
   return {**merged, "n_valid": int(n_kept), "n_latents_drawn": int(n_drawn), "n_generated": int(n_generated),
           "n_valid_seen": int(n_valid_seen), "n_rounds": rounds,
-          "seconds": float(seconds), "valid_rate": n_valid_seen / n_generated if n_generated else 0.0,
+          "seconds": float(seconds), "round_seconds": float(round_seconds),
+          "valid_rate": n_valid_seen / n_generated if n_generated else 0.0,
           "acceptance_rate": n_generated / n_drawn if n_drawn else 0.0,
           "generated_per_valid": n_generated / n_valid_seen if n_valid_seen else float("inf"),
           "complete": n_kept == k, "pool_size": pool_size, "accept_size": accept_size,
-          "n_slots": rounds * accept_size}
+          "n_slots": int(n_slots), "n_judged": int(n_judged)}
 
 
-# ----------------------------------------------------------------------------- filtered rounds
+# ----------------------------------------------------------------------------- the parts of a round
 
 
-def select_accepted(accepted: jax.Array, accept_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def finish_slots(fn: Callable[..., Mapping[str, jax.Array]], *args: Any, limit: jax.Array | int,
+                 need: jax.Array | int) -> tuple[dict[str, jax.Array], jax.Array, jax.Array, jax.Array]:
+  """Generates and post-scores a round's slots in order until `need` valid images are found (inside a trace).
+
+  The first `limit` slots are the real ones (the rest pad the static shape). They run
+  `batching.default_chunk()` at a time (a CPU; one call of all of them elsewhere) and stop
+  after the chunk holding the `need`-th valid image: a slot not computed costs nothing, so
+  padding slots and the slots after the last image a run needs take no time.
+
+  Args:
+    fn: (per-slot arguments of a chunk) -> {"valid": bool (c,), ...}, each slot's output from
+      that slot alone (`scoring.generate_and_score_batch` and the like).
+    *args: its arguments, every leaf with the slots (A) as first axis.
+    limit: real slots (traced int <= A).
+    need: valid images still wanted (traced int); 0 computes nothing (a warm-up).
+
+  Returns:
+    (fn's outputs with "valid" False on slots not used, slot_used bool (A,) (the first
+    `finished` slots), finished int32 (slots generated: used), computed int32 (slots computed,
+    a padding slot of the last chunk included)).
+  """
+  n = jax.tree.leaves(args)[0].shape[0]
+  out, computed = in_chunks_until(fn, *args, chunk=default_chunk(), limit=limit, target=need,
+                                  count=lambda o, position: (o["valid"] & (position < limit)).sum())
+  finished = jnp.minimum(computed, limit)
+  slot_used = jnp.arange(n, dtype=jnp.int32) < finished
+  return {**out, "valid": out["valid"] & slot_used}, slot_used, finished, jnp.minimum(computed, n)
+
+
+def select_accepted(accepted: jax.Array, accept_size: int) -> tuple[jax.Array, jax.Array]:
   """The slots of a filtered round with static shapes (inside a traced function).
 
   The first `accept_size` accepted positions of the pool in index order fill the slots
   (`lax.top_k` of -(position, + pool_size if rejected)); a pool with fewer fills the rest
-  with rejected positions, marked unused.
+  with rejected positions (padding slots, never generated: `finish_slots`' limit).
 
   Args:
     accepted: bool (P,) over the pool, in latent-index order.
     accept_size: A, slots per round (<= P).
 
   Returns:
-    (chosen int32 (A,) pool positions, slot_used bool (A,), consumed int32: latents the round
-    used up: the whole pool, unless more were accepted than slots; then up to and including
-    the last one chosen, so the next round starts at the first accepted latent left over).
+    (chosen int32 (A,) pool positions, n_accepted int32: accepted latents in the pool).
   """
   pool_size = accepted.shape[0]
   position = jnp.arange(pool_size, dtype=jnp.int32)
   rank = jnp.where(accepted, position, pool_size + position)         # accepted first, each kind in index order
   _, chosen = jax.lax.top_k(-rank, accept_size)                      # (A,) positions, ascending rank
-  consumed = jnp.where(accepted.sum() > accept_size, chosen[accept_size - 1] + 1, pool_size)
-  return chosen, accepted[chosen], consumed.astype(jnp.int32)
+  return chosen.astype(jnp.int32), accepted.sum().astype(jnp.int32)
+
+
+def consumed_latents(chosen: jax.Array, n_accepted: jax.Array, finished: jax.Array, judged: jax.Array) -> jax.Array:
+  """Latents a filtered round used up, so that the next round starts at the first accepted one it left over.
+
+  Args:
+    chosen: int32 (A,) pool positions of the slots (`select_accepted`).
+    n_accepted: accepted latents among the judged ones.
+    finished: slots generated (the first ones of `chosen`).
+    judged: pool latents judged (from the start of the pool).
+
+  Returns:
+    int32: up to and including the last finished latent when accepted ones are left unfinished,
+    else every judged latent (the unfinished ones among them were all rejected).
+  """
+  last = jnp.where(finished > 0, chosen[jnp.maximum(finished - 1, 0)] + 1, chosen[0])
+  return jnp.where(finished < n_accepted, last, judged).astype(jnp.int32)
 
 
 def pool_size_for(accept_size: int, acceptance: float | None) -> int:
@@ -325,12 +388,13 @@ def pool_size_for(accept_size: int, acceptance: float | None) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("models", "config", "batch_size", "batch_sharding"))
-def _generate_and_score_round(models, states, calibration, key, start, cond, *, config, batch_size, batch_sharding):
+def _generate_and_score_round(models, states, calibration, key, start, need, cond, *, config, batch_size,
+                              batch_sharding):
   """One round of unfiltered sampling in one compiled call (shapes static in every round).
 
   models/states: (U-Net, classifier, generator). Latent indices start .. start+batch_size-1
-  give z (`latents`), all generated and post-scored: every slot is used and the round
-  consumes `batch_size` latents.
+  give z (`latents`), generated and post-scored in order until `need` valid images are found
+  (`finish_slots`); the round consumes the latents it generated.
   """
   TRACE_COUNTS["generate_and_score_round"] += 1          # runs at trace time only
   latent_dim = nnx.merge(models[2], states[2]).config.latent_dim
@@ -338,13 +402,15 @@ def _generate_and_score_round(models, states, calibration, key, start, cond, *, 
   z = scoring.latents_at(key, index, latent_dim)                                         # (B, D)
   if batch_sharding is not None:
     z = jax.lax.with_sharding_constraint(z, batch_sharding)
-  out = scoring.generate_and_score_batch(models, states, calibration, z, cond, config, keep_maps=False)
+  out, slot_used, finished, computed = finish_slots(
+      lambda z, cond: scoring.generate_and_score_batch(models, states, calibration, z, cond, config, keep_maps=False),
+      z, cond, limit=batch_size, need=need)
   return {"images": out["images"], "z": z, "index": index, "scores": out["scores"], "valid": out["valid"],
-          "slot_used": jnp.ones((batch_size,), bool), "consumed": jnp.int32(batch_size)}
+          "slot_used": slot_used, "consumed": finished, "computed": computed, "judged": jnp.int32(0)}
 
 
 class UnfilteredRound:
-  """Everything constant across rounds of unfiltered sampling, split once; `__call__(start)` runs one round."""
+  """Everything constant across rounds of unfiltered sampling, split once; `__call__(start, need)` runs one round."""
 
   def __init__(self, scorer, generator, key: jax.Array, group: str, label: int, batch_size: int):
     check_label(generator, label)
@@ -355,18 +421,22 @@ class UnfilteredRound:
     self.batch_sharding, self.cond, self.key = inputs["batch_sharding"], inputs["cond"], inputs["key"]
     self.static = {"config": scorer.config, "batch_size": batch_size}
 
-  def __call__(self, start: int) -> dict[str, Any]:
+  def __call__(self, start: int, need: int) -> dict[str, Any]:
     return _generate_and_score_round(self.models, self.states, self.calibration, self.key, jnp.int32(start),
-                                     self.cond, batch_sharding=self.batch_sharding, **self.static)
+                                     jnp.int32(need), self.cond, batch_sharding=self.batch_sharding, **self.static)
 
 
 def warm_up_sampler(scorer, generator, key: jax.Array, group: str, *, label: int = 0,
                     batch_size: int | None = None) -> float:
-  """Compiles `sample_valid`'s round (one call, result discarded); returns its seconds (compile + one round)."""
+  """Compiles `sample_valid`'s round; returns its seconds.
+
+  The call needs no valid image, so it computes nothing: the seconds are the compilation (or
+  its load from the persistent compilation cache, `jaxcxr.compilation_cache`).
+  """
   batch_size = batch_size if batch_size is not None else scorer.config.batch_size
   caller = UnfilteredRound(scorer, generator, key, group, label, batch_size)
   t0 = time.perf_counter()
-  jax.block_until_ready(caller(0))
+  jax.block_until_ready(caller(0, 0))
   return time.perf_counter() - t0
 
 
@@ -377,10 +447,12 @@ def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label
 
   Each round is ONE compiled call (same shapes every round, so it compiles once per
   configuration): generate and post-score the next `batch_size` latent indices
-  (`models.generator.latents(key, i)`, indices from a running counter so no z repeats).
-  The returned images are the first `k` valid indices, whatever the batch size; the host
-  only collects valid images and stops at `k`. The same images come from
-  `jaxcxr.prefilter.sample_valid_latent` with a pre-filter that accepts every latent.
+  (`models.generator.latents(key, i)`, indices from a running counter so no z repeats), in
+  order, stopping once the valid images still needed are found (`finish_slots`: the last
+  round computes only what the run needs). The returned images are the first `k` valid
+  indices, whatever the batch size; the host only collects valid images and stops at `k`.
+  The same images come from `jaxcxr.prefilter.sample_valid_latent` with a pre-filter that
+  accepts every latent.
 
   Args:
     scorer: a `jaxcxr.scoring.Scorer` (post-filter).
@@ -401,10 +473,12 @@ def sample_valid(scorer, generator, key: jax.Array, k: int, group: str, *, label
     (all > 0), "n_valid" (= k unless a limit was hit), "n_latents_drawn" (latents
     considered), "n_generated" (images generated; = n_latents_drawn here), "n_valid_seen"
     (valid among them, including any beyond k), "n_rounds", "seconds" (wall time, rounds
-    only), "valid_rate" (n_valid_seen / n_generated), "acceptance_rate" (n_generated /
-    n_latents_drawn: 1 here), "generated_per_valid" (n_generated / n_valid_seen),
-    "complete" (n_valid == k), "pool_size" and "accept_size" (both = batch_size), "n_slots"
-    (images computed: n_rounds * batch_size)}.
+    only), "round_seconds" (the part of it spent in the compiled rounds; the rest is host
+    work: collecting, the journal, progress), "valid_rate" (n_valid_seen / n_generated),
+    "acceptance_rate" (n_generated / n_latents_drawn: 1 here), "generated_per_valid"
+    (n_generated / n_valid_seen), "complete" (n_valid == k), "pool_size" and "accept_size"
+    (both = batch_size), "n_slots" (images computed: = n_generated here), "n_judged" (latents
+    a pre-filter judged: 0 here)}.
 
   Raises:
     ValueError: k < 0, max_rounds < 1, batch_size < 1, a label the generator lacks.

@@ -101,3 +101,27 @@ def test_cpu_chunk_setting_is_checked():
   for bad in ("0", "-1", "two", ""):
     with pytest.raises(ValueError, match="JAXCXR_CPU_CHUNK"):
       batching._cpu_chunk(bad)  # pylint: disable=protected-access
+
+
+def test_in_chunks_until_computes_in_order_up_to_the_limit_or_the_target():
+  from jaxcxr.batching import in_chunks_until  # pylint: disable=g-import-not-at-top
+
+  fn = lambda x: {"y": 2.0 * x + 1.0, "hit": x % 3 == 0}   # items 0, 3, 6, 9 are hits
+  count = lambda out, position: out["hit"].sum()
+  run = jax.jit(lambda x, limit, target, chunk: in_chunks_until(fn, x, chunk=chunk, limit=limit, target=target,
+                                                                count=count), static_argnames="chunk")
+  x = jnp.arange(12.0)
+  # (chunk, limit, target) -> items computed: whole chunks, stopping after the chunk of the target-th hit or
+  # before the first chunk starting at or after the limit; 5 does not divide 12: chunks of 4.
+  cases = {(2, 12, 2): 4, (2, 12, 4): 10, (2, 12, 9): 12, (2, 5, 9): 6, (5, 12, 2): 4, (5, 12, 3): 8, (1, 12, 1): 1,
+           (2, 12, 0): 0, (2, 0, 3): 0, (None, 12, 1): 12, (None, 12, 0): 0, (None, 0, 5): 0}
+  for (chunk, limit, target), want in cases.items():
+    out, computed = run(x, limit, target, chunk)
+    assert int(computed) == want, (chunk, limit, target)
+    np.testing.assert_allclose(out["y"][:want], 2.0 * x[:want] + 1.0, err_msg=str((chunk, limit, target)))
+    assert not np.asarray(out["y"][want:]).any() and not np.asarray(out["hit"][want:]).any()
+  # Positions let the count ignore items past the limit: limit 5, chunks of 2 -> items 4 and 5 run, 5 not counted.
+  past = jax.jit(lambda x: in_chunks_until(lambda v: {"hit": v >= 0}, x, chunk=2, limit=5, target=6,
+                                           count=lambda out, position: (out["hit"] & (position < 5)).sum()))
+  _, computed = past(x)
+  assert int(computed) == 6

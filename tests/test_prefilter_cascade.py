@@ -189,9 +189,44 @@ def test_cascade_sampler_finishes_only_accepted_latents(fitted_cascade, scorer, 
   full = scorer.score(np.asarray(jnp.round((tiny_cascade.upsample(base, z)[..., 0] + 1) * 127.5), np.uint8))
   valid_accepted = [i for i in accepted if full.valid[i]]
   np.testing.assert_array_equal(out["index"], valid_accepted[:5])
+  # The last round stopped after the chunk (2 images on one CPU device) holding the 5th valid image, and every
+  # drawn latent was judged (some twice: those a round judged past the accepted latents it wanted).
+  assert out["n_generated"] <= int((accepted <= out["index"][-1]).sum()) + 1
+  assert out["n_judged"] >= out["n_latents_drawn"] and out["n_slots"] <= out["n_generated"] + out["n_rounds"]
+  # A smaller pool (the shape the accept-all test compiled) changes the rounds, not the images.
+  smaller = cascade.sample_valid_cascade(scorer, tiny_cascade, fitted_cascade, key, 5, SAMPLING_GROUP, pool_size=8,
+                                         accept_size=4)
+  np.testing.assert_array_equal(smaller["index"], out["index"])
+  assert smaller["n_generated"] == out["n_generated"]
   with pytest.raises(ValueError, match="not a cascade"):
     cascade.sample_valid_cascade(scorer, Generator(config.gan_tiny(64).generator, rngs=nnx.Rngs(0)),
                                  fitted_cascade, key, 1, SAMPLING_GROUP)
+
+
+def test_cascade_round_judges_and_finishes_only_what_is_needed(fitted_cascade, scorer, tiny_cascade):
+  level = scorer.strictness_name
+  key = jax.random.key(13)
+  threshold = fitted_cascade.threshold(level, "youden")
+  caller = cascade._CascadeRound(scorer, tiny_cascade, fitted_cascade, key, SAMPLING_GROUP, 0, "youden", 16, 4)
+  # What a warm-up calls: nothing needed, nothing judged or computed.
+  nothing = jax.device_get(caller(0, 0))
+  assert (nothing["judged"], nothing["computed"], nothing["consumed"], nothing["slot_used"].sum()) == (0, 0, 0, 0)
+  # One accepted latent wanted: judging stops after the chunk (8 latents on one CPU device) holding the first
+  # accepted one, which alone is finished; the next round starts after it.
+  index = jnp.arange(16, dtype=jnp.int32)
+  z = scoring.latents_at(key, index, 128)
+  cond = jnp.asarray(group_condition_batch(SAMPLING_GROUP, 16, 0, conditions=tiny_cascade.config.conditions))
+  log_p = np.asarray(cascade.log_valid_probability(fitted_cascade.predictor,
+                                                   cascade._quantize(tiny_cascade.base_image(z, cond)),
+                                                   scorer.device_calibration))
+  first = int(np.flatnonzero(log_p >= threshold)[0])
+  one = jax.device_get(caller(0, 1, want=1))
+  assert one["judged"] == min(16, (first // 8 + 1) * 8)
+  assert one["slot_used"].tolist() == [True, False, False, False] and one["index"][0] == first
+  assert one["consumed"] == (first + 1 if (log_p[:one["judged"]] >= threshold).sum() > 1 else one["judged"])
+  # The rounds of a run want ceil(need / validation precision) accepted latents, at most accept_size.
+  precision = fitted_cascade.report["levels"][level]["strategies"]["youden"]["validation"]["precision"]
+  assert [caller.want(n) for n in (0, 1, 100)] == [0, min(4, int(np.ceil(1 / precision))), 4]
 
 
 def test_cli_cascade_needs_a_cascade_generator(tmp_path, synthetic_records, capsys):

@@ -4,7 +4,9 @@
 holding one as `generator/`), opens its run folder (a killed run resumes there) and asks
 `jaxcxr.prefilter.choice.resolve_sampler` which sampler runs: post-filtering alone, a latent
 pre-filter or the cascade one, shipped, saved or fitted now. `--unfiltered` keeps every
-generated image instead. `demo` runs `jaxcxr.demo.run_demo`, whose samplers come from the
+generated image instead. Its result carries `timings`, the seconds of each phase of the run
+(`SAMPLE_PHASES`); what the process spent before them (interpreter, imports) is the rest of
+its wall time. `demo` runs `jaxcxr.demo.run_demo`, whose samplers come from the
 same function.
 """
 
@@ -25,11 +27,16 @@ from jaxcxr.models import generator as generator_lib
 from jaxcxr.prefilter import choice
 from jaxcxr.prefilter.thresholds import STRATEGIES
 
-__all__ = ["HANDLERS"]
+__all__ = ["HANDLERS", "SAMPLE_PHASES"]
 
 # The counters of a run kept in `sample`'s result: every sampler's, and those only a pre-filtered run reports.
-_COUNTS = ("n_valid", "n_generated", "seconds", "valid_rate")
-_PREFILTERED_COUNTS = ("n_latents_drawn", "acceptance_rate", "n_rounds", "n_slots", "pool_size", "accept_size")
+_COUNTS = ("n_valid", "n_generated", "seconds", "round_seconds", "valid_rate", "n_rounds", "n_slots")
+_PREFILTERED_COUNTS = ("n_latents_drawn", "acceptance_rate", "n_judged", "pool_size", "accept_size")
+# The phases of `sample` timed in its result's "timings" (seconds): load the generator; load the post-filter;
+# choose (and load or fit) the pre-filter; compile the round (or load it from the compilation cache); sample (the
+# rounds, writing the PNGs as they come: the result's "seconds"); close the run folder. Unfiltered runs have the
+# first, "sample" and "finish" only.
+SAMPLE_PHASES = ("load_generator", "load_scorer", "resolve_sampler", "compile", "sample", "finish")
 
 
 def _check_prefilter_args(args: argparse.Namespace) -> None:
@@ -60,7 +67,9 @@ def run_sample(args: argparse.Namespace) -> dict[str, Any]:
   _check_prefilter_args(args)
   directory = inputs.generator_checkpoint(args.checkpoint)
   log(f"loading generator {directory}")
+  t0 = time.perf_counter()
   generator = generator_lib.load_generator(directory)
+  timings = {"load_generator": time.perf_counter() - t0}
   # A run killed at any moment leaves its record, the kept images and its progress in --out; the
   # same command then resumes it and ends with the uninterrupted run's images.
   run = run_record(args, generator_id=checkpoints.model_id(directory),
@@ -74,7 +83,7 @@ def run_sample(args: argparse.Namespace) -> dict[str, Any]:
   if saved is not None:
     log(f"{out}: resuming the interrupted run of this same command")
   try:
-    return _sample_into(args, out, generator, directory)
+    return _sample_into(args, out, generator, directory, timings)
   except Exception:
     # Bad input found before any image was written: leave no trace of this run.
     if saved is None and [p.name for p in out.iterdir()] == [io.RUN_RECORD]:
@@ -84,8 +93,9 @@ def run_sample(args: argparse.Namespace) -> dict[str, Any]:
     raise
 
 
-def _sample_into(args: argparse.Namespace, out: pathlib.Path, generator, directory: pathlib.Path) -> dict[str, Any]:
-  """`sample`'s work once its output folder is open: sample, write the PNGs round by round, report."""
+def _sample_into(args: argparse.Namespace, out: pathlib.Path, generator, directory: pathlib.Path,
+                 timings: dict[str, float]) -> dict[str, Any]:
+  """`sample`'s work once its output folder is open: sample, write the PNGs round by round, report (with `timings`)."""
   journal = sampling.SampleJournal(out, args.group)
   key = jax.random.key(args.seed)
   result: dict[str, Any] = {"group": args.group, "label": args.label, "checkpoint": str(directory),
@@ -98,30 +108,40 @@ def _sample_into(args: argparse.Namespace, out: pathlib.Path, generator, directo
     for i, image in enumerate(images):
       io.save_png(journal.image_path(i), image)
     n_images = len(images)
+    timings["sample"] = time.perf_counter() - start
   else:
-    n_images = _sample_valid(args, generator, directory, key, result, journal)
+    n_images = _sample_valid(args, generator, directory, key, result, journal, timings)
+  t0 = time.perf_counter()
   files = [str(journal.image_path(i)) for i in range(n_images)]   # written by the journal, round by round
-  result.update(out=str(out), files=files)
+  result.update(out=str(out), files=files, timings=timings)
   journal.finish()
   io.finish_run_dir(out, result)
+  timings["finish"] = time.perf_counter() - t0      # the saved result lacks it; the printed one has it
   return result
 
 
 def _sample_valid(args: argparse.Namespace, generator, directory: pathlib.Path, key, result: dict[str, Any],
-                  journal: sampling.SampleJournal) -> int:
-  """Post-filtered sampling through the sampler `resolve_sampler` chooses; fills `result`, returns the images kept."""
+                  journal: sampling.SampleJournal, timings: dict[str, float]) -> int:
+  """Post-filtered sampling through the sampler `resolve_sampler` chooses; fills `result` and `timings`, returns the
+  images kept."""
+  t0 = time.perf_counter()
   scorer = inputs.load_scorer(args)
+  timings["load_scorer"] = time.perf_counter() - t0
   try:
+    t0 = time.perf_counter()
     sampler = choice.resolve_sampler(
         scorer, generator, args.group, strategy=args.prefilter, prefilter=args.prefilter_dir,
         prefilter_input=args.prefilter_input, latents=args.latents, latent_model=args.prefilter_model,
         generator_dir=directory, label=args.label, seed=args.seed, pool_size=args.pool_size,
         accept_size=args.accept_size, log=log)
-    compile_seconds = sampler.warm_up(key)
+    timings["resolve_sampler"] = time.perf_counter() - t0
+    compile_seconds = timings["compile"] = sampler.warm_up(key)
   except ValueError as e:
     raise UsageError(str(e)) from e
   max_generated = args.max_generated if args.max_generated is not None else sampling.default_max_generated(args.n)
+  t0 = time.perf_counter()
   found = sampler.sample(key, args.n, max_generated=max_generated, progress=True, journal=journal)
+  timings["sample"] = time.perf_counter() - t0
   if sampler.kind == "none":
     result.update(compile_seconds=compile_seconds, **{k: found[k] for k in _COUNTS})
   else:

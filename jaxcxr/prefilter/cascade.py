@@ -6,11 +6,17 @@ on it reaches a 3x speed-up without costing diversity. A cascade generator
 full image plus its post-filter scoring, and its noiseless upsampler makes the output a
 function of that base image. So each round here:
 
-1. draws a pool of latents and makes their base images (cheap);
-2. predicts the post-filter's raw measures from each base image (`ScorePredictor`) and from
-   them log P(valid) at the level the post-filter runs at (`log_valid_probability`);
-3. upsamples and post-scores only the first `accept_size` latents whose log P(valid) clears
-   the threshold (static shapes, as `jaxcxr.prefilter.sampler`).
+1. draws a pool of latents and, a few at a time and in order, makes their base images (cheap)
+   and predicts the post-filter's raw measures from each (`ScorePredictor`), and from them
+   log P(valid) at the level the post-filter runs at (`log_valid_probability`), until enough
+   latents clear the threshold (`jaxcxr.batching.in_chunks_until`);
+2. upsamples and post-scores the first of those accepted latents, in order, until the valid
+   images still needed are found (`jaxcxr.sampling.finish_slots`; static shapes, as
+   `jaxcxr.prefilter.sampler`).
+
+How many accepted latents a round gathers: `accept_size`, or in the last rounds the valid
+images still needed over the pre-filter's validation precision (what they are expected to
+yield), so that the last round neither judges nor finishes latents the run will not use.
 
 Every accepted image is still post-scored: the cascade pre-filter only decides what is worth
 finishing, never what is valid. `CascadePrefilter` is the predictor with one threshold per
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import pathlib
 import os
 import time
@@ -41,7 +48,7 @@ from jaxcxr import io as io_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import sampling, scoring
 from jaxcxr import data as data_lib
-from jaxcxr.batching import map_batches
+from jaxcxr.batching import default_chunk, in_chunks_until, map_batches
 from jaxcxr.data import DataError
 from jaxcxr.models.condition import group_condition_batch
 from jaxcxr.config import ScorePredictorConfig
@@ -53,6 +60,7 @@ from jaxcxr.train import score_predictor as trainer
 __all__ = [
     "CASCADE_SCORES",
     "CascadePrefilter",
+    "JUDGE_CPU_CHUNK",
     "TRACE_COUNTS",
     "fit_cascade_prefilter",
     "judge_latents_cascade",
@@ -72,6 +80,11 @@ CASCADE_SCORES: dict[str, str] = {"score_shape": "shape", "score_abnormal": "abn
 
 # Number of traces (compilations) of `_cascade_round`, for the no-recompile checks.
 TRACE_COUNTS: dict[str, int] = {"cascade_round": 0}
+
+# Latents judged per chunk of a round on one CPU device (elsewhere: `accept_size` per chunk). The 64x64 base
+# image and the predictor of the shipped cascade, 384 latents on one core: 1.6-1.7 ms per latent in chunks of 4
+# to 16, 2.5 ms in one batch (`python benchmarks/time_to_k_phases.py`, benchmarks/results/time_to_k_phases_cpu.json).
+JUDGE_CPU_CHUNK = 8
 
 
 def log_valid_probability(predictor: ScorePredictor, base: jax.Array, calibration) -> jax.Array:
@@ -249,32 +262,47 @@ def _base_and_log_p(generator, predictor: ScorePredictor, z: jax.Array, cond: ja
 
 
 @functools.partial(jax.jit, static_argnames=("models", "config", "pool_size", "accept_size", "batch_sharding"))
-def _cascade_round(models, states, calibration, key, start, pool_cond, threshold, *, config, pool_size,
+def _cascade_round(models, states, calibration, key, start, want, need, pool_cond, threshold, *, config, pool_size,
                    accept_size, batch_sharding):
   """One round of cascade-filtered sampling in one compiled call (shapes static in every round).
 
   models/states: (U-Net, classifier, cascade generator, score predictor). Latent indices
-  start .. start+pool_size-1 give z and base images; accepted = log P(valid) >= threshold;
-  the first `accept_size` accepted in index order are upsampled and post-scored (padding
-  slots, when fewer were accepted, are masked out as in `jaxcxr.prefilter.sampler`).
+  start .. start+pool_size-1 give z; their base images and log P(valid) are computed in
+  chunks, in order, until `want` (<= accept_size) of them are accepted (log P(valid) >=
+  threshold). The first `want` accepted in index order fill the slots and are upsampled and
+  post-scored in order until `need` valid images are found; padding slots, when fewer were
+  accepted, are never computed.
   """
   TRACE_COUNTS["cascade_round"] += 1          # runs at trace time only
   generator = nnx.merge(models[2], states[2])
   predictor = nnx.merge(models[3], states[3])
   index = start + jnp.arange(pool_size, dtype=jnp.int32)                                 # (P,)
   z = scoring.latents_at(key, index, generator.config.latent_dim)                         # (P, D)
-  base, log_p = _base_and_log_p(generator, predictor, z, pool_cond, calibration)         # (P, r, r, 1), (P,)
-  accepted = log_p >= threshold
-  chosen, slot_used, consumed = sampling.select_accepted(accepted, accept_size)
-  z_chosen, base_chosen = z[chosen], base[chosen]
+
+  def judge(z, cond):
+    base, log_p = _base_and_log_p(generator, predictor, z, cond, calibration)             # (c, r, r, 1), (c,)
+    return {"base": base, "log_p": log_p}
+
+  pool, judged = in_chunks_until(judge, z, pool_cond, chunk=JUDGE_CPU_CHUNK if default_chunk() else accept_size,
+                                 limit=pool_size, target=want,
+                                 count=lambda out, _: (out["log_p"] >= threshold).sum())
+  accepted = (jnp.arange(pool_size, dtype=jnp.int32) < judged) & (pool["log_p"] >= threshold)
+  chosen, n_accepted = sampling.select_accepted(accepted, accept_size)
+  z_chosen, base_chosen = z[chosen], pool["base"][chosen]
   if batch_sharding is not None:
     base_chosen = jax.lax.with_sharding_constraint(base_chosen, batch_sharding)
-  images = generator.upsample(base_chosen, z_chosen)                                     # (A, G, G, 1)
-  x = jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
-  out = scoring.score_batch(models[:2], states[:2], calibration, x, config, False)
-  return {"images": jnp.round(x[..., 0] * 255.0).astype(jnp.uint8), "z": z_chosen, "index": index[chosen],
-          "log_p": log_p[chosen], "scores": out["scores"], "valid": out["valid"] & slot_used,
-          "slot_used": slot_used, "consumed": consumed}
+
+  def finish(base, z):
+    x = jnp.clip((generator.upsample(base, z) + 1.0) * 0.5, 0.0, 1.0)                      # (c, G, G, 1)
+    out = scoring.score_batch(models[:2], states[:2], calibration, x, config, False)
+    return {"images": jnp.round(x[..., 0] * 255.0).astype(jnp.uint8), "scores": out["scores"], "valid": out["valid"]}
+
+  out, slot_used, finished, computed = sampling.finish_slots(
+      finish, base_chosen, z_chosen, limit=jnp.minimum(jnp.minimum(n_accepted, want), accept_size), need=need)
+  return {"images": out["images"], "z": z_chosen, "index": index[chosen], "log_p": pool["log_p"][chosen],
+          "scores": out["scores"], "valid": out["valid"], "slot_used": slot_used,
+          "consumed": sampling.consumed_latents(chosen, n_accepted, finished, judged), "computed": computed,
+          "judged": judged}
 
 
 def _check_cascade(generator, prefilter: CascadePrefilter, label: int, caller: str) -> None:
@@ -289,7 +317,7 @@ def _check_cascade(generator, prefilter: CascadePrefilter, label: int, caller: s
 
 
 class _CascadeRound:
-  """Everything constant across rounds of `sample_valid_cascade`, split once; `__call__(start)` runs one round."""
+  """Everything constant across rounds of `sample_valid_cascade`, split once; `__call__(start, need)` runs one round."""
 
   def __init__(self, scorer, generator, prefilter: CascadePrefilter, key, group: str, label: int, strategy: str,
                pool_size: int, accept_size: int):
@@ -307,11 +335,29 @@ class _CascadeRound:
     self.calibration, self.batch_sharding, self.key = inputs["calibration"], inputs["batch_sharding"], key
     self.pool_cond = jnp.asarray(group_condition_batch(group, pool_size, label, conditions=cfg.conditions))
     self.threshold = jnp.float32(threshold)
+    self.accept_size = accept_size
+    validation = prefilter.report.get("levels", {}).get(level, {}).get("strategies", {}).get(strategy, {})
+    self.precision = (validation.get("validation") or {}).get("precision")
     self.static = {"config": scorer.config, "pool_size": pool_size, "accept_size": accept_size}
 
-  def __call__(self, start: int) -> dict[str, Any]:
-    return _cascade_round(self.models, self.states, self.calibration, self.key, jnp.int32(start), self.pool_cond,
-                          self.threshold, batch_sharding=self.batch_sharding, **self.static)
+  def want(self, need: int) -> int:
+    """Accepted latents a round gathers: accept_size, or fewer when they are expected to yield the `need` left.
+
+    ceil(need / the pre-filter's validation precision) at its level and strategy (accept_size
+    when that is unknown or 0); 0 when nothing is needed. Too few only costs another round.
+    """
+    if need <= 0:
+      return 0
+    if not self.precision:
+      return self.accept_size
+    return min(self.accept_size, math.ceil(need / self.precision))
+
+  def __call__(self, start: int, need: int, *, want: int | None = None) -> dict[str, Any]:
+    """One round from latent `start` for `need` valid images (`want` overrides `self.want(need)`)."""
+    want = self.want(need) if want is None else want
+    return _cascade_round(self.models, self.states, self.calibration, self.key, jnp.int32(start), jnp.int32(want),
+                          jnp.int32(need), self.pool_cond, self.threshold, batch_sharding=self.batch_sharding,
+                          **self.static)
 
 
 def default_cascade_round_sizes(scorer, prefilter: CascadePrefilter, strategy: str, pool_size: int | None,
@@ -328,11 +374,11 @@ def default_cascade_round_sizes(scorer, prefilter: CascadePrefilter, strategy: s
 def warm_up_cascade(scorer, generator, prefilter: CascadePrefilter, key: jax.Array, group: str, *,
                     strategy: str = "youden", label: int = 0, pool_size: int | None = None,
                     accept_size: int | None = None) -> float:
-  """Compiles `sample_valid_cascade`'s round (one call, result discarded); returns its seconds."""
+  """Compiles `sample_valid_cascade`'s round; returns its seconds (a call that needs nothing: the compilation)."""
   pool_size, accept_size = default_cascade_round_sizes(scorer, prefilter, strategy, pool_size, accept_size)
   caller = _CascadeRound(scorer, generator, prefilter, key, group, label, strategy, pool_size, accept_size)
   t0 = time.perf_counter()
-  jax.block_until_ready(caller(0))
+  jax.block_until_ready(caller(0, 0))
   return time.perf_counter() - t0
 
 
@@ -345,9 +391,11 @@ def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: ja
 
   As `jaxcxr.prefilter.sample_valid_latent`, but each round judges its pool of latents by their
   base images (`log_valid_probability` at the level `scorer` runs at, against the
-  pre-filter's `strategy` threshold for that level) instead of by z. "n_generated" counts
-  finished (upsampled and post-scored) images; every pooled latent also cost a base image
-  and a predictor pass, which the wall time includes.
+  pre-filter's `strategy` threshold for that level) instead of by z, in chunks and in order
+  until it has the accepted latents it wants (the module docstring). "n_generated" counts
+  finished (upsampled and post-scored) images; every judged latent ("n_judged") also cost a
+  base image and a predictor pass, which the wall time includes. The images are the first
+  `k` accepted and valid latent indices, whatever the pool and accept sizes.
 
   Args:
     scorer: the `jaxcxr.scoring.Scorer` (post-filter), at a level the pre-filter has thresholds for.
@@ -358,7 +406,8 @@ def sample_valid_cascade(scorer, generator, prefilter: CascadePrefilter, key: ja
     group: age-sex group.
     strategy: which of the level's thresholds (`STRATEGIES`).
     label: 0 normal / 1 abnormal condition.
-    pool_size: latents per round (default accept_size x ceil(2 / validation acceptance), at most 32x).
+    pool_size: latents a round may judge (default accept_size x ceil(2 / validation acceptance), at most 32x;
+      judging stops once the round has its accepted latents, so a larger pool costs no judging).
     accept_size: images finished per round (default the scorer's batch size).
     max_rounds, max_generated, progress, journal: as `jaxcxr.sampling.run_rounds`.
 

@@ -111,7 +111,7 @@ class Sampler:
     return self.accept_size if self.accept_size is not None else self.scorer.config.batch_size
 
   def warm_up(self, key: jax.Array) -> float:
-    """Compiles the sampler's round (one call, result discarded); returns its seconds (compile + one round).
+    """Compiles the sampler's round; returns its seconds (one call that needs no image: the compilation).
 
     Raises:
       ValueError: bad sizes, a label the generator lacks, a pre-filter that does not fit the generator.

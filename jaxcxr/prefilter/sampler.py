@@ -72,16 +72,16 @@ def _nudge(model: LatentClassifier, z: jax.Array, steps: int, step_size: jax.Arr
 
 @functools.partial(jax.jit, static_argnames=("models", "config", "pool_size", "accept_size", "nudge_steps",
                                              "batch_sharding"))
-def _filter_generate_and_score(models, states, calibration, key, start, cond, threshold, nudge_step_size, *,
+def _filter_generate_and_score(models, states, calibration, key, start, need, cond, threshold, nudge_step_size, *,
                                config, pool_size, accept_size, nudge_steps, batch_sharding):
   """One round of filtered sampling in one compiled call (shapes static in every round).
 
   models/states: (U-Net, classifier, generator, latent classifier). Latent indices
   start .. start+pool_size-1 give z (`latents`), optionally nudged, then logits;
   accepted = logit >= threshold. The first `accept_size` accepted latents in index
-  order fill the generated slots (`lax.top_k` of -(position, + pool_size if
-  rejected)); a pool with fewer fills the rest with rejected latents whose slots are
-  masked out. Without a pre-filter, rounds are `jaxcxr.sampling`'s unfiltered ones.
+  order fill the slots (`sampling.select_accepted`); they are generated and post-scored
+  in order until `need` valid images are found (`sampling.finish_slots`), padding slots
+  never. Without a pre-filter, rounds are `jaxcxr.sampling`'s unfiltered ones.
   """
   TRACE_COUNTS["filter_generate_and_score"] += 1          # runs at trace time only
   latent_dim = nnx.merge(models[2], states[2]).config.latent_dim
@@ -92,14 +92,17 @@ def _filter_generate_and_score(models, states, calibration, key, start, cond, th
     z = _nudge(latent_model, z, nudge_steps, nudge_step_size)
   logits = latent_model(z)                                                               # (P,)
   accepted = logits >= threshold
-  chosen, slot_used, consumed = sampling.select_accepted(accepted, accept_size)
+  chosen, n_accepted = sampling.select_accepted(accepted, accept_size)
   z_chosen = z[chosen]
   if batch_sharding is not None:
     z_chosen = jax.lax.with_sharding_constraint(z_chosen, batch_sharding)
-  out = scoring.generate_and_score_batch(models, states, calibration, z_chosen, cond, config, keep_maps=False)
+  out, slot_used, finished, computed = sampling.finish_slots(
+      lambda z, cond: scoring.generate_and_score_batch(models, states, calibration, z, cond, config, keep_maps=False),
+      z_chosen, cond, limit=jnp.minimum(n_accepted, accept_size), need=need)
   return {"images": out["images"], "z": z_chosen, "index": index[chosen],
-          "logit": logits[chosen], "scores": out["scores"], "valid": out["valid"] & slot_used,
-          "slot_used": slot_used, "consumed": consumed}
+          "logit": logits[chosen], "scores": out["scores"], "valid": out["valid"], "slot_used": slot_used,
+          "consumed": sampling.consumed_latents(chosen, n_accepted, finished, jnp.int32(pool_size)),
+          "computed": computed, "judged": jnp.int32(pool_size)}
 
 
 def _check_round(generator, prefilter: Prefilter | None, group: str, label: int, pool_size: int, accept_size: int,
@@ -120,7 +123,7 @@ def _check_round(generator, prefilter: Prefilter | None, group: str, label: int,
 
 
 class _RoundCaller:
-  """Everything constant across rounds of `sample_valid_latent`, split once; `__call__(start)` runs one round."""
+  """Everything constant across rounds of `sample_valid_latent`, split once; `__call__(start, need)` runs one round."""
 
   def __init__(self, scorer, generator, prefilter: Prefilter, key, group: str, label: int, pool_size: int,
                accept_size: int, nudge: NudgeConfig | None):
@@ -139,9 +142,9 @@ class _RoundCaller:
     self.static = {"config": scorer.config, "pool_size": pool_size, "accept_size": accept_size,
                    "nudge_steps": nudge.steps if nudge else 0}
 
-  def __call__(self, start: int) -> dict[str, Any]:
+  def __call__(self, start: int, need: int) -> dict[str, Any]:
     return _filter_generate_and_score(self.models, self.states, self.calibration, self.key, jnp.int32(start),
-                                      self.cond, self.threshold, self.step_size,
+                                      jnp.int32(need), self.cond, self.threshold, self.step_size,
                                       batch_sharding=self.batch_sharding, **self.static)
 
 
@@ -166,7 +169,7 @@ def default_round_sizes(scorer, prefilter, pool_size, accept_size) -> tuple[int,
 def warm_up_latent(scorer, generator, prefilter: Prefilter | None, key: jax.Array, group: str, *, label: int = 0,
                    pool_size: int | None = None, accept_size: int | None = None,
                    nudge: NudgeConfig | None = None) -> float:
-  """Compiles `sample_valid_latent`'s round (one call, result discarded); returns its seconds (compile + one round).
+  """Compiles `sample_valid_latent`'s round; returns its seconds (a call that needs nothing: the compilation).
 
   Without a pre-filter it compiles the unfiltered round (`jaxcxr.sampling.warm_up_sampler`).
   """
@@ -176,7 +179,7 @@ def warm_up_latent(scorer, generator, prefilter: Prefilter | None, key: jax.Arra
     return sampling.warm_up_sampler(scorer, generator, key, group, label=label, batch_size=accept_size)
   caller = _RoundCaller(scorer, generator, prefilter, key, group, label, pool_size, accept_size, nudge)
   t0 = time.perf_counter()
-  jax.block_until_ready(caller(0))
+  jax.block_until_ready(caller(0, 0))
   return time.perf_counter() - t0
 
 
@@ -192,10 +195,11 @@ def sample_valid_latent(scorer, generator, prefilter: Prefilter | None, key: jax
   latent indices (`models.generator.latents(key, i)`, indices from a running
   counter so no z repeats), optionally nudge them (`nudge`), score them with the
   pre-filter's classifier, select the first `accept_size` accepted ones in index
-  order with static shapes (`lax.top_k` on position, accepted first; a mask marks
-  padding slots when fewer were accepted), generate and post-score only those.
+  order with static shapes (`lax.top_k` on position, accepted first; padding slots
+  when fewer were accepted are never generated), generate and post-score only those,
+  in order, until the valid images still needed are found (`sampling.finish_slots`).
   The counter then moves past the latents considered: the whole pool, or, when
-  more than `accept_size` were accepted, up to the last generated one, so no
+  accepted latents were left unfinished, up to the last generated one, so no
   accepted latent is skipped. Hence, without nudging, the generated latents are
   exactly the accepted indices in increasing order whatever the pool and accept
   sizes, and the returned images are the first `k` indices that are both accepted
@@ -234,7 +238,9 @@ def sample_valid_latent(scorer, generator, prefilter: Prefilter | None, key: jax
     rounds only), "valid_rate" (n_valid_seen / n_generated), "acceptance_rate"
     (n_generated / n_latents_drawn), "generated_per_valid" (n_generated /
     n_valid_seen), "complete" (n_valid == k), "pool_size", "accept_size", "n_slots" (images
-    computed: n_rounds * accept_size, padding slots included; they cost time, not validity)}.
+    computed: n_generated and at most one padding slot per round, in the last chunk on a CPU),
+    "n_judged" (latents the classifier judged: n_rounds * pool_size), "round_seconds"
+    (`jaxcxr.sampling.run_rounds`)}.
 
   Raises:
     ValueError: k < 0, bad sizes, a pre-filter of another group or latent size, nudging
