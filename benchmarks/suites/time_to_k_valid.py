@@ -1,18 +1,52 @@
-"""Wall time to K post-filter-valid 256x256 images, with and without the shipped cascade pre-filter.
+"""Time to K post-filter-valid 256x256 images at the strict level, without and with the shipped cascade pre-filter.
 
-jaxcxr only (no twin: the pre-filter is this library's): `sampling.sample_valid` (every
-latent generated and post-scored) and `prefilter.cascade.sample_valid_cascade` (the
-64x64 base images judged first, only promising ones finished), each compiled first
-(`compile_s` is the warm-up: compile plus one round), then timed over `repeats` keys.
-`generated_per_valid` pools the repeats; the pre-filtered record carries
-`speedup_time` and `speedup_generated` over the unfiltered one of the same run.
+jaxcxr only (no twin: the pre-filter is this library's). Group `GROUP`, strictness "strict",
+the shipped models at the CLI's default batch (32). Records, in this order (the two
+variants' runs alternate, so that a change of the machine's load hits both):
 
-Needs the shipped models (a cascade and its pre-filter): `--quick` records it as skipped.
+* `inprocess_<variant>_k<K>` (variant `unfiltered` / `prefiltered`): the library's samplers
+  (`sampling.sample_valid`, `prefilter.cascade.sample_valid_cascade`) in this process.
+  `compile_s` is the warm-up (a call needing no image: the round's compilation, no
+  persistent cache in this process); `median_s` the rounds' wall time to K valid images,
+  over `repeats` keys (seed 1, 2, ...). With the counters of `jaxcxr.sampling.run_rounds`
+  (pooled over the repeats), the pool and slot sizes, and on the pre-filtered record the
+  judge's cost: `judge_s_per_latent` (the same compiled round asked for its accepted
+  latents and no image: base images plus predictor) and `judge_share` (judged latents x
+  that cost / the rounds' time).
+* `cold_sample_k<K>_<variant>`: `jaxcxr sample --group GROUP --n K --strictness strict
+  [--prefilter youden] --seed 1 --json` in a fresh process (`python -m jaxcxr`, this
+  checkout's code) with an empty compilation cache (`$JAXCXR_COMPILATION_CACHE` a new
+  temporary folder per variant): cold start, with the CLI's phases (`timings`).
+* `cli_<variant>_k<K>`: the same command with seeds 1, 2, ..., each a fresh process with the
+  cache the cold run filled. `median_s` is the process's wall time; `sample_median_s` the
+  rounds' (the CLI's "seconds"), `phases_median_s` its `timings` and
+  `process_other_median_s` the rest of the wall time (interpreter, imports, output).
+* `cold_demo`: `jaxcxr demo --json` (its defaults: 8 valid 38_44f images at strict, with
+  and without the pre-filter, ROC, f-AnoGAN, report), fresh process, empty cache, with its
+  step `timings`.
+
+Every pre-filtered record carries `speedup_time` (unfiltered median_s / pre-filtered),
+`speedup_generated` (ratio of generated images per valid one, pooled over the same keys)
+and `speedup_ratio` = speedup_time / speedup_generated (issue 27's target: >= 0.85 from
+K = 32 on); the CLI one also `speedup_sampling` and `sampling_speedup_ratio` on the
+rounds' time alone. K = 32 on a CPU (the CLI's unfiltered runs take half a minute each),
+32 and 64 on an accelerator.
+
+Needs the shipped models (a cascade and its pre-filter): `--quick` records every measurement
+as skipped.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
 
 import jax
 
@@ -20,43 +54,200 @@ from benchmarks import measure
 
 SUITE = "time_to_k_valid"
 GROUP = "58_64f"
+STRICTNESS = "strict"
+STRATEGY = "youden"
+VARIANTS = ("unfiltered", "prefiltered")
+CLI_BATCH = 32          # the post-filter's batch of `jaxcxr sample` without --batch-size (the calibration's)
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _ks(bench) -> tuple[int, ...]:
+  return (32, 64) if bench.gpu else (32,)
 
 
 def run(bench) -> None:
   if bench.quick:
-    bench.emit(measure.skipped(bench.ctx, suite=SUITE, name="prefiltered", peer="jaxcxr",
-                               reason="needs the shipped cascade and its pre-filter (not in --quick)"))
+    reason = "needs the shipped cascade and its pre-filter (not in --quick)"
+    for name in ([f"inprocess_{v}_k32" for v in VARIANTS] + [f"cli_{v}_k32" for v in VARIANTS]
+                 + [f"cold_sample_k32_{v}" for v in VARIANTS] + ["cold_demo"]):
+      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason=reason))
     return
+  for k in _ks(bench):
+    _in_process(bench, k)
+  for k in _ks(bench):
+    _cli(bench, k)
+  if bench.out_of_time():
+    bench.emit(measure.skipped(bench.ctx, suite=SUITE, name="cold_demo", peer="jaxcxr", reason="time budget spent"))
+  else:
+    _cold_demo(bench)
+
+
+def _speedups(base: dict[str, Any], pre: dict[str, Any], time_key: str = "median_s") -> dict[str, Any]:
+  """speedup_time, speedup_generated and their ratio (the pre-filtered record's fields)."""
+  out: dict[str, Any] = {"speedup_time": round(base[time_key] / pre[time_key], 3)}
+  if base.get("generated_per_valid") and pre.get("generated_per_valid"):
+    out["speedup_generated"] = round(base["generated_per_valid"] / pre["generated_per_valid"], 3)
+    out["speedup_ratio"] = round(out["speedup_time"] / out["speedup_generated"], 3)
+  return out
+
+
+def _counters(runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """The counters of `run_rounds` results (or the CLI's), pooled over the runs."""
+  total = lambda name: sum(int(r.get(name) or 0) for r in runs)
+  generated, valid = total("n_generated"), total("n_valid_seen")
+  return {"generated_per_valid": round(generated / valid, 4) if valid else None, "n_generated": generated,
+          "n_valid_seen": valid or None, "n_latents_drawn": total("n_latents_drawn"), "n_judged": total("n_judged"),
+          "n_rounds": total("n_rounds"), "n_slots": total("n_slots"),
+          "pool_size": runs[0].get("pool_size"), "accept_size": runs[0].get("accept_size")}
+
+
+# ----------------------------------------------------------------------------- in this process
+
+
+def _in_process(bench, k: int) -> None:
   import jaxcxr  # pylint: disable=g-import-not-at-top
   from jaxcxr import sampling  # pylint: disable=g-import-not-at-top
   from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
 
-  pre = jaxcxr.load_pretrained(batch_size=64 if bench.gpu else 16)
+  names = {v: f"inprocess_{v}_k{k}" for v in VARIANTS}
+  if bench.out_of_time():
+    for name in names.values():
+      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason="time budget spent"))
+    return
+  pre = jaxcxr.load_pretrained(strictness=STRICTNESS)
   generator, scorer, cas = pre.generator, pre.scorer, pre.cascade_prefilter
-  k = 64 if bench.gpu else 16
-  variants = {
-      "unfiltered": (lambda key: sampling.warm_up_sampler(scorer, generator, key, GROUP),
-                     lambda key: sampling.sample_valid(scorer, generator, key, k, GROUP, max_generated=200 * k)),
-      "prefiltered": (lambda key: cascade.warm_up_cascade(scorer, generator, cas, key, GROUP),
-                      lambda key: cascade.sample_valid_cascade(scorer, generator, cas, key, k, GROUP,
-                                                               max_generated=200 * k)),
-  }
+  max_generated = sampling.default_max_generated(k)
+  warm_up = {"unfiltered": lambda key: sampling.warm_up_sampler(scorer, generator, key, GROUP),
+             "prefiltered": lambda key: cascade.warm_up_cascade(scorer, generator, cas, key, GROUP, strategy=STRATEGY)}
+  sample = {"unfiltered": lambda key: sampling.sample_valid(scorer, generator, key, k, GROUP,
+                                                            max_generated=max_generated),
+            "prefiltered": lambda key: cascade.sample_valid_cascade(scorer, generator, cas, key, k, GROUP,
+                                                                    strategy=STRATEGY, max_generated=max_generated)}
+  compile_s = {v: warm_up[v](jax.random.key(0)) for v in VARIANTS}
+  runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+  for i in range(bench.repeats):          # the variants in turn, so that a change of the machine's load hits both
+    for v in VARIANTS:
+      runs[v].append(sample(jax.random.key(1 + i)))
   results = {}
-  for name, (warm_up, sample) in variants.items():
-    compile_s = warm_up(jax.random.key(0))
-    runs = [sample(jax.random.key(1 + i)) for i in range(bench.repeats)]
-    times = sorted(r["seconds"] for r in runs)
-    generated = sum(r["n_generated"] for r in runs)
-    valid = sum(r["n_valid_seen"] for r in runs)
-    timing = measure.Timing(compile_s, statistics.median(times), times[0], bench.repeats)
-    results[name] = rec = measure.record(
-        bench.ctx, suite=SUITE, name=name, peer="jaxcxr", dtype=scorer.config.dtype, batch=scorer.config.batch_size,
-        timing=timing, items=k, unit="valid images/s", k=k, group=GROUP, strictness=scorer.strictness_name,
-        generated_per_valid=round(generated / valid, 4) if valid else None,
-        n_generated=generated, n_valid_seen=valid)
-  base, pre_rec = results["unfiltered"], results["prefiltered"]
-  pre_rec["speedup_time"] = round(base["median_s"] / pre_rec["median_s"], 3)
-  if base["generated_per_valid"] and pre_rec["generated_per_valid"]:
-    pre_rec["speedup_generated"] = round(base["generated_per_valid"] / pre_rec["generated_per_valid"], 3)
-  for rec in results.values():
-    bench.emit(rec)
+  for v in VARIANTS:
+    times = sorted(r["seconds"] for r in runs[v])
+    timing = measure.Timing(compile_s[v], statistics.median(times), times[0], bench.repeats)
+    results[v] = measure.record(
+        bench.ctx, suite=SUITE, name=names[v], peer="jaxcxr", dtype=scorer.config.dtype,
+        batch=scorer.config.batch_size, timing=timing, items=k, unit="valid images/s", k=k, group=GROUP,
+        strictness=scorer.strictness_name,
+        round_seconds_median=round(statistics.median(r["round_seconds"] for r in runs[v]), 4), **_counters(runs[v]))
+  rec = results["prefiltered"]
+  rec.update(_judge_cost(scorer, generator, cas, rec["pool_size"], rec["accept_size"]))
+  rec["judge_share"] = round(rec["n_judged"] / bench.repeats * rec["judge_s_per_latent"] / rec["median_s"], 4)
+  rec.update(_speedups(results["unfiltered"], rec))
+  for r in results.values():
+    bench.emit(r)
+
+
+def _judge_cost(scorer, generator, cas, pool_size: int, accept_size: int) -> dict[str, Any]:
+  """Seconds per judged latent (base image + predictor) of the pre-filtered round: the round asked for a full set of
+  accepted latents and no image, from three starts."""
+  from jaxcxr.prefilter import cascade  # pylint: disable=g-import-not-at-top
+
+  round_type = cascade._CascadeRound  # pylint: disable=protected-access
+  caller = round_type(scorer, generator, cas, jax.random.key(1), GROUP, 0, STRATEGY, pool_size, accept_size)
+  jax.block_until_ready(caller(0, 0, want=accept_size))
+  seconds, judged = 0.0, 0
+  for start in (0, pool_size, 2 * pool_size):
+    t0 = time.perf_counter()
+    out = jax.device_get(caller(start, 0, want=accept_size))
+    seconds += time.perf_counter() - t0
+    judged += int(out["judged"])
+  return {"judge_s_per_latent": round(seconds / judged, 6), "judge_latents_timed": judged}
+
+
+# ----------------------------------------------------------------------------- from the command line
+
+
+def jaxcxr_process(args: list[str], cache: pathlib.Path, root: pathlib.Path = ROOT) -> tuple[dict[str, Any], float]:
+  """Runs `python -m jaxcxr ARGS --json` in a fresh process (the code of `root`, the given compilation cache);
+  returns (its JSON result, the process's wall seconds).
+
+  Raises:
+    RuntimeError: the command failed (with the end of its stderr).
+  """
+  env = {**os.environ, "PYTHONPATH": str(root), "JAXCXR_COMPILATION_CACHE": str(cache)}
+  t0 = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-m", "jaxcxr", *args, "--json"], cwd=root, env=env, capture_output=True,
+                        text=True, check=False)
+  wall = time.perf_counter() - t0
+  if proc.returncode != 0:
+    raise RuntimeError(f"jaxcxr {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def sample_args(k: int, variant: str, seed: int, out: pathlib.Path) -> list[str]:
+  """`jaxcxr sample`'s arguments for K valid images of GROUP at STRICTNESS, with the pre-filter or without."""
+  args = ["sample", "--group", GROUP, "--n", str(k), "--strictness", STRICTNESS, "--seed", str(seed), "--out", str(out)]
+  return args + (["--prefilter", STRATEGY] if variant == "prefiltered" else [])
+
+
+def _phases(result: dict[str, Any], wall: float) -> dict[str, Any]:
+  timings = result.get("timings") or {}
+  return {"phases_s": {k: round(v, 3) for k, v in timings.items()},
+          "process_other_s": round(wall - sum(timings.values()), 3)}
+
+
+def _cli(bench, k: int) -> None:
+  names = {v: f"cli_{v}_k{k}" for v in VARIANTS}
+  if bench.out_of_time():
+    for name in [f"cold_sample_k{k}_{v}" for v in VARIANTS] + list(names.values()):
+      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason="time budget spent"))
+    return
+  commands = {v: "jaxcxr " + " ".join(sample_args(k, v, 1, pathlib.Path("OUT"))) + " --json" for v in VARIANTS}
+  warm: dict[str, list[tuple[dict[str, Any], float]]] = {v: [] for v in VARIANTS}
+  with tempfile.TemporaryDirectory(prefix="jaxcxr-time-to-k-") as tmp:
+    tmp = pathlib.Path(tmp)
+    for v in VARIANTS:
+      # Cold start: an empty compilation cache (one per variant), which this first run fills for the warm runs.
+      cold, wall = jaxcxr_process(sample_args(k, v, 1, tmp / f"cold_{v}"), tmp / f"cache_{v}")
+      bench.emit(measure.record(
+          bench.ctx, suite=SUITE, name=f"cold_sample_k{k}_{v}", peer="jaxcxr", dtype="float32", batch=CLI_BATCH,
+          timing=measure.Timing(cold["compile_seconds"], wall, wall, 1), items=k, unit="valid images/s", k=k,
+          group=GROUP, strictness=STRICTNESS, command=commands[v], compilation_cache="empty",
+          sample_s=round(cold["seconds"], 4), **_phases(cold, wall)))
+    for i in range(bench.repeats):        # the variants in turn, so that a change of the machine's load hits both
+      for v in VARIANTS:
+        warm[v].append(jaxcxr_process(sample_args(k, v, 1 + i, tmp / f"warm_{v}_{i}"), tmp / f"cache_{v}"))
+  results = {}
+  for v in VARIANTS:
+    walls = sorted(w for _, w in warm[v])
+    phases = [_phases(r, w) for r, w in warm[v]]
+    results[v] = measure.record(
+        bench.ctx, suite=SUITE, name=names[v], peer="jaxcxr", dtype="float32", batch=CLI_BATCH,
+        timing=measure.Timing(statistics.median(r["compile_seconds"] for r, _ in warm[v]), statistics.median(walls),
+                              walls[0], bench.repeats),
+        items=k, unit="valid images/s", k=k, group=GROUP, strictness=STRICTNESS, command=commands[v],
+        compilation_cache="warm", sample_median_s=round(statistics.median(r["seconds"] for r, _ in warm[v]), 4),
+        phases_median_s={p: round(statistics.median(x["phases_s"].get(p, 0.0) for x in phases), 3)
+                         for p in phases[0]["phases_s"]},
+        process_other_median_s=round(statistics.median(x["process_other_s"] for x in phases), 3),
+        **_counters([r for r, _ in warm[v]]))
+  rec = results["prefiltered"]
+  rec.update(_speedups(results["unfiltered"], rec))
+  sampling_speedup = _speedups(results["unfiltered"], rec, "sample_median_s")
+  rec["speedup_sampling"] = sampling_speedup["speedup_time"]
+  if "speedup_ratio" in sampling_speedup:
+    rec["sampling_speedup_ratio"] = sampling_speedup["speedup_ratio"]
+  for r in results.values():
+    bench.emit(r)
+
+
+def _cold_demo(bench) -> None:
+  with tempfile.TemporaryDirectory(prefix="jaxcxr-time-to-k-") as tmp:
+    tmp = pathlib.Path(tmp)
+    result, wall = jaxcxr_process(["demo", "--out", str(tmp / "demo")], tmp / "cache")
+  compile_s = sum(v for step, v in result["timings"].items() if step.startswith("compile"))
+  bench.emit(measure.record(
+      bench.ctx, suite=SUITE, name="cold_demo", peer="jaxcxr", dtype="float32", batch=8,
+      timing=measure.Timing(compile_s, wall, wall, 1), items=result["n"], unit="valid images/s", k=result["n"],
+      group=result["group"], strictness=result["strictness"], command="jaxcxr demo --out OUT --json",
+      compilation_cache="empty", phases_s={k: round(v, 3) for k, v in result["timings"].items()},
+      process_other_s=round(wall - result["seconds"], 3), demo_seconds=round(result["seconds"], 3),
+      speedup=result.get("speedup")))

@@ -30,8 +30,9 @@ from jaxcxr.prefilter.thresholds import STRATEGIES
 __all__ = ["HANDLERS", "SAMPLE_PHASES"]
 
 # The counters of a run kept in `sample`'s result: every sampler's, and those only a pre-filtered run reports.
-_COUNTS = ("n_valid", "n_generated", "seconds", "round_seconds", "valid_rate", "n_rounds", "n_slots")
-_PREFILTERED_COUNTS = ("n_latents_drawn", "acceptance_rate", "n_judged", "pool_size", "accept_size")
+_COUNTS = ("n_valid", "n_generated", "n_valid_seen", "n_latents_drawn", "seconds", "round_seconds", "valid_rate",
+           "n_rounds", "n_slots")
+_PREFILTERED_COUNTS = ("acceptance_rate", "n_judged", "pool_size", "accept_size")
 # The phases of `sample` timed in its result's "timings" (seconds): load the generator; load the post-filter;
 # choose (and load or fit) the pre-filter; compile the round (or load it from the compilation cache); sample (the
 # rounds, writing the PNGs as they come: the result's "seconds"); close the run folder. Unfiltered runs have the
