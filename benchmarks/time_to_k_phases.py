@@ -20,8 +20,9 @@ Two measurements, written as one JSON object (stdout, and FILE with --out):
   compilation cache, empty for the first run of each variant (`cold`, which fills it) and
   warm for the `--repeats` timed ones: the process's wall time, the CLI's result (seconds,
   compile seconds, rounds, counters, its `timings` when the code has them) and the speed-ups
-  per source on the warm runs (`speedup_time` on the wall time, `speedup_sampling` on
-  the rounds' seconds, `speedup_generated`, and each time ratio over the generated one).
+  per source on the warm runs (`speedup_time` on the wall time, `speedup_cpu` on the
+  process's CPU seconds, `speedup_sampling` on the rounds' seconds, `speedup_generated`, and
+  each time's ratio over the generated one: `time_ratio`, `cpu_ratio`, `sampling_ratio`).
 
 The suite `time_to_k_valid` of `python -m benchmarks.run` records the same CLI figures, with
 cold starts; this script is the analysis behind the round's design (docs/benchmarks.md).
@@ -53,16 +54,20 @@ FINISH_CHUNKS = (2, None)
 
 
 def _interleaved(calls: dict[str, Any], repeats: int) -> dict[str, dict[str, float]]:
-  """Median and minimum seconds of each call, `repeats` rounds of all of them in turn, after one untimed call each."""
+  """Median and minimum wall seconds and median CPU seconds (this process's, every thread) of each call, `repeats`
+  rounds of all of them in turn, after one untimed call each."""
   for fn in calls.values():
     jax.block_until_ready(fn())
   times: dict[str, list[float]] = {name: [] for name in calls}
+  cpu: dict[str, list[float]] = {name: [] for name in calls}
   for _ in range(repeats):
     for name, fn in calls.items():
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - t0)
-  return {name: {"median_s": round(statistics.median(v), 5), "min_s": round(min(v), 5)} for name, v in times.items()}
+      cpu[name].append(time.process_time() - c0)
+  return {name: {"median_s": statistics.median(v), "min_s": min(v), "cpu_median_s": statistics.median(cpu[name])}
+          for name, v in times.items()}
 
 
 def components(repeats: int) -> dict[str, Any]:
@@ -140,9 +145,10 @@ def cli(sources: dict[str, pathlib.Path], k: int, repeats: int) -> dict[str, Any
     for i in range(repeats + 1):                     # run 0 starts with an empty cache and fills it
       for name, root in sources.items():
         for variant in suite.VARIANTS:
-          result, wall = suite.jaxcxr_process(suite.sample_args(k, variant, 0, tmp / f"{name}_{variant}_{i}"),
-                                              tmp / f"cache_{name}_{variant}", root)
-          kept = {"wall_s": round(wall, 3), **{f: result.get(f) for f in _KEEP}}
+          run = suite.jaxcxr_process(suite.sample_args(k, variant, 0, tmp / f"{name}_{variant}_{i}"),
+                                     tmp / f"cache_{name}_{variant}", root)
+          kept = {"wall_s": round(run.wall_s, 3), "cpu_s": round(run.cpu_s, 3),
+                  **{f: run.result.get(f) for f in _KEEP}}
           if i:
             runs[name][variant].append(kept)
           else:
@@ -154,12 +160,14 @@ def cli(sources: dict[str, pathlib.Path], k: int, repeats: int) -> dict[str, Any
     per_valid = lambda variant: (runs[name][variant][0]["n_generated"]
                                  / (runs[name][variant][0]["valid_rate"] * runs[name][variant][0]["n_generated"]))
     speedup = {"speedup_time": median("unfiltered", "wall_s") / median("prefiltered", "wall_s"),
+               "speedup_cpu": median("unfiltered", "cpu_s") / median("prefiltered", "cpu_s"),
                "speedup_sampling": median("unfiltered", "seconds") / median("prefiltered", "seconds"),
                "speedup_generated": per_valid("unfiltered") / per_valid("prefiltered")}
-    speedup["time_ratio"] = speedup["speedup_time"] / speedup["speedup_generated"]
-    speedup["sampling_ratio"] = speedup["speedup_sampling"] / speedup["speedup_generated"]
+    for which in ("time", "cpu", "sampling"):
+      speedup[f"{which}_ratio"] = speedup[f"speedup_{which}"] / speedup["speedup_generated"]
     out["sources"][name] = {"root": str(root), "commit": _source_commit(root), "cold": cold[name], "runs": runs[name],
                             "median_wall_s": {v: median(v, "wall_s") for v in suite.VARIANTS},
+                            "median_cpu_s": {v: median(v, "cpu_s") for v in suite.VARIANTS},
                             "median_seconds": {v: median(v, "seconds") for v in suite.VARIANTS},
                             **{key: round(value, 3) for key, value in speedup.items()}}
   return out

@@ -28,9 +28,11 @@ variants' runs alternate, so that a change of the machine's load hits both):
 Every pre-filtered record carries `speedup_time` (unfiltered median_s / pre-filtered),
 `speedup_generated` (ratio of generated images per valid one, pooled over the same keys)
 and `speedup_ratio` = speedup_time / speedup_generated (issue 27's target: >= 0.85 from
-K = 32 on); the CLI one also `speedup_sampling` and `sampling_speedup_ratio` on the
-rounds' time alone. K = 32 on a CPU (the CLI's unfiltered runs take half a minute each),
-32 and 64 on an accelerator.
+K = 32 on); the CLI one also `sampling_speedup_time` and `sampling_speedup_ratio` on the
+rounds' time alone. CPU seconds (`cpu_median_s`: the sampler's process time in process, the
+child's user + system time from the CLI) give `cpu_speedup_time` and `cpu_speedup_ratio`:
+on a CPU shared with other jobs they move less than the wall time. K = 32 on a CPU (the
+CLI's unfiltered runs take half a minute each), 32 and 64 on an accelerator.
 
 Needs the shipped models (a cascade and its pre-filter): `--quick` records every measurement
 as skipped.
@@ -38,9 +40,11 @@ as skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -82,12 +86,13 @@ def run(bench) -> None:
     _cold_demo(bench)
 
 
-def _speedups(base: dict[str, Any], pre: dict[str, Any], time_key: str = "median_s") -> dict[str, Any]:
-  """speedup_time, speedup_generated and their ratio (the pre-filtered record's fields)."""
-  out: dict[str, Any] = {"speedup_time": round(base[time_key] / pre[time_key], 3)}
+def _speedups(base: dict[str, Any], pre: dict[str, Any], time_key: str = "median_s",
+              prefix: str = "") -> dict[str, Any]:
+  """The pre-filtered record's {prefix}speedup_time and, with the generated-per-valid speed-up, their ratio."""
+  out: dict[str, Any] = {f"{prefix}speedup_time": round(base[time_key] / pre[time_key], 3)}
   if base.get("generated_per_valid") and pre.get("generated_per_valid"):
     out["speedup_generated"] = round(base["generated_per_valid"] / pre["generated_per_valid"], 3)
-    out["speedup_ratio"] = round(out["speedup_time"] / out["speedup_generated"], 3)
+    out[f"{prefix}speedup_ratio"] = round(out[f"{prefix}speedup_time"] / out["speedup_generated"], 3)
   return out
 
 
@@ -127,7 +132,9 @@ def _in_process(bench, k: int) -> None:
   runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
   for i in range(bench.repeats):          # the variants in turn, so that a change of the machine's load hits both
     for v in VARIANTS:
+      cpu = time.process_time()
       runs[v].append(sample(jax.random.key(1 + i)))
+      runs[v][-1]["cpu_seconds"] = time.process_time() - cpu
   results = {}
   for v in VARIANTS:
     times = sorted(r["seconds"] for r in runs[v])
@@ -136,11 +143,13 @@ def _in_process(bench, k: int) -> None:
         bench.ctx, suite=SUITE, name=names[v], peer="jaxcxr", dtype=scorer.config.dtype,
         batch=scorer.config.batch_size, timing=timing, items=k, unit="valid images/s", k=k, group=GROUP,
         strictness=scorer.strictness_name,
-        round_seconds_median=round(statistics.median(r["round_seconds"] for r in runs[v]), 4), **_counters(runs[v]))
+        round_seconds_median=round(statistics.median(r["round_seconds"] for r in runs[v]), 4),
+        cpu_median_s=round(statistics.median(r["cpu_seconds"] for r in runs[v]), 4), **_counters(runs[v]))
   rec = results["prefiltered"]
   rec.update(_judge_cost(scorer, generator, cas, rec["pool_size"], rec["accept_size"]))
   rec["judge_share"] = round(rec["n_judged"] / bench.repeats * rec["judge_s_per_latent"] / rec["median_s"], 4)
   rec.update(_speedups(results["unfiltered"], rec))
+  rec.update(_speedups(results["unfiltered"], rec, "cpu_median_s", "cpu_"))
   for r in results.values():
     bench.emit(r)
 
@@ -165,21 +174,34 @@ def _judge_cost(scorer, generator, cas, pool_size: int, accept_size: int) -> dic
 # ----------------------------------------------------------------------------- from the command line
 
 
-def jaxcxr_process(args: list[str], cache: pathlib.Path, root: pathlib.Path = ROOT) -> tuple[dict[str, Any], float]:
-  """Runs `python -m jaxcxr ARGS --json` in a fresh process (the code of `root`, the given compilation cache);
-  returns (its JSON result, the process's wall seconds).
+@dataclasses.dataclass(frozen=True)
+class ProcessRun:
+  """One `jaxcxr` command in its own process: its JSON result, wall seconds and CPU seconds (user + system)."""
+  result: dict[str, Any]
+  wall_s: float
+  cpu_s: float
+
+
+def jaxcxr_process(args: list[str], cache: pathlib.Path, root: pathlib.Path = ROOT) -> ProcessRun:
+  """Runs `python -m jaxcxr ARGS --json` in a fresh process (the code of `root`, the given compilation cache).
+
+  The CPU seconds come from the finished child's resource usage: on a CPU shared with other
+  jobs they move less than the wall time.
 
   Raises:
     RuntimeError: the command failed (with the end of its stderr).
   """
   env = {**os.environ, "PYTHONPATH": str(root), "JAXCXR_COMPILATION_CACHE": str(cache)}
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   t0 = time.perf_counter()
   proc = subprocess.run([sys.executable, "-m", "jaxcxr", *args, "--json"], cwd=root, env=env, capture_output=True,
                         text=True, check=False)
   wall = time.perf_counter() - t0
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
   if proc.returncode != 0:
     raise RuntimeError(f"jaxcxr {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+  cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+  return ProcessRun(json.loads(proc.stdout.strip().splitlines()[-1]), wall, cpu)
 
 
 def sample_args(k: int, variant: str, seed: int, out: pathlib.Path) -> list[str]:
@@ -188,10 +210,10 @@ def sample_args(k: int, variant: str, seed: int, out: pathlib.Path) -> list[str]
   return args + (["--prefilter", STRATEGY] if variant == "prefiltered" else [])
 
 
-def _phases(result: dict[str, Any], wall: float) -> dict[str, Any]:
-  timings = result.get("timings") or {}
+def _phases(run: ProcessRun) -> dict[str, Any]:
+  timings = run.result.get("timings") or {}
   return {"phases_s": {k: round(v, 3) for k, v in timings.items()},
-          "process_other_s": round(wall - sum(timings.values()), 3)}
+          "process_other_s": round(run.wall_s - sum(timings.values()), 3), "cpu_s": round(run.cpu_s, 3)}
 
 
 def _cli(bench, k: int) -> None:
@@ -201,40 +223,39 @@ def _cli(bench, k: int) -> None:
       bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason="time budget spent"))
     return
   commands = {v: "jaxcxr " + " ".join(sample_args(k, v, 1, pathlib.Path("OUT"))) + " --json" for v in VARIANTS}
-  warm: dict[str, list[tuple[dict[str, Any], float]]] = {v: [] for v in VARIANTS}
+  warm: dict[str, list[ProcessRun]] = {v: [] for v in VARIANTS}
   with tempfile.TemporaryDirectory(prefix="jaxcxr-time-to-k-") as tmp:
     tmp = pathlib.Path(tmp)
     for v in VARIANTS:
       # Cold start: an empty compilation cache (one per variant), which this first run fills for the warm runs.
-      cold, wall = jaxcxr_process(sample_args(k, v, 1, tmp / f"cold_{v}"), tmp / f"cache_{v}")
+      cold = jaxcxr_process(sample_args(k, v, 1, tmp / f"cold_{v}"), tmp / f"cache_{v}")
       bench.emit(measure.record(
           bench.ctx, suite=SUITE, name=f"cold_sample_k{k}_{v}", peer="jaxcxr", dtype="float32", batch=CLI_BATCH,
-          timing=measure.Timing(cold["compile_seconds"], wall, wall, 1), items=k, unit="valid images/s", k=k,
-          group=GROUP, strictness=STRICTNESS, command=commands[v], compilation_cache="empty",
-          sample_s=round(cold["seconds"], 4), **_phases(cold, wall)))
+          timing=measure.Timing(cold.result["compile_seconds"], cold.wall_s, cold.wall_s, 1), items=k,
+          unit="valid images/s", k=k, group=GROUP, strictness=STRICTNESS, command=commands[v],
+          compilation_cache="empty", sample_s=round(cold.result["seconds"], 4), **_phases(cold)))
     for i in range(bench.repeats):        # the variants in turn, so that a change of the machine's load hits both
       for v in VARIANTS:
         warm[v].append(jaxcxr_process(sample_args(k, v, 1 + i, tmp / f"warm_{v}_{i}"), tmp / f"cache_{v}"))
   results = {}
   for v in VARIANTS:
-    walls = sorted(w for _, w in warm[v])
-    phases = [_phases(r, w) for r, w in warm[v]]
+    walls = sorted(r.wall_s for r in warm[v])
+    phases = [_phases(r) for r in warm[v]]
+    median = lambda values: statistics.median(list(values))
     results[v] = measure.record(
         bench.ctx, suite=SUITE, name=names[v], peer="jaxcxr", dtype="float32", batch=CLI_BATCH,
-        timing=measure.Timing(statistics.median(r["compile_seconds"] for r, _ in warm[v]), statistics.median(walls),
-                              walls[0], bench.repeats),
+        timing=measure.Timing(median(r.result["compile_seconds"] for r in warm[v]), median(walls), walls[0],
+                              bench.repeats),
         items=k, unit="valid images/s", k=k, group=GROUP, strictness=STRICTNESS, command=commands[v],
-        compilation_cache="warm", sample_median_s=round(statistics.median(r["seconds"] for r, _ in warm[v]), 4),
-        phases_median_s={p: round(statistics.median(x["phases_s"].get(p, 0.0) for x in phases), 3)
-                         for p in phases[0]["phases_s"]},
-        process_other_median_s=round(statistics.median(x["process_other_s"] for x in phases), 3),
-        **_counters([r for r, _ in warm[v]]))
+        compilation_cache="warm", sample_median_s=round(median(r.result["seconds"] for r in warm[v]), 4),
+        cpu_median_s=round(median(r.cpu_s for r in warm[v]), 3),
+        phases_median_s={p: round(median(x["phases_s"].get(p, 0.0) for x in phases), 3) for p in phases[0]["phases_s"]},
+        process_other_median_s=round(median(x["process_other_s"] for x in phases), 3),
+        **_counters([r.result for r in warm[v]]))
   rec = results["prefiltered"]
   rec.update(_speedups(results["unfiltered"], rec))
-  sampling_speedup = _speedups(results["unfiltered"], rec, "sample_median_s")
-  rec["speedup_sampling"] = sampling_speedup["speedup_time"]
-  if "speedup_ratio" in sampling_speedup:
-    rec["sampling_speedup_ratio"] = sampling_speedup["speedup_ratio"]
+  rec.update(_speedups(results["unfiltered"], rec, "sample_median_s", "sampling_"))
+  rec.update(_speedups(results["unfiltered"], rec, "cpu_median_s", "cpu_"))
   for r in results.values():
     bench.emit(r)
 
@@ -242,12 +263,13 @@ def _cli(bench, k: int) -> None:
 def _cold_demo(bench) -> None:
   with tempfile.TemporaryDirectory(prefix="jaxcxr-time-to-k-") as tmp:
     tmp = pathlib.Path(tmp)
-    result, wall = jaxcxr_process(["demo", "--out", str(tmp / "demo")], tmp / "cache")
+    run = jaxcxr_process(["demo", "--out", str(tmp / "demo")], tmp / "cache")
+  result = run.result
   compile_s = sum(v for step, v in result["timings"].items() if step.startswith("compile"))
   bench.emit(measure.record(
       bench.ctx, suite=SUITE, name="cold_demo", peer="jaxcxr", dtype="float32", batch=8,
-      timing=measure.Timing(compile_s, wall, wall, 1), items=result["n"], unit="valid images/s", k=result["n"],
-      group=result["group"], strictness=result["strictness"], command="jaxcxr demo --out OUT --json",
+      timing=measure.Timing(compile_s, run.wall_s, run.wall_s, 1), items=result["n"], unit="valid images/s",
+      k=result["n"], group=result["group"], strictness=result["strictness"], command="jaxcxr demo --out OUT --json",
       compilation_cache="empty", phases_s={k: round(v, 3) for k, v in result["timings"].items()},
-      process_other_s=round(wall - result["seconds"], 3), demo_seconds=round(result["seconds"], 3),
-      speedup=result.get("speedup")))
+      process_other_s=round(run.wall_s - result["seconds"], 3), cpu_s=round(run.cpu_s, 3),
+      demo_seconds=round(result["seconds"], 3), speedup=result.get("speedup")))

@@ -107,7 +107,7 @@ class Sampler:
 
   @property
   def round_size(self) -> int:
-    """Images computed per round (padding slots included): accept_size, else the post-filter's batch size."""
+    """Slots per round (the most images a round generates): accept_size, else the post-filter's batch size."""
     return self.accept_size if self.accept_size is not None else self.scorer.config.batch_size
 
   def warm_up(self, key: jax.Array) -> float:
