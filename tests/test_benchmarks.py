@@ -97,7 +97,7 @@ def test_readme_table_is_replaced_between_markers(tmp_path, quick_records):
   readme.write_text(f"intro\n{table.START}\nold\n{table.END}\noutro\n")
   table.update_readme(readme, quick_records)
   text = readme.read_text()
-  assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+  assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text   # (records say "cold")
   assert "| generate_and_score |" in text
   (tmp_path / "bare.md").write_text("no markers")
   with pytest.raises(ValueError, match="markers"):
