@@ -47,8 +47,12 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> pathlib.Path:
   return path
 
 
-def save_png(path: str | os.PathLike, image: Any) -> pathlib.Path:
-  """Saves a uint8 (H, W) grayscale or (H, W, 3|4) colour image, or a PIL image, as PNG, atomically."""
+def save_png(path: str | os.PathLike, image: Any, *, compress_level: int = 6) -> pathlib.Path:
+  """Saves a uint8 (H, W) grayscale or (H, W, 3|4) colour image, or a PIL image, as PNG, atomically.
+
+  `compress_level` is zlib's (0-9; 6, PIL's default): lossless at every level, only the time and
+  the file size change.
+  """
   if not isinstance(image, Image.Image):
     image = np.asarray(image)
     if image.dtype != np.uint8:
@@ -57,7 +61,7 @@ def save_png(path: str | os.PathLike, image: Any) -> pathlib.Path:
       image = image[..., 0]
     image = Image.fromarray(image)
   buffer = io.BytesIO()
-  image.save(buffer, format="PNG")
+  image.save(buffer, format="PNG", compress_level=compress_level)
   return write_bytes_atomic(path, buffer.getvalue())
 
 

@@ -34,6 +34,19 @@ def test_save_png_refuses_float_pixels(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+def test_save_png_is_lossless_at_every_compress_level(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)   # smooth rows with a little noise: compressible, not trivially
+  image = (np.add.outer(np.arange(32), np.arange(32)) * 4 + rng.integers(0, 3, (32, 32))).astype(np.uint8)
+  sizes = {}
+  for level in (0, 4, 9):
+    path = io.save_png(tmp_path / f"{level}.png", image, compress_level=level)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+    sizes[level] = path.stat().st_size
+  assert sizes[0] > sizes[9]          # the level reaches zlib: 0 stores the pixels uncompressed
+
+
 def test_save_json_lines_one_object_per_line_with_numpy_values(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
 

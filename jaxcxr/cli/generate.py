@@ -107,7 +107,7 @@ def _sample_into(args: argparse.Namespace, out: pathlib.Path, generator, directo
     seconds = time.perf_counter() - start
     result.update(n_generated=len(images), n_valid=None, valid_rate=None, seconds=seconds)
     for i, image in enumerate(images):
-      io.save_png(journal.image_path(i), image)
+      journal.save_image(i, image)
     n_images = len(images)
     timings["sample"] = time.perf_counter() - start
   else:
