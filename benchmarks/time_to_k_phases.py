@@ -34,6 +34,7 @@ import argparse
 import functools
 import json
 import pathlib
+import shlex
 import statistics
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def main(argv=None) -> int:
     if not sep or not pathlib.Path(root).is_dir():
       parser.error(f"--source: expected NAME=DIR with an existing DIR, got {item!r}")
     sources[name] = pathlib.Path(root).resolve()
-  record: dict[str, Any] = {"command": "python -m benchmarks.time_to_k_phases " + " ".join(argv or sys.argv[1:]),
+  argv = sys.argv[1:] if argv is None else argv
+  record: dict[str, Any] = {"command": shlex.join(["python", "-m", "benchmarks.time_to_k_phases", *argv]),
                             "note": args.note, "context": measure.context()}
   if not args.skip_components:
     record["components"] = components(args.repeats)

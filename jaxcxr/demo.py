@@ -697,8 +697,8 @@ def _timings_section(timings: dict[str, float], versions: dict[str, Any], total:
                          for k, v in versions.items())
   return (f"<div class='row'><div><table><tr><th class='l'>step</th><th>seconds</th></tr>{rows}"
           f"<tr><th class='l'>total (to this page)</th><th>{total:.1f}</th></tr></table>"
-          "<p class='muted'>The first call of each jitted function compiles it (or loads it from the compilation cache); "
-          "on a CPU compilation is most of the run.</p></div>"
+          "<p class='muted'>The first call of each jitted function compiles it (or loads it from the compilation "
+          "cache); on a CPU compilation is most of the run.</p></div>"
           f"<div><table><tr><th class='l'>component</th><th class='l'>version</th></tr>{version_rows}</table></div>"
           "</div>")
 
