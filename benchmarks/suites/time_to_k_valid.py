@@ -133,7 +133,7 @@ def _in_process(bench, k: int) -> None:
   for i in range(bench.repeats):          # the variants in turn, so that a change of the machine's load hits both
     for v in VARIANTS:
       cpu = time.process_time()
-      runs[v].append(sample(jax.random.key(1 + i)))
+      runs[v].append(sample[v](jax.random.key(1 + i)))
       runs[v][-1]["cpu_seconds"] = time.process_time() - cpu
   results = {}
   for v in VARIANTS:

@@ -82,8 +82,9 @@ CASCADE_SCORES: dict[str, str] = {"score_shape": "shape", "score_abnormal": "abn
 TRACE_COUNTS: dict[str, int] = {"cascade_round": 0}
 
 # Latents judged per chunk of a round on one CPU device (elsewhere: `accept_size` per chunk). The 64x64 base
-# image and the predictor of the shipped cascade, 384 latents on one core: 1.6-1.7 ms per latent in chunks of 4
-# to 16, 2.5 ms in one batch (`python benchmarks/time_to_k_phases.py`, benchmarks/results/time_to_k_phases_cpu.json).
+# image and the predictor of the shipped cascade, 384 latents on one core: 1.69-1.70 ms per latent in chunks of 2-8,
+# 1.72-1.78 in chunks of 16-32, 2.50 in one batch (`python -m benchmarks.time_to_k_phases`,
+# benchmarks/results/time_to_k_phases_cpu.json).
 JUDGE_CPU_CHUNK = 8
 
 
