@@ -42,9 +42,11 @@ by `build_real_examples` (indices `REAL_EXAMPLE_INDICES`), so an installed packa
 images to compare with. NIH places no restriction on their use beyond the attribution
 `REAL_EXAMPLES_ATTRIBUTION`, which the report prints.
 
-Defaults (`DemoConfig()`: group 38_44f, K = 8, batch 8, strict) took 344 s of wall time on a
-2-core CPU shared with two trainings, 200 s of it compiling the jitted functions; sampling the
-8 valid images took 13.6 s with the pre-filter (24 images finished) and 29.1 s without it (72).
+Defaults (`DemoConfig()`: group 38_44f, K = 8, batch 8, strict) took 38.9 s of wall time in a
+fresh process with an empty compilation cache, on one core of the 2-core CPU (a training on the
+other), 13.5 s of it compiling the two samplers; sampling the 8 valid images took 1.1 s with
+the pre-filter and 3.1 s without it (`python -m benchmarks.run --suite time_to_k_valid`, record
+`cold_demo`, benchmarks/results/time_to_k_valid_cpu.jsonl).
 
 Example::
 
