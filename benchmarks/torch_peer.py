@@ -219,3 +219,32 @@ def unet_train_step(bench, m, config, data: dict, suite: str) -> None:
   timing = measure.time_call(run, repeats=bench.repeats, sync=_sync())
   _emit(bench, suite, "unet", "eager", config.unet.dtype, config.batch_size, timing, config.steps_per_call,
         "steps/s", steps_per_call=config.steps_per_call)
+
+
+def encoder_train_step(bench, config, images, suite: str) -> None:
+  """`twins_encoder.TorchEncoderTrainStep` from jaxcxr's fresh train state: `steps_per_call` steps per timed call.
+
+  Each step draws its batch and both views on the device (`draw`), as jaxcxr's step does
+  inside its call. Eager only, as the other training-step twins.
+  """
+  b = config.batch_size
+  if _skip(bench, suite, "encoder", b):
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import twins_encoder  # pylint: disable=g-import-not-at-top
+  from jaxcxr.train import cxr_encoder  # pylint: disable=g-import-not-at-top
+  device = _device()
+  state = cxr_encoder.init_train_state(config)
+  step = twins_encoder.TorchEncoderTrainStep.from_nnx(cxr_encoder.encoder_of(state, config),
+                                                      cxr_encoder.projector_of(state, config), config)
+  step.encoder.to(device), step.projector.to(device)
+  x = torch.as_tensor(np.array(images), device=device)
+
+  def run():
+    for _ in range(config.steps_per_call):
+      step(step.draw(x))
+
+  timing = measure.time_call(run, repeats=bench.repeats, sync=_sync())
+  _emit(bench, suite, "encoder", "eager", config.encoder.dtype, b, timing, config.steps_per_call, "steps/s",
+        steps_per_call=config.steps_per_call)

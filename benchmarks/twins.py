@@ -60,6 +60,7 @@ __all__ = [
     "draw_augment",
     "draw_diff_augment",
     "fanogan_scores",
+    "gaussian_blur",
     "grad_cam",
     "healthygan_scores",
     "label_map",
@@ -1170,7 +1171,7 @@ def augment(images: torch.Tensor, params: dict[str, torch.Tensor], config, masks
   grid = torch.stack([src_x / (w - 1) * 2.0 - 1.0, src_y / (h - 1) * 2.0 - 1.0], dim=-1)     # (B, H, W, 2)
   out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
   if config.blur_sigma > 0:
-    out = _gaussian_blur(out, config.blur_sigma * params["blur"])
+    out = gaussian_blur(out, config.blur_sigma * params["blur"])
   mean = out.mean(dim=(1, 2, 3), keepdim=True)
   contrast = (1.0 + config.contrast * params["contrast"])[:, None, None, None]
   brightness = (config.brightness * params["brightness"])[:, None, None, None]
@@ -1183,7 +1184,7 @@ def augment(images: torch.Tensor, params: dict[str, torch.Tensor], config, masks
   return out, torch.where(flip[:, None, None], swapped, warped)
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
   """Separable Gaussian blur with a per-image sigma (B,) of (B, 1, H, W), edge padding (a grouped convolution)."""
   b, _, h, w = images.shape
   t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
