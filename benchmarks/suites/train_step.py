@@ -23,6 +23,11 @@ SUITE = "train_step"
 
 def _time(bench, name, trainer, data, config):
   """Times `trainer.train_step_program` (a fresh copy of the donated state every run); FLOPs of one step."""
+  with bench.guard(SUITE, name, "jaxcxr", dtype=config_dtype(config, name), batch=config.batch_size):
+    _measure(bench, name, trainer, data, config)
+
+
+def _measure(bench, name, trainer, data, config):
   program = trainer.train_step_program(config, data)
   timing, _ = measure.time_compiled(program.fn, program.fresh_args, repeats=bench.repeats)
   flops = measure.function_flops(lambda s, d: trainer.train_step(s, d, config), *program.args)
