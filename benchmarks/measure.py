@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -58,6 +59,21 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
+def _package_version(name: str) -> str | None:
+  """An installed distribution's version (None if absent): `jax.lib.__version__` is not there in every jax."""
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its affinity mask, e.g. after `taskset`); `os.cpu_count()` elsewhere."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def torch_version() -> str | None:
   if importlib.util.find_spec("torch") is None:
     return None
@@ -66,13 +82,13 @@ def torch_version() -> str | None:
 
 
 def context() -> dict[str, Any]:
-  """Where the run happens: device, platform, versions, CPU, cores, date (UTC)."""
+  """Where the run happens: device, platform, versions, CPU, its cores and those this process may use, date (UTC)."""
   device = jax.devices()[0]
   return {"schema": SCHEMA_VERSION, "device": device.device_kind, "platform": device.platform,
-          "num_devices": jax.device_count(), "jax": jax.__version__, "jaxlib": jax.lib.__version__,
+          "num_devices": jax.device_count(), "jax": jax.__version__, "jaxlib": _package_version("jaxlib"),
           "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
           "torch": torch_version(), "python": platform.python_version(), "cpu": cpu_model(),
-          "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "cpu_count": os.cpu_count(), "cores": usable_cores(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
@@ -170,7 +186,8 @@ def roofline(flops_per_item: float | None, items_per_s: float, peak: dict[str, A
     return {"flops_per_item": None, "achieved_gflops": None, "fraction_of_peak": None}
   achieved = flops_per_item * items_per_s / 1e9
   return {"flops_per_item": round(flops_per_item), "achieved_gflops": round(achieved, 2),
-          "fraction_of_peak": round(achieved / peak["peak_gflops"], 4), "peak_gflops": peak["peak_gflops"]}
+          "fraction_of_peak": round(achieved / peak["peak_gflops"], 4), "peak_gflops": peak["peak_gflops"],
+          "peak_dtype": peak["peak_dtype"]}
 
 
 def record(ctx: dict[str, Any], *, suite: str, name: str, peer: str, dtype: str, batch: int, timing: Timing,
