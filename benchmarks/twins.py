@@ -56,6 +56,7 @@ __all__ = [
     "anogan_search_per_image",
     "augment",
     "classifier_twin",
+    "clipped_step",
     "diff_augment",
     "draw_augment",
     "draw_diff_augment",
@@ -1209,6 +1210,19 @@ def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, *, dice_weight: flo
   return ce + dice_weight * dice_loss, (ce, dice_loss)
 
 
+
+def clipped_step(opt: torch.optim.Optimizer, params, grads, clip: float, lr: float) -> None:
+  """One optimiser step with these gradients, clipped to global norm `clip` (0: no clipping) as optax's
+  `clip_by_global_norm`, at learning rate `lr` (the trainers' schedules set it per step)."""
+  if clip > 0:
+    norm = torch.sqrt(sum(torch.sum(torch.square(g)) for g in grads))
+    grads = [torch.where(norm < clip, g, g / norm * clip) for g in grads]
+  for param, grad in zip(params, grads):
+    param.grad = grad
+  for group in opt.param_groups:
+    group["lr"] = lr
+  opt.step()
+
 class TorchUNetTrainStep:
   """Twin of `train.segmentation.train_step`: cross-entropy + soft Dice, global-norm clipping, AdamW.
 
@@ -1253,14 +1267,6 @@ class TorchUNetTrainStep:
     cfg = self.config
     loss, (ce, dice_loss) = segmentation_loss(self.unet(images), masks, dice_weight=cfg.dice_weight)
     params = list(self.unet.parameters())
-    grads = torch.autograd.grad(loss, params)
-    if cfg.grad_clip > 0:
-      norm = torch.sqrt(sum(torch.sum(torch.square(g)) for g in grads))
-      grads = [torch.where(norm < cfg.grad_clip, g, g / norm * cfg.grad_clip) for g in grads]
-    for param, grad in zip(params, grads):
-      param.grad = grad
-    for group in self.opt.param_groups:
-      group["lr"] = self.learning_rate(self.step)
-    self.opt.step()
+    clipped_step(self.opt, params, torch.autograd.grad(loss, params), cfg.grad_clip, self.learning_rate(self.step))
     self.step += 1
     return {"loss": loss.detach(), "ce": ce.detach(), "dice_loss": dice_loss.detach()}

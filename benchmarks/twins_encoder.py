@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 # The twins' shared layers and weight helpers.
-from benchmarks.twins import Conv, GroupNorm, Linear, _array, _param, _phase_minor, _Twin, gaussian_blur
+from benchmarks.twins import Conv, GroupNorm, Linear, _array, _param, _phase_minor, _Twin, clipped_step, gaussian_blur
 
 __all__ = ["TorchCXREncoder", "TorchEncoderTrainStep", "TorchProjector", "draw_views", "views", "vicreg_loss"]
 
@@ -267,14 +267,6 @@ class TorchEncoderTrainStep:
       unit = h * torch.rsqrt(torch.clamp_min(torch.sum(h * h, dim=-1, keepdim=True), 1e-12))
       spread = torch.mean(torch.std(unit, dim=0, unbiased=False))
     params = self.parameters()
-    grads = torch.autograd.grad(loss, params)
-    if cfg.grad_clip > 0:
-      norm = torch.sqrt(sum(torch.sum(torch.square(g)) for g in grads))
-      grads = [torch.where(norm < cfg.grad_clip, g, g / norm * cfg.grad_clip) for g in grads]
-    for param, grad in zip(params, grads):
-      param.grad = grad
-    for group in self.opt.param_groups:
-      group["lr"] = self.learning_rate(self.step)
-    self.opt.step()
+    clipped_step(self.opt, params, torch.autograd.grad(loss, params), cfg.grad_clip, self.learning_rate(self.step))
     self.step += 1
     return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}, "embedding_std": spread}
