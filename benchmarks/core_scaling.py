@@ -6,7 +6,7 @@
 For each core count c, one `python -m benchmarks.run --no-twins --json` process (the suites'
 own jaxcxr measurements, no PyTorch twin) runs pinned to the first c cores this process may use
 (`os.sched_setaffinity` before it starts, so XLA sizes its thread pools to c). Every record
-gets `cores` (also measured by the child: `measure.usable_cores`) and `scaling`: the median
+gets `cores` (also measured by the child: `jaxcxr.batching.usable_cores`) and `scaling`: the median
 time of the same suite, name, dtype and batch on the fewest cores over this one (2.0 = twice
 as fast on two cores as on one). The default suites are generate_and_score and anogan at their
 CPU batch sizes; `--quick` runs their tiny models (the schema check, not a measurement).

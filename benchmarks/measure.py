@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcxr import batching
+
 SCHEMA_VERSION = 1
 
 # Every record has these keys (the schema test checks them); the others are suite-specific.
@@ -67,13 +69,6 @@ def _package_version(name: str) -> str | None:
     return None
 
 
-def usable_cores() -> int:
-  """The cores this process may run on (its affinity mask, e.g. after `taskset`); `os.cpu_count()` elsewhere."""
-  if hasattr(os, "sched_getaffinity"):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
-
-
 def torch_version() -> str | None:
   if importlib.util.find_spec("torch") is None:
     return None
@@ -88,7 +83,7 @@ def context() -> dict[str, Any]:
           "num_devices": jax.device_count(), "jax": jax.__version__, "jaxlib": _package_version("jaxlib"),
           "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
           "torch": torch_version(), "python": platform.python_version(), "cpu": cpu_model(),
-          "cpu_count": os.cpu_count(), "cores": usable_cores(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "cpu_count": os.cpu_count(), "cores": batching.usable_cores(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 

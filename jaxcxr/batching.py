@@ -125,6 +125,13 @@ def _set_cpu_chunk(chunk: int | None) -> None:
     jax.clear_caches()
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on: its affinity mask (e.g. after `taskset`), else `os.cpu_count()`."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def default_chunk() -> int | None:
   """Items per sequential chunk inside a compiled call: `CPU_CHUNK` on one CPU device, else None (no chunks).
 
