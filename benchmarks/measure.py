@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -29,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxcxr import batching
 
 SCHEMA_VERSION = 1
 
@@ -58,6 +61,14 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
+def _package_version(name: str) -> str | None:
+  """An installed distribution's version (None if absent): `jax.lib.__version__` is not there in every jax."""
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
 def torch_version() -> str | None:
   if importlib.util.find_spec("torch") is None:
     return None
@@ -66,13 +77,13 @@ def torch_version() -> str | None:
 
 
 def context() -> dict[str, Any]:
-  """Where the run happens: device, platform, versions, CPU, cores, date (UTC)."""
+  """Where the run happens: device, platform, versions, CPU, its cores and those this process may use, date (UTC)."""
   device = jax.devices()[0]
   return {"schema": SCHEMA_VERSION, "device": device.device_kind, "platform": device.platform,
-          "num_devices": jax.device_count(), "jax": jax.__version__, "jaxlib": jax.lib.__version__,
+          "num_devices": jax.device_count(), "jax": jax.__version__, "jaxlib": _package_version("jaxlib"),
           "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
           "torch": torch_version(), "python": platform.python_version(), "cpu": cpu_model(),
-          "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "cpu_count": os.cpu_count(), "cores": batching.usable_cores(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
@@ -170,7 +181,8 @@ def roofline(flops_per_item: float | None, items_per_s: float, peak: dict[str, A
     return {"flops_per_item": None, "achieved_gflops": None, "fraction_of_peak": None}
   achieved = flops_per_item * items_per_s / 1e9
   return {"flops_per_item": round(flops_per_item), "achieved_gflops": round(achieved, 2),
-          "fraction_of_peak": round(achieved / peak["peak_gflops"], 4), "peak_gflops": peak["peak_gflops"]}
+          "fraction_of_peak": round(achieved / peak["peak_gflops"], 4), "peak_gflops": peak["peak_gflops"],
+          "peak_dtype": peak["peak_dtype"]}
 
 
 def record(ctx: dict[str, Any], *, suite: str, name: str, peer: str, dtype: str, batch: int, timing: Timing,

@@ -4,8 +4,9 @@
         [--repeats N] [--top N] [--json] [--out FILE]
 
 Programs: `gan_train` (the shipped base GAN's recipe, `gan_64_resize_cpu`), `unet_train`
-(`unet_256_cpu`), on the train-step suite's random data (`benchmarks/suites/train_step.py`), and
-`healthygan_score` (the shipped translator's scoring call on 64 random images).
+(`unet_256_cpu`), `encoder_train` (`cxr_encoder_cpu`, VICReg), on the train-step suite's random data
+(`benchmarks/suites/train_step.py`), and `healthygan_score` (the shipped translator's scoring call on
+64 random images).
 
 How: the call is compiled ahead of time, run once untimed, then `repeats` times under
 `jax.profiler.trace`. XLA:CPU records one trace event per executed operation (thunk), named as
@@ -18,7 +19,7 @@ the operation of the optimised HLO module. Each operation is attributed through 
 | `spectral_norm` | the power iteration and the division of every kernel by its norm, forward and backward |
 | `group_norm` | the generator's GroupNorm, forward and backward |
 | `optimiser` | optax's Adam updates and the EMA of the generator |
-| `augmentation` | the differentiable augmentation of reals and fakes |
+| `augmentation` | the differentiable augmentation of reals and fakes; the encoder's views |
 | `conv_forward` / `conv_backward` | convolutions and matmuls (1x1, dense) of the forward passes / the gradients |
 | `other` | everything else (activations, losses, bias adds, up- and down-sampling, copies) |
 
@@ -48,12 +49,15 @@ from benchmarks import models as models_lib
 from benchmarks.suites import train_step
 from jaxcxr.anomaly import healthygan
 from jaxcxr.models import layers
-from jaxcxr.train import gan, segmentation
+from jaxcxr.train import cxr_encoder, gan, segmentation
 
-PROGRAMS = ("gan_train", "unet_train", "healthygan_score")
+PROGRAMS = ("gan_train", "unet_train", "encoder_train", "healthygan_score")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\b([a-z][\w\-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
+# The functions of the encoder's views (`jaxcxr.train.cxr_encoder`); the stack frames of an operation hold only the
+# innermost calls, so `augment_views` itself is rarely among them.
+_ENCODER_VIEWS = frozenset({"augment_views", "draw_views", "apply_views", "_view_draws", "_view", "_blur"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +150,8 @@ def component(op: Operation) -> str:
     return "spectral_norm"
   if "GroupNorm" in functions:
     return "group_norm"
-  if "augment" in functions:
+  if "augment" in functions or (any(f.split(".")[0] in _ENCODER_VIEWS for f in op.functions)
+                                 and any(f.endswith("train/cxr_encoder.py") for f in op.files)):
     return "augmentation"
   if op.opcode in ("convolution", "dot"):
     return "conv_backward" if ("transpose(" in op.op_name or "_cpu_conv_bwd" in functions
@@ -175,8 +180,9 @@ def _program(name: str, steps_per_call: int | None):
   if name == "healthygan_score":   # one call scores a batch of 64 random images (the suite's largest CPU batch)
     r = m.translator.config.resolution
     return healthygan.score_program(m.translator, rng.integers(0, 256, (64, r, r), dtype=np.uint8)), 1
-  trainer, config, make_data = ((gan, m.gan_train, train_step.gan_data) if name == "gan_train"
-                                else (segmentation, m.unet_train, train_step.unet_data))
+  trainer, config, make_data = {"gan_train": (gan, m.gan_train, train_step.gan_data),
+                                 "unet_train": (segmentation, m.unet_train, train_step.unet_data),
+                                 "encoder_train": (cxr_encoder, m.encoder_train, train_step.encoder_data)}[name]
   if steps_per_call:
     config = dataclasses.replace(config, steps_per_call=steps_per_call)
   return trainer.train_step_program(config, make_data(config, rng)), config.steps_per_call

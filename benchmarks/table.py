@@ -45,6 +45,12 @@ def markdown(records: list[dict[str, Any]]) -> str:
   peak = next((r["peak_gflops"] for r in records if r.get("peak_gflops")), None)
   if peak:
     head += f" Matmul peak measured in the run: {peak} GFLOP/s."
+  if first.get("dry_run"):
+    head = ("**GPU DRY RUN on the CPU, not GPU numbers**: the GPU code path (XLA convolutions, no in-call chunks, "
+            f"bfloat16 peak, GPU batch sizes divided by {first.get('dry_run_divisor')}). " + head)
+  failed = sum(1 for r in records if r.get("failed"))
+  if failed:
+    head += f" {failed} measurement(s) failed (rows 'skipped: failed: ...')."
   return head + "\n\n" + "\n".join(rows)
 
 

@@ -56,10 +56,12 @@ __all__ = [
     "anogan_search_per_image",
     "augment",
     "classifier_twin",
+    "clipped_step",
     "diff_augment",
     "draw_augment",
     "draw_diff_augment",
     "fanogan_scores",
+    "gaussian_blur",
     "grad_cam",
     "healthygan_scores",
     "label_map",
@@ -1170,7 +1172,7 @@ def augment(images: torch.Tensor, params: dict[str, torch.Tensor], config, masks
   grid = torch.stack([src_x / (w - 1) * 2.0 - 1.0, src_y / (h - 1) * 2.0 - 1.0], dim=-1)     # (B, H, W, 2)
   out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
   if config.blur_sigma > 0:
-    out = _gaussian_blur(out, config.blur_sigma * params["blur"])
+    out = gaussian_blur(out, config.blur_sigma * params["blur"])
   mean = out.mean(dim=(1, 2, 3), keepdim=True)
   contrast = (1.0 + config.contrast * params["contrast"])[:, None, None, None]
   brightness = (config.brightness * params["brightness"])[:, None, None, None]
@@ -1183,7 +1185,7 @@ def augment(images: torch.Tensor, params: dict[str, torch.Tensor], config, masks
   return out, torch.where(flip[:, None, None], swapped, warped)
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
   """Separable Gaussian blur with a per-image sigma (B,) of (B, 1, H, W), edge padding (a grouped convolution)."""
   b, _, h, w = images.shape
   t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
@@ -1207,6 +1209,19 @@ def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, *, dice_weight: flo
   dice_loss = 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
   return ce + dice_weight * dice_loss, (ce, dice_loss)
 
+
+
+def clipped_step(opt: torch.optim.Optimizer, params, grads, clip: float, lr: float) -> None:
+  """One optimiser step with these gradients, clipped to global norm `clip` (0: no clipping) as optax's
+  `clip_by_global_norm`, at learning rate `lr` (the trainers' schedules set it per step)."""
+  if clip > 0:
+    norm = torch.sqrt(sum(torch.sum(torch.square(g)) for g in grads))
+    grads = [torch.where(norm < clip, g, g / norm * clip) for g in grads]
+  for param, grad in zip(params, grads):
+    param.grad = grad
+  for group in opt.param_groups:
+    group["lr"] = lr
+  opt.step()
 
 class TorchUNetTrainStep:
   """Twin of `train.segmentation.train_step`: cross-entropy + soft Dice, global-norm clipping, AdamW.
@@ -1252,14 +1267,6 @@ class TorchUNetTrainStep:
     cfg = self.config
     loss, (ce, dice_loss) = segmentation_loss(self.unet(images), masks, dice_weight=cfg.dice_weight)
     params = list(self.unet.parameters())
-    grads = torch.autograd.grad(loss, params)
-    if cfg.grad_clip > 0:
-      norm = torch.sqrt(sum(torch.sum(torch.square(g)) for g in grads))
-      grads = [torch.where(norm < cfg.grad_clip, g, g / norm * cfg.grad_clip) for g in grads]
-    for param, grad in zip(params, grads):
-      param.grad = grad
-    for group in self.opt.param_groups:
-      group["lr"] = self.learning_rate(self.step)
-    self.opt.step()
+    clipped_step(self.opt, params, torch.autograd.grad(loss, params), cfg.grad_clip, self.learning_rate(self.step))
     self.step += 1
     return {"loss": loss.detach(), "ce": ce.detach(), "dice_loss": dice_loss.detach()}

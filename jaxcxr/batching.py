@@ -15,9 +15,10 @@ that a sampling round computes only the items it needs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -94,8 +95,47 @@ def _cpu_chunk(value: str) -> int | None:
 # generate-and-score call at batch 32 1.37x faster on one core. Not used by the AnoGAN search,
 # whose 64x64 chunks were 1.12x faster on one core but slower on two (that two-core run is not
 # recorded). Accelerators want the whole batch at once.
-# $JAXCXR_CPU_CHUNK overrides it (read at import).
+# $JAXCXR_CPU_CHUNK overrides it (read at import); `cpu_chunk` changes it for a block.
 CPU_CHUNK = _cpu_chunk(os.environ.get("JAXCXR_CPU_CHUNK", "2"))
+
+
+@contextlib.contextmanager
+def cpu_chunk(chunk: int | None) -> Iterator[None]:
+  """Sets `CPU_CHUNK` inside the block: the chunk size `default_chunk` gives on one CPU device.
+
+  A process-wide setting, read when a function is traced (as `jaxcxr.models.layers.conv_path`):
+  entering and leaving the block clears JAX's in-memory compilation caches when the value
+  changes, so a jitted function called inside the block is traced again with it. None runs
+  whole batches, as on an accelerator (`python -m benchmarks.run --gpu-dry-run` uses it).
+
+  Args:
+    chunk: items per chunk (>= 1), or None for no chunks.
+
+  Raises:
+    ValueError: a chunk that is neither None nor a positive integer.
+  """
+  if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+    raise ValueError(f"cpu_chunk: expected a positive integer or None, got {chunk!r}")
+  previous = CPU_CHUNK
+  _set_cpu_chunk(chunk)
+  try:
+    yield
+  finally:
+    _set_cpu_chunk(previous)
+
+
+def _set_cpu_chunk(chunk: int | None) -> None:
+  global CPU_CHUNK
+  if chunk != CPU_CHUNK:
+    CPU_CHUNK = chunk
+    jax.clear_caches()
+
+
+def usable_cores() -> int:
+  """The CPU cores this process may run on: its affinity mask (e.g. after `taskset`), else `os.cpu_count()`."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def default_chunk() -> int | None:

@@ -78,6 +78,7 @@ import numpy as np
 
 import jaxcxr
 from jaxcxr import anomaly as anomaly_lib
+from jaxcxr import batching
 from jaxcxr import data as data_lib
 from jaxcxr import io as io_lib
 from jaxcxr import metrics, pretrained, reports
@@ -191,10 +192,9 @@ class _Steps:
 def _versions() -> dict[str, Any]:
   """Versions of jaxcxr, jax, flax, numpy and python, the platform, the devices and the usable CPU cores."""
   devices = jax.devices()
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {"jaxcxr": jaxcxr.__version__, "jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__,
           "python": platform.python_version(), "platform": platform.platform(),
-          "device": f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})", "cpu_cores_usable": cores}
+          "device": f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})", "cpu_cores_usable": batching.usable_cores()}
 
 
 _SAMPLER_KEYS = ("n_valid", "n_generated", "n_latents_drawn", "n_valid_seen", "n_rounds", "seconds", "valid_rate",

@@ -8,7 +8,8 @@ time the compiled call without reaching into private names:
 * `Scorer.generate_and_score_program` (`jaxcxr.scoring`): latents, generator, post-filter.
 * `search_program`, `step_program` (`jaxcxr.anomaly.anogan`): the AnoGAN search, one step of it.
 * `score_program` (`jaxcxr.anomaly.fanogan`, `jaxcxr.anomaly.healthygan`): one batch of scores.
-* `train_step_program` (`jaxcxr.train.gan`, `jaxcxr.train.segmentation`): `steps_per_call` steps.
+* `train_step_program` (`jaxcxr.train.gan`, `jaxcxr.train.segmentation`, `jaxcxr.train.cxr_encoder`):
+  `steps_per_call` steps.
 
 Examples:
   >>> program = search_program(generator, discriminator, images, cond, key, config)  # doctest: +SKIP

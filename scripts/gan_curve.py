@@ -9,10 +9,13 @@ and computes `realism.realism_report` against the validation normals (set A), wi
 many training normals as the real-vs-real reference (set B) and the remaining training
 normals as the PCA space. Validation patients only: the test patients stay unseen.
 
-One JSON line per checkpoint goes to `RUN/curve.jsonl` (step, training hours, figures);
+One JSON line per checkpoint goes to `RUN/curve.jsonl` (step, training hours, figures), or with
+`--upsampler` to `RUN/curve_<name>.jsonl`, named after the cascade folder or the upsampler's run;
 `--watch` keeps polling for new checkpoints (for a run that is still training).
 
     python scripts/gan_curve.py --run runs/gan_v3_base --upsampler checkpoints/gan_256 --every 2000 --watch
+    python scripts/gan_curve.py --run training_state/gan_v3_base128 --preset gan_128_resize_cpu \
+        --upsampler training_state/upsampler_x2/upsampler --every 200
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from jaxcxr import checkpoints, config as config_lib, data, io as io_lib, qualit
 from jaxcxr import realism
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models.generator import Generator, load_generator, make_cascade
+from jaxcxr.models.upsampler import load_upsampler
 from jaxcxr.train import gan
 
 
@@ -82,7 +86,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--run", required=True, help="a `jaxcxr train gan` run folder")
   parser.add_argument("--preset", default="gan_64_resize_cpu", help="the run's preset")
-  parser.add_argument("--upsampler", help="a cascade generator folder whose upsampler finishes the images")
+  parser.add_argument("--upsampler", help="the stage that finishes the images: a cascade generator folder (its "
+                      "upsampler) or an upsampler checkpoint (`train upsampler`'s OUT/upsampler)")
+  parser.add_argument("--curve", help="the JSON-lines file of the curve (default RUN/curve.jsonl, with --upsampler "
+                      "RUN/curve_<the upsampler folder's parent name>.jsonl)")
   parser.add_argument("--data", default=",".join(str(pathlib.Path(os.environ.get("JAXCXR_DATA", "data")) / f)
                                                   for f in ("nih_cxr14_subset_256.npz", "nih_cxr14_extra_256.npz")))
   parser.add_argument("--every", type=int, default=2000, help="evaluate checkpoints at multiples of this step")
@@ -91,11 +98,17 @@ def main() -> None:
   run = pathlib.Path(args.run)
   config = config_lib.PRESETS[args.preset]()
   upsampler = None
-  if args.upsampler:
-    cascade = load_generator(pathlib.Path(args.upsampler) / "generator")
-    upsampler = cascade.upsampler
-  val, train = _real_sets(args.data)
   curve_path = run / "curve.jsonl"
+  if args.upsampler:
+    stage = pathlib.Path(args.upsampler).resolve()
+    if (stage / "generator").is_dir():       # a cascade folder: named after itself
+      upsampler, name = load_generator(stage / "generator").upsampler, stage.name
+    else:                                    # RUN/upsampler of `train upsampler`: named after its run
+      upsampler, name = load_upsampler(stage), stage.parent.name
+    curve_path = run / f"curve_{name}.jsonl"
+  if args.curve:
+    curve_path = pathlib.Path(args.curve)
+  val, train = _real_sets(args.data)
   while True:
     done = {r["step"] for r in io_lib.read_json_lines(curve_path)} if curve_path.exists() else set()
     steps = checkpoints.TrainCheckpointer(run / "checkpoints").all_steps()

@@ -110,7 +110,9 @@ def to_numpy(result):
   return jax.tree.map(np.asarray, jax.device_get(result))
 
 
-# A 4-device CPU search of the same problem, written to an npz (run in a subprocess).
+# An 8-device CPU search of the same problem (one image per device), written to an npz (run in a subprocess).
+# Before it, without compiling anything: a batch the devices do not divide is placed unsharded by default, and
+# refused with shard_batch=True.
 SHARDED_SCRIPT = r"""
 import sys
 sys.path.insert(0, {tests!r})
@@ -119,11 +121,19 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 import numpy as np
 import test_anomaly as t
 from jaxcxr import anomaly
-assert len(jax.devices()) == 4, jax.devices()
+from jaxcxr.anomaly import anogan
+assert len(jax.devices()) == 8, jax.devices()
 g, d = t.random_models()
 images, cond = t.make_queries(g)
+program = anogan.search_program(g, d, images[:3], cond[:3], t.search_key(), t.SEARCH)
+assert all(len(a.sharding.device_set) == 1 for a in program.args[2:5]), [a.sharding for a in program.args[2:5]]
+try:
+  anogan.search_program(g, d, images[:3], cond[:3], t.search_key(), t.SEARCH, shard_batch=True)
+  raise AssertionError("shard_batch=True took 3 images on 8 devices")
+except ValueError as e:
+  assert "divisible by the 8 devices" in str(e), e
 result = anomaly.search_latents(g, d, images, cond, t.search_key(), t.SEARCH)
-assert len(result.score.sharding.device_set) == 4, result.score.sharding
+assert len(result.score.sharding.device_set) == 8, result.score.sharding
 np.savez({out!r}, **t.to_numpy(result)._asdict())
 """
 
@@ -132,7 +142,7 @@ np.savez({out!r}, **t.to_numpy(result)._asdict())
 def sharded_process(tmp_path_factory):
   out = tmp_path_factory.mktemp("sharded") / "result.npz"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
   script = SHARDED_SCRIPT.format(tests=str(pathlib.Path(__file__).parent), out=str(out))
   process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

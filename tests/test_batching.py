@@ -125,3 +125,43 @@ def test_in_chunks_until_computes_in_order_up_to_the_limit_or_the_target():
                                            count=lambda out, position: (out["hit"] & (position < 5)).sum()))
   _, computed = past(x)
   assert int(computed) == 6
+
+
+def test_default_chunk_takes_the_accelerator_branch_off_the_cpu(monkeypatch):
+  """One CPU device: `CPU_CHUNK`; any other backend: None, whole batches (the GPU branch, run on the CPU).
+
+  The several-devices branch (None too) runs in tests/test_scoring.py's sharded subprocess.
+  """
+  from jaxcxr import batching  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 1
+  assert batching.default_chunk() == batching.CPU_CHUNK
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert batching.default_chunk() is None
+
+
+def test_cpu_chunk_sets_the_chunk_for_a_block_and_traces_again():
+  from jaxcxr import batching  # pylint: disable=g-import-not-at-top
+  traced = []
+
+  @jax.jit
+  def double(x):
+    traced.append(batching.default_chunk())          # runs at trace time only
+    return batching.in_chunks(lambda a: 2 * a, x, chunk=batching.default_chunk())
+
+  x = jnp.arange(8.0)
+  before = batching.CPU_CHUNK
+  double(x)
+  with batching.cpu_chunk(None):
+    assert batching.CPU_CHUNK is None and batching.default_chunk() is None
+    np.testing.assert_array_equal(double(x), 2 * np.arange(8.0))
+    with batching.cpu_chunk(4):
+      assert batching.default_chunk() == 4
+    assert batching.CPU_CHUNK is None
+  assert batching.CPU_CHUNK == before
+  double(x)
+  assert traced == [before, None, before]
+  for bad in (0, -1, 2.5, True, "2"):
+    with pytest.raises(ValueError, match="cpu_chunk"):
+      with batching.cpu_chunk(bad):
+        pass
+  assert batching.CPU_CHUNK == before

@@ -135,6 +135,18 @@ def test_views_keep_shape_and_range_and_vary_with_the_key(nih, getkey):
     ce.augment_views(key, images[..., :32])
 
 
+def test_view_draws_have_their_entries_and_shapes():
+  # Traced only (jax.eval_shape): nothing compiles.
+  shapes = jax.eval_shape(lambda k: ce.draw_views(k, 3, 16), jax.random.key(0))
+  scalars = ("area", "log_aspect", "angle", "log_gamma", "contrast", "brightness", "blur_sigma", "blur")
+  assert {k: v.shape for k, v in shapes.items()} == {**{k: (3,) for k in scalars}, "position": (3, 2), "shift": (3, 2),
+                                                     "noise": (3, 16, 16)}
+  assert shapes["blur"].dtype == jnp.bool_
+  # Without blur and noise, no draws of them.
+  assert set(jax.eval_shape(lambda k: ce.draw_views(k, 3, 16, IDENTITY), jax.random.key(0))) == (
+      set(scalars) - {"blur_sigma", "blur"} | {"position", "shift"})
+
+
 def test_identity_views_are_the_image(nih, getkey):
   images = jnp.asarray(data.resize_uint8(nih.images[:3], 64))
   views = ce.augment_views(getkey(), images, IDENTITY)

@@ -90,6 +90,17 @@ def test_default_path_and_restoring():
   assert layers.conv_path_in_use() == expected
 
 
+def test_auto_is_xla_off_the_cpu(monkeypatch):
+  """"auto" on any backend but a CPU: XLA's convolution and autodiff (the GPU branch, taken on the CPU)."""
+  x, k = _inputs()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.conv_path_in_use() == "xla"
+  assert "custom_vjp_call" not in _jaxpr(jax.grad(_loss, argnums=(0, 1)), x, k)
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert layers.conv_path_in_use() == "custom_vjp"
+  assert "custom_vjp_call" in _jaxpr(jax.grad(_loss, argnums=(0, 1)), x, k)
+
+
 def test_one_by_one_kernels_are_a_matmul_on_every_path():
   x = jnp.ones((1, 4, 4, 3))
   k = jnp.arange(6.0).reshape(1, 1, 3, 2)

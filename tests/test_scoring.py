@@ -406,23 +406,28 @@ def test_shipped_scorer_keeps_most_real_normal_images(shipped_scorer, nih):
 # ----------------------------------------------------------------------------- sharding
 
 
-# Both results come from one process with 4 host devices (XLA_FLAGS must be set before jax is imported): the
+# Both results come from one process with 8 host devices (XLA_FLAGS must be set before jax is imported): the
 # sharded run first, then the same pipeline, calibration included, as a one-device process computes it: every
 # Scorer without a mesh (its arrays on the default device) and the batches in CPU chunks (what
 # `batching.default_chunk` gives on one device), traced anew. One process imports jax, builds the models and
-# loads the data once, where a process per device count did it twice.
+# loads the data once, where a process per device count did it twice. Batches of 8 put one image on each
+# device. The sharded run also takes the device-count branches a one-device run does not have, checked against
+# its own batch-8 results: the real images scored in batches of 4, which 8 devices do not divide (such a batch
+# stays whole on one device beside the replicated model states, `Scorer._shard`), and `sampling.sample_valid`,
+# whose rounds of 8 carry a batch-sharding constraint (`sampling.round_inputs`) and must keep the first valid
+# indices of the same 8 generated images.
 SHARDED_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from flax import nnx
 sys.path.insert(0, sys.argv[1])
-from jaxcxr import batching, data, scoring
+from jaxcxr import batching, data, sampling, scoring
 from jaxcxr.config import ClassifierConfig, UNetConfig, gan_tiny
 from jaxcxr.models.classifier import Classifier
 from jaxcxr.models.generator import Generator
 from jaxcxr.models.unet import UNet
 from jaxcxr.scoring import pipeline, scorer as scorer_module
-assert len(jax.devices()) == 4, jax.devices()
+assert len(jax.devices()) == 8, jax.devices()
 config = scoring.ScoringConfig(mask_size=32, dilation=3, atlas_size=8, batch_size=8)
 unet = UNet(UNetConfig(resolution=32, channels=(4, 8), norm_groups=2), rngs=nnx.Rngs(0))
 classifier = Classifier(ClassifierConfig(resolution=32, stages=(1,), channels=(4,), norm_groups=2), rngs=nnx.Rngs(1))
@@ -433,17 +438,29 @@ def run():
   scorer = scoring.calibrate(unet, classifier, np.concatenate([images] * 3), config)
   out = scorer.generate_and_score(generator, jax.random.key(3), 8, "38_44m")
   real = scorer.score(images)
-  return {"n_shards": len(scorer._shard(np.zeros((8, 1), np.float32)).sharding.device_set),
-          "gen": {k: v.tolist() for k, v in out.result.scores.items()},
-          "real": {k: v.tolist() for k, v in real.scores.items()},
-          "features": real.features.tolist()}
+  return scorer, out, {"n_shards": len(scorer._shard(np.zeros((8, 1), np.float32)).sharding.device_set),
+                       "gen": {k: v.tolist() for k, v in out.result.scores.items()},
+                       "real": {k: v.tolist() for k, v in real.scores.items()},
+                       "features": real.features.tolist()}
 
-sharded = run()
+scorer, out, sharded = run()
+by_four = scorer.with_config(batch_size=4)
+sharded["n_shards_4"] = len(by_four._shard(np.zeros((4, 1), np.float32)).sharding.device_set)
+sharded["real4"] = {k: v.tolist() for k, v in by_four.score(images).scores.items()}
+# Every threshold open but the abnormal logit's, at the median of the 8 generated images': half of them valid.
+halving = scoring.Scorer(unet, classifier, scorer.calibration._replace(
+    shape_min=-1e9, symmetry_min=-1e9, log_ratio_min=-1e9, log_ratio_max=1e9, maxheat_max=1e9,
+    abnormal_logit_max=float(np.median(out.result.measures["abnormal_logit"]))), config)
+found = sampling.sample_valid(halving, generator, jax.random.key(3), 3, "38_44m", max_generated=8)
+sharded["round_shards"] = len(sampling.round_inputs(halving, generator, jax.random.key(3), "38_44m", 0, 8)
+                              ["batch_sharding"].device_set)
+sharded["sampled_index"] = found["index"].tolist()
+sharded["gen_valid"] = halving.valid_at(out.result.measures, "standard").tolist()
 chunked = []
 scorer_module._device_mesh = lambda: None
 pipeline.default_chunk = lambda: chunked.append(batching.CPU_CHUNK) or batching.CPU_CHUNK
 jax.clear_caches()                        # traced again: the sharded run's traces have no chunks
-single = run()
+single = run()[2]
 assert chunked, "the one-device run was not traced again"
 print(json.dumps({"sharded": sharded, "single": single}))
 """
@@ -451,18 +468,24 @@ print(json.dumps({"sharded": sharded, "single": single}))
 
 def test_sharded_equals_single_device(nih_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
   root = pathlib.Path(__file__).resolve().parents[1]
   proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(root), str(nih_path)], env=env,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   single, sharded = results["single"], results["sharded"]
-  assert single["n_shards"] == 1 and sharded["n_shards"] == 4
+  assert single["n_shards"] == 1 and sharded["n_shards"] == 8
   for part in ("gen", "real"):
     for name in scoring.SCORE_NAMES:
       np.testing.assert_allclose(sharded[part][name], single[part][name], rtol=1e-4, atol=1e-4, err_msg=name)
   np.testing.assert_allclose(sharded["features"], single["features"], atol=1e-6)
+  # The sharded run's other branches, against its own batch-8 results.
+  assert sharded["n_shards_4"] == 1 and sharded["round_shards"] == 8
+  for name in scoring.SCORE_NAMES:
+    np.testing.assert_allclose(sharded["real4"][name], sharded["real"][name], rtol=1e-4, atol=1e-4, err_msg=name)
+  assert 0 < sum(sharded["gen_valid"]) < 8, sharded["gen_valid"]
+  assert sharded["sampled_index"] == np.flatnonzero(sharded["gen_valid"])[:3].tolist()
 
 
 def test_scoring_config_validation():

@@ -29,17 +29,18 @@ else:
 
 # `benchmarks` is a package of the source checkout, not of the installed jaxcxr.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import twins  # noqa: E402  (after the torch skip)
+from benchmarks import twins, twins_encoder  # noqa: E402  (after the torch skip)
 from jaxcxr import anomaly, checkpoints, config as config_lib, data, scoring  # noqa: E402
 from jaxcxr.explain import grad_cam_pure  # noqa: E402
 from jaxcxr.models import Discriminator, Generator, Upsampler, load_generator  # noqa: E402
 from jaxcxr.models.classifier import Classifier  # noqa: E402
+from jaxcxr.models.cxr_encoder import CXREncoder  # noqa: E402
 from jaxcxr.models.condition import group_condition_batch  # noqa: E402
 from jaxcxr.models.fanogan import Encoder  # noqa: E402
 from jaxcxr.models.ensemble import ClassifierEnsemble  # noqa: E402
 from jaxcxr.models.healthygan import Translator  # noqa: E402
 from jaxcxr.models.unet import UNet, label_map  # noqa: E402
-from jaxcxr.train import gan, segmentation  # noqa: E402
+from jaxcxr.train import cxr_encoder, gan, segmentation  # noqa: E402
 from jaxcxr.train.loop import KEY_IMPL  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -446,6 +447,72 @@ def test_unet_train_step(record):
   _assert_close(_flat(p.grad for p in step.unet.parameters()), _flat(grads.parameters()), record, "unet_step_grads")
   params = _as_twin(twins.TorchUNet, unet_def, new_state["params"])
   _assert_close(_flat(step.unet.parameters()), _flat(params.parameters()), record, "unet_step_params")
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _encoder_step_views(key_data, step, images, config):
+  """jaxcxr's batch, view draws and views of encoder train step `step`, in `train.cxr_encoder.train_step`'s order."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=KEY_IMPL), step)
+  k_idx, k_a, k_b = jax.random.split(key, 3)
+  b, r = config.batch_size, images.shape[-1]
+  batch = images[jax.random.permutation(k_idx, images.shape[0])[:b]]
+  draws = [cxr_encoder.draw_views(k, b, r, config.augment) for k in (k_a, k_b)]
+  return batch, draws, jnp.concatenate([cxr_encoder.apply_views(batch, d, config.augment) for d in draws])
+
+
+@pytest.mark.slow
+def test_encoder_train_step(record):
+  # A learning rate and weight decay large enough that the second update (the first has learning rate 0, the warm-up's
+  # start) and the decay of the kernels only show well above float32 rounding; a clip below the gradient's norm.
+  config = dataclasses.replace(cxr_encoder.cxr_encoder_tiny("vicreg"), learning_rate=1e-2, warmup_steps=2,
+                               weight_decay=0.5, grad_clip=0.5)
+  encoder = _random(lambda: CXREncoder(config.encoder, rngs=nnx.Rngs(0)), 12)
+  projector = _random(lambda: cxr_encoder.Projector(config.encoder.embedding_dim, config.projector,
+                                                    rngs=nnx.Rngs(0)), 13)
+  state = _fresh_train_state(cxr_encoder.init_train_state, config,
+                             {"params": {"encoder": _pure(encoder), "projector": _pure(projector)}})
+  images = np.random.default_rng(5).integers(0, 256, (6, 32, 32), dtype=np.uint8)
+  step_fn = jax.jit(cxr_encoder.train_step, static_argnums=2)
+  twin = twins_encoder.TorchEncoderTrainStep.from_nnx(encoder, projector, config)
+  enc_def, proj_def = nnx.graphdef(encoder), nnx.graphdef(projector)
+  as_twins = lambda tree: [*_as_twin(twins_encoder.TorchCXREncoder, enc_def, tree["encoder"]).parameters(),
+                           *_as_twin(twins_encoder.TorchProjector, proj_def, tree["projector"]).parameters()]
+  blurred, grads = [], []
+  for t in range(2):
+    batch, draws, want_views = _encoder_step_views(state["key"], t, images, config)
+    got_views = torch.cat([twins_encoder.views(_t(batch), _torch_tree(d), config.augment) for d in draws])
+    _assert_close(_np(got_views), _nchw(want_views), record, f"encoder_step{t}_views")
+    blurred += [bool(b) for d in draws for b in np.asarray(d["blur"])]
+    state, metrics = step_fn(state, images, config)
+    got = twin(_nchw(want_views))
+    for name in ("loss", "invariance", "variance", "covariance", "embedding_std"):
+      _assert_close(_np(got[name]), metrics[name], record, f"encoder_step{t}_{name}")
+    grads.append(_flat(p.grad for p in twin.parameters()))
+    if t == 0:
+      # Adam's first moment after one step is (1 - b1) * the clipped gradient (scaled to its largest entry).
+      want = _flat(as_twins(jax.tree.map(lambda m: m / 0.1, state["opt"][1][0].mu)))
+      record("encoder_step0_clipped_grad_norm", float(np.linalg.norm(grads[0])))
+      assert np.linalg.norm(grads[0]) == pytest.approx(config.grad_clip, rel=1e-4), "the clip was active"
+      scale = np.abs(want).max()
+      _assert_close(grads[0] / scale, want / scale, record, "encoder_step0_grads")
+  assert any(blurred) and not all(blurred), "views with and without the blur"
+  # The parameters after the two updates, but for the entries whose gradient is rounding noise at both steps: VICReg is
+  # invariant to a common shift of the projections, so the gradient of the projector's output bias, and of the
+  # LayerNorm bias of a unit active for every view, is zero in exact arithmetic, and Adam's update of such an entry is a
+  # ratio of rounding errors (up to the learning rate, in either library). Nothing else may be that small but not zero
+  # (the units that no view activates have exactly zero gradients in both).
+  names = np.concatenate([[f"encoder.{n}"] * p.numel() for n, p in twin.encoder.named_parameters()]
+                         + [[f"projector.{n}"] * p.numel() for n, p in twin.projector.named_parameters()])
+  largest = np.maximum(np.abs(grads[0]), np.abs(grads[1]))
+  noise = (largest > 0) & (largest < 1e-5 * largest.max())
+  record("encoder_step1_noise_gradient_entries", int(noise.sum()))
+  assert set(names[noise]) <= {"projector.out.bias", "projector.norms.0.bias"}
+  assert noise[names == "projector.out.bias"].all()
+  got, want = _flat(twin.parameters()), _flat(as_twins(state["params"]))
+  _assert_close(got[~noise], want[~noise], record, "encoder_step1_params")
+  moved = np.abs(want - _flat(as_twins({"encoder": _pure(encoder), "projector": _pure(projector)})))[~noise]
+  record("encoder_step1_max_update", float(moved.max()))
+  assert moved.max() > 1e-3
 
 
 # ----------------------------------------------------------------------------- shipped checkpoints

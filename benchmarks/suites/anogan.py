@@ -25,6 +25,7 @@ from jaxcxr.anomaly import anogan
 from jaxcxr.models import make_condition
 
 SUITE = "anogan"
+CPU_BATCHES, GPU_BATCHES = [1, 8, 64], [1, 64, 256]
 
 
 def queries(generator, config, n: int):
@@ -42,27 +43,33 @@ def step_flops(generator, discriminator, config, images, cond) -> float | None:
   return measure.cost_flops(program.fn.lower(*program.args))
 
 
+def _measure(bench, g, d, config, images, cond) -> None:
+  """Times the compiled search of these B images and emits its record."""
+  b, steps = len(images), config.steps
+  program = anogan.search_program(g, d, images, cond, jax.random.key(0), config)
+  # Fresh copies of the donated starts for every run.
+  timing, _ = measure.time_compiled(program.fn, program.fresh_args, repeats=bench.repeats)
+  flops = step_flops(g, d, config, images, cond)
+  per_image = None if flops is None else flops / b * (steps + 1)
+  bench.emit(measure.record(bench.ctx, suite=SUITE, name="search", peer="jaxcxr", dtype=config.dtype, batch=b,
+                            timing=timing, items=b, unit="images/s", steps=steps, base_image=config.base_image,
+                            resolution=images.shape[1], ms_per_step=round(1e3 * timing.median_s / steps, 3),
+                            **measure.roofline(per_image, b / timing.median_s, bench.peak)))
+
+
 def run(bench) -> None:
   m = bench.models()
   steps = bench.steps or (5 if bench.quick else 100)
   g, d = m.normal_generator, m.normal_discriminator
   dtypes = ["float32"] + (["bfloat16"] if bench.torch_bf16 else [])
-  all_batches = bench.batches(cpu=[1, 8, 64], gpu=[1, 64, 256])
+  all_batches = bench.batches(cpu=CPU_BATCHES, gpu=GPU_BATCHES)
   for dtype in dtypes:
     config = anogan.LatentSearchConfig(steps=steps, base_image=m.anogan_base_image, dtype=dtype)
     images, cond = queries(g, config, max(all_batches))
     for b in all_batches:
       if bench.out_of_time():
         return
-      program = anogan.search_program(g, d, images[:b], cond[:b], jax.random.key(0), config)
-      # Fresh copies of the donated starts for every run.
-      timing, _ = measure.time_compiled(program.fn, program.fresh_args, repeats=bench.repeats)
-      flops = step_flops(g, d, config, images[:b], cond[:b])
-      per_image = None if flops is None else flops / b * (steps + 1)
-      bench.emit(measure.record(bench.ctx, suite=SUITE, name="search", peer="jaxcxr", dtype=dtype, batch=b,
-                                timing=timing, items=b, unit="images/s", steps=steps,
-                                base_image=config.base_image, resolution=images.shape[1],
-                                ms_per_step=round(1e3 * timing.median_s / steps, 3),
-                                **measure.roofline(per_image, b / timing.median_s, bench.peak)))
+      with bench.guard(SUITE, "search", "jaxcxr", dtype=dtype, batch=b):
+        _measure(bench, g, d, config, images[:b], cond[:b])
       torch_peer.anogan_batched(bench, m, config, images[:b], cond[:b], SUITE)
     torch_peer.anogan_per_image(bench, m, config, images, cond, SUITE)

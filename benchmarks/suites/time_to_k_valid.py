@@ -32,7 +32,9 @@ K = 32 on); the CLI one also `sampling_speedup_time` and `sampling_speedup_ratio
 rounds' time alone. CPU seconds (`cpu_median_s`: the sampler's process time in process, the
 child's user + system time from the CLI) give `cpu_speedup_time` and `cpu_speedup_ratio`:
 on a CPU shared with other jobs they move less than the wall time. K = 32 on a CPU (the
-CLI's unfiltered runs take half a minute each), 32 and 64 on an accelerator.
+CLI's unfiltered runs take half a minute each), 32 and 64 on an accelerator. A GPU dry run
+(`--gpu-dry-run`) runs the in-process records with K divided as its batches are
+(`Bench.size`) and skips the fresh processes: they would not take its GPU code paths.
 
 Needs the shipped models (a cascade and its pre-filter): `--quick` records every measurement
 as skipped.
@@ -66,7 +68,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _ks(bench) -> tuple[int, ...]:
-  return (32, 64) if bench.gpu else (32,)
+  """The K measured: 32 on a CPU; 32 and 64 on an accelerator (a dry run: divided, duplicates dropped)."""
+  return tuple(sorted({bench.size(32), bench.size(64)})) if bench.gpu else (32,)
 
 
 def run(bench) -> None:
@@ -78,6 +81,12 @@ def run(bench) -> None:
     return
   for k in _ks(bench):
     _in_process(bench, k)
+  if bench.dry_run:
+    reason = "GPU dry run: a fresh jaxcxr process would not take the GPU code paths"
+    for name in ([f"cli_{v}_k{k}" for k in _ks(bench) for v in VARIANTS]
+                 + [f"cold_sample_k{k}_{v}" for k in _ks(bench) for v in VARIANTS] + ["cold_demo"]):
+      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason=reason))
+    return
   for k in _ks(bench):
     _cli(bench, k)
   if bench.out_of_time():

@@ -58,6 +58,7 @@ from jaxcxr import metrics as metrics_lib
 from jaxcxr.config.cxr_encoder import (METHODS, PRESETS, CXRAugmentConfig, CXREncoderTrainConfig, cxr_encoder_cpu,
                                       cxr_encoder_tiny)
 from jaxcxr.models.cxr_encoder import CXREncoder, embed_images, prepare_images
+from jaxcxr.program import Program
 from jaxcxr.provenance import provenance
 from jaxcxr.train.loop import (KEY_IMPL, compile_steps, data_metadata, device_name, host_copy, jit_init,
                                loop_summary, run_training_loop, without_loop_fields)
@@ -70,12 +71,14 @@ __all__ = [
     "PRESETS",
     "ProbeTask",
     "Projector",
+    "apply_views",
     "augment_views",
     "byol_loss",
     "cxr_encoder_cpu",
     "cxr_encoder_tiny",
     "archives_in",
     "development_data",
+    "draw_views",
     "encoder_of",
     "held_out_patients",
     "init_train_state",
@@ -83,8 +86,10 @@ __all__ = [
     "make_train_step",
     "nt_xent_loss",
     "probe_encoder",
+    "projector_of",
     "train_cxr_encoder",
     "train_step",
+    "train_step_program",
     "vicreg_loss",
 ]
 
@@ -272,38 +277,76 @@ def _blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
   return sum(kernel[i] * rows[:, i: i + w] for i in range(2 * radius + 1))
 
 
-def _view(key: jax.Array, image: jax.Array, config: CXRAugmentConfig) -> jax.Array:
-  """One random view of one uint8 (R, R) image: float32 (R, R) in [0, 1]."""
-  r = image.shape[0]
+def _view_draws(key: jax.Array, r: int, config: CXRAugmentConfig) -> dict[str, jax.Array]:
+  """The random parameters of one view of an (r, r) image (see `draw_views`)."""
   k = jax.random.split(key, 12)
-  area = jax.random.uniform(k[0], minval=config.crop_area[0], maxval=config.crop_area[1])
-  log_aspect = jax.random.uniform(k[1], minval=math.log(config.crop_aspect[0]), maxval=math.log(config.crop_aspect[1]))
-  crop_w = jnp.minimum(jnp.sqrt(area * jnp.exp(log_aspect)), 1.0)      # fractions of the side
-  crop_h = jnp.minimum(jnp.sqrt(area / jnp.exp(log_aspect)), 1.0)
-  centre = (jnp.stack([crop_h, crop_w]) / 2 + jax.random.uniform(k[2], (2,)) * (1 - jnp.stack([crop_h, crop_w]))
-            + config.translation * jax.random.uniform(k[3], (2,), minval=-1.0, maxval=1.0))
-  angle = math.radians(config.rotation_deg) * jax.random.uniform(k[4], minval=-1.0, maxval=1.0)
+  draws = {"area": jax.random.uniform(k[0], minval=config.crop_area[0], maxval=config.crop_area[1]),
+           "log_aspect": jax.random.uniform(k[1], minval=math.log(config.crop_aspect[0]),
+                                            maxval=math.log(config.crop_aspect[1])),
+           "position": jax.random.uniform(k[2], (2,)),
+           "shift": config.translation * jax.random.uniform(k[3], (2,), minval=-1.0, maxval=1.0),
+           "angle": math.radians(config.rotation_deg) * jax.random.uniform(k[4], minval=-1.0, maxval=1.0),
+           "log_gamma": math.log(config.gamma) * jax.random.uniform(k[5], minval=-1.0, maxval=1.0),
+           "contrast": 1.0 + config.contrast * jax.random.uniform(k[6], minval=-1.0, maxval=1.0),
+           "brightness": config.brightness * jax.random.uniform(k[7], minval=-1.0, maxval=1.0)}
+  if config.blur_prob > 0:
+    draws["blur_sigma"] = jax.random.uniform(k[8], minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
+    draws["blur"] = jax.random.uniform(k[9]) < config.blur_prob
+  if config.noise > 0:
+    draws["noise"] = config.noise * jax.random.uniform(k[10]) * jax.random.normal(k[11], (r, r))
+  return draws
+
+
+def _view(image: jax.Array, draws: dict[str, jax.Array], config: CXRAugmentConfig) -> jax.Array:
+  """One view of one uint8 (R, R) image with its draws (`_view_draws`): float32 (R, R) in [0, 1]."""
+  r = image.shape[0]
+  crop_w = jnp.minimum(jnp.sqrt(draws["area"] * jnp.exp(draws["log_aspect"])), 1.0)      # fractions of the side
+  crop_h = jnp.minimum(jnp.sqrt(draws["area"] / jnp.exp(draws["log_aspect"])), 1.0)
+  centre = (jnp.stack([crop_h, crop_w]) / 2 + draws["position"] * (1 - jnp.stack([crop_h, crop_w]))
+            + draws["shift"])
   # Output pixel (i, j) -> its offset from the view's centre in output fractions, scaled to the crop, rotated.
   u = (jnp.arange(r, dtype=jnp.float32) + 0.5) / r - 0.5
   oy, ox = jnp.meshgrid(u * crop_h, u * crop_w, indexing="ij")
-  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  cos, sin = jnp.cos(draws["angle"]), jnp.sin(draws["angle"])
   src_y = (centre[0] + cos * oy - sin * ox) * r - 0.5
   src_x = (centre[1] + sin * oy + cos * ox) * r - 0.5
   x = jax.scipy.ndimage.map_coordinates(image.astype(jnp.float32) / 255.0, [src_y, src_x], order=1,
                                         mode="constant", cval=0.0)
-  log_gamma = math.log(config.gamma) * jax.random.uniform(k[5], minval=-1.0, maxval=1.0)
-  x = jnp.power(jnp.clip(x, 0.0, 1.0), jnp.exp(log_gamma))
-  contrast = 1.0 + config.contrast * jax.random.uniform(k[6], minval=-1.0, maxval=1.0)
-  brightness = config.brightness * jax.random.uniform(k[7], minval=-1.0, maxval=1.0)
+  x = jnp.power(jnp.clip(x, 0.0, 1.0), jnp.exp(draws["log_gamma"]))
   mean = x.mean()
-  x = (x - mean) * contrast + mean + brightness
+  x = (x - mean) * draws["contrast"] + mean + draws["brightness"]
   if config.blur_prob > 0:
-    sigma = jax.random.uniform(k[8], minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
     radius = max(1, math.ceil(2 * config.blur_sigma[1]))
-    x = jnp.where(jax.random.uniform(k[9]) < config.blur_prob, _blur(x, sigma, radius), x)
+    x = jnp.where(draws["blur"], _blur(x, draws["blur_sigma"], radius), x)
   if config.noise > 0:
-    x = x + config.noise * jax.random.uniform(k[10]) * jax.random.normal(k[11], x.shape)
+    x = x + draws["noise"]
   return jnp.clip(x, 0.0, 1.0)
+
+
+def draw_views(key: jax.Array, batch: int, resolution: int, config: CXRAugmentConfig = CXRAugmentConfig()
+               ) -> dict[str, jax.Array]:
+  """The random parameters of `augment_views(key, images, config)` for `batch` images of side `resolution`.
+
+  Per image (a leading batch axis on each): "area" (the crop's area fraction), "log_aspect"
+  (log width / height), "position" (2,) (where the crop lies inside the image, U[0, 1) per
+  axis), "shift" (2,) (the extra translation, fractions of the side), "angle" (radians),
+  "log_gamma", "contrast" (the factor), "brightness" (the shift); with `blur_prob` > 0
+  "blur_sigma" and "blur" (bool, whether to blur); with `noise` > 0 "noise" (R, R), the
+  additive noise field. `apply_views` turns them into the views.
+
+  Args:
+    key: PRNG key of the batch (one split per image).
+    batch, resolution: the images' count and side.
+    config: ranges (static).
+  """
+  return jax.vmap(lambda k: _view_draws(k, resolution, config))(jax.random.split(key, batch))
+
+
+def apply_views(images: jax.Array, draws: dict[str, jax.Array], config: CXRAugmentConfig = CXRAugmentConfig()
+                ) -> jax.Array:
+  """The views of uint8 (B, R, R) images with given draws (`draw_views`): float32 (B, R, R, 1) in [-1, 1]."""
+  views = jax.vmap(lambda x, d: _view(x, d, config))(images, draws)
+  return (views * 2.0 - 1.0)[..., None]
 
 
 def augment_views(key: jax.Array, images: jax.Array, config: CXRAugmentConfig = CXRAugmentConfig()) -> jax.Array:
@@ -312,7 +355,8 @@ def augment_views(key: jax.Array, images: jax.Array, config: CXRAugmentConfig = 
   Per image: random resized crop (area, aspect) placed at random inside the image, shifted by
   up to `translation`, rotated about its centre, resampled bilinearly to R x R (black outside
   the image); then gamma, contrast about the view's mean, brightness, with probability
-  `blur_prob` a Gaussian blur, and noise; clipped to [0, 1]. No flip.
+  `blur_prob` a Gaussian blur, and noise; clipped to [0, 1]. No flip. The same as
+  `apply_views(images, draw_views(key, B, R, config), config)`.
 
   Args:
     key: PRNG key of the batch (one split per image).
@@ -324,9 +368,7 @@ def augment_views(key: jax.Array, images: jax.Array, config: CXRAugmentConfig = 
   """
   if not hasattr(images, "ndim") or images.ndim != 3 or images.shape[1] != images.shape[2]:
     raise ValueError(f"augment_views: expected square images (B, R, R), got {getattr(images, 'shape', images)}")
-  keys = jax.random.split(key, images.shape[0])
-  views = jax.vmap(lambda k, x: _view(k, x, config))(keys, images)
-  return (views * 2.0 - 1.0)[..., None]
+  return apply_views(images, draw_views(key, images.shape[0], images.shape[1], config), config)
 
 
 # =============================================================================
@@ -519,9 +561,32 @@ def make_train_step(config: CXREncoderTrainConfig):
                        static=(without_loop_fields(config),))
 
 
+def train_step_program(config: CXREncoderTrainConfig, images: jax.Array, *, seed: int = 0) -> Program:
+  """The compiled training call `train_cxr_encoder` makes, and its arguments on a fresh state.
+
+  Args:
+    config: the training config.
+    images: the training images the step draws its batches from, uint8 (N, R, R) at the
+      encoder's resolution (as `prepare_images` makes them; placed on the device here, as the
+      trainer places them).
+    seed: seed of the fresh state (`init_train_state`).
+
+  Returns:
+    `Program(fn, args, donated=(0,))`: `fn(state, images)` = `make_train_step(config)`, which runs
+    `config.steps_per_call` steps and returns (state, metrics stacked over the steps). The
+    state (position 0) is donated: call again with `fresh_args()`.
+  """
+  return Program(make_train_step(config), (init_train_state(config, seed), jax.device_put(images)), donated=(0,))
+
+
 def encoder_of(state: TrainState, config: CXREncoderTrainConfig) -> CXREncoder:
   """The encoder of a train state (host copies of its parameters)."""
   return nnx.merge(_graphdefs(config)["encoder"], host_copy(state["params"]["encoder"]))
+
+
+def projector_of(state: TrainState, config: CXREncoderTrainConfig) -> Projector:
+  """The projector of a train state (host copies of its parameters)."""
+  return nnx.merge(_graphdefs(config)["projector"], host_copy(state["params"]["projector"]))
 
 
 # =============================================================================
