@@ -5,6 +5,7 @@ an int32 count and fails under jax_numpy_dtype_promotion="strict", so strict dty
 promotion would test a configuration no user can run.
 """
 
+import functools
 import os
 import pathlib
 import tempfile
@@ -34,6 +35,7 @@ os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position  (after $XLA_FLAGS: the backend reads it)
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxcxr import batching, cli, compilation_cache
 
@@ -78,6 +80,19 @@ def pytest_xdist_auto_num_workers(config):
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONG_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))   # stable: a file's tests keep their order
+
+
+@functools.partial(nnx.jit, static_argnames=("method",))
+def jit_call(module, *args, method: str = "__call__"):
+  """`module.method(*args)` as one compiled call, for a test's own reference computations.
+
+  Called outside `jit`, a model runs operation by operation, and XLA:CPU compiles each new
+  (operation, shape) pair on its own: a tiny cascade's forward pass made about 230 such
+  compiles (5-8 s), and test_cascade.py spent 50 of its 84 s compiling 1,486 of them. One
+  compiled call of the same function costs a fraction of that and gives the values the
+  library's own compiled calls give (float rounding aside).
+  """
+  return getattr(module, method)(*args)
 
 
 def run_cli(capsys, *argv):

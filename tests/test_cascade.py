@@ -16,6 +16,8 @@ from jaxcxr.models.fanogan import Encoder
 from jaxcxr.models.layers import upsample2
 from jaxcxr.train import upsampler as upsampler_train
 
+from conftest import jit_call
+
 TINY_UP = config.UpsamplerConfig(scale=2, input_channels=4, input_blocks=1, stage_channels=(4,))
 
 
@@ -25,13 +27,14 @@ def _tiny_generator(upsampling: str, resolution: int = 32, seed: int = 0) -> Gen
   return Generator(cfg, rngs=nnx.Rngs(seed))
 
 
-def _randomize(model: nnx.Module, key: jax.Array, scale: float = 0.3) -> nnx.Module:
-  """Every parameter replaced by N(0, scale^2) noise (a 'trained' model with no structure)."""
+def _randomize(model: nnx.Module, seed: int, scale: float = 0.3) -> nnx.Module:
+  """Every parameter replaced by N(0, scale^2) noise (a 'trained' model with no structure); NumPy draws, so no
+  per-shape XLA compile."""
   graphdef, state = nnx.split(model)
   leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(key, len(leaves))
-  leaves = [scale * jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-            for k, x in zip(keys, leaves)]
+  rng = np.random.default_rng(seed)
+  leaves = [jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+            else x for x in leaves]
   return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
 
 
@@ -47,8 +50,8 @@ def test_resize_upsampling_makes_no_checkerboard_subpixel_does(getkey, seed):
   cond = jnp.zeros((8, 3))
   strength = {}
   for upsampling in ("subpixel", "resize"):
-    g = _randomize(_tiny_generator(upsampling, resolution=64), jax.random.key(seed), scale=0.1)
-    images = nnx.jit(lambda g, z, cond: g(z, cond))(g, z, cond)   # one compile, not one per eager operation
+    g = _randomize(_tiny_generator(upsampling, resolution=64), seed, scale=0.1)
+    images = jit_call(g, z, cond)
     strength[upsampling] = float(np.mean(imaging.checkerboard_strength(images[..., 0])))
   assert strength["subpixel"] > 0.6, strength
   assert strength["resize"] < 0.25, strength
@@ -64,8 +67,8 @@ def test_checkerboard_strength_detects_a_pattern(nih_path):
 def test_upsampler_starts_as_bilinear_and_keeps_range(getkey):
   up = Upsampler(TINY_UP, rngs=nnx.Rngs(0))
   x = jax.random.uniform(getkey(), (2, 8, 8, 1), minval=-1.0, maxval=1.0)
-  np.testing.assert_allclose(up(x, getkey()), jax.image.resize(x, (2, 16, 16, 1), "linear"), atol=1e-6)
-  y = _randomize(up, getkey(), scale=1.0)(x, getkey())
+  np.testing.assert_allclose(jit_call(up, x, getkey()), jax.image.resize(x, (2, 16, 16, 1), "linear"), atol=1e-6)
+  y = jit_call(_randomize(up, 0, scale=1.0), x, getkey())
   assert y.shape == (2, 16, 16, 1) and float(jnp.abs(y).max()) <= 1.0
   with pytest.raises(ValueError, match=r"\(B, h, w, 1\)"):
     up(jnp.zeros((2, 8, 8)), getkey())
@@ -73,17 +76,17 @@ def test_upsampler_starts_as_bilinear_and_keeps_range(getkey):
 
 def test_cascade_is_its_base_then_the_upsampler_batch_independent(getkey):
   base = _tiny_generator("resize")
-  up = _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(1)), getkey())
+  up = _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(1)), 1)
   cascade = make_cascade(base, up)
   assert cascade.config.resolution == 64 and cascade.config.base_resolution == 32
   assert cascade.config.base == base.config
   z = jax.random.normal(getkey(), (4, 128))
   cond = jnp.zeros((4, 3))
-  np.testing.assert_array_equal(cascade.base_image(z, cond), base(z, cond))
-  full = cascade(z, cond)
+  np.testing.assert_array_equal(jit_call(cascade, z, cond, method="base_image"), jit_call(base, z, cond))
+  full = jit_call(cascade, z, cond)
   assert full.shape == (4, 64, 64, 1)
-  np.testing.assert_allclose(cascade(z[1:3], cond[1:3]), full[1:3], atol=1e-5)   # noise follows z, not the batch
-  assert float(jnp.abs(cascade(z[::-1], cond)[::-1] - full).max()) < 1e-5
+  np.testing.assert_allclose(jit_call(cascade, z[1:3], cond[1:3]), full[1:3], atol=1e-5)   # noise follows z
+  assert float(jnp.abs(jit_call(cascade, z[::-1], cond)[::-1] - full).max()) < 1e-5
   assert float(jnp.abs(full[0] - full[1]).max()) > 0                               # different latents, images
   # Sampling runs the whole cascade in one jitted call and gives the output resolution.
   images = sample_images(cascade, getkey(), 3, "38_44f")
@@ -91,12 +94,12 @@ def test_cascade_is_its_base_then_the_upsampler_batch_independent(getkey):
 
 
 def test_cascade_round_trips_through_a_checkpoint(tmp_path, getkey):
-  cascade = make_cascade(_tiny_generator("resize"), _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(1)), getkey()))
+  cascade = make_cascade(_tiny_generator("resize"), _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(1)), 2))
   checkpoints.save_model(tmp_path / "g", cascade, cascade.config)
   loaded = load_generator(tmp_path / "g")
   assert loaded.config == cascade.config
   z, cond = jax.random.normal(getkey(), (2, 128)), jnp.zeros((2, 3))
-  np.testing.assert_array_equal(loaded(z, cond), cascade(z, cond))
+  np.testing.assert_array_equal(jit_call(loaded, z, cond), jit_call(cascade, z, cond))
   assert config.from_dict(config.GeneratorConfig, config.to_dict(cascade.config)) == cascade.config
 
 
@@ -121,7 +124,8 @@ def test_discriminator_pools_larger_images_and_anogan_runs_on_a_cascade(getkey):
   disc = nnx.view(disc, use_running_average=True)
   x = jax.random.uniform(getkey(), (2, 64, 64, 1), minval=-1.0, maxval=1.0)
   pooled = x.reshape(2, 32, 2, 32, 2, 1).mean(axis=(2, 4))
-  np.testing.assert_allclose(disc.features(x), disc.features(pooled), atol=1e-5)
+  np.testing.assert_allclose(jit_call(disc, x, method="features"), jit_call(disc, pooled, method="features"),
+                             atol=1e-5)
   with pytest.raises(ValueError, match="power-of-2 multiple"):
     disc.features(jnp.zeros((2, 48, 48, 1)))
   images = np.asarray(sample_images(cascade, getkey(), 2, "58_64m"))
@@ -131,9 +135,10 @@ def test_discriminator_pools_larger_images_and_anogan_runs_on_a_cascade(getkey):
   assert result.residual.shape[:3] == (2, 64, 64) and np.all(np.isfinite(np.asarray(result.score)))
   # Known answer: the score and residual are the loss of the whole cascade's image at z*, recomputed here.
   x = data.to_signed(images)[..., None]
-  g = cascade(result.z, cond)
+  g = jit_call(cascade, result.z, cond)
   residual = jnp.abs(x - g)
-  feature_score = jnp.abs(disc.features(x) - disc.features(g)).mean(axis=(1, 2, 3))
+  feature_score = jnp.abs(jit_call(disc, x, method="features") - jit_call(disc, g, method="features")).mean(
+      axis=(1, 2, 3))
   np.testing.assert_allclose(result.residual, residual, atol=1e-4)
   np.testing.assert_allclose(result.residual_score, residual.mean(axis=(1, 2, 3)), rtol=1e-4)
   np.testing.assert_allclose(result.feature_score, feature_score, rtol=1e-4)
@@ -160,6 +165,7 @@ def test_fanogan_at_a_cascades_base_resolution(getkey):
   images = np.asarray(sample_images(cascade, getkey(), 3, "58_64m"))
   cond = np.zeros((3, 3), np.float32)
 
+  @nnx.jit
   def izi_f(enc, gen, d, x):
     """Known answer: the paper's izi_f score, from the models; a base-resolution encoder uses the base image."""
     z = enc(x)
@@ -247,7 +253,7 @@ def test_upsampler_generated_inputs_need_a_base_of_the_right_size(tmp_path, nih_
 
 def test_upsampler_warm_start_takes_the_given_weights(getkey):
   cfg = config.upsampler_tiny()
-  trained = _randomize(Upsampler(cfg.upsampler, rngs=nnx.Rngs(3)), getkey())
+  trained = _randomize(Upsampler(cfg.upsampler, rngs=nnx.Rngs(3)), 3)
   state = upsampler_train.warm_start(upsampler_train.init_train_state(cfg), trained)
   expected = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
   for part in ("g", "g_ema"):
@@ -260,9 +266,9 @@ def test_upsampler_warm_start_takes_the_given_weights(getkey):
 
 def test_noiseless_upsampler_is_deterministic_and_noise_stage_needs_noise(getkey):
   x = jax.random.uniform(getkey(), (2, 8, 8, 1), minval=-1.0, maxval=1.0)
-  quiet = _randomize(Upsampler(dataclasses.replace(TINY_UP, noise=False), rngs=nnx.Rngs(0)), getkey())
-  np.testing.assert_array_equal(quiet(x, getkey()), quiet(x, [None]))
-  noisy = _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(0)), getkey())
-  assert float(jnp.abs(noisy(x, getkey()) - noisy(x, getkey())).max()) > 0
+  quiet = _randomize(Upsampler(dataclasses.replace(TINY_UP, noise=False), rngs=nnx.Rngs(0)), 4)
+  np.testing.assert_array_equal(jit_call(quiet, x, getkey()), jit_call(quiet, x, [None]))
+  noisy = _randomize(Upsampler(TINY_UP, rngs=nnx.Rngs(0)), 5)
+  assert float(jnp.abs(jit_call(noisy, x, getkey()) - jit_call(noisy, x, getkey())).max()) > 0
   with pytest.raises(ValueError, match="noise inputs"):
-    noisy(x, [None])
+    jit_call(noisy, x, [None])

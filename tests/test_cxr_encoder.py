@@ -16,6 +16,11 @@ from jaxcxr.models.cxr_encoder import (CXREncoder, CXREncoderConfig, embed_image
 from jaxcxr.models.layers import depth_to_space
 from jaxcxr.train import cxr_encoder as ce
 
+from conftest import jit_call
+
+# The augmentation as one compiled call (run eagerly, each of its operations compiles on its own).
+augment_views = jax.jit(ce.augment_views, static_argnames="config")
+
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = ce.cxr_encoder_tiny().encoder
 # Views equal to the image: no crop, rotation, shift, intensity change, blur or noise.
@@ -33,7 +38,7 @@ def nih(nih_path):
 
 def test_embeddings_and_patch_features_have_their_shapes_and_dtypes(nih):
   encoder = CXREncoder(TINY, rngs=nnx.Rngs(0))
-  out = encoder.features(jnp.zeros((3, 32, 32, 1)))
+  out = encoder.features(jnp.zeros((3, 32, 32, 1)))   # eager: the dict keeps its order (jit sorts the keys)
   assert list(out) == ["stage1", "stage2", "embedding"]
   assert {k: v.shape for k, v in out.items()} == {"stage1": (3, 8, 8, 8), "stage2": (3, 4, 4, 16),
                                                   "embedding": (3, 16)}
@@ -124,15 +129,15 @@ def test_byol_loss_of_aligned_and_opposite_predictions(getkey):
 
 def test_views_keep_shape_and_range_and_vary_with_the_key(nih, getkey):
   images = jnp.asarray(data.resize_uint8(nih.images[:4], 64))
-  a = ce.augment_views(getkey(), images)
-  b = ce.augment_views(getkey(), images)
+  a = augment_views(getkey(), images)
+  b = augment_views(getkey(), images)
   assert a.shape == (4, 64, 64, 1) and a.dtype == jnp.float32
   assert float(a.min()) >= -1.0 and float(a.max()) <= 1.0
   assert float(jnp.abs(a - b).mean()) > 0.01
   key = getkey()
-  np.testing.assert_array_equal(ce.augment_views(key, images), ce.augment_views(key, images))
+  np.testing.assert_array_equal(augment_views(key, images), augment_views(key, images))
   with pytest.raises(ValueError, match="square images"):
-    ce.augment_views(key, images[..., :32])
+    augment_views(key, images[..., :32])
 
 
 def test_view_draws_have_their_entries_and_shapes():
@@ -149,7 +154,7 @@ def test_view_draws_have_their_entries_and_shapes():
 
 def test_identity_views_are_the_image(nih, getkey):
   images = jnp.asarray(data.resize_uint8(nih.images[:3], 64))
-  views = ce.augment_views(getkey(), images, IDENTITY)
+  views = augment_views(getkey(), images, IDENTITY)
   np.testing.assert_allclose(views[..., 0], images / 127.5 - 1.0, atol=1e-5)
 
 
@@ -160,7 +165,7 @@ def test_views_never_flip_left_and_right(getkey):
   image[:, :, 32:] = 40
   images = jnp.asarray(np.repeat(image, 4, axis=0))   # the shape of the test above: no new compilation
   for _ in range(16):
-    views = ce.augment_views(getkey(), images)[..., 0]
+    views = augment_views(getkey(), images)[..., 0]
     left, right = views[:, :, :32].mean(axis=(1, 2)), views[:, :, 32:].mean(axis=(1, 2))
     assert bool((left > right).all())
 

@@ -14,7 +14,13 @@ from jaxcxr.models.score_predictor import ScorePredictor, load_score_predictor
 from jaxcxr.prefilter import cascade
 from jaxcxr.train import score_predictor as trainer
 
-from conftest import SAMPLING_GROUP
+from conftest import SAMPLING_GROUP, jit_call
+
+
+@nnx.jit
+def _judge(predictor, base, calibration):
+  """log P(valid) of unquantised base images, as the cascade's round computes it, in one compiled call."""
+  return cascade.log_valid_probability(predictor, cascade._quantize(base), calibration)
 
 TINY_PREDICTOR = config.ScorePredictorConfig(resolution=32, channels=(4, 8), norm_groups=2)
 
@@ -41,7 +47,8 @@ def measured(scorer, tiny_cascade):
 def test_upsample_of_the_base_image_is_the_output(tiny_cascade):
   z = jax.random.normal(jax.random.key(0), (3, 128))
   cond = jnp.zeros((3, len(tiny_cascade.config.conditions)))
-  np.testing.assert_allclose(tiny_cascade.upsample(tiny_cascade.base_image(z, cond), z), tiny_cascade(z, cond),
+  base = jit_call(tiny_cascade, z, cond, method="base_image")
+  np.testing.assert_allclose(jit_call(tiny_cascade, base, z, method="upsample"), jit_call(tiny_cascade, z, cond),
                              atol=1e-6)
   plain = Generator(config.gan_tiny(32).generator, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="not a cascade"):
@@ -62,7 +69,7 @@ def test_base_images_match_the_generator_in_any_batch(tiny_cascade):
 def test_score_predictor_shapes_and_errors():
   model = ScorePredictor(TINY_PREDICTOR, rngs=nnx.Rngs(0))
   assert model(jnp.zeros((2, 32, 32, 1))).shape == (2, 5)
-  assert set(model.measures(jnp.zeros((2, 32, 32, 1)))) == set(config.PREDICTED_MEASURES)
+  assert set(jit_call(model, jnp.zeros((2, 32, 32, 1)), method="measures")) == set(config.PREDICTED_MEASURES)
   with pytest.raises(ValueError, match="base images of shape"):
     model(jnp.zeros((2, 64, 64, 1)))
   with pytest.raises(ValueError, match="multiple"):
@@ -88,7 +95,8 @@ def test_fit_score_predictor_learns_image_statistics():
                                                learning_rate=5e-3, progress=False)
   assert history["val_r2"]["shape"] > 0.9 and history["val_r2"]["abnormal_logit"] > 0.9, history["val_r2"]
   assert history["best_step"] in history["step"]
-  pred = model.measures(jnp.asarray(images[parts["test"]], jnp.float32)[..., None] / 127.5 - 1.0)
+  pred = jit_call(model, jnp.asarray(images[parts["test"]], jnp.float32)[..., None] / 127.5 - 1.0,
+                  method="measures")
   assert np.corrcoef(pred["shape"], measures["shape"][parts["test"]])[0, 1] > 0.95
   # The residual std is that of the validation errors, in measure units.
   assert 0 < float(model.residual_std[...][0]) < measures["shape"].std()
@@ -123,7 +131,7 @@ def test_log_valid_probability_follows_the_predicted_scores(scorer):
     model.head.bias[...] = jnp.zeros_like(model.head.bias[...])
     model.mean[...] = jnp.asarray([values[m] for m in TINY_PREDICTOR.measures], jnp.float32)
     model.residual_std[...] = jnp.full((5,), 0.01, jnp.float32)
-    log_p[name] = float(cascade.log_valid_probability(model, jnp.zeros((1, 32, 32, 1)),
+    log_p[name] = float(nnx.jit(cascade.log_valid_probability)(model, jnp.zeros((1, 32, 32, 1)),
                                                       scorer.device_calibration)[0])
   assert log_p["good"] > -1e-3 and log_p["bad"] < -10
 
@@ -180,13 +188,13 @@ def test_cascade_sampler_finishes_only_accepted_latents(fitted_cascade, scorer, 
   index = np.arange(out["n_latents_drawn"], dtype=np.int32)
   z = scoring.latents_at(key, jnp.asarray(index), 128)
   cond = jnp.asarray(group_condition_batch(SAMPLING_GROUP, index.size, 0, conditions=tiny_cascade.config.conditions))
-  base = tiny_cascade.base_image(z, cond)
-  log_p = np.asarray(cascade.log_valid_probability(fitted_cascade.predictor, cascade._quantize(base),
-                                                   scorer.device_calibration))
+  base = jit_call(tiny_cascade, z, cond, method="base_image")
+  log_p = np.asarray(_judge(fitted_cascade.predictor, base, scorer.device_calibration))
   accepted = index[log_p >= threshold]
   assert out["n_generated"] == accepted.size
   assert set(out["index"].tolist()) <= set(accepted.tolist())
-  full = scorer.score(np.asarray(jnp.round((tiny_cascade.upsample(base, z)[..., 0] + 1) * 127.5), np.uint8))
+  upsampled = jit_call(tiny_cascade, base, z, method="upsample")
+  full = scorer.score(np.asarray(jnp.round((upsampled[..., 0] + 1) * 127.5), np.uint8))
   valid_accepted = [i for i in accepted if full.valid[i]]
   np.testing.assert_array_equal(out["index"], valid_accepted[:5])
   # The last round stopped after the chunk (2 images on one CPU device) holding the 5th valid image, and every
@@ -218,9 +226,8 @@ def test_cascade_round_judges_and_finishes_only_what_is_needed(fitted_cascade, s
   index = jnp.arange(16, dtype=jnp.int32)
   z = scoring.latents_at(key, index, 128)
   cond = jnp.asarray(group_condition_batch(SAMPLING_GROUP, 16, 0, conditions=tiny_cascade.config.conditions))
-  log_p = np.asarray(cascade.log_valid_probability(fitted_cascade.predictor,
-                                                   cascade._quantize(tiny_cascade.base_image(z, cond)),
-                                                   scorer.device_calibration))
+  log_p = np.asarray(_judge(fitted_cascade.predictor, jit_call(tiny_cascade, z, cond, method="base_image"),
+                            scorer.device_calibration))
   first = int(np.flatnonzero(log_p >= threshold)[0])
   one = jax.device_get(caller(0, 1, want=1))
   assert one["judged"] == min(16, (first // judge_chunk + 1) * judge_chunk)
@@ -265,12 +272,13 @@ def test_judge_latents_cascade_is_a_round_without_selection(fitted_cascade, scor
   index = np.arange(6, dtype=np.int32)
   z = scoring.latents_at(key, jnp.asarray(index), 128)
   cond = jnp.asarray(group_condition_batch(SAMPLING_GROUP, 6, 0, conditions=tiny_cascade.config.conditions))
-  base = tiny_cascade.base_image(z, cond)
-  log_p = cascade.log_valid_probability(fitted_cascade.predictor, cascade._quantize(base), scorer.device_calibration)
+  base = jit_call(tiny_cascade, z, cond, method="base_image")
+  log_p = _judge(fitted_cascade.predictor, base, scorer.device_calibration)
   # The round ran batches of 4 and 2, this check one of 6: the base images agree to float rounding, which can move a
   # pixel across a uint8 level in `_quantize` (one such pixel moved one log_p by 1.6e-4 on the 2-core CI machine).
   np.testing.assert_allclose(out["log_p"], np.asarray(log_p), rtol=1e-5, atol=2e-3)
-  images = np.asarray(jnp.round(jnp.clip((tiny_cascade.upsample(base, z)[..., 0] + 1) * 127.5, 0, 255)), np.uint8)
+  upsampled = jit_call(tiny_cascade, base, z, method="upsample")
+  images = np.asarray(jnp.round(jnp.clip((upsampled[..., 0] + 1) * 127.5, 0, 255)), np.uint8)
   assert np.abs(out["images"].astype(int) - images.astype(int)).max() <= 1
   np.testing.assert_array_equal(out["index"], index)
   with pytest.raises(ValueError, match="not a cascade"):
