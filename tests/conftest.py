@@ -53,17 +53,18 @@ NIH_FIXTURE = DATA / "nih_fixture.npz"
 COVID_FIXTURE = DATA / "covid_fixture.npz"
 
 
-# The test files that take longest (about a minute or more of CPU each), longest first, then test_wheel.py,
-# whose `jaxcxr demo` reuses test_demo.py's compiled programs from the shared cache. They are collected
-# first: pytest-xdist with `--dist loadfile` hands whole files to the workers in collection order, so the
-# long ones start first and the short ones even out the end. Without xdist only the order changes.
-# test_cli_train.py comes well after test_cli_generate.py, whose `train gan` and `train upsampler` programs it
-# compiles again: by then they are in the shared cache.
-LONG_FILES = ("test_twins.py", "test_cascade.py", "test_cli_anomaly.py", "test_cli_generate.py", "test_cxr_encoder.py",
-              "test_prefilter_cascade.py", "test_scoring.py", "test_anomaly.py", "test_classifier.py",
-              "test_kill_resume.py", "test_cli_train.py", "test_pretrained.py", "test_cli_postfilter.py",
-              "test_demo.py", "test_benchmarks.py", "test_cli_evaluate.py", "test_unet.py", "test_prefilter_sampler.py",
-              "test_ensemble.py", "test_wheel.py")
+# The test files that take longest (about 15 CPU-s or more each), longest first (a serial run with `--durations=0`,
+# session 14), with test_wheel.py some files after test_demo.py: its `jaxcxr demo` reuses test_demo.py's compiled
+# programs from the shared cache. They are collected first: pytest-xdist with `--dist loadfile` hands whole files to
+# the workers in collection order, so the long ones start first and the short ones even out the end. Without xdist
+# only the order changes. test_cli_train.py comes after test_cli_generate.py, whose `train gan` and
+# `train upsampler` programs it compiles again: by then they are in the shared cache.
+LONG_FILES = ("test_twins.py", "test_cascade.py", "test_benchmarks.py", "test_prefilter_cascade.py",
+              "test_cxr_encoder.py", "test_cli_generate.py", "test_cli_anomaly.py", "test_demo.py", "test_anomaly.py",
+              "test_scoring.py", "test_cli_train.py", "test_kill_resume.py", "test_properties_cli.py",
+              "test_pretrained.py", "test_wheel.py", "test_cli_evaluate.py", "test_cli_postfilter.py", "test_gan.py",
+              "test_prefilter_sampler.py", "test_unet.py", "test_notebook.py", "test_fanogan.py", "test_classifier.py",
+              "test_anomaly_cv.py", "test_quality.py", "test_ensemble.py", "test_properties_api.py")
 
 
 def pytest_xdist_auto_num_workers(config):
