@@ -55,10 +55,13 @@ COVID_FIXTURE = DATA / "covid_fixture.npz"
 
 # The test files that take longest (about 15 CPU-s or more each), longest first (a serial run with `--durations=0`,
 # session 14), with test_wheel.py some files after test_demo.py: its `jaxcxr demo` reuses test_demo.py's compiled
-# programs from the shared cache. They are collected first: pytest-xdist with `--dist loadfile` hands whole files to
-# the workers in collection order, so the long ones start first and the short ones even out the end. Without xdist
-# only the order changes. test_cli_train.py comes after test_cli_generate.py, whose `train gan` and
-# `train upsampler` programs it compiles again: by then they are in the shared cache.
+# programs from the shared cache. They are collected first: pytest-xdist with `--dist loadfile
+# --no-loadscope-reorder` hands whole files to the workers in collection order, so the long ones start first and
+# the short ones even out the end. (Without --no-loadscope-reorder, xdist 3.8 orders the files by their number of
+# tests instead: a timeline of the suite showed test_properties_api.py, test_scoring.py and test_properties_cli.py
+# first and the 140-s test_benchmarks.py starting at 256 s.) Without xdist only the order changes.
+# test_cli_train.py comes after test_cli_generate.py, whose `train gan` and `train upsampler` programs it compiles
+# again: by then they are in the shared cache.
 LONG_FILES = ("test_twins.py", "test_cascade.py", "test_benchmarks.py", "test_prefilter_cascade.py",
               "test_cxr_encoder.py", "test_cli_generate.py", "test_cli_anomaly.py", "test_demo.py", "test_anomaly.py",
               "test_scoring.py", "test_cli_train.py", "test_kill_resume.py", "test_properties_cli.py",
