@@ -72,25 +72,31 @@ def _ks(bench) -> tuple[int, ...]:
   return tuple(sorted({bench.size(32), bench.size(64)})) if bench.gpu else (32,)
 
 
+def _process_names(ks: tuple[int, ...]) -> list[str]:
+  """The records of the fresh `jaxcxr` processes for these K: warm CLI runs, cold starts, the cold demo."""
+  return ([f"cli_{v}_k{k}" for k in ks for v in VARIANTS] + [f"cold_sample_k{k}_{v}" for k in ks for v in VARIANTS]
+          + ["cold_demo"])
+
+
+def _skip(bench, names: list[str], reason: str) -> None:
+  for name in names:
+    bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason=reason))
+
+
 def run(bench) -> None:
   if bench.quick:
-    reason = "needs the shipped cascade and its pre-filter (not in --quick)"
-    for name in ([f"inprocess_{v}_k32" for v in VARIANTS] + [f"cli_{v}_k32" for v in VARIANTS]
-                 + [f"cold_sample_k32_{v}" for v in VARIANTS] + ["cold_demo"]):
-      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason=reason))
+    _skip(bench, [f"inprocess_{v}_k32" for v in VARIANTS] + _process_names((32,)),
+          "needs the shipped cascade and its pre-filter (not in --quick)")
     return
   for k in _ks(bench):
     _in_process(bench, k)
   if bench.dry_run:
-    reason = "GPU dry run: a fresh jaxcxr process would not take the GPU code paths"
-    for name in ([f"cli_{v}_k{k}" for k in _ks(bench) for v in VARIANTS]
-                 + [f"cold_sample_k{k}_{v}" for k in _ks(bench) for v in VARIANTS] + ["cold_demo"]):
-      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason=reason))
+    _skip(bench, _process_names(_ks(bench)), "GPU dry run: a fresh jaxcxr process would not take the GPU code paths")
     return
   for k in _ks(bench):
     _cli(bench, k)
   if bench.out_of_time():
-    bench.emit(measure.skipped(bench.ctx, suite=SUITE, name="cold_demo", peer="jaxcxr", reason="time budget spent"))
+    _skip(bench, ["cold_demo"], "time budget spent")
   else:
     _cold_demo(bench)
 
@@ -125,8 +131,7 @@ def _in_process(bench, k: int) -> None:
 
   names = {v: f"inprocess_{v}_k{k}" for v in VARIANTS}
   if bench.out_of_time():
-    for name in names.values():
-      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason="time budget spent"))
+    _skip(bench, list(names.values()), "time budget spent")
     return
   pre = jaxcxr.load_pretrained(strictness=STRICTNESS)
   generator, scorer, cas = pre.generator, pre.scorer, pre.cascade_prefilter
@@ -228,8 +233,7 @@ def _phases(run: ProcessRun) -> dict[str, Any]:
 def _cli(bench, k: int) -> None:
   names = {v: f"cli_{v}_k{k}" for v in VARIANTS}
   if bench.out_of_time():
-    for name in [f"cold_sample_k{k}_{v}" for v in VARIANTS] + list(names.values()):
-      bench.emit(measure.skipped(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", reason="time budget spent"))
+    _skip(bench, [f"cold_sample_k{k}_{v}" for v in VARIANTS] + list(names.values()), "time budget spent")
     return
   commands = {v: "jaxcxr " + " ".join(sample_args(k, v, 1, pathlib.Path("OUT"))) + " --json" for v in VARIANTS}
   warm: dict[str, list[ProcessRun]] = {v: [] for v in VARIANTS}
