@@ -20,6 +20,8 @@ from jaxcxr.models import (Discriminator, Generator, group_condition_batch, load
                            make_condition, sample_images)
 from jaxcxr.train import gan
 
+from conftest import jit_call
+
 TINY = config.gan_tiny()
 
 
@@ -327,3 +329,27 @@ def test_warm_start_takes_a_saved_gan_and_refuses_another_shape(tmp_path):
   wider = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, max_channels=2 * cfg.generator.max_channels))
   with pytest.raises(ValueError, match="saved generator does not match"):
     gan.warm_start(gan.init_train_state(wider), tmp_path / "gan")
+
+
+def test_warm_start_of_a_normal_only_gan_drops_the_label_and_keeps_the_normal_images(tmp_path, getkey):
+  cfg = config.gan_tiny()
+  assert "label" in cfg.generator.conditions
+  generator = Generator(cfg.generator, rngs=nnx.Rngs(7))
+  checkpoints.save_model(tmp_path / "gan" / "generator", generator, cfg.generator)
+  checkpoints.save_model(tmp_path / "gan" / "discriminator", Discriminator(cfg.discriminator, rngs=nnx.Rngs(8)),
+                         cfg.discriminator)
+  normal = dataclasses.replace(cfg, normal_only=True,
+                               **{part: dataclasses.replace(getattr(cfg, part), conditions=("sex", "age"))
+                                  for part in ("generator", "discriminator")})
+  state = gan.warm_start(gan.init_train_state(normal), tmp_path / "gan", normal.generator.conditions)
+  warm = nnx.merge(nnx.graphdef(Generator(normal.generator, rngs=nnx.Rngs(0))), state["g_ema"])
+  z = jax.random.normal(getkey(), (4, cfg.generator.latent_dim))
+  sex, age = np.array([0, 1, 0, 1]), np.array([20, 40, 60, 30])
+  expected = jit_call(generator, z, make_condition(sex, age, 0))
+  np.testing.assert_allclose(jit_call(warm, z, make_condition(sex, age, conditions=("sex", "age"))), expected,
+                             atol=1e-5)
+  assert not np.allclose(jit_call(generator, z, make_condition(sex, age, 1)), expected, atol=1e-3)  # label mattered
+  without_sex = dataclasses.replace(cfg, **{part: dataclasses.replace(getattr(cfg, part), conditions=("age", "label"))
+                                           for part in ("generator", "discriminator")})
+  with pytest.raises(ValueError, match="only by dropping 'label'"):
+    gan.warm_start(gan.init_train_state(without_sex), tmp_path / "gan", without_sex.generator.conditions)

@@ -4,8 +4,8 @@
 cascade), `DiscriminatorConfig` (`jaxcxr.models.discriminator`), `GanTrainConfig`
 (`jaxcxr.train.gan`) and the presets (`PRESETS`): `gan_tiny`, `gan_64_cpu`, `gan_64_normal_cpu`,
 `gan_64_resize_cpu`, `gan_64_resize_normal_cpu` (the bases of the shipped 256x256 cascades),
-`gan_64_wide_cpu`, `gan_256_single_cpu` (ablation arms), `gan_128_resize_cpu` (a 128x128 base for
-a 2x stage), `gan_128`, `gan_256`.
+`gan_64_wide_cpu`, `gan_256_single_cpu` (ablation arms), `gan_128_resize_cpu` and
+`gan_128_resize_normal_cpu` (128x128 bases for a 2x stage), `gan_128`, `gan_256`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from jaxcxr.config.common import (DTYPES, KNOWN_CONDITIONS, RESOLUTIONS, Family,
 from jaxcxr.config.upsampler import UpsamplerConfig
 
 __all__ = ["FAMILY", "PRESETS", "UPSAMPLINGS", "DiscriminatorConfig", "GanTrainConfig", "GeneratorConfig",
-           "gan_128", "gan_128_resize_cpu", "gan_256", "gan_256_single_cpu", "gan_64_cpu", "gan_64_normal_cpu",
-           "gan_64_resize_cpu", "gan_64_resize_normal_cpu", "gan_64_wide_cpu", "gan_tiny"]
+           "gan_128", "gan_128_resize_cpu", "gan_128_resize_normal_cpu", "gan_256", "gan_256_single_cpu", "gan_64_cpu",
+           "gan_64_normal_cpu", "gan_64_resize_cpu", "gan_64_resize_normal_cpu", "gan_64_wide_cpu", "gan_tiny"]
 
 
 # Up-sampling of the generator's blocks: "subpixel" (3x3 conv to 4c channels + depth-to-space; the
@@ -348,7 +348,7 @@ def gan_64_normal_cpu() -> GanTrainConfig:
   return dataclasses.replace(base, **_gan_models(64, 8, 128, 8, 128, ("sex", "age")), normal_only=True)
 
 
-def gan_128_resize_cpu() -> GanTrainConfig:
+def gan_128_resize_cpu(*, conditions: tuple[str, ...] = KNOWN_CONDITIONS) -> GanTrainConfig:
   """A 128x128 base for a 2x cascade stage, sized for one CPU core over several sessions.
 
       jaxcxr train gan --preset gan_128_resize_cpu --out runs/gan128r   # data: both NIH archives
@@ -358,9 +358,22 @@ def gan_128_resize_cpu() -> GanTrainConfig:
   of `gan_256` leaves its 4x stage to invent everything finer than 4 pixels of a 256 film
   (ribs, vessel markings); a 128x128 base draws them itself.
   """
-  models = _gan_models(128, 8, 128, 8, 128, KNOWN_CONDITIONS)
+  models = _gan_models(128, 8, 128, 8, 128, conditions)
   models["generator"] = dataclasses.replace(models["generator"], upsampling="resize")
-  return dataclasses.replace(gan_64_cpu(), **models, steps=60000, sample_every=500, checkpoint_every=200)
+  return dataclasses.replace(gan_64_cpu(), **models, steps=60000, sample_every=500, checkpoint_every=200,
+                             normal_only="label" not in conditions)
+
+
+def gan_128_resize_normal_cpu() -> GanTrainConfig:
+  """`gan_128_resize_cpu` on normal images only, conditioned on sex and age (for AnoGAN).
+
+      jaxcxr train gan --preset gan_128_resize_normal_cpu --init-from GAN --steps 6000 --out runs/gan128n
+
+  Meant to start from a trained `gan_128_resize_cpu` (`--init-from`; the label's weights are
+  dropped, `gan.warm_start`): with half the images, a normal-only run from scratch would
+  repeat the base's 20,000 steps on less data.
+  """
+  return gan_128_resize_cpu(conditions=("sex", "age"))
 
 
 # The GAN training presets by name, each callable without arguments (`jaxcxr train gan --preset NAME`).
@@ -375,6 +388,7 @@ PRESETS = {
     "gan_64_wide_cpu": gan_64_wide_cpu,
     "gan_256_single_cpu": gan_256_single_cpu,
     "gan_128_resize_cpu": gan_128_resize_cpu,
+    "gan_128_resize_normal_cpu": gan_128_resize_normal_cpu,
 }
 
 FAMILY = Family(GanTrainConfig, PRESETS, "the conditional chest X-ray GAN")

@@ -351,23 +351,43 @@ def _sample_grid(config: GanTrainConfig, g_ema, key: jax.Array) -> tuple[np.ndar
   return np.concatenate(images), labels
 
 
-def warm_start(state: TrainState, directory: str | os.PathLike) -> TrainState:
+def warm_start(state: TrainState, directory: str | os.PathLike, conditions: tuple[str, ...] | None = None
+               ) -> TrainState:
   """`state` with the weights of a trained GAN folder (`generator/`, `discriminator/`): G, its EMA and D.
 
   The folder may hold a cascade (its upsampler's weights are left out: this trainer trains
   the low-resolution blocks). The optimiser states, step and ADA probability stay fresh, so
   a warm-started run is a new run that begins from those weights.
 
+  A GAN conditioned on the label can start a normal-only one (`conditions` without "label"):
+  the label's row of G's condition embedding and of D's projection is dropped. A normal
+  image has label 0, so that row added nothing to G's normal images: the warm-started G
+  draws exactly the normal images of the saved one (D's spectral norm is taken over one
+  row fewer, and its training adapts it).
+
+  Args:
+    conditions: the new run's conditions (None: the saved GAN's).
+
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing or damaged checkpoint.
-    ValueError: the saved weights do not have the shapes of this config's models.
+    ValueError: the saved weights do not have the shapes of this config's models, or the
+      conditions differ other than by a dropped label.
   """
   directory = pathlib.Path(directory)
-  g = nnx.to_pure_dict(nnx.state(load_generator(directory / "generator"), nnx.Param))
+  g_model = load_generator(directory / "generator")
+  g = nnx.to_pure_dict(nnx.state(g_model, nnx.Param))
   g.pop("upsampler", None)
   d_model = load_discriminator(directory / "discriminator")
   d = nnx.to_pure_dict(nnx.state(d_model, nnx.Param))
   d_stats = nnx.to_pure_dict(nnx.state(d_model, nnx.BatchStat))
+  saved = tuple(g_model.config.conditions)
+  if conditions is not None and tuple(conditions) != saved:
+    if "label" not in saved or tuple(c for c in saved if c != "label") != tuple(conditions):
+      raise ValueError(f"{directory}: a GAN conditioned on {saved} can start one conditioned on {tuple(conditions)} "
+                       "only by dropping 'label' (a normal-only run)")
+    keep = np.array([i for i, c in enumerate(saved) if c != "label"])
+    g["cond_embed"]["kernel"] = np.asarray(g["cond_embed"]["kernel"])[keep]
+    d["embed"]["kernel"] = np.asarray(d["embed"]["kernel"])[keep]
   return {**state, "g": copy_weights(g, state["g"], f"{directory}: the saved generator"),
           "g_ema": copy_weights(g, state["g_ema"], f"{directory}: the saved generator"),
           "d": copy_weights(d, state["d"], f"{directory}: the saved discriminator"),
@@ -411,7 +431,7 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
   out_dir = pathlib.Path(out_dir)
   state = init_train_state(config, seed)
   if init_from is not None:
-    state = warm_start(state, init_from)
+    state = warm_start(state, init_from, config.generator.conditions)
   sample_key = jax.random.key(0)  # the same latents in every grid of every run
 
   def write_samples(step: int, state: TrainState):
