@@ -159,6 +159,8 @@ def test_upsampler_cascade_and_its_cascade_prefilter(gan, tmp_path):
   assert_error([*argv[:-1], tmp_path / "cpf2", "--steps", "15"], "multiple of steps_per_call=10")
   assert_error([*argv[:5], "--preset", "cascade_prefilter_64", "--out", tmp_path / "cpf2"],
                "predicts from 64x64 base images")
+  assert_error([*argv[:5], "--out", tmp_path / "cpf2"],   # the default follows the base: 32x32 has no preset
+               "no cascade pre-filter preset reads 32x32 base images (the default would be cascade_prefilter_32)")
 
 
 def test_unet_trains_and_resumes_to_more_steps(tmp_path):

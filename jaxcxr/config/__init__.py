@@ -20,7 +20,7 @@ works for all of them:
 * `fanogan`: `EncoderConfig`, `FanoganTrainConfig`.
 * `healthygan`: `TranslatorConfig`, `CriticConfig`, `HealthyganTrainConfig`.
 * `prefilter`: `LatentClassifierConfig` and `LATENT_PRESETS`; `PREDICTED_MEASURES`,
-  `ScorePredictorConfig` and `score_predictor_64`; `CascadePrefilterTrainConfig` (the cascade
+  `ScorePredictorConfig`, `score_predictor_64` and `score_predictor_128`; `CascadePrefilterTrainConfig` (the cascade
   pre-filter's fit).
 * `cxr_encoder`: `CXREncoderConfig`, `CXRAugmentConfig`, `METHODS`, `CXREncoderTrainConfig` (the
   self-supervised chest X-ray encoder).
@@ -59,7 +59,8 @@ from jaxcxr.config.healthygan import (CriticConfig, HealthyganTrainConfig, Trans
                                       healthygan_tiny)
 from jaxcxr.config.prefilter import (LATENT_PRESETS, PREDICTED_MEASURES, CascadePrefilterTrainConfig,
                                      LatentClassifierConfig, ScorePredictorConfig, cascade_prefilter_64,
-                                     cascade_prefilter_tiny, latent_deep, latent_logreg, latent_mlp, score_predictor_64)
+                                     cascade_prefilter_128, cascade_prefilter_tiny, latent_deep, latent_logreg,
+                                     latent_mlp, score_predictor_64, score_predictor_128)
 from jaxcxr.config.registry import FAMILIES, PRESETS, presets_for
 from jaxcxr.config.serialization import from_dict, to_dict
 from jaxcxr.config.unet import (NUM_CLASSES, SEG_AUGMENT, SegTrainConfig, UNetConfig, unet_128_cpu, unet_256,
@@ -92,8 +93,8 @@ __all__ = [
     "TranslatorConfig", "CriticConfig", "HealthyganTrainConfig", "healthygan_tiny", "healthygan_64_cpu",
     # pre-filter models
     "LatentClassifierConfig", "latent_logreg", "latent_mlp", "latent_deep", "LATENT_PRESETS", "PREDICTED_MEASURES",
-    "ScorePredictorConfig", "score_predictor_64", "CascadePrefilterTrainConfig", "cascade_prefilter_tiny",
-    "cascade_prefilter_64",
+    "ScorePredictorConfig", "score_predictor_64", "score_predictor_128", "CascadePrefilterTrainConfig",
+    "cascade_prefilter_tiny", "cascade_prefilter_64", "cascade_prefilter_128",
     # self-supervised CXR encoder
     "METHODS", "CXREncoderConfig", "CXRAugmentConfig", "CXREncoderTrainConfig", "cxr_encoder_tiny", "cxr_encoder_cpu",
 ]

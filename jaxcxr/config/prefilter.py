@@ -23,8 +23,9 @@ import dataclasses
 from jaxcxr.config.common import Family, check_loop_fields
 
 __all__ = ["FAMILY", "LATENT_PRESETS", "PREDICTED_MEASURES", "PRESETS", "CascadePrefilterTrainConfig",
-           "LatentClassifierConfig", "ScorePredictorConfig", "cascade_prefilter_64", "cascade_prefilter_tiny",
-           "latent_deep", "latent_logreg", "latent_mlp", "score_predictor_64"]
+           "LatentClassifierConfig", "ScorePredictorConfig", "cascade_prefilter_128", "cascade_prefilter_64",
+           "cascade_prefilter_tiny", "latent_deep", "latent_logreg", "latent_mlp", "score_predictor_128",
+           "score_predictor_64"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +146,15 @@ def score_predictor_64() -> ScorePredictorConfig:
   return ScorePredictorConfig()
 
 
+def score_predictor_128() -> ScorePredictorConfig:
+  """The base-image predictor of a 128 -> 256 cascade: `score_predictor_64`'s levels from a 128x128 image.
+
+  The same four levels, so the first one works at 64x64 as `score_predictor_64`'s stem does;
+  the stem alone reads the full 128x128 base.
+  """
+  return ScorePredictorConfig(resolution=128)
+
+
 @dataclasses.dataclass(frozen=True)
 class CascadePrefilterTrainConfig:
   """The fit of a cascade pre-filter: its score predictor and the AdamW run that fits it.
@@ -198,10 +208,20 @@ def cascade_prefilter_64() -> CascadePrefilterTrainConfig:
   return CascadePrefilterTrainConfig(predictor=score_predictor_64())
 
 
+def cascade_prefilter_128() -> CascadePrefilterTrainConfig:
+  """`cascade_prefilter_64` for a 128 -> 256 cascade (`score_predictor_128`: 128x128 base images).
+
+      jaxcxr train cascade-prefilter --preset cascade_prefilter_128 --data L.npz --checkpoint checkpoints/gan_256 \
+        --out runs/cascade_prefilter_gan_256
+  """
+  return CascadePrefilterTrainConfig(predictor=score_predictor_128())
+
+
 # The cascade pre-filter training presets by name, each callable without arguments.
 PRESETS = {
     "cascade_prefilter_tiny": cascade_prefilter_tiny,
     "cascade_prefilter_64": cascade_prefilter_64,
+    "cascade_prefilter_128": cascade_prefilter_128,
 }
 
 FAMILY = Family(CascadePrefilterTrainConfig, PRESETS,
