@@ -11,11 +11,12 @@ normals as the PCA space. Validation patients only: the test patients stay unsee
 
 One JSON line per checkpoint goes to `RUN/curve.jsonl` (step, training hours, figures), or with
 `--upsampler` to `RUN/curve_<name>.jsonl`, named after the cascade folder or the upsampler's run;
-`--watch` keeps polling for new checkpoints (for a run that is still training).
+`--watch` keeps polling for new checkpoints (for a run that is still training); `--plot PNG`
+draws the curve file (each figure against steps, with real vs real and the targets).
 
     python scripts/gan_curve.py --run runs/gan_v3_base --upsampler checkpoints/gan_256 --every 2000 --watch
     python scripts/gan_curve.py --run training_state/gan_v3_base128 --preset gan_128_resize_cpu \
-        --upsampler training_state/upsampler_x2/upsampler --every 200
+        --upsampler training_state/upsampler_x2/upsampler --every 200 --plot curve.png
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxcxr import checkpoints, config as config_lib, data, io as io_lib, quality
+from jaxcxr import checkpoints, config as config_lib, data, io as io_lib, plots, quality
 from jaxcxr import realism
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models.generator import Generator, load_generator, make_cascade
@@ -82,6 +83,39 @@ def generator_figures(generator, val, train, *, seed: int = 0) -> dict:
   return _figures(realism.realism_report(generated, real_a, real_b, train.images[n:], seed=seed))
 
 
+# The curve's figures, each with issue 25's target: (key, title, target low, target high).
+PLOTTED = (("pixels_auc", "two-sample AUC, pixels 64x64", None, 0.65),
+           ("hog_auc", "two-sample AUC, HOG 128x128", None, 0.85),
+           ("detail_auc", "two-sample AUC, detail histograms", None, 0.75),
+           ("pca_frechet_ratio", "PCA(32) Frechet ratio", None, 1.3),
+           ("high_frequency_ratio", "high-frequency power ratio", 0.9, 1.1))
+
+
+def plot_curve(records: list[dict], path: pathlib.Path, title: str) -> pathlib.Path:
+  """One panel per figure against training steps (top axis: training hours), real vs real dotted, targets shaded."""
+  records = sorted(records, key=lambda r: r["step"])
+  steps = [r["step"] for r in records]
+  fig, axes = plots._new_figure(4.0 * len(PLOTTED), 3.4, len(PLOTTED))  # pylint: disable=protected-access
+  for ax, (key, name, low, high) in zip(axes, PLOTTED):
+    ax.plot(steps, [r[key] for r in records], "o-", label="generated vs real")
+    reference = [r["real_vs_real"].get(key) for r in records]
+    if key == "pca_frechet_ratio":
+      reference = [1.0] * len(records)
+    if all(v is not None for v in reference):
+      ax.plot(steps, reference, ":", color="grey", label="real vs real")
+    bottom, top = ax.get_ylim()
+    ax.axhspan(bottom if low is None else low, high, color="tab:green", alpha=0.12, label="target")
+    ax.set(title=name, xlabel="training step")
+    hours = [r.get("train_hours") for r in records]
+    if len(records) > 1 and all(h is not None for h in hours):
+      top_axis = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, steps, hours),
+                                                      lambda h: np.interp(h, hours, steps)))
+      top_axis.set_xlabel("training hours")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  return plots.save_figure(fig, path)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--run", required=True, help="a `jaxcxr train gan` run folder")
@@ -94,6 +128,7 @@ def main() -> None:
                                                   for f in ("nih_cxr14_subset_256.npz", "nih_cxr14_extra_256.npz")))
   parser.add_argument("--every", type=int, default=2000, help="evaluate checkpoints at multiples of this step")
   parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
+  parser.add_argument("--plot", help="PNG of the curve file, drawn after the evaluations (with --watch: after each)")
   args = parser.parse_args()
   run = pathlib.Path(args.run)
   config = config_lib.PRESETS[args.preset]()
@@ -117,6 +152,9 @@ def main() -> None:
       record = evaluate_step(run, step, config, upsampler, val, train)
       io_lib.append_json_line(curve_path, record)
       print(json.dumps(record), flush=True)
+    if args.plot and curve_path.exists():
+      plot_curve(io_lib.read_json_lines(curve_path), pathlib.Path(args.plot),
+                 f"{run.name}{' + ' + curve_path.stem.removeprefix('curve_') if args.upsampler else ''}: validation normals")
     if not args.watch:
       break
     time.sleep(60)
