@@ -147,12 +147,13 @@ def score_predictor_64() -> ScorePredictorConfig:
 
 
 def score_predictor_128() -> ScorePredictorConfig:
-  """The base-image predictor of a 128 -> 256 cascade: `score_predictor_64`'s levels from a 128x128 image.
+  """The base-image predictor of a 128 -> 256 cascade: `score_predictor_64` with one more level in front.
 
-  The same four levels, so the first one works at 64x64 as `score_predictor_64`'s stem does;
-  the stem alone reads the full 128x128 base.
+  A first level of 8 channels takes the 128x128 base image to 64x64, then `score_predictor_64`'s
+  four levels follow: about 1.3x its multiply-adds per image, where the same four levels at
+  128x128 would cost 4x.
   """
-  return ScorePredictorConfig(resolution=128)
+  return ScorePredictorConfig(resolution=128, channels=(8, 16, 32, 64, 128))
 
 
 @dataclasses.dataclass(frozen=True)
