@@ -11,7 +11,7 @@ so `import jaxcxr` stays fast and imports neither jax nor any model code:
   or the cascade one; shipped or given), as a `Sampler` that compiles, samples and judges.
 * `sample_valid` (`jaxcxr.sampling`): exactly k post-filter-valid images, no pre-filter.
 * `sample_valid_cascade` (`jaxcxr.prefilter.cascade`): the same with the cascade pre-filter,
-  which judges each latent by the generator's cheap 64x64 base image first.
+  which judges each latent by the generator's cheap base image first.
 * Generating and scoring without filtering is a method of the post-filter:
   `load_pretrained().scorer.generate_and_score(generator, key, n, group)`.
 * `select_threshold` (`jaxcxr.prefilter`): a pre-filter threshold by a named strategy.

@@ -14,7 +14,7 @@ id                 what it shows
 `samples`          the K kept images beside the bundled real normals (each labelled with its group)
 `postfilter`       kept and rejected unfiltered samples: lung masks, Grad-CAM, the five scores
 `histograms`       the five scores of unfiltered generated images against the bundled real normals
-`prefilter-roc`    the pre-filter's ROC on a fresh sample (log P(valid) of the 64x64 base image
+`prefilter-roc`    the pre-filter's ROC on a fresh sample (log P(valid) of the cascade's base image
                    against the post-filter's verdict) with its chosen threshold, beside the
                    checkpoint's stored test figures
 `speed`            generated images per valid one and wall time, with and without the pre-filter
@@ -323,7 +323,7 @@ def _fanogan_panel(models, real: data_lib.CXRDataset, group: str, encoder_dir: p
   """f-AnoGAN on 2 real normals (of `group` when bundled) and the 2 pneumonias: scores, reconstructions, residuals.
 
   `anomaly.fanogan_scores` gives the score, the residual and the reconstruction G(E(x)) at the
-  encoder's resolution (a cascade's 64x64 base image). The test ROC AUCs stored beside the
+  encoder's resolution (a cascade's base image). The test ROC AUCs stored beside the
   encoder (`evaluation*_test.json`, when present) are returned as "stored_test" {"whole image",
   "inside the lungs"}.
   """
@@ -412,7 +412,7 @@ def _save_roc_figure(log_p: np.ndarray, valid: np.ndarray, threshold: float, sum
   ax_hist.hist([g[0] for g in groups], bins=bins, stacked=True, color=[g[2] for g in groups],
                label=[g[1] for g in groups], alpha=0.75)
   ax_hist.axvline(threshold, color="k", linestyle="--", label=f"threshold ({strategy})")
-  ax_hist.set(xlabel="predicted log P(valid) from the 64x64 base image\n(lower values pooled in the first bin)",
+  ax_hist.set(xlabel="predicted log P(valid) from the base image\n(lower values pooled in the first bin)",
               ylabel="samples (stacked)",
               title="left of the line: never upsampled or post-scored")
   ax_hist.legend(fontsize=7)
@@ -550,7 +550,7 @@ def _render(result: dict[str, Any], config: DemoConfig, *, kept, real, roc, scor
         f"<b>{int(gen.valid.sum())} valid</b> ({gen.valid.mean():.0%}). The first {config.examples} kept and rejected "
         "ones: the image, the U-Net's lungs (patient's right lung red, left blue) and the abnormal classifier's "
         "Grad-CAM map. Scores are calibrated so that > 0 passes (red: fails); valid = all five > 0. The last column "
-        "is the cascade pre-filter's prediction from the 64x64 base image and whether it would have finished the "
+        "is the cascade pre-filter's prediction from the base image and whether it would have finished the "
         f"image (threshold {threshold:.2f}).</p>"
         f'<div class="cards">{"".join(cards) or "<p>no samples</p>"}</div>')
     # -- histograms
@@ -584,7 +584,7 @@ def _render(result: dict[str, Any], config: DemoConfig, *, kept, real, roc, scor
     sections["prefilter-roc"] = (
         f'{_img(tmp / "roc.png", "pre-filter ROC curve", "80%")}'
         "<p>The cascade pre-filter (<code>checkpoints/cascade_prefilter_gan_256</code>) predicts the post-filter's "
-        "measures from the generator's cheap 64x64 base image and turns them into log P(valid); a latent whose "
+        "measures from the generator's cheap base image and turns them into log P(valid); a latent whose "
         f"value clears the <b>{config.strategy}</b> threshold ({threshold:.3f} at {level}, chosen on validation "
         "latents) is upsampled and post-scored, the others are dropped. The checkpoint stores only summaries of its "
         f"validation and test latents, so the curve is computed here from the {summary['n']} fresh samples above "
@@ -727,8 +727,8 @@ def _summary_section(result: dict[str, Any], config: DemoConfig, total: float) -
   rows = "".join(f"<tr><td class='l'>{html.escape(k)}</td><td class='l'>{html.escape(str(v))}</td></tr>"
                  for k, v in items)
   return (f"<p class='big'>{html.escape(headline(result))}</p><table>{rows}</table>"
-          "<p class='muted'>Pipeline: the conditional GAN <code>gan_256</code> (a 64x64 GAN and a learned 4x "
-          "upsampler) generates; the cascade pre-filter judges each latent by its 64x64 base image and only the "
+          "<p class='muted'>Pipeline: the conditional GAN <code>gan_256</code> (a low-resolution GAN and a learned "
+          "upsampler) generates; the cascade pre-filter judges each latent by its base image and only the "
           "promising ones are finished; the post-filter (lung U-Net, abnormal classifier with Grad-CAM, five "
           "calibrated scores) keeps an image only when all five scores are > 0.</p>")
 

@@ -13,10 +13,10 @@ attribute              model (loader)
 =====================  ===========================================================
 `generator`            the GAN generator, the first of `SHIPPED_GENERATORS`
                        (`jaxcxr.models.load_generator`); the shipped 256x256 one is a
-                       cascade: a 64x64 base GAN and an upsampler
+                       cascade: a 128x128 base GAN and a 2x upsampler
 `scorer`               the post-filter: lung U-Net, abnormal classifier and their
                        calibration (`jaxcxr.scoring.load_scorer`)
-`cascade_prefilter`    the generator's cascade pre-filter on its 64x64 base image
+`cascade_prefilter`    the generator's cascade pre-filter on its base image
                        (`jaxcxr.prefilter.cascade.load_cascade_prefilter`)
 `normal_gan`           the normal-only GAN for AnoGAN: `NormalGan(generator,
                        discriminator)` (`load_generator`, `load_discriminator`)
