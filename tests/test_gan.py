@@ -8,6 +8,7 @@ caches by config).
 import dataclasses
 import functools
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from flax import nnx
 from jaxcxr import checkpoints, config, data
 from jaxcxr.models import (Discriminator, Generator, group_condition_batch, load_discriminator, load_generator,
                            make_condition, sample_images)
+from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.train import gan
 
 from conftest import jit_call
@@ -245,7 +247,14 @@ def test_adaptive_augmentation_probability_extremes(getkey):
 
 def test_kill_and_resume_is_exact(nih, tmp_path, monkeypatch):
   cfg = dataclasses.replace(TINY, sample_every=2)
-  straight = gan.train_gan(nih, cfg, tmp_path / "a", progress=False)
+  # Both runs start from a saved GAN (`--init-from`), whose folder is gone when the killed run resumes.
+  fresh = gan.init_train_state(cfg, 5)
+  start = tmp_path / "start"
+  checkpoints.save_model(start / "generator", nnx.merge(abstract_graphdef(Generator, cfg.generator), fresh["g"]),
+                         cfg.generator)
+  checkpoints.save_model(start / "discriminator", nnx.merge(abstract_graphdef(Discriminator, cfg.discriminator),
+                                                            fresh["d"], fresh["d_stats"]), cfg.discriminator)
+  straight = gan.train_gan(nih, cfg, tmp_path / "a", progress=False, init_from=start)
   assert straight["steps"] == 4 and straight["start_step"] == 0
   assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
   log = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -267,12 +276,13 @@ def test_kill_and_resume_is_exact(nih, tmp_path, monkeypatch):
 
   monkeypatch.setattr(gan, "make_train_step", killed_after_one_call)
   with pytest.raises(KeyboardInterrupt):
-    gan.train_gan(nih, cfg, tmp_path / "b", progress=False)
+    gan.train_gan(nih, cfg, tmp_path / "b", progress=False, init_from=start)
   monkeypatch.setattr(gan, "make_train_step", real)
   assert not (tmp_path / "b" / "generator").exists()
   with pytest.raises(FileExistsError, match="resume"):
-    gan.train_gan(nih, cfg, tmp_path / "b", progress=False)
-  resumed = gan.train_gan(nih, cfg, tmp_path / "b", resume=True, progress=False)
+    gan.train_gan(nih, cfg, tmp_path / "b", progress=False, init_from=start)
+  shutil.rmtree(start)   # a resumed run reads only its own checkpoint
+  resumed = gan.train_gan(nih, cfg, tmp_path / "b", resume=True, progress=False, init_from=start)
   assert resumed["start_step"] == 2 and resumed["steps"] == 4
 
   abstract = jax.eval_shape(lambda: gan.init_train_state(cfg))

@@ -416,7 +416,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
     seed: seed of the initial weights and of the training randomness.
     progress: show a tqdm bar on stderr.
     init_from: a trained GAN folder whose weights start the run (`warm_start`); a resumed
-      run continues from its own checkpoint instead.
+      run continues from its own checkpoint instead, and does not read the folder (it may be
+      gone), though the run still records it and needs the same `init_from` to resume.
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "images_per_second",
@@ -430,7 +431,8 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)
   state = init_train_state(config, seed)
-  if init_from is not None:
+  checkpointed = (out_dir / "checkpoints").is_dir() and any(p.name.isdigit() for p in (out_dir / "checkpoints").iterdir())
+  if init_from is not None and not (resume and checkpointed):   # a resumed run reads only its own checkpoint
     state = warm_start(state, init_from, config.generator.conditions)
   sample_key = jax.random.key(0)  # the same latents in every grid of every run
 
