@@ -34,6 +34,20 @@ def _lines(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _unoptimised_xla_flags() -> str:
+  """$XLA_FLAGS for the benchmark runs below: XLA:CPU's code generation at -O0, unless $XLA_FLAGS names a level.
+
+  These runs are checked for the branches they take and the records they write, never for the
+  values their programs compute, and XLA:CPU spends most of their time compiling: at -O0 the
+  jaxcxr programs of the GPU dry run compiled in 10 s instead of 19 s, and the dry run used 36
+  instead of 50 CPU-s (one core of the 2-core machine). The suite's other tests keep the default
+  level: at -O0 XLA gave NaN gradients in tests/test_twins.py::test_unet_train_step (conftest.py).
+  The records carry the flags (`xla_flags`).
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  return flags if "--xla_backend_optimization_level" in flags else f"{flags} --xla_backend_optimization_level=0".strip()
+
+
 @pytest.fixture(scope="module")
 def quick_records(tmp_path_factory):
   """`python -m benchmarks.run --quick` on the CPU path (custom VJP, in-call chunks), one suite.
@@ -42,7 +56,7 @@ def quick_records(tmp_path_factory):
   peak) are the same in every suite; the dry run below runs every suite.
   """
   out = tmp_path_factory.mktemp("bench") / "quick.jsonl"
-  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": _unoptimised_xla_flags()}
   proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--suite", "healthygan", "--json",
                          "--out", str(out)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -56,7 +70,7 @@ def quick_records(tmp_path_factory):
 def dry_run(tmp_path_factory):
   """`bash benchmarks/gpu.sh --dry-run` as a GPU session runs the script, its files in a temporary OUT."""
   out = tmp_path_factory.mktemp("gpu_dry_run")
-  env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+  env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "XLA_FLAGS": _unoptimised_xla_flags()}
   proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
   return proc, out
