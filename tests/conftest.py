@@ -15,7 +15,8 @@ import tempfile
 # in 42 s instead of 52 s, the `upsampler_tiny` one in 12 s instead of 19 s; test_cascade.py used 20% and the CLI tests
 # 13% less CPU time (2-core machine, back to back; test_twins.py, mostly torch, within noise). The programs compute the
 # same functions, float rounding aside. (LLVM at -O0 halves the compiles again but is no option: it gave NaN gradients
-# in tests/test_twins.py::test_unet_train_step.) The setting holds for this session and the processes it starts (they
+# in tests/test_twins.py::test_unet_train_step; only subprocesses whose values are compared with nothing else's use it:
+# `unoptimised_xla_flags`.) The setting holds for this session and the processes it starts (they
 # inherit the environment); a flag already in $XLA_FLAGS is left as given, so
 # XLA_FLAGS=--xla_cpu_use_fusion_emitters=true runs the suite with the emitters that users get.
 TEST_XLA_FLAGS = {"--xla_cpu_use_fusion_emitters": "false"}
@@ -97,6 +98,22 @@ def jit_call(module, *args, method: str = "__call__"):
   library's own compiled calls give (float rounding aside).
   """
   return getattr(module, method)(*args)
+
+
+def unoptimised_xla_flags(*extra: str) -> str:
+  """$XLA_FLAGS and `extra` for a subprocess whose XLA:CPU code generation runs at -O0, unless $XLA_FLAGS names a level.
+
+  `--xla_backend_optimization_level=0` lowers the optimisation level of the backend's (LLVM's) code
+  generation only: the programs, their HLO passes and their sharding stay. Their compiles take
+  about half the time (the tests' tiny models spend far more time compiling than running). For the
+  subprocesses whose values are checked against nothing (the benchmarks' records) or only
+  against the same process's (sharded against one-device results), never against the test
+  process's compiled values or a PyTorch twin: at -O0 XLA gave NaN gradients in
+  tests/test_twins.py::test_unet_train_step (see TEST_XLA_FLAGS). Equal NaNs pass numpy's
+  `assert_allclose`, so a test comparing such results checks that they are finite too.
+  """
+  flags = " ".join([os.environ.get("XLA_FLAGS", ""), *extra]).strip()
+  return flags if "--xla_backend_optimization_level" in flags else f"{flags} --xla_backend_optimization_level=0".strip()
 
 
 def run_cli(capsys, *argv):
