@@ -1,10 +1,11 @@
 """Post-filter measures predicted from a cascade generator's base image (the cascade pre-filter's model).
 
-A cascade generator (`GeneratorConfig.upsampler`) makes a 64x64 base image and a learned,
-noiseless super-resolution stage turns it into the 256x256 output, so an image's post-filter
-measures are a function of its base image. The base image costs about 1/50 of generating and
-scoring the full image (measured on the shipped `gan_256`, CPU: 1.6 ms against 34 ms + 58 ms per
-image), which makes it a far richer and still cheap input for a pre-filter than the latent z.
+A cascade generator (`GeneratorConfig.upsampler`) makes a low-resolution base image and a
+learned, noiseless super-resolution stage turns it into the 256x256 output, so an image's
+post-filter measures are a function of its base image. The base image costs a fraction of
+generating and scoring the full image (for the 64x64 base of `gan_256` v2, CPU: 1.6 ms against
+34 ms + 58 ms per image), which makes it a far richer and still cheap input for a pre-filter
+than the latent z.
 
 `ScorePredictor` regresses the measures that decide validity (`config.PREDICTED_MEASURES`);
 `jaxcxr.prefilter.cascade.log_valid_probability` turns them into log P(valid) at any

@@ -1,10 +1,11 @@
 """Cascade pre-filter: judge each latent by its generator's cheap base image, finish only the promising ones.
 
-A latent pre-filter sees only z; at the strict level its ROC AUC is 0.50-0.71 and no threshold
-on it reaches a 3x speed-up without costing diversity. A cascade generator
-(`GeneratorConfig.upsampler`) first makes a 64x64 base image, about 1/50 of the cost of the
-full image plus its post-filter scoring, and its noiseless upsampler makes the output a
-function of that base image. So each round here:
+A latent pre-filter sees only z; at the strict level its ROC AUC is 0.50-0.72 (the shipped
+generators, `checkpoints/prefilters_gan_256/MODEL_CARD.md`) and no threshold on it reaches a 3x
+speed-up without costing diversity. A cascade generator (`GeneratorConfig.upsampler`) first
+makes a base image, a fraction of the cost of the full image plus its post-filter scoring
+(about 1/50 for a 64x64 base), and its noiseless upsampler makes the output a function of that
+base image. So each round here:
 
 1. draws a pool of latents and, a few at a time and in order, makes their base images (cheap)
    and predicts the post-filter's raw measures from each (`ScorePredictor`), and from them
@@ -82,7 +83,7 @@ CASCADE_SCORES: dict[str, str] = {"score_shape": "shape", "score_abnormal": "abn
 TRACE_COUNTS: dict[str, int] = {"cascade_round": 0}
 
 # Latents judged per chunk of a round on one CPU device (elsewhere: `accept_size` per chunk). The 64x64 base
-# image and the predictor of the shipped cascade, 384 latents on one core: 1.69-1.70 ms per latent in chunks of 2-8,
+# image and the predictor of `gan_256` v2's cascade, 384 latents on one core: 1.69-1.70 ms per latent in chunks of 2-8,
 # 1.72-1.78 in chunks of 16-32, 2.50 in one batch (`python -m benchmarks.time_to_k_phases`,
 # benchmarks/results/time_to_k_phases_cpu.json).
 JUDGE_CPU_CHUNK = 8
