@@ -190,6 +190,7 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
   """`latents cascade` (`train cascade-prefilter`): fit a cascade pre-filter (post-filter measures predicted from
   the base images), a preset of `jaxcxr.config.CascadePrefilterTrainConfig`."""
   _refuse_resume(args, "the cascade pre-filter's fit resumes by itself: run the same command again without it")
+  fit = inputs.train_preset("cascade_prefilter", args.preset, args.steps) if args.preset else None
   records = prefilter.load_latent_dataset(args.data)
   directory = inputs.generator_checkpoint(args.checkpoint)
   generator = generator_lib.load_generator(directory)
@@ -197,12 +198,12 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
   if generator.config.upsampler is None:
     raise UsageError(f"{directory} is not a cascade generator (no upsampler): it has no cheap base image")
   side = generator.config.base_resolution
-  if args.preset is None:   # the default follows the base images (and is recorded in the run's arguments)
+  if fit is None:   # the default follows the base images (and is recorded in the run's arguments)
     args.preset = f"cascade_prefilter_{side}"
     if args.preset not in config_lib.FAMILIES["cascade_prefilter"].presets:
       raise UsageError(f"no cascade pre-filter preset reads {side}x{side} base images (the default would be "
                        f"{args.preset}); name one with --preset")
-  fit = inputs.train_preset("cascade_prefilter", args.preset, args.steps)
+    fit = inputs.train_preset("cascade_prefilter", args.preset, args.steps)
   if fit.predictor.resolution != side:
     raise UsageError(f"--preset {args.preset} predicts from {fit.predictor.resolution}x{fit.predictor.resolution} "
                      f"base images, but {directory} makes {side}x{side} ones")
