@@ -2,7 +2,7 @@
 
 `UpsamplerConfig` (the stage, `jaxcxr.models.upsampler.Upsampler`; a cascade generator's
 `GeneratorConfig.upsampler`), `UpsamplerTrainConfig` (`jaxcxr.train.upsampler`) and the
-presets `upsampler_tiny`, `upsampler_x2_cpu` (for a 128x128 base), `upsampler_x4_cpu`,
+presets `upsampler_tiny`, `upsampler_x2_cpu` and `upsampler_x2_adversarial_cpu` (for a 128x128 base), `upsampler_x4_cpu`,
 `upsampler_x4_noiseless_cpu`, `upsampler_x4_generated_cpu` (`PRESETS`).
 """
 
@@ -13,8 +13,8 @@ import math
 
 from jaxcxr.config.common import DTYPES, Family, check_choice, check_loop_fields
 
-__all__ = ["FAMILY", "PRESETS", "UpsamplerConfig", "UpsamplerTrainConfig", "upsampler_tiny", "upsampler_x2_cpu",
-           "upsampler_x4_cpu", "upsampler_x4_generated_cpu", "upsampler_x4_noiseless_cpu"]
+__all__ = ["FAMILY", "PRESETS", "UpsamplerConfig", "UpsamplerTrainConfig", "upsampler_tiny", "upsampler_x2_adversarial_cpu",
+           "upsampler_x2_cpu", "upsampler_x4_cpu", "upsampler_x4_generated_cpu", "upsampler_x4_noiseless_cpu"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,11 +177,25 @@ def upsampler_x2_cpu() -> UpsamplerTrainConfig:
                              upsampler=UpsamplerConfig(scale=2, input_channels=24, stage_channels=(16,), noise=False))
 
 
+def upsampler_x2_adversarial_cpu() -> UpsamplerTrainConfig:
+  """`upsampler_x2_cpu` with the adversarial loss weighted up against L1, an ablation arm.
+
+      jaxcxr train upsampler --preset upsampler_x2_adversarial_cpu --out runs/upsampler_x2_adv
+
+  The patch discriminator of `upsampler_x2_cpu` stayed at chance for its 6,000 steps (loss 1.383
+  against 2 ln 2 = 1.386) and the stage ended as close to the real crop as bilinear up-sampling:
+  L1 at weight 10 held the stage at the conditional mean. Here L1 weighs 1 and D sees the detail
+  image at gain 30.
+  """
+  return dataclasses.replace(upsampler_x2_cpu(), l1_weight=1.0, disc_detail_gain=30.0)
+
+
 # The upsampler training presets by name, each callable without arguments.
 PRESETS = {
     "upsampler_tiny": upsampler_tiny,
     "upsampler_x4_cpu": upsampler_x4_cpu,
     "upsampler_x2_cpu": upsampler_x2_cpu,
+    "upsampler_x2_adversarial_cpu": upsampler_x2_adversarial_cpu,
     "upsampler_x4_generated_cpu": upsampler_x4_generated_cpu,
     "upsampler_x4_noiseless_cpu": upsampler_x4_noiseless_cpu,
 }
