@@ -139,7 +139,7 @@ class ScorePredictorConfig:
 
 
 def score_predictor_64() -> ScorePredictorConfig:
-  """The base-image predictor of the shipped 64 -> 256 cascades (0.1M parameters).
+  """The base-image predictor of a 64 -> 256 cascade (`gan_256` v2, `gan_256_normal`; 0.1M parameters).
 
       python -c "from jaxcxr import config; print(config.score_predictor_64())"
   """
@@ -197,7 +197,7 @@ def cascade_prefilter_tiny() -> CascadePrefilterTrainConfig:
 
 
 def cascade_prefilter_64() -> CascadePrefilterTrainConfig:
-  """The shipped cascade pre-filter's fit: `score_predictor_64` (64x64 base images), 3,000 steps of batch 64.
+  """The cascade pre-filter's fit for a 64x64 base (`gan_256` v2's): `score_predictor_64`, 3,000 steps of batch 64.
 
       jaxcxr train cascade-prefilter --preset cascade_prefilter_64 --data L.npz --checkpoint checkpoints/gan_256 \
         --out runs/cascade_prefilter_gan_256
@@ -210,7 +210,7 @@ def cascade_prefilter_64() -> CascadePrefilterTrainConfig:
 
 
 def cascade_prefilter_128() -> CascadePrefilterTrainConfig:
-  """`cascade_prefilter_64` for a 128 -> 256 cascade (`score_predictor_128`: 128x128 base images).
+  """The shipped cascade pre-filter's fit (`gan_256` v3, 128 -> 256): `score_predictor_128`, else as `_64`.
 
       jaxcxr train cascade-prefilter --preset cascade_prefilter_128 --data L.npz --checkpoint checkpoints/gan_256 \
         --out runs/cascade_prefilter_gan_256
