@@ -153,8 +153,8 @@ def main() -> None:
       io_lib.append_json_line(curve_path, record)
       print(json.dumps(record), flush=True)
     if args.plot and curve_path.exists():
-      plot_curve(io_lib.read_json_lines(curve_path), pathlib.Path(args.plot),
-                 f"{run.name}{' + ' + curve_path.stem.removeprefix('curve_') if args.upsampler else ''}: validation normals")
+      stage = f" + {curve_path.stem.removeprefix('curve_')}" if args.upsampler else ""
+      plot_curve(io_lib.read_json_lines(curve_path), pathlib.Path(args.plot), f"{run.name}{stage}: validation normals")
     if not args.watch:
       break
     time.sleep(60)

@@ -580,8 +580,9 @@ def _add_cascade_prefilter_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--data", required=True, help="latent dataset npz of the cascade generator, with measures")
   parser.add_argument("--out", required=True, help="cascade pre-filter checkpoint folder")
   parser.add_argument("--checkpoint", help="cascade generator, or its model folder (default: the shipped one)")
-  parser.add_argument("--preset", help=f"training preset: {', '.join(config_lib.FAMILIES['cascade_prefilter'].presets)} "
-                                       "(default cascade_prefilter_R for the generator's RxR base images); listed below")
+  presets = ", ".join(config_lib.FAMILIES["cascade_prefilter"].presets)
+  parser.add_argument("--preset", help=f"training preset: {presets} (default cascade_prefilter_R for the "
+                                       "generator's RxR base images); listed below")
   parser.add_argument("--steps", type=int, default=None,
                       help="AdamW steps of the score predictor (default: the preset's; a multiple of its "
                            "steps_per_call, the steps between validation passes)")

@@ -65,8 +65,9 @@ from jaxcxr.config.registry import FAMILIES, PRESETS, presets_for
 from jaxcxr.config.serialization import from_dict, to_dict
 from jaxcxr.config.unet import (NUM_CLASSES, SEG_AUGMENT, SegTrainConfig, UNetConfig, unet_128_cpu, unet_256,
                                 unet_256_cpu, unet_tiny)
-from jaxcxr.config.upsampler import (UpsamplerConfig, UpsamplerTrainConfig, upsampler_tiny, upsampler_x2_adversarial_cpu,
-                                     upsampler_x2_cpu, upsampler_x4_cpu, upsampler_x4_generated_cpu, upsampler_x4_noiseless_cpu)
+from jaxcxr.config.upsampler import (UpsamplerConfig, UpsamplerTrainConfig, upsampler_tiny,
+                                     upsampler_x2_adversarial_cpu, upsampler_x2_cpu, upsampler_x4_cpu,
+                                     upsampler_x4_generated_cpu, upsampler_x4_noiseless_cpu)
 
 __all__ = [
     # serialisation and shared pieces

@@ -2,8 +2,8 @@
 
 `UpsamplerConfig` (the stage, `jaxcxr.models.upsampler.Upsampler`; a cascade generator's
 `GeneratorConfig.upsampler`), `UpsamplerTrainConfig` (`jaxcxr.train.upsampler`) and the
-presets `upsampler_tiny`, `upsampler_x2_cpu` and `upsampler_x2_adversarial_cpu` (for a 128x128 base), `upsampler_x4_cpu`,
-`upsampler_x4_noiseless_cpu`, `upsampler_x4_generated_cpu` (`PRESETS`).
+presets `upsampler_tiny`, `upsampler_x2_cpu` and `upsampler_x2_adversarial_cpu` (for a 128x128
+base), `upsampler_x4_cpu`, `upsampler_x4_noiseless_cpu`, `upsampler_x4_generated_cpu` (`PRESETS`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import math
 
 from jaxcxr.config.common import DTYPES, Family, check_choice, check_loop_fields
 
-__all__ = ["FAMILY", "PRESETS", "UpsamplerConfig", "UpsamplerTrainConfig", "upsampler_tiny", "upsampler_x2_adversarial_cpu",
-           "upsampler_x2_cpu", "upsampler_x4_cpu", "upsampler_x4_generated_cpu", "upsampler_x4_noiseless_cpu"]
+__all__ = ["FAMILY", "PRESETS", "UpsamplerConfig", "UpsamplerTrainConfig", "upsampler_tiny",
+           "upsampler_x2_adversarial_cpu", "upsampler_x2_cpu", "upsampler_x4_cpu", "upsampler_x4_generated_cpu",
+           "upsampler_x4_noiseless_cpu"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -431,9 +431,11 @@ def train_gan(dataset: data_lib.CXRDataset, config: GanTrainConfig, out_dir: str
   host_data, info = prepare_data(dataset, config)
   out_dir = pathlib.Path(out_dir)
   state = init_train_state(config, seed)
-  checkpointed = (out_dir / "checkpoints").is_dir() and any(p.name.isdigit() for p in (out_dir / "checkpoints").iterdir())
-  if init_from is not None and not (resume and checkpointed):   # a resumed run reads only its own checkpoint
-    state = warm_start(state, init_from, config.generator.conditions)
+  if init_from is not None:
+    with checkpoints.TrainCheckpointer(out_dir / "checkpoints") as ckpt:
+      resuming = resume and ckpt.latest_step() is not None
+    if not resuming:   # a resumed run reads only its own checkpoint
+      state = warm_start(state, init_from, config.generator.conditions)
   sample_key = jax.random.key(0)  # the same latents in every grid of every run
 
   def write_samples(step: int, state: TrainState):
