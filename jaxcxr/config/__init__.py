@@ -50,11 +50,11 @@ from jaxcxr.config.common import (AGE_CENTER, AGE_SCALE, DTYPES, KNOWN_CONDITION
                                   AugmentConfig, Family, check_loop_fields, stage_channels)
 from jaxcxr.config.cxr_encoder import (METHODS, CXRAugmentConfig, CXREncoderConfig, CXREncoderTrainConfig,
                                        cxr_encoder_cpu, cxr_encoder_tiny)
-from jaxcxr.config.fanogan import EncoderConfig, FanoganTrainConfig, fanogan_64_cpu, fanogan_tiny
+from jaxcxr.config.fanogan import EncoderConfig, FanoganTrainConfig, fanogan_64_cpu, fanogan_128_cpu, fanogan_tiny
 from jaxcxr.config.gan import (UPSAMPLINGS, DiscriminatorConfig, GanTrainConfig, GeneratorConfig, gan_64_cpu,
                                gan_64_normal_cpu, gan_64_resize_cpu, gan_64_resize_normal_cpu, gan_64_wide_cpu,
-                               gan_128, gan_128_resize_cpu, gan_128_resize_normal_cpu, gan_256, gan_256_single_cpu,
-                               gan_tiny)
+                               gan_128, gan_128_resize_cpu, gan_128_resize_normal_cpu,
+                               gan_128_resize_normal_no_cutout_cpu, gan_256, gan_256_single_cpu, gan_tiny)
 from jaxcxr.config.healthygan import (CriticConfig, HealthyganTrainConfig, TranslatorConfig, healthygan_64_cpu,
                                       healthygan_tiny)
 from jaxcxr.config.prefilter import (LATENT_PRESETS, PREDICTED_MEASURES, CascadePrefilterTrainConfig,
@@ -82,7 +82,7 @@ __all__ = [
     # GAN
     "UPSAMPLINGS", "GeneratorConfig", "DiscriminatorConfig", "GanTrainConfig", "gan_tiny", "gan_64_cpu",
     "gan_64_normal_cpu", "gan_128", "gan_256", "gan_64_resize_cpu", "gan_64_resize_normal_cpu", "gan_64_wide_cpu",
-    "gan_256_single_cpu", "gan_128_resize_cpu", "gan_128_resize_normal_cpu",
+    "gan_256_single_cpu", "gan_128_resize_cpu", "gan_128_resize_normal_cpu", "gan_128_resize_normal_no_cutout_cpu",
     # U-Net
     "NUM_CLASSES", "UNetConfig", "SEG_AUGMENT", "SegTrainConfig", "unet_tiny", "unet_128_cpu", "unet_256_cpu",
     "unet_256",
@@ -90,7 +90,7 @@ __all__ = [
     "INPUT_MODES", "TASKS", "IMBALANCE", "ClassifierConfig", "ClassifierEnsembleConfig", "ClassifierTrainConfig",
     "classifier_tiny", "classifier_64_cpu", "classifier_96_cpu", "classifier_128_cpu", "classifier_256",
     # f-AnoGAN encoder
-    "EncoderConfig", "FanoganTrainConfig", "fanogan_tiny", "fanogan_64_cpu",
+    "EncoderConfig", "FanoganTrainConfig", "fanogan_tiny", "fanogan_64_cpu", "fanogan_128_cpu",
     # HealthyGAN
     "TranslatorConfig", "CriticConfig", "HealthyganTrainConfig", "healthygan_tiny", "healthygan_64_cpu",
     # pre-filter models

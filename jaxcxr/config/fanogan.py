@@ -1,7 +1,7 @@
 """Configs of the f-AnoGAN encoder and its training against a frozen GAN, and their presets.
 
 `EncoderConfig` (`jaxcxr.models.fanogan`), `FanoganTrainConfig` (`jaxcxr.train.fanogan`) and
-the presets (`PRESETS`): `fanogan_tiny`, `fanogan_64_cpu`.
+the presets (`PRESETS`): `fanogan_tiny`, `fanogan_64_cpu`, `fanogan_128_cpu`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import dataclasses
 from jaxcxr.config.common import (DTYPES, LIGHT_AUGMENT, RESOLUTIONS, AugmentConfig, Family, check_choice,
                                   check_loop_fields, stage_channels)
 
-__all__ = ["FAMILY", "PRESETS", "EncoderConfig", "FanoganTrainConfig", "fanogan_64_cpu", "fanogan_tiny"]
+__all__ = ["FAMILY", "PRESETS", "EncoderConfig", "FanoganTrainConfig", "fanogan_128_cpu", "fanogan_64_cpu",
+           "fanogan_tiny"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +129,24 @@ def fanogan_64_cpu() -> FanoganTrainConfig:
       checkpoint_every=200)
 
 
+def fanogan_128_cpu() -> FanoganTrainConfig:
+  """128x128 encoder for a cascade whose base image is 128x128 (`gan_256_normal` v3).
+
+      jaxcxr train fanogan --preset fanogan_128_cpu --gan checkpoints/gan_256_normal \\
+        --data "$JAXCXR_DATA/nih_cxr14_subset_256.npz,$JAXCXR_DATA/nih_cxr14_extra_256.npz" --out runs/fanogan_128
+
+  `fanogan_64_cpu` with one more stage at the input (channels 8, 16, 32, 64, 128, 128 from
+  128x128 to 4x4): the same recipe at the base resolution of the 128 -> 256 cascade.
+  """
+  return dataclasses.replace(fanogan_64_cpu(), encoder=EncoderConfig(resolution=128, base_channels=8,
+                                                                     max_channels=128, norm_groups=4))
+
+
 # The f-AnoGAN encoder training presets by name, each callable without arguments.
 PRESETS = {
     "fanogan_tiny": fanogan_tiny,
     "fanogan_64_cpu": fanogan_64_cpu,
+    "fanogan_128_cpu": fanogan_128_cpu,
 }
 
 FAMILY = Family(FanoganTrainConfig, PRESETS, "the f-AnoGAN encoder, trained against a frozen normal-only GAN")
