@@ -105,11 +105,16 @@ def _probe_inputs(images_uint8: np.ndarray) -> np.ndarray:
   return x.reshape(n, -1) / 255.0
 
 
-def _realism_sets(test_normals: data.CXRDataset, train_normals: data.CXRDataset, *, seed: int
-                  ) -> tuple[data.CXRDataset, data.CXRDataset, np.ndarray]:
+def realism_sets(test_normals: data.CXRDataset, train_normals: data.CXRDataset, *, seed: int
+                 ) -> tuple[data.CXRDataset, data.CXRDataset, np.ndarray]:
   """The realism figures' real sets: halves A and B of the test normals (n each) and the training normals.
 
-  Checks every size before any slow work. Returns (a, b, train images uint8 (M, 256, 256)).
+  Checks every size before any slow work (`jaxcxr evaluate gan` calls it before it loads a model).
+  Returns (a, b, train images uint8 (M, 256, 256)).
+
+  Raises:
+    jaxcxr.data.DataError: fewer than 32 normal test images per half or at most 32 normal
+      training images (the PCA dimension).
   """
   test = test_normals.subset((test_normals.label == 0) & np.isin(test_normals.sex, ["M", "F"])
                              & (test_normals.age >= 0))
@@ -208,9 +213,9 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
     given = ", ".join(k for k, v in audit_options.items() if v is not None)
     raise ValueError(f"evaluate_gan: {given} belong to the memorisation audit, which needs test_normals and "
                      "train_normals")
-  realism_sets = None
+  real_sets = None
   if test_normals is not None:   # check the sizes before the slow figures
-    realism_sets = _realism_sets(test_normals, train_normals, seed=seed)
+    real_sets = realism_sets(test_normals, train_normals, seed=seed)
   known = np.isin(real.sex, ["M", "F"]) & (real.age >= 0)
   if "label" in cfg.conditions:
     known &= np.isin(real.label, [0, 1])
@@ -282,8 +287,8 @@ def evaluate_gan(generator: Generator, discriminator: Discriminator, real: data.
     result["sex_classifier_agreement_generated"] = float((1 - male + female) / 2)
     result["sex_classifier_accuracy_real"] = float(np.mean((predict_logits(sex_classifier, b.images) > 0)
                                                            == (b.sex == "F")))
-  if realism_sets is not None:
-    ra, rb, train = realism_sets
+  if real_sets is not None:
+    ra, rb, train = real_sets
     cond = condition_lib.make_condition(rb.sex, rb.age, 0, conditions=cfg.conditions)
     generated = generate_from_conditions(generator, jax.random.fold_in(key, REALISM_KEY), cond)
     images_ra = data.resize_uint8(ra.images, cfg.resolution)

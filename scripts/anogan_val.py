@@ -1,8 +1,10 @@
-"""AnoGAN search settings on the pneumonia task's validation patients: intensity affine, exposure, early stopping.
+"""AnoGAN search settings on the pneumonia task's validation patients: affine, exposure, early stopping, feature term.
 
     JAXCXR_DATA=... python scripts/anogan_val.py OUT_JSON STEPS NAME [NAME ...]
 
-NAME is one of SETTINGS below. Every setting searches `gan_256_normal`'s 64x64 base image, one
+NAME is one of SETTINGS below: search settings, whether the queries are exposure-normalised, and the
+feature term's f (None: the GAN's discriminator; a stage name: that stage of the shipped `encoder_cxr`,
+`anomaly.EncoderFeatures`). Every setting searches `gan_256_normal`'s 64x64 base image, one
 random start per image (seed 0), and scores the residual inside the lungs of the shipped
 `unet_256` (`lung_residual_scores`, as `jaxcxr evaluate anomaly --base-image` does), beside the
 trivial baselines fitted on the training patients. Results are appended to OUT_JSON (a rerun skips
@@ -19,15 +21,19 @@ import numpy as np
 
 from jaxcxr import anomaly, baselines, checkpoints, data, evaluation_sets, exposure
 from jaxcxr.anomaly.evaluate import auc_with_interval
+from jaxcxr.models.cxr_encoder import load_cxr_encoder
 from jaxcxr.models.unet import load_unet, predict_masks
 
 SETTINGS = {
-    "plain": ({}, False),
-    "affine": ({"intensity_affine": True}, False),
-    "exposure": ({}, True),
-    "affine_exposure": ({"intensity_affine": True}, True),
-    "affine_stop": ({"intensity_affine": True, "early_stop_tol": 1e-3}, False),
-    "plain_stop": ({"early_stop_tol": 1e-3}, False),
+    "plain": ({}, False, None),
+    "affine": ({"intensity_affine": True}, False, None),
+    "exposure": ({}, True, None),
+    "affine_exposure": ({"intensity_affine": True}, True, None),
+    "affine_stop": ({"intensity_affine": True, "early_stop_tol": 1e-3}, False, None),
+    "plain_stop": ({"early_stop_tol": 1e-3}, False, None),
+    "encoder_stage2": ({}, False, "stage2"),
+    "encoder_stage2_l0.5": ({"feature_weight": 0.5}, False, "stage2"),
+    "encoder_stage2_l0.9": ({"feature_weight": 0.9}, False, "stage2"),
 }
 
 out_path, steps, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -52,11 +58,13 @@ results = json.load(open(out_path))["runs"] if os.path.exists(out_path) else []
 for name in names:
   if any(r["setting"] == name and r["steps"] == steps for r in results):
     continue
-  changes, normalise = SETTINGS[name]
+  changes, normalise, stage = SETTINGS[name]
   config = anomaly.LatentSearchConfig(steps=steps, base_image=True, **changes)
+  features = discriminator if stage is None else anomaly.EncoderFeatures(
+      load_cxr_encoder(checkpoints.checkpoints_root() / "encoder_cxr" / "encoder"), stage)
   query = dataclasses.replace(val, images=exposure.normalise(val.images, reference)) if normalise else val
   t = time.perf_counter()
-  out = anomaly.anogan_scores(generator, discriminator, query, None, jax.random.key(0), config, batch_size=64,
+  out = anomaly.anogan_scores(generator, features, query, None, jax.random.key(0), config, batch_size=64,
                               progress=False)
   seconds = time.perf_counter() - t
   scores = anomaly.lung_residual_scores(out.residual, val_masks)
@@ -66,6 +74,7 @@ for name in names:
   r = {"setting": name, "steps": steps, "config": {k: getattr(config, k) for k in (
            "steps", "restarts", "base_image", "intensity_affine", "early_stop_tol", "early_stop_window",
            "learning_rate", "feature_weight")}, "exposure_normalised_inputs": normalise,
+       "feature_term": "discriminator" if stage is None else f"encoder_cxr {stage}, unit channel vectors",
        **auc_with_interval(scores, val.label.astype(int)),
        "unmasked_score": auc_with_interval(out.score, val.label.astype(int))["roc_auc"],
        "by_view": {v: e["method"]["roc_auc"] for v, e in cmp["by_view"].items()},

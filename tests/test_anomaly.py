@@ -30,8 +30,9 @@ from flax import nnx
 
 from jaxcxr import anomaly, checkpoints, data
 from jaxcxr.anomaly import anogan
-from jaxcxr.config import gan_tiny
+from jaxcxr.config import CXREncoderConfig, gan_tiny
 from jaxcxr.models import Discriminator, Generator, make_condition
+from jaxcxr.models.cxr_encoder import CXREncoder
 from jaxcxr.models.generator import latents
 
 TINY = gan_tiny(32)
@@ -404,6 +405,29 @@ def test_bad_inputs_raise(models, queries):
               {"early_stop_tol": -1.0}, {"clip_latent": 0.0}, {"dtype": "float16"}):
     with pytest.raises(ValueError, match="LatentSearchConfig"):
       anomaly.LatentSearchConfig(**bad)
+
+
+def test_encoder_feature_term_is_unit_patch_features_of_the_resized_image(models, queries):
+  """`EncoderFeatures` in D's place: f is the encoder stage at its own input side, each channel vector unit length."""
+  encoder = _random_model(CXREncoder, CXREncoderConfig(resolution=64, patch=4, channels=(8, 16), blocks=(1, 1),
+                                                       norm_groups=4), 7)
+  f = anomaly.EncoderFeatures(encoder, "stage1")
+  images, cond = queries
+  x = jnp.asarray(data.to_signed(images[:2])[..., None])                   # 32x32 queries, a 64x64 encoder
+  features = jax.jit(lambda m, v: m.features(v))                          # eager NNX compiles op by op
+  fx = features(f, x)
+  raw = jax.jit(lambda e, v: e.features(jax.image.resize(v, (2, 64, 64, 1), "bilinear"))["stage1"])(encoder, x)
+  assert fx.shape == (2, 16, 16, 8)
+  np.testing.assert_allclose(fx, raw / np.linalg.norm(raw, axis=-1, keepdims=True), rtol=1e-4, atol=1e-6)
+  # The search runs with it (no pairing check: it has no resolution or conditions) and scores with it.
+  config = dataclasses.replace(SEARCH, steps=2, feature_weight=0.5)
+  result = anomaly.search_latents(models[0], f, images[:2], cond[:2], search_key(), config)
+  fake = generate(models[0], result.z, cond[:2])
+  feature = np.abs(fx - features(f, fake)).mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(result.feature_score, feature, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(result.score, 0.5 * result.residual_score + 0.5 * result.feature_score, rtol=1e-4)
+  with pytest.raises(ValueError, match="unknown stage 'stage3'; the encoder has stage1, stage2"):
+    anomaly.EncoderFeatures(encoder, "stage3")
 
 
 def test_lung_residual_scores_ignore_the_frame():

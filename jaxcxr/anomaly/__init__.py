@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import importlib as _importlib
 
-from jaxcxr.anomaly.anogan import (AnoganScorer, AnomalyScores, LatentSearchConfig, LatentSearchResult,
-                                   anogan_scores, initial_latents, load_anogan, search_latents, search_resolution)
+from jaxcxr.anomaly.anogan import (AnoganScorer, AnomalyScores, EncoderFeatures, LatentSearchConfig,
+                                   LatentSearchResult, anogan_scores, initial_latents, load_anogan, search_latents,
+                                   search_resolution)
 from jaxcxr.anomaly.fanogan import (FanoganScorer, FanoganScores, fanogan_loss, fanogan_scores, load_fanogan,
                                     normal_condition)
 from jaxcxr.anomaly.healthygan import HealthyganScorer, HealthyganScores, healthygan_scores, load_translator
@@ -45,6 +46,7 @@ __all__ = [
     "AbstractAnomalyScorer",
     "AnoganScorer",
     "AnomalyScores",
+    "EncoderFeatures",
     "FanoganScorer",
     "FanoganScores",
     "HealthyganScorer",

@@ -7,8 +7,9 @@ minimises over the latent z
     L(z) = (1 - l) * mean|x - G(z, c)| + l * mean|f(x) - f(G(z, c))|
 
 with Adam, where f is `Discriminator.features` (the final 4x4 feature map, an
-intermediate discriminator layer as in the original) and l = 0.1. The final loss
-is the anomaly score and |x - G(z*, c)| the residual map. With
+intermediate discriminator layer as in the original) and l = 0.1; or, passed in the
+discriminator's place, `EncoderFeatures`: one stage of a CXR encoder's patch features.
+The final loss is the anomaly score and |x - G(z*, c)| the residual map. With
 `LatentSearchConfig.intensity_affine`, G(z, c) stands for a * G(z, c) + b, a per-image
 intensity affine fitted jointly with z in the same steps (the query's exposure and
 contrast are then not counted as anomaly).
@@ -49,6 +50,7 @@ from jaxcxr.batching import map_batches
 from jaxcxr.config import DTYPES
 from jaxcxr.models import condition as condition_lib
 from jaxcxr.models import generator as generator_lib
+from jaxcxr.models.cxr_encoder import CXREncoder
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.generator import Generator, load_generator
 from jaxcxr.models.graph import abstract_graphdef
@@ -57,6 +59,7 @@ from jaxcxr.program import Program
 __all__ = [
     "AnoganScorer",
     "AnomalyScores",
+    "EncoderFeatures",
     "LatentSearchConfig",
     "LatentSearchResult",
     "anogan_scores",
@@ -228,8 +231,50 @@ def _check_cond(cond, batch: int, conditions: tuple[str, ...]) -> jax.Array:
   return c
 
 
-def check_pair(generator: Generator, discriminator: Discriminator, what: str = "search_latents") -> None:
-  """Raises ValueError, naming `what`, unless D judges G's (base) images under G's conditions."""
+class EncoderFeatures(nnx.Module):
+  """The feature term f on a CXR encoder's patch features, in the discriminator's place.
+
+  The original AnoGAN matches an intermediate layer of its own discriminator, which learned
+  what tells this GAN's images from real ones, not what a radiograph shows. This f is one
+  stage of `models.CXREncoder`'s residual stream (self-supervised on every development
+  image), so the search also matches the anatomy the encoder represents:
+
+      generator, _ = load_anogan("checkpoints/gan_256_normal")
+      f = EncoderFeatures(load_cxr_encoder("checkpoints/encoder_cxr/encoder"), "stage2")
+      search_latents(generator, f, images, cond, key, LatentSearchConfig(base_image=True))
+
+  `features(x)` resizes x (B, S, S, 1), [-1, 1], bilinearly to the encoder's input side
+  (a 64x64 base image up 2x for a 128x128 encoder) and returns the stage with each
+  position's channel vector scaled to unit length, float32 (B, h, w, C), as perceptual
+  distances (LPIPS) compare deep features: the stages' raw residual streams differ between
+  radiographs by 0.5 (stage1) to 3 (stage3) per element against 0.24 for the shipped
+  discriminator's features, so unscaled they would outweigh the pixel term whatever l is.
+  It has no conditions and no resolution of its own: any generator pairs with it.
+  """
+
+  def __init__(self, encoder: CXREncoder, stage: str = "stage2"):
+    stages = [f"stage{i + 1}" for i in range(len(encoder.config.channels))]
+    if stage not in stages:
+      raise ValueError(f"EncoderFeatures: unknown stage {stage!r}; the encoder has {', '.join(stages)}")
+    self.encoder = encoder
+    self.stage = stage
+
+  def features(self, x: jax.Array) -> jax.Array:
+    r = self.encoder.config.resolution
+    if x.shape[1:3] != (r, r):
+      x = jax.image.resize(x.astype(jnp.float32), (x.shape[0], r, r, x.shape[3]), "bilinear")
+    f = self.encoder.features(x)[self.stage]
+    return f * jax.lax.rsqrt(jnp.square(f).sum(axis=-1, keepdims=True) + 1e-10)
+
+
+def check_pair(generator: Generator, discriminator: Discriminator | EncoderFeatures,
+               what: str = "search_latents") -> None:
+  """Raises ValueError, naming `what`, unless D judges G's (base) images under G's conditions.
+
+  An `EncoderFeatures` has no resolution or conditions: it pairs with any generator.
+  """
+  if isinstance(discriminator, EncoderFeatures):
+    return
   g, d = generator.config, discriminator.config
   if g.base_resolution != d.resolution or tuple(g.conditions) != tuple(d.conditions):
     raise ValueError(f"{what}: generator (resolution {g.resolution}, conditions {g.conditions}) and "
@@ -468,9 +513,12 @@ def _search_inputs(generator, discriminator, images, cond, config):
   g_cfg = generator.config
   x = _as_signed_images(images, search_resolution(generator, config))
   c = _check_cond(cond, x.shape[0], tuple(g_cfg.conditions))
-  graphdefs = (abstract_graphdef(Generator, dataclasses.replace(g_cfg, dtype=config.dtype)),
-               abstract_graphdef(Discriminator, dataclasses.replace(discriminator.config, dtype=config.dtype),
-                                 use_running_average=True))
+  if isinstance(discriminator, EncoderFeatures):   # no batch statistics; its own compute dtype
+    d_graphdef = nnx.graphdef(discriminator)
+  else:
+    d_graphdef = abstract_graphdef(Discriminator, dataclasses.replace(discriminator.config, dtype=config.dtype),
+                                   use_running_average=True)
+  graphdefs = (abstract_graphdef(Generator, dataclasses.replace(g_cfg, dtype=config.dtype)), d_graphdef)
   return graphdefs, (nnx.state(generator), nnx.state(discriminator)), x, c
 
 
