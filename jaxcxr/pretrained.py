@@ -54,6 +54,7 @@ import numpy as np
 
 from jaxcxr import anomaly, checkpoints, models, scoring
 from jaxcxr.models import healthygan, load_discriminator, load_generator
+from jaxcxr.models.cxr_encoder import load_cxr_encoder
 from jaxcxr.models.healthygan import load_translator
 from jaxcxr.models.unet import load_unet, predict_masks
 from jaxcxr.prefilter import cascade
@@ -337,7 +338,8 @@ def load_pretrained(root: str | os.PathLike | None = None, *, strictness: str | 
 def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
                    lung_mask: bool = ANOMALY_LUNG_MASK, unet: str | os.PathLike | None = None, batch_size: int = 64,
                    search: anomaly.LatentSearchConfig | None = None, seed: int = 0,
-                   log: Callable[[str], None] | None = None) -> tuple[anomaly.AbstractAnomalyScorer, pathlib.Path]:
+                   log: Callable[[str], None] | None = None, feature_encoder: str | os.PathLike | None = None,
+                   feature_stage: str = "stage2") -> tuple[anomaly.AbstractAnomalyScorer, pathlib.Path]:
   """The scorer of an anomaly method (for `jaxcxr.anomaly.evaluate_anomaly`), from a checkpoint or the shipped one.
 
   Args:
@@ -356,6 +358,9 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
     search: AnoGAN's `anomaly.LatentSearchConfig` (default `LatentSearchConfig()`); AnoGAN only.
     seed: AnoGAN's random starts.
     log: optional callable(str): a line per model loaded.
+    feature_encoder: AnoGAN only: a CXR encoder checkpoint whose `feature_stage` makes the
+      search's feature term (`anomaly.EncoderFeatures`) instead of the GAN discriminator's.
+    feature_stage: the encoder stage of `feature_encoder`.
 
   Returns:
     (the scorer, the method's checkpoint folder).
@@ -367,8 +372,8 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
   log = log or (lambda message: None)
   if method not in ANOMALY_METHODS:
     raise ValueError(f"unknown anomaly method {method!r}; expected one of {', '.join(ANOMALY_METHODS)}")
-  if search is not None and method != "anogan":
-    raise ValueError("search sets the AnoGAN latent search; f-AnoGAN and HealthyGAN score in one pass")
+  if (search is not None or feature_encoder is not None) and method != "anogan":
+    raise ValueError("search and feature_encoder set the AnoGAN latent search; the other methods score in one pass")
   if method == "anogan":
     root = checkpoints.checkpoints_root()
     gan = pathlib.Path(checkpoint) if checkpoint else next(iter(checkpoints.shipped_normal_gans()), None)
@@ -376,7 +381,12 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
       raise checkpoints.CheckpointError(f"no shipped normal-only GAN under {root}; pass --checkpoint DIR (generator/, "
                                         "discriminator/)")
     log(f"loading normal-only GAN {gan}")
-    scorer = anomaly.AnoganScorer(load_generator(gan / "generator"), load_discriminator(gan / "discriminator"),
+    if feature_encoder is None:
+      features = load_discriminator(gan / "discriminator")
+    else:
+      log(f"AnoGAN's feature term: {feature_stage} of the CXR encoder {feature_encoder}")
+      features = anomaly.EncoderFeatures(load_cxr_encoder(feature_encoder), feature_stage)
+    scorer = anomaly.AnoganScorer(load_generator(gan / "generator"), features,
                                   search or anomaly.LatentSearchConfig(), seed=seed, batch_size=batch_size)
     directory = gan
   elif method == "fanogan":

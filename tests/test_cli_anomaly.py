@@ -14,15 +14,21 @@ from jaxcxr.cli.evaluate import human_anomaly_cv
 from conftest import run_cli
 
 
+ENCODER = checkpoints.checkpoints_root() / "encoder_cxr" / "encoder"
+
+
 def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_path):
+  # Every search option at once, the feature term on the CXR encoder's stage 2 (the next test runs the defaults).
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
                            "all", "--steps", "3", "--batch-size", "8", "--base-image", "--restarts", "2", "--out",
-                           str(tmp_path), "--whole-image", "--intensity-affine", "--early-stop-tol", "0.001", "--json")
+                           str(tmp_path), "--whole-image", "--intensity-affine", "--early-stop-tol", "0.001",
+                           "--feature-encoder", str(ENCODER), "--feature-weight", "0.5", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
   assert result["base_image"] and result["restarts"] == 2 and not result["lung_mask"]
   assert result["intensity_affine"] and result["early_stop_tol"] == 0.001
+  assert result["feature_weight"] == 0.5 and result["feature_term"] == f"{ENCODER} stage2"
   assert set(result["components"]) == {"residual_score", "feature_score"}
   assert all(0 <= c["roc_auc"] <= 1 for c in result["components"].values())
   assert 0 <= result["roc_auc"] <= 1 and result["seconds_per_image"] > 0
@@ -40,6 +46,7 @@ def test_evaluate_anomaly_inside_the_lungs_by_default(capsys, nih_path):
   assert code == 0, err
   result = json.loads(out)
   assert result["lung_mask"] and result["method"] == "anogan_lungs" and result["base_image"]
+  assert result["feature_term"] == "discriminator" and result["feature_weight"] == 0.1
   assert set(result["components"]) == {"residual_score", "feature_score", "unmasked"}
 
 
@@ -153,6 +160,10 @@ def test_evaluate_anomaly_cv_patchcore_command(capsys, nih_path, tmp_path, monke
     (["evaluate", "anomaly", "--method", "anogan", "--restarts", "0"], "--restarts must be >= 1"),
     (["evaluate", "anomaly", "--method", "anogan", "--steps", "0"],
      "--steps must be positive"),
+    (["evaluate", "anomaly", "--method", "fanogan", "--feature-encoder", "e"], "set the AnoGAN search"),
+    (["evaluate", "anomaly", "--method", "anogan", "--feature-weight", "1.5"], "--feature-weight must be in [0, 1]"),
+    (["evaluate", "anomaly", "--method", "anogan", "--feature-encoder", str(ENCODER), "--feature-stage", "stage9"],
+     "unknown stage 'stage9'; the encoder has stage1, stage2, stage3, stage4"),
     (["evaluate", "anomaly", "--method", "fanogan", "--lung-mask", "--whole-image"], "not allowed with argument"),
     (["evaluate", "anomaly-cv", "--method", "healthygan", "--gan", "g", "--out", "cv"], "--gan is f-AnoGAN's"),
     (["evaluate", "anomaly-cv", "--method", "fanogan", "--encoder", "e", "--out", "cv"], "--encoder is PatchCore's"),

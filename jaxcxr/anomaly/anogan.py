@@ -752,7 +752,7 @@ class AnoganScorer(AbstractAnomalyScorer):
   """AnoGAN latent search with a normal-only GAN."""
 
   generator: Generator
-  discriminator: Discriminator
+  discriminator: Discriminator | EncoderFeatures            # the feature term's f
   config: LatentSearchConfig = LatentSearchConfig()
   seed: int = 0
   batch_size: int = 64

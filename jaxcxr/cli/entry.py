@@ -163,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_anomaly.add_argument("--early-stop-tol", type=float,
                                 help="AnoGAN: stop an image's search once its loss fell by less than TOL over the "
                                      "last 20 steps (default: every step runs)")
+  evaluate_anomaly.add_argument("--feature-encoder",
+                                help="AnoGAN: a CXR encoder checkpoint (e.g. checkpoints/encoder_cxr/encoder) whose "
+                                     "patch features make the search's feature term instead of the GAN "
+                                     "discriminator's (anomaly.EncoderFeatures; default: the discriminator's)")
+  evaluate_anomaly.add_argument("--feature-stage", default="stage2",
+                                help="AnoGAN with --feature-encoder: the encoder stage (default stage2)")
+  evaluate_anomaly.add_argument("--feature-weight", type=float,
+                                help="AnoGAN: l, the feature term's weight in the search loss, in [0, 1] "
+                                     "(default 0.1, the original's)")
   evaluate_anomaly.add_argument("--abnormal", choices=("pneumonia", "covid"), default="pneumonia",
                                 help="abnormal images: NIH pneumonias (default), or the COVID-19 archive against NIH "
                                      "normals (a second task; source alone separates those archives)")

@@ -182,9 +182,13 @@ def human_gan(r: dict[str, Any]) -> str:
 def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   """`evaluate anomaly`: normal vs abnormal by a method's anomaly score (`anomaly.evaluate_anomaly`)."""
   if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image is not None
-                                  or args.intensity_affine or args.early_stop_tol is not None):
-    raise UsageError("--steps, --restarts, --base-image/--full-image, --intensity-affine and --early-stop-tol set "
-                     "the AnoGAN search; the other methods score in one pass")
+                                  or args.intensity_affine or args.early_stop_tol is not None
+                                  or args.feature_encoder or args.feature_weight is not None):
+    raise UsageError("--steps, --restarts, --base-image/--full-image, --intensity-affine, --early-stop-tol, "
+                     "--feature-encoder and --feature-weight set the AnoGAN search; the other methods score in one "
+                     "pass")
+  if args.feature_weight is not None and not 0 <= args.feature_weight <= 1:
+    raise UsageError(f"--feature-weight must be in [0, 1], got {args.feature_weight}")
   if args.early_stop_tol is not None and not args.early_stop_tol >= 0:
     raise UsageError(f"--early-stop-tol must be >= 0, got {args.early_stop_tol}")
   if args.restarts < 1:
@@ -195,12 +199,18 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   if args.method == "anogan":
     search = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image is not False,
                                         intensity_affine=args.intensity_affine, early_stop_tol=args.early_stop_tol)
+    if args.feature_weight is not None:
+      search = dataclasses.replace(search, feature_weight=args.feature_weight)
     if args.steps is not None:
       if args.steps <= 0:
         raise UsageError(f"--steps must be positive, got {args.steps}")
       search = dataclasses.replace(search, steps=args.steps)
-  scorer, source = pretrained.anomaly_scorer(args.method, args.checkpoint, lung_mask=args.lung_mask,
-                                             batch_size=args.batch_size, search=search, seed=args.seed, log=log)
+  try:
+    scorer, source = pretrained.anomaly_scorer(args.method, args.checkpoint, lung_mask=args.lung_mask,
+                                               batch_size=args.batch_size, search=search, seed=args.seed, log=log,
+                                               feature_encoder=args.feature_encoder, feature_stage=args.feature_stage)
+  except ValueError as e:                                              # an unknown --feature-stage
+    raise UsageError(str(e)) from e
   path = inputs.data_paths(args.data, *GAN_DATA)
   log(f"loading {path}")
   nih = data.load(path)
@@ -243,7 +253,10 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
                 abnormal=args.abnormal, exposure=args.exposure, exposure_reference=reference)
   if args.method == "anogan":
     result.update(steps=search.steps, restarts=search.restarts, base_image=search.base_image,
-                  intensity_affine=search.intensity_affine, early_stop_tol=search.early_stop_tol)
+                  intensity_affine=search.intensity_affine, early_stop_tol=search.early_stop_tol,
+                  feature_weight=search.feature_weight,
+                  feature_term=(f"{args.feature_encoder} {args.feature_stage}" if args.feature_encoder
+                                else "discriminator"))
   return result
 
 
