@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcxr import anomaly, checkpoints, data
-from jaxcxr.cli.evaluate import human_anomaly_cv
+from jaxcxr.cli.evaluate import human_anomaly, human_anomaly_cv
 
 from conftest import run_cli
 
@@ -69,8 +69,16 @@ def test_evaluate_anomaly_saves_scores_and_reports_the_threshold_data(capsys, ni
   base = result["baselines"]
   assert base["method"]["roc_auc"] == pytest.approx(result["roc_auc"]) and base["n"] == result["n"]
   assert base["strongest"] in base["baselines"] and base["paired_delong"]["baseline"] == base["strongest"]
-  assert "vs trivial baselines" in run_cli(capsys, "evaluate", "anomaly", "--method", "fanogan", "--data",
-                                           str(nih_path), "--split", "test", "--whole-image")[1]
+  # The exposure control (by default): the same judge on body-normalised test images, beside the baselines there.
+  control = result["exposure_control"]
+  assert control["exposure"] == "body" and control["reference_images"] > 0 and 0 <= control["roc_auc"] <= 1
+  assert control["baselines"]["method"]["roc_auc"] == pytest.approx(control["roc_auc"])
+  assert control["baselines"]["n"] == result["n"]
+  text = human_anomaly(result)                                   # what the command prints without --json
+  assert "vs trivial baselines" in text and "after exposure normalisation (body): ROC AUC" in text
+  code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "fanogan", "--data", str(nih_path), "--split",
+                           "test", "--whole-image", "--no-exposure-control", "--no-baselines", "--json")
+  assert code == 0 and "exposure_control" not in json.loads(out)
 
 
 def test_evaluate_anomaly_covid_task_against_nih_normals(capsys, nih_path, covid_path, tmp_path):

@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default covid_v7lungs_256.npz in the data folder)")
   _add_baselines_arg(evaluate_anomaly, "the task's training patients")
   _add_exposure_arg(evaluate_anomaly)
+  evaluate_anomaly.add_argument("--no-exposure-control", dest="exposure_control", action="store_false",
+                                help="skip the control that scores the test images again after exposure "
+                                     "normalisation (body), beside the baselines on the same images; it runs by "
+                                     "default with --split val or test and --exposure none, and costs a second "
+                                     "scoring pass (for AnoGAN a second search)")
   evaluate_anomaly.add_argument("--scores", help="npz file for the per-image scores and residual maps (and the "
                                                  "threshold data's scores), e.g. for `evaluate anomaly-ensemble`")
   evaluate_anomaly.add_argument("--out", help="folder for the residual-map overlays PNG")
