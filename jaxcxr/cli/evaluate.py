@@ -132,9 +132,9 @@ def run_gan(args: argparse.Namespace) -> dict[str, Any]:
   images = evaluation_sets.gan_images(dataset)
   log(f"realism figures against {len(images.test_normals)} normal test images, PCA space of "
       f"{len(images.train_normals)} normal training images (standard patient split)")
-  quality.realism_sets(images.test_normals, images.train_normals, seed=args.seed)   # too few: fail before any load
   generator = generator_lib.load_generator(root / "generator")
   discriminator = discriminator_lib.load_discriminator(root / "discriminator")
+  quality.realism_sets(images.test_normals, images.train_normals, seed=args.seed)   # too few: before the judges load
   classifiers = {}
   shipped = checkpoints.SHIPPED_CLASSIFIERS
   for role, arg, names in (("sex_classifier", args.sex_classifier, shipped["sex"]),
