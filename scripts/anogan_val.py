@@ -8,7 +8,9 @@ feature term's f (None: the GAN's discriminator; a stage name: that stage of the
 random start per image (seed 0), and scores the residual inside the lungs of the shipped
 `unet_256` (`lung_residual_scores`, as `jaxcxr evaluate anomaly --base-image` does), beside the
 trivial baselines fitted on the training patients. Results are appended to OUT_JSON (a rerun skips
-the settings already there).
+the settings already there). Each record keeps its per-image lung scores (`lung_scores`, in the order
+of the validation images), so two settings compare by DeLong's paired test:
+`metrics.compare_roc_auc(a["lung_scores"], b["lung_scores"], labels)`.
 """
 import dataclasses
 import json
@@ -81,7 +83,8 @@ for name in names:
        "strongest": d["baseline"], "strongest_auc": cmp["baselines"][d["baseline"]]["roc_auc"],
        "difference": d["difference"], "p_value": d["p_value"], "seconds": seconds,
        "seconds_per_image": seconds / len(val), "mean_steps_run": float(out.steps_run.mean()),
-       "comparison_text": baselines.format_comparison(cmp, by_view=True)}
+       "comparison_text": baselines.format_comparison(cmp, by_view=True),
+       "lung_scores": scores.tolist()}               # per validation image, for paired tests between settings
   print(f"{name:>16} steps={steps}: AUC {r['roc_auc']:.3f} [{r['roc_auc_ci95'][0]:.2f}, {r['roc_auc_ci95'][1]:.2f}] "
         f"AP {r['by_view'].get('AP', float('nan')):.3f} PA {r['by_view'].get('PA', float('nan')):.3f} "
         f"(unmasked {r['unmasked_score']:.3f}) vs {r['strongest']} {r['strongest_auc']:.3f} p={r['p_value']:.3g}; "
