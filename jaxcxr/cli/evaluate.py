@@ -271,14 +271,14 @@ def _exposure_control(scorer, train: data.CXRDataset, test: data.CXRDataset,
   and scores the test images once more: a judge whose AUC falls to the baselines' there was reading
   exposure. Costs a second scoring pass (for AnoGAN a second search; `--no-exposure-control` skips it).
   """
-  log("exposure control: the test images again, each body histogram mapped onto the training normals' reference")
-  reference, (train_n, test_n) = exposure.normalise_like_training(train, [test], region="body")
+  log("exposure control: the test images scored again after exposure normalisation")
+  reference, train_n, (test_n,) = _normalise_exposure("body", "test", train, test, lung_masker=lung_masker)
   result = anomaly.evaluate_anomaly(scorer, test_n, progress=True)
   comparison = _baselines(None, "test", (train_n, train_n.label), test_n, result["labels"], result["scores"],
                           method=scorer.name, lung_masker=lung_masker)
   out = {"exposure": "body", "roc_auc": result["roc_auc"], "roc_auc_ci95": result["roc_auc_ci95"],
          "by_view": {v: {"n": c["n"], "roc_auc": c["roc_auc"]} for v, c in (result.get("by_view") or {}).items()},
-         "reference_images": reference.n_images, "seconds": result["seconds"]}
+         "reference_images": reference["n_images"], "seconds": result["seconds"]}
   if comparison is not None:
     out["baselines"] = comparison
   return out
