@@ -192,7 +192,7 @@ def cxr_encoder_tiny(method: str = "vicreg") -> CXREncoderTrainConfig:
   """
   return CXREncoderTrainConfig(
       encoder=CXREncoderConfig(resolution=32, patch=4, channels=(8, 16), blocks=(1, 1), norm_groups=4),
-      method=method, projector=(32, 16), predictor_hidden=16, batch_size=4, steps=4, steps_per_call=2,
+      method=method, projector=(32, 16), predictor_hidden=16, batch_size=4, steps=4, steps_per_call=1,
       warmup_steps=2, checkpoint_every=2, max_to_keep=2, eval_batch_size=8)
 
 
