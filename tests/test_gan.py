@@ -236,6 +236,25 @@ def test_train_call_finite_and_updates(nih):
   assert 0.0 <= float(new_state["ada_p"]) <= 1.0
 
 
+def test_consistency_term_adds_to_the_discriminator_update_only(nih):
+  """bCR: D's logistic loss and logits at step 0 are the plain step's, the term is positive, and D moves otherwise."""
+  # T = cutout alone (a translation of 0.01 x 32 px rounds to none), ADA's p near 0: D judges the plain images.
+  cfg = dataclasses.replace(TINY, cr_weight=10.0, diffaug_translation=0.01)
+  host, _ = gan.prepare_data(nih, TINY)
+  plain_state, plain = gan.make_train_step(TINY)(gan.init_train_state(TINY, seed=0), jax.device_put(host))
+  state, metrics = gan.make_train_step(cfg)(gan.init_train_state(cfg, seed=0), jax.device_put(host))
+  assert "cr" not in plain and np.all(np.asarray(metrics["cr"]) > 0), metrics["cr"]
+  for name in ("d_loss", "d_real", "d_fake"):   # step 0: the same weights and the same real and fake images
+    np.testing.assert_allclose(metrics[name][0], plain[name][0], rtol=1e-5, err_msg=name)
+  moved = [not np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(jax.tree.leaves(state["d"]),
+                                                                       jax.tree.leaves(plain_state["d"]))]
+  assert np.mean(moved) > 0.9
+  with pytest.raises(ValueError, match="cr_weight"):
+    dataclasses.replace(TINY, cr_weight=1.0, cr_augment=())
+  with pytest.raises(ValueError, match="cr_augment"):
+    dataclasses.replace(TINY, cr_augment=("flip",))
+
+
 def test_adaptive_augmentation_probability_extremes(getkey):
   images = jax.random.uniform(getkey(), (6, 32, 32, 1), minval=-1.0, maxval=1.0)
   key = getkey()

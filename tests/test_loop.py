@@ -124,6 +124,19 @@ def _restore(directory, step=None):
     return _host(ckpt.restore(abstract, step)), ckpt.read_metadata(step)
 
 
+def test_a_field_added_since_the_checkpoint_blocks_a_resume_only_when_set():
+  """A checkpoint written before `cr_weight` existed resumes under its default, not under another value."""
+  cfg = config.gan_tiny()
+  saved = json.loads(json.dumps(config.to_dict(cfg)))
+  del saved["cr_weight"], saved["cr_augment"]
+  saved["generator"].pop("dtype")                                # a nested field, at its default too
+  assert loop._config_changes(saved, cfg) == {}                  # pylint: disable=protected-access
+  assert loop._config_changes(saved, dataclasses.replace(cfg, cr_weight=1.0)) == {  # pylint: disable=protected-access
+      "config.cr_weight": (None, 1.0)}
+  saved["batch_size"] = 99                                       # a saved field still counts
+  assert loop._config_changes(saved, cfg) == {"config.batch_size": (99, cfg.batch_size)}  # pylint: disable=protected-access
+
+
 def test_hook_state_is_checkpointed_and_a_killed_run_resumes_exactly(tmp_path):
   straight_trainer = Trainer()
   straight = straight_trainer.run(tmp_path / "a")

@@ -53,7 +53,7 @@ from jaxcxr.config.cxr_encoder import (METHODS, CXRAugmentConfig, CXREncoderConf
 from jaxcxr.config.fanogan import EncoderConfig, FanoganTrainConfig, fanogan_64_cpu, fanogan_128_cpu, fanogan_tiny
 from jaxcxr.config.gan import (UPSAMPLINGS, DiscriminatorConfig, GanTrainConfig, GeneratorConfig, gan_64_cpu,
                                gan_64_normal_cpu, gan_64_resize_cpu, gan_64_resize_normal_cpu, gan_64_wide_cpu,
-                               gan_128, gan_128_resize_cpu, gan_128_resize_normal_cpu,
+                               gan_128, gan_128_resize_cpu, gan_128_resize_normal_bcr_cpu, gan_128_resize_normal_cpu,
                                gan_128_resize_normal_no_cutout_cpu, gan_256, gan_256_single_cpu, gan_tiny)
 from jaxcxr.config.healthygan import (CriticConfig, HealthyganTrainConfig, TranslatorConfig, healthygan_64_cpu,
                                       healthygan_tiny)
@@ -83,6 +83,7 @@ __all__ = [
     "UPSAMPLINGS", "GeneratorConfig", "DiscriminatorConfig", "GanTrainConfig", "gan_tiny", "gan_64_cpu",
     "gan_64_normal_cpu", "gan_128", "gan_256", "gan_64_resize_cpu", "gan_64_resize_normal_cpu", "gan_64_wide_cpu",
     "gan_256_single_cpu", "gan_128_resize_cpu", "gan_128_resize_normal_cpu", "gan_128_resize_normal_no_cutout_cpu",
+    "gan_128_resize_normal_bcr_cpu",
     # U-Net
     "NUM_CLASSES", "UNetConfig", "SEG_AUGMENT", "SegTrainConfig", "unet_tiny", "unet_128_cpu", "unet_256_cpu",
     "unet_256",

@@ -214,20 +214,28 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
   lazy = config.r1_every > 1
   do_r1 = (step % config.r1_every) == 0
 
+  d_inputs, d_cond = jnp.concatenate([reals_aug, fakes_aug]), jnp.concatenate([cond, cond])
+  use_cr = config.cr_weight > 0
+  if use_cr:   # bCR: the same images through `cr_augment`, every image, in the same call of D
+    cr_config = dataclasses.replace(config, diffaug=config.cr_augment)
+    d_inputs = jnp.concatenate([d_inputs, diff_augment(jax.random.fold_in(key, 7), d_inputs, cr_config)])
+    d_cond = jnp.concatenate([d_cond, d_cond])
+
   def d_loss_fn(d_params):
     discriminator = nnx.merge(d_train, d_params, state["d_stats"])
-    logits = discriminator(jnp.concatenate([reals_aug, fakes_aug]), jnp.concatenate([cond, cond]))
+    logits = discriminator(d_inputs, d_cond)
     d_stats = nnx.to_pure_dict(nnx.state(discriminator, nnx.BatchStat))
-    d_real, d_fake = logits[:b], logits[b:]
+    d_real, d_fake = logits[:b], logits[b:2 * b]
     loss = jax.nn.softplus(-d_real).mean() + jax.nn.softplus(d_fake).mean()
     r1 = jnp.zeros((), jnp.float32)
     if use_r1:
       r1 = (jax.lax.cond(do_r1, r1_penalty, lambda *_: jnp.zeros((), jnp.float32), d_params, d_stats)
             if lazy else r1_penalty(d_params, d_stats))
-    total = loss + (0.5 * config.r1_gamma * config.r1_every) * r1
-    return total, (d_stats, loss, r1, d_real.mean(), d_fake.mean(), jnp.sign(d_real).mean())
+    cr = jnp.square(logits[2 * b:] - logits[:2 * b]).mean() if use_cr else jnp.zeros((), jnp.float32)
+    total = loss + (0.5 * config.r1_gamma * config.r1_every) * r1 + config.cr_weight * cr
+    return total, (d_stats, loss, r1, cr, d_real.mean(), d_fake.mean(), jnp.sign(d_real).mean())
 
-  (_, (d_stats, d_loss, r1, d_real, d_fake, d_real_sign)), d_grads = jax.value_and_grad(
+  (_, (d_stats, d_loss, r1, cr, d_real, d_fake, d_real_sign)), d_grads = jax.value_and_grad(
       d_loss_fn, has_aux=True)(state["d"])
   # optax's Adam computes decay**count with an int32 count: fine under standard promotion, an
   # error under the strict promotion our tests use. Promotion is a trace-time setting.
@@ -258,6 +266,8 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: GanTrainCo
     adjust = jnp.sign(d_real_sign - config.ada_target) * (b / config.ada_images)
     new_state["ada_p"] = jnp.clip(ada_p + adjust, 0.0, 1.0)
   metrics = {"d_loss": d_loss, "g_loss": g_loss, "r1": r1, "d_real": d_real, "d_fake": d_fake, "ada_p": ada_p}
+  if use_cr:
+    metrics["cr"] = cr
   return new_state, metrics
 
 
