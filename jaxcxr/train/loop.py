@@ -163,9 +163,11 @@ def jit_init(init_fn: Callable[[jax.Array, Any], Any], config, seed: int):
 
   Eager initialisation dispatches, and on a CPU compiles, every initialiser separately.
   The jitted function is cached per (init_fn, config): pass a module-level function and the
-  config without its loop-only fields.
+  config without its loop-only fields. The state is committed to the first device, as the
+  training loop commits it (`run_training_loop`): a training call compiled for a fresh state
+  serves the loop's calls too.
   """
-  return _jit_init(init_fn, config)(np.uint32(seed))
+  return jax.device_put(_jit_init(init_fn, config)(np.uint32(seed)), jax.devices()[0])
 
 
 @functools.lru_cache(maxsize=16)
