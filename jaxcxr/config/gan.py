@@ -406,7 +406,7 @@ def gan_128_resize_normal_no_cutout_cpu() -> GanTrainConfig:
 def gan_128_resize_normal_bcr_cpu() -> GanTrainConfig:
   """`gan_128_resize_normal_no_cutout_cpu` with cutout and translation moved into a consistency term (bCR).
 
-      jaxcxr train gan --preset gan_128_resize_normal_bcr_cpu --init-from GAN --steps 4000 --out runs/gan128bcr
+      jaxcxr train gan --preset gan_128_resize_normal_bcr_cpu --init-from GAN --steps 12000 --out runs/gan128bcr
 
   Without cutout the normal-only GAN drew no grey squares, but its validation figures
   settled worse than with it (PCA FD ratio 1.44-1.61 against 1.21-1.29, detail AUC
@@ -415,7 +415,11 @@ def gan_128_resize_normal_bcr_cpu() -> GanTrainConfig:
   the same logit, but never judges the cut-out copies as real or fake. Weight 1: at the
   bCR paper's 10, the warm-started D (never asked for consistency before) fell to chance
   within 40 steps and stayed there (real logits -0.48 to -0.29 below the fakes' -0.32 to
-  -0.18 over steps 40-140). Meant to continue a trained normal-only GAN (`--init-from`).
+  -0.18 over steps 40-140). Meant to continue a normal-only GAN that draws no squares
+  (`--init-from`, e.g. the no-cutout run): D becomes blind to cut-out squares, so it cannot
+  teach G to drop squares it already draws (from the cutout run at step 9,800, a flat
+  square stayed in one of the grid's 8 latents at step 500; mid-grey spike 4.13, 2.14,
+  1.63 at steps 200-600, real films 0.99).
   """
   return dataclasses.replace(gan_128_resize_normal_no_cutout_cpu(), cr_weight=1.0)
 
