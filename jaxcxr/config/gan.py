@@ -18,8 +18,8 @@ from jaxcxr.config.upsampler import UpsamplerConfig
 
 __all__ = ["FAMILY", "PRESETS", "UPSAMPLINGS", "DiscriminatorConfig", "GanTrainConfig", "GeneratorConfig",
            "gan_128", "gan_128_resize_cpu", "gan_128_resize_normal_bcr_cpu", "gan_128_resize_normal_cpu",
-           "gan_128_resize_normal_no_cutout_cpu", "gan_256", "gan_256_single_cpu", "gan_64_cpu", "gan_64_normal_cpu", "gan_64_resize_cpu",
-           "gan_64_resize_normal_cpu", "gan_64_wide_cpu", "gan_tiny"]
+           "gan_128_resize_normal_no_cutout_cpu", "gan_256", "gan_256_single_cpu", "gan_64_cpu", "gan_64_normal_cpu",
+           "gan_64_resize_cpu", "gan_64_resize_normal_cpu", "gan_64_wide_cpu", "gan_tiny"]
 
 
 # Up-sampling of the generator's blocks: "subpixel" (3x3 conv to 4c channels + depth-to-space; the
