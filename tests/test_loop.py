@@ -134,7 +134,8 @@ def test_a_field_added_since_the_checkpoint_blocks_a_resume_only_when_set():
   assert loop._config_changes(saved, dataclasses.replace(cfg, cr_weight=1.0)) == {  # pylint: disable=protected-access
       "config.cr_weight": (None, 1.0)}
   saved["batch_size"] = 99                                       # a saved field still counts
-  assert loop._config_changes(saved, cfg) == {"config.batch_size": (99, cfg.batch_size)}  # pylint: disable=protected-access
+  changes = loop._config_changes(saved, cfg)                     # pylint: disable=protected-access
+  assert changes == {"config.batch_size": (99, cfg.batch_size)}
 
 
 def test_hook_state_is_checkpointed_and_a_killed_run_resumes_exactly(tmp_path):
