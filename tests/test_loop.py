@@ -132,7 +132,7 @@ def test_a_field_added_since_the_checkpoint_blocks_a_resume_only_when_set():
   saved["generator"].pop("dtype")                                # a nested field, at its default too
   assert loop._config_changes(saved, cfg) == {}                  # pylint: disable=protected-access
   assert loop._config_changes(saved, dataclasses.replace(cfg, cr_weight=1.0)) == {  # pylint: disable=protected-access
-      "config.cr_weight": (None, 1.0)}
+      "config.cr_weight": (0.0, 1.0)}                          # the saved run trained with the default
   saved["batch_size"] = 99                                       # a saved field still counts
   changes = loop._config_changes(saved, cfg)                     # pylint: disable=protected-access
   assert changes == {"config.batch_size": (99, cfg.batch_size)}

@@ -415,30 +415,16 @@ def _config_changes(saved: Any, config) -> dict[str, tuple[Any, Any]]:
   """
   if not isinstance(saved, dict):
     return {}
+  try:   # fields added to the config since the checkpoint was written read as their defaults (`from_dict`)
+    saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(type(config), saved))))
+  except ValueError:
+    pass   # a field removed since, or a config no longer valid: compared as saved
   now = json.loads(json.dumps(config_lib.to_dict(config)))
   free = {*_LOOP_FIELDS, "steps_per_call"}
   saved_flat = _flat({k: v for k, v in saved.items() if k not in free})
   now_flat = _flat({k: v for k, v in now.items() if k not in free})
-  # A field added since the checkpoint was written changes nothing while it keeps its default.
-  added = {k for k in set(now_flat) - set(saved_flat) if now_flat[k] == _json_default(config, k)}
   return {f"config.{k}": (saved_flat.get(k), now_flat.get(k)) for k in sorted(set(saved_flat) | set(now_flat))
-          if saved_flat.get(k) != now_flat.get(k) and k not in added}
-
-
-_NO_DEFAULT = object()
-
-
-def _json_default(config, dotted: str) -> Any:
-  """The default of the config field at `dotted` ("a.b"), as JSON reads it back; `_NO_DEFAULT` if it has none."""
-  *parents, name = dotted.split(".")
-  owner = config
-  for part in parents:
-    owner = getattr(owner, part, None)
-  fields = {f.name: f for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else {}
-  field = fields.get(name)
-  if field is None or field.default is dataclasses.MISSING:
-    return _NO_DEFAULT
-  return json.loads(json.dumps(field.default))
+          if saved_flat.get(k) != now_flat.get(k)}
 
 
 def loop_summary(loop: LoopResult, config) -> dict[str, Any]:
