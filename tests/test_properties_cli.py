@@ -491,6 +491,16 @@ def test_train_ensemble_refuses_missing_members(capsys, files):
   assert str(files["tmp"] / "m0") in line
 
 
+@pytest.mark.parametrize("kind", ["missing_encoder", "not_an_encoder", "truncated_archive"])
+def test_train_encoder_classifier_refuses_a_bad_encoder_or_archive(capsys, files, kind):
+  encoder = {"missing_encoder": files["tmp"] / "no_encoder", "not_an_encoder": ROOT / "unet_256" / "unet"}.get(
+      kind, ROOT / "encoder_cxr" / "encoder")
+  archive = files["truncated"] if kind == "truncated_archive" else files["nih"]
+  line = assert_one_error(capsys, ["train", "encoder-classifier", "--encoder", encoder, "--task", "abnormal",
+                                   "--data", archive, "--out", files["tmp"] / "probe"])
+  assert str(archive if kind == "truncated_archive" else encoder) in line
+
+
 def test_every_command_is_covered():
   def leaves(parser, prefix=()):
     for action in parser._actions:                            # pylint: disable=protected-access
@@ -501,7 +511,8 @@ def test_every_command_is_covered():
     yield " ".join(prefix)
 
   covered = set(DATA_COMMANDS) | set(LATENT_COMMANDS) | set(GAN_COMMANDS) | {"demo", "train encoder", "evaluate encoder",
-                                                                                 "train ensemble"}
+                                                                                 "train ensemble",
+                                                                                 "train encoder-classifier"}
   assert set(leaves(cli.build_parser())) <= covered, set(leaves(cli.build_parser())) - covered
 
 

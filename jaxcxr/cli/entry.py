@@ -29,12 +29,14 @@ PREFILTER_INPUTS = ("auto", "z", "base")
 # `jaxcxr train` subcommands -> the family of `jaxcxr.config.FAMILIES` whose presets and help line they take;
 # None where the trainer takes no train config (its help line is in `UNCONFIGURED_HELP`).
 TRAIN_COMMANDS = {"gan": "gan", "upsampler": "upsampler", "unet": "unet", "classifier": "classifier",
-                  "ensemble": None, "fanogan": "fanogan", "healthygan": "healthygan", "patchcore": None,
+                  "ensemble": None, "encoder-classifier": None, "fanogan": "fanogan", "healthygan": "healthygan", "patchcore": None,
                   "prefilter": None,
                   "cascade-prefilter": "cascade_prefilter", "encoder": "cxr_encoder"}
 UNCONFIGURED_HELP = {
     "ensemble": "join trained classifiers of one task into a soft-vote ensemble with a pixel voter (no preset: "
                 "it trains no network)",
+    "encoder-classifier": "a classifier that is a linear probe on the CXR encoder's pooled stage features, fitted "
+                          "on the training patients of the task's split (no preset: the encoder does not change)",
     "patchcore": "a PatchCore memory bank of the CXR encoder's patch features of the pneumonia task's training "
                  "normals (no preset: it trains no network)",
     "prefilter": "a latent pre-filter of one age-sex group, a classifier of z and its threshold (the command "
@@ -356,6 +358,17 @@ def _add_train_parsers(commands) -> None:
   ensemble.add_argument("--resume", action="store_true",
                         help="refused: assembly keeps no training checkpoints (it fits the pixel voter in seconds)")
   _add_json_arg(ensemble)
+
+  probe = add("encoder-classifier")
+  probe.add_argument("--encoder", default=None, metavar="DIR",
+                     help="the pretrained CXR encoder (`train encoder`'s OUT/encoder; default: the shipped "
+                          "checkpoints/encoder_cxr/encoder)")
+  probe.add_argument("--task", choices=config_lib.TASKS, required=True,
+                     help="abnormal (pneumonia vs normal: other abnormal images are left out) or sex")
+  _add_gan_data_arg(probe, "; split by patient as `train classifier` splits them for the task")
+  probe.add_argument("--out", required=True, help="folder to write the classifier into, as OUT/classifier")
+  probe.add_argument("--overwrite", action="store_true", help="replace an existing OUT/classifier")
+  _add_json_arg(probe)
 
   fanogan = add("fanogan")
   fanogan.add_argument("--gan", help="the normal-only GAN folder (generator/, discriminator/) the encoder inverts "

@@ -29,6 +29,7 @@ from jaxcxr.models.unet import load_unet, predict_masks
 from jaxcxr.models.upsampler import Upsampler, load_upsampler
 from jaxcxr.train import classifier as classifier_trainer
 from jaxcxr.train import cxr_encoder as encoder_trainer
+from jaxcxr.train import encoder_classifier
 from jaxcxr.train import fanogan as fanogan_trainer
 from jaxcxr.train import gan as gan_trainer
 from jaxcxr.train import healthygan as healthygan_trainer
@@ -196,6 +197,25 @@ def human_ensemble(r: dict[str, Any]) -> str:
           f"classifier: {r['classifier']}")
 
 
+def run_encoder_classifier(args: argparse.Namespace) -> dict[str, Any]:
+  """`train encoder-classifier`: a linear probe on the CXR encoder, saved as a classifier."""
+  out = pathlib.Path(args.out)
+  if (out / "classifier").exists() and not args.overwrite:
+    raise FileExistsError(f"{out / 'classifier'}: exists; pass --overwrite to replace it")
+  encoder = inputs.checkpoint(args.encoder, checkpoints.SHIPPED_ENCODERS, "encoder")
+  paths = inputs.data_paths(args.data, *GAN_DATA)
+  log(f"loading {paths} and the encoder {encoder}")
+  ds = evaluation_sets.classifier_images(data.load(paths), args.task)
+  summary = encoder_classifier.fit_encoder_classifier(encoder, ds, args.task, out, log=log)
+  return io.to_json_safe({"task": args.task, "encoder": str(encoder), **summary})
+
+
+def human_encoder_classifier(r: dict[str, Any]) -> str:
+  """`train encoder-classifier`'s result in a line."""
+  return (f"{r['task']} probe on {r['encoder']} ({r['n_train']} training images, C = {r['C']:g}): validation ROC "
+          f"AUC {r['val']['roc_auc']:.4f} on {r['n_val']} images; classifier: {r['classifier']}")
+
+
 # ----------------------------------------------------------------------------- anomaly models
 
 
@@ -319,7 +339,8 @@ def human_encoder(r: dict[str, Any]) -> str:
 # `jaxcxr.cli.latents.HANDLERS["fit"]` and `["cascade"]`.
 HANDLERS = {"gan": (run_gan, human_gan), "upsampler": (run_upsampler, human_upsampler),
             "unet": (run_unet, human_unet), "classifier": (run_classifier, human_classifier),
-            "ensemble": (run_ensemble, human_ensemble), "fanogan": (run_fanogan, human_fanogan),
+            "ensemble": (run_ensemble, human_ensemble),
+            "encoder-classifier": (run_encoder_classifier, human_encoder_classifier), "fanogan": (run_fanogan, human_fanogan),
             "healthygan": (run_healthygan, human_healthygan), "patchcore": (run_patchcore, human_patchcore),
             "encoder": (run_encoder, human_encoder),
             "cascade": (run_cascade, human_cascade)}

@@ -16,7 +16,7 @@ works for all of them:
 * `gan`: `UPSAMPLINGS`, `GeneratorConfig`, `DiscriminatorConfig`, `GanTrainConfig`.
 * `unet`: `NUM_CLASSES`, `UNetConfig`, `SEG_AUGMENT`, `SegTrainConfig`.
 * `classifier`: `INPUT_MODES`, `TASKS`, `IMBALANCE`, `ClassifierConfig`, `ClassifierEnsembleConfig`,
-  `ClassifierTrainConfig`.
+  `EncoderClassifierConfig`, `ClassifierTrainConfig`.
 * `fanogan`: `EncoderConfig`, `FanoganTrainConfig`.
 * `healthygan`: `TranslatorConfig`, `CriticConfig`, `HealthyganTrainConfig`.
 * `prefilter`: `LatentClassifierConfig` and `LATENT_PRESETS`; `PREDICTED_MEASURES`,
@@ -44,8 +44,8 @@ Example:
 from __future__ import annotations
 
 from jaxcxr.config.classifier import (IMBALANCE, INPUT_MODES, TASKS, ClassifierConfig, ClassifierEnsembleConfig,
-                                      ClassifierTrainConfig, classifier_64_cpu, classifier_96_cpu, classifier_128_cpu,
-                                      classifier_256, classifier_tiny)
+                                      ClassifierTrainConfig, EncoderClassifierConfig, classifier_64_cpu,
+                                      classifier_96_cpu, classifier_128_cpu, classifier_256, classifier_tiny)
 from jaxcxr.config.common import (AGE_CENTER, AGE_SCALE, DTYPES, KNOWN_CONDITIONS, LIGHT_AUGMENT, RESOLUTIONS,
                                   AugmentConfig, Family, check_loop_fields, stage_channels)
 from jaxcxr.config.cxr_encoder import (METHODS, CXRAugmentConfig, CXREncoderConfig, CXREncoderTrainConfig,
@@ -89,6 +89,7 @@ __all__ = [
     "unet_256",
     # classifier
     "INPUT_MODES", "TASKS", "IMBALANCE", "ClassifierConfig", "ClassifierEnsembleConfig", "ClassifierTrainConfig",
+    "EncoderClassifierConfig",
     "classifier_tiny", "classifier_64_cpu", "classifier_96_cpu", "classifier_128_cpu", "classifier_256",
     # f-AnoGAN encoder
     "EncoderConfig", "FanoganTrainConfig", "fanogan_tiny", "fanogan_64_cpu", "fanogan_128_cpu",

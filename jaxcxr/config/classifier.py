@@ -1,7 +1,8 @@
 """Configs of the binary classifier, of classifier ensembles and of classifier training; their presets.
 
 `INPUT_MODES`, `TASKS`, `IMBALANCE`, `ClassifierConfig` (`jaxcxr.models.classifier`),
-`ClassifierEnsembleConfig` (`jaxcxr.models.ensemble`), `ClassifierTrainConfig`
+`ClassifierEnsembleConfig` (`jaxcxr.models.ensemble`), `EncoderClassifierConfig`
+(`jaxcxr.models.encoder_classifier`: a linear probe on the CXR encoder), `ClassifierTrainConfig`
 (`jaxcxr.train.classifier`) and the presets (`PRESETS`): `classifier_tiny`, `classifier_64_cpu`,
 `classifier_96_cpu`, `classifier_128_cpu`, `classifier_256`; each but `classifier_tiny` takes
 the task ("abnormal" by default).
@@ -12,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 
 from jaxcxr.config.common import DTYPES, AugmentConfig, Family, check_choice
+from jaxcxr.config.cxr_encoder import CXREncoderConfig
 
 __all__ = ["FAMILY", "IMBALANCE", "INPUT_MODES", "PRESETS", "TASKS", "ClassifierConfig", "ClassifierEnsembleConfig",
-           "ClassifierTrainConfig", "classifier_128_cpu", "classifier_256", "classifier_64_cpu", "classifier_96_cpu",
+           "ClassifierTrainConfig", "EncoderClassifierConfig", "classifier_128_cpu", "classifier_256", "classifier_64_cpu", "classifier_96_cpu",
            "classifier_tiny"]
 
 
@@ -111,6 +113,40 @@ class ClassifierEnsembleConfig:
   @property
   def resolution(self) -> int:
     return self.member.resolution
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderClassifierConfig:
+  """A linear probe on the CXR encoder's pooled stage features, as a classifier.
+
+  The logit is a linear function of the mean and the maximum over positions of each stage in
+  `pooled_stages` (the features `jaxcxr.encoder_probes.pooled_stage_features` gives); the encoder's
+  weights are those it was pretrained with (the probe does not change them).
+  """
+
+  # The encoder's architecture (its input side is the classifier's).
+  encoder: CXREncoderConfig = CXREncoderConfig()
+  # The stages whose features are pooled, in the encoder's order; the first is the feature map Grad-CAM weighs.
+  pooled_stages: tuple[str, ...] = ("stage2", "stage3", "stage4")
+  # Compute dtype of the encoder's convolutions ("float32" or "bfloat16").
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    check_choice("EncoderClassifierConfig.dtype", self.dtype, DTYPES)
+    known = [f"stage{s + 1}" for s in range(len(self.encoder.channels))]
+    if not self.pooled_stages or any(s not in known for s in self.pooled_stages) or \
+        list(self.pooled_stages) != sorted(set(self.pooled_stages), key=known.index):
+      raise ValueError(f"EncoderClassifierConfig.pooled_stages={self.pooled_stages}: expected distinct stages of "
+                       f"the encoder, in its order, from {known}")
+
+  @property
+  def resolution(self) -> int:
+    return self.encoder.resolution
+
+  @property
+  def features(self) -> int:
+    """Number of pooled features: a mean and a maximum per channel of each pooled stage."""
+    return 2 * sum(self.encoder.channels[int(s[len("stage"):]) - 1] for s in self.pooled_stages)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Inference with the binary classifier: input preparation, batched predictions and the loader.
 
 The functions take a `Classifier` (the ResNet-18-like network, `jaxcxr.models.resnet`, re-exported
-here) or a `ClassifierEnsemble` (`jaxcxr.models.ensemble`: the same `__call__`, `features`,
-`head` interface); `load_classifier` returns either, as its checkpoint says. This module sits
-above both: the network and the ensemble modules never import it.
+here), a `ClassifierEnsemble` (`jaxcxr.models.ensemble`) or an `EncoderClassifier`
+(`jaxcxr.models.encoder_classifier`), all with the same `__call__`, `features`, `head` interface;
+`load_classifier` returns any of them, as its checkpoint says. This module sits above them: the
+model modules never import it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from flax import nnx
 
 from jaxcxr import checkpoints
 from jaxcxr.batching import map_batches
-from jaxcxr.config import ClassifierConfig, ClassifierEnsembleConfig
+from jaxcxr.config import ClassifierConfig, ClassifierEnsembleConfig, EncoderClassifierConfig
 from jaxcxr.data import resize_uint8
+from jaxcxr.models.encoder_classifier import EncoderClassifier
 from jaxcxr.models.ensemble import ClassifierEnsemble
 from jaxcxr.models.resnet import BasicBlock, Classifier
 
@@ -114,8 +116,10 @@ def predict_proba(model: Classifier, images: Any, batch_size: int = 64) -> np.nd
 
 
 def load_classifier(directory) -> Classifier:
-  """Loads a classifier saved by `jaxcxr.train.classifier.train_classifier` (or `save_model`), or an
-  ensemble saved by `jaxcxr.train.classifier.assemble_ensemble` (a `ClassifierEnsemble`, same interface).
+  """Loads a classifier saved by `jaxcxr.train.classifier.train_classifier` (or `save_model`), an
+  ensemble saved by `jaxcxr.train.classifier.assemble_ensemble` (a `ClassifierEnsemble`), or a probe
+  on the CXR encoder saved by `jaxcxr.train.encoder_classifier` (an `EncoderClassifier`); the last two
+  have the `Classifier`'s interface.
 
   GroupNorm has no train/eval difference, so the model is ready for inference.
   The checkpoint metadata (`jaxcxr.checkpoints.read_metadata(directory)`) holds the
@@ -124,9 +128,13 @@ def load_classifier(directory) -> Classifier:
   Raises:
     jaxcxr.checkpoints.CheckpointError: missing, corrupt or mismatched checkpoint.
   """
-  if checkpoints.read_metadata(directory).get("config_type") == ClassifierEnsembleConfig.__name__:
+  config_type = checkpoints.read_metadata(directory).get("config_type")
+  if config_type == ClassifierEnsembleConfig.__name__:
     model, _, _ = checkpoints.load_model(directory, lambda c: ClassifierEnsemble(c, rngs=nnx.Rngs(0)),
                                          ClassifierEnsembleConfig)
+  elif config_type == EncoderClassifierConfig.__name__:
+    model, _, _ = checkpoints.load_model(directory, lambda c: EncoderClassifier(c, rngs=nnx.Rngs(0)),
+                                         EncoderClassifierConfig)
   else:
     model, _, _ = checkpoints.load_model(directory, lambda c: Classifier(c, rngs=nnx.Rngs(0)), ClassifierConfig)
   return model

@@ -64,6 +64,7 @@ from jaxcxr.train.loop import (compile_steps, data_metadata, device_name, host_c
 
 __all__ = [
     "classification_loss",
+    "classification_report",
     "evaluate_classifier",
     "focal_loss",
     "init_train_state",
@@ -71,6 +72,7 @@ __all__ = [
     "load_pretrained_backbone",
     "assemble_ensemble",
     "fit_pixel_logreg",
+    "fit_folded_logreg",
     "fit_pixel_voter",
     "make_train_step",
     "pixel_logreg_baseline",
@@ -79,6 +81,7 @@ __all__ = [
     "prepare_data",
     "select_threshold_youden",
     "task_labels",
+    "task_split",
     "train_classifier",
     "train_step",
     "weighted_bce",
@@ -358,7 +361,9 @@ def _auc_or_none(y_pred: np.ndarray, y: np.ndarray) -> float | None:
   return metrics_lib.compute_roc_auc(y_pred, y) if 0 < y.sum() < len(y) else None
 
 
-def _report(prob: np.ndarray, y: np.ndarray, threshold: float, views: np.ndarray | None) -> dict[str, Any]:
+def classification_report(prob: np.ndarray, y: np.ndarray, threshold: float, views: np.ndarray | None
+                          ) -> dict[str, Any]:
+  """ROC AUC (with its interval), the binary figures at `threshold`, and per view when `views` is given."""
   binary = metrics_lib.compute_binary_report((prob >= threshold).astype(np.int64), y)
   out = {
       "n": int(len(y)),
@@ -421,13 +426,17 @@ def evaluate_classifier(model: Classifier, dataset: data_lib.CXRDataset, task: s
     raise data_lib.DataError(f"{dataset.source or 'dataset'}: no image has a {task} target")
   subset = dataset.subset(keep)
   prob = predict_proba(model, subset.images, batch_size)
-  return _report(prob, y[keep], threshold, data_lib.views(subset))
+  return classification_report(prob, y[keep], threshold, data_lib.views(subset))
 
 
 # ----------------------------------------------------------------------------- loop
 
 
-def _split(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig):
+def task_split(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig):
+  """(image indices of the train/val/test patients, every image's 0/1 target, images without a target).
+
+  Patients split with `config.split` and `config.split_seed`, stratified by the task's target.
+  """
   keep, y = task_labels(dataset, config.task)
   kept = np.flatnonzero(keep)
   if kept.size == 0:
@@ -488,7 +497,7 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   end = config.steps if stop_at is None else min(int(stop_at), config.steps)
   if end % config.steps_per_call:
     raise ValueError(f"stop_at={stop_at}: expected a multiple of steps_per_call={config.steps_per_call}")
-  indices, y_all, n_dropped = _split(dataset, config)
+  indices, y_all, n_dropped = task_split(dataset, config)
   host_data = prepare_data(dataset.subset(indices["train"]), config)
   val_images = prepare_images(dataset.images[indices["val"]], config.resolution)
   y_val = y_all[indices["val"]]
@@ -540,13 +549,13 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   model = nnx.merge(graphdef, best["params"])
   val_prob = predict_proba(model, val_images, config.eval_batch_size)
   threshold = select_threshold_youden(val_prob, y_val)
-  val_report = _report(val_prob, y_val, threshold, data_lib.views(dataset.subset(indices["val"])))
+  val_report = classification_report(val_prob, y_val, threshold, data_lib.views(dataset.subset(indices["val"])))
   test_report = None
   if report_test and len(indices["test"]):
     test_set = dataset.subset(indices["test"])
     views = data_lib.views(test_set) if config.task == "abnormal" else None
     test_prob = predict_proba(model, test_set.images, config.eval_batch_size)
-    test_report = _report(test_prob, y_all[indices["test"]], threshold, views)
+    test_report = classification_report(test_prob, y_all[indices["test"]], threshold, views)
   metadata = {
       "task": config.task,
       "positive_class": "abnormal" if config.task == "abnormal" else "female",
@@ -588,12 +597,22 @@ def fit_pixel_voter(images: np.ndarray, y: np.ndarray, patients: np.ndarray, res
     (weight float32 (size, size), bias, C).
   """
   x = np.asarray(block_means(jnp.asarray(prepare_images(images, resolution)), size)).reshape(len(images), -1)
-  search = grouped_logreg(x, y, patients, "the pixel voter")
+  weight, bias, c = fit_folded_logreg(x, y, patients, "the pixel voter")
+  return weight.reshape(size, size), bias, c
+
+
+def fit_folded_logreg(x: np.ndarray, y: np.ndarray, patients: np.ndarray, what: str) -> tuple[np.ndarray, float, float]:
+  """`baselines.grouped_logreg` on raw features x, its standardisation folded into raw-feature weights.
+
+  Returns:
+    (weight float32 (F,), bias, C): weight @ x + bias is the fitted model's decision function.
+  """
+  search = grouped_logreg(x, y, patients, what)
   scaler, logreg = search.best_estimator_[0], search.best_estimator_[1]
   scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
   weight = logreg.coef_[0] / scale
   bias = float(logreg.intercept_[0] - (logreg.coef_[0] * scaler.mean_ / scale).sum())
-  return weight.reshape(size, size).astype(np.float32), bias, float(search.best_params_["logisticregression__C"])
+  return weight.astype(np.float32), bias, float(search.best_params_["logisticregression__C"])
 
 
 def assemble_ensemble(member_dirs: list[str | os.PathLike], dataset: data_lib.CXRDataset, out_dir: str | os.PathLike,
@@ -647,7 +666,7 @@ def assemble_ensemble(member_dirs: list[str | os.PathLike], dataset: data_lib.CX
   val_voters = {name: metrics_lib.compute_roc_auc(voters[:, i], y[val]) for i, name in enumerate(names)}
   val_prob = predict_proba(model, val_set.images)
   threshold = select_threshold_youden(val_prob, y[val])
-  val_report = _report(val_prob, y[val], threshold, data_lib.views(val_set))
+  val_report = classification_report(val_prob, y[val], threshold, data_lib.views(val_set))
   metadata = {
       "task": task,
       "positive_class": first.get("positive_class"),
@@ -704,6 +723,6 @@ def pixel_logreg_baseline(train_ds: data_lib.CXRDataset, test_ds: data_lib.CXRDa
   if int(np.bincount(y_tr, minlength=2).min()) < 2:
     raise data_lib.DataError(f"the training set needs at least 2 images of each class for task {task!r}")
   model = fit_pixel_logreg(train_ds, y_tr)
-  report = _report(model.predict_proba(test_ds.images), y_te, 0.5, data_lib.views(test_ds))
+  report = classification_report(model.predict_proba(test_ds.images), y_te, 0.5, data_lib.views(test_ds))
   return {"n_train": int(len(y_tr)), "n_test": report["n"], "C": model.C,
           **{k: v for k, v in report.items() if k not in ("n", "threshold")}}
