@@ -30,6 +30,11 @@ masks from the data). Everything runs on the
 host (numpy, scikit-learn), and every report is plain JSON-serialisable data;
 `format_comparison` gives the line a CLI prints.
 
+A lung segmenter's trivial baseline is a mask that learns nothing: `morphological_lung_labels`
+(`jaxcxr.imaging.lung_mask_morphological`, split at the image's vertical midline into the
+patient's right and left lung), compared by `compare_segmentation` on the same images with a
+bootstrap over patients of the per-image Dice difference.
+
 The strongest baseline of a comparison is the one with the highest AUC on the evaluated
 images themselves: a maximum over three fitted models, which favours the baseline, so a
 method reported above it is above each of them. The single statistic inside the
@@ -52,7 +57,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from jaxcxr import data, metrics
+from jaxcxr import data, imaging, metrics
 from jaxcxr.data import DataError
 from jaxcxr.exposure import histogram_quantiles, masked_histograms
 
@@ -65,6 +70,7 @@ __all__ = [
     "PixelLogreg",
     "centre_box",
     "compare_scores",
+    "compare_segmentation",
     "compare_to_baselines",
     "compare_with_training_patients",
     "evaluate_baselines",
@@ -73,6 +79,7 @@ __all__ = [
     "format_comparison",
     "grouped_logreg",
     "image_statistics",
+    "morphological_lung_labels",
     "statistic_names",
 ]
 
@@ -652,3 +659,53 @@ def format_comparison(report: Mapping[str, Any], *, by_view: bool = False) -> st
     for view, entry in (report.get("by_view") or {}).items():
       text += f"\n  {view} (n = {entry['n']}): {_line(entry)}"
   return text
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+SEGMENTATION_BASELINE = ("morphological lung mask (imaging.lung_mask_morphological), split at the vertical "
+                         "midline into right (image left, 1) and left (2) lung")
+
+
+def morphological_lung_labels(images: Any) -> np.ndarray:
+  """The trivial lung segmentation: uint8 (N, H, W) labels, 1 = lung in the image's left half, 2 = in its right half."""
+  lungs = imaging.lung_mask_morphological(images)
+  left = np.arange(lungs.shape[2])[None, None, :] < lungs.shape[2] // 2
+  return np.where(lungs, np.where(left, 1, 2), 0).astype(np.uint8)
+
+
+def compare_segmentation(dice_per_image: Any, images: Any, masks: Any, patients: Any, *,
+                         level: float = 0.95) -> dict[str, Any]:
+  """A segmenter's per-image Dice against the morphological baseline's on the same images.
+
+  Args:
+    dice_per_image: float (N, 2): the segmenter's Dice per image, right and left lung (as
+      `train.segmentation.segmentation_scores(per_image=True)` gives).
+    images: the (N, H, W) radiographs it segmented.
+    masks: their target label maps (N, H, W), 0 background, 1 right lung, 2 left lung.
+    patients: (N,) patient ids, the bootstrap's clusters.
+    level: the intervals' confidence level.
+
+  Returns:
+    {"baseline" (what it is), "dice_mean", "dice_mean_ci95" (the baseline's, bootstrap over
+    patients), "difference" (the segmenter's mean Dice minus the baseline's), "difference_ci95"
+    (bootstrap over patients of the per-image differences)}.
+
+  Raises:
+    ValueError: inputs of different lengths or shapes.
+  """
+  dice = np.asarray(dice_per_image, np.float64)
+  masks = np.asarray(masks)
+  if dice.ndim != 2 or dice.shape[0] != masks.shape[0] or masks.shape[0] != len(np.asarray(patients)):
+    raise ValueError(f"compare_segmentation: {dice.shape[0]} Dice rows, {masks.shape[0]} masks and "
+                     f"{len(np.asarray(patients))} patient ids; expected one of each per image")
+  labels = morphological_lung_labels(images)
+  if labels.shape != masks.shape:
+    raise ValueError(f"compare_segmentation: images {labels.shape} and masks {masks.shape} differ in shape")
+  base = np.asarray(metrics.compute_dice(labels, masks, num_classes=3), np.float64)[:, :dice.shape[1]]
+  per_image, base_per_image = dice.mean(axis=1), base.mean(axis=1)
+  return {"baseline": SEGMENTATION_BASELINE, "dice_mean": float(base_per_image.mean()),
+          "dice_mean_ci95": metrics.cluster_bootstrap_ci(base_per_image, patients, level=level),
+          "difference": float(per_image.mean() - base_per_image.mean()),
+          "difference_ci95": metrics.cluster_bootstrap_ci(per_image - base_per_image, patients, level=level)}

@@ -216,3 +216,22 @@ def test_bad_inputs_raise():
     baselines.image_statistics(images, empty)
   with pytest.raises(ValueError, match="views"):
     baselines.compare_scores(scores, y, {"b": scores}, views=np.array(["AP"] * 3))
+
+
+def test_the_morphological_lung_baseline_splits_at_the_midline_and_is_compared_per_patient():
+  images = np.zeros((3, 64, 64), np.uint8)
+  images[:, 4:60, 2:62] = 200                        # a bright body
+  images[:, 12:52, 8:28] = 40                         # two dark lungs
+  images[:, 12:52, 36:56] = 40
+  masks = np.zeros((3, 64, 64), np.uint8)
+  masks[:, 12:52, 8:28], masks[:, 12:52, 36:56] = 1, 2
+  labels = baselines.morphological_lung_labels(images)
+  assert set(np.unique(labels[:, :, :32])) <= {0, 1} and set(np.unique(labels[:, :, 32:])) <= {0, 2}
+  assert (labels == 1).any() and (labels == 2).any()
+  perfect = np.ones((3, 2))
+  report = baselines.compare_segmentation(perfect, images, masks, ["a", "a", "b"])
+  assert 0.5 < report["dice_mean"] <= 1 and report["difference"] == pytest.approx(1 - report["dice_mean"])
+  low, high = report["difference_ci95"]
+  assert low <= report["difference"] <= high
+  with pytest.raises(ValueError, match="one of each per image"):
+    baselines.compare_segmentation(perfect[:2], images, masks, ["a", "a", "b"])

@@ -33,6 +33,11 @@ def test_evaluate_segmentation_and_classifier(capsys, covid_path, nih_path, tmp_
     low, high = seg[f"{name}_ci95"]
     assert low <= seg[name] <= high
   assert (tmp_path / "seg" / "worst_overlays.png").stat().st_size > 0
+  # The trivial baseline (a morphological mask) on the same images, and the paired difference.
+  base = seg["baseline"]
+  assert "morphological" in base["baseline"] and 0 <= base["dice_mean"] <= 1
+  assert base["difference"] == pytest.approx(seg["dice_mean"] - base["dice_mean"])
+  assert base["difference_ci95"][0] <= base["difference"] <= base["difference_ci95"][1]
   code, out, err = run_cli(capsys, "evaluate", "classifier", "--task", "abnormal", "--data", str(nih_path), "--json")
   assert code == 0, err
   cls = json.loads(out)

@@ -393,6 +393,7 @@ def run_segmentation(args: argparse.Namespace) -> dict[str, Any]:
   model = load_unet(directory)
   result = evaluate_segmentation(model, ds, per_image=True)
   per_image = result.pop("dice_per_image", None)
+  result["baseline"] = baselines.compare_segmentation(per_image, ds.images, ds.lung_masks, ds.patient_id)
   if args.out and per_image is not None:
     predicted = predict_masks(model, ds.images)
     name = directory.name if directory.name != "unet" else directory.parent.name
@@ -407,7 +408,15 @@ def human_segmentation(r: dict[str, Any]) -> str:
   ci = lambda k: f" [{r[k][0]:.4f}, {r[k][1]:.4f}]" if k in r else ""
   return (f"{r['n']} images ({r['split']}, {r['split_from']}): Dice mean {r['dice_mean']:.4f}{ci('dice_mean_ci95')} "
           f"(right {r['dice_right']:.4f}{ci('dice_right_ci95')}, left {r['dice_left']:.4f}{ci('dice_left_ci95')}), "
-          f"IoU {r['iou_mean']:.4f}")
+          f"IoU {r['iou_mean']:.4f}" + _segmentation_baseline_line(r.get("baseline")))
+
+
+def _segmentation_baseline_line(b: dict[str, Any] | None) -> str:
+  if not b:
+    return ""
+  return (f"\n  vs the trivial baseline ({b['baseline']}): Dice {b['dice_mean']:.4f} [{b['dice_mean_ci95'][0]:.4f}, "
+          f"{b['dice_mean_ci95'][1]:.4f}]; difference {b['difference']:+.4f} [{b['difference_ci95'][0]:+.4f}, "
+          f"{b['difference_ci95'][1]:+.4f}] (bootstrap over patients)")
 
 
 def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
