@@ -1,5 +1,7 @@
 """The classifier that is a linear probe on the CXR encoder: fit, fold, save, load, explain, command line."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,3 +92,36 @@ def test_cli_fits_refuses_to_overwrite_and_names_a_wrong_checkpoint(capsys, enco
   assert code != 0 and "exists; pass --overwrite" in err
   code, _, err = run_cli(capsys, *args[:3], str(tmp_path / "classifier"), *args[4:], "--overwrite")
   assert code != 0 and "EncoderClassifierConfig" in err and "CXREncoderConfig" in err
+
+
+def test_fine_tuning_starts_from_the_whole_probe_and_saves_an_encoder_classifier(fitted, tmp_path):
+  from jaxcxr.train import classifier as trainer  # pylint: disable=g-import-not-at-top
+
+  ds, summary, _ = fitted
+  probe_config = load_classifier(summary["classifier"]).config
+  config = ClassifierTrainConfig(model=probe_config, task="abnormal", batch_size=4, steps=4, steps_per_call=2,
+                                 scan_unroll=2, learning_rate=1e-2, warmup_steps=0, eval_every=2,
+                                 checkpoint_every=2, eval_batch_size=4, freeze_stages=1)
+  with pytest.raises(ValueError, match="starts from a saved encoder classifier"):
+    trainer.train_classifier(ds, config, tmp_path / "none", progress=False)
+  config = dataclasses.replace(config, pretrained=summary["classifier"])
+  # Step 0 is the probe, head included.
+  start = trainer.init_train_state(config)["params"]
+  saved = nnx.to_pure_dict(nnx.state(load_classifier(summary["classifier"]), nnx.Param))
+  for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  result = trainer.train_classifier(ds, config, tmp_path / "run", progress=False, report_test=False)
+  tuned = load_classifier(result["classifier"])
+  assert isinstance(tuned, EncoderClassifier) and result["steps"] == 4
+  assert np.isfinite(predict_logits(tuned, ds.images[:4])).all()
+  # freeze_stages=1 keeps the encoder's stem and first stage; the second stage and the head move.
+  state = jax.device_put(trainer.init_train_state(config))
+  train = ds.subset(task_split(ds, config)[0]["train"])
+  moved, _ = trainer.make_train_step(config)(state, jax.device_put(trainer.prepare_data(train, config)))
+  before, after = jax.tree.map(np.asarray, saved), jax.tree.map(np.asarray, moved["params"])
+  np.testing.assert_array_equal(after["encoder"]["stem"]["kernel"], before["encoder"]["stem"]["kernel"])
+  np.testing.assert_array_equal(after["encoder"]["stages"][0]["blocks"][0]["conv1"]["kernel"],
+                                before["encoder"]["stages"][0]["blocks"][0]["conv1"]["kernel"])
+  second = lambda params: params["encoder"]["stages"][1]["merge"]["kernel"]
+  assert not np.array_equal(second(after), second(before))
+  assert not np.array_equal(after["weight"], before["weight"])

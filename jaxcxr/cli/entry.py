@@ -29,8 +29,8 @@ PREFILTER_INPUTS = ("auto", "z", "base")
 # `jaxcxr train` subcommands -> the family of `jaxcxr.config.FAMILIES` whose presets and help line they take;
 # None where the trainer takes no train config (its help line is in `UNCONFIGURED_HELP`).
 TRAIN_COMMANDS = {"gan": "gan", "upsampler": "upsampler", "unet": "unet", "classifier": "classifier",
-                  "ensemble": None, "encoder-classifier": None, "fanogan": "fanogan", "healthygan": "healthygan", "patchcore": None,
-                  "prefilter": None,
+                  "ensemble": None, "encoder-classifier": None, "fanogan": "fanogan", "healthygan": "healthygan",
+                  "patchcore": None, "prefilter": None,
                   "cascade-prefilter": "cascade_prefilter", "encoder": "cxr_encoder"}
 UNCONFIGURED_HELP = {
     "ensemble": "join trained classifiers of one task into a soft-vote ensemble with a pixel voter (no preset: "
@@ -339,6 +339,10 @@ def _add_train_parsers(commands) -> None:
                           help="abnormal (pneumonia vs normal: other abnormal images are left out) or sex")
   _add_gan_data_arg(classifier, "; the trainer splits the patients itself, stratified by the task")
   _add_preset_arg(classifier, "classifier", None)
+  classifier.add_argument("--pretrained", metavar="DIR",
+                          help="a saved classifier that starts the run: a ResNet's backbone (its head is "
+                               "re-initialised), or the whole probe of `train encoder-classifier` (required by "
+                               "the preset classifier_encoder_cpu)")
   classifier.add_argument("--report-test", action="store_true",
                           help="also evaluate the selected model on its test patients at the end (by default "
                                "they stay untouched: `jaxcxr evaluate classifier --split test` reports them once)")

@@ -150,6 +150,11 @@ def human_unet(r: dict[str, Any]) -> str:
 def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
   """`train classifier`: the abnormal or sex classifier, model selection on its own validation patients."""
   config = dataclasses.replace(inputs.train_preset("classifier", args.preset, args.steps), task=args.task)
+  if args.pretrained:
+    config = dataclasses.replace(config, pretrained=str(checkpoints.model_folder(args.pretrained, "classifier")))
+  if isinstance(config.model, config_lib.EncoderClassifierConfig) and not config.pretrained:
+    raise UsageError(f"--preset {args.preset} fine-tunes a probe on the CXR encoder: pass --pretrained DIR, a "
+                     "classifier of `jaxcxr train encoder-classifier`")
   paths = inputs.data_paths(args.data, *GAN_DATA)
   log(f"loading {paths}")
   ds = evaluation_sets.classifier_images(data.load(paths), args.task)
@@ -340,7 +345,8 @@ def human_encoder(r: dict[str, Any]) -> str:
 HANDLERS = {"gan": (run_gan, human_gan), "upsampler": (run_upsampler, human_upsampler),
             "unet": (run_unet, human_unet), "classifier": (run_classifier, human_classifier),
             "ensemble": (run_ensemble, human_ensemble),
-            "encoder-classifier": (run_encoder_classifier, human_encoder_classifier), "fanogan": (run_fanogan, human_fanogan),
+            "encoder-classifier": (run_encoder_classifier, human_encoder_classifier),
+            "fanogan": (run_fanogan, human_fanogan),
             "healthygan": (run_healthygan, human_healthygan), "patchcore": (run_patchcore, human_patchcore),
             "encoder": (run_encoder, human_encoder),
             "cascade": (run_cascade, human_cascade)}

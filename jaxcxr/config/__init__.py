@@ -45,7 +45,8 @@ from __future__ import annotations
 
 from jaxcxr.config.classifier import (IMBALANCE, INPUT_MODES, TASKS, ClassifierConfig, ClassifierEnsembleConfig,
                                       ClassifierTrainConfig, EncoderClassifierConfig, classifier_64_cpu,
-                                      classifier_96_cpu, classifier_128_cpu, classifier_256, classifier_tiny)
+                                      classifier_96_cpu, classifier_128_cpu, classifier_256, classifier_encoder_cpu,
+                                      classifier_tiny)
 from jaxcxr.config.common import (AGE_CENTER, AGE_SCALE, DTYPES, KNOWN_CONDITIONS, LIGHT_AUGMENT, RESOLUTIONS,
                                   AugmentConfig, Family, check_loop_fields, stage_channels)
 from jaxcxr.config.cxr_encoder import (METHODS, CXRAugmentConfig, CXREncoderConfig, CXREncoderTrainConfig,
@@ -91,6 +92,7 @@ __all__ = [
     "INPUT_MODES", "TASKS", "IMBALANCE", "ClassifierConfig", "ClassifierEnsembleConfig", "ClassifierTrainConfig",
     "EncoderClassifierConfig",
     "classifier_tiny", "classifier_64_cpu", "classifier_96_cpu", "classifier_128_cpu", "classifier_256",
+    "classifier_encoder_cpu",
     # f-AnoGAN encoder
     "EncoderConfig", "FanoganTrainConfig", "fanogan_tiny", "fanogan_64_cpu", "fanogan_128_cpu",
     # HealthyGAN

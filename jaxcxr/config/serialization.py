@@ -60,7 +60,17 @@ def _restore(hint: Any, value: Any) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if value is None:
       return None
-    return _restore(args[0], value) if len(args) == 1 else value
+    if len(args) == 1:
+      return _restore(args[0], value)
+    # A union of config classes: the one whose fields hold every key of the saved object.
+    classes = [a for a in args if dataclasses.is_dataclass(a)]
+    if classes and isinstance(value, dict):
+      fitting = [a for a in classes if set(value) <= {f.name for f in dataclasses.fields(a)}]
+      if len(fitting) != 1:
+        raise ValueError(f"{' | '.join(a.__name__ for a in classes)}: the fields {sorted(value)} fit "
+                         f"{len(fitting)} of them, not exactly one")
+      return from_dict(fitting[0], value)
+    return value
   if dataclasses.is_dataclass(hint):
     return from_dict(hint, value)
   if origin is tuple and isinstance(value, list):

@@ -27,6 +27,10 @@ global-norm clipping; with `freeze_stages = k` the stem and stages 1..k get
 `pretrained`, every backbone parameter comes from a saved classifier and the head
 is freshly initialised.
 
+The model is the ResNet `Classifier` or, when `config.model` is an
+`EncoderClassifierConfig`, the `EncoderClassifier`: fine-tuning a probe on the CXR
+encoder, which starts whole (encoder and probe head) from `pretrained`.
+
 Loop (`train_classifier`, on the shared `loop.run_training_loop`): patient-level
 split stratified on the label (seed in the metadata), validation AUC every
 `eval_every` steps for model selection (the only use of validation data besides the
@@ -53,9 +57,10 @@ from jaxcxr import data as data_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr.baselines import fit_pixel_logreg, grouped_logreg
 from jaxcxr.batching import map_batches
-from jaxcxr.config import ClassifierEnsembleConfig, ClassifierTrainConfig
+from jaxcxr.config import ClassifierConfig, ClassifierEnsembleConfig, ClassifierTrainConfig, EncoderClassifierConfig
 from jaxcxr.data import resize_uint8
 from jaxcxr.models.classifier import Classifier, load_classifier, predict_logits, predict_proba, prepare_images
+from jaxcxr.models.encoder_classifier import EncoderClassifier
 from jaxcxr.models.ensemble import ClassifierEnsemble, block_means, set_pixel_weights
 from jaxcxr.models.graph import abstract_graphdef
 from jaxcxr.provenance import provenance
@@ -167,13 +172,22 @@ def _top_key(path) -> str:
   return str(getattr(path[0], "key", path[0]))
 
 
+def _model_type(model_config: ClassifierConfig | EncoderClassifierConfig) -> type[nnx.Module]:
+  """The module a classifier config builds: the ResNet `Classifier` or the `EncoderClassifier`."""
+  return EncoderClassifier if isinstance(model_config, EncoderClassifierConfig) else Classifier
+
+
 def _is_frozen(path, freeze_stages: int) -> bool:
   if freeze_stages <= 0:
     return False
-  top = _top_key(path)
-  if top in ("stem_conv", "stem_norm"):
+  keys = [str(getattr(k, "key", k)) for k in path]
+  if keys[0] == "encoder":                 # an EncoderClassifier: encoder.stem, encoder.stages[i]
+    keys = keys[1:]
+    if keys[0] == "stem":
+      return True
+  elif keys[0] in ("stem_conv", "stem_norm"):
     return True
-  return top == "stages" and int(getattr(path[1], "key", path[1])) < freeze_stages
+  return keys[0] == "stages" and int(keys[1]) < freeze_stages
 
 
 def _optimizer(config: ClassifierTrainConfig) -> optax.GradientTransformation:
@@ -195,11 +209,12 @@ def _params(model: Classifier) -> dict:
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-def load_pretrained_backbone(directory: str | os.PathLike, params: dict) -> dict:
-  """`params` with every backbone leaf (all but `linear`, the head) taken from a saved classifier.
+def load_pretrained_backbone(directory: str | os.PathLike, params: dict, *, keep_head: bool = False) -> dict:
+  """`params` with every backbone leaf (all but `linear`, the ResNet's head) taken from a saved classifier.
 
   The saved classifier may differ in resolution, input mode and dtype (convolution
-  weights do not depend on them) but not in stages, channels or stem.
+  weights do not depend on them) but not in stages, channels or stem. With `keep_head`
+  (an `EncoderClassifier`, whose head is its fitted probe) every leaf is taken.
 
   Raises:
     jaxcxr.checkpoints.CheckpointError: unreadable checkpoint, or a backbone leaf
@@ -208,7 +223,7 @@ def load_pretrained_backbone(directory: str | os.PathLike, params: dict) -> dict
   source = _params(load_classifier(directory))
 
   def take(path, leaf):
-    if _top_key(path) == "linear":
+    if _top_key(path) == "linear" and not keep_head:
       return leaf
     name = jax.tree_util.keystr(path)
     node = source
@@ -234,9 +249,10 @@ def init_train_state(config: ClassifierTrainConfig, seed: int = 0) -> TrainState
   when set); "opt" the optimiser state.
   """
   root = jax.random.key(seed)
-  params = _params(Classifier(config.model, rngs=nnx.Rngs(jax.random.fold_in(root, 1))))
+  params = _params(_model_type(config.model)(config.model, rngs=nnx.Rngs(jax.random.fold_in(root, 1))))
   if config.pretrained:
-    params = load_pretrained_backbone(config.pretrained, params)
+    params = load_pretrained_backbone(config.pretrained, params,
+                                      keep_head=isinstance(config.model, EncoderClassifierConfig))
   return {
       "step": jnp.zeros((), jnp.int32),
       "key": jax.random.key_data(jax.random.fold_in(root, 2)),
@@ -261,7 +277,7 @@ def train_step(state: TrainState, data: dict[str, jax.Array], config: Classifier
   Returns:
     (new state, metrics): scalars "loss" (batch mean) and "accuracy" (at logit 0).
   """
-  graphdef = abstract_graphdef(Classifier, config.model)
+  graphdef = abstract_graphdef(_model_type(config.model), config.model)
   tx = _optimizer(config)
   b = config.batch_size
   step = state["step"]
@@ -497,12 +513,15 @@ def train_classifier(dataset: data_lib.CXRDataset, config: ClassifierTrainConfig
   end = config.steps if stop_at is None else min(int(stop_at), config.steps)
   if end % config.steps_per_call:
     raise ValueError(f"stop_at={stop_at}: expected a multiple of steps_per_call={config.steps_per_call}")
+  if isinstance(config.model, EncoderClassifierConfig) and not config.pretrained:
+    raise ValueError("train_classifier: an EncoderClassifierConfig model starts from a saved encoder classifier "
+                     "(`pretrained`, e.g. `jaxcxr train encoder-classifier`'s OUT/classifier); none was given")
   indices, y_all, n_dropped = task_split(dataset, config)
   host_data = prepare_data(dataset.subset(indices["train"]), config)
   val_images = prepare_images(dataset.images[indices["val"]], config.resolution)
   y_val = y_all[indices["val"]]
   out_dir = pathlib.Path(out_dir)
-  graphdef = abstract_graphdef(Classifier, config.model)
+  graphdef = abstract_graphdef(_model_type(config.model), config.model)
   state = init_train_state(config, seed)
   # Model selection: the best parameters so far, their validation AUC and step, checkpointed with the train state.
   state["best"] = {"params": host_copy(state["params"]), "auc": np.asarray(-1.0, np.float32),
