@@ -159,7 +159,10 @@ FIGURES: dict[str, list[Figure]] = {
     "classifier_abnormal_ensemble_96": _classifier(f"{C}/classifier_abnormal_ensemble_96/evaluation_test.json"),
     "classifier_sex_ensemble_64": _classifier(f"{C}/classifier_sex_ensemble_64/evaluation_test.json"),
     "classifier_abnormal_encoder": [*_auc(f"{C}/classifier_abnormal_encoder/evaluation_test.json"),
-                                    *_strongest_baseline(f"{C}/classifier_abnormal_encoder/evaluation_test.json")],
+                                    *_strongest_baseline(f"{C}/classifier_abnormal_encoder/evaluation_test.json"),
+                                    at(f"{C}/classifier_abnormal_encoder/probe_evaluation_test.json", "roc_auc"),
+                                    at(f"{C}/classifier_abnormal_encoder/probe_evaluation_test.json",
+                                       "baselines.paired_delong.p_value")],
     "classifier_sex_encoder": [*_auc(f"{C}/classifier_sex_encoder/evaluation_test.json"),
                                *_strongest_baseline(f"{C}/classifier_sex_encoder/evaluation_test.json")],
     "encoder_cxr": [at(ENCODER, f"tasks.pneumonia.probes.pooled_stages.{k}") for k in ("roc_auc", "ci95.0", "ci95.1")]
