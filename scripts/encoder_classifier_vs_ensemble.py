@@ -8,7 +8,6 @@ compared with that of the shipped ensemble (`classifier_abnormal_ensemble_96`,
 `classifier_sex_ensemble_64`); roc_auc_a is the encoder probe's, roc_auc_b the ensemble's.
 """
 import json, os, sys
-import numpy as np
 from jaxcxr import checkpoints, data, evaluation_sets, metrics
 from jaxcxr.models.classifier import load_classifier, predict_proba
 from jaxcxr.train.classifier import task_labels
