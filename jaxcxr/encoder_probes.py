@@ -25,19 +25,21 @@ from typing import Any
 import numpy as np
 
 from jaxcxr import baselines, exposure
+from jaxcxr.config.classifier import POOLED_STAGES
 from jaxcxr.data import DataError
 from jaxcxr.models.cxr_encoder import CXREncoder, image_features
+from jaxcxr.models.encoder_classifier import EncoderClassifier, pooled_features
 from jaxcxr.train.cxr_encoder import ProbeTask, linear_probe
 
 __all__ = ["FEATURE_SETS", "POOLED_STAGES", "evaluate_encoder", "pooled_stage_features"]
 
-# The stages whose patch features `pooled_stage_features` pools (the first is too local to pool well).
-POOLED_STAGES: tuple[str, ...] = ("stage2", "stage3", "stage4")
 FEATURE_SETS: tuple[str, ...] = ("embedding", "pooled_stages")
 
 
 def pooled_stage_features(encoder: CXREncoder, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
   """Mean and maximum over positions of each stage in `POOLED_STAGES` (those the encoder has): float32 (N, F).
+
+  The inputs of an `EncoderClassifier`'s linear head (`EncoderClassifier.around(encoder)`).
 
   Args:
     encoder: a `CXREncoder`.
@@ -47,12 +49,7 @@ def pooled_stage_features(encoder: CXREncoder, images: np.ndarray, *, batch_size
   Returns:
     float32 (N, 2 * sum of the pooled stages' channels): per stage, its channel means then its maxima.
   """
-  stages = tuple(s for s in POOLED_STAGES if s in encoder.config.feature_shapes()) or ("stage1",)
-  maps = image_features(encoder, images, stages, batch_size=batch_size)
-  parts = []
-  for s in stages:
-    parts += [maps[s].mean(axis=(1, 2)), maps[s].max(axis=(1, 2))]
-  return np.concatenate(parts, axis=1).astype(np.float32)
+  return pooled_features(EncoderClassifier.around(encoder), images, batch_size=batch_size)
 
 
 def _features(encoder: CXREncoder, images: np.ndarray, kind: str, batch_size: int) -> np.ndarray:

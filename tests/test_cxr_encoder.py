@@ -321,7 +321,8 @@ def test_pooled_stage_features_are_means_then_maxima_of_the_stages(nih):
   maps = image_features(encoder, nih.images[:3], ("stage2", "stage3"))
   expected = np.concatenate([maps["stage2"].mean((1, 2)), maps["stage2"].max((1, 2)), maps["stage3"].mean((1, 2)),
                              maps["stage3"].max((1, 2))], axis=1)
-  np.testing.assert_allclose(pooled, expected, rtol=1e-6)
+  # The same features by another route (the classifier's [0, 1] inputs, then signed): float32 rounding only.
+  np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_evaluate_encoder_reports_each_probe_beside_the_baselines(nih):

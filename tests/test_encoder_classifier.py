@@ -14,9 +14,9 @@ from jaxcxr.baselines import grouped_logreg
 from jaxcxr.config import CXREncoderConfig, EncoderClassifierConfig
 from jaxcxr.models.classifier import load_classifier, predict_logits, predict_proba
 from jaxcxr.models.cxr_encoder import CXREncoder
-from jaxcxr.models.encoder_classifier import EncoderClassifier
+from jaxcxr.models.encoder_classifier import EncoderClassifier, pooled_features
 from jaxcxr.train.classifier import ClassifierTrainConfig, task_split
-from jaxcxr.train.encoder_classifier import fit_encoder_classifier, pooled_features
+from jaxcxr.train.encoder_classifier import fit_encoder_classifier
 
 TINY = CXREncoderConfig(resolution=32, patch=4, channels=(8, 16), blocks=(1, 1), norm_groups=4)
 

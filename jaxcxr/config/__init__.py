@@ -54,10 +54,11 @@ from jaxcxr.config.cxr_encoder import (METHODS, CXRAugmentConfig, CXREncoderConf
 from jaxcxr.config.fanogan import EncoderConfig, FanoganTrainConfig, fanogan_64_cpu, fanogan_128_cpu, fanogan_tiny
 from jaxcxr.config.gan import (UPSAMPLINGS, DiscriminatorConfig, GanTrainConfig, GeneratorConfig, gan_64_cpu,
                                gan_64_normal_cpu, gan_64_resize_cpu, gan_64_resize_normal_cpu, gan_64_wide_cpu,
-                               gan_128, gan_128_resize_cpu, gan_128_resize_normal_bcr_cpu, gan_128_resize_normal_cpu,
+                               gan_128, gan_128_resize_cpu, gan_128_resize_normal_bcr_cpu,
+                               gan_128_resize_normal_bcr_cutout_cpu, gan_128_resize_normal_cpu,
                                gan_128_resize_normal_no_cutout_cpu, gan_256, gan_256_single_cpu, gan_tiny)
 from jaxcxr.config.healthygan import (CriticConfig, HealthyganTrainConfig, TranslatorConfig, healthygan_64_cpu,
-                                      healthygan_tiny)
+                                      healthygan_128_cpu, healthygan_tiny)
 from jaxcxr.config.prefilter import (LATENT_PRESETS, PREDICTED_MEASURES, CascadePrefilterTrainConfig,
                                      LatentClassifierConfig, ScorePredictorConfig, cascade_prefilter_64,
                                      cascade_prefilter_128, cascade_prefilter_tiny, latent_deep, latent_logreg,
@@ -84,7 +85,7 @@ __all__ = [
     "UPSAMPLINGS", "GeneratorConfig", "DiscriminatorConfig", "GanTrainConfig", "gan_tiny", "gan_64_cpu",
     "gan_64_normal_cpu", "gan_128", "gan_256", "gan_64_resize_cpu", "gan_64_resize_normal_cpu", "gan_64_wide_cpu",
     "gan_256_single_cpu", "gan_128_resize_cpu", "gan_128_resize_normal_cpu", "gan_128_resize_normal_no_cutout_cpu",
-    "gan_128_resize_normal_bcr_cpu",
+    "gan_128_resize_normal_bcr_cpu", "gan_128_resize_normal_bcr_cutout_cpu",
     # U-Net
     "NUM_CLASSES", "UNetConfig", "SEG_AUGMENT", "SegTrainConfig", "unet_tiny", "unet_128_cpu", "unet_256_cpu",
     "unet_256",
@@ -97,6 +98,7 @@ __all__ = [
     "EncoderConfig", "FanoganTrainConfig", "fanogan_tiny", "fanogan_64_cpu", "fanogan_128_cpu",
     # HealthyGAN
     "TranslatorConfig", "CriticConfig", "HealthyganTrainConfig", "healthygan_tiny", "healthygan_64_cpu",
+    "healthygan_128_cpu",
     # pre-filter models
     "LatentClassifierConfig", "latent_logreg", "latent_mlp", "latent_deep", "LATENT_PRESETS", "PREDICTED_MEASURES",
     "ScorePredictorConfig", "score_predictor_64", "score_predictor_128", "CascadePrefilterTrainConfig",

@@ -15,7 +15,7 @@ import dataclasses
 from jaxcxr.config.common import DTYPES, AugmentConfig, Family, check_choice
 from jaxcxr.config.cxr_encoder import CXREncoderConfig, cxr_encoder_cpu
 
-__all__ = ["FAMILY", "IMBALANCE", "INPUT_MODES", "PRESETS", "TASKS", "ClassifierConfig", "ClassifierEnsembleConfig",
+__all__ = ["FAMILY", "IMBALANCE", "INPUT_MODES", "POOLED_STAGES", "PRESETS", "TASKS", "ClassifierConfig", "ClassifierEnsembleConfig",
            "ClassifierTrainConfig", "EncoderClassifierConfig", "classifier_128_cpu", "classifier_256",
            "classifier_64_cpu", "classifier_96_cpu", "classifier_encoder_cpu", "classifier_tiny"]
 
@@ -27,6 +27,9 @@ TASKS: tuple[str, ...] = ("abnormal", "sex")
 # Class-imbalance handling of classifier training (`ClassifierTrainConfig.imbalance`; the latent
 # classifiers' choices are `jaxcxr.prefilter.IMBALANCE`).
 IMBALANCE: tuple[str, ...] = ("none", "weighted_bce", "focal", "oversample")
+# The CXR encoder's stages whose patch features an `EncoderClassifierConfig` pools by default, and
+# `jaxcxr.encoder_probes` probes (the first stage is too local to pool well).
+POOLED_STAGES: tuple[str, ...] = ("stage2", "stage3", "stage4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +123,14 @@ class EncoderClassifierConfig:
   """A linear probe on the CXR encoder's pooled stage features, as a classifier.
 
   The logit is a linear function of the mean and the maximum over positions of each stage in
-  `pooled_stages` (the features `jaxcxr.encoder_probes.pooled_stage_features` gives); the encoder's
+  `pooled_stages` (`jaxcxr.models.encoder_classifier.pooled_features`); the encoder's
   weights are those it was pretrained with (the probe does not change them).
   """
 
   # The encoder's architecture (its input side is the classifier's).
   encoder: CXREncoderConfig = CXREncoderConfig()
   # The stages whose features are pooled, in the encoder's order; the first is the feature map Grad-CAM weighs.
-  pooled_stages: tuple[str, ...] = ("stage2", "stage3", "stage4")
+  pooled_stages: tuple[str, ...] = POOLED_STAGES
   # Compute dtype of the encoder's convolutions ("float32" or "bfloat16").
   dtype: str = "float32"
 

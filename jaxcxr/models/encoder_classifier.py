@@ -1,8 +1,8 @@
 """A classifier that is a linear probe on the self-supervised CXR encoder.
 
 `EncoderClassifier` holds a `CXREncoder` (its pretrained weights, unchanged) and one linear layer
-on the mean and the maximum over positions of each pooled stage's patch features (the features of
-`jaxcxr.encoder_probes.pooled_stage_features`). It has the interface of the ResNet `Classifier`:
+on the mean and the maximum over positions of each pooled stage's patch features (`pooled_features`;
+`jaxcxr.encoder_probes` probes the same features). It has the interface of the ResNet `Classifier`:
 
 * `__call__(x)`: float32 (B,) logits of images (B, R, R, 1) in [0, 1] (as `prepare_images` gives);
 * `features(x)`: the first pooled stage's patch features, the map Grad-CAM weighs;
@@ -18,15 +18,19 @@ weights and bias, so the logit equals the fitted logistic regression's decision 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jaxcxr.config.classifier import EncoderClassifierConfig
+from jaxcxr.batching import map_batches
+from jaxcxr.config.classifier import POOLED_STAGES, EncoderClassifierConfig
 from jaxcxr.models.cxr_encoder import CXREncoder, space_to_depth
 
-__all__ = ["EncoderClassifier", "EncoderClassifierConfig"]
+__all__ = ["EncoderClassifier", "EncoderClassifierConfig", "pooled_features"]
 
 
 def _stage_index(name: str) -> int:
@@ -88,3 +92,30 @@ class EncoderClassifier(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.features(x))
+
+  @classmethod
+  def around(cls, encoder: CXREncoder, pooled_stages: tuple[str, ...] | None = None) -> "EncoderClassifier":
+    """A classifier holding `encoder`'s weights, with a zero linear head (the probe's starting point).
+
+    `pooled_stages` None: those of `POOLED_STAGES` the encoder has (its first stage when it has none).
+    """
+    if pooled_stages is None:
+      pooled_stages = tuple(s for s in POOLED_STAGES if s in encoder.config.feature_shapes()) or ("stage1",)
+    model = cls(EncoderClassifierConfig(encoder=encoder.config, pooled_stages=tuple(pooled_stages)),
+                rngs=nnx.Rngs(0))
+    nnx.update(model.encoder, nnx.state(encoder))
+    return model
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pooled(graphdef, state, x):
+  model = nnx.merge(graphdef, state)
+  return model.pooled(model.features(x))
+
+
+def pooled_features(model: EncoderClassifier, images: Any, *, batch_size: int = 64) -> np.ndarray:
+  """The linear head's inputs, as the module computes them: float32 (N, F) for images as `prepare_images` takes."""
+  from jaxcxr.models.classifier import prepare_images  # pylint: disable=import-outside-toplevel  (it imports this module)
+  graphdef, state = nnx.split(model)
+  return map_batches(lambda x: _pooled(graphdef, state, x), prepare_images(images, model.config.resolution),
+                     batch_size)

@@ -13,44 +13,26 @@ once with `jaxcxr evaluate classifier --split test`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
 from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
-from jaxcxr.batching import map_batches
-from jaxcxr.config import ClassifierTrainConfig, EncoderClassifierConfig
-from jaxcxr.encoder_probes import POOLED_STAGES
-from jaxcxr.models.classifier import predict_proba, prepare_images
+from jaxcxr.config import ClassifierTrainConfig
+from jaxcxr.models.classifier import predict_proba
 from jaxcxr.models.cxr_encoder import load_cxr_encoder
-from jaxcxr.models.encoder_classifier import EncoderClassifier
+from jaxcxr.models.encoder_classifier import EncoderClassifier, pooled_features
 from jaxcxr.provenance import provenance
 from jaxcxr.train.classifier import (classification_report, fit_folded_logreg, select_threshold_youden,
                                      task_split)
 from jaxcxr.train.loop import data_metadata, device_name
 
-__all__ = ["fit_encoder_classifier", "pooled_features"]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _pooled(graphdef, state, x):
-  model = nnx.merge(graphdef, state)
-  return model.pooled(model.features(x))
-
-
-def pooled_features(model: EncoderClassifier, images: Any, *, batch_size: int = 64) -> np.ndarray:
-  """The probe's inputs, as the module computes them: float32 (N, F) for images as `prepare_images` takes."""
-  graphdef, state = nnx.split(model)
-  return map_batches(lambda x: _pooled(graphdef, state, x), prepare_images(images, model.config.resolution),
-                     batch_size)
+__all__ = ["fit_encoder_classifier"]
 
 
 def fit_encoder_classifier(encoder_dir: str | os.PathLike, dataset: data_lib.CXRDataset, task: str,
@@ -65,7 +47,7 @@ def fit_encoder_classifier(encoder_dir: str | os.PathLike, dataset: data_lib.CXR
     task: "abnormal" or "sex".
     out_dir: the classifier is saved to `out_dir/classifier` (replacing one there).
     pooled_stages: the encoder stages whose pooled features the probe reads; None: those
-      `jaxcxr.encoder_probes.pooled_stage_features` pools (the validation probes' features).
+      `jaxcxr.config.classifier.POOLED_STAGES` the encoder has (the validation probes' features).
     batch_size: images per jitted call.
     log: called with a line per phase.
 
@@ -80,12 +62,8 @@ def fit_encoder_classifier(encoder_dir: str | os.PathLike, dataset: data_lib.CXR
   start = time.perf_counter()
   split_config = ClassifierTrainConfig(task=task)
   indices, y, n_dropped = task_split(dataset, split_config)
-  encoder = load_cxr_encoder(encoder_dir)
-  if pooled_stages is None:
-    pooled_stages = tuple(s for s in POOLED_STAGES if s in encoder.config.feature_shapes()) or ("stage1",)
-  config = EncoderClassifierConfig(encoder=encoder.config, pooled_stages=tuple(pooled_stages))
-  model = EncoderClassifier(config, rngs=nnx.Rngs(0))
-  nnx.update(model.encoder, nnx.state(encoder))
+  model = EncoderClassifier.around(load_cxr_encoder(encoder_dir), pooled_stages)
+  config = model.config
   train, val = indices["train"], indices["val"]
   log(f"{task}: pooled {', '.join(config.pooled_stages)} features ({config.features}) of {len(train)} training "
       "images")
