@@ -19,6 +19,7 @@ from jaxcxr import config as config_lib
 from jaxcxr import scoring
 from jaxcxr.models import Discriminator, Generator
 from jaxcxr.models.classifier import Classifier
+from jaxcxr.models.cxr_encoder import CXREncoder, load_cxr_encoder
 from jaxcxr.models.fanogan import Encoder
 from jaxcxr.models.healthygan import Translator
 from jaxcxr.models.unet import UNet
@@ -33,6 +34,7 @@ class Models:
   normal_generator: Any             # AnoGAN / f-AnoGAN GAN, trained on normal images only
   normal_discriminator: Any         # in inference mode
   encoder: Any                      # f-AnoGAN encoder
+  cxr_encoder: Any                  # the CXR encoder of AnoGAN's shipped feature term (and PatchCore's features)
   translator: Any                   # HealthyGAN translator
   gan_train: config_lib.GanTrainConfig    # the recipe of the (base) GAN
   unet_train: config_lib.SegTrainConfig   # the recipe of the lung U-Net
@@ -45,8 +47,9 @@ def shipped() -> Models:
   pre = jaxcxr.load_pretrained()
   g_normal, d_normal = pre.normal_gan
   encoder, _, _ = pre.fanogan
+  cxr_encoder = load_cxr_encoder(jaxcxr.checkpoints.shipped_checkpoint(*jaxcxr.checkpoints.SHIPPED_ENCODERS))
   return Models(source="shipped", generator=pre.generator, scorer=pre.scorer, normal_generator=g_normal,
-                normal_discriminator=d_normal, encoder=encoder, translator=pre.translator,
+                normal_discriminator=d_normal, encoder=encoder, cxr_encoder=cxr_encoder, translator=pre.translator,
                 gan_train=config_lib.gan_64_resize_cpu(), unet_train=config_lib.unet_256_cpu(),
                 encoder_train=config_lib.cxr_encoder_cpu("vicreg"), anogan_base_image=True)
 
@@ -92,5 +95,6 @@ def tiny() -> Models:
                 scorer=scorer, normal_generator=random_module(lambda rngs: Generator(normal_gan.generator, rngs=rngs), 3),
                 normal_discriminator=nnx.view(discriminator, use_running_average=True),
                 encoder=random_module(lambda rngs: Encoder(config_lib.fanogan_tiny(32).encoder, rngs=rngs), 5),
+                cxr_encoder=random_module(lambda rngs: CXREncoder(encoder_train.encoder, rngs=rngs), 7),
                 translator=random_module(lambda rngs: Translator(config_lib.healthygan_tiny(32).translator, rngs=rngs), 6),
                 gan_train=gan, unet_train=unet_train, encoder_train=encoder_train, anogan_base_image=False)

@@ -338,8 +338,9 @@ def load_pretrained(root: str | os.PathLike | None = None, *, strictness: str | 
 def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
                    lung_mask: bool = ANOMALY_LUNG_MASK, unet: str | os.PathLike | None = None, batch_size: int = 64,
                    search: anomaly.LatentSearchConfig | None = None, seed: int = 0,
-                   log: Callable[[str], None] | None = None, feature_encoder: str | os.PathLike | None = None,
-                   feature_stage: str = "stage2") -> tuple[anomaly.AbstractAnomalyScorer, pathlib.Path]:
+                   log: Callable[[str], None] | None = None, feature_term: str = "encoder",
+                   feature_encoder: str | os.PathLike | None = None,
+                   feature_stage: str = anomaly.SHIPPED_FEATURE_STAGE) -> tuple[anomaly.AbstractAnomalyScorer, pathlib.Path]:
   """The scorer of an anomaly method (for `jaxcxr.anomaly.evaluate_anomaly`), from a checkpoint or the shipped one.
 
   Args:
@@ -355,12 +356,16 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
       (default); False scores the whole image.
     unet: the lung U-Net checkpoint of the mask (default the shipped one).
     batch_size: images per compiled call.
-    search: AnoGAN's `anomaly.LatentSearchConfig` (default `LatentSearchConfig()`); AnoGAN only.
+    search: AnoGAN's `anomaly.LatentSearchConfig`; default `anomaly.SHIPPED_SEARCH`, the search
+      chosen on validation (with the discriminator's feature term, the paper's weight 0.1 instead
+      of its 0.5). AnoGAN only.
     seed: AnoGAN's random starts.
     log: optional callable(str): a line per model loaded.
-    feature_encoder: AnoGAN only: a CXR encoder checkpoint whose `feature_stage` makes the
-      search's feature term (`anomaly.EncoderFeatures`) instead of the GAN discriminator's.
-    feature_stage: the encoder stage of `feature_encoder`.
+    feature_term: AnoGAN only: what the search's feature term f compares. "encoder" (default,
+      chosen on validation): a stage of a CXR encoder (`anomaly.EncoderFeatures`);
+      "discriminator": the GAN discriminator's features, as the original AnoGAN.
+    feature_encoder: the CXR encoder checkpoint of the "encoder" term (default the shipped one).
+    feature_stage: the encoder stage of the "encoder" term.
 
   Returns:
     (the scorer, the method's checkpoint folder).
@@ -372,8 +377,13 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
   log = log or (lambda message: None)
   if method not in ANOMALY_METHODS:
     raise ValueError(f"unknown anomaly method {method!r}; expected one of {', '.join(ANOMALY_METHODS)}")
-  if (search is not None or feature_encoder is not None) and method != "anogan":
-    raise ValueError("search and feature_encoder set the AnoGAN latent search; the other methods score in one pass")
+  if (search is not None or feature_encoder is not None or feature_term != "encoder") and method != "anogan":
+    raise ValueError("search, feature_term and feature_encoder set the AnoGAN latent search; the other methods "
+                     "score in one pass")
+  if feature_term not in ("encoder", "discriminator"):
+    raise ValueError(f"unknown feature_term {feature_term!r}; expected 'encoder' or 'discriminator'")
+  if feature_term == "discriminator" and feature_encoder is not None:
+    raise ValueError("feature_encoder sets the 'encoder' feature term; feature_term is 'discriminator'")
   if method == "anogan":
     root = checkpoints.checkpoints_root()
     gan = pathlib.Path(checkpoint) if checkpoint else next(iter(checkpoints.shipped_normal_gans()), None)
@@ -381,13 +391,16 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
       raise checkpoints.CheckpointError(f"no shipped normal-only GAN under {root}; pass --checkpoint DIR (generator/, "
                                         "discriminator/)")
     log(f"loading normal-only GAN {gan}")
-    if feature_encoder is None:
+    if feature_term == "discriminator":
       features = load_discriminator(gan / "discriminator")
+      search = search or dataclasses.replace(anomaly.SHIPPED_SEARCH,
+                                             feature_weight=anomaly.LatentSearchConfig.feature_weight)
     else:
+      feature_encoder = feature_encoder or _given_or_shipped(None, "encoder", checkpoints.SHIPPED_ENCODERS)
       log(f"AnoGAN's feature term: {feature_stage} of the CXR encoder {feature_encoder}")
       features = anomaly.EncoderFeatures(load_cxr_encoder(feature_encoder), feature_stage)
-    scorer = anomaly.AnoganScorer(load_generator(gan / "generator"), features,
-                                  search or anomaly.LatentSearchConfig(), seed=seed, batch_size=batch_size)
+    scorer = anomaly.AnoganScorer(load_generator(gan / "generator"), features, search or anomaly.SHIPPED_SEARCH,
+                                  seed=seed, batch_size=batch_size)
     directory = gan
   elif method == "fanogan":
     directory = _given_or_shipped(checkpoint, "encoder", checkpoints.SHIPPED_FANOGAN_ENCODERS)

@@ -36,6 +36,8 @@ SETTINGS = {
     "encoder_stage2": ({}, False, "stage2"),
     "encoder_stage2_l0.5": ({"feature_weight": 0.5}, False, "stage2"),
     "encoder_stage2_l0.9": ({"feature_weight": 0.9}, False, "stage2"),
+    "encoder_stage2_l0.5_r2": ({"feature_weight": 0.5, "restarts": 2}, False, "stage2"),
+    "encoder_stage2_l0.5_affine": ({"feature_weight": 0.5, "intensity_affine": True}, False, "stage2"),
 }
 
 out_path, steps, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -51,6 +53,8 @@ if os.path.exists(cache):
 else:
   unet = load_unet(checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_UNETS))
   train_masks, val_masks = predict_masks(unet, train.images), predict_masks(unet, val.images)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  np.savez(cache, train=train_masks, val=val_masks)
 fitted = baselines.fit_baselines(train.images, train.label, masks=train_masks, patients=train.patient_id)
 base = fitted.scores(val.images, val_masks)
 reference = exposure.fit_reference(normals.images)

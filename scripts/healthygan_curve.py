@@ -1,7 +1,9 @@
 """Validation curve of a HealthyGAN training run: its anomaly ROC AUC against steps and hours.
 
     JAXCXR_DATA=... python scripts/healthygan_curve.py --run training_state/healthygan_64_long --every 200 \
-        [--watch] [--plot curve.png]
+        [--preset healthygan_64_cpu] [--watch] [--plot curve.png]
+
+`--preset` names the run's preset (the architecture its checkpoints are restored into).
 
 For each training checkpoint of `--run` (a `jaxcxr train healthygan` folder) at a multiple of
 `--every` steps, the translator of that step scores the pneumonia task's validation patients

@@ -22,7 +22,7 @@ def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_p
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
                            "all", "--steps", "3", "--batch-size", "8", "--base-image", "--restarts", "2", "--out",
                            str(tmp_path), "--whole-image", "--intensity-affine", "--early-stop-tol", "0.001",
-                           "--feature-weight", "0.5", "--json")
+                           "--feature-term", "discriminator", "--feature-weight", "0.5", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["n"] == 24 and result["n_normal"] == 12 and result["steps"] == 3
@@ -43,13 +43,15 @@ def test_evaluate_anomaly_anogan_from_shipped_normal_gan(capsys, nih_path, tmp_p
 
 
 def test_evaluate_anomaly_inside_the_lungs_by_default(capsys, nih_path):
-  # The defaults (the cards' choices): inside the lungs, and AnoGAN on a cascade's base image.
+  # The defaults (chosen on validation): inside the lungs, and AnoGAN on a cascade's base image with the shipped
+  # CXR encoder's stage 2 as its feature term, at weight 0.5.
   code, out, err = run_cli(capsys, "evaluate", "anomaly", "--method", "anogan", "--data", str(nih_path), "--split",
                            "all", "--steps", "3", "--batch-size", "8", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert result["lung_mask"] and result["method"] == "anogan_lungs" and result["base_image"]
-  assert result["feature_term"] == "discriminator" and result["feature_weight"] == 0.1
+  assert result["feature_term"] == f"{ENCODER} stage2" and result["feature_weight"] == 0.5
+  assert result["steps"] == 3 and result["restarts"] == 1
   assert set(result["components"]) == {"residual_score", "feature_score", "unmasked"}
 
 
@@ -171,6 +173,9 @@ def test_evaluate_anomaly_cv_patchcore_command(capsys, nih_path, tmp_path, monke
     (["evaluate", "anomaly", "--method", "anogan", "--steps", "0"],
      "--steps must be positive"),
     (["evaluate", "anomaly", "--method", "fanogan", "--feature-encoder", "e"], "set the AnoGAN search"),
+    (["evaluate", "anomaly", "--method", "healthygan", "--feature-term", "encoder"], "set the AnoGAN search"),
+    (["evaluate", "anomaly", "--method", "anogan", "--feature-term", "discriminator", "--feature-stage", "stage3"],
+     "set the encoder's feature term"),
     (["evaluate", "anomaly", "--method", "anogan", "--feature-weight", "1.5"], "--feature-weight must be in [0, 1]"),
     (["evaluate", "anomaly", "--method", "anogan", "--feature-encoder", str(ENCODER), "--feature-stage", "stage9"],
      "unknown stage 'stage9'; the encoder has stage1, stage2, stage3, stage4"),

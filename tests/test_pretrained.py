@@ -209,6 +209,27 @@ def test_anomaly_scorer_scores_inside_the_lungs_unless_asked_not_to():
     pretrained.anomaly_scorer("healthygan", folder, search=anomaly.LatentSearchConfig())
 
 
+
+def test_anomaly_scorer_searches_with_the_settings_chosen_on_validation():
+  from jaxcxr import anomaly, pretrained  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import Discriminator  # pylint: disable=g-import-not-at-top
+
+  scorer, folder = pretrained.anomaly_scorer("anogan", lung_mask=False)
+  assert folder == SHIPPED / "gan_256_normal"
+  assert scorer.config == anomaly.SHIPPED_SEARCH and scorer.config.base_image and scorer.config.feature_weight == 0.5
+  assert isinstance(scorer.discriminator, anomaly.EncoderFeatures)
+  assert scorer.discriminator.stage == anomaly.SHIPPED_FEATURE_STAGE == "stage2"
+  # The original's term: the GAN's discriminator at the original's weight, the rest of the chosen search.
+  original, _ = pretrained.anomaly_scorer("anogan", lung_mask=False, feature_term="discriminator")
+  assert isinstance(original.discriminator, Discriminator) and original.config.feature_weight == 0.1
+  assert original.config.steps == anomaly.SHIPPED_SEARCH.steps and original.config.base_image
+  with pytest.raises(ValueError, match="unknown feature_term 'pixels'"):
+    pretrained.anomaly_scorer("anogan", feature_term="pixels")
+  with pytest.raises(ValueError, match="feature_encoder sets the 'encoder' feature term"):
+    pretrained.anomaly_scorer("anogan", feature_term="discriminator", feature_encoder=SHIPPED / "encoder_cxr")
+  with pytest.raises(ValueError, match="AnoGAN"):
+    pretrained.anomaly_scorer("fanogan", feature_term="discriminator")
+
 @pytest.mark.skipif(not (SHIPPED / "patchcore_encoder_cxr" / "patchcore.json").exists(),
                     reason="the shipped patchcore_encoder_cxr is not there")
 def test_anomaly_scorer_loads_the_shipped_patchcore_bank_with_its_encoder():

@@ -9,6 +9,11 @@ search (eager; `torch.compile` with `--torch-compile`) and the reference code's 
 loop (one image at a time, timed on a few images for a few steps and scaled linearly to
 `steps`, marked `extrapolated`).
 
+A last record, `search_shipped`, times the search `jaxcxr evaluate anomaly --method anogan` runs
+by default (`anogan.SHIPPED_SEARCH`: its steps, the feature term on the CXR encoder's stage 2,
+`anogan.EncoderFeatures`) at the largest batch: the seconds one image costs as users run it.
+It has no twin.
+
 Both run `steps + 1` loss-and-gradient evaluations (the last one only gives the final
 loss) and `steps` Adam updates.
 FLOPs: XLA counts a scan body once, so one step (`anogan.step_program`: the loss and its
@@ -16,6 +21,8 @@ gradient for B images) is costed as its own function and multiplied by `steps + 
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -43,7 +50,7 @@ def step_flops(generator, discriminator, config, images, cond) -> float | None:
   return measure.cost_flops(program.fn.lower(*program.args))
 
 
-def _measure(bench, g, d, config, images, cond) -> None:
+def _measure(bench, g, d, config, images, cond, name: str = "search") -> None:
   """Times the compiled search of these B images and emits its record."""
   b, steps = len(images), config.steps
   program = anogan.search_program(g, d, images, cond, jax.random.key(0), config)
@@ -51,9 +58,11 @@ def _measure(bench, g, d, config, images, cond) -> None:
   timing, _ = measure.time_compiled(program.fn, program.fresh_args, repeats=bench.repeats)
   flops = step_flops(g, d, config, images, cond)
   per_image = None if flops is None else flops / b * (steps + 1)
-  bench.emit(measure.record(bench.ctx, suite=SUITE, name="search", peer="jaxcxr", dtype=config.dtype, batch=b,
+  bench.emit(measure.record(bench.ctx, suite=SUITE, name=name, peer="jaxcxr", dtype=config.dtype, batch=b,
                             timing=timing, items=b, unit="images/s", steps=steps, base_image=config.base_image,
                             resolution=images.shape[1], ms_per_step=round(1e3 * timing.median_s / steps, 3),
+                            feature_weight=config.feature_weight, feature_term=type(d).__name__,
+                            seconds_per_image=round(timing.median_s / b, 4),
                             **measure.roofline(per_image, b / timing.median_s, bench.peak)))
 
 
@@ -73,3 +82,12 @@ def run(bench) -> None:
         _measure(bench, g, d, config, images[:b], cond[:b])
       torch_peer.anogan_batched(bench, m, config, images[:b], cond[:b], SUITE)
     torch_peer.anogan_per_image(bench, m, config, images, cond, SUITE)
+  # The default search as users run it: its own steps (unless --steps), the encoder's feature term.
+  shipped = dataclasses.replace(anogan.SHIPPED_SEARCH, base_image=m.anogan_base_image,
+                                steps=bench.steps or (5 if bench.quick else anogan.SHIPPED_SEARCH.steps))
+  features = anogan.EncoderFeatures(m.cxr_encoder, anogan.SHIPPED_FEATURE_STAGE)
+  b = max(all_batches)
+  if not bench.out_of_time():
+    images, cond = queries(g, shipped, b)
+    with bench.guard(SUITE, "search_shipped", "jaxcxr", dtype=shipped.dtype, batch=b):
+      _measure(bench, g, features, shipped, images, cond, name="search_shipped")

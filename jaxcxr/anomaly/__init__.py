@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import importlib as _importlib
 
-from jaxcxr.anomaly.anogan import (AnoganScorer, AnomalyScores, EncoderFeatures, LatentSearchConfig,
-                                   LatentSearchResult, anogan_scores, initial_latents, load_anogan, search_latents,
-                                   search_resolution)
+from jaxcxr.anomaly.anogan import (SHIPPED_FEATURE_STAGE, SHIPPED_SEARCH, AnoganScorer, AnomalyScores,
+                                   EncoderFeatures, LatentSearchConfig, LatentSearchResult, anogan_scores,
+                                   initial_latents, load_anogan, search_latents, search_resolution)
 from jaxcxr.anomaly.fanogan import (FanoganScorer, FanoganScores, fanogan_loss, fanogan_scores, load_fanogan,
                                     normal_condition)
 from jaxcxr.anomaly.healthygan import HealthyganScorer, HealthyganScores, healthygan_scores, load_translator
@@ -43,6 +43,8 @@ _LAZY = ("auc_with_interval", "by_view", "ensemble_score_files", "evaluate_anoma
 
 __all__ = [
     "METHODS",
+    "SHIPPED_FEATURE_STAGE",
+    "SHIPPED_SEARCH",
     "AbstractAnomalyScorer",
     "AnoganScorer",
     "AnomalyScores",

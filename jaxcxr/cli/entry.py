@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_anomaly = evaluate_commands.add_parser("anomaly", help="normal vs abnormal by an anomaly score")
   evaluate_anomaly.add_argument("--method", choices=("anogan", "fanogan", "healthygan", "patchcore"), required=True)
   _add_data_arg(evaluate_anomaly)
-  evaluate_anomaly.add_argument("--steps", type=int, help="AnoGAN search steps (default 500)")
+  evaluate_anomaly.add_argument("--steps", type=int, help="AnoGAN search steps (default: anomaly.SHIPPED_SEARCH's, "
+                                "chosen on validation)")
   evaluate_anomaly.add_argument("--checkpoint", help="normal GAN folder (anogan), encoder (fanogan) or translator "
                                 "(healthygan) checkpoint, or memory-bank folder (patchcore, `train patchcore`'s OUT); "
                                 "default: the shipped one")
@@ -165,15 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_anomaly.add_argument("--early-stop-tol", type=float,
                                 help="AnoGAN: stop an image's search once its loss fell by less than TOL over the "
                                      "last 20 steps (default: every step runs)")
+  evaluate_anomaly.add_argument("--feature-term", choices=("encoder", "discriminator"),
+                                help="AnoGAN: what the search's feature term compares: a CXR encoder's patch "
+                                     "features (anomaly.EncoderFeatures; the default, chosen on validation) or the "
+                                     "GAN discriminator's features (the original AnoGAN)")
   evaluate_anomaly.add_argument("--feature-encoder",
-                                help="AnoGAN: a CXR encoder checkpoint (e.g. checkpoints/encoder_cxr/encoder) whose "
-                                     "patch features make the search's feature term instead of the GAN "
-                                     "discriminator's (anomaly.EncoderFeatures; default: the discriminator's)")
-  evaluate_anomaly.add_argument("--feature-stage", default="stage2",
-                                help="AnoGAN with --feature-encoder: the encoder stage (default stage2)")
+                                help="AnoGAN: the CXR encoder checkpoint of the encoder feature term (default: the "
+                                     "shipped checkpoints/encoder_cxr/encoder)")
+  evaluate_anomaly.add_argument("--feature-stage",
+                                help="AnoGAN: the encoder stage of the feature term (default: "
+                                     "anomaly.SHIPPED_FEATURE_STAGE, stage2)")
   evaluate_anomaly.add_argument("--feature-weight", type=float,
-                                help="AnoGAN: l, the feature term's weight in the search loss, in [0, 1] "
-                                     "(default 0.1, the original's)")
+                                help="AnoGAN: l, the feature term's weight in the search loss, in [0, 1] (default "
+                                     "0.5 with the encoder's term, chosen on validation; 0.1, the original's, with "
+                                     "the discriminator's)")
   evaluate_anomaly.add_argument("--abnormal", choices=("pneumonia", "covid"), default="pneumonia",
                                 help="abnormal images: NIH pneumonias (default), or the COVID-19 archive against NIH "
                                      "normals (a second task; source alone separates those archives)")

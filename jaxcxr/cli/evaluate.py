@@ -183,10 +183,16 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   """`evaluate anomaly`: normal vs abnormal by a method's anomaly score (`anomaly.evaluate_anomaly`)."""
   if args.method != "anogan" and (args.steps is not None or args.restarts != 1 or args.base_image is not None
                                   or args.intensity_affine or args.early_stop_tol is not None
-                                  or args.feature_encoder or args.feature_weight is not None):
+                                  or args.feature_term is not None or args.feature_encoder or args.feature_stage
+                                  or args.feature_weight is not None):
     raise UsageError("--steps, --restarts, --base-image/--full-image, --intensity-affine, --early-stop-tol, "
-                     "--feature-encoder and --feature-weight set the AnoGAN search; the other methods score in one "
-                     "pass")
+                     "--feature-term, --feature-encoder, --feature-stage and --feature-weight set the AnoGAN "
+                     "search; the other methods score in one pass")
+  feature_term = args.feature_term or "encoder"
+  if feature_term == "discriminator" and (args.feature_encoder or args.feature_stage):
+    raise UsageError("--feature-encoder and --feature-stage set the encoder's feature term; --feature-term is "
+                     "discriminator")
+  feature_stage = args.feature_stage or anomaly.SHIPPED_FEATURE_STAGE
   if args.feature_weight is not None and not 0 <= args.feature_weight <= 1:
     raise UsageError(f"--feature-weight must be in [0, 1], got {args.feature_weight}")
   if args.early_stop_tol is not None and not args.early_stop_tol >= 0:
@@ -197,8 +203,11 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   search = None
   if args.method == "anogan":
-    search = anomaly.LatentSearchConfig(restarts=args.restarts, base_image=args.base_image is not False,
-                                        intensity_affine=args.intensity_affine, early_stop_tol=args.early_stop_tol)
+    # The search chosen on validation; the discriminator's term keeps the original's weight.
+    search = anomaly.SHIPPED_SEARCH if feature_term == "encoder" else dataclasses.replace(
+        anomaly.SHIPPED_SEARCH, feature_weight=anomaly.LatentSearchConfig.feature_weight)
+    search = dataclasses.replace(search, restarts=args.restarts, base_image=args.base_image is not False,
+                                 intensity_affine=args.intensity_affine, early_stop_tol=args.early_stop_tol)
     if args.feature_weight is not None:
       search = dataclasses.replace(search, feature_weight=args.feature_weight)
     if args.steps is not None:
@@ -208,7 +217,9 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   try:
     scorer, source = pretrained.anomaly_scorer(args.method, args.checkpoint, lung_mask=args.lung_mask,
                                                batch_size=args.batch_size, search=search, seed=args.seed, log=log,
-                                               feature_encoder=args.feature_encoder, feature_stage=args.feature_stage)
+                                               **({"feature_term": feature_term,
+                                                   "feature_encoder": args.feature_encoder,
+                                                   "feature_stage": feature_stage} if args.method == "anogan" else {}))
   except ValueError as e:                                              # an unknown --feature-stage
     raise UsageError(str(e)) from e
   path = inputs.data_paths(args.data, *GAN_DATA)
@@ -257,8 +268,9 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     result.update(steps=search.steps, restarts=search.restarts, base_image=search.base_image,
                   intensity_affine=search.intensity_affine, early_stop_tol=search.early_stop_tol,
                   feature_weight=search.feature_weight,
-                  feature_term=(f"{args.feature_encoder} {args.feature_stage}" if args.feature_encoder
-                                else "discriminator"))
+                  feature_term=("discriminator" if feature_term == "discriminator" else
+                                f"{args.feature_encoder or checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_ENCODERS)}"
+                                f" {feature_stage}"))
   return result
 
 

@@ -436,6 +436,13 @@ def gan_128_resize_normal_bcr_cutout_cpu() -> GanTrainConfig:
   E[sign D(real)] = 0.8 instead of 0.6, which keeps p, and the share of real films with a
   square, several times lower; the consistency term stays. Meant to continue a normal-only
   GAN that draws no squares (`--init-from`, e.g. the bCR run).
+
+  Measured from the bCR run's step 4,400 (session 19; `evaluations/gan_v3_normal128_bcr_cutout_ada0.8_*`):
+  p settled at 0.14-0.19, the validation PCA FD ratio fell to 1.42-1.56 and the detail AUC to
+  0.85-0.88 within 1,000 steps, but the squares came back: a flat grey square in one of the
+  grid's 8 latents at step 1,000, and the mid-grey spike rose 1.17 / 1.51 / 1.53 / 1.88 at steps
+  400-1,000 (real films 0.99). Cutout leaks even when D sees a square in under a fifth of the
+  real films. Dropped.
   """
   return dataclasses.replace(gan_128_resize_normal_bcr_cpu(), diffaug=("translation", "cutout", "color"),
                              ada_target=0.8)

@@ -226,12 +226,10 @@ def healthygan_128_cpu() -> HealthyganTrainConfig:
   the 2x2 patch map (critic (16, 32, 64, 128, 256, 256)). About four times the 64x64 step's
   work per image.
   """
-  return HealthyganTrainConfig(
-      translator=TranslatorConfig(resolution=128, base_channels=8, max_channels=64, num_down=4,
-                                  num_res_blocks=4, outer_kernel_size=7),
-      critic=CriticConfig(resolution=128, base_channels=16, max_channels=256, num_down=6),
-      critic_learning_rate=4e-4, batch_size=16, steps=2000, steps_per_call=10, sample_every=200, samples=8,
-      checkpoint_every=200)
+  base = healthygan_64_cpu()
+  return dataclasses.replace(
+      base, translator=dataclasses.replace(base.translator, resolution=128, num_down=4),
+      critic=dataclasses.replace(base.critic, resolution=128, num_down=6))
 
 
 # The HealthyGAN training presets by name, each callable without arguments.
