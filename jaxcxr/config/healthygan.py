@@ -225,6 +225,13 @@ def healthygan_128_cpu() -> HealthyganTrainConfig:
   (translator channels (8, 16, 32, 64, 64), 4 residual blocks) and one more critic stage keeps
   the 2x2 patch map (critic (16, 32, 64, 128, 256, 256)). About four times the 64x64 step's
   work per image.
+
+  Measured (session 19, both NIH archives' pneumonia-task training patients, seed 0; curve of
+  `scripts/healthygan_curve.py --preset healthygan_128_cpu` in `evaluations/healthygan_128_*`):
+  validation ROC AUC inside the lungs 0.710 / 0.581 / 0.589 / 0.639 at steps 200-800, against
+  0.715 / 0.681 / 0.702 / 0.717 for `healthygan_64_cpu` at the same steps
+  (`training_state/healthygan_64_long/curve.jsonl`), at 4.4 images/s against about 9 on a
+  shared core. Not better at equal steps, slower per step: stopped at step 800.
   """
   base = healthygan_64_cpu()
   return dataclasses.replace(
