@@ -4,8 +4,8 @@
 
 NAME is one of SETTINGS below: search settings, whether the queries are exposure-normalised, and the
 feature term's f (None: the GAN's discriminator; a stage name: that stage of the shipped `encoder_cxr`,
-`anomaly.EncoderFeatures`). Every setting searches `gan_256_normal`'s 64x64 base image, one
-random start per image (seed 0), and scores the residual inside the lungs of the shipped
+`anomaly.EncoderFeatures`). Every setting searches `gan_256_normal`'s base image (`GAN=DIR`: another
+normal-only GAN folder), one random start per image (seed 0), and scores the residual inside the lungs of the shipped
 `unet_256` (`lung_residual_scores`, as `jaxcxr evaluate anomaly --base-image` does), beside the
 trivial baselines fitted on the training patients. Results are appended to OUT_JSON (a rerun skips
 the settings already there). Each record keeps its per-image lung scores (`lung_scores`, in the order
@@ -58,11 +58,15 @@ else:
 fitted = baselines.fit_baselines(train.images, train.label, masks=train_masks, patients=train.patient_id)
 base = fitted.scores(val.images, val_masks)
 reference = exposure.fit_reference(normals.images)
-generator, discriminator = anomaly.load_anogan(checkpoints.checkpoints_root() / "gan_256_normal")
+# GAN=DIR searches another normal-only GAN folder (e.g. a v3 candidate); its records carry its path.
+gan_dir = os.environ.get("GAN", str(checkpoints.checkpoints_root() / "gan_256_normal"))
+gan_name = "gan_256_normal" if "GAN" not in os.environ else gan_dir
+generator, discriminator = anomaly.load_anogan(gan_dir)
 
 results = json.load(open(out_path))["runs"] if os.path.exists(out_path) else []
 for name in names:
-  if any(r["setting"] == name and r["steps"] == steps for r in results):
+  if any(r["setting"] == name and r["steps"] == steps and r.get("gan", "gan_256_normal") == gan_name
+         for r in results):
     continue
   changes, normalise, stage = SETTINGS[name]
   config = anomaly.LatentSearchConfig(steps=steps, base_image=True, **changes)
@@ -77,7 +81,7 @@ for name in names:
   cmp = baselines.compare_scores(scores, val.label, base, views=data.views(val), descriptions=fitted.descriptions(),
                                  method=f"anogan_{name}")
   d = cmp["paired_delong"]
-  r = {"setting": name, "steps": steps, "config": {k: getattr(config, k) for k in (
+  r = {"setting": name, "steps": steps, "gan": gan_name, "config": {k: getattr(config, k) for k in (
            "steps", "restarts", "base_image", "intensity_affine", "early_stop_tol", "early_stop_window",
            "learning_rate", "feature_weight")}, "exposure_normalised_inputs": normalise,
        "feature_term": "discriminator" if stage is None else f"encoder_cxr {stage}, unit channel vectors",
