@@ -123,3 +123,16 @@ def test_patchcore_cv_banks_hold_the_training_folds_normals_only_and_resume(nih,
   assert again["summary"]["score"]["mean"] == pytest.approx(report["summary"]["score"]["mean"])
   with pytest.raises(ValueError, match="coreset_fraction 1.0 \\(now 0.01\\); use a new out_dir"):
     anomaly_cv.cross_validate_anomaly("patchcore", nih, out, **kwargs)    # the shipped recipe into another's folder
+
+
+def test_fanogan_cv_trains_the_encoder_at_the_gan_base_images_side(nih, tmp_path):
+  from test_fanogan import random_gan, save_gan  # pylint: disable=g-import-not-at-top
+
+  shipped = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "gan_256_normal"
+  base = anomaly.load_anogan(shipped)[0].config.base_resolution
+  assert anomaly_cv._fanogan_preset(shipped).encoder.resolution == base        # pylint: disable=protected-access
+  assert anomaly_cv._fanogan_preset(shipped) == {64: config.fanogan_64_cpu(),  # pylint: disable=protected-access
+                                                128: config.fanogan_128_cpu()}[base]
+  tiny = save_gan(tmp_path / "gan", *random_gan(32))                             # no 32x32 preset: say so
+  with pytest.raises(ValueError, match="no f-AnoGAN preset for a 32x32 base image"):
+    anomaly_cv.cross_validate_anomaly("fanogan", nih, tmp_path / "cv", gan_dir=tiny, progress=False)

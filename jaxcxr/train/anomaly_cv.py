@@ -35,6 +35,7 @@ import numpy as np
 from jaxcxr import anomaly, baselines, checkpoints, io
 from jaxcxr import config as config_lib
 from jaxcxr import data as data_lib
+from jaxcxr.models.generator import load_generator
 from jaxcxr.models.healthygan import load_translator
 from jaxcxr.models.unet import predict_masks
 from jaxcxr.train.fanogan import train_fanogan
@@ -48,6 +49,16 @@ METHODS = ("fanogan", "healthygan", "patchcore")
 # as recorded in checkpoints/patchcore_encoder_cxr/patchcore.json and chosen on validation patients (its card). Its
 # lung-only patches come with a U-Net (`unet`), its encoder is `encoder_dir`.
 PATCHCORE_RECIPE = {"stages": ("stage1",), "coreset_fraction": 0.01, "normalise_exposure": False}
+
+
+def _fanogan_preset(gan_dir) -> Any:
+  """The f-AnoGAN CPU preset whose encoder reads the GAN's searched image: its base image's side (64 or 128)."""
+  side = load_generator(pathlib.Path(gan_dir) / "generator").config.base_resolution
+  presets = {64: config_lib.fanogan_64_cpu, 128: config_lib.fanogan_128_cpu}
+  if side not in presets:
+    raise ValueError(f"cross_validate_anomaly: no f-AnoGAN preset for a {side}x{side} base image ({gan_dir}); pass "
+                     f"config")
+  return presets[side]()
 
 
 def _fold_config(method: str, base, steps: int | None):
@@ -158,8 +169,9 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
       patients. Folds are stratified by label (and archive, as `standard_split` is).
     out_dir: folder for each fold's model, its held-out scores and the report (resumable).
     folds, repeats: k and the number of seeded partitions (repeat r uses seed `seed + r`).
-    config: the training preset (default `config.fanogan_64_cpu()` or
-      `config.healthygan_64_cpu()`, as the shipped models); for PatchCore, a dict replacing
+    config: the training preset (default: `config.fanogan_64_cpu()` or `fanogan_128_cpu()`, the
+      one at the side of `gan_dir`'s base image, or `config.healthygan_64_cpu()`, as the shipped
+      models); for PatchCore, a dict replacing
       entries of `PATCHCORE_RECIPE` (default: the shipped bank's recipe).
     steps: training steps per fold (default: the preset's); not for PatchCore.
     gan_dir: the normal GAN (f-AnoGAN only).
@@ -211,6 +223,8 @@ def cross_validate_anomaly(method: str, dataset: data_lib.CXRDataset, out_dir: s
   y = np.asarray(dataset.label)
   if not (np.isin(y, [0, 1]).all() and len(np.unique(y)) == 2):
     raise data_lib.DataError(f"{dataset.source}: cross-validation needs normal (0) and abnormal (1) labels")
+  if method == "fanogan" and config is None:
+    config = _fanogan_preset(gan_dir)
   config = _fold_config(method, config, steps)
   encoder_id = checkpoints.model_id(encoder_dir) if method == "patchcore" else None
   out = pathlib.Path(out_dir)
