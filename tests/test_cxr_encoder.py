@@ -16,7 +16,6 @@ from jaxcxr.models.cxr_encoder import (CXREncoder, CXREncoderConfig, embed_image
 from jaxcxr.models.layers import depth_to_space
 from jaxcxr.train import cxr_encoder as ce
 
-from conftest import jit_call
 
 # The augmentation as one compiled call (run eagerly, each of its operations compiles on its own).
 augment_views = jax.jit(ce.augment_views, static_argnames="config")

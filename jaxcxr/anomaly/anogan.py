@@ -108,10 +108,10 @@ class LatentSearchConfig:
   # Clip every coordinate of z to [-c, c] after each step (keeps z where the N(0, I) prior has
   # mass, e.g. c = 3); None leaves z unconstrained, as the original does.
   clip_latent: float | None = None
-  # Search a cascade generator's base image (`Generator.base_image`, e.g. 64x64) instead of its
+  # Search a cascade generator's base image (`Generator.base_image`, e.g. 128x128) instead of its
   # output: queries are resized to the base resolution. The normal anatomy of a normal-only
   # cascade lives in its base GAN (its upsampler learned detail from all radiographs), and each
-  # step skips the upsampler: on the shipped gan_256_normal about 20x cheaper on a CPU.
+  # step skips the upsampler (on gan_256_normal v2's 64x64 base, about 20x cheaper on a CPU).
   # Static (one compile per value). For a single-stage generator both are the same.
   base_image: bool = False
   # Fit a per-image intensity affine (a, b) jointly with z, by the same Adam steps from a = 1,
@@ -262,7 +262,8 @@ class EncoderFeatures(nnx.Module):
       search_latents(generator, f, images, cond, key, LatentSearchConfig(base_image=True))
 
   `features(x)` resizes x (B, S, S, 1), [-1, 1], bilinearly to the encoder's input side
-  (a 64x64 base image up 2x for a 128x128 encoder) and returns the stage with each
+  (none for the 128x128 base image of `gan_256_normal` v3 and the shipped 128x128 encoder; a
+  64x64 base image goes up 2x) and returns the stage with each
   position's channel vector scaled to unit length, float32 (B, h, w, C), as perceptual
   distances (LPIPS) compare deep features: the stages' raw residual streams differ between
   radiographs by 0.5 (stage1) to 3 (stage3) per element against 0.24 for the shipped
@@ -660,12 +661,12 @@ def search_latents(generator: Generator, discriminator: Discriminator, images, c
     >>> from jaxcxr.models import make_condition
     >>> generator, discriminator = jaxcxr.load_pretrained().normal_gan
     >>> config = LatentSearchConfig(steps=3, base_image=True)
-    >>> r = search_resolution(generator, config)   # the 64x64 base image of the 256x256 cascade
+    >>> r = search_resolution(generator, config)   # the 128x128 base image of the 256x256 cascade
     >>> images = np.random.default_rng(0).integers(0, 256, (2, r, r), dtype=np.uint8)
     >>> cond = make_condition(["F", "M"], [60, 40], conditions=generator.config.conditions)
     >>> res = search_latents(generator, discriminator, images, cond, jax.random.key(0), config)
     >>> res.score.shape, res.residual.shape, res.loss_trace.shape, res.z.shape
-    ((2,), (2, 64, 64, 1), (3, 2), (2, 128))
+    ((2,), (2, 128, 128, 1), (3, 2), (2, 128))
 
   References:
     Schlegl, Seeböck, Waldstein, Schmidt-Erfurth, Langs: Unsupervised anomaly detection
@@ -687,7 +688,7 @@ def anogan_scores(generator: Generator, discriminator: Discriminator, images, co
 
   Images of another size than the searched resolution (`search_resolution`) are resized to it with
   `data.resize_uint8` (PIL LANCZOS, the whole image: resized, never cropped), e.g.
-  the shared 256x256 archives for a 64x64 GAN. The last batch is padded with copies
+  the shared 256x256 archives for a 128x128 base image. The last batch is padded with copies
   of its last image, so one compile serves every batch. Image i starts from the
   latents of global index i, so scores do not depend on `batch_size`.
 

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="score the residual over the whole image instead of inside the lungs")
   searched = evaluate_anomaly.add_mutually_exclusive_group()
   searched.add_argument("--base-image", dest="base_image", action="store_const", const=True, default=None,
-                        help="AnoGAN: search a cascade's base image (64x64 for gan_256_normal), about 20x cheaper "
+                        help="AnoGAN: search a cascade's base image (128x128 for gan_256_normal), cheaper per step "
                              "than its 256x256 output. The default, as gan_256_normal's card chose")
   searched.add_argument("--full-image", dest="base_image", action="store_const", const=False,
                         help="AnoGAN: search the cascade's full-size output instead of its base image")
