@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxcxr import anomaly, checkpoints, models, scoring
-from jaxcxr.models import healthygan, load_discriminator, load_generator
+from jaxcxr.models import healthygan
 from jaxcxr.models.cxr_encoder import load_cxr_encoder
 from jaxcxr.models.healthygan import load_translator
 from jaxcxr.models.unet import load_unet, predict_masks
@@ -391,16 +391,17 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
       raise checkpoints.CheckpointError(f"no shipped normal-only GAN under {root}; pass --checkpoint DIR (generator/, "
                                         "discriminator/)")
     log(f"loading normal-only GAN {gan}")
+    generator, discriminator = anomaly.load_anogan(gan)      # the whole GAN folder, checked, whichever term
     if feature_term == "discriminator":
-      features = load_discriminator(gan / "discriminator")
+      features = discriminator
       search = search or dataclasses.replace(anomaly.SHIPPED_SEARCH,
                                              feature_weight=anomaly.LatentSearchConfig.feature_weight)
     else:
       feature_encoder = feature_encoder or _given_or_shipped(None, "encoder", checkpoints.SHIPPED_ENCODERS)
       log(f"AnoGAN's feature term: {feature_stage} of the CXR encoder {feature_encoder}")
       features = anomaly.EncoderFeatures(load_cxr_encoder(feature_encoder), feature_stage)
-    scorer = anomaly.AnoganScorer(load_generator(gan / "generator"), features, search or anomaly.SHIPPED_SEARCH,
-                                  seed=seed, batch_size=batch_size)
+    scorer = anomaly.AnoganScorer(generator, features, search or anomaly.SHIPPED_SEARCH, seed=seed,
+                                  batch_size=batch_size)
     directory = gan
   elif method == "fanogan":
     directory = _given_or_shipped(checkpoint, "encoder", checkpoints.SHIPPED_FANOGAN_ENCODERS)

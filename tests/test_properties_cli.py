@@ -105,7 +105,7 @@ DATA_COMMANDS = {
     "train unet": ["train", "unet", "--data", "{data}", "--preset", "unet_tiny", "--out", "{tmp}/run_unet"],
     "train classifier": ["train", "classifier", "--task", "abnormal", "--data", "{data}", "--preset",
                          "classifier_tiny", "--out", "{tmp}/run_classifier"],
-    "train fanogan": ["train", "fanogan", "--data", "{data}", "--preset", "fanogan_64_cpu", "--out",
+    "train fanogan": ["train", "fanogan", "--data", "{data}", "--preset", "fanogan_128_cpu", "--out",
                       "{tmp}/run_fanogan"],
     "train healthygan": ["train", "healthygan", "--data", "{data}", "--preset", "healthygan_tiny", "--out",
                          "{tmp}/run_healthygan"],

@@ -28,7 +28,7 @@ from flax import nnx
 
 from jaxcxr.batching import map_batches
 from jaxcxr.config.classifier import POOLED_STAGES, EncoderClassifierConfig
-from jaxcxr.models.cxr_encoder import CXREncoder, space_to_depth
+from jaxcxr.models.cxr_encoder import CXREncoder, prepare_images, space_to_depth
 
 __all__ = ["EncoderClassifier", "EncoderClassifierConfig", "pooled_features"]
 
@@ -114,8 +114,11 @@ def _pooled(graphdef, state, x):
 
 
 def pooled_features(model: EncoderClassifier, images: Any, *, batch_size: int = 64) -> np.ndarray:
-  """The linear head's inputs, as the module computes them: float32 (N, F) for images as `prepare_images` takes."""
-  from jaxcxr.models.classifier import prepare_images  # pylint: disable=import-outside-toplevel  (it imports this module)
+  """The linear head's inputs, as the module computes them: float32 (N, F) for uint8 (N, H, W) radiographs.
+
+  Images are resized to the classifier's side as `models.cxr_encoder.prepare_images` does (LANCZOS, as
+  the archives were built) and scaled to [0, 1], the module's inputs.
+  """
+  x = prepare_images(np.asarray(images), model.config.resolution).astype(np.float32)[..., None] / 255.0
   graphdef, state = nnx.split(model)
-  return map_batches(lambda x: _pooled(graphdef, state, x), prepare_images(images, model.config.resolution),
-                     batch_size)
+  return map_batches(lambda b: _pooled(graphdef, state, b), x, batch_size)
