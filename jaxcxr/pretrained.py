@@ -339,8 +339,8 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
                    lung_mask: bool = ANOMALY_LUNG_MASK, unet: str | os.PathLike | None = None, batch_size: int = 64,
                    search: anomaly.LatentSearchConfig | None = None, seed: int = 0,
                    log: Callable[[str], None] | None = None, feature_term: str = "encoder",
-                   feature_encoder: str | os.PathLike | None = None,
-                   feature_stage: str = anomaly.SHIPPED_FEATURE_STAGE) -> tuple[anomaly.AbstractAnomalyScorer, pathlib.Path]:
+                   feature_encoder: str | os.PathLike | None = None, feature_stage: str = anomaly.SHIPPED_FEATURE_STAGE
+                   ) -> tuple[anomaly.AbstractAnomalyScorer, pathlib.Path]:
   """The scorer of an anomaly method (for `jaxcxr.anomaly.evaluate_anomaly`), from a checkpoint or the shipped one.
 
   Args:
@@ -380,8 +380,7 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
   if (search is not None or feature_encoder is not None or feature_term != "encoder") and method != "anogan":
     raise ValueError("search, feature_term and feature_encoder set the AnoGAN latent search; the other methods "
                      "score in one pass")
-  if feature_term not in ("encoder", "discriminator"):
-    raise ValueError(f"unknown feature_term {feature_term!r}; expected 'encoder' or 'discriminator'")
+  default_search = anomaly.shipped_search(feature_term)     # refuses an unknown term
   if feature_term == "discriminator" and feature_encoder is not None:
     raise ValueError("feature_encoder sets the 'encoder' feature term; feature_term is 'discriminator'")
   if method == "anogan":
@@ -394,14 +393,11 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
     generator, discriminator = anomaly.load_anogan(gan)      # the whole GAN folder, checked, whichever term
     if feature_term == "discriminator":
       features = discriminator
-      search = search or dataclasses.replace(anomaly.SHIPPED_SEARCH,
-                                             feature_weight=anomaly.LatentSearchConfig.feature_weight)
     else:
       feature_encoder = feature_encoder or _given_or_shipped(None, "encoder", checkpoints.SHIPPED_ENCODERS)
       log(f"AnoGAN's feature term: {feature_stage} of the CXR encoder {feature_encoder}")
       features = anomaly.EncoderFeatures(load_cxr_encoder(feature_encoder), feature_stage)
-    scorer = anomaly.AnoganScorer(generator, features, search or anomaly.SHIPPED_SEARCH, seed=seed,
-                                  batch_size=batch_size)
+    scorer = anomaly.AnoganScorer(generator, features, search or default_search, seed=seed, batch_size=batch_size)
     directory = gan
   elif method == "fanogan":
     directory = _given_or_shipped(checkpoint, "encoder", checkpoints.SHIPPED_FANOGAN_ENCODERS)

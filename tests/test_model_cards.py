@@ -50,7 +50,8 @@ USED_WHEN = {
     ("evaluate anomaly-cv", "gan"): lambda args: args.method == "fanogan",
     ("evaluate anomaly-cv", "encoder"): lambda args: args.method == "patchcore",
     ("evaluate anomaly", "covid_data"): lambda args: args.abnormal == "covid",
-    ("evaluate anomaly", "feature_encoder"): lambda args: args.method == "anogan" and args.feature_term != "discriminator",
+    ("evaluate anomaly", "feature_encoder"):
+        lambda args: args.method == "anogan" and args.feature_term != "discriminator",
     ("calibrate", "generator"): lambda args: args.strict_valid_rate > 0,
 }
 

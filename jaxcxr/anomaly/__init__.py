@@ -28,7 +28,8 @@ import importlib as _importlib
 
 from jaxcxr.anomaly.anogan import (SHIPPED_FEATURE_STAGE, SHIPPED_SEARCH, AnoganScorer, AnomalyScores,
                                    EncoderFeatures, LatentSearchConfig, LatentSearchResult, anogan_scores,
-                                   initial_latents, load_anogan, search_latents, search_resolution)
+                                   initial_latents, load_anogan, search_latents, search_resolution,
+                                   shipped_search)
 from jaxcxr.anomaly.fanogan import (FanoganScorer, FanoganScores, fanogan_loss, fanogan_scores, load_fanogan,
                                     normal_condition)
 from jaxcxr.anomaly.healthygan import HealthyganScorer, HealthyganScores, healthygan_scores, load_translator
@@ -76,6 +77,7 @@ __all__ = [
     "save_patchcore",
     "search_latents",
     "search_resolution",
+    "shipped_search",
     "unet_encoder_features",
     *_LAZY,
 ]

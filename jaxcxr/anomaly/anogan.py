@@ -71,6 +71,7 @@ __all__ = [
     "search_latents",
     "search_program",
     "search_resolution",
+    "shipped_search",
     "step_program",
 ]
 
@@ -153,6 +154,20 @@ class LatentSearchConfig:
 # second start did not help.
 SHIPPED_FEATURE_STAGE = "stage2"
 SHIPPED_SEARCH = LatentSearchConfig(steps=80, feature_weight=0.5, base_image=True)
+
+
+def shipped_search(feature_term: str = "encoder") -> LatentSearchConfig:
+  """`SHIPPED_SEARCH` for a feature term: "encoder" as chosen, "discriminator" at the original's weight (0.1).
+
+  Raises:
+    ValueError: another feature term.
+  """
+  if feature_term == "encoder":
+    return SHIPPED_SEARCH
+  if feature_term == "discriminator":
+    return dataclasses.replace(SHIPPED_SEARCH, feature_weight=LatentSearchConfig.feature_weight)
+  raise ValueError(f"unknown feature_term {feature_term!r}; expected 'encoder' or 'discriminator'")
+
 
 class LatentSearchResult(NamedTuple):
   """Per-image outcome of `search_latents` (jax arrays; sharded over the batch when the search was).

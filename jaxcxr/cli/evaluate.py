@@ -193,6 +193,9 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError("--feature-encoder and --feature-stage set the encoder's feature term; --feature-term is "
                      "discriminator")
   feature_stage = args.feature_stage or anomaly.SHIPPED_FEATURE_STAGE
+  feature_encoder = None
+  if args.method == "anogan" and feature_term == "encoder":
+    feature_encoder = args.feature_encoder or checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_ENCODERS)
   if args.feature_weight is not None and not 0 <= args.feature_weight <= 1:
     raise UsageError(f"--feature-weight must be in [0, 1], got {args.feature_weight}")
   if args.early_stop_tol is not None and not args.early_stop_tol >= 0:
@@ -203,11 +206,10 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
   search = None
   if args.method == "anogan":
-    # The search chosen on validation; the discriminator's term keeps the original's weight.
-    search = anomaly.SHIPPED_SEARCH if feature_term == "encoder" else dataclasses.replace(
-        anomaly.SHIPPED_SEARCH, feature_weight=anomaly.LatentSearchConfig.feature_weight)
-    search = dataclasses.replace(search, restarts=args.restarts, base_image=args.base_image is not False,
-                                 intensity_affine=args.intensity_affine, early_stop_tol=args.early_stop_tol)
+    # The search chosen on validation, with the options given.
+    search = dataclasses.replace(anomaly.shipped_search(feature_term), restarts=args.restarts,
+                                 base_image=args.base_image is not False, intensity_affine=args.intensity_affine,
+                                 early_stop_tol=args.early_stop_tol)
     if args.feature_weight is not None:
       search = dataclasses.replace(search, feature_weight=args.feature_weight)
     if args.steps is not None:
@@ -217,8 +219,7 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
   try:
     scorer, source = pretrained.anomaly_scorer(args.method, args.checkpoint, lung_mask=args.lung_mask,
                                                batch_size=args.batch_size, search=search, seed=args.seed, log=log,
-                                               **({"feature_term": feature_term,
-                                                   "feature_encoder": args.feature_encoder,
+                                               **({"feature_term": feature_term, "feature_encoder": feature_encoder,
                                                    "feature_stage": feature_stage} if args.method == "anogan" else {}))
   except ValueError as e:                                              # an unknown --feature-stage
     raise UsageError(str(e)) from e
@@ -269,8 +270,7 @@ def run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
                   intensity_affine=search.intensity_affine, early_stop_tol=search.early_stop_tol,
                   feature_weight=search.feature_weight,
                   feature_term=("discriminator" if feature_term == "discriminator" else
-                                f"{args.feature_encoder or checkpoints.shipped_checkpoint(*checkpoints.SHIPPED_ENCODERS)}"
-                                f" {feature_stage}"))
+                                f"{feature_encoder} {feature_stage}"))
   return result
 
 

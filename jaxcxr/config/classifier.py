@@ -15,9 +15,9 @@ import dataclasses
 from jaxcxr.config.common import DTYPES, AugmentConfig, Family, check_choice
 from jaxcxr.config.cxr_encoder import CXREncoderConfig, cxr_encoder_cpu
 
-__all__ = ["FAMILY", "IMBALANCE", "INPUT_MODES", "POOLED_STAGES", "PRESETS", "TASKS", "ClassifierConfig", "ClassifierEnsembleConfig",
-           "ClassifierTrainConfig", "EncoderClassifierConfig", "classifier_128_cpu", "classifier_256",
-           "classifier_64_cpu", "classifier_96_cpu", "classifier_encoder_cpu", "classifier_tiny"]
+__all__ = ["FAMILY", "IMBALANCE", "INPUT_MODES", "POOLED_STAGES", "PRESETS", "TASKS", "ClassifierConfig",
+           "ClassifierEnsembleConfig", "ClassifierTrainConfig", "EncoderClassifierConfig", "classifier_128_cpu",
+           "classifier_256", "classifier_64_cpu", "classifier_96_cpu", "classifier_encoder_cpu", "classifier_tiny"]
 
 
 # Inputs of the classifier (`ClassifierConfig.input_mode`).
