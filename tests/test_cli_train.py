@@ -122,6 +122,12 @@ def test_fanogan_encoder_of_a_normal_gan(normal_gan, tmp_path):
       normal_gan / "generator")
   assert_error(["fanogan", "--gan", normal_gan, "--data", NIH, "--preset", "fanogan_64_cpu", "--out",
                 tmp_path / "f2"], "the encoder config at 64x64")
+  assert result["feature_weight"] == 1.0 and result["feature_encoder"] is None      # the paper's term by default
+  assert checkpoints.read_metadata(result["encoder"])["feature_term"] == "discriminator"
+  assert_error(["fanogan", "--gan", normal_gan, "--data", NIH, "--preset", "fanogan_tiny", "--feature-weight", "-1",
+                "--out", tmp_path / "f3"], "feature_weight >= 0")
+  assert_error(["fanogan", "--gan", normal_gan, "--data", NIH, "--preset", "fanogan_tiny", "--feature-encoder",
+                tmp_path / "missing", "--out", tmp_path / "f4"], "no such folder")
 
 
 def test_upsampler_cascade_and_its_cascade_prefilter(gan, tmp_path):

@@ -19,7 +19,9 @@ import pytest
 from flax import nnx
 
 from jaxcxr import anomaly, checkpoints, config, data
+from jaxcxr.config import CXREncoderConfig
 from jaxcxr.models import Discriminator, Generator
+from jaxcxr.models.cxr_encoder import CXREncoder
 from jaxcxr.models.fanogan import Encoder, load_encoder
 from jaxcxr.train import fanogan
 from test_anomaly import _random_model, generate
@@ -63,12 +65,12 @@ def gan_dir(gan, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frozen(gan):
-  return {"g": nnx.to_pure_dict(nnx.state(gan[0])), "d": nnx.to_pure_dict(nnx.state(gan[1]))}
+  return {"g": nnx.to_pure_dict(nnx.state(gan[0])), "f": nnx.to_pure_dict(nnx.state(gan[1]))}
 
 
 @pytest.fixture(scope="module")
 def train_call(gan):
-  return fanogan.make_train_step(TINY, gan[0].config, gan[1].config)
+  return fanogan.make_train_step(TINY, gan[0].config, anomaly.fanogan.features_graphdef(gan[1], TINY.compute_dtype))
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +212,43 @@ def test_kill_and_resume_is_exact(nih, gan_dir, tmp_path, monkeypatch):
   assert meta["steps"] == 4 and meta["data_sha256"] == data.file_sha256(nih.source)
   assert meta["generator_id"] == checkpoints.model_id(gan_dir / "generator")
   assert meta["discriminator_id"] == checkpoints.model_id(gan_dir / "discriminator")
+  assert meta["feature_term"] == "discriminator"
   e, g, d = anomaly.load_fanogan(tmp_path / "b" / "encoder")          # the recorded GAN folder
   assert g.config == TINY_GAN.generator and d.config == TINY_GAN.discriminator and e.config == TINY.encoder
+
+
+def test_cxr_encoder_feature_term_is_trained_recorded_and_rebuilt(nih, gan, gan_dir, tmp_path):
+  """`feature_encoder`: the loss compares the CXR encoder's stage; the record makes `load_fanogan` rebuild that f."""
+  cxr = _random_model(CXREncoder, CXREncoderConfig(resolution=64, patch=4, channels=(8, 16), blocks=(1, 1),
+                                                   norm_groups=4), 7)
+  checkpoints.save_model(tmp_path / "cxr", cxr, cxr.config)
+  cfg = dataclasses.replace(TINY, steps=2)
+  summary = fanogan.train_fanogan(nih, gan_dir, cfg, tmp_path / "run", progress=False, feature_encoder=tmp_path / "cxr",
+                                  feature_stage="stage1")
+  assert summary["steps"] == 2
+  meta = checkpoints.read_metadata(tmp_path / "run" / "encoder")
+  assert meta["feature_term"] == "encoder" and meta["feature_stage"] == "stage1"
+  assert meta["feature_encoder_id"] == checkpoints.model_id(tmp_path / "cxr")
+  encoder, generator, f = anomaly.load_fanogan(tmp_path / "run" / "encoder")
+  assert isinstance(f, anomaly.EncoderFeatures) and f.stage == "stage1"
+  # The score is the izi_f loss with that f: its feature part is the mean squared difference of the unit
+  # patch features of x and G(E(x)), not the discriminator's.
+  images = data.resize_uint8(nih.images[:4], 32)
+  cond = anomaly.normal_condition(nih.subset(np.arange(4)), ("sex", "age"))
+  scores = anomaly.fanogan_scores(encoder, generator, f, images, cond, batch_size=4, progress=False)
+  x = jnp.asarray(data.to_signed(images)[..., None])
+  recon = jnp.asarray(scores.reconstruction, jnp.float32)[..., None]
+  features = jax.jit(lambda m, v: m.features(v))
+  expected = np.square(np.asarray(features(f, x)) - np.asarray(features(f, recon))).mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(scores.feature_loss, expected, rtol=2e-2, atol=1e-5)   # float16 reconstruction
+  np.testing.assert_allclose(scores.score, scores.image_loss + scores.feature_loss, rtol=1e-6)
+  # Another CXR encoder in the recorded folder: one clear error, not a silently different f.
+  checkpoints.save_model(tmp_path / "cxr", _random_model(CXREncoder, cxr.config, 8), cxr.config, overwrite=True)
+  with pytest.raises(checkpoints.CheckpointError, match="not the CXR encoder"):
+    anomaly.load_fanogan(tmp_path / "run" / "encoder")
+  with pytest.raises(ValueError, match="unknown stage"):
+    fanogan.train_fanogan(nih, gan_dir, cfg, tmp_path / "run2", progress=False, feature_encoder=tmp_path / "cxr",
+                          feature_stage="stage9")
 
 
 # ----------------------------------------------------------------------------- scoring

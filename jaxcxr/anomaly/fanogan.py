@@ -4,7 +4,9 @@ The score of an image x is the loss its encoder E was trained with (`fanogan_los
 
     L(x) = mean_pixels (x - G(E(x), c))^2 + kappa * mean_features (f(x) - f(G(E(x), c)))^2
 
-one encoder pass and one reconstruction, no search. The method's parts, found by its name:
+one encoder pass and one reconstruction, no search. f is the discriminator's final feature
+map (the paper's), or a stage of the CXR encoder (`anogan.EncoderFeatures`, as AnoGAN's
+default search), whichever the encoder was trained with. The method's parts, found by its name:
 the encoder model `jaxcxr.models.fanogan`, its trainer `jaxcxr.train.fanogan`, and here the
 scoring (`fanogan_scores`, its compiled batch `score_program`), the loader (`load_fanogan`:
 the encoder and the GAN it inverts) and the scorer for `evaluate_anomaly` (`FanoganScorer`).
@@ -31,11 +33,12 @@ from flax import nnx
 
 from jaxcxr import checkpoints
 from jaxcxr import data
-from jaxcxr.anomaly.anogan import check_pair
+from jaxcxr.anomaly.anogan import EncoderFeatures, check_pair
 from jaxcxr.anomaly.scorer import AbstractAnomalyScorer, check_batch_size, query_images
 from jaxcxr.batching import map_batches
-from jaxcxr.config import DiscriminatorConfig, EncoderConfig, GeneratorConfig
+from jaxcxr.config import EncoderConfig, GeneratorConfig
 from jaxcxr.models import condition as condition_lib
+from jaxcxr.models.cxr_encoder import load_cxr_encoder
 from jaxcxr.models.discriminator import Discriminator, load_discriminator
 from jaxcxr.models.fanogan import Encoder, load_encoder
 from jaxcxr.models.generator import Generator, load_generator
@@ -60,8 +63,8 @@ class FanoganScores(NamedTuple):
     score: float32 (N,), the izi_f anomaly score image_loss + kappa * feature_loss (higher = less
       like the normal training images).
     image_loss: float32 (N,), mean (x - G(E(x), c))^2 over the pixels, signed image space.
-    feature_loss: float32 (N,), mean (f(x) - f(G(E(x), c)))^2 over the discriminator's final
-      feature map f = `Discriminator.features`.
+    feature_loss: float32 (N,), mean (f(x) - f(G(E(x), c)))^2 over the feature term's map f
+      (`Discriminator.features` or `EncoderFeatures.features`).
     residual: float16 (N, R, R), |x - G(E(x), c)| in signed image space, so in [0, 2].
     z: float32 (N, latent_dim), the encoder's code E(x).
     reconstruction: float16 (N, R, R), G(E(x), c) in signed image space [-1, 1].
@@ -75,10 +78,21 @@ class FanoganScores(NamedTuple):
   reconstruction: np.ndarray
 
 
-def _graphdefs(e_config: EncoderConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig):
-  """Graph definitions of E, G and D (D in inference mode: its spectral-norm vectors are only read)."""
-  return (abstract_graphdef(Encoder, e_config), abstract_graphdef(Generator, g_config),
-          abstract_graphdef(Discriminator, d_config, use_running_average=True))
+Features = Discriminator | EncoderFeatures
+
+
+def features_graphdef(features: Features, dtype: str | None = None):
+  """Graph definition of the feature term's module: D in inference mode (its spectral-norm vectors
+  are only read) at `dtype` (default its own), or an `EncoderFeatures` as it is (its own dtype)."""
+  if isinstance(features, EncoderFeatures):
+    return nnx.graphdef(features)
+  config = features.config if dtype is None else dataclasses.replace(features.config, dtype=dtype)
+  return abstract_graphdef(Discriminator, config, use_running_average=True)
+
+
+def _graphdefs(e_config: EncoderConfig, g_config: GeneratorConfig, features: Features):
+  """Graph definitions of E, G and the feature term's module."""
+  return (abstract_graphdef(Encoder, e_config), abstract_graphdef(Generator, g_config), features_graphdef(features))
 
 
 def _fanogan_render(encoder: Encoder, generator: Generator):
@@ -87,19 +101,22 @@ def _fanogan_render(encoder: Encoder, generator: Generator):
   return generator.base_image if encoder.config.resolution != g.resolution else generator
 
 
-def fanogan_loss(encoder: Encoder, generator: Generator, discriminator: Discriminator, x: jax.Array, cond: jax.Array,
+def fanogan_loss(encoder: Encoder, generator: Generator, discriminator: Features, x: jax.Array, cond: jax.Array,
                  feature_weight) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Per-image izi_f loss of f-AnoGAN (Schlegl et al. 2019): the training loss and the anomaly score.
 
       L(x) = mean_pixels (x - G(E(x), c))^2 + kappa * mean_features (f(x) - f(G(E(x), c)))^2
 
-  with f = `discriminator.features` (the final feature map, the reference code's
-  `out_features`) and kappa = `feature_weight` (the paper: 1). An encoder at a cascade's base
+  with f = `discriminator.features`: the discriminator's final feature map (the reference
+  code's `out_features`), or a CXR encoder stage (`EncoderFeatures`, unit vectors per
+  position), and kappa = `feature_weight` (the paper: 1). An encoder at a cascade's base
   resolution reconstructs the base image (`Generator.base_image`).
 
   Args:
     encoder: a `models.fanogan.Encoder`.
-    generator, discriminator: the frozen GAN (D in inference mode).
+    generator: the frozen generator.
+    discriminator: the feature term's f: the frozen GAN's discriminator (inference mode) or an
+      `EncoderFeatures`.
     x: float32 (B, R, R, 1), NHWC, in [-1, 1].
     cond: float32 (B, len(conditions)).
     feature_weight: kappa (a float or a traced scalar).
@@ -118,7 +135,7 @@ def fanogan_loss(encoder: Encoder, generator: Generator, discriminator: Discrimi
 
 @functools.cache
 def _score_fn(graphdefs):
-  """The jitted scoring of one batch for these graph definitions (E, G, D).
+  """The jitted scoring of one batch for these graph definitions (E, G, f).
 
   Returns:
     `fn(states, images, cond, feature_weight)` -> {"score", "image_loss", "feature_loss" (B,),
@@ -136,7 +153,7 @@ def _score_fn(graphdefs):
   return jax.jit(score)
 
 
-def _check_models(encoder: Encoder, generator: Generator, discriminator: Discriminator) -> None:
+def _check_models(encoder: Encoder, generator: Generator, discriminator: Features) -> None:
   check_pair(generator, discriminator, "fanogan_scores")
   e, g = encoder.config, generator.config
   if e.resolution not in (g.resolution, g.base_resolution) or e.latent_dim != g.latent_dim:
@@ -160,7 +177,7 @@ def normal_condition(dataset: data.CXRDataset, conditions: tuple[str, ...]) -> n
   return condition_lib.make_condition(dataset.sex, dataset.age, 0, conditions=conditions)
 
 
-def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Discriminator, images, cond=None, *,
+def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Features, images, cond=None, *,
                    feature_weight: float = 1.0, batch_size: int = 64, progress: bool = True) -> FanoganScores:
   """f-AnoGAN (izi_f) anomaly scores: one encoder pass and one reconstruction per image.
 
@@ -173,7 +190,8 @@ def fanogan_scores(encoder: Encoder, generator: Generator, discriminator: Discri
   Args:
     encoder: a `models.fanogan.Encoder` trained against this GAN (`train.fanogan`).
     generator, discriminator: the frozen normal-only GAN; D's spectral-norm vectors are
-      read, never updated.
+      read, never updated. `discriminator` is the feature term's f: an `EncoderFeatures` for an
+      encoder trained with the CXR encoder's features (`load_fanogan` returns the right one).
     images: a `data.CXRDataset`, or uint8 (N, H, W) square radiographs.
     cond: float32 (N, len(conditions)); None for a dataset takes `normal_condition` (sex
       and age, label 0).
@@ -230,11 +248,11 @@ def _score_inputs(encoder, generator, images, cond, feature_weight) -> tuple[np.
 
 def _score_fn_and_states(encoder, generator, discriminator):
   """The jitted batch scoring for these models' structure, and their states."""
-  fn = _score_fn(_graphdefs(encoder.config, generator.config, discriminator.config))
+  fn = _score_fn(_graphdefs(encoder.config, generator.config, discriminator))
   return fn, (nnx.state(encoder), nnx.state(generator), nnx.state(discriminator))
 
 
-def score_program(encoder: Encoder, generator: Generator, discriminator: Discriminator, images, cond=None, *,
+def score_program(encoder: Encoder, generator: Generator, discriminator: Features, images, cond=None, *,
                   feature_weight: float = 1.0) -> Program:
   """The compiled call `fanogan_scores` makes for one batch of these images, and its arguments.
 
@@ -244,7 +262,7 @@ def score_program(encoder: Encoder, generator: Generator, discriminator: Discrim
 
   Returns:
     `Program(fn, args)`: `fn(states, images, cond, feature_weight)` with the states of E, G
-    and D, uint8 images (B, R, R), cond float32 (B, C) and kappa a float32 scalar -> {"score",
+    and f, uint8 images (B, R, R), cond float32 (B, C) and kappa a float32 scalar -> {"score",
     "image_loss", "feature_loss" (B,), "residual" float16 (B, R, R), "z" (B, latent_dim),
     "reconstruction" float16 (B, R, R)}. `fn` is the library's own jitted function (its
     compile cache is the one `fanogan_scores` uses).
@@ -264,8 +282,8 @@ def score_program(encoder: Encoder, generator: Generator, discriminator: Discrim
 
 
 def load_fanogan(encoder_dir: str | os.PathLike,
-                 gan_dir: str | os.PathLike | None = None) -> tuple[Encoder, Generator, Discriminator]:
-  """Loads an f-AnoGAN encoder and the GAN it was trained against, checking they belong together.
+                 gan_dir: str | os.PathLike | None = None) -> tuple[Encoder, Generator, Features]:
+  """Loads an f-AnoGAN encoder, the GAN it was trained against and its feature term, checking they belong together.
 
   Args:
     encoder_dir: the encoder checkpoint written by `train.fanogan.train_fanogan`.
@@ -273,11 +291,14 @@ def load_fanogan(encoder_dir: str | os.PathLike,
       whose generator id the encoder recorded, else the folder recorded in its metadata.
 
   Returns:
-    (encoder, generator, discriminator in inference mode).
+    (encoder, generator, f): f is the discriminator in inference mode, or, for an encoder
+    trained with a CXR encoder's features (`train_fanogan(feature_encoder=...)`), that
+    encoder's `EncoderFeatures` at the recorded stage (the shipped CXR encoder with the
+    recorded model id, else the recorded folder).
 
   Raises:
-    jaxcxr.checkpoints.CheckpointError: missing checkpoints, or a GAN whose weights are not the
-      ones the encoder was trained against (compared by `checkpoints.model_id`).
+    jaxcxr.checkpoints.CheckpointError: missing checkpoints, or a GAN or CXR encoder whose
+      weights are not the ones the encoder was trained against (compared by `checkpoints.model_id`).
   """
   meta = checkpoints.read_metadata(encoder_dir)
   if gan_dir is None:
@@ -292,8 +313,25 @@ def load_fanogan(encoder_dir: str | os.PathLike,
       raise checkpoints.CheckpointError(
           f"{gan_dir / part}: model id {found} is not the {part} the encoder {encoder_dir} was trained against "
           f"({expected})")
-  return (load_encoder(encoder_dir), load_generator(gan_dir / "generator"),
-          load_discriminator(gan_dir / "discriminator"))
+  discriminator = load_discriminator(gan_dir / "discriminator")
+  if meta.get("feature_term", "discriminator") == "discriminator":
+    features = discriminator
+  else:
+    features = EncoderFeatures(load_cxr_encoder(_feature_encoder_dir(meta, encoder_dir)), meta["feature_stage"])
+  return load_encoder(encoder_dir), load_generator(gan_dir / "generator"), features
+
+
+def _feature_encoder_dir(meta: dict, encoder_dir) -> pathlib.Path:
+  """The CXR encoder an f-AnoGAN encoder's feature term used: the shipped one with its model id, else its folder."""
+  expected = meta.get("feature_encoder_id")
+  shipped = [checkpoints.checkpoints_root() / name for name in checkpoints.SHIPPED_ENCODERS]
+  found = next((d for d in shipped if d.is_dir() and checkpoints.model_id(d) == expected),
+               pathlib.Path(meta.get("feature_encoder_dir", "")))
+  if checkpoints.model_id(found) != expected:
+    raise checkpoints.CheckpointError(
+        f"{found}: model id {checkpoints.model_id(found)} is not the CXR encoder the f-AnoGAN encoder {encoder_dir} "
+        f"was trained with ({expected})")
+  return found
 
 
 @dataclasses.dataclass
@@ -302,7 +340,7 @@ class FanoganScorer(AbstractAnomalyScorer):
 
   encoder: Encoder
   generator: Generator
-  discriminator: Discriminator
+  discriminator: Features            # the feature term's f
   batch_size: int = 64
   name: str = "fanogan"
 

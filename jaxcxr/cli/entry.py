@@ -385,6 +385,14 @@ def _add_train_parsers(commands) -> None:
                                      "(default: the first shipped: checkpoints/gan_256_normal, else gan_64_normal)")
   _add_gan_data_arg(fanogan, "; the encoder trains on their normal images with known sex and age")
   _add_preset_arg(fanogan, "fanogan", None)
+  fanogan.add_argument("--feature-encoder",
+                       help="a CXR encoder checkpoint (e.g. checkpoints/encoder_cxr/encoder): the loss's feature "
+                            "term compares its patch features (anomaly.EncoderFeatures) instead of the "
+                            "discriminator's (the paper's; the default)")
+  fanogan.add_argument("--feature-stage", default="stage2",
+                       help="the CXR encoder stage of --feature-encoder's term (default: stage2, as AnoGAN's)")
+  fanogan.add_argument("--feature-weight", type=float,
+                       help="kappa, the feature term's weight in the loss (default: the preset's, the paper's 1)")
   _add_run_args(fanogan, split=True)
 
   healthygan = add("healthygan")

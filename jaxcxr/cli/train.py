@@ -227,6 +227,11 @@ def human_encoder_classifier(r: dict[str, Any]) -> str:
 def run_fanogan(args: argparse.Namespace) -> dict[str, Any]:
   """`train fanogan`: the f-AnoGAN encoder against a frozen normal-only GAN, on its GAN's training normals."""
   config = inputs.train_preset("fanogan", args.preset, args.steps)
+  if args.feature_weight is not None:
+    try:
+      config = dataclasses.replace(config, feature_weight=args.feature_weight)
+    except ValueError as e:
+      raise UsageError(f"--feature-weight {args.feature_weight}: {e}") from e
   gan = pathlib.Path(args.gan) if args.gan else next(iter(checkpoints.shipped_normal_gans()), None)
   if gan is None:
     raise UsageError(f"no shipped normal-only GAN under {checkpoints.checkpoints_root()}; pass --gan DIR "
@@ -240,10 +245,16 @@ def run_fanogan(args: argparse.Namespace) -> dict[str, Any]:
                               config_lib.from_dict(config_lib.DiscriminatorConfig, d_meta["config"]), f"--gan {gan}")
   except ValueError as e:
     raise UsageError(f"{e} (--preset {args.preset})") from e
+  if args.feature_encoder is not None and not pathlib.Path(args.feature_encoder).is_dir():
+    raise UsageError(f"--feature-encoder {args.feature_encoder}: no such folder; expected a CXR encoder checkpoint "
+                     "(checkpoints/encoder_cxr/encoder)")
   ds = inputs.development_images(args.data, args.split)
   summary = fanogan_trainer.train_fanogan(ds, gan, config, args.out, resume=args.resume, seed=args.seed,
-                                          progress=_progress(args))
-  return _result(args, summary, split=args.split, gan=str(gan))
+                                          progress=_progress(args), feature_encoder=args.feature_encoder,
+                                          feature_stage=args.feature_stage)
+  return _result(args, summary, split=args.split, gan=str(gan), feature_weight=config.feature_weight,
+                 feature_encoder=args.feature_encoder,
+                 feature_stage=args.feature_stage if args.feature_encoder else None)
 
 
 def human_fanogan(r: dict[str, Any]) -> str:

@@ -6,7 +6,10 @@ The encoder E learns to invert the generator on normal training images:
 
 with f the discriminator's final feature map (`Discriminator.features`, the
 reference's `out_features`), kappa = 1 and MSE as in the paper and the reference
-code (tSchlegl/f-AnoGAN `z_encoding_izif.py`, `loss_type='MSE'`). G and D are
+code (tSchlegl/f-AnoGAN `z_encoding_izif.py`, `loss_type='MSE'`). With
+`feature_encoder`, f is a stage of the self-supervised CXR encoder instead
+(`anomaly.EncoderFeatures`, AnoGAN's default feature term): it matches what a
+radiograph shows, not what tells this GAN's images from real ones. G and f are
 frozen: their states are arguments of the jitted step, never updated, never
 donated, and D runs in inference mode (its spectral-norm vectors are only read).
 The condition c of an image is its sex and age (label 0 when the GAN is
@@ -44,9 +47,11 @@ from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
 from jaxcxr import plots
 from jaxcxr import provenance as provenance_lib
-from jaxcxr.anomaly.fanogan import fanogan_loss, normal_condition
+from jaxcxr.anomaly.anogan import EncoderFeatures
+from jaxcxr.anomaly.fanogan import fanogan_loss, features_graphdef, normal_condition
 from jaxcxr.config import AugmentConfig, DiscriminatorConfig, FanoganTrainConfig, GeneratorConfig
-from jaxcxr.models.discriminator import Discriminator, load_discriminator
+from jaxcxr.models.cxr_encoder import load_cxr_encoder
+from jaxcxr.models.discriminator import load_discriminator
 from jaxcxr.models.fanogan import Encoder
 from jaxcxr.models.generator import Generator, load_generator
 from jaxcxr.models.graph import abstract_graphdef
@@ -77,11 +82,10 @@ def _init(root: jax.Array, config: FanoganTrainConfig) -> TrainState:
           "e": params, "e_opt": _optimizer(config).init(params)}
 
 
-def _graphdefs(config: FanoganTrainConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig):
-  """Graph definitions of E, G and D at the training compute dtype; D in inference mode."""
+def _graphdefs(config: FanoganTrainConfig, g_config: GeneratorConfig):
+  """Graph definitions of E and G at the training compute dtype."""
   at_dtype = functools.partial(dataclasses.replace, dtype=config.compute_dtype)
-  return (abstract_graphdef(Encoder, at_dtype(config.encoder)), abstract_graphdef(Generator, at_dtype(g_config)),
-          abstract_graphdef(Discriminator, at_dtype(d_config), use_running_average=True))
+  return abstract_graphdef(Encoder, at_dtype(config.encoder)), abstract_graphdef(Generator, at_dtype(g_config))
 
 
 def training_batch(key: jax.Array, data: Mapping[str, jax.Array], batch_size: int,
@@ -107,22 +111,23 @@ def training_batch(key: jax.Array, data: Mapping[str, jax.Array], batch_size: in
 
 
 def train_step(state: TrainState, frozen: dict, data: dict[str, jax.Array], config: FanoganTrainConfig,
-               g_config: GeneratorConfig, d_config: DiscriminatorConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+               g_config: GeneratorConfig, f_graphdef) -> tuple[TrainState, dict[str, jax.Array]]:
   """One encoder update (pure; `make_train_step` jits and scans it).
 
   Args:
     state: from `init_train_state` (or a restored checkpoint).
-    frozen: {"g": generator state, "d": discriminator state} (`nnx.to_pure_dict`), never updated.
+    frozen: {"g": generator state (`nnx.to_pure_dict`), "f": the feature term's state}, never updated.
     data: {"images": uint8 (N, R, R), "cond": float32 (N, len(conditions))} on device.
-    config, g_config, d_config: static.
+    config, g_config: static.
+    f_graphdef: static, the feature term's graph definition (`anomaly.fanogan.features_graphdef`).
 
   Returns:
     (new state, metrics): scalars "loss", "image_loss", "feature_loss" (batch means) and
     "z_rms" (root mean square of E(x); about 1 for codes where G's N(0, I) prior has mass).
   """
-  e_graphdef, g_graphdef, d_graphdef = _graphdefs(config, g_config, d_config)
+  e_graphdef, g_graphdef = _graphdefs(config, g_config)
   generator = nnx.merge(g_graphdef, frozen["g"])
-  discriminator = nnx.merge(d_graphdef, frozen["d"])
+  discriminator = nnx.merge(f_graphdef, frozen["f"])
   key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=KEY_IMPL), state["step"])
   x, idx = training_batch(key, data, config.batch_size, config.augment)
   cond = data["cond"][idx]
@@ -143,17 +148,17 @@ def train_step(state: TrainState, frozen: dict, data: dict[str, jax.Array], conf
   return new_state, metrics
 
 
-def make_train_step(config: FanoganTrainConfig, g_config: GeneratorConfig, d_config: DiscriminatorConfig
+def make_train_step(config: FanoganTrainConfig, g_config: GeneratorConfig, f_graphdef
                     ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
-  """Jitted `steps_per_call` encoder steps in one `lax.scan`; the train state is donated, G and D are not.
+  """Jitted `steps_per_call` encoder steps in one `lax.scan`; the train state is donated, G and f are not.
 
-  Cached per (config without its loop-only fields, G config, D config).
+  Cached per (config without its loop-only fields, G config, the feature term's graph definition).
 
   Returns:
     `fn(state, frozen, data) -> (state, metrics)`, metrics stacked over the steps: each (steps_per_call,).
   """
   return compile_steps(train_step, config.steps_per_call,
-                       static=(without_loop_fields(config), g_config, d_config))
+                       static=(without_loop_fields(config), g_config, f_graphdef))
 
 
 # ----------------------------------------------------------------------------- data
@@ -212,15 +217,36 @@ def prepare_data(dataset: data_lib.CXRDataset, config: FanoganTrainConfig,
 
 @functools.partial(jax.jit, static_argnames=("graphdefs",))
 def _reconstruct(graphdefs, states, images, cond):
-  encoder, generator, discriminator = (nnx.merge(g, s) for g, s in zip(graphdefs, states))
+  encoder, generator, features = (nnx.merge(g, s) for g, s in zip(graphdefs, states))
   x = data_lib.to_signed(images)[..., None]
-  _, parts = fanogan_loss(encoder, generator, discriminator, x, cond, 1.0)
+  _, parts = fanogan_loss(encoder, generator, features, x, cond, 1.0)
   return parts["reconstruction"][..., 0]
+
+
+def feature_term(feature_encoder: str | os.PathLike | None, feature_stage: str, discriminator):
+  """The feature term f of the loss and the facts that identify it (recorded with the run and the encoder).
+
+  Returns:
+    (f: `discriminator`, or `EncoderFeatures(load_cxr_encoder(feature_encoder), feature_stage)`,
+    {"feature_term": "discriminator"} or {"feature_term": "encoder", "feature_encoder_id",
+    "feature_encoder_dir" (absolute), "feature_stage"}).
+
+  Raises:
+    jaxcxr.checkpoints.CheckpointError: a missing or corrupt CXR encoder.
+    ValueError: a stage the encoder does not have.
+  """
+  if feature_encoder is None:
+    return discriminator, {"feature_term": "discriminator"}
+  path = pathlib.Path(feature_encoder)
+  features = EncoderFeatures(load_cxr_encoder(path), feature_stage)
+  return features, {"feature_term": "encoder", "feature_encoder_id": checkpoints.model_id(path),
+                    "feature_encoder_dir": str(path.absolute()), "feature_stage": feature_stage}
 
 
 def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, config: FanoganTrainConfig,
                   out_dir: str | os.PathLike, *, resume: bool = False, seed: int = 0,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, feature_encoder: str | os.PathLike | None = None,
+                  feature_stage: str = "stage2") -> dict[str, Any]:
   """Trains the f-AnoGAN encoder against a frozen GAN, with progress, checkpoints and resume.
 
   Trains on the normal images (label 0) of `dataset`; pass the standard split's train
@@ -228,7 +254,8 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
   `checkpoints/STEP/`, `metrics.jsonl`, `samples/step_XXXXXX.png` (every `sample_every`
   steps: fixed training images, top row, over their reconstructions G(E(x))), and at the
   end the encoder `encoder/` (`checkpoints.save_model`; metadata: the GAN's folder and
-  model ids, steps, seconds, data source and sha256, final losses). A run killed at any
+  model ids, the feature term (`feature_term`), steps, seconds, data source and sha256, final
+  losses). A run killed at any
   moment continues with `resume=True` and ends as an uninterrupted one would.
 
   Args:
@@ -240,6 +267,10 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
     resume: continue from the latest checkpoint in `out_dir`.
     seed: seed of the initial weights and the training randomness.
     progress: show a tqdm bar on stderr.
+    feature_encoder: a CXR encoder checkpoint (`models.CXREncoder`): the loss's feature term f
+      is its `feature_stage` (`anomaly.EncoderFeatures`); None (default) is the paper's
+      discriminator features. `anomaly.load_fanogan` rebuilds the same f from the record.
+    feature_stage: the CXR encoder's stage ("stage1", ...).
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step",
@@ -247,8 +278,9 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
     "encoder"}.
 
   Raises:
-    jaxcxr.checkpoints.CheckpointError: missing or unreadable GAN checkpoints.
-    ValueError: an encoder config that does not fit the GAN (before any compilation).
+    jaxcxr.checkpoints.CheckpointError: missing or unreadable GAN or CXR encoder checkpoints.
+    ValueError: an encoder config that does not fit the GAN, or an unknown feature stage
+      (before any compilation).
     jaxcxr.data.DataError: unusable data (before any compilation).
     FileExistsError: `out_dir` holds checkpoints and `resume` is False.
   """
@@ -256,29 +288,33 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
   generator = load_generator(gan_dir / "generator")
   discriminator = load_discriminator(gan_dir / "discriminator")
   check_gan(config, generator.config, discriminator.config, str(gan_dir))
+  features, feature_facts = feature_term(feature_encoder, feature_stage, discriminator)
   host_data, info = prepare_data(dataset, config, tuple(generator.config.conditions))
   out_dir = pathlib.Path(out_dir)
   provenance = {"generator_id": checkpoints.model_id(gan_dir / "generator"),
                 "discriminator_id": checkpoints.model_id(gan_dir / "discriminator"),
+                **{k: v for k, v in feature_facts.items() if k != "feature_encoder_dir"},
                 **data_metadata(dataset), "n_images": info["n_images"]}
 
   state = init_train_state(config, seed)
-  frozen = {"g": nnx.to_pure_dict(nnx.state(generator)), "d": nnx.to_pure_dict(nnx.state(discriminator))}
-  g_cfg, d_cfg = generator.config, discriminator.config
+  frozen = {"g": nnx.to_pure_dict(nnx.state(generator)), "f": nnx.to_pure_dict(nnx.state(features))}
+  g_cfg = generator.config
+  f_graphdef = features_graphdef(features, config.compute_dtype)
   n_grid = min(config.samples, info["n_images"])
-  float32_graphdefs = _graphdefs(dataclasses.replace(config, compute_dtype="float32"), g_cfg, d_cfg)
+  float32_graphdefs = (*_graphdefs(dataclasses.replace(config, compute_dtype="float32"), g_cfg),
+                       features_graphdef(features, "float32"))
 
   def write_grid(step: int, state: TrainState):
     if not config.sample_every or step % config.sample_every:
       return
     images = host_data["images"][:n_grid]
-    recon = _reconstruct(float32_graphdefs, (state["e"], frozen["g"], frozen["d"]), images,
+    recon = _reconstruct(float32_graphdefs, (state["e"], frozen["g"], frozen["f"]), images,
                          host_data["cond"][:n_grid])
     grid = np.concatenate([images, data_lib.to_uint8(recon, signed=True)])
     plots.save_image_grid(grid, out_dir / "samples" / f"step_{step:06d}.png", nrow=n_grid)
 
   loop = run_training_loop(
-      name="f-AnoGAN", config=config, state=state, train_call=make_train_step(config, g_cfg, d_cfg),
+      name="f-AnoGAN", config=config, state=state, train_call=make_train_step(config, g_cfg, f_graphdef),
       args=(frozen, jax.device_put(host_data)), out_dir=out_dir, resume=resume,
       run_metadata={**provenance, "seed": seed},
       progress=progress, on_call=write_grid,
@@ -286,7 +322,7 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
                             "z_rms": f"{m['z_rms'][-1]:.2f}"})
 
   encoder = nnx.merge(float32_graphdefs[0], loop.state["e"])
-  metadata = {**provenance, "gan_dir": str(gan_dir.absolute()), "seed": seed, "steps": loop.step,
+  metadata = {**provenance, **feature_facts, "gan_dir": str(gan_dir.absolute()), "seed": seed, "steps": loop.step,
               "train_seconds": loop.previous_seconds + loop.seconds,
               "device": device_name(), "final_losses": loop.final, "feature_weight": config.feature_weight,
               "provenance": provenance_lib.provenance(dataset.source, {"seed": seed})}
