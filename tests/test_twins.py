@@ -419,6 +419,7 @@ def _unet_step_batch(key_data, images, masks, config):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimised   # -O0 miscompiles it (tests/conftest.py)
 def test_unet_train_step(record):
   config = config_lib.unet_tiny(32)
   config = dataclasses.replace(config, unet=dataclasses.replace(config.unet, channels=(4, 8)),
@@ -461,6 +462,7 @@ def _encoder_step_views(key_data, step, images, config):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimised   # -O0 miscompiles it (tests/conftest.py)
 def test_encoder_train_step(record):
   # A learning rate and weight decay large enough that the second update (the first has learning rate 0, the warm-up's
   # start) and the decay of the kernels only show well above float32 rounding; a clip below the gradient's norm.
