@@ -140,14 +140,11 @@ def jit_call(module, *args, method: str = "__call__"):
 def unoptimised_xla_flags(*extra: str) -> str:
   """$XLA_FLAGS and `extra` for a subprocess whose XLA:CPU code generation runs at -O0, unless $XLA_FLAGS names a level.
 
-  `--xla_backend_optimization_level=0` lowers the optimisation level of the backend's (LLVM's) code
-  generation only: the programs, their HLO passes and their sharding stay. Their compiles take
-  about half the time (the tests' tiny models spend far more time compiling than running). For the
-  subprocesses whose values are checked against nothing (the benchmarks' records) or only
-  against the same process's (sharded against one-device results), never against the test
-  process's compiled values or a PyTorch twin: at -O0 XLA gave NaN gradients in
-  tests/test_twins.py::test_unet_train_step (see TEST_XLA_FLAGS). Equal NaNs pass numpy's
-  `assert_allclose`, so a test comparing such results checks that they are finite too.
+  For the subprocesses whose values are checked against nothing (the benchmarks' records) or only
+  against the same process's (sharded against one-device results). In the default session (-O0,
+  `TEST_XLA_FLAGS`) this is the session's own setting; a level chosen in the environment is kept.
+  At -O0 XLA gave NaN gradients in the U-Net's training step (see TEST_XLA_FLAGS): equal NaNs pass
+  numpy's `assert_allclose`, so a test comparing such results checks that they are finite too.
   """
   flags = " ".join([os.environ.get("XLA_FLAGS", ""), *extra]).strip()
   return flags if "--xla_backend_optimization_level" in flags else f"{flags} --xla_backend_optimization_level=0".strip()
