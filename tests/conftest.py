@@ -19,11 +19,11 @@ import tempfile
 # code at -O0 (`--xla_backend_optimization_level=0`: XLA's HLO passes, fusion and sharding stay as users get them;
 # only the backend's code generation skips its optimisations): the whole suite took 1,183 CPU-s of user time against
 # 1,728 at the default level (-32%), 647 s of pytest wall time against 1,059 (the same machine and load, session 20).
-# At -O0 XLA:CPU miscompiles the U-Net's training step: NaN gradients in its first block from the second step on
-# (the same program is finite at -O1 and -O2; without the gradient clip it is finite at -O0 too), and the CXR encoder's
-# two-step twin check, which asks that gradients zero in exact arithmetic stay below 1e-5 of the largest, saw one
-# such entry above it. The tests marked `xla_optimised` run in a subprocess at -O2 instead (`pytest_pyfunc_call`
-# below). The programs compute
+# At -O0 XLA:CPU miscompiles the U-Net's training step with its gradient clip: NaN gradients in its first block
+# from the second step on (the same program is finite at -O1 and -O2, and at -O0 without the clip, which is why
+# `config.unet_tiny` has none), and the CXR encoder's two-step twin check, which asks that gradients zero in exact
+# arithmetic stay below 1e-5 of the largest, saw one such entry above it. The two twin checks of those steps are
+# marked `xla_optimised` and run in a subprocess at -O2 instead (`pytest_pyfunc_call` below). The programs compute
 # the same functions, float rounding aside. The settings hold for this session and the processes it starts (they
 # inherit the environment); a flag already in $XLA_FLAGS is left as given, so
 # XLA_FLAGS="--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=2" runs the suite with the code

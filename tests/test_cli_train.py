@@ -169,7 +169,6 @@ def test_upsampler_cascade_and_its_cascade_prefilter(gan, tmp_path):
                "no cascade pre-filter preset reads 32x32 base images (the default would be cascade_prefilter_32)")
 
 
-@pytest.mark.xla_optimised   # -O0 miscompiles it (tests/conftest.py)
 def test_unet_trains_and_resumes_to_more_steps(tmp_path):
   out = tmp_path / "unet"
   argv = ["unet", "--data", COVID_FIXTURE, "--preset", "unet_tiny", "--out", out]

@@ -162,7 +162,6 @@ def test_bad_masks_are_refused(covid, small_unet, tmp_path):
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.mark.xla_optimised   # -O0 miscompiles it (tests/conftest.py)
 def test_train_call_changes_params_and_overfits_two_images(covid):
   pair = covid.subset([0, 1])
   config = TINY
@@ -208,7 +207,6 @@ def four_patients(covid):
   return covid.subset([0, 1, 2, 3])
 
 
-@pytest.mark.xla_optimised   # -O0 miscompiles it (tests/conftest.py)
 def test_train_unet_resume_is_exact(four_patients, tmp_path):
   config = dataclasses.replace(TINY, split_fractions=(0.5, 0.25, 0.25), eval_batch_size=1)
   full = seg.train_unet(four_patients, config, tmp_path / "full", progress=False)
