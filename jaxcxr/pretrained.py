@@ -402,7 +402,7 @@ def anomaly_scorer(method: str, checkpoint: str | os.PathLike | None = None, *,
   elif method == "fanogan":
     directory = _given_or_shipped(checkpoint, "encoder", checkpoints.SHIPPED_FANOGAN_ENCODERS)
     log(f"loading f-AnoGAN encoder {directory} and its GAN")
-    scorer = anomaly.FanoganScorer(*anomaly.load_fanogan(directory), batch_size=batch_size)
+    scorer = anomaly.FanoganScorer.from_checkpoint(directory, batch_size=batch_size)
   elif method == "healthygan":
     directory = _given_or_shipped(checkpoint, "translator", checkpoints.SHIPPED_HEALTHYGAN_TRANSLATORS)
     log(f"loading HealthyGAN translator {directory}")

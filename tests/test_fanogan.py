@@ -222,7 +222,7 @@ def test_cxr_encoder_feature_term_is_trained_recorded_and_rebuilt(nih, gan, gan_
   cxr = _random_model(CXREncoder, CXREncoderConfig(resolution=64, patch=4, channels=(8, 16), blocks=(1, 1),
                                                    norm_groups=4), 7)
   checkpoints.save_model(tmp_path / "cxr", cxr, cxr.config)
-  cfg = dataclasses.replace(TINY, steps=2)
+  cfg = dataclasses.replace(TINY, steps=2, feature_weight=3.0)
   summary = fanogan.train_fanogan(nih, gan_dir, cfg, tmp_path / "run", progress=False, feature_encoder=tmp_path / "cxr",
                                   feature_stage="stage1")
   assert summary["steps"] == 2
@@ -242,6 +242,11 @@ def test_cxr_encoder_feature_term_is_trained_recorded_and_rebuilt(nih, gan, gan_
   expected = np.square(np.asarray(features(f, x)) - np.asarray(features(f, recon))).mean(axis=(1, 2, 3))
   np.testing.assert_allclose(scores.feature_loss, expected, rtol=2e-2, atol=1e-5)   # float16 reconstruction
   np.testing.assert_allclose(scores.score, scores.image_loss + scores.feature_loss, rtol=1e-6)
+  # The evaluation's scorer scores with the kappa the encoder was trained with.
+  scorer = anomaly.FanoganScorer.from_checkpoint(tmp_path / "run" / "encoder", batch_size=4)
+  assert scorer.feature_weight == 3.0 and isinstance(scorer.discriminator, anomaly.EncoderFeatures)
+  score, _, parts = scorer(nih.subset(np.arange(4)), progress=False)
+  np.testing.assert_allclose(score, parts["image_loss"] + 3.0 * parts["feature_loss"], rtol=1e-6)
   # Another CXR encoder in the recorded folder: one clear error, not a silently different f.
   checkpoints.save_model(tmp_path / "cxr", _random_model(CXREncoder, cxr.config, 8), cxr.config, overwrite=True)
   with pytest.raises(checkpoints.CheckpointError, match="not the CXR encoder"):

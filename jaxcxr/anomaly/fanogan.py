@@ -343,8 +343,16 @@ class FanoganScorer(AbstractAnomalyScorer):
   discriminator: Features            # the feature term's f
   batch_size: int = 64
   name: str = "fanogan"
+  feature_weight: float = 1.0        # kappa of the score: the one the encoder was trained with
+
+  @classmethod
+  def from_checkpoint(cls, encoder_dir: str | os.PathLike, gan_dir: str | os.PathLike | None = None, *,
+                      batch_size: int = 64) -> "FanoganScorer":
+    """The scorer of an encoder checkpoint: its models (`load_fanogan`) and the kappa it recorded (default 1)."""
+    kappa = float(checkpoints.read_metadata(encoder_dir).get("feature_weight", 1.0))
+    return cls(*load_fanogan(encoder_dir, gan_dir), batch_size=batch_size, feature_weight=kappa)
 
   def __call__(self, dataset, *, progress):
     out = fanogan_scores(self.encoder, self.generator, self.discriminator, dataset, batch_size=self.batch_size,
-                         progress=progress)
+                         feature_weight=self.feature_weight, progress=progress)
     return out.score, out.residual, {"image_loss": out.image_loss, "feature_loss": out.feature_loss}

@@ -93,7 +93,7 @@ def _fit_and_score(method, train_set, held_out, fold_dir, config, gan_dir, seed,
   if method == "fanogan":
     if not (fold_dir / "encoder").exists():
       train_fanogan(train_set, gan_dir, config, fold_dir, resume=True, seed=seed, progress=False)
-    scorer = anomaly.FanoganScorer(*anomaly.load_fanogan(fold_dir / "encoder", gan_dir), batch_size=batch_size)
+    scorer = anomaly.FanoganScorer.from_checkpoint(fold_dir / "encoder", gan_dir, batch_size=batch_size)
   else:
     if not (fold_dir / "translator").exists():
       train_healthygan(train_set, config, fold_dir, resume=True, seed=seed, progress=False)
