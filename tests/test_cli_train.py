@@ -128,6 +128,8 @@ def test_fanogan_encoder_of_a_normal_gan(normal_gan, tmp_path):
                 "--out", tmp_path / "f3"], "feature_weight >= 0")
   assert_error(["fanogan", "--gan", normal_gan, "--data", NIH, "--preset", "fanogan_tiny", "--feature-encoder",
                 tmp_path / "missing", "--out", tmp_path / "f4"], "no such folder")
+  assert_error(["fanogan", "--gan", normal_gan, "--data", NIH, "--preset", "fanogan_tiny", "--feature-stage",
+                "stage1", "--out", tmp_path / "f5"], "no --feature-encoder given")
 
 
 def test_upsampler_cascade_and_its_cascade_prefilter(gan, tmp_path):

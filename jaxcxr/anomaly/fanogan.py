@@ -313,9 +313,9 @@ def load_fanogan(encoder_dir: str | os.PathLike,
       raise checkpoints.CheckpointError(
           f"{gan_dir / part}: model id {found} is not the {part} the encoder {encoder_dir} was trained against "
           f"({expected})")
-  discriminator = load_discriminator(gan_dir / "discriminator")
+  # The ids above checked the whole GAN folder; the discriminator's weights are read only when they are f.
   if meta.get("feature_term", "discriminator") == "discriminator":
-    features = discriminator
+    features = load_discriminator(gan_dir / "discriminator")
   else:
     features = EncoderFeatures(load_cxr_encoder(_feature_encoder_dir(meta, encoder_dir)), meta["feature_stage"])
   return load_encoder(encoder_dir), load_generator(gan_dir / "generator"), features
@@ -327,10 +327,11 @@ def _feature_encoder_dir(meta: dict, encoder_dir) -> pathlib.Path:
   shipped = [checkpoints.checkpoints_root() / name for name in checkpoints.SHIPPED_ENCODERS]
   found = next((d for d in shipped if d.is_dir() and checkpoints.model_id(d) == expected),
                pathlib.Path(meta.get("feature_encoder_dir", "")))
-  if checkpoints.model_id(found) != expected:
+  found_id = checkpoints.model_id(found)
+  if found_id != expected:
     raise checkpoints.CheckpointError(
-        f"{found}: model id {checkpoints.model_id(found)} is not the CXR encoder the f-AnoGAN encoder {encoder_dir} "
-        f"was trained with ({expected})")
+        f"{found}: model id {found_id} is not the CXR encoder the f-AnoGAN encoder {encoder_dir} was trained with "
+        f"({expected})")
   return found
 
 

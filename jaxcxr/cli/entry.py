@@ -389,8 +389,9 @@ def _add_train_parsers(commands) -> None:
                        help="a CXR encoder checkpoint (e.g. checkpoints/encoder_cxr/encoder): the loss's feature "
                             "term compares its patch features (anomaly.EncoderFeatures) instead of the "
                             "discriminator's (the paper's; the default)")
-  fanogan.add_argument("--feature-stage", default="stage2",
-                       help="the CXR encoder stage of --feature-encoder's term (default: stage2, as AnoGAN's)")
+  fanogan.add_argument("--feature-stage",
+                       help="the CXR encoder stage of --feature-encoder's term (default: "
+                            "anomaly.SHIPPED_FEATURE_STAGE, stage2, as AnoGAN's)")
   fanogan.add_argument("--feature-weight", type=float,
                        help="kappa, the feature term's weight in the loss (default: the preset's, the paper's 1)")
   _add_run_args(fanogan, split=True)

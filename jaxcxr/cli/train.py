@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxcxr import checkpoints, data, evaluation_sets, io
 from jaxcxr import config as config_lib
-from jaxcxr.anomaly import patchcore
+from jaxcxr.anomaly import SHIPPED_FEATURE_STAGE, patchcore
 from jaxcxr.cli import inputs
 from jaxcxr.cli.common import COVID_DATA, GAN_DATA, NIH_DATA, UsageError, log
 from jaxcxr.models import discriminator as discriminator_lib
@@ -245,16 +245,19 @@ def run_fanogan(args: argparse.Namespace) -> dict[str, Any]:
                               config_lib.from_dict(config_lib.DiscriminatorConfig, d_meta["config"]), f"--gan {gan}")
   except ValueError as e:
     raise UsageError(f"{e} (--preset {args.preset})") from e
+  if args.feature_stage is not None and args.feature_encoder is None:
+    raise UsageError("--feature-stage sets the stage of --feature-encoder's feature term; no --feature-encoder given")
+  feature_stage = args.feature_stage or SHIPPED_FEATURE_STAGE
   if args.feature_encoder is not None and not pathlib.Path(args.feature_encoder).is_dir():
     raise UsageError(f"--feature-encoder {args.feature_encoder}: no such folder; expected a CXR encoder checkpoint "
                      "(checkpoints/encoder_cxr/encoder)")
   ds = inputs.development_images(args.data, args.split)
   summary = fanogan_trainer.train_fanogan(ds, gan, config, args.out, resume=args.resume, seed=args.seed,
                                           progress=_progress(args), feature_encoder=args.feature_encoder,
-                                          feature_stage=args.feature_stage)
+                                          feature_stage=feature_stage)
   return _result(args, summary, split=args.split, gan=str(gan), feature_weight=config.feature_weight,
                  feature_encoder=args.feature_encoder,
-                 feature_stage=args.feature_stage if args.feature_encoder else None)
+                 feature_stage=feature_stage if args.feature_encoder else None)
 
 
 def human_fanogan(r: dict[str, Any]) -> str:

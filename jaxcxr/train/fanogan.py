@@ -47,7 +47,7 @@ from jaxcxr import checkpoints
 from jaxcxr import data as data_lib
 from jaxcxr import plots
 from jaxcxr import provenance as provenance_lib
-from jaxcxr.anomaly.anogan import EncoderFeatures
+from jaxcxr.anomaly.anogan import SHIPPED_FEATURE_STAGE, EncoderFeatures
 from jaxcxr.anomaly.fanogan import fanogan_loss, features_graphdef, normal_condition
 from jaxcxr.config import AugmentConfig, DiscriminatorConfig, FanoganTrainConfig, GeneratorConfig
 from jaxcxr.models.cxr_encoder import load_cxr_encoder
@@ -246,7 +246,7 @@ def feature_term(feature_encoder: str | os.PathLike | None, feature_stage: str, 
 def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, config: FanoganTrainConfig,
                   out_dir: str | os.PathLike, *, resume: bool = False, seed: int = 0,
                   progress: bool = True, feature_encoder: str | os.PathLike | None = None,
-                  feature_stage: str = "stage2") -> dict[str, Any]:
+                  feature_stage: str = SHIPPED_FEATURE_STAGE) -> dict[str, Any]:
   """Trains the f-AnoGAN encoder against a frozen GAN, with progress, checkpoints and resume.
 
   Trains on the normal images (label 0) of `dataset`; pass the standard split's train
@@ -270,7 +270,7 @@ def train_fanogan(dataset: data_lib.CXRDataset, gan_dir: str | os.PathLike, conf
     feature_encoder: a CXR encoder checkpoint (`models.CXREncoder`): the loss's feature term f
       is its `feature_stage` (`anomaly.EncoderFeatures`); None (default) is the paper's
       discriminator features. `anomaly.load_fanogan` rebuilds the same f from the record.
-    feature_stage: the CXR encoder's stage ("stage1", ...).
+    feature_stage: the CXR encoder's stage ("stage1", ...; default AnoGAN's, "stage2").
 
   Returns:
     {"steps", "start_step", "seconds", "compile_seconds", "seconds_per_step",
